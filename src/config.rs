@@ -1,0 +1,197 @@
+//! Configuration: one typed struct, loaded from `<data dir>/parley.toml` (or `--config`) and overridden by
+//! `PARLEY_*` environment variables and command-line flags, in that order.
+//!
+//! Invariant: every field has a documented default, so no configuration at all gives the embedded demo
+//! lakehouse with sensible limits.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Everything Parley can be told. Every field has a default (see [`Config::default`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Principal the local (stdio) caller acts as. Env: `PARLEY_PRINCIPAL`. Default: `analyst`.
+    pub principal: String,
+    /// Name of the Iceberg catalog (the `catalog_name` column of the SQL catalog). Default: `parley`.
+    pub catalog_name: String,
+    /// Bounds applied to every `query` call.
+    pub query: QueryLimits,
+    /// Page size of `list_tables` when the caller gives none. Default: 50.
+    pub list_page_size: usize,
+}
+
+/// Limits of the bounded query engine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryLimits {
+    /// Rows returned when the caller gives no `max_rows`. Env: `PARLEY_QUERY_DEFAULT_ROWS`. Default: 1000.
+    pub default_rows: usize,
+    /// Largest `max_rows` a caller may ask for. Env: `PARLEY_QUERY_MAX_ROWS`. Default: 10000.
+    pub max_rows: usize,
+    /// Largest serialized result (JSON bytes of the rows). Env: `PARLEY_QUERY_MAX_RESULT_BYTES`. Default: 4 MiB.
+    pub max_result_bytes: usize,
+    /// Wall-clock limit of one query in milliseconds. Env: `PARLEY_QUERY_TIMEOUT_MS`. Default: 30000.
+    pub timeout_ms: u64,
+    /// DataFusion memory pool per query in bytes (sorts, joins, aggregates). Env: `PARLEY_QUERY_MEMORY_BYTES`.
+    /// Default: 1 GiB.
+    pub memory_bytes: usize,
+    /// Let operators spill to a temporary directory when the pool is full. Env: `PARLEY_QUERY_SPILL`.
+    /// Default: false (a query over budget fails with a clear error instead).
+    pub spill_to_disk: bool,
+    /// Partitions DataFusion plans with. Env: `PARLEY_QUERY_PARTITIONS`. Default: number of cores.
+    pub target_partitions: usize,
+    /// Longest SQL text accepted, in bytes. Default: 100000.
+    pub max_sql_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            principal: "analyst".to_string(),
+            catalog_name: "parley".to_string(),
+            query: QueryLimits::default(),
+            list_page_size: 50,
+        }
+    }
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            default_rows: 1000,
+            max_rows: 10_000,
+            max_result_bytes: 4 * 1024 * 1024,
+            timeout_ms: 30_000,
+            memory_bytes: 1024 * 1024 * 1024,
+            spill_to_disk: false,
+            target_partitions: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            max_sql_bytes: 100_000,
+        }
+    }
+}
+
+/// A configuration that could not be loaded: says which file or variable and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value {value:?} for environment variable {var}: {message}")]
+    Env {
+        var: &'static str,
+        value: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads `file` when given, else `<data_dir>/parley.toml` when it exists, else defaults; then applies
+    /// `PARLEY_*` environment overrides.
+    pub fn load(data_dir: &Path, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let default_path = data_dir.join("parley.toml");
+        let path = match file {
+            Some(p) => Some(p.to_path_buf()),
+            None if default_path.exists() => Some(default_path),
+            None => None,
+        };
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        Ok(config)
+    }
+
+    /// Applies `PARLEY_*` overrides read through `get` (a function so tests need not touch the process env).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn num<T: std::str::FromStr>(
+            var: &'static str,
+            get: &impl Fn(&str) -> Option<String>,
+            slot: &mut T,
+        ) -> Result<(), ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            if let Some(v) = get(var) {
+                *slot = v.trim().parse().map_err(|e: T::Err| ConfigError::Env {
+                    var,
+                    value: v.clone(),
+                    message: e.to_string(),
+                })?;
+            }
+            Ok(())
+        }
+        if let Some(p) = get("PARLEY_PRINCIPAL") {
+            self.principal = p;
+        }
+        let q = &mut self.query;
+        num("PARLEY_QUERY_DEFAULT_ROWS", &get, &mut q.default_rows)?;
+        num("PARLEY_QUERY_MAX_ROWS", &get, &mut q.max_rows)?;
+        num(
+            "PARLEY_QUERY_MAX_RESULT_BYTES",
+            &get,
+            &mut q.max_result_bytes,
+        )?;
+        num("PARLEY_QUERY_TIMEOUT_MS", &get, &mut q.timeout_ms)?;
+        num("PARLEY_QUERY_MEMORY_BYTES", &get, &mut q.memory_bytes)?;
+        num("PARLEY_QUERY_SPILL", &get, &mut q.spill_to_disk)?;
+        num("PARLEY_QUERY_PARTITIONS", &get, &mut q.target_partitions)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_and_rejects_garbage() {
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "PARLEY_QUERY_TIMEOUT_MS" => Some("250".into()),
+            "PARLEY_PRINCIPAL" => Some("ops-owner".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.query.timeout_ms, 250);
+        assert_eq!(c.principal, "ops-owner");
+
+        let err = c
+            .apply_env(|k| (k == "PARLEY_QUERY_MAX_ROWS").then(|| "lots".to_string()))
+            .unwrap_err();
+        assert!(err.to_string().contains("PARLEY_QUERY_MAX_ROWS"), "{err}");
+    }
+
+    #[test]
+    fn example_config_parses_to_the_defaults() {
+        let example: Config = toml::from_str(include_str!("../examples/parley.toml")).unwrap();
+        let default = Config::default();
+        assert_eq!(example.principal, default.principal);
+        assert_eq!(example.query.max_rows, default.query.max_rows);
+        assert_eq!(example.query.memory_bytes, default.query.memory_bytes);
+        assert_eq!(example.query.max_result_bytes, default.query.max_result_bytes);
+    }
+
+    #[test]
+    fn unknown_config_key_is_rejected() {
+        let err = toml::from_str::<Config>("princpal = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("princpal"), "{err}");
+    }
+}

@@ -1,0 +1,488 @@
+//! Contracts: ODCS v3 data contracts (YAML), one per table, loaded from `<data dir>/contracts/<ns>/<table>.yaml`,
+//! validated against the official ODCS JSON Schema compiled in from `schemas/`, and served to agents.
+//!
+//! The typed [`Contract`] holds the parts Parley acts on (classification, purposes, owner, approvers, price,
+//! SLA); the YAML text is kept verbatim so agents and owners read exactly what was written.
+//!
+//! Invariant: a contract that does not validate is never served or used for a decision; the table then counts
+//! as unclassified, which policies treat as containing PII.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::policy::TableFacts;
+
+/// The official ODCS v3.2.0 JSON Schema (see `schemas/README.md` for origin and licence).
+const ODCS_SCHEMA: &str = include_str!("../schemas/odcs-3.2.0.schema.json");
+
+/// Classifications that make a column personal or otherwise restricted data.
+const PII_CLASSIFICATIONS: [&str; 3] = ["restricted", "pii", "sensitive"];
+
+/// An ODCS v3 data contract: the parts Parley uses. Unknown-but-valid ODCS keys are kept in the YAML text.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Contract {
+    /// ODCS version, e.g. `v3.2.0`.
+    pub api_version: String,
+    /// Always `DataContract`.
+    pub kind: String,
+    /// Contract id.
+    pub id: String,
+    /// Human name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Contract version.
+    pub version: String,
+    /// Lifecycle status (`active`, `deprecated`...).
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Business domain.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Data product this table belongs to.
+    #[serde(default)]
+    pub data_product: Option<String>,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Purpose, usage and limitations: the terms of use.
+    #[serde(default)]
+    pub description: Option<ContractDescription>,
+    /// Tables (schema objects) and their columns.
+    #[serde(default)]
+    pub schema: Vec<SchemaObject>,
+    /// Owning team.
+    #[serde(default)]
+    pub team: Option<Team>,
+    /// Access roles and their approvers.
+    #[serde(default)]
+    pub roles: Vec<Role>,
+    /// Price of the data.
+    #[serde(default)]
+    pub price: Option<Price>,
+    /// Service levels (freshness, retention...).
+    #[serde(default)]
+    pub sla_properties: Vec<SlaProperty>,
+    /// Extensions, e.g. `allowedPurposes`, `prohibitedPurposes`.
+    #[serde(default)]
+    pub custom_properties: Vec<CustomProperty>,
+}
+
+/// Terms of use.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ContractDescription {
+    /// Why the data exists.
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// Intended usage.
+    #[serde(default)]
+    pub usage: Option<String>,
+    /// Limitations and prohibitions.
+    #[serde(default)]
+    pub limitations: Option<String>,
+}
+
+/// A table in the contract.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemaObject {
+    /// Logical name.
+    pub name: String,
+    /// Physical name, `namespace.table`.
+    #[serde(default)]
+    pub physical_name: Option<String>,
+    /// Description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Columns.
+    #[serde(default)]
+    pub properties: Vec<Property>,
+}
+
+/// A column in the contract.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Property {
+    /// Column name.
+    pub name: String,
+    /// ODCS logical type.
+    #[serde(default)]
+    pub logical_type: Option<String>,
+    /// Physical type.
+    #[serde(default)]
+    pub physical_type: Option<String>,
+    /// Whether nulls are forbidden.
+    #[serde(default)]
+    pub required: bool,
+    /// Part of the primary key.
+    #[serde(default)]
+    pub primary_key: bool,
+    /// Classification, e.g. public, internal, confidential, restricted.
+    #[serde(default)]
+    pub classification: Option<String>,
+    /// Tags, e.g. `pii`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Description.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Owning team.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Team {
+    /// Team name; Parley treats it as the owning group.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Members.
+    #[serde(default)]
+    pub members: Vec<TeamMember>,
+}
+
+/// A team member.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TeamMember {
+    /// User name or e-mail.
+    pub username: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Role in the team, e.g. owner.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// An access role and its approvers.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Role {
+    /// Role name.
+    pub role: String,
+    /// Access type (read, write).
+    #[serde(default)]
+    pub access: Option<String>,
+    /// Description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// First-level approvers.
+    #[serde(default)]
+    pub first_level_approvers: Option<String>,
+    /// Second-level approvers.
+    #[serde(default)]
+    pub second_level_approvers: Option<String>,
+}
+
+/// Price of the data.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Price {
+    /// Amount per unit.
+    #[serde(default)]
+    pub price_amount: Option<f64>,
+    /// Currency.
+    #[serde(default)]
+    pub price_currency: Option<String>,
+    /// Unit, e.g. `1000 rows`.
+    #[serde(default)]
+    pub price_unit: Option<String>,
+}
+
+/// One service-level property.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SlaProperty {
+    /// Property, e.g. freshness.
+    pub property: String,
+    /// Value.
+    #[serde(default)]
+    pub value: Value,
+    /// Unit, e.g. d, h.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Element it applies to.
+    #[serde(default)]
+    pub element: Option<String>,
+}
+
+/// An extension key/value.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct CustomProperty {
+    /// Key.
+    pub property: String,
+    /// Value.
+    pub value: Value,
+}
+
+/// A contract that could not be loaded: which file, which field, what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    #[error("cannot read contract {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("contract {path} is not valid YAML: {message}")]
+    Yaml { path: PathBuf, message: String },
+    #[error("contract {path} does not conform to ODCS v3.2.0: {}", problems.join("; "))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+fn odcs_validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        let schema: Value = serde_json::from_str(ODCS_SCHEMA).expect("embedded ODCS schema is JSON");
+        jsonschema::validator_for(&schema).expect("embedded ODCS schema compiles")
+    })
+}
+
+/// Validates a contract's YAML text against the ODCS schema and parses it. `path` names it in errors.
+pub fn parse(yaml: &str, path: &Path) -> Result<Contract, ContractError> {
+    let value: Value = serde_yaml_ng::from_str(yaml).map_err(|e| ContractError::Yaml {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let problems: Vec<String> = odcs_validator()
+        .iter_errors(&value)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            let at = if at.is_empty() { "/".to_string() } else { at };
+            format!("at {at}: {e}")
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(ContractError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        });
+    }
+    serde_json::from_value(value).map_err(|e| ContractError::Invalid {
+        path: path.to_path_buf(),
+        problems: vec![e.to_string()],
+    })
+}
+
+/// A validated contract with its source.
+#[derive(Debug, Clone)]
+pub struct LoadedContract {
+    /// The parsed contract.
+    pub contract: Contract,
+    /// The YAML exactly as written.
+    pub yaml: String,
+    /// File it came from.
+    pub path: PathBuf,
+}
+
+impl Contract {
+    /// Values of a list-valued custom property, e.g. `allowedPurposes`.
+    pub fn custom_list(&self, key: &str) -> Vec<String> {
+        self.custom_properties
+            .iter()
+            .filter(|c| c.property == key)
+            .flat_map(|c| match &c.value {
+                Value::Array(items) => items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
+                Value::String(s) => vec![s.clone()],
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    /// Purposes the contract allows.
+    pub fn allowed_purposes(&self) -> Vec<String> {
+        self.custom_list("allowedPurposes")
+    }
+
+    /// Purposes the contract forbids.
+    pub fn prohibited_purposes(&self) -> Vec<String> {
+        self.custom_list("prohibitedPurposes")
+    }
+
+    /// The owning group: the team's name.
+    pub fn owner_group(&self) -> Option<&str> {
+        self.team.as_ref().and_then(|t| t.name.as_deref())
+    }
+
+    /// All columns of all schema objects.
+    pub fn columns(&self) -> impl Iterator<Item = &Property> {
+        self.schema.iter().flat_map(|s| s.properties.iter())
+    }
+
+    /// The contract's entry for `column`, if any.
+    pub fn column(&self, column: &str) -> Option<&Property> {
+        self.columns().find(|p| p.name == column)
+    }
+}
+
+impl Property {
+    /// Whether the column is personal or restricted data.
+    pub fn is_pii(&self) -> bool {
+        self.tags.iter().any(|t| t.eq_ignore_ascii_case("pii"))
+            || self.classification.as_deref().is_some_and(|c| {
+                PII_CLASSIFICATIONS
+                    .iter()
+                    .any(|p| c.eq_ignore_ascii_case(p))
+            })
+    }
+}
+
+/// Policy facts for a table: from its contract, or the restrictive defaults of an unclassified table.
+pub fn table_facts(namespace: &str, name: &str, contract: Option<&Contract>) -> TableFacts {
+    match contract {
+        Some(c) => {
+            let classifications: BTreeSet<String> = c
+                .columns()
+                .filter_map(|p| p.classification.clone())
+                .collect();
+            TableFacts {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                owner: c.owner_group().unwrap_or("").to_string(),
+                tags: c.tags.clone(),
+                contains_pii: c.columns().any(Property::is_pii),
+                classifications: classifications.into_iter().collect(),
+            }
+        }
+        None => TableFacts {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            owner: String::new(),
+            tags: vec![],
+            contains_pii: true,
+            classifications: vec!["unclassified".to_string()],
+        },
+    }
+}
+
+/// All contracts under a directory, keyed by `namespace.table`.
+#[derive(Debug, Default)]
+pub struct ContractStore {
+    by_table: BTreeMap<String, LoadedContract>,
+    /// Contracts that failed to load, with the reason; reported, never used.
+    pub rejected: Vec<String>,
+}
+
+impl ContractStore {
+    /// Loads `<dir>/<namespace>/<table>.yaml` files. The table is the contract's first `schema[].physicalName`
+    /// when set, else the file's place in the tree. Invalid contracts are logged and listed in `rejected`.
+    pub fn load(dir: &Path) -> ContractStore {
+        let mut store = ContractStore::default();
+        let mut files = Vec::new();
+        collect_yaml(dir, &mut files);
+        files.sort();
+        for path in files {
+            match std::fs::read_to_string(&path)
+                .map_err(|source| ContractError::Read {
+                    path: path.clone(),
+                    source,
+                })
+                .and_then(|yaml| parse(&yaml, &path).map(|c| (c, yaml)))
+            {
+                Ok((contract, yaml)) => {
+                    let key = contract
+                        .schema
+                        .iter()
+                        .find_map(|s| s.physical_name.clone())
+                        .unwrap_or_else(|| table_key_from_path(dir, &path));
+                    store.by_table.insert(
+                        key,
+                        LoadedContract {
+                            contract,
+                            yaml,
+                            path,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    store.rejected.push(e.to_string());
+                }
+            }
+        }
+        store
+    }
+
+    /// The contract of `namespace.table`.
+    pub fn get(&self, qualified: &str) -> Option<&LoadedContract> {
+        self.by_table.get(qualified)
+    }
+}
+
+fn table_key_from_path(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path).with_extension("");
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy().to_string())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_yaml(&path, out);
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            out.push(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CUSTOMERS: &str = include_str!("../examples/contracts/sales/customers.yaml");
+
+    #[test]
+    fn every_demo_contract_validates_against_the_official_schema() {
+        for (name, text) in crate::demo::CONTRACTS {
+            let c = parse(text, Path::new(name)).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(c.api_version, "v3.2.0");
+            assert!(!c.allowed_purposes().is_empty() || name.contains("products"));
+            assert!(c.columns().all(|p| p.classification.is_some()), "{name}");
+        }
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_rejected_naming_it() {
+        let text = format!("{CUSTOMERS}\nfavouriteColour: blue\n");
+        let err = parse(&text, Path::new("c.yaml")).unwrap_err().to_string();
+        assert!(err.contains("favouriteColour"), "{err}");
+    }
+
+    #[test]
+    fn unknown_column_key_is_rejected_naming_it() {
+        let text = CUSTOMERS.replacen("primaryKey: true", "primaryKey: true\n        piiLevel: high", 1);
+        let err = parse(&text, Path::new("c.yaml")).unwrap_err().to_string();
+        assert!(err.contains("piiLevel"), "{err}");
+    }
+
+    #[test]
+    fn missing_required_field_is_rejected_naming_it() {
+        let text = CUSTOMERS.replace("id: urn:parley:demo:sales:customers\n", "");
+        let err = parse(&text, Path::new("c.yaml")).unwrap_err().to_string();
+        assert!(err.contains("\"id\""), "{err}");
+    }
+
+    #[test]
+    fn pii_and_owner_come_from_the_contract() {
+        let c = parse(CUSTOMERS, Path::new("c.yaml")).unwrap();
+        let facts = table_facts("sales", "customers", Some(&c));
+        assert!(facts.contains_pii);
+        assert_eq!(facts.owner, "sales-owners");
+        assert!(c.column("email").unwrap().is_pii());
+        assert!(!c.column("country").unwrap().is_pii());
+        assert!(table_facts("x", "y", None).contains_pii);
+    }
+}

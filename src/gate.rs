@@ -1,0 +1,255 @@
+//! Gate: the one choke point every tool call and resource read passes through.
+//!
+//! [`Gate::run`] resolves nothing on its own but fixes the order: the body asks for decisions through the
+//! [`Checked`] handle (each one recorded), acts, and returns; the gate then writes exactly one audit record —
+//! allowed, denied or error — and only once that record is durable does the caller get the answer.
+//!
+//! Invariants: no tool calls `policy` or `audit` except through this module; a result whose audit record could
+//! not be written is never returned; a table the caller may not discover is reported exactly like a table that
+//! does not exist.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::audit::{AuditEntry, AuditSink};
+use crate::identity::Principal;
+use crate::policy::{Action, Decision, PolicyBackend, RequestContext, Resource, TableFacts};
+
+/// Why a tool call did not produce a result, in words the agent can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ToolError {
+    /// No such table — or one the caller may not discover (indistinguishable on purpose).
+    #[error(
+        "table {table} not found. Call list_tables to see the tables you can use; names are namespace.table."
+    )]
+    TableNotFound {
+        /// The name as the caller wrote it.
+        table: String,
+    },
+    /// The policy denies the action.
+    #[error("access denied: {reason}. {next_step}")]
+    Denied {
+        /// The policy's reason.
+        reason: String,
+        /// What the agent can do about it.
+        next_step: String,
+    },
+    /// The request itself is wrong (bad SQL, bad argument).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A limit (time, memory, size) stopped the call.
+    #[error("{0}")]
+    Limit(String),
+    /// The caller cancelled the call.
+    #[error("the call was cancelled by the client")]
+    Cancelled,
+    /// The server failed; not the agent's fault.
+    #[error("internal error: {0}. This is a server problem; retrying later may help.")]
+    Internal(String),
+}
+
+impl ToolError {
+    fn decision(&self) -> &'static str {
+        match self {
+            ToolError::TableNotFound { .. } | ToolError::Denied { .. } => "denied",
+            _ => "error",
+        }
+    }
+}
+
+/// What the body of a call tells the audit record, besides decisions.
+#[derive(Debug, Default)]
+pub struct Usage {
+    /// SQL text of a query.
+    pub sql: Option<String>,
+    /// Snapshots read (`ns.table@id`).
+    pub snapshots: Vec<String>,
+    /// Rows returned.
+    pub rows: Option<u64>,
+    /// Bytes returned.
+    pub bytes: Option<u64>,
+}
+
+/// The body's handle on one call: principal, decisions taken so far, usage to record.
+pub struct Checked<'a> {
+    gate: &'a Gate,
+    principal: &'a Principal,
+    context: RequestContext,
+    action: Option<Action>,
+    resources: Vec<String>,
+    reasons: Vec<String>,
+    policy_ids: Vec<String>,
+    /// Usage figures the body fills in for the audit record.
+    pub usage: Usage,
+}
+
+impl Checked<'_> {
+    /// The caller.
+    pub fn principal(&self) -> &Principal {
+        self.principal
+    }
+
+    /// Asks the policy without recording it as the call's decision (for filtering lists).
+    pub fn peek(&self, action: Action, resource: &Resource) -> Decision {
+        self.gate
+            .policy
+            .authorize(self.principal, action, resource, &self.context)
+    }
+
+    fn record(&mut self, action: Action, resource: &Resource, decision: &Decision) {
+        self.action = Some(action);
+        let name = resource.display();
+        if !self.resources.contains(&name) {
+            self.resources.push(name);
+        }
+        self.reasons.push(decision.reason().to_string());
+        for id in decision.policy_ids() {
+            if !self.policy_ids.contains(id) {
+                self.policy_ids.push(id.clone());
+            }
+        }
+    }
+
+    /// Requires `action` on `resource`; records the decision and fails with [`ToolError::Denied`] if denied.
+    pub fn require(
+        &mut self,
+        action: Action,
+        resource: &Resource,
+        next_step: &str,
+    ) -> Result<Decision, ToolError> {
+        let decision = self.peek(action, resource);
+        self.record(action, resource, &decision);
+        if decision.allowed() {
+            Ok(decision)
+        } else {
+            Err(ToolError::Denied {
+                reason: decision.reason().to_string(),
+                next_step: next_step.to_string(),
+            })
+        }
+    }
+
+    /// Requires `action` on a table looked up by `name`: a missing table and one the caller may not discover
+    /// both fail with the same [`ToolError::TableNotFound`]; a discoverable table without `action` is denied.
+    pub fn require_table(
+        &mut self,
+        name: &str,
+        facts: Option<TableFacts>,
+        action: Action,
+        next_step: &str,
+    ) -> Result<TableFacts, ToolError> {
+        let not_found = || ToolError::TableNotFound {
+            table: name.to_string(),
+        };
+        let Some(facts) = facts else {
+            self.action = Some(action);
+            self.resources.push(name.to_string());
+            self.reasons.push("no such table".to_string());
+            return Err(not_found());
+        };
+        let resource = Resource::Table(facts);
+        let discover = self.peek(Action::Discover, &resource);
+        if !discover.allowed() {
+            self.record(action, &resource, &discover);
+            return Err(not_found());
+        }
+        if action != Action::Discover {
+            self.require(action, &resource, next_step)?;
+        } else {
+            self.record(action, &resource, &discover);
+        }
+        let Resource::Table(facts) = resource else {
+            unreachable!("built as a table above")
+        };
+        Ok(facts)
+    }
+}
+
+/// The choke point: policy + audit around every call.
+pub struct Gate {
+    policy: Arc<dyn PolicyBackend>,
+    audit: Arc<dyn AuditSink>,
+}
+
+impl Gate {
+    /// A gate over a policy backend and an audit sink.
+    pub fn new(policy: Arc<dyn PolicyBackend>, audit: Arc<dyn AuditSink>) -> Gate {
+        Gate { policy, audit }
+    }
+
+    /// Runs one call: `body` decides (through [`Checked`]) and acts; then one audit record is made durable;
+    /// then the result (or the agent-facing error text) is returned.
+    pub async fn run<T>(
+        &self,
+        principal: &Principal,
+        tool: &str,
+        purpose: Option<String>,
+        body: impl AsyncFnOnce(&mut Checked<'_>) -> Result<T, ToolError>,
+    ) -> Result<T, String> {
+        let started = Instant::now();
+        let mut checked = Checked {
+            gate: self,
+            principal,
+            context: RequestContext {
+                purpose: purpose.clone(),
+            },
+            action: None,
+            resources: vec![],
+            reasons: vec![],
+            policy_ids: vec![],
+            usage: Usage::default(),
+        };
+        let result = body(&mut checked).await;
+        let (decision, reason, error) = match &result {
+            Ok(_) => (
+                "allowed",
+                if checked.reasons.is_empty() {
+                    "no policy decision needed".to_string()
+                } else {
+                    checked.reasons.join("; ")
+                },
+                None,
+            ),
+            Err(e) => (
+                e.decision(),
+                checked
+                    .reasons
+                    .last()
+                    .cloned()
+                    .unwrap_or_else(|| e.to_string()),
+                Some(e.to_string()),
+            ),
+        };
+        let usage = std::mem::take(&mut checked.usage);
+        let entry = AuditEntry {
+            principal: principal.id.clone(),
+            tool: tool.to_string(),
+            action: checked.action.map(|a| a.as_str().to_string()),
+            resource: if checked.resources.is_empty() {
+                "*".to_string()
+            } else {
+                checked.resources.join(",")
+            },
+            decision: decision.to_string(),
+            reason,
+            policy_ids: checked.policy_ids.clone(),
+            purpose,
+            sql_digest: usage.sql.as_deref().map(crate::audit::digest),
+            sql: usage.sql,
+            snapshots: usage.snapshots,
+            rows: usage.rows,
+            bytes: usage.bytes,
+            duration_ms: started.elapsed().as_millis() as u64,
+            error,
+        };
+        if let Err(e) = self.audit.append(entry).await {
+            tracing::error!("audit append failed, withholding the result: {e}");
+            return Err(
+                "the call's audit record could not be written, so its result is withheld. This is a server \
+                 problem; retry later."
+                    .to_string(),
+            );
+        }
+        result.map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,579 @@
+//! Policy: the decision point. `authorize(principal, action, resource, context)` → [`Decision`] with a reason
+//! and the ids of the policies that decided it.
+//!
+//! The embedded backend is Cedar (`cedar-policy`): policies and the user/group directory are files in the data
+//! dir, validated against the schema compiled in from `policy.cedarschema` when loaded. Table entities are built
+//! per request from what the catalog and the table's contract say (owner, tags, PII), so policies can speak of
+//! them without listing tables.
+//!
+//! Invariant: `policy` does no I/O after loading, and a [`Decision`] can only be made here.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
+    Request, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use serde::Serialize;
+
+use crate::identity::{Directory, Principal};
+
+/// The Cedar schema every policy file is validated against.
+pub const SCHEMA_TEXT: &str = include_str!("policy.cedarschema");
+
+/// What a principal wants to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Learn that a table exists and see its metadata.
+    Discover,
+    /// Read a table's data contract.
+    ReadContract,
+    /// Run SQL over a table.
+    Query,
+    /// Ask for access to a table.
+    RequestAccess,
+    /// See pending access requests (owners).
+    ReviewRequests,
+    /// Approve or deny access requests (owners).
+    DecideRequest,
+    /// Administer Parley.
+    Admin,
+}
+
+impl Action {
+    /// The Cedar action id.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Discover => "discover",
+            Action::ReadContract => "read_contract",
+            Action::Query => "query",
+            Action::RequestAccess => "request_access",
+            Action::ReviewRequests => "review_requests",
+            Action::DecideRequest => "decide_request",
+            Action::Admin => "admin",
+        }
+    }
+}
+
+impl FromStr for Action {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Action, String> {
+        const ALL: [Action; 7] = [
+            Action::Discover,
+            Action::ReadContract,
+            Action::Query,
+            Action::RequestAccess,
+            Action::ReviewRequests,
+            Action::DecideRequest,
+            Action::Admin,
+        ];
+        ALL.into_iter().find(|a| a.as_str() == s).ok_or_else(|| {
+            format!(
+                "unknown action {s:?}; expected one of {}",
+                ALL.map(Action::as_str).join(", ")
+            )
+        })
+    }
+}
+
+/// Facts about a table that policies may use; they come from the catalog and the table's contract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableFacts {
+    /// Namespace, dot-joined for nested namespaces.
+    pub namespace: String,
+    /// Table name.
+    pub name: String,
+    /// Group that owns the table (the contract's team name).
+    pub owner: String,
+    /// Tags from the contract.
+    pub tags: Vec<String>,
+    /// True when any column is PII (tagged `pii` or classified restricted).
+    pub contains_pii: bool,
+    /// Distinct column classifications.
+    pub classifications: Vec<String>,
+}
+
+impl TableFacts {
+    /// `namespace.table`.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.namespace, self.name)
+    }
+}
+
+/// What the action is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resource {
+    /// The whole lakehouse (listing).
+    Lakehouse,
+    /// One namespace.
+    Namespace(String),
+    /// One table.
+    Table(TableFacts),
+}
+
+impl Resource {
+    /// Display form for audit records and messages: `*`, `sales`, `sales.orders`.
+    pub fn display(&self) -> String {
+        match self {
+            Resource::Lakehouse => "*".to_string(),
+            Resource::Namespace(ns) => ns.clone(),
+            Resource::Table(t) => t.qualified_name(),
+        }
+    }
+}
+
+/// Request context: what the caller said about why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RequestContext {
+    /// The purpose the agent stated, if any.
+    pub purpose: Option<String>,
+}
+
+/// The outcome of one authorization, with the reason. Only this module makes one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    allowed: bool,
+    reason: String,
+    policy_ids: Vec<String>,
+}
+
+impl Decision {
+    /// Whether the action may proceed.
+    pub fn allowed(&self) -> bool {
+        self.allowed
+    }
+    /// A sentence saying why.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+    /// The policies that decided it (empty when nothing permitted it).
+    pub fn policy_ids(&self) -> &[String] {
+        &self.policy_ids
+    }
+}
+
+/// The policy decision point. Implementations must be pure given their loaded state: no I/O per decision.
+pub trait PolicyBackend: Send + Sync {
+    /// Decides whether `principal` may do `action` on `resource`.
+    fn authorize(
+        &self,
+        principal: &Principal,
+        action: Action,
+        resource: &Resource,
+        context: &RequestContext,
+    ) -> Decision;
+}
+
+/// A policy set that could not be loaded; names the file and, where known, the line.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+/// Cedar-backed policy: a validated policy set plus the user/group directory.
+pub struct CedarPolicy {
+    schema: Schema,
+    policies: PolicySet,
+    /// Users and groups from `entities.json`.
+    directory: Vec<Entity>,
+    /// Direct groups of each user in the directory.
+    groups: HashMap<String, Vec<String>>,
+    authorizer: Authorizer,
+}
+
+const NS: &str = "Parley";
+
+fn uid(kind: &str, id: &str) -> EntityUid {
+    // Type names are compile-time constants of our schema, so parsing them cannot fail.
+    let ty = EntityTypeName::from_str(&format!("{NS}::{kind}")).expect("valid Cedar type name");
+    EntityUid::from_type_name_and_id(ty, EntityId::new(id))
+}
+
+/// 1-based line of a byte offset in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// First source offset a miette diagnostic points at.
+fn first_offset(diag: &dyn miette::Diagnostic) -> Option<usize> {
+    diag.labels()
+        .and_then(|mut labels| labels.next())
+        .map(|l| l.offset())
+}
+
+impl CedarPolicy {
+    /// Loads `policy.cedar` and `entities.json` from `dir` and validates them against the schema.
+    pub fn load(dir: &Path) -> Result<CedarPolicy, PolicyError> {
+        let policy_path = dir.join("policy.cedar");
+        let entities_path = dir.join("entities.json");
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let policy_text = read(&policy_path)?;
+        let entities_text = read(&entities_path)?;
+        Self::from_texts(&policy_text, &policy_path, &entities_text, &entities_path)
+    }
+
+    /// Builds a policy from texts; the paths are only used in error messages.
+    pub fn from_texts(
+        policy_text: &str,
+        policy_path: &Path,
+        entities_text: &str,
+        entities_path: &Path,
+    ) -> Result<CedarPolicy, PolicyError> {
+        let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA_TEXT)
+            .map_err(|e| PolicyError::Invalid {
+                path: PathBuf::from("src/policy.cedarschema"),
+                line: first_offset(&e).map_or(0, |o| line_of(SCHEMA_TEXT, o)),
+                message: e.to_string(),
+            })?;
+        let invalid = |path: &Path, text: &str, offset: Option<usize>, message: String| {
+            PolicyError::Invalid {
+                path: path.to_path_buf(),
+                line: offset.map_or(1, |o| line_of(text, o)),
+                message,
+            }
+        };
+        let policies = PolicySet::from_str(policy_text).map_err(|e| {
+            let detail = e
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            invalid(
+                policy_path,
+                policy_text,
+                first_offset(&e),
+                format!("{e}: {detail}"),
+            )
+        })?;
+        let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        if let Some(err) = validation.validation_errors().next() {
+            return Err(invalid(
+                policy_path,
+                policy_text,
+                first_offset(err),
+                format!("policy does not fit the Parley schema: {err}"),
+            ));
+        }
+        let entities = Entities::from_json_str(entities_text, Some(&schema)).map_err(|e| {
+            invalid(
+                entities_path,
+                entities_text,
+                first_offset(&e),
+                format!("invalid entities: {e}"),
+            )
+        })?;
+        let mut groups: HashMap<String, Vec<String>> = HashMap::new();
+        let directory: Vec<Entity> = entities.iter().cloned().collect();
+        for entity in &directory {
+            let id = entity.uid();
+            if id.type_name().to_string() == format!("{NS}::User") {
+                let parents = entity
+                    .clone()
+                    .into_inner()
+                    .2
+                    .into_iter()
+                    .filter(|p| p.type_name().to_string() == format!("{NS}::Group"))
+                    .map(|p| p.id().unescaped().to_string())
+                    .collect();
+                groups.insert(id.id().unescaped().to_string(), parents);
+            }
+        }
+        Ok(CedarPolicy {
+            schema,
+            policies,
+            directory,
+            groups,
+            authorizer: Authorizer::new(),
+        })
+    }
+
+    /// The user and group entities plus the principal and resource of one request.
+    fn entities_for(
+        &self,
+        principal: &Principal,
+        resource: &Resource,
+    ) -> Result<(Entities, EntityUid, EntityUid), String> {
+        let mut entities: Vec<Entity> = self
+            .directory
+            .iter()
+            .filter(|e| {
+                !(e.uid().type_name().to_string() == format!("{NS}::User")
+                    && e.uid().id().unescaped() == principal.id)
+            })
+            .cloned()
+            .collect();
+        let principal_uid = uid("User", &principal.id);
+        let mut parents: HashSet<EntityUid> = principal
+            .groups
+            .iter()
+            .map(|g| uid("Group", g))
+            .collect();
+        if let Some(known) = self.groups.get(&principal.id) {
+            parents.extend(known.iter().map(|g| uid("Group", g)));
+        }
+        entities.push(Entity::new_no_attrs(principal_uid.clone(), parents));
+
+        let lakehouse = uid("Lakehouse", "lakehouse");
+        entities.push(Entity::new_no_attrs(lakehouse.clone(), HashSet::new()));
+        let resource_uid = match resource {
+            Resource::Lakehouse => lakehouse,
+            Resource::Namespace(ns) => {
+                let ns_uid = uid("Namespace", ns);
+                entities.push(Entity::new_no_attrs(
+                    ns_uid.clone(),
+                    HashSet::from([lakehouse]),
+                ));
+                ns_uid
+            }
+            Resource::Table(t) => {
+                let ns_uid = uid("Namespace", &t.namespace);
+                entities.push(Entity::new_no_attrs(
+                    ns_uid.clone(),
+                    HashSet::from([lakehouse]),
+                ));
+                let table_uid = uid("Table", &t.qualified_name());
+                let set = |items: &[String]| {
+                    RestrictedExpression::new_set(
+                        items
+                            .iter()
+                            .map(|s| RestrictedExpression::new_string(s.clone())),
+                    )
+                };
+                let attrs = HashMap::from([
+                    (
+                        "owner".to_string(),
+                        RestrictedExpression::new_entity_uid(uid("Group", &t.owner)),
+                    ),
+                    ("tags".to_string(), set(&t.tags)),
+                    (
+                        "contains_pii".to_string(),
+                        RestrictedExpression::new_bool(t.contains_pii),
+                    ),
+                    ("classifications".to_string(), set(&t.classifications)),
+                ]);
+                let entity = Entity::new(table_uid.clone(), attrs, HashSet::from([ns_uid]))
+                    .map_err(|e| e.to_string())?;
+                entities.push(entity);
+                table_uid
+            }
+        };
+        let entities =
+            Entities::from_entities(entities, Some(&self.schema)).map_err(|e| e.to_string())?;
+        Ok((entities, principal_uid, resource_uid))
+    }
+
+    /// The `@id` annotation of a policy, or its generated id.
+    fn policy_name(&self, id: &cedar_policy::PolicyId) -> String {
+        self.policies
+            .annotation(id, "id")
+            .map(str::to_string)
+            .unwrap_or_else(|| id.to_string())
+    }
+}
+
+impl Directory for CedarPolicy {
+    fn groups_of(&self, principal_id: &str) -> Vec<String> {
+        self.groups.get(principal_id).cloned().unwrap_or_default()
+    }
+}
+
+impl PolicyBackend for CedarPolicy {
+    fn authorize(
+        &self,
+        principal: &Principal,
+        action: Action,
+        resource: &Resource,
+        context: &RequestContext,
+    ) -> Decision {
+        let deny_error = |why: String| Decision {
+            allowed: false,
+            reason: format!("policy evaluation failed, so the request is denied: {why}"),
+            policy_ids: vec![],
+        };
+        let (entities, principal_uid, resource_uid) = match self.entities_for(principal, resource)
+        {
+            Ok(v) => v,
+            Err(e) => return deny_error(e),
+        };
+        let action_uid = uid("Action", action.as_str());
+        let mut ctx = BTreeMap::new();
+        if let Some(p) = &context.purpose {
+            ctx.insert(
+                "purpose".to_string(),
+                RestrictedExpression::new_string(p.clone()),
+            );
+        }
+        let ctx = match Context::from_pairs(ctx) {
+            Ok(c) => c,
+            Err(e) => return deny_error(e.to_string()),
+        };
+        let request = match Request::new(
+            principal_uid,
+            action_uid,
+            resource_uid,
+            ctx,
+            Some(&self.schema),
+        ) {
+            Ok(r) => r,
+            Err(e) => return deny_error(e.to_string()),
+        };
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.policies, &entities);
+        let mut ids: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|id| self.policy_name(id))
+            .collect();
+        ids.sort();
+        let target = resource.display();
+        match response.decision() {
+            cedar_policy::Decision::Allow => Decision {
+                allowed: true,
+                reason: format!("permitted by {}", ids.join(", ")),
+                policy_ids: ids,
+            },
+            cedar_policy::Decision::Deny if ids.is_empty() => Decision {
+                allowed: false,
+                reason: format!(
+                    "no policy permits {} to {} {}",
+                    principal.id,
+                    action.as_str(),
+                    target
+                ),
+                policy_ids: ids,
+            },
+            cedar_policy::Decision::Deny => Decision {
+                allowed: false,
+                reason: format!("forbidden by {}", ids.join(", ")),
+                policy_ids: ids,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo() -> CedarPolicy {
+        CedarPolicy::from_texts(
+            include_str!("../examples/policy/policy.cedar"),
+            Path::new("policy.cedar"),
+            include_str!("../examples/policy/entities.json"),
+            Path::new("entities.json"),
+        )
+        .expect("demo policy loads")
+    }
+
+    fn table(ns: &str, name: &str, owner: &str, pii: bool) -> Resource {
+        Resource::Table(TableFacts {
+            namespace: ns.into(),
+            name: name.into(),
+            owner: owner.into(),
+            tags: vec![],
+            contains_pii: pii,
+            classifications: vec!["internal".into()],
+        })
+    }
+
+    /// Table-driven: (principal, action, resource) → allowed, and the deciding policy when one is expected.
+    #[test]
+    fn demo_policy_decisions() {
+        let p = demo();
+        let customers = table("sales", "customers", "sales-owners", true);
+        let orders = table("sales", "orders", "sales-owners", false);
+        let products = table("sales", "products", "sales-owners", false);
+        let shipments = table("ops", "shipments", "ops-owners", false);
+        let cases: Vec<(&str, Action, &Resource, bool, Option<&str>)> = vec![
+            ("analyst", Action::Discover, &customers, true, Some("analysts-discover-all")),
+            ("analyst", Action::ReadContract, &shipments, true, Some("analysts-discover-all")),
+            ("analyst", Action::Query, &orders, true, Some("analysts-query-non-pii")),
+            ("analyst", Action::Query, &customers, false, None),
+            ("marketing-agent", Action::Discover, &orders, true, Some("marketing-discover-sales")),
+            ("marketing-agent", Action::Discover, &shipments, false, None),
+            ("marketing-agent", Action::Query, &products, true, Some("marketing-query-products-orders")),
+            ("marketing-agent", Action::Query, &customers, false, None),
+            ("sales-owner", Action::Query, &customers, true, Some("owners-own-their-tables")),
+            ("sales-owner", Action::DecideRequest, &customers, true, Some("owners-own-their-tables")),
+            ("ops-owner", Action::Query, &customers, false, None),
+            ("ops-owner", Action::Query, &shipments, true, None),
+            ("stranger", Action::Discover, &products, false, None),
+            ("stranger", Action::Query, &products, false, None),
+        ];
+        for (who, action, resource, allowed, by) in cases {
+            let principal = Principal::new(who, p.groups_of(who));
+            let d = p.authorize(&principal, action, resource, &RequestContext::default());
+            assert_eq!(
+                d.allowed(),
+                allowed,
+                "{who} {action:?} {}: {}",
+                resource.display(),
+                d.reason()
+            );
+            if let Some(id) = by {
+                assert!(d.policy_ids().iter().any(|x| x == id), "{who}: {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_forbid_names_its_policy() {
+        let p = demo();
+        // A marketing principal who is also (wrongly) in the analysts group still may not query PII.
+        let principal = Principal::new("m2", vec!["marketing".into(), "analysts".into()]);
+        let d = p.authorize(
+            &principal,
+            Action::Query,
+            &table("sales", "customers", "sales-owners", true),
+            &RequestContext::default(),
+        );
+        assert!(!d.allowed());
+        assert_eq!(d.policy_ids(), ["no-pii-for-marketing"]);
+        assert!(d.reason().contains("forbidden by no-pii-for-marketing"));
+    }
+
+    #[test]
+    fn malformed_policy_names_file_and_line() {
+        let text = "permit(principal, action, resource);\n\npermit(principal action, resource);\n";
+        let Err(err) = CedarPolicy::from_texts(
+            text,
+            Path::new("/x/policy.cedar"),
+            "[]",
+            Path::new("e.json"),
+        ) else {
+            panic!("malformed policy accepted")
+        };
+        let msg = err.to_string();
+        assert!(msg.starts_with("/x/policy.cedar:3:"), "{msg}");
+    }
+
+    #[test]
+    fn policy_outside_schema_is_rejected() {
+        let text = "permit(principal, action == Parley::Action::\"delete_everything\", resource);";
+        let Err(err) =
+            CedarPolicy::from_texts(text, Path::new("p.cedar"), "[]", Path::new("e.json"))
+        else {
+            panic!("policy with unknown action accepted")
+        };
+        assert!(err.to_string().contains("delete_everything"), "{err}");
+    }
+}

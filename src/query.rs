@@ -1,0 +1,529 @@
+//! Query: bounded, read-only SQL over the tables a caller may read, on Apache DataFusion + iceberg-datafusion.
+//!
+//! Two steps. [`prepare`] parses the SQL, refuses anything but one `SELECT`-style query, and lists the tables it
+//! names, so the caller's rights can be checked per table before anything runs. [`execute`] then builds a fresh
+//! session per call whose catalog holds **only** those tables (read-only, pinned to the snapshot loaded), with no
+//! table functions, no external-table factories, no URL tables, no `information_schema`, a memory pool, no spill
+//! unless configured, a timeout, cancellation, and row and byte caps on the result.
+//!
+//! Invariants: `query` never registers a table it was not handed after authorization; DDL, DML, COPY and
+//! statements never reach the engine (refused at parse time and again by `SQLOptions` on the plan).
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider};
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::TableReference;
+use datafusion::sql::parser::{DFParser, Statement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use futures::StreamExt;
+use iceberg::table::Table;
+use iceberg_datafusion::IcebergStaticTableProvider;
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::TableName;
+use crate::config::QueryLimits;
+
+/// Rows counted past a cap before counting stops (the total is then reported as unknown).
+const COUNT_PAST_CAP: u64 = 1_000_000;
+
+/// Why a query was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    NotAllowed(String),
+    #[error("invalid SQL: {0}")]
+    Syntax(String),
+    #[error("{0}")]
+    Plan(String),
+    #[error(
+        "the query ran longer than its time limit of {0} ms and was stopped. Filter earlier, aggregate, or add LIMIT."
+    )]
+    Timeout(u64),
+    #[error(
+        "the query needs more memory than its budget of {budget} bytes and was stopped ({detail}). Filter earlier, \
+         aggregate to fewer groups, or add LIMIT."
+    )]
+    Memory { budget: usize, detail: String },
+    #[error("the query was cancelled")]
+    Cancelled,
+    #[error("query failed: {0}")]
+    Execution(String),
+}
+
+/// A parsed query and the tables it names.
+#[derive(Debug)]
+pub struct Prepared {
+    statement: Statement,
+    /// Tables referenced anywhere in the query (CTE names excluded), deduplicated.
+    pub tables: Vec<TableName>,
+}
+
+/// Parses `sql`, refuses everything but a single query, and lists the tables it references.
+pub fn prepare(sql: &str, limits: &QueryLimits, catalog_name: &str) -> Result<Prepared, QueryError> {
+    if sql.len() > limits.max_sql_bytes {
+        return Err(QueryError::NotAllowed(format!(
+            "the SQL text is {} bytes; the limit is {} bytes",
+            sql.len(),
+            limits.max_sql_bytes
+        )));
+    }
+    if sql.trim().is_empty() {
+        return Err(QueryError::NotAllowed(
+            "the SQL text is empty; pass one SELECT query".to_string(),
+        ));
+    }
+    let mut statements = DFParser::parse_sql(sql).map_err(|e| QueryError::Syntax(strip_df(&e)))?;
+    if statements.len() != 1 {
+        return Err(QueryError::NotAllowed(format!(
+            "pass exactly one SQL statement; got {}",
+            statements.len()
+        )));
+    }
+    let statement = statements.pop_front().expect("one statement");
+    let kind = match &statement {
+        Statement::Statement(s) => match s.as_ref() {
+            SqlStatement::Query(_) => None,
+            other => Some(statement_kind(other)),
+        },
+        Statement::CreateExternalTable(_) => Some("CREATE EXTERNAL TABLE".to_string()),
+        Statement::CopyTo(_) => Some("COPY".to_string()),
+        Statement::Explain(_) => Some("EXPLAIN".to_string()),
+        Statement::Reset(_) => Some("RESET".to_string()),
+    };
+    if let Some(kind) = kind {
+        return Err(QueryError::NotAllowed(format!(
+            "only read-only queries (SELECT, WITH ... SELECT, VALUES) are allowed; {kind} is refused. Parley never \
+             changes data, creates objects, reads files or changes settings."
+        )));
+    }
+    let (refs, _ctes) = datafusion::sql::resolve::resolve_table_references(&statement, true)
+        .map_err(|e| QueryError::Syntax(strip_df(&e)))?;
+    let mut tables = Vec::new();
+    for r in refs {
+        let name = table_name_of(&r, catalog_name)?;
+        if !tables.contains(&name) {
+            tables.push(name);
+        }
+    }
+    Ok(Prepared { statement, tables })
+}
+
+/// The first word(s) of a statement, for messages ("INSERT", "CREATE TABLE"...).
+fn statement_kind(s: &SqlStatement) -> String {
+    let text = s.to_string();
+    let words: Vec<&str> = text.split_whitespace().take(2).collect();
+    match words.as_slice() {
+        [first, second] if matches!(first.to_uppercase().as_str(), "CREATE" | "DROP" | "ALTER") => {
+            format!("{} {}", first.to_uppercase(), second.to_uppercase())
+        }
+        [first, ..] => first.to_uppercase(),
+        [] => "this statement".to_string(),
+    }
+}
+
+fn table_name_of(r: &TableReference, catalog_name: &str) -> Result<TableName, QueryError> {
+    let hint = "name tables as namespace.table (e.g. sales.orders); list_tables shows them";
+    match r {
+        TableReference::Bare { table } => Err(QueryError::Plan(format!(
+            "{table:?} is not a table you can query: {hint}. Table functions and files are not available."
+        ))),
+        TableReference::Partial { schema, table } => Ok(TableName {
+            namespace: schema.split('.').map(str::to_string).collect(),
+            name: table.to_string(),
+        }),
+        TableReference::Full {
+            catalog,
+            schema,
+            table,
+        } if catalog.as_ref() == catalog_name => Ok(TableName {
+            namespace: schema.split('.').map(str::to_string).collect(),
+            name: table.to_string(),
+        }),
+        TableReference::Full { catalog, .. } => Err(QueryError::Plan(format!(
+            "unknown catalog {catalog:?}: the only catalog is {catalog_name:?}; {hint}"
+        ))),
+    }
+}
+
+/// A table the caller was authorized to read, loaded at the snapshot the query will see.
+pub struct ReadableTable {
+    /// Name as referenced.
+    pub name: TableName,
+    /// The loaded table (its current snapshot is what the query reads).
+    pub table: Table,
+}
+
+/// A result column.
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// Arrow data type, e.g. `Int64`, `Decimal128(12, 2)`, `Utf8`.
+    pub data_type: String,
+}
+
+/// A table snapshot a query read.
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
+pub struct SnapshotRead {
+    /// `namespace.table`.
+    pub table: String,
+    /// Snapshot id read (absent for a table with no snapshot yet).
+    pub snapshot_id: Option<i64>,
+}
+
+/// What a query returned.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct QueryResult {
+    /// Result columns, in order.
+    pub columns: Vec<Column>,
+    /// Rows, each an array aligned with `columns`. Decimals are strings (exact); dates and timestamps are ISO
+    /// 8601 strings.
+    pub rows: Vec<Vec<Value>>,
+    /// Rows returned here.
+    pub row_count: usize,
+    /// True when a cap cut the result.
+    pub truncated: bool,
+    /// Which cap cut it: `max_rows` or `max_result_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated_by: Option<String>,
+    /// Rows the full result has, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_rows: Option<u64>,
+    /// Bytes of JSON in `rows`.
+    pub result_bytes: usize,
+    /// Wall time in milliseconds.
+    pub elapsed_ms: u64,
+    /// Table snapshots read.
+    pub snapshots: Vec<SnapshotRead>,
+}
+
+/// Runs a prepared query over exactly `tables`, within `limits`, returning at most `max_rows` rows.
+pub async fn execute(
+    prepared: Prepared,
+    tables: Vec<ReadableTable>,
+    limits: &QueryLimits,
+    catalog_name: &str,
+    max_rows: usize,
+    cancel: CancellationToken,
+) -> Result<QueryResult, QueryError> {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(limits.timeout_ms);
+    let (ctx, snapshots) = session(tables, limits, catalog_name).await?;
+    let run = async {
+        let state = ctx.state();
+        let plan = state
+            .statement_to_plan(prepared.statement)
+            .await
+            .map_err(|e| classify(e, limits))?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|e| QueryError::NotAllowed(strip_df(&e)))?;
+        let df = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| classify(e, limits))?;
+        df.execute_stream().await.map_err(|e| classify(e, limits))
+    };
+    let mut stream = tokio::select! {
+        r = run => r?,
+        _ = tokio::time::sleep_until(deadline) => return Err(QueryError::Timeout(limits.timeout_ms)),
+        _ = cancel.cancelled() => return Err(QueryError::Cancelled),
+    };
+    let columns: Vec<Column> = stream
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| Column {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+        })
+        .collect();
+    let mut out = QueryResult {
+        columns,
+        rows: vec![],
+        row_count: 0,
+        truncated: false,
+        truncated_by: None,
+        total_rows: None,
+        result_bytes: 0,
+        elapsed_ms: 0,
+        snapshots,
+    };
+    let mut total: u64 = 0;
+    let mut total_known = true;
+    loop {
+        let next = tokio::select! {
+            n = stream.next() => n,
+            _ = tokio::time::sleep_until(deadline) => {
+                if out.truncated {
+                    // The rows to return are complete; only the count of the rest is cut short.
+                    total_known = false;
+                    break;
+                }
+                return Err(QueryError::Timeout(limits.timeout_ms));
+            }
+            _ = cancel.cancelled() => return Err(QueryError::Cancelled),
+        };
+        let Some(batch) = next else { break };
+        let batch = batch.map_err(|e| classify(e, limits))?;
+        if out.truncated {
+            total += batch.num_rows() as u64;
+            if total > out.row_count as u64 + COUNT_PAST_CAP {
+                total_known = false;
+                break;
+            }
+            continue;
+        }
+        append_rows(&batch, &mut out, max_rows, limits.max_result_bytes, &mut total)?;
+    }
+    out.row_count = out.rows.len();
+    out.total_rows = (total_known).then_some(total);
+    out.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(out)
+}
+
+/// Appends the rows of `batch` until a cap is reached; counts every row into `total`.
+fn append_rows(
+    batch: &RecordBatch,
+    out: &mut QueryResult,
+    max_rows: usize,
+    max_bytes: usize,
+    total: &mut u64,
+) -> Result<(), QueryError> {
+    let options = FormatOptions::default().with_null("");
+    let formatters: Vec<ArrayFormatter> = batch
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+        .collect::<Result<_, _>>()
+        .map_err(|e| QueryError::Execution(e.to_string()))?;
+    for row in 0..batch.num_rows() {
+        *total += 1;
+        if out.truncated {
+            continue;
+        }
+        if out.rows.len() >= max_rows {
+            out.truncated = true;
+            out.truncated_by = Some("max_rows".to_string());
+            continue;
+        }
+        let values: Vec<Value> = batch
+            .columns()
+            .iter()
+            .zip(&formatters)
+            .map(|(col, fmt)| cell(col.as_ref(), fmt, row))
+            .collect();
+        // Each row costs its JSON text plus a separator.
+        let size = serde_json::to_string(&values).map(|s| s.len()).unwrap_or(0) + 1;
+        if out.result_bytes + size > max_bytes {
+            out.truncated = true;
+            out.truncated_by = Some("max_result_bytes".to_string());
+            continue;
+        }
+        out.result_bytes += size;
+        out.rows.push(values);
+    }
+    Ok(())
+}
+
+/// One cell as JSON: numbers and booleans natively, decimals as exact strings, the rest as display strings.
+fn cell(col: &dyn Array, fmt: &ArrayFormatter, row: usize) -> Value {
+    if col.is_null(row) {
+        return Value::Null;
+    }
+    match col.data_type() {
+        DataType::Boolean => Value::Bool(col.as_boolean().value(row)),
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => fmt
+            .value(row)
+            .to_string()
+            .parse::<i64>()
+            .map_or(Value::Null, Value::from),
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => fmt
+            .value(row)
+            .to_string()
+            .parse::<u64>()
+            .map_or(Value::Null, Value::from),
+        DataType::Float32 => float(col.as_primitive::<Float32Type>().value(row) as f64),
+        DataType::Float64 => float(col.as_primitive::<Float64Type>().value(row)),
+        _ => Value::String(fmt.value(row).to_string()),
+    }
+}
+
+fn float(v: f64) -> Value {
+    serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
+}
+
+/// A fresh, locked-down session whose catalog holds only `tables`.
+async fn session(
+    tables: Vec<ReadableTable>,
+    limits: &QueryLimits,
+    catalog_name: &str,
+) -> Result<(SessionContext, Vec<SnapshotRead>), QueryError> {
+    let internal = |e: &dyn std::fmt::Display| QueryError::Execution(e.to_string());
+    let pool = TrackConsumersPool::new(
+        GreedyMemoryPool::new(limits.memory_bytes),
+        NonZeroUsize::new(5).expect("nonzero"),
+    );
+    let disk = if limits.spill_to_disk {
+        DiskManagerBuilder::default()
+    } else {
+        DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled)
+    };
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(pool))
+        .with_disk_manager_builder(disk)
+        .build_arc()
+        .map_err(|e| internal(&e))?;
+    let config = SessionConfig::new()
+        .with_information_schema(false)
+        .with_target_partitions(limits.target_partitions.max(1))
+        .with_create_default_catalog_and_schema(false)
+        .with_default_catalog_and_schema(catalog_name, "public");
+    // Table functions (generate_series, range) and external-table factories are dropped: an agent's SQL can
+    // reach nothing but the tables registered below. `with_table_functions` must come after the defaults.
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_table_functions(HashMap::new())
+        .with_table_factories(HashMap::new())
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    let catalog = Arc::new(MemoryCatalogProvider::new());
+    let mut schemas: HashMap<String, Arc<MemorySchemaProvider>> = HashMap::new();
+    schemas.insert("public".to_string(), Arc::new(MemorySchemaProvider::new()));
+    let mut snapshots = Vec::new();
+    for t in tables {
+        let snapshot_id = t.table.metadata().current_snapshot_id();
+        let provider = IcebergStaticTableProvider::try_new_from_table(t.table)
+            .await
+            .map_err(|e| internal(&e))?;
+        let schema = schemas
+            .entry(t.name.namespace_str())
+            .or_insert_with(|| Arc::new(MemorySchemaProvider::new()));
+        schema
+            .register_table(t.name.name.clone(), Arc::new(provider))
+            .map_err(|e| internal(&e))?;
+        snapshots.push(SnapshotRead {
+            table: t.name.to_string(),
+            snapshot_id,
+        });
+    }
+    for (name, schema) in schemas {
+        catalog
+            .register_schema(&name, schema)
+            .map_err(|e| internal(&e))?;
+    }
+    ctx.register_catalog(catalog_name, catalog);
+    Ok((ctx, snapshots))
+}
+
+/// DataFusion's messages start with "Error during planning:" and similar; keep the useful part.
+fn strip_df(e: &DataFusionError) -> String {
+    let text = e.to_string();
+    for prefix in [
+        "SQL error: ",
+        "Error during planning: ",
+        "Schema error: ",
+        "This feature is not implemented: ",
+    ] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            return rest.to_string();
+        }
+    }
+    text
+}
+
+fn classify(e: DataFusionError, limits: &QueryLimits) -> QueryError {
+    let root = e.find_root();
+    if matches!(root, DataFusionError::ResourcesExhausted(_))
+        || e.to_string().contains("Resources exhausted")
+    {
+        return QueryError::Memory {
+            budget: limits.memory_bytes,
+            detail: strip_df(root)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        };
+    }
+    match root {
+        DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::SQL(..)
+        | DataFusionError::NotImplemented(_) => QueryError::Plan(strip_df(root)),
+        _ => QueryError::Execution(strip_df(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(sql: &str) -> String {
+        match prepare(sql, &QueryLimits::default(), "parley") {
+            Err(e) => e.to_string(),
+            Ok(p) => panic!("{sql} was accepted: {:?}", p.tables),
+        }
+    }
+
+    #[test]
+    fn only_single_queries_pass() {
+        for sql in [
+            "INSERT INTO sales.orders VALUES (1)",
+            "DELETE FROM sales.orders",
+            "UPDATE sales.orders SET status = 'x'",
+            "DROP TABLE sales.orders",
+            "CREATE TABLE x AS SELECT 1",
+            "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/etc/passwd'",
+            "COPY (SELECT 1) TO '/tmp/x.parquet'",
+            "SET datafusion.execution.target_partitions = 1",
+            "EXPLAIN SELECT * FROM sales.orders",
+            "SELECT 1; SELECT 2",
+        ] {
+            let msg = refused(sql);
+            assert!(
+                msg.contains("refused") || msg.contains("exactly one"),
+                "{sql}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn tables_are_listed_without_ctes_and_bare_names_are_refused() {
+        let p = prepare(
+            "WITH x AS (SELECT * FROM sales.orders) SELECT * FROM x JOIN parley.sales.customers c ON true \
+             WHERE EXISTS (SELECT 1 FROM ops.shipments)",
+            &QueryLimits::default(),
+            "parley",
+        )
+        .unwrap();
+        let names: Vec<String> = p.tables.iter().map(|t| t.to_string()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        for n in ["sales.orders", "sales.customers", "ops.shipments"] {
+            assert!(names.contains(&n.to_string()), "{names:?}");
+        }
+        assert!(refused("SELECT * FROM generate_series(1, 10)").contains("not a table"));
+        assert!(refused("SELECT * FROM other.sales.orders").contains("unknown catalog"));
+        assert!(refused("SELEC 1").contains("invalid SQL"));
+    }
+}

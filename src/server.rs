@@ -1,0 +1,1045 @@
+//! Server: the MCP face of Parley (rmcp `ServerHandler`): tools, the `contract://` resources and prompts.
+//! Tool descriptions come from `tools/*.md` and prompt texts from `prompts/*.md`, compiled in.
+//!
+//! Every handler runs its body through [`Gate::run`]; failures the agent can act on are tool results with
+//! `isError` and a next step, never protocol errors.
+//!
+//! Invariant: only this module (and `main` for transports) imports rmcp; the server type is transport-agnostic.
+
+use std::sync::Arc;
+
+use rmcp::handler::server::router::prompt::PromptRouter;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::common::schema_for_type;
+use rmcp::handler::server::tool::schema_for_output;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, ContentBlock, Implementation, JsonObject, ListResourceTemplatesResult,
+    ListResourcesResult, PaginatedRequestParams, PromptMessage, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Resource as McpResource, ResourceContents,
+    ResourceTemplate, Role, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, prompt, prompt_handler, prompt_router, tool, tool_handler, tool_router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Lakehouse, TableName};
+use crate::config::Config;
+use crate::gate::{Checked, Gate, ToolError};
+use crate::identity::{Identity, Principal};
+use crate::policy::{Action, Resource};
+use crate::query::{self, QueryResult, ReadableTable};
+
+/// Everything a handler needs, shared by all sessions.
+pub struct App {
+    /// Configuration.
+    pub config: Config,
+    /// Who is calling.
+    pub identity: Identity,
+    /// Policy + audit choke point.
+    pub gate: Gate,
+    /// Catalog + contracts.
+    pub lakehouse: Lakehouse,
+}
+
+/// The MCP server. Cheap to clone: one per session.
+#[derive(Clone)]
+pub struct ParleyServer {
+    app: Arc<App>,
+    tool_router: ToolRouter<ParleyServer>,
+    prompt_router: PromptRouter<ParleyServer>,
+}
+
+// ---- tool arguments and results -----------------------------------------------------------------------------
+
+/// Arguments of `list_tables`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListTablesArgs {
+    /// Case-insensitive text matched against table name, namespace, description and tags.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// Only tables in this namespace (e.g. `sales`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Page size (1-200; default from the server's configuration).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// One table in a listing.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TableSummary {
+    /// `namespace.table`, the name to use in SQL and other tools.
+    pub table: String,
+    /// Namespace.
+    pub namespace: String,
+    /// What the table holds (from its contract).
+    pub description: Option<String>,
+    /// Owning team.
+    pub owner: Option<String>,
+    /// Tags from the contract.
+    pub tags: Vec<String>,
+    /// Rows in the current snapshot.
+    pub row_count: Option<u64>,
+    /// Whether some columns hold personal data.
+    pub contains_pii: bool,
+    /// Whether you may query it now.
+    pub can_query: bool,
+}
+
+/// Result of `list_tables`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ListTablesResult {
+    /// This page of tables.
+    pub tables: Vec<TableSummary>,
+    /// Tables matching the filter across all pages.
+    pub total: usize,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Arguments naming one table.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TableArgs {
+    /// `namespace.table`, e.g. `sales.orders`.
+    pub table: String,
+}
+
+/// A column of a table.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ColumnInfo {
+    /// Iceberg field id.
+    pub id: i32,
+    /// Column name.
+    pub name: String,
+    /// Iceberg type, e.g. `long`, `decimal(12,2)`, `timestamptz`.
+    pub data_type: String,
+    /// Whether nulls are allowed.
+    pub nullable: bool,
+    /// Documentation (Iceberg doc, else the contract's description).
+    pub doc: Option<String>,
+    /// Classification from the contract (public, internal, confidential, restricted).
+    pub classification: Option<String>,
+    /// Whether the column holds personal data.
+    pub pii: bool,
+}
+
+/// A partition field.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PartitionInfo {
+    /// Partition field name.
+    pub name: String,
+    /// Source column.
+    pub source_column: String,
+    /// Transform, e.g. `month`, `identity`, `bucket[16]`.
+    pub transform: String,
+}
+
+/// A snapshot of a table.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SnapshotInfo {
+    /// Snapshot id.
+    pub snapshot_id: i64,
+    /// Parent snapshot id.
+    pub parent_id: Option<i64>,
+    /// Commit time, RFC 3339.
+    pub committed_at: String,
+    /// append, overwrite, delete, replace.
+    pub operation: String,
+    /// Rows in the table as of this snapshot.
+    pub total_records: Option<u64>,
+    /// Rows added by this snapshot.
+    pub added_records: Option<u64>,
+}
+
+/// Result of `describe_table`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DescribeTableResult {
+    /// `namespace.table`.
+    pub table: String,
+    /// What the table holds.
+    pub description: Option<String>,
+    /// Owning team.
+    pub owner: Option<String>,
+    /// Iceberg format version.
+    pub format_version: u8,
+    /// Columns.
+    pub columns: Vec<ColumnInfo>,
+    /// Partition fields (empty when unpartitioned).
+    pub partition_spec: Vec<PartitionInfo>,
+    /// The snapshot queries read now.
+    pub current_snapshot: Option<SnapshotInfo>,
+    /// All snapshots, oldest first.
+    pub snapshots: Vec<SnapshotInfo>,
+    /// Rows in the current snapshot.
+    pub row_count: Option<u64>,
+    /// Whether you may query it now.
+    pub can_query: bool,
+    /// Version of the contract the classifications come from.
+    pub contract_version: Option<String>,
+}
+
+/// A column's terms in a contract.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ContractColumn {
+    /// Column name.
+    pub name: String,
+    /// Classification.
+    pub classification: Option<String>,
+    /// Personal data.
+    pub pii: bool,
+    /// Description.
+    pub description: Option<String>,
+}
+
+/// A service level.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ServiceLevel {
+    /// e.g. freshness, latency, retention.
+    pub property: String,
+    /// Value.
+    pub value: serde_json::Value,
+    /// Unit, e.g. d, h.
+    pub unit: Option<String>,
+}
+
+/// An access role and who approves it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ApproverRole {
+    /// Role.
+    pub role: String,
+    /// Access (read, write).
+    pub access: Option<String>,
+    /// First-level approvers.
+    pub first_level_approvers: Option<String>,
+    /// Second-level approvers.
+    pub second_level_approvers: Option<String>,
+}
+
+/// Result of `get_contract`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ContractResult {
+    /// `namespace.table`.
+    pub table: String,
+    /// Contract id.
+    pub contract_id: String,
+    /// Contract version.
+    pub version: String,
+    /// Status (active, deprecated...).
+    pub status: Option<String>,
+    /// Owning team.
+    pub owner: Option<String>,
+    /// Why the data exists.
+    pub purpose: Option<String>,
+    /// Intended usage: terms you accept by using the data.
+    pub usage: Option<String>,
+    /// Limitations and prohibitions.
+    pub limitations: Option<String>,
+    /// Purposes the contract allows.
+    pub allowed_purposes: Vec<String>,
+    /// Purposes the contract forbids.
+    pub prohibited_purposes: Vec<String>,
+    /// Column classifications.
+    pub columns: Vec<ContractColumn>,
+    /// Service levels.
+    pub service_levels: Vec<ServiceLevel>,
+    /// Access roles and approvers.
+    pub roles: Vec<ApproverRole>,
+    /// Price, e.g. `0.5 EUR per 1000 rows`.
+    pub price: Option<String>,
+    /// The whole contract, ODCS v3 YAML.
+    pub yaml: String,
+}
+
+/// Arguments of `query`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryArgs {
+    /// One read-only SQL query; name tables as namespace.table.
+    pub sql: String,
+    /// Most rows to return (default 1000; capped by the server's ceiling).
+    #[serde(default)]
+    pub max_rows: Option<u32>,
+    /// Why you run this query; recorded in the audit log.
+    #[serde(default)]
+    pub purpose: Option<String>,
+}
+
+/// Arguments of the `explore_dataset` prompt.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ExploreArgs {
+    /// What data you are looking for, e.g. "late deliveries".
+    pub topic: String,
+}
+
+/// Arguments of the `answer_with_data` prompt.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct AnswerArgs {
+    /// The question to answer.
+    pub question: String,
+    /// Why the answer is needed (checked against each contract's allowed purposes).
+    #[serde(default)]
+    pub purpose: Option<String>,
+}
+
+// ---- helpers ------------------------------------------------------------------------------------------------
+
+/// A tool result: `structuredContent` for programs, compact `text` for the model.
+fn respond<T: Serialize>(value: &T, text: String) -> CallToolResult {
+    let mut result = CallToolResult::structured(
+        serde_json::to_value(value).expect("tool results serialize"),
+    );
+    result.content = vec![ContentBlock::text(text)];
+    result
+}
+
+/// Tool arguments are parsed inside the gate so that malformed ones are audited like any other failure.
+fn parse_args<T: serde::de::DeserializeOwned>(args: JsonObject) -> Result<T, ToolError> {
+    serde_json::from_value(serde_json::Value::Object(args)).map_err(|e| {
+        ToolError::BadRequest(format!(
+            "invalid arguments: {e}. Check the tool's input schema for the expected fields and types."
+        ))
+    })
+}
+
+fn internal(e: impl std::fmt::Display) -> ToolError {
+    ToolError::Internal(e.to_string())
+}
+
+fn summary_u64(summary: &iceberg::spec::Summary, key: &str) -> Option<u64> {
+    summary
+        .additional_properties
+        .get(key)
+        .and_then(|v| v.parse().ok())
+}
+
+fn snapshot_info(s: &iceberg::spec::Snapshot) -> SnapshotInfo {
+    SnapshotInfo {
+        snapshot_id: s.snapshot_id(),
+        parent_id: s.parent_snapshot_id(),
+        committed_at: s
+            .timestamp()
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|_| s.timestamp_ms().to_string()),
+        operation: s.summary().operation.as_str().to_string(),
+        total_records: summary_u64(s.summary(), "total-records"),
+        added_records: summary_u64(s.summary(), "added-records"),
+    }
+}
+
+fn row_count(table: &iceberg::table::Table) -> Option<u64> {
+    match table.metadata().current_snapshot() {
+        Some(s) => summary_u64(s.summary(), "total-records"),
+        None => Some(0),
+    }
+}
+
+const QUERY_DENIED_STEP: &str = "Read the table's contract with get_contract to see its owner and allowed purposes; \
+     access to it must be granted by the policy (access negotiation comes with request_access).";
+
+/// Renders query rows as a compact tab-separated table for the model.
+fn query_text(r: &QueryResult) -> String {
+    let mut out = String::new();
+    out.push_str(
+        &r.columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join("\t"),
+    );
+    out.push('\n');
+    for row in &r.rows {
+        let cells: Vec<String> = row
+            .iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "NULL".to_string(),
+                other => other.to_string(),
+            })
+            .collect();
+        out.push_str(&cells.join("\t"));
+        out.push('\n');
+    }
+    let snaps: Vec<String> = r
+        .snapshots
+        .iter()
+        .map(|s| {
+            format!(
+                "{}@{}",
+                s.table,
+                s.snapshot_id.map_or("none".to_string(), |i| i.to_string())
+            )
+        })
+        .collect();
+    out.push_str(&format!(
+        "({} row{}{}; {} ms; snapshots: {})",
+        r.row_count,
+        if r.row_count == 1 { "" } else { "s" },
+        match (r.truncated, r.total_rows) {
+            (true, Some(t)) => format!(
+                ", truncated by {} of {t} total",
+                r.truncated_by.as_deref().unwrap_or("a cap")
+            ),
+            (true, None) => format!(
+                ", truncated by {}; total unknown",
+                r.truncated_by.as_deref().unwrap_or("a cap")
+            ),
+            _ => String::new(),
+        },
+        r.elapsed_ms,
+        snaps.join(", ")
+    ));
+    out
+}
+
+impl ParleyServer {
+    /// A server over the shared application state.
+    pub fn new(app: Arc<App>) -> ParleyServer {
+        ParleyServer {
+            app,
+            tool_router: Self::tool_router(),
+            prompt_router: Self::prompt_router(),
+        }
+    }
+
+    /// The caller: a principal an authenticating transport put in the request (HTTP, later), else the
+    /// configured local principal.
+    fn principal(&self, ctx: &RequestContext<RoleServer>) -> Principal {
+        ctx.extensions
+            .get::<Principal>()
+            .cloned()
+            .unwrap_or_else(|| self.app.identity.resolve())
+    }
+
+    /// Looks a table up and requires `action` on it (missing and undiscoverable tables fail alike).
+    async fn table_for(
+        &self,
+        checked: &mut Checked<'_>,
+        name: &str,
+        action: Action,
+        next_step: &str,
+    ) -> Result<TableName, ToolError> {
+        let parsed = TableName::parse(name).ok();
+        let facts = match &parsed {
+            Some(t) => self.app.lakehouse.facts(t).await.map_err(internal)?,
+            None => None,
+        };
+        checked.require_table(name, facts, action, next_step)?;
+        // require_table only succeeds for a table that exists, hence one whose name parsed.
+        parsed.ok_or_else(|| internal("table name did not parse"))
+    }
+
+    async fn do_list_tables(
+        &self,
+        checked: &mut Checked<'_>,
+        args: ListTablesArgs,
+    ) -> Result<ListTablesResult, ToolError> {
+        let page_size = match args.limit {
+            None => self.app.config.list_page_size,
+            Some(n @ 1..=200) => n as usize,
+            Some(n) => {
+                return Err(ToolError::BadRequest(format!(
+                    "limit {n} is out of range: use 1 to 200"
+                )));
+            }
+        };
+        let offset = match &args.cursor {
+            None => 0,
+            Some(c) => c
+                .strip_prefix("offset:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ToolError::BadRequest(format!(
+                        "cursor {c:?} is not one this server issued; pass next_cursor from the previous page or omit it"
+                    ))
+                })?,
+        };
+        let lakehouse = &self.app.lakehouse;
+        let needle = args.filter.as_deref().map(str::to_lowercase);
+        let mut matches = Vec::new();
+        for name in lakehouse.list_tables().await.map_err(internal)? {
+            if args
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| ns != name.namespace_str())
+            {
+                continue;
+            }
+            let resource = Resource::Table(lakehouse.facts_of_listed(&name));
+            if !checked.peek(Action::Discover, &resource).allowed() {
+                continue;
+            }
+            let contract = lakehouse.contract(&name).map(|c| &c.contract);
+            if let Some(needle) = &needle {
+                let mut haystack = name.to_string().to_lowercase();
+                if let Some(c) = contract {
+                    haystack.push(' ');
+                    haystack.push_str(
+                        &c.description
+                            .as_ref()
+                            .and_then(|d| d.purpose.clone())
+                            .unwrap_or_default()
+                            .to_lowercase(),
+                    );
+                    for t in &c.tags {
+                        haystack.push(' ');
+                        haystack.push_str(&t.to_lowercase());
+                    }
+                    if let Some(n) = &c.name {
+                        haystack.push(' ');
+                        haystack.push_str(&n.to_lowercase());
+                    }
+                }
+                if !haystack.contains(needle.as_str()) {
+                    continue;
+                }
+            }
+            matches.push((name, resource));
+        }
+        let total = matches.len();
+        let mut tables = Vec::new();
+        for (name, resource) in matches.into_iter().skip(offset).take(page_size) {
+            let can_query = checked.peek(Action::Query, &resource).allowed();
+            let Resource::Table(facts) = resource else {
+                continue;
+            };
+            let contract = lakehouse.contract(&name).map(|c| &c.contract);
+            let rows = match lakehouse.load(&name).await {
+                Ok(t) => row_count(&t),
+                Err(e) => {
+                    tracing::warn!(table = %name, "cannot load table metadata: {e}");
+                    None
+                }
+            };
+            tables.push(TableSummary {
+                table: name.to_string(),
+                namespace: name.namespace_str(),
+                description: contract
+                    .and_then(|c| c.description.as_ref())
+                    .and_then(|d| d.purpose.clone()),
+                owner: contract.and_then(|c| c.owner_group().map(str::to_string)),
+                tags: facts.tags,
+                row_count: rows,
+                contains_pii: facts.contains_pii,
+                can_query,
+            });
+        }
+        let next = offset + tables.len();
+        Ok(ListTablesResult {
+            tables,
+            total,
+            next_cursor: (next < total).then(|| format!("offset:{next}")),
+        })
+    }
+
+    async fn do_describe(
+        &self,
+        checked: &mut Checked<'_>,
+        args: TableArgs,
+    ) -> Result<DescribeTableResult, ToolError> {
+        let name = self
+            .table_for(checked, &args.table, Action::Discover, "")
+            .await?;
+        let lakehouse = &self.app.lakehouse;
+        let table = lakehouse.load(&name).await.map_err(internal)?;
+        let contract = lakehouse.contract(&name).map(|c| &c.contract);
+        let meta = table.metadata();
+        let schema = meta.current_schema();
+        let columns = schema
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| {
+                let term = contract.and_then(|c| c.column(&f.name));
+                ColumnInfo {
+                    id: f.id,
+                    name: f.name.clone(),
+                    data_type: f.field_type.to_string(),
+                    nullable: !f.required,
+                    doc: f
+                        .doc
+                        .clone()
+                        .or_else(|| term.and_then(|t| t.description.clone())),
+                    classification: term.and_then(|t| t.classification.clone()),
+                    pii: term.is_some_and(|t| t.is_pii()),
+                }
+            })
+            .collect();
+        let partition_spec = meta
+            .default_partition_spec()
+            .fields()
+            .iter()
+            .map(|p| PartitionInfo {
+                name: p.name.clone(),
+                source_column: schema
+                    .field_by_id(p.source_id)
+                    .map(|f| f.name.clone())
+                    .unwrap_or_else(|| format!("field {}", p.source_id)),
+                transform: p.transform.to_string(),
+            })
+            .collect();
+        let mut snapshots: Vec<SnapshotInfo> = meta.snapshots().map(|s| snapshot_info(s)).collect();
+        snapshots.sort_by_key(|s| (s.committed_at.clone(), s.snapshot_id));
+        let facts = lakehouse.facts_of_listed(&name);
+        Ok(DescribeTableResult {
+            table: name.to_string(),
+            description: contract
+                .and_then(|c| c.description.as_ref())
+                .and_then(|d| d.purpose.clone()),
+            owner: contract.and_then(|c| c.owner_group().map(str::to_string)),
+            format_version: meta.format_version() as u8,
+            columns,
+            partition_spec,
+            current_snapshot: meta.current_snapshot().map(|s| snapshot_info(s)),
+            snapshots,
+            row_count: row_count(&table),
+            can_query: checked
+                .peek(Action::Query, &Resource::Table(facts))
+                .allowed(),
+            contract_version: contract.map(|c| c.version.clone()),
+        })
+    }
+
+    async fn do_get_contract(
+        &self,
+        checked: &mut Checked<'_>,
+        table: &str,
+    ) -> Result<ContractResult, ToolError> {
+        let name = self
+            .table_for(checked, table, Action::ReadContract, "Ask the table's owner for access to its contract.")
+            .await?;
+        let Some(loaded) = self.app.lakehouse.contract(&name) else {
+            return Err(ToolError::BadRequest(format!(
+                "table {name} has no valid data contract, so it is treated as unclassified (personal data assumed). \
+                 Ask the table's owner to publish one."
+            )));
+        };
+        let c = &loaded.contract;
+        let d = c.description.clone().unwrap_or_default();
+        Ok(ContractResult {
+            table: name.to_string(),
+            contract_id: c.id.clone(),
+            version: c.version.clone(),
+            status: c.status.clone(),
+            owner: c.owner_group().map(str::to_string),
+            purpose: d.purpose,
+            usage: d.usage,
+            limitations: d.limitations,
+            allowed_purposes: c.allowed_purposes(),
+            prohibited_purposes: c.prohibited_purposes(),
+            columns: c
+                .columns()
+                .map(|p| ContractColumn {
+                    name: p.name.clone(),
+                    classification: p.classification.clone(),
+                    pii: p.is_pii(),
+                    description: p.description.clone(),
+                })
+                .collect(),
+            service_levels: c
+                .sla_properties
+                .iter()
+                .map(|s| ServiceLevel {
+                    property: s.property.clone(),
+                    value: s.value.clone(),
+                    unit: s.unit.clone(),
+                })
+                .collect(),
+            roles: c
+                .roles
+                .iter()
+                .map(|r| ApproverRole {
+                    role: r.role.clone(),
+                    access: r.access.clone(),
+                    first_level_approvers: r.first_level_approvers.clone(),
+                    second_level_approvers: r.second_level_approvers.clone(),
+                })
+                .collect(),
+            price: c.price.as_ref().map(|p| {
+                format!(
+                    "{} {} per {}",
+                    p.price_amount.unwrap_or(0.0),
+                    p.price_currency.as_deref().unwrap_or(""),
+                    p.price_unit.as_deref().unwrap_or("unit")
+                )
+            }),
+            yaml: loaded.yaml.clone(),
+        })
+    }
+
+    async fn do_query(
+        &self,
+        checked: &mut Checked<'_>,
+        args: QueryArgs,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<QueryResult, ToolError> {
+        let limits = &self.app.config.query;
+        let catalog_name = &self.app.config.catalog_name;
+        checked.usage.sql = Some(args.sql.clone());
+        let max_rows = match args.max_rows {
+            None => limits.default_rows,
+            Some(0) => {
+                return Err(ToolError::BadRequest(
+                    "max_rows must be at least 1".to_string(),
+                ));
+            }
+            Some(n) if n as usize > limits.max_rows => {
+                return Err(ToolError::BadRequest(format!(
+                    "max_rows {n} is above this server's ceiling of {}; aggregate in SQL or ask for fewer rows",
+                    limits.max_rows
+                )));
+            }
+            Some(n) => n as usize,
+        };
+        let prepared = query::prepare(&args.sql, limits, catalog_name).map_err(query_error)?;
+        let mut readable = Vec::new();
+        for t in prepared.tables.clone() {
+            let shown = t.to_string();
+            let name = self
+                .table_for(checked, &shown, Action::Query, QUERY_DENIED_STEP)
+                .await?;
+            let table = self.app.lakehouse.load(&name).await.map_err(internal)?;
+            readable.push(ReadableTable { name, table });
+        }
+        let result = query::execute(prepared, readable, limits, catalog_name, max_rows, cancel)
+            .await
+            .map_err(query_error)?;
+        checked.usage.rows = Some(result.row_count as u64);
+        checked.usage.bytes = Some(result.result_bytes as u64);
+        checked.usage.snapshots = result
+            .snapshots
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}@{}",
+                    s.table,
+                    s.snapshot_id.map_or("none".to_string(), |i| i.to_string())
+                )
+            })
+            .collect();
+        Ok(result)
+    }
+}
+
+fn query_error(e: query::QueryError) -> ToolError {
+    use query::QueryError as Q;
+    match e {
+        Q::Timeout(_) | Q::Memory { .. } => ToolError::Limit(e.to_string()),
+        Q::Cancelled => ToolError::Cancelled,
+        Q::NotAllowed(_) | Q::Syntax(_) | Q::Plan(_) => ToolError::BadRequest(e.to_string()),
+        Q::Execution(_) => ToolError::BadRequest(e.to_string()),
+    }
+}
+
+#[tool_router]
+impl ParleyServer {
+    #[tool(
+        description = include_str!("../tools/list_tables.md"),
+        input_schema = schema_for_type::<ListTablesArgs>(),
+        output_schema = schema_for_output::<ListTablesResult>(),
+        annotations(title = "List tables", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn list_tables(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        let principal = self.principal(&ctx);
+        let result = self
+            .app
+            .gate
+            .run(&principal, "list_tables", None, async |c| {
+                self.do_list_tables(c, parse_args(args)?).await
+            })
+            .await?;
+        let mut text = format!(
+            "{} table{} you can discover",
+            result.total,
+            if result.total == 1 { "" } else { "s" }
+        );
+        text.push_str(":\n");
+        for t in &result.tables {
+            text.push_str(&format!(
+                "- {} ({} rows, owner {}, {}{}): {}\n",
+                t.table,
+                t.row_count.map_or("?".to_string(), |n| n.to_string()),
+                t.owner.as_deref().unwrap_or("unknown"),
+                if t.can_query { "queryable" } else { "not queryable" },
+                if t.contains_pii { ", has PII" } else { "" },
+                t.description.as_deref().unwrap_or("")
+            ));
+        }
+        if let Some(c) = &result.next_cursor {
+            text.push_str(&format!("More: call again with cursor {c:?}.\n"));
+        }
+        Ok(respond(&result, text))
+    }
+
+    #[tool(
+        description = include_str!("../tools/describe_table.md"),
+        input_schema = schema_for_type::<TableArgs>(),
+        output_schema = schema_for_output::<DescribeTableResult>(),
+        annotations(title = "Describe a table", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn describe_table(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        let principal = self.principal(&ctx);
+        let r = self
+            .app
+            .gate
+            .run(&principal, "describe_table", None, async |c| {
+                self.do_describe(c, parse_args(args)?).await
+            })
+            .await?;
+        let mut text = format!(
+            "{} — {} rows, {}; {}\ncolumns:\n",
+            r.table,
+            r.row_count.map_or("?".to_string(), |n| n.to_string()),
+            if r.can_query { "you may query it" } else { "you may not query it" },
+            r.description.as_deref().unwrap_or("")
+        );
+        for c in &r.columns {
+            text.push_str(&format!(
+                "- {} {}{}{}{}\n",
+                c.name,
+                c.data_type,
+                if c.nullable { "" } else { " not null" },
+                c.classification
+                    .as_deref()
+                    .map(|x| format!(" [{x}]"))
+                    .unwrap_or_default(),
+                if c.pii { " PII" } else { "" }
+            ));
+        }
+        if !r.partition_spec.is_empty() {
+            let parts: Vec<String> = r
+                .partition_spec
+                .iter()
+                .map(|p| format!("{}({})", p.transform, p.source_column))
+                .collect();
+            text.push_str(&format!("partitioned by {}\n", parts.join(", ")));
+        }
+        if let Some(s) = &r.current_snapshot {
+            text.push_str(&format!(
+                "current snapshot {} committed {}; {} snapshots in history\n",
+                s.snapshot_id,
+                s.committed_at,
+                r.snapshots.len()
+            ));
+        }
+        Ok(respond(&r, text))
+    }
+
+    #[tool(
+        description = include_str!("../tools/get_contract.md"),
+        input_schema = schema_for_type::<TableArgs>(),
+        output_schema = schema_for_output::<ContractResult>(),
+        annotations(title = "Read a data contract", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn get_contract(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        let principal = self.principal(&ctx);
+        let r = self
+            .app
+            .gate
+            .run(&principal, "get_contract", None, async |c| {
+                let args: TableArgs = parse_args(args)?;
+                self.do_get_contract(c, &args.table).await
+            })
+            .await?;
+        let text = format!(
+            "Contract {} v{} for {} (owner {}).\nPurpose: {}\nUsage: {}\nLimitations: {}\nAllowed purposes: {}\nProhibited purposes: {}\nPII columns: {}\n\n{}",
+            r.contract_id,
+            r.version,
+            r.table,
+            r.owner.as_deref().unwrap_or("unknown"),
+            r.purpose.as_deref().unwrap_or("-"),
+            r.usage.as_deref().unwrap_or("-"),
+            r.limitations.as_deref().unwrap_or("-"),
+            r.allowed_purposes.join(", "),
+            r.prohibited_purposes.join(", "),
+            r.columns
+                .iter()
+                .filter(|c| c.pii)
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.yaml
+        );
+        Ok(respond(&r, text))
+    }
+
+    #[tool(
+        description = include_str!("../tools/query.md"),
+        input_schema = schema_for_type::<QueryArgs>(),
+        output_schema = schema_for_output::<QueryResult>(),
+        annotations(title = "Run a read-only SQL query", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn query(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        let principal = self.principal(&ctx);
+        // The purpose is read leniently here so that even a call with malformed arguments is audited with it.
+        let purpose = args
+            .get("purpose")
+            .and_then(|p| p.as_str())
+            .map(str::to_string);
+        let cancel = ctx.ct.clone();
+        let r = self
+            .app
+            .gate
+            .run(&principal, "query", purpose, async |c| {
+                if let Some(sql) = args.get("sql").and_then(|s| s.as_str()) {
+                    c.usage.sql = Some(sql.to_string());
+                }
+                self.do_query(c, parse_args(args)?, cancel).await
+            })
+            .await?;
+        let text = query_text(&r);
+        Ok(respond(&r, text))
+    }
+}
+
+fn fill(template: &str, vars: &[(&str, &str)]) -> String {
+    vars.iter().fold(template.to_string(), |t, (k, v)| {
+        t.replace(&format!("{{{{{k}}}}}"), v)
+    })
+}
+
+#[prompt_router]
+impl ParleyServer {
+    /// Explore what data exists about a topic: find tables, read their schemas and contracts.
+    #[prompt(name = "explore_dataset")]
+    async fn explore_dataset(&self, Parameters(a): Parameters<ExploreArgs>) -> Vec<PromptMessage> {
+        vec![PromptMessage::new_text(
+            Role::User,
+            fill(include_str!("../prompts/explore_dataset.md"), &[("topic", &a.topic)]),
+        )]
+    }
+
+    /// Answer a question with data: find the tables, check the contracts, run the smallest query, cite snapshots.
+    #[prompt(name = "answer_with_data")]
+    async fn answer_with_data(&self, Parameters(a): Parameters<AnswerArgs>) -> Vec<PromptMessage> {
+        let purpose = a.purpose.unwrap_or_else(|| "not stated".to_string());
+        vec![PromptMessage::new_text(
+            Role::User,
+            fill(
+                include_str!("../prompts/answer_with_data.md"),
+                &[("question", &a.question), ("purpose", &purpose)],
+            ),
+        )]
+    }
+}
+
+const CONTRACT_SCHEME: &str = "contract://";
+
+#[tool_handler]
+#[prompt_handler]
+impl ServerHandler for ParleyServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_prompts()
+                .build(),
+        )
+        .with_server_info(Implementation::new("parley", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Parley gives governed access to lakehouse tables (Apache Iceberg). Discover tables with list_tables, \
+             learn their columns with describe_table, read their data contract with get_contract (its usage terms \
+             bind you), then run read-only SQL with query. Every call is authorized by policy and audited.",
+        )
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let principal = self.principal(&ctx);
+        let lakehouse = &self.app.lakehouse;
+        let resources = self
+            .app
+            .gate
+            .run(&principal, "resources/list", None, async |c| {
+                let mut out = Vec::new();
+                for name in lakehouse.list_tables().await.map_err(internal)? {
+                    let resource = Resource::Table(lakehouse.facts_of_listed(&name));
+                    let visible = c.peek(Action::Discover, &resource).allowed()
+                        && c.peek(Action::ReadContract, &resource).allowed();
+                    if visible && lakehouse.contract(&name).is_some() {
+                        out.push(
+                            McpResource::new(
+                                format!("{CONTRACT_SCHEME}{}/{}", name.namespace_str(), name.name),
+                                format!("{name} contract"),
+                            )
+                            .with_description(format!("ODCS v3 data contract of {name}"))
+                            .with_mime_type("application/yaml"),
+                        );
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| ErrorData::internal_error(e, None))?;
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(vec![
+            ResourceTemplate::new("contract://{namespace}/{table}", "table contract")
+                .with_description("ODCS v3 data contract of a table (YAML)")
+                .with_mime_type("application/yaml"),
+        ]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let principal = self.principal(&ctx);
+        let uri = request.uri.clone();
+        let table = uri
+            .strip_prefix(CONTRACT_SCHEME)
+            .map(|rest| rest.replace('/', "."))
+            .unwrap_or_else(|| uri.clone());
+        let yaml = self
+            .app
+            .gate
+            .run(&principal, "resources/read", None, async |c| {
+                if !uri.starts_with(CONTRACT_SCHEME) {
+                    return Err(ToolError::BadRequest(format!(
+                        "unknown resource {uri}; resources are contract://{{namespace}}/{{table}}"
+                    )));
+                }
+                self.do_get_contract(c, &table).await.map(|r| r.yaml)
+            })
+            .await
+            .map_err(|e| ErrorData::resource_not_found(e, None))?;
+        Ok(ReadResourceResult::new(vec![
+            ResourceContents::text(yaml, request.uri).with_mime_type("application/yaml"),
+        ])
+        .into())
+    }
+}

@@ -1,0 +1,131 @@
+//! Bad input and limits: each a clear tool error, the server healthy afterwards, and an audit record for each.
+
+use serde_json::json;
+
+use crate::util::{Lake, call, err, ok};
+
+#[tokio::test]
+async fn bad_sql_and_forbidden_statements_are_clear_tool_errors() {
+    let lake = Lake::new();
+    let client = lake.connect("analyst", &[]).await;
+    let cases = [
+        ("SELEC * FRM sales.orders", "invalid SQL"),
+        ("SELECT * FROM sales.no_such_table", "not found"),
+        ("SELECT no_such_column FROM sales.orders", "no_such_column"),
+        ("INSERT INTO sales.orders (order_id) VALUES (1)", "INSERT is refused"),
+        ("DELETE FROM sales.orders", "DELETE is refused"),
+        ("DROP TABLE sales.orders", "DROP TABLE is refused"),
+        ("CREATE TABLE sales.x AS SELECT 1", "CREATE TABLE is refused"),
+        ("CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'", "CREATE EXTERNAL TABLE is refused"),
+        ("COPY (SELECT * FROM sales.orders) TO '/tmp/leak.csv'", "COPY is refused"),
+        ("SET datafusion.execution.batch_size = 1", "SET is refused"),
+        ("SELECT * FROM '/etc/passwd'", "not a table"),
+        ("SELECT * FROM generate_series(1, 3)", "not a table"),
+        ("SELECT 1; SELECT 2", "exactly one"),
+        ("SELECT * FROM information_schema.tables", "not found"),
+        ("", "empty"),
+    ];
+    for (sql, expected) in cases {
+        let e = err(&call(&client, "query", json!({"sql": sql})).await);
+        assert!(e.contains(expected), "{sql:?} -> {e}");
+    }
+    // Malformed arguments.
+    for (args, expected) in [
+        (json!({}), "missing field `sql`"),
+        (json!({"sql": 5}), "invalid type"),
+        (json!({"sql": "SELECT 1", "rows": 5}), "unknown field `rows`"),
+        (json!({"sql": "SELECT 1", "max_rows": -1}), "invalid value"),
+        (json!({"sql": "SELECT 1", "max_rows": 0}), "at least 1"),
+        (json!({"sql": "SELECT 1", "max_rows": 1_000_000}), "ceiling"),
+    ] {
+        let e = err(&call(&client, "query", args.clone()).await);
+        assert!(e.contains(expected), "{args} -> {e}");
+    }
+    let e = err(&call(&client, "describe_table", json!({"table": "orders"})).await);
+    assert!(e.contains("not found"), "{e}");
+    let e = err(&call(&client, "list_tables", json!({"cursor": "garbage"})).await);
+    assert!(e.contains("cursor"), "{e}");
+    // Still healthy.
+    let q = ok(&call(&client, "query", json!({"sql": "SELECT count(*) FROM sales.products"})).await);
+    assert_eq!(q["rows"][0][0], 500);
+    client.cancel().await.unwrap();
+    // One audit record per call (15 SQL cases + 6 malformed + 2 others + the healthy one), errors included.
+    let audit = lake.audit();
+    assert_eq!(audit.len(), 15 + 6 + 2 + 1);
+    assert!(audit[..21].iter().all(|r| r["decision"] != "allowed"), "{audit:#?}");
+    assert_eq!(audit[0]["sql"], "SELEC * FRM sales.orders");
+    assert!(audit[0]["sql_digest"].as_str().unwrap().len() == 64);
+    assert_eq!(audit.last().unwrap()["decision"], "allowed");
+}
+
+#[tokio::test]
+async fn row_cap_truncates_and_reports_the_total() {
+    let lake = Lake::new();
+    let client = lake.connect("analyst", &[("PARLEY_QUERY_DEFAULT_ROWS", "50")]).await;
+    let q = ok(&call(&client, "query", json!({"sql": "SELECT order_id FROM sales.orders", "max_rows": 10})).await);
+    assert_eq!(q["row_count"], 10);
+    assert_eq!(q["rows"].as_array().unwrap().len(), 10);
+    assert_eq!(q["truncated"], true);
+    assert_eq!(q["truncated_by"], "max_rows");
+    assert_eq!(q["total_rows"], 120_000);
+    let d = ok(&call(&client, "query", json!({"sql": "SELECT order_id FROM sales.orders"})).await);
+    assert_eq!(d["row_count"], 50, "configured default row cap");
+    let small = ok(&call(&client, "query", json!({"sql": "SELECT 1 AS one"})).await);
+    assert_eq!(small["truncated"], false);
+    assert_eq!(small["total_rows"], 1);
+    client.cancel().await.unwrap();
+    let audit = lake.audit();
+    assert_eq!(audit[0]["rows"], 10);
+    assert!(audit[0]["bytes"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn byte_cap_truncates() {
+    let lake = Lake::new();
+    let client = lake.connect("analyst", &[("PARLEY_QUERY_MAX_RESULT_BYTES", "2000")]).await;
+    let q = ok(&call(&client, "query", json!({"sql": "SELECT * FROM sales.products ORDER BY product_id"})).await);
+    assert_eq!(q["truncated"], true);
+    assert_eq!(q["truncated_by"], "max_result_bytes");
+    assert!(q["result_bytes"].as_u64().unwrap() <= 2000);
+    assert_eq!(q["total_rows"], 500);
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn timeout_stops_a_runaway_query() {
+    let lake = Lake::new();
+    let client = lake.connect("analyst", &[("PARLEY_QUERY_TIMEOUT_MS", "1500")]).await;
+    let started = std::time::Instant::now();
+    let e = err(&call(
+        &client,
+        "query",
+        json!({"sql": "SELECT count(*) FROM sales.orders a CROSS JOIN sales.orders b WHERE a.order_id + b.order_id < 0"}),
+    )
+    .await);
+    assert!(e.contains("time limit of 1500 ms"), "{e}");
+    assert!(started.elapsed().as_secs() < 20, "stopped promptly");
+    let q = ok(&call(&client, "query", json!({"sql": "SELECT count(*) FROM sales.products"})).await);
+    assert_eq!(q["rows"][0][0], 500);
+    client.cancel().await.unwrap();
+    let audit = lake.audit();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[0]["decision"], "error");
+    assert!(audit[0]["error"].as_str().unwrap().contains("time limit"));
+}
+
+#[tokio::test]
+async fn memory_budget_fails_cleanly() {
+    let lake = Lake::new();
+    let client = lake.connect("analyst", &[("PARLEY_QUERY_MEMORY_BYTES", "1000000")]).await;
+    let e = err(&call(
+        &client,
+        "query",
+        json!({"sql": "SELECT o.customer_id, array_agg(o.order_id ORDER BY o.created_at) AS ids FROM sales.orders o \
+                        GROUP BY o.customer_id ORDER BY o.customer_id"}),
+    )
+    .await);
+    assert!(e.contains("more memory than its budget of 1000000 bytes"), "{e}");
+    let q = ok(&call(&client, "query", json!({"sql": "SELECT count(*) FROM sales.products"})).await);
+    assert_eq!(q["rows"][0][0], 500);
+    client.cancel().await.unwrap();
+}

@@ -1,0 +1,64 @@
+//! Streamable HTTP: the same tools through rmcp's HTTP client, on the current protocol and on 2025-06-18.
+
+use rmcp::ServiceExt;
+use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, ProtocolVersion};
+use rmcp::transport::StreamableHttpClientTransport;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::util::{Lake, call, ok};
+
+/// Starts `parley serve --http 127.0.0.1:0` and returns the child and the URL it printed.
+async fn start(lake: &Lake) -> (tokio::process::Child, String) {
+    let mut child = lake
+        .command()
+        .args(["serve", "--http", "127.0.0.1:0"])
+        .env("PARLEY_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(at) = line.find("url=http://") {
+                return line[at + 4..].split_whitespace().next().unwrap().to_string();
+            }
+        }
+        panic!("server exited before serving");
+    })
+    .await
+    .expect("server starts");
+    // Keep draining stderr so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
+#[tokio::test]
+async fn tools_work_over_streamable_http_on_two_protocol_versions() {
+    let lake = Lake::new();
+    let (mut child, url) = start(&lake).await;
+
+    let client = ().serve(StreamableHttpClientTransport::from_uri(url.clone())).await.unwrap();
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 4);
+    let q = ok(&call(&client, "query", json!({"sql": "SELECT count(*) FROM ops.shipments"})).await);
+    assert_eq!(q["rows"][0][0], 60_000);
+    client.cancel().await.unwrap();
+
+    let old = ClientConfig::new(ClientCapabilities::default(), Implementation::new("old-client", "1.0"))
+        .with_protocol_version(ProtocolVersion::V_2025_06_18);
+    let client = old.serve(StreamableHttpClientTransport::from_uri(url)).await.unwrap();
+    assert_eq!(client.peer_info().unwrap().protocol_version, ProtocolVersion::V_2025_06_18);
+    let l = ok(&call(&client, "list_tables", json!({"namespace": "sales"})).await);
+    assert_eq!(l["total"], 3);
+    client.cancel().await.unwrap();
+
+    // SIGTERM shuts the server down cleanly.
+    let pid = child.id().unwrap() as i32;
+    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(lake.audit().len(), 2, "one record per tool call");
+}

@@ -1,0 +1,7 @@
+//! Integration tests: the built `parley` binary, spawned and driven through real MCP clients.
+
+mod audit_log;
+mod bad_input;
+mod http;
+mod tools;
+mod util;

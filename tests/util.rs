@@ -1,0 +1,149 @@
+//! Test harness: a demo lakehouse built once per test run by the real binary, cheap per-test copies of it (each
+//! with its own audit log), and MCP clients (rmcp's) connected to the spawned `parley` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject};
+use rmcp::service::RunningService;
+use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_parley");
+
+/// The demo lakehouse made by `parley init`, shared read-only by all tests.
+fn template() -> &'static Path {
+    static TEMPLATE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let out = std::process::Command::new(BIN)
+                .args(["init", "--data-dir"])
+                .arg(dir.path())
+                .output()
+                .expect("run parley init");
+            assert!(
+                out.status.success(),
+                "parley init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            dir
+        })
+        .path()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A data dir of its own for one test: the template's catalog, contracts and policy (the catalog points at the
+/// template's warehouse files, which no test writes), with an empty audit log.
+pub struct Lake {
+    pub dir: tempfile::TempDir,
+}
+
+impl Lake {
+    pub fn new() -> Lake {
+        let t = template();
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["catalog.db", "parley-init.json"] {
+            std::fs::copy(t.join(f), dir.path().join(f)).unwrap();
+        }
+        copy_dir(&t.join("contracts"), &dir.path().join("contracts"));
+        copy_dir(&t.join("policy"), &dir.path().join("policy"));
+        Lake { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.path().join("audit").join("audit.jsonl")
+    }
+
+    /// The audit records written so far, parsed.
+    pub fn audit(&self) -> Vec<Value> {
+        match std::fs::read_to_string(self.audit_path()) {
+            Ok(text) => text
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+                .collect(),
+            Err(_) => vec![],
+        }
+    }
+
+    /// A `parley` command on this data dir (stdin/stdout/stderr not yet configured).
+    pub fn command(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.env("PARLEY_HOME", self.path())
+            .env_remove("PARLEY_PRINCIPAL")
+            .env("PARLEY_LOG", "warn");
+        cmd
+    }
+
+    /// Serves this lake over stdio as `principal`, with extra environment, and connects rmcp's client.
+    pub async fn connect(&self, principal: &str, env: &[(&str, &str)]) -> Client {
+        let transport = TokioChildProcess::builder(self.command().configure(|cmd| {
+            cmd.args(["serve", "--principal", principal]);
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+        }))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn parley serve")
+        .0;
+        ().serve(transport).await.expect("MCP initialize")
+    }
+}
+
+pub type Client = RunningService<RoleClient, ()>;
+
+/// Calls a tool with JSON arguments.
+pub async fn call(client: &Client, tool: &str, args: Value) -> CallToolResult {
+    let args: JsonObject = args.as_object().cloned().expect("arguments are an object");
+    client
+        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args))
+        .await
+        .unwrap_or_else(|e| panic!("{tool} call failed at the protocol level: {e}"))
+}
+
+/// The text content of a result.
+pub fn text(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Structured content of a successful result; panics with the error text otherwise.
+pub fn ok(r: &CallToolResult) -> Value {
+    assert_ne!(r.is_error, Some(true), "tool error: {}", text(r));
+    r.structured_content.clone().expect("structured content")
+}
+
+/// The error text of a failed result; panics if the call succeeded.
+pub fn err(r: &CallToolResult) -> String {
+    assert_eq!(
+        r.is_error,
+        Some(true),
+        "expected a tool error, got {:?}",
+        r.structured_content
+    );
+    assert!(r.structured_content.is_none(), "an error carries no data");
+    text(r)
+}
