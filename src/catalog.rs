@@ -58,7 +58,7 @@ impl TableName {
 
     fn from_ident(ident: &TableIdent) -> TableName {
         TableName {
-            namespace: ident.namespace().inner(),
+            namespace: ident.namespace().clone().inner(),
             name: ident.name().to_string(),
         }
     }

@@ -186,7 +186,10 @@ mod tests {
         assert_eq!(example.principal, default.principal);
         assert_eq!(example.query.max_rows, default.query.max_rows);
         assert_eq!(example.query.memory_bytes, default.query.memory_bytes);
-        assert_eq!(example.query.max_result_bytes, default.query.max_result_bytes);
+        assert_eq!(
+            example.query.max_result_bytes,
+            default.query.max_result_bytes
+        );
     }
 
     #[test]

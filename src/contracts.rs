@@ -228,13 +228,17 @@ pub enum ContractError {
     #[error("contract {path} is not valid YAML: {message}")]
     Yaml { path: PathBuf, message: String },
     #[error("contract {path} does not conform to ODCS v3.2.0: {}", problems.join("; "))]
-    Invalid { path: PathBuf, problems: Vec<String> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 }
 
 fn odcs_validator() -> &'static jsonschema::Validator {
     static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
     VALIDATOR.get_or_init(|| {
-        let schema: Value = serde_json::from_str(ODCS_SCHEMA).expect("embedded ODCS schema is JSON");
+        let schema: Value =
+            serde_json::from_str(ODCS_SCHEMA).expect("embedded ODCS schema is JSON");
         jsonschema::validator_for(&schema).expect("embedded ODCS schema compiles")
     })
 }
@@ -272,8 +276,6 @@ pub struct LoadedContract {
     pub contract: Contract,
     /// The YAML exactly as written.
     pub yaml: String,
-    /// File it came from.
-    pub path: PathBuf,
 }
 
 impl Contract {
@@ -389,14 +391,9 @@ impl ContractStore {
                         .iter()
                         .find_map(|s| s.physical_name.clone())
                         .unwrap_or_else(|| table_key_from_path(dir, &path));
-                    store.by_table.insert(
-                        key,
-                        LoadedContract {
-                            contract,
-                            yaml,
-                            path,
-                        },
-                    );
+                    store
+                        .by_table
+                        .insert(key, LoadedContract { contract, yaml });
                 }
                 Err(e) => {
                     tracing::warn!("{e}");
@@ -463,7 +460,11 @@ mod tests {
 
     #[test]
     fn unknown_column_key_is_rejected_naming_it() {
-        let text = CUSTOMERS.replacen("primaryKey: true", "primaryKey: true\n        piiLevel: high", 1);
+        let text = CUSTOMERS.replacen(
+            "primaryKey: true",
+            "primaryKey: true\n        piiLevel: high",
+            1,
+        );
         let err = parse(&text, Path::new("c.yaml")).unwrap_err().to_string();
         assert!(err.contains("piiLevel"), "{err}");
     }

@@ -63,7 +63,10 @@ pub const CONTRACTS: [(&str, &str); 4] = [
 
 /// Demo policy files, `(file name under policy/, text)`.
 pub const POLICY_FILES: [(&str, &str); 2] = [
-    ("policy.cedar", include_str!("../examples/policy/policy.cedar")),
+    (
+        "policy.cedar",
+        include_str!("../examples/policy/policy.cedar"),
+    ),
     (
         "entities.json",
         include_str!("../examples/policy/entities.json"),
@@ -234,10 +237,7 @@ async fn create_demo(dir: &DataDir, catalog_name: &str) -> Result<()> {
             catalog
                 .create_namespace(
                     &ident,
-                    HashMap::from([(
-                        "comment".to_string(),
-                        format!("Parley demo namespace {ns}"),
-                    )]),
+                    HashMap::from([("comment".to_string(), format!("Parley demo namespace {ns}"))]),
                 )
                 .await?;
         }
@@ -270,7 +270,10 @@ async fn write_table(catalog: &dyn Catalog, spec: DemoTable) -> Result<()> {
         .name(spec.name.to_string())
         .schema(schema.clone())
         .properties([
-            ("write.parquet.compression-codec".to_string(), "zstd".to_string()),
+            (
+                "write.parquet.compression-codec".to_string(),
+                "zstd".to_string(),
+            ),
             ("parley.demo".to_string(), "true".to_string()),
         ])
         .build();
@@ -292,7 +295,7 @@ async fn write_table(catalog: &dyn Catalog, spec: DemoTable) -> Result<()> {
         let batch = RecordBatch::try_new(arrow_schema, (spec.generate)(start, end))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .set_max_row_group_size(64 * 1024)
+            .set_max_row_group_row_count(Some(64 * 1024))
             .build();
         let rolling = RollingFileWriterBuilder::new_with_default_file_size(
             ParquetWriterBuilder::new(props, ice_schema.clone()),
@@ -341,7 +344,10 @@ fn rng(table: &str, start: usize) -> fastrand::Rng {
 
 fn days(y: i32, m: u32, d: u32) -> i32 {
     let date = NaiveDate::from_ymd_opt(y, m, d).expect("valid demo date");
-    date.num_days_from_ce() - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap().num_days_from_ce()
+    date.num_days_from_ce()
+        - NaiveDate::from_ymd_opt(1970, 1, 1)
+            .unwrap()
+            .num_days_from_ce()
 }
 
 fn pick<'a>(rng: &mut fastrand::Rng, weighted: &[(&'a str, u32)]) -> &'a str {
@@ -365,12 +371,40 @@ fn decimal(values: Vec<i128>, precision: u8, scale: i8) -> ArrayRef {
 }
 
 const FIRST: [&str; 16] = [
-    "Anna", "Ben", "Chloé", "David", "Elif", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Katarzyna",
-    "Luca", "Mia", "Noah", "Olga", "Pedro",
+    "Anna",
+    "Ben",
+    "Chloé",
+    "David",
+    "Elif",
+    "Farid",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Katarzyna",
+    "Luca",
+    "Mia",
+    "Noah",
+    "Olga",
+    "Pedro",
 ];
 const LAST: [&str; 16] = [
-    "Schmidt", "Dubois", "Jansen", "García", "Rossi", "Kowalski", "Andersson", "Müller", "Smith",
-    "Novak", "Silva", "Yilmaz", "Costa", "Berg", "Moreau", "Weber",
+    "Schmidt",
+    "Dubois",
+    "Jansen",
+    "García",
+    "Rossi",
+    "Kowalski",
+    "Andersson",
+    "Müller",
+    "Smith",
+    "Novak",
+    "Silva",
+    "Yilmaz",
+    "Costa",
+    "Berg",
+    "Moreau",
+    "Weber",
 ];
 const COUNTRIES: [(&str, &str, u32); 10] = [
     ("DE", "+49", 22),
@@ -444,10 +478,19 @@ fn customers() -> DemoTable {
                     cid,
                     ["com", "org", "net"][r.usize(..3)]
                 ));
-                phone.push((r.u8(..10) != 0).then(|| format!("{prefix}{}", r.u64(100_000_000..999_999_999))));
-                birth.push((r.u8(..20) != 0).then(|| days(1940, 1, 1) + r.i32(0..(days(2006, 12, 31) - days(1940, 1, 1)))));
+                phone.push(
+                    (r.u8(..10) != 0)
+                        .then(|| format!("{prefix}{}", r.u64(100_000_000..999_999_999))),
+                );
+                birth.push(
+                    (r.u8(..20) != 0).then(|| {
+                        days(1940, 1, 1) + r.i32(0..(days(2006, 12, 31) - days(1940, 1, 1)))
+                    }),
+                );
                 country.push(c.to_string());
-                segment.push(pick(&mut r, &[("consumer", 70), ("smb", 25), ("enterprise", 5)]).to_string());
+                segment.push(
+                    pick(&mut r, &[("consumer", 70), ("smb", 25), ("enterprise", 5)]).to_string(),
+                );
                 signup.push(signup_from + r.i64(0..signup_span));
                 active.push(r.u8(..100) < 85);
                 ltv.push(r.i128(0..5_000_000));
@@ -524,9 +567,16 @@ fn orders() -> DemoTable {
                 cols.2.push(day);
                 cols.3.push(pick(
                     &mut r,
-                    &[("placed", 5), ("shipped", 10), ("delivered", 70), ("returned", 8), ("cancelled", 7)],
+                    &[
+                        ("placed", 5),
+                        ("shipped", 10),
+                        ("delivered", 70),
+                        ("returned", 8),
+                        ("cancelled", 7),
+                    ],
                 ));
-                cols.4.push(pick(&mut r, &[("web", 60), ("store", 30), ("partner", 10)]));
+                cols.4
+                    .push(pick(&mut r, &[("web", 60), ("store", 30), ("partner", 10)]));
                 amount.push(r.i128(500..=50_000));
                 currency.push(pick(&mut r, &[("EUR", 80), ("USD", 15), ("GBP", 5)]));
                 items.push(r.i32(1..=8));
@@ -562,8 +612,12 @@ fn products() -> DemoTable {
             NestedField::required(2, "sku", Type::Primitive(P::String)),
             NestedField::required(3, "name", Type::Primitive(P::String)),
             NestedField::required(4, "category", Type::Primitive(P::String)),
-            NestedField::required(5, "unit_price", Type::decimal(10, 2).expect("valid decimal"))
-                .with_doc("List price in EUR"),
+            NestedField::required(
+                5,
+                "unit_price",
+                Type::decimal(10, 2).expect("valid decimal"),
+            )
+            .with_doc("List price in EUR"),
             NestedField::required(6, "in_stock", Type::Primitive(P::Boolean)),
             NestedField::required(7, "launched_on", Type::Primitive(P::Date)),
         ],
@@ -631,8 +685,25 @@ fn shipments() -> DemoTable {
         commits: vec![(0, SHIPMENTS_ROWS)],
         generate: |start, end| {
             let mut r = rng("shipments", start);
-            let (mut id, mut order, mut carrier, mut wh, mut shipped, mut delivered, mut weight, mut on_time) =
-                (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+            let (
+                mut id,
+                mut order,
+                mut carrier,
+                mut wh,
+                mut shipped,
+                mut delivered,
+                mut weight,
+                mut on_time,
+            ) = (
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+            );
             let from = days(2024, 1, 2);
             let span = days(2026, 11, 25) - from;
             for i in start..end {
@@ -640,9 +711,23 @@ fn shipments() -> DemoTable {
                 let is_delivered = r.u8(..100) >= 5;
                 id.push(i as i64 + 1);
                 order.push(r.i64(1..=ORDERS_FIRST_ROWS as i64));
-                carrier.push(pick(&mut r, &[("DHL", 35), ("UPS", 20), ("DPD", 20), ("GLS", 15), ("PostNL", 10)]));
-                wh.push(pick(&mut r, &[("AMS1", 30), ("BER1", 35), ("MAD1", 20), ("WAW1", 15)]));
-                shipped.push(day as i64 * 86_400_000_000 + r.i64(6 * 3_600_000_000..20 * 3_600_000_000));
+                carrier.push(pick(
+                    &mut r,
+                    &[
+                        ("DHL", 35),
+                        ("UPS", 20),
+                        ("DPD", 20),
+                        ("GLS", 15),
+                        ("PostNL", 10),
+                    ],
+                ));
+                wh.push(pick(
+                    &mut r,
+                    &[("AMS1", 30), ("BER1", 35), ("MAD1", 20), ("WAW1", 15)],
+                ));
+                shipped.push(
+                    day as i64 * 86_400_000_000 + r.i64(6 * 3_600_000_000..20 * 3_600_000_000),
+                );
                 delivered.push(is_delivered.then(|| day + r.i32(1..=7)));
                 weight.push((r.f64() * 30.0 * 100.0).round() / 100.0 + 0.1);
                 on_time.push(is_delivered.then(|| r.u8(..100) < 88));

@@ -84,11 +84,6 @@ pub struct Checked<'a> {
 }
 
 impl Checked<'_> {
-    /// The caller.
-    pub fn principal(&self) -> &Principal {
-        self.principal
-    }
-
     /// Asks the policy without recording it as the call's decision (for filtering lists).
     pub fn peek(&self, action: Action, resource: &Resource) -> Decision {
         self.gate

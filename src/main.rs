@@ -95,7 +95,7 @@ enum PolicyCommand {
         /// Action: discover, read_contract, query, request_access, review_requests, decide_request, admin.
         #[arg(long)]
         action: String,
-        /// Table as namespace.table.
+        /// Table as namespace.table, a namespace, or * for the whole lakehouse.
         #[arg(long)]
         resource: String,
         /// Purpose to put in the request context.
@@ -182,24 +182,23 @@ async fn policy_check(
     resource: &str,
     purpose: Option<String>,
 ) -> Result<()> {
-    let policy = CedarPolicy::load(&dir.policy())?;
+    let policy = load_policy(&dir.policy())?;
     let action: policy::Action = action.parse().map_err(anyhow::Error::msg)?;
-    let table = catalog::TableName::parse(resource).map_err(anyhow::Error::msg)?;
-    let contracts = ContractStore::load(&dir.contracts());
-    let facts = contracts::table_facts(
-        &table.namespace_str(),
-        &table.name,
-        contracts
-            .get(&table.to_string())
-            .map(|c| &c.contract),
-    );
+    let resource = if resource == "*" {
+        policy::Resource::Lakehouse
+    } else if !resource.contains('.') {
+        policy::Resource::Namespace(resource.to_string())
+    } else {
+        let table = catalog::TableName::parse(resource).map_err(anyhow::Error::msg)?;
+        let contracts = ContractStore::load(&dir.contracts());
+        policy::Resource::Table(contracts::table_facts(
+            &table.namespace_str(),
+            &table.name,
+            contracts.get(&table.to_string()).map(|c| &c.contract),
+        ))
+    };
     let who = Principal::new(principal, policy.groups_of(principal));
-    let d = policy.authorize(
-        &who,
-        action,
-        &policy::Resource::Table(facts),
-        &policy::RequestContext { purpose },
-    );
+    let d = policy.authorize(&who, action, &resource, &policy::RequestContext { purpose });
     println!(
         "{}: {}",
         if d.allowed() { "ALLOW" } else { "DENY" },
@@ -211,8 +210,12 @@ async fn policy_check(
 /// Builds the shared application state from the data dir (creating the demo lakehouse when it is new).
 async fn build_app(dir: &DataDir, config: Config) -> Result<Arc<App>> {
     match demo::ensure(dir, &config.catalog_name, false).await? {
-        InitOutcome::Created => tracing::info!(data_dir = %dir.root.display(), "created the demo lakehouse"),
-        InitOutcome::Repaired => tracing::info!(data_dir = %dir.root.display(), "repaired the demo lakehouse"),
+        InitOutcome::Created => {
+            tracing::info!(data_dir = %dir.root.display(), "created the demo lakehouse")
+        }
+        InitOutcome::Repaired => {
+            tracing::info!(data_dir = %dir.root.display(), "repaired the demo lakehouse")
+        }
         _ => {}
     }
     let policy = Arc::new(load_policy(&dir.policy())?);

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
-    Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Request,
+    RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use serde::Serialize;
 
@@ -237,8 +237,8 @@ impl CedarPolicy {
         entities_text: &str,
         entities_path: &Path,
     ) -> Result<CedarPolicy, PolicyError> {
-        let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA_TEXT)
-            .map_err(|e| PolicyError::Invalid {
+        let (schema, _warnings) =
+            Schema::from_cedarschema_str(SCHEMA_TEXT).map_err(|e| PolicyError::Invalid {
                 path: PathBuf::from("src/policy.cedarschema"),
                 line: first_offset(&e).map_or(0, |o| line_of(SCHEMA_TEXT, o)),
                 message: e.to_string(),
@@ -256,12 +256,7 @@ impl CedarPolicy {
                 .map(|d| d.to_string())
                 .collect::<Vec<_>>()
                 .join("; ");
-            invalid(
-                policy_path,
-                policy_text,
-                first_offset(&e),
-                format!("{e}: {detail}"),
-            )
+            invalid(policy_path, policy_text, first_offset(&e), detail)
         })?;
         let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
         if let Some(err) = validation.validation_errors().next() {
@@ -321,11 +316,8 @@ impl CedarPolicy {
             .cloned()
             .collect();
         let principal_uid = uid("User", &principal.id);
-        let mut parents: HashSet<EntityUid> = principal
-            .groups
-            .iter()
-            .map(|g| uid("Group", g))
-            .collect();
+        let mut parents: HashSet<EntityUid> =
+            principal.groups.iter().map(|g| uid("Group", g)).collect();
         if let Some(known) = self.groups.get(&principal.id) {
             parents.extend(known.iter().map(|g| uid("Group", g)));
         }
@@ -408,8 +400,7 @@ impl PolicyBackend for CedarPolicy {
             reason: format!("policy evaluation failed, so the request is denied: {why}"),
             policy_ids: vec![],
         };
-        let (entities, principal_uid, resource_uid) = match self.entities_for(principal, resource)
-        {
+        let (entities, principal_uid, resource_uid) = match self.entities_for(principal, resource) {
             Ok(v) => v,
             Err(e) => return deny_error(e),
         };
@@ -504,16 +495,58 @@ mod tests {
         let products = table("sales", "products", "sales-owners", false);
         let shipments = table("ops", "shipments", "ops-owners", false);
         let cases: Vec<(&str, Action, &Resource, bool, Option<&str>)> = vec![
-            ("analyst", Action::Discover, &customers, true, Some("analysts-discover-all")),
-            ("analyst", Action::ReadContract, &shipments, true, Some("analysts-discover-all")),
-            ("analyst", Action::Query, &orders, true, Some("analysts-query-non-pii")),
+            (
+                "analyst",
+                Action::Discover,
+                &customers,
+                true,
+                Some("analysts-discover-all"),
+            ),
+            (
+                "analyst",
+                Action::ReadContract,
+                &shipments,
+                true,
+                Some("analysts-discover-all"),
+            ),
+            (
+                "analyst",
+                Action::Query,
+                &orders,
+                true,
+                Some("analysts-query-non-pii"),
+            ),
             ("analyst", Action::Query, &customers, false, None),
-            ("marketing-agent", Action::Discover, &orders, true, Some("marketing-discover-sales")),
+            (
+                "marketing-agent",
+                Action::Discover,
+                &orders,
+                true,
+                Some("marketing-discover-sales"),
+            ),
             ("marketing-agent", Action::Discover, &shipments, false, None),
-            ("marketing-agent", Action::Query, &products, true, Some("marketing-query-products-orders")),
+            (
+                "marketing-agent",
+                Action::Query,
+                &products,
+                true,
+                Some("marketing-query-products-orders"),
+            ),
             ("marketing-agent", Action::Query, &customers, false, None),
-            ("sales-owner", Action::Query, &customers, true, Some("owners-own-their-tables")),
-            ("sales-owner", Action::DecideRequest, &customers, true, Some("owners-own-their-tables")),
+            (
+                "sales-owner",
+                Action::Query,
+                &customers,
+                true,
+                Some("owners-own-their-tables"),
+            ),
+            (
+                "sales-owner",
+                Action::DecideRequest,
+                &customers,
+                true,
+                Some("owners-own-their-tables"),
+            ),
             ("ops-owner", Action::Query, &customers, false, None),
             ("ops-owner", Action::Query, &shipments, true, None),
             ("stranger", Action::Discover, &products, false, None),

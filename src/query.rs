@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider};
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
+};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
@@ -74,7 +76,11 @@ pub struct Prepared {
 }
 
 /// Parses `sql`, refuses everything but a single query, and lists the tables it references.
-pub fn prepare(sql: &str, limits: &QueryLimits, catalog_name: &str) -> Result<Prepared, QueryError> {
+pub fn prepare(
+    sql: &str,
+    limits: &QueryLimits,
+    catalog_name: &str,
+) -> Result<Prepared, QueryError> {
     if sql.len() > limits.max_sql_bytes {
         return Err(QueryError::NotAllowed(format!(
             "the SQL text is {} bytes; the limit is {} bytes",
@@ -292,7 +298,13 @@ pub async fn execute(
             }
             continue;
         }
-        append_rows(&batch, &mut out, max_rows, limits.max_result_bytes, &mut total)?;
+        append_rows(
+            &batch,
+            &mut out,
+            max_rows,
+            limits.max_result_bytes,
+            &mut total,
+        )?;
     }
     out.row_count = out.rows.len();
     out.total_rows = (total_known).then_some(total);

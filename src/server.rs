@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
+use rmcp::handler::server::common::schema_for_type;
 use rmcp::handler::server::router::prompt::PromptRouter;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::common::schema_for_type;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
@@ -20,7 +20,10 @@ use rmcp::model::{
     ResourceTemplate, Role, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
-use rmcp::{ErrorData, RoleServer, ServerHandler, prompt, prompt_handler, prompt_router, tool, tool_handler, tool_router};
+use rmcp::{
+    ErrorData, RoleServer, ServerHandler, prompt, prompt_handler, prompt_router, tool,
+    tool_handler, tool_router,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -119,7 +122,7 @@ pub struct ColumnInfo {
     pub id: i32,
     /// Column name.
     pub name: String,
-    /// Iceberg type, e.g. `long`, `decimal(12,2)`, `timestamptz`.
+    /// Iceberg type, e.g. `long`, `decimal(12, 2)`, `timestamptz`.
     pub data_type: String,
     /// Whether nulls are allowed.
     pub nullable: bool,
@@ -269,6 +272,8 @@ pub struct QueryArgs {
     pub max_rows: Option<u32>,
     /// Why you run this query; recorded in the audit log.
     #[serde(default)]
+    #[allow(dead_code)]
+    // read from the raw arguments before parsing, so even malformed calls are audited with it
     pub purpose: Option<String>,
 }
 
@@ -293,9 +298,8 @@ pub struct AnswerArgs {
 
 /// A tool result: `structuredContent` for programs, compact `text` for the model.
 fn respond<T: Serialize>(value: &T, text: String) -> CallToolResult {
-    let mut result = CallToolResult::structured(
-        serde_json::to_value(value).expect("tool results serialize"),
-    );
+    let mut result =
+        CallToolResult::structured(serde_json::to_value(value).expect("tool results serialize"));
     result.content = vec![ContentBlock::text(text)];
     result
 }
@@ -613,7 +617,12 @@ impl ParleyServer {
         table: &str,
     ) -> Result<ContractResult, ToolError> {
         let name = self
-            .table_for(checked, table, Action::ReadContract, "Ask the table's owner for access to its contract.")
+            .table_for(
+                checked,
+                table,
+                Action::ReadContract,
+                "Ask the table's owner for access to its contract.",
+            )
             .await?;
         let Some(loaded) = self.app.lakehouse.contract(&name) else {
             return Err(ToolError::BadRequest(format!(
@@ -771,7 +780,11 @@ impl ParleyServer {
                 t.table,
                 t.row_count.map_or("?".to_string(), |n| n.to_string()),
                 t.owner.as_deref().unwrap_or("unknown"),
-                if t.can_query { "queryable" } else { "not queryable" },
+                if t.can_query {
+                    "queryable"
+                } else {
+                    "not queryable"
+                },
                 if t.contains_pii { ", has PII" } else { "" },
                 t.description.as_deref().unwrap_or("")
             ));
@@ -805,7 +818,11 @@ impl ParleyServer {
             "{} — {} rows, {}; {}\ncolumns:\n",
             r.table,
             r.row_count.map_or("?".to_string(), |n| n.to_string()),
-            if r.can_query { "you may query it" } else { "you may not query it" },
+            if r.can_query {
+                "you may query it"
+            } else {
+                "you may not query it"
+            },
             r.description.as_deref().unwrap_or("")
         );
         for c in &r.columns {
@@ -928,7 +945,10 @@ impl ParleyServer {
     async fn explore_dataset(&self, Parameters(a): Parameters<ExploreArgs>) -> Vec<PromptMessage> {
         vec![PromptMessage::new_text(
             Role::User,
-            fill(include_str!("../prompts/explore_dataset.md"), &[("topic", &a.topic)]),
+            fill(
+                include_str!("../prompts/explore_dataset.md"),
+                &[("topic", &a.topic)],
+            ),
         )]
     }
 
@@ -948,8 +968,8 @@ impl ParleyServer {
 
 const CONTRACT_SCHEME: &str = "contract://";
 
-#[tool_handler]
-#[prompt_handler]
+#[tool_handler(router = self.tool_router)]
+#[prompt_handler(router = self.prompt_router)]
 impl ServerHandler for ParleyServer {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(

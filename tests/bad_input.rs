@@ -12,12 +12,24 @@ async fn bad_sql_and_forbidden_statements_are_clear_tool_errors() {
         ("SELEC * FRM sales.orders", "invalid SQL"),
         ("SELECT * FROM sales.no_such_table", "not found"),
         ("SELECT no_such_column FROM sales.orders", "no_such_column"),
-        ("INSERT INTO sales.orders (order_id) VALUES (1)", "INSERT is refused"),
+        (
+            "INSERT INTO sales.orders (order_id) VALUES (1)",
+            "INSERT is refused",
+        ),
         ("DELETE FROM sales.orders", "DELETE is refused"),
         ("DROP TABLE sales.orders", "DROP TABLE is refused"),
-        ("CREATE TABLE sales.x AS SELECT 1", "CREATE TABLE is refused"),
-        ("CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'", "CREATE EXTERNAL TABLE is refused"),
-        ("COPY (SELECT * FROM sales.orders) TO '/tmp/leak.csv'", "COPY is refused"),
+        (
+            "CREATE TABLE sales.x AS SELECT 1",
+            "CREATE TABLE is refused",
+        ),
+        (
+            "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+            "CREATE EXTERNAL TABLE is refused",
+        ),
+        (
+            "COPY (SELECT * FROM sales.orders) TO '/tmp/leak.csv'",
+            "COPY is refused",
+        ),
         ("SET datafusion.execution.batch_size = 1", "SET is refused"),
         ("SELECT * FROM '/etc/passwd'", "not a table"),
         ("SELECT * FROM generate_series(1, 3)", "not a table"),
@@ -33,7 +45,10 @@ async fn bad_sql_and_forbidden_statements_are_clear_tool_errors() {
     for (args, expected) in [
         (json!({}), "missing field `sql`"),
         (json!({"sql": 5}), "invalid type"),
-        (json!({"sql": "SELECT 1", "rows": 5}), "unknown field `rows`"),
+        (
+            json!({"sql": "SELECT 1", "rows": 5}),
+            "unknown field `rows`",
+        ),
         (json!({"sql": "SELECT 1", "max_rows": -1}), "invalid value"),
         (json!({"sql": "SELECT 1", "max_rows": 0}), "at least 1"),
         (json!({"sql": "SELECT 1", "max_rows": 1_000_000}), "ceiling"),
@@ -46,13 +61,21 @@ async fn bad_sql_and_forbidden_statements_are_clear_tool_errors() {
     let e = err(&call(&client, "list_tables", json!({"cursor": "garbage"})).await);
     assert!(e.contains("cursor"), "{e}");
     // Still healthy.
-    let q = ok(&call(&client, "query", json!({"sql": "SELECT count(*) FROM sales.products"})).await);
+    let q = ok(&call(
+        &client,
+        "query",
+        json!({"sql": "SELECT count(*) FROM sales.products"}),
+    )
+    .await);
     assert_eq!(q["rows"][0][0], 500);
     client.cancel().await.unwrap();
     // One audit record per call (15 SQL cases + 6 malformed + 2 others + the healthy one), errors included.
     let audit = lake.audit();
     assert_eq!(audit.len(), 15 + 6 + 2 + 1);
-    assert!(audit[..21].iter().all(|r| r["decision"] != "allowed"), "{audit:#?}");
+    assert!(
+        audit[..21].iter().all(|r| r["decision"] != "allowed"),
+        "{audit:#?}"
+    );
     assert_eq!(audit[0]["sql"], "SELEC * FRM sales.orders");
     assert!(audit[0]["sql_digest"].as_str().unwrap().len() == 64);
     assert_eq!(audit.last().unwrap()["decision"], "allowed");
@@ -61,14 +84,26 @@ async fn bad_sql_and_forbidden_statements_are_clear_tool_errors() {
 #[tokio::test]
 async fn row_cap_truncates_and_reports_the_total() {
     let lake = Lake::new();
-    let client = lake.connect("analyst", &[("PARLEY_QUERY_DEFAULT_ROWS", "50")]).await;
-    let q = ok(&call(&client, "query", json!({"sql": "SELECT order_id FROM sales.orders", "max_rows": 10})).await);
+    let client = lake
+        .connect("analyst", &[("PARLEY_QUERY_DEFAULT_ROWS", "50")])
+        .await;
+    let q = ok(&call(
+        &client,
+        "query",
+        json!({"sql": "SELECT order_id FROM sales.orders", "max_rows": 10}),
+    )
+    .await);
     assert_eq!(q["row_count"], 10);
     assert_eq!(q["rows"].as_array().unwrap().len(), 10);
     assert_eq!(q["truncated"], true);
     assert_eq!(q["truncated_by"], "max_rows");
     assert_eq!(q["total_rows"], 120_000);
-    let d = ok(&call(&client, "query", json!({"sql": "SELECT order_id FROM sales.orders"})).await);
+    let d = ok(&call(
+        &client,
+        "query",
+        json!({"sql": "SELECT order_id FROM sales.orders"}),
+    )
+    .await);
     assert_eq!(d["row_count"], 50, "configured default row cap");
     let small = ok(&call(&client, "query", json!({"sql": "SELECT 1 AS one"})).await);
     assert_eq!(small["truncated"], false);
@@ -82,8 +117,15 @@ async fn row_cap_truncates_and_reports_the_total() {
 #[tokio::test]
 async fn byte_cap_truncates() {
     let lake = Lake::new();
-    let client = lake.connect("analyst", &[("PARLEY_QUERY_MAX_RESULT_BYTES", "2000")]).await;
-    let q = ok(&call(&client, "query", json!({"sql": "SELECT * FROM sales.products ORDER BY product_id"})).await);
+    let client = lake
+        .connect("analyst", &[("PARLEY_QUERY_MAX_RESULT_BYTES", "2000")])
+        .await;
+    let q = ok(&call(
+        &client,
+        "query",
+        json!({"sql": "SELECT * FROM sales.products ORDER BY product_id"}),
+    )
+    .await);
     assert_eq!(q["truncated"], true);
     assert_eq!(q["truncated_by"], "max_result_bytes");
     assert!(q["result_bytes"].as_u64().unwrap() <= 2000);
@@ -94,7 +136,9 @@ async fn byte_cap_truncates() {
 #[tokio::test]
 async fn timeout_stops_a_runaway_query() {
     let lake = Lake::new();
-    let client = lake.connect("analyst", &[("PARLEY_QUERY_TIMEOUT_MS", "1500")]).await;
+    let client = lake
+        .connect("analyst", &[("PARLEY_QUERY_TIMEOUT_MS", "1500")])
+        .await;
     let started = std::time::Instant::now();
     let e = err(&call(
         &client,
@@ -104,7 +148,12 @@ async fn timeout_stops_a_runaway_query() {
     .await);
     assert!(e.contains("time limit of 1500 ms"), "{e}");
     assert!(started.elapsed().as_secs() < 20, "stopped promptly");
-    let q = ok(&call(&client, "query", json!({"sql": "SELECT count(*) FROM sales.products"})).await);
+    let q = ok(&call(
+        &client,
+        "query",
+        json!({"sql": "SELECT count(*) FROM sales.products"}),
+    )
+    .await);
     assert_eq!(q["rows"][0][0], 500);
     client.cancel().await.unwrap();
     let audit = lake.audit();
@@ -116,7 +165,9 @@ async fn timeout_stops_a_runaway_query() {
 #[tokio::test]
 async fn memory_budget_fails_cleanly() {
     let lake = Lake::new();
-    let client = lake.connect("analyst", &[("PARLEY_QUERY_MEMORY_BYTES", "1000000")]).await;
+    let client = lake
+        .connect("analyst", &[("PARLEY_QUERY_MEMORY_BYTES", "1000000")])
+        .await;
     let e = err(&call(
         &client,
         "query",
@@ -124,8 +175,16 @@ async fn memory_budget_fails_cleanly() {
                         GROUP BY o.customer_id ORDER BY o.customer_id"}),
     )
     .await);
-    assert!(e.contains("more memory than its budget of 1000000 bytes"), "{e}");
-    let q = ok(&call(&client, "query", json!({"sql": "SELECT count(*) FROM sales.products"})).await);
+    assert!(
+        e.contains("more memory than its budget of 1000000 bytes"),
+        "{e}"
+    );
+    let q = ok(&call(
+        &client,
+        "query",
+        json!({"sql": "SELECT count(*) FROM sales.products"}),
+    )
+    .await);
     assert_eq!(q["rows"][0][0], 500);
     client.cancel().await.unwrap();
 }

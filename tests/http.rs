@@ -24,7 +24,11 @@ async fn start(lake: &Lake) -> (tokio::process::Child, String) {
     let url = tokio::time::timeout(std::time::Duration::from_secs(120), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Some(at) = line.find("url=http://") {
-                return line[at + 4..].split_whitespace().next().unwrap().to_string();
+                return line[at + 4..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_string();
             }
         }
         panic!("server exited before serving");
@@ -43,22 +47,42 @@ async fn tools_work_over_streamable_http_on_two_protocol_versions() {
 
     let client = ().serve(StreamableHttpClientTransport::from_uri(url.clone())).await.unwrap();
     assert_eq!(client.list_all_tools().await.unwrap().len(), 4);
-    let q = ok(&call(&client, "query", json!({"sql": "SELECT count(*) FROM ops.shipments"})).await);
+    let q = ok(&call(
+        &client,
+        "query",
+        json!({"sql": "SELECT count(*) FROM ops.shipments"}),
+    )
+    .await);
     assert_eq!(q["rows"][0][0], 60_000);
     client.cancel().await.unwrap();
 
-    let old = ClientConfig::new(ClientCapabilities::default(), Implementation::new("old-client", "1.0"))
-        .with_protocol_version(ProtocolVersion::V_2025_06_18);
-    let client = old.serve(StreamableHttpClientTransport::from_uri(url)).await.unwrap();
-    assert_eq!(client.peer_info().unwrap().protocol_version, ProtocolVersion::V_2025_06_18);
+    let old = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("old-client", "1.0"),
+    )
+    .with_protocol_version(ProtocolVersion::V_2025_06_18);
+    let client = old
+        .serve(StreamableHttpClientTransport::from_uri(url))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.peer_info().unwrap().protocol_version,
+        ProtocolVersion::V_2025_06_18
+    );
     let l = ok(&call(&client, "list_tables", json!({"namespace": "sales"})).await);
     assert_eq!(l["total"], 3);
     client.cancel().await.unwrap();
 
     // SIGTERM shuts the server down cleanly.
     let pid = child.id().unwrap() as i32;
-    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait()).await.unwrap().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status:?}");
     assert_eq!(lake.audit().len(), 2, "one record per tool call");
 }

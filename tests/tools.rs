@@ -9,21 +9,39 @@ async fn tools_are_listed_with_schemas_descriptions_and_annotations() {
     let lake = Lake::new();
     let client = lake.connect("analyst", &[]).await;
     let info = client.peer_info().expect("server info");
-    assert_eq!(info.server_info.name, "parley");
+    assert_eq!(
+        info.server_info.as_ref().expect("server info").name,
+        "parley"
+    );
     let tools = client.list_all_tools().await.unwrap();
     let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
     names.sort();
-    assert_eq!(names, ["describe_table", "get_contract", "list_tables", "query"]);
+    assert_eq!(
+        names,
+        ["describe_table", "get_contract", "list_tables", "query"]
+    );
     for t in &tools {
         let desc = t.description.as_deref().unwrap_or("");
-        let file = std::fs::read_to_string(format!("{}/tools/{}.md", env!("CARGO_MANIFEST_DIR"), t.name)).unwrap();
+        let file = std::fs::read_to_string(format!(
+            "{}/tools/{}.md",
+            env!("CARGO_MANIFEST_DIR"),
+            t.name
+        ))
+        .unwrap();
         assert_eq!(desc, file, "description of {} comes from tools/", t.name);
         assert!(t.output_schema.is_some(), "{} has an output schema", t.name);
         assert_eq!(t.input_schema.get("type"), Some(&json!("object")));
-        assert_eq!(t.annotations.as_ref().and_then(|a| a.read_only_hint), Some(true));
+        assert_eq!(
+            t.annotations.as_ref().and_then(|a| a.read_only_hint),
+            Some(true)
+        );
     }
     let query = tools.iter().find(|t| t.name == "query").unwrap();
-    let required = query.input_schema.get("required").cloned().unwrap_or_default();
+    let required = query
+        .input_schema
+        .get("required")
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(required, json!(["sql"]));
     client.cancel().await.unwrap();
 }
@@ -56,8 +74,16 @@ async fn analyst_lists_discovers_and_queries() {
     // Pagination and filtering.
     let page1 = ok(&call(&client, "list_tables", json!({"limit": 3})).await);
     assert_eq!(page1["tables"].as_array().unwrap().len(), 3);
-    let cursor = page1["next_cursor"].as_str().expect("a next page").to_string();
-    let page2 = ok(&call(&client, "list_tables", json!({"limit": 3, "cursor": cursor})).await);
+    let cursor = page1["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_string();
+    let page2 = ok(&call(
+        &client,
+        "list_tables",
+        json!({"limit": 3, "cursor": cursor}),
+    )
+    .await);
     assert_eq!(page2["tables"].as_array().unwrap().len(), 1);
     assert!(page2.get("next_cursor").is_none());
     let gdpr = ok(&call(&client, "list_tables", json!({"filter": "GDPR"})).await);
@@ -71,7 +97,7 @@ async fn analyst_lists_discovers_and_queries() {
     let cols = d["columns"].as_array().unwrap();
     assert_eq!(cols.len(), 10);
     let col = |n: &str| cols.iter().find(|c| c["name"] == n).cloned().unwrap();
-    assert_eq!(col("total_amount")["data_type"], "decimal(12,2)");
+    assert_eq!(col("total_amount")["data_type"], "decimal(12, 2)");
     assert_eq!(col("total_amount")["classification"], "confidential");
     assert_eq!(col("created_at")["data_type"], "timestamptz");
     assert_eq!(col("is_gift")["nullable"], true);
@@ -82,19 +108,48 @@ async fn analyst_lists_discovers_and_queries() {
     assert_eq!(snaps.len(), 2);
     assert_eq!(snaps[0]["total_records"], 100_000);
     assert_eq!(snaps[1]["added_records"], 20_000);
-    assert_eq!(d["current_snapshot"]["snapshot_id"], snaps[1]["snapshot_id"]);
+    assert_eq!(
+        d["current_snapshot"]["snapshot_id"],
+        snaps[1]["snapshot_id"]
+    );
     assert_eq!(d["row_count"], 120_000);
-    let c = ok(&call(&client, "describe_table", json!({"table": "sales.customers"})).await);
-    let email = c["columns"].as_array().unwrap().iter().find(|c| c["name"] == "email").cloned().unwrap();
+    let c = ok(&call(
+        &client,
+        "describe_table",
+        json!({"table": "sales.customers"}),
+    )
+    .await);
+    let email = c["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "email")
+        .cloned()
+        .unwrap();
     assert_eq!(email["pii"], true);
     assert_eq!(c["can_query"], false);
 
     // get_contract: terms and the YAML.
     let k = ok(&call(&client, "get_contract", json!({"table": "sales.customers"})).await);
     assert_eq!(k["contract_id"], "urn:parley:demo:sales:customers");
-    assert!(k["allowed_purposes"].as_array().unwrap().contains(&json!("churn_analysis")));
-    assert!(k["prohibited_purposes"].as_array().unwrap().contains(&json!("marketing_outreach")));
-    assert!(k["yaml"].as_str().unwrap().starts_with("apiVersion: v3.2.0"));
+    assert!(
+        k["allowed_purposes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("churn_analysis"))
+    );
+    assert!(
+        k["prohibited_purposes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("marketing_outreach"))
+    );
+    assert!(
+        k["yaml"]
+            .as_str()
+            .unwrap()
+            .starts_with("apiVersion: v3.2.0")
+    );
     assert_eq!(k["price"], "0.5 EUR per 1000 rows");
 
     // query: counts and sums that must agree with each other and with the data.
@@ -105,7 +160,11 @@ async fn analyst_lists_discovers_and_queries() {
     )
     .await);
     assert_eq!(q["rows"][0][0], 120_000);
-    let total: f64 = q["rows"][0][1].as_str().expect("decimal as string").parse().unwrap();
+    let total: f64 = q["rows"][0][1]
+        .as_str()
+        .expect("decimal as string")
+        .parse()
+        .unwrap();
     let by_status = ok(&call(
         &client,
         "query",
@@ -114,11 +173,20 @@ async fn analyst_lists_discovers_and_queries() {
     .await);
     let rows = by_status["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 5);
-    assert_eq!(rows.iter().map(|r| r[1].as_i64().unwrap()).sum::<i64>(), 120_000);
-    let sum: f64 = rows.iter().map(|r| r[2].as_str().unwrap().parse::<f64>().unwrap()).sum();
+    assert_eq!(
+        rows.iter().map(|r| r[1].as_i64().unwrap()).sum::<i64>(),
+        120_000
+    );
+    let sum: f64 = rows
+        .iter()
+        .map(|r| r[2].as_str().unwrap().parse::<f64>().unwrap())
+        .sum();
     assert!((sum - total).abs() < 0.01, "{sum} vs {total}");
     assert_eq!(q["snapshots"][0]["table"], "sales.orders");
-    assert_eq!(q["snapshots"][0]["snapshot_id"], d["current_snapshot"]["snapshot_id"]);
+    assert_eq!(
+        q["snapshots"][0]["snapshot_id"],
+        d["current_snapshot"]["snapshot_id"]
+    );
     assert_eq!(q["columns"][0]["name"], "n");
 
     // A join across namespaces, with the compact text for the model.
@@ -140,7 +208,12 @@ async fn denied_and_hidden_tables_reveal_nothing() {
     let lake = Lake::new();
     let analyst = lake.connect("analyst", &[]).await;
     // Discoverable but not queryable: denied with a reason and a next step, no data.
-    let e = err(&call(&analyst, "query", json!({"sql": "SELECT email FROM sales.customers LIMIT 1"})).await);
+    let e = err(&call(
+        &analyst,
+        "query",
+        json!({"sql": "SELECT email FROM sales.customers LIMIT 1"}),
+    )
+    .await);
     assert!(e.contains("access denied"), "{e}");
     assert!(e.contains("get_contract"), "{e}");
     assert!(!e.contains('@'), "no e-mail address leaks: {e}");
@@ -157,18 +230,44 @@ async fn denied_and_hidden_tables_reveal_nothing() {
     // marketing-agent may not discover ops.shipments: every tool answers as for a table that does not exist.
     let marketing = lake.connect("marketing-agent", &[]).await;
     let list = ok(&call(&marketing, "list_tables", json!({})).await);
-    let names: Vec<&str> = list["tables"].as_array().unwrap().iter().map(|t| t["table"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["table"].as_str().unwrap())
+        .collect();
     assert!(!names.contains(&"ops.shipments"), "{names:?}");
     for tool in ["describe_table", "get_contract"] {
         let hidden = err(&call(&marketing, tool, json!({"table": "ops.shipments"})).await);
         let missing = err(&call(&marketing, tool, json!({"table": "ops.nothing_here"})).await);
-        assert_eq!(hidden.replace("ops.shipments", "X"), missing.replace("ops.nothing_here", "X"));
+        assert_eq!(
+            hidden.replace("ops.shipments", "X"),
+            missing.replace("ops.nothing_here", "X")
+        );
     }
-    let hidden = err(&call(&marketing, "query", json!({"sql": "SELECT * FROM ops.shipments"})).await);
-    let missing = err(&call(&marketing, "query", json!({"sql": "SELECT * FROM ops.nothing_here"})).await);
-    assert_eq!(hidden.replace("ops.shipments", "X"), missing.replace("ops.nothing_here", "X"));
+    let hidden = err(&call(
+        &marketing,
+        "query",
+        json!({"sql": "SELECT * FROM ops.shipments"}),
+    )
+    .await);
+    let missing = err(&call(
+        &marketing,
+        "query",
+        json!({"sql": "SELECT * FROM ops.nothing_here"}),
+    )
+    .await);
+    assert_eq!(
+        hidden.replace("ops.shipments", "X"),
+        missing.replace("ops.nothing_here", "X")
+    );
     // Queryable for marketing: products.
-    let p = ok(&call(&marketing, "query", json!({"sql": "SELECT count(*) FROM sales.products"})).await);
+    let p = ok(&call(
+        &marketing,
+        "query",
+        json!({"sql": "SELECT count(*) FROM sales.products"}),
+    )
+    .await);
     assert_eq!(p["rows"][0][0], 500);
     marketing.cancel().await.unwrap();
 
@@ -176,7 +275,12 @@ async fn denied_and_hidden_tables_reveal_nothing() {
     let stranger = lake.connect("mallory", &[]).await;
     let list = ok(&call(&stranger, "list_tables", json!({})).await);
     assert_eq!(list["total"], 0);
-    let e = err(&call(&stranger, "query", json!({"sql": "SELECT count(*) FROM sales.products"})).await);
+    let e = err(&call(
+        &stranger,
+        "query",
+        json!({"sql": "SELECT count(*) FROM sales.products"}),
+    )
+    .await);
     assert!(e.contains("not found"), "{e}");
     let resources = stranger.list_resources(None).await.unwrap().resources;
     assert!(resources.is_empty());
@@ -184,7 +288,12 @@ async fn denied_and_hidden_tables_reveal_nothing() {
 
     // The owner of sales sees PII.
     let owner = lake.connect("sales-owner", &[]).await;
-    let q = ok(&call(&owner, "query", json!({"sql": "SELECT email FROM sales.customers WHERE customer_id = 1"})).await);
+    let q = ok(&call(
+        &owner,
+        "query",
+        json!({"sql": "SELECT email FROM sales.customers WHERE customer_id = 1"}),
+    )
+    .await);
     assert!(q["rows"][0][0].as_str().unwrap().contains('@'));
     owner.cancel().await.unwrap();
 }
@@ -198,12 +307,23 @@ async fn contracts_are_resources_and_prompts_are_served() {
     uris.sort();
     assert_eq!(
         uris,
-        ["contract://ops/shipments", "contract://sales/customers", "contract://sales/orders", "contract://sales/products"]
+        [
+            "contract://ops/shipments",
+            "contract://sales/customers",
+            "contract://sales/orders",
+            "contract://sales/products"
+        ]
     );
-    let templates = client.list_resource_templates(None).await.unwrap().resource_templates;
+    let templates = client
+        .list_resource_templates(None)
+        .await
+        .unwrap()
+        .resource_templates;
     assert_eq!(templates[0].uri_template, "contract://{namespace}/{table}");
     let read = client
-        .read_resource(rmcp::model::ReadResourceRequestParams::new("contract://sales/orders"))
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(
+            "contract://sales/orders",
+        ))
         .await
         .unwrap();
     let rmcp::model::ResourceContents::TextResourceContents { text, .. } = &read.contents[0] else {
@@ -211,7 +331,9 @@ async fn contracts_are_resources_and_prompts_are_served() {
     };
     assert!(text.contains("id: urn:parley:demo:sales:orders"));
     let missing = client
-        .read_resource(rmcp::model::ReadResourceRequestParams::new("contract://sales/nope"))
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(
+            "contract://sales/nope",
+        ))
         .await;
     assert!(missing.is_err());
 

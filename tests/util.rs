@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject};
 use rmcp::service::RunningService;
 use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
-use rmcp::{RoleClient, ServiceExt};
+use rmcp::{Peer, RoleClient, ServiceExt};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_parley");
@@ -112,7 +112,7 @@ impl Lake {
 pub type Client = RunningService<RoleClient, ()>;
 
 /// Calls a tool with JSON arguments.
-pub async fn call(client: &Client, tool: &str, args: Value) -> CallToolResult {
+pub async fn call(client: &Peer<RoleClient>, tool: &str, args: Value) -> CallToolResult {
     let args: JsonObject = args.as_object().cloned().expect("arguments are an object");
     client
         .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args))
