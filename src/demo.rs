@@ -542,13 +542,11 @@ fn orders() -> DemoTable {
         generate: |start, end| {
             let mut r = rng("orders", start);
             let n = end - start;
-            let mut cols: (Vec<i64>, Vec<i64>, Vec<i32>, Vec<&str>, Vec<&str>) = (
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-            );
+            let mut order_id = Vec::with_capacity(n);
+            let mut customer = Vec::with_capacity(n);
+            let mut order_date = Vec::with_capacity(n);
+            let mut status = Vec::with_capacity(n);
+            let mut channel = Vec::with_capacity(n);
             let mut amount = Vec::with_capacity(n);
             let mut currency = Vec::with_capacity(n);
             let mut items = Vec::with_capacity(n);
@@ -562,10 +560,10 @@ fn orders() -> DemoTable {
             };
             for i in start..end {
                 let day = from + r.i32(0..=(to - from));
-                cols.0.push(i as i64 + 1);
-                cols.1.push(r.i64(1..=CUSTOMERS_ROWS as i64));
-                cols.2.push(day);
-                cols.3.push(pick(
+                order_id.push(i as i64 + 1);
+                customer.push(r.i64(1..=CUSTOMERS_ROWS as i64));
+                order_date.push(day);
+                status.push(pick(
                     &mut r,
                     &[
                         ("placed", 5),
@@ -575,8 +573,7 @@ fn orders() -> DemoTable {
                         ("cancelled", 7),
                     ],
                 ));
-                cols.4
-                    .push(pick(&mut r, &[("web", 60), ("store", 30), ("partner", 10)]));
+                channel.push(pick(&mut r, &[("web", 60), ("store", 30), ("partner", 10)]));
                 amount.push(r.i128(500..=50_000));
                 currency.push(pick(&mut r, &[("EUR", 80), ("USD", 15), ("GBP", 5)]));
                 items.push(r.i32(1..=8));
@@ -588,11 +585,11 @@ fn orders() -> DemoTable {
                 });
             }
             vec![
-                Arc::new(Int64Array::from(cols.0)),
-                Arc::new(Int64Array::from(cols.1)),
-                Arc::new(Date32Array::from(cols.2)),
-                Arc::new(StringArray::from(cols.3)),
-                Arc::new(StringArray::from(cols.4)),
+                Arc::new(Int64Array::from(order_id)),
+                Arc::new(Int64Array::from(customer)),
+                Arc::new(Date32Array::from(order_date)),
+                Arc::new(StringArray::from(status)),
+                Arc::new(StringArray::from(channel)),
                 decimal(amount, 12, 2),
                 Arc::new(StringArray::from(currency)),
                 Arc::new(Int32Array::from(items)),

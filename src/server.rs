@@ -15,13 +15,14 @@ use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CallToolResult, ContentBlock, Implementation, JsonObject, ListResourceTemplatesResult,
-    ListResourcesResult, PaginatedRequestParams, PromptMessage, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, Resource as McpResource, ResourceContents,
-    ResourceTemplate, Role, ServerCapabilities, ServerConfig,
+    ListResourcesResult, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
+    PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    Resource as McpResource, ResourceContents, ResourceTemplate, Role, ServerCapabilities,
+    ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{
-    ErrorData, RoleServer, ServerHandler, prompt, prompt_handler, prompt_router, tool,
+    ErrorData, Peer, RoleServer, ServerHandler, prompt, prompt_handler, prompt_router, tool,
     tool_handler, tool_router,
 };
 use schemars::JsonSchema;
@@ -403,6 +404,31 @@ fn query_text(r: &QueryResult) -> String {
     out
 }
 
+/// Progress notifications for one request, sent only when the client asked for them (gave a progress token).
+struct Progress {
+    token: Option<ProgressToken>,
+    peer: Peer<RoleServer>,
+}
+
+impl Progress {
+    fn of(ctx: &RequestContext<RoleServer>) -> Progress {
+        Progress {
+            token: ctx.meta.get_progress_token(),
+            peer: ctx.peer.clone(),
+        }
+    }
+
+    async fn report(&self, done: u32, total: u32, message: String) {
+        if let Some(token) = &self.token {
+            let note = ProgressNotificationParam::new(token.clone(), done as f64)
+                .with_total(total as f64)
+                .with_message(message);
+            // Progress is advisory: a client that went away must not fail the call.
+            let _ = self.peer.notify_progress(note).await;
+        }
+    }
+}
+
 impl ParleyServer {
     /// A server over the shared application state.
     pub fn new(app: Arc<App>) -> ParleyServer {
@@ -688,6 +714,7 @@ impl ParleyServer {
         checked: &mut Checked<'_>,
         args: QueryArgs,
         cancel: tokio_util::sync::CancellationToken,
+        progress: &Progress,
     ) -> Result<QueryResult, ToolError> {
         let limits = &self.app.config.query;
         let catalog_name = &self.app.config.catalog_name;
@@ -708,6 +735,13 @@ impl ParleyServer {
             Some(n) => n as usize,
         };
         let prepared = query::prepare(&args.sql, limits, catalog_name).map_err(query_error)?;
+        progress
+            .report(
+                1,
+                3,
+                format!("checking access to {} table(s)", prepared.tables.len()),
+            )
+            .await;
         let mut readable = Vec::new();
         for t in prepared.tables.clone() {
             let shown = t.to_string();
@@ -717,9 +751,17 @@ impl ParleyServer {
             let table = self.app.lakehouse.load(&name).await.map_err(internal)?;
             readable.push(ReadableTable { name, table });
         }
+        progress.report(2, 3, "running the query".to_string()).await;
         let result = query::execute(prepared, readable, limits, catalog_name, max_rows, cancel)
             .await
             .map_err(query_error)?;
+        progress
+            .report(
+                3,
+                3,
+                format!("{} row(s) in {} ms", result.row_count, result.elapsed_ms),
+            )
+            .await;
         checked.usage.rows = Some(result.row_count as u64);
         checked.usage.bytes = Some(result.result_bytes as u64);
         checked.usage.snapshots = result
@@ -917,6 +959,7 @@ impl ParleyServer {
             .and_then(|p| p.as_str())
             .map(str::to_string);
         let cancel = ctx.ct.clone();
+        let progress = Progress::of(&ctx);
         let r = self
             .app
             .gate
@@ -924,7 +967,7 @@ impl ParleyServer {
                 if let Some(sql) = args.get("sql").and_then(|s| s.as_str()) {
                     c.usage.sql = Some(sql.to_string());
                 }
-                self.do_query(c, parse_args(args)?, cancel).await
+                self.do_query(c, parse_args(args)?, cancel, &progress).await
             })
             .await?;
         let text = query_text(&r);

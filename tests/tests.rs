@@ -2,6 +2,8 @@
 
 mod audit_log;
 mod bad_input;
+mod docs;
 mod http;
+mod init;
 mod tools;
 mod util;

@@ -353,3 +353,48 @@ async fn contracts_are_resources_and_prompts_are_served() {
     assert!(!body.contains("{{"), "{body}");
     client.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn sql_cannot_reach_around_the_policy() {
+    let lake = Lake::new();
+    let client = lake.connect("analyst", &[]).await;
+    for sql in [
+        "SELECT * FROM parley.sales.customers",
+        "SELECT * FROM \"sales\".\"customers\"",
+        "SELECT * FROM SALES.CUSTOMERS",
+        "WITH c AS (SELECT * FROM sales.customers) SELECT count(*) FROM c",
+        "SELECT * FROM sales.orders o JOIN sales.customers c ON o.customer_id = c.customer_id",
+        "SELECT customer_id FROM sales.orders UNION ALL SELECT customer_id FROM sales.customers",
+        "SELECT (SELECT max(email) FROM sales.customers) AS e",
+    ] {
+        let e = err(&call(&client, "query", json!({"sql": sql})).await);
+        assert!(e.contains("access denied"), "{sql}: {e}");
+    }
+    for sql in [
+        "SELECT * FROM sales.\"orders$snapshots\"",
+        "SELECT * FROM sales.\"orders$manifests\"",
+        "SELECT * FROM information_schema.columns",
+        "SELECT * FROM datafusion.public.x",
+    ] {
+        let e = err(&call(&client, "query", json!({"sql": sql})).await);
+        assert!(
+            e.contains("not found") || e.contains("unknown catalog"),
+            "{sql}: {e}"
+        );
+    }
+    for sql in [
+        "SELECT * FROM sales.orders FOR SYSTEM_TIME AS OF '2020-01-01'",
+        "SHOW TABLES",
+        "DESCRIBE sales.customers",
+        "SELECT * FROM read_parquet('/etc/passwd')",
+    ] {
+        let r = call(&client, "query", json!({"sql": sql})).await;
+        assert_eq!(
+            r.is_error,
+            Some(true),
+            "{sql} must fail: {:?}",
+            r.structured_content
+        );
+    }
+    client.cancel().await.unwrap();
+}

@@ -1,0 +1,111 @@
+//! The embedded default: `parley init` is idempotent, repairs an interrupted init, never touches a lakehouse it
+//! did not create, and a first `serve` on an empty dir creates everything.
+
+use serde_json::json;
+
+use crate::util::{BIN, Lake, call, ok};
+
+fn init(dir: &std::path::Path) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["init", "--data-dir"])
+        .arg(dir)
+        .env("PARLEY_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn current_snapshots(dir: &std::path::Path) -> Vec<String> {
+    // The catalog's pointer to each table's current metadata file: unchanged means nothing was rewritten.
+    let mut files: Vec<String> = walk(&dir.join("warehouse"))
+        .into_iter()
+        .filter(|p| p.ends_with(".metadata.json"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path().display().to_string());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn init_is_idempotent_and_repairs_an_interrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(init(dir.path()).contains("created the demo lakehouse"));
+    let before = current_snapshots(dir.path());
+    assert!(init(dir.path()).contains("already complete"));
+    assert_eq!(
+        current_snapshots(dir.path()),
+        before,
+        "a second init rewrites nothing"
+    );
+
+    // Simulate a crash mid-init: marker says initializing, one table's files are gone.
+    std::fs::write(
+        dir.path().join("parley-init.json"),
+        r#"{"state":"initializing","layout_version":1}"#,
+    )
+    .unwrap();
+    std::fs::remove_dir_all(dir.path().join("warehouse/sales/orders")).unwrap();
+    // A policy edit made by the user survives the repair.
+    let policy = dir.path().join("policy/policy.cedar");
+    let edited = std::fs::read_to_string(&policy).unwrap() + "\n// local edit\n";
+    std::fs::write(&policy, &edited).unwrap();
+    assert!(init(dir.path()).contains("rebuilt"));
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), edited);
+
+    let lake = Lake { dir };
+    let client = lake.connect("analyst", &[]).await;
+    let q = ok(&call(
+        &client,
+        "query",
+        json!({"sql": "SELECT count(*) FROM sales.orders"}),
+    )
+    .await);
+    assert_eq!(q["rows"][0][0], 120_000, "rebuilt once, not duplicated");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_foreign_lakehouse_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("catalog.db"), b"").unwrap();
+    assert!(init(dir.path()).contains("left alone"));
+    assert_eq!(std::fs::read(dir.path().join("catalog.db")).unwrap(), b"");
+    assert!(!dir.path().join("warehouse").exists());
+}
+
+#[tokio::test]
+async fn first_serve_creates_the_demo_and_env_principal_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake { dir };
+    let transport = rmcp::transport::TokioChildProcess::new({
+        let mut cmd = lake.command();
+        cmd.arg("serve").env("PARLEY_PRINCIPAL", "marketing-agent");
+        cmd
+    })
+    .unwrap();
+    let client = rmcp::ServiceExt::serve((), transport).await.unwrap();
+    let list = ok(&call(&client, "list_tables", json!({})).await);
+    assert_eq!(
+        list["total"], 3,
+        "marketing-agent sees the sales namespace only"
+    );
+    client.cancel().await.unwrap();
+    assert!(lake.path().join("parley-init.json").exists());
+    assert_eq!(lake.audit()[0]["principal"], "marketing-agent");
+}
