@@ -11,7 +11,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -102,16 +102,120 @@ pub trait AuditSink: Send + Sync {
     async fn append(&self, entry: AuditEntry) -> Result<u64, AuditError>;
 }
 
-struct LogState {
-    file: File,
-    seq: u64,
-    head: String,
+/// Columns of the audit log as a governed table (`parley.audit_log`).
+pub fn to_batch(records: &[AuditRecord]) -> datafusion::arrow::array::RecordBatch {
+    use datafusion::arrow::array::{ArrayRef, StringArray, TimestampMicrosecondArray, UInt64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let text = |f: &dyn Fn(&AuditRecord) -> Option<String>| -> ArrayRef {
+        Arc::new(StringArray::from(records.iter().map(f).collect::<Vec<_>>()))
+    };
+    let num = |f: &dyn Fn(&AuditRecord) -> Option<u64>| -> ArrayRef {
+        Arc::new(UInt64Array::from(records.iter().map(f).collect::<Vec<_>>()))
+    };
+    let time: ArrayRef = Arc::new(
+        TimestampMicrosecondArray::from(
+            records
+                .iter()
+                .map(|r| {
+                    chrono::DateTime::parse_from_rfc3339(&r.time)
+                        .ok()
+                        .map(|t| t.timestamp_micros())
+                })
+                .collect::<Vec<_>>(),
+        )
+        .with_timezone("+00:00"),
+    );
+    let columns: Vec<(&str, DataType, ArrayRef)> = vec![
+        ("seq", DataType::UInt64, num(&|r| Some(r.seq))),
+        (
+            "time",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+            time,
+        ),
+        (
+            "principal",
+            DataType::Utf8,
+            text(&|r| Some(r.entry.principal.clone())),
+        ),
+        (
+            "tool",
+            DataType::Utf8,
+            text(&|r| Some(r.entry.tool.clone())),
+        ),
+        ("action", DataType::Utf8, text(&|r| r.entry.action.clone())),
+        (
+            "resource",
+            DataType::Utf8,
+            text(&|r| Some(r.entry.resource.clone())),
+        ),
+        (
+            "decision",
+            DataType::Utf8,
+            text(&|r| Some(r.entry.decision.clone())),
+        ),
+        (
+            "reason",
+            DataType::Utf8,
+            text(&|r| Some(r.entry.reason.clone())),
+        ),
+        (
+            "purpose",
+            DataType::Utf8,
+            text(&|r| r.entry.purpose.clone()),
+        ),
+        ("sql", DataType::Utf8, text(&|r| r.entry.sql.clone())),
+        (
+            "sql_digest",
+            DataType::Utf8,
+            text(&|r| r.entry.sql_digest.clone()),
+        ),
+        ("rows", DataType::UInt64, num(&|r| r.entry.rows)),
+        ("bytes", DataType::UInt64, num(&|r| r.entry.bytes)),
+        (
+            "duration_ms",
+            DataType::UInt64,
+            num(&|r| Some(r.entry.duration_ms)),
+        ),
+        ("error", DataType::Utf8, text(&|r| r.entry.error.clone())),
+        ("hash", DataType::Utf8, text(&|r| Some(r.hash.clone()))),
+    ];
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(n, t, _)| Field::new(*n, t.clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    datafusion::arrow::array::RecordBatch::try_new(
+        schema,
+        columns.into_iter().map(|(_, _, a)| a).collect(),
+    )
+    .expect("audit columns match their schema")
 }
 
-/// The embedded audit log: a JSON-lines file in the data dir.
+/// One pending append: the entry and where to send its `seq` once durable.
+struct Job {
+    entry: AuditEntry,
+    done: tokio::sync::oneshot::Sender<Result<u64, String>>,
+}
+
+/// The embedded audit log: JSON-lines files in a directory — `audit.jsonl` (active) and rotated segments
+/// `audit.<first seq>.jsonl`, one chain across all of them.
+///
+/// Appends go to one writer thread that commits in groups: every append waiting when a write starts shares its
+/// single fsync, so many concurrent calls cost one disk flush.
 pub struct FileAuditLog {
     path: PathBuf,
-    state: Arc<Mutex<LogState>>,
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+/// Writer-thread state.
+struct Writer {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    seq: u64,
+    head: String,
+    rotate_bytes: u64,
 }
 
 /// Sorts object keys recursively so the hash does not depend on field order.
@@ -146,7 +250,7 @@ pub fn digest(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-/// Result of checking a whole log.
+/// Result of checking a log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     /// Records checked.
@@ -155,44 +259,111 @@ pub struct Verified {
     pub head: String,
 }
 
-/// Reads the log at `path` and checks every link of the chain; returns the first broken record.
-pub fn verify(path: &Path) -> Result<Verified, AuditError> {
-    let (records, _) = read_chain(path, false)?;
+/// The files of the log whose active file is `path`, oldest first: rotated segments, then the active file.
+pub fn segments(path: &Path) -> Result<Vec<PathBuf>, AuditError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let mut rotated: Vec<(u64, PathBuf)> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                let seq = name
+                    .strip_prefix(&format!("{stem}."))?
+                    .strip_suffix(".jsonl")?
+                    .parse::<u64>()
+                    .ok()?;
+                Some((seq, e.path()))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+        Err(source) => {
+            return Err(AuditError::Io {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    rotated.sort();
+    let mut out: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    out.push(path.to_path_buf());
+    Ok(out)
+}
+
+/// Checks every link of the chain across all segments, from `from` (a seq; earlier records are read but their
+/// hashes are trusted); returns the first broken record.
+pub fn verify(path: &Path, from: Option<u64>) -> Result<Verified, AuditError> {
+    let mut chain = Chain::new(from.unwrap_or(1));
+    for segment in segments(path)? {
+        let torn = read_segment(&segment, false, &mut chain, &mut |_| {})?;
+        debug_assert!(torn.is_none());
+    }
     Ok(Verified {
-        count: records.len() as u64,
-        head: records
-            .last()
-            .map_or(GENESIS_HASH.to_string(), |r| r.hash.clone()),
+        count: chain.count,
+        head: chain.prev,
     })
 }
 
-/// Reads every record of the log. With `tolerate_torn_tail`, an unterminated last line is ignored and its byte
-/// offset returned so the caller can cut it off.
-fn read_chain(
+/// Every record of the log, oldest first, after checking the chain.
+pub fn read_all(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
+    let mut chain = Chain::new(1);
+    let mut out = Vec::new();
+    for segment in segments(path)? {
+        // The active file may end in a torn line while the server runs; it was never acknowledged.
+        read_segment(&segment, true, &mut chain, &mut |r| out.push(r))?;
+    }
+    Ok(out)
+}
+
+/// Running state of a chain check.
+struct Chain {
+    prev: String,
+    next_seq: u64,
+    count: u64,
+    check_from: u64,
+}
+
+impl Chain {
+    fn new(check_from: u64) -> Chain {
+        Chain {
+            prev: GENESIS_HASH.to_string(),
+            next_seq: 1,
+            count: 0,
+            check_from,
+        }
+    }
+}
+
+/// Reads one segment into `chain`, handing each record to `each`. With `tolerate_torn_tail`, an unterminated last
+/// line is skipped and its byte offset returned so the caller can cut it off.
+fn read_segment(
     path: &Path,
     tolerate_torn_tail: bool,
-) -> Result<(Vec<AuditRecord>, Option<u64>), AuditError> {
+    chain: &mut Chain,
+    each: &mut dyn FnMut(AuditRecord),
+) -> Result<Option<u64>, AuditError> {
     let io = |source| AuditError::Io {
         path: path.to_path_buf(),
         source,
     };
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![], None)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(e)),
     };
     let mut reader = BufReader::new(file);
-    let mut records = Vec::new();
-    let mut prev = GENESIS_HASH.to_string();
     let mut offset: u64 = 0;
     let mut line = String::new();
     loop {
         line.clear();
         let n = reader.read_line(&mut line).map_err(io)?;
         if n == 0 {
-            return Ok((records, None));
+            return Ok(None);
         }
-        let expected_seq = records.len() as u64 + 1;
+        let expected_seq = chain.next_seq;
         let broken = |message: String| AuditError::Broken {
             path: path.to_path_buf(),
             seq: expected_seq,
@@ -200,7 +371,7 @@ fn read_chain(
         };
         if !line.ends_with('\n') {
             if tolerate_torn_tail {
-                return Ok((records, Some(offset)));
+                return Ok(Some(offset));
             }
             return Err(broken(
                 "last line is incomplete (torn write); opening the log repairs it".into(),
@@ -210,34 +381,38 @@ fn read_chain(
             .map_err(|e| broken(format!("not a JSON record: {e}")))?;
         let record: AuditRecord = serde_json::from_value(value.clone())
             .map_err(|e| broken(format!("not an audit record: {e}")))?;
-        if record.seq != expected_seq {
+        if record.seq != expected_seq && expected_seq >= chain.check_from {
             return Err(broken(format!(
                 "sequence number is {}, expected {expected_seq} (a record was deleted, inserted or moved)",
                 record.seq
             )));
         }
-        if record.prev_hash != prev {
-            return Err(broken(
-                "prev_hash does not match the previous record's hash (a record was deleted, inserted or moved)"
-                    .into(),
-            ));
+        if record.seq >= chain.check_from {
+            if record.seq > chain.check_from && record.prev_hash != chain.prev {
+                return Err(broken(
+                    "prev_hash does not match the previous record's hash (a record was deleted, inserted or moved)"
+                        .into(),
+                ));
+            }
+            if record_hash(&value) != record.hash {
+                return Err(broken(
+                    "hash does not match the record's content (the record was edited)".into(),
+                ));
+            }
         }
-        let actual = record_hash(&value);
-        if actual != record.hash {
-            return Err(broken(
-                "hash does not match the record's content (the record was edited)".into(),
-            ));
-        }
-        prev = record.hash.clone();
+        chain.prev = record.hash.clone();
+        chain.next_seq = record.seq + 1;
+        chain.count += 1;
         offset += n as u64;
-        records.push(record);
+        each(record);
     }
 }
 
 impl FileAuditLog {
-    /// Opens (or creates) the log at `path`, cuts off a torn last line, and checks the chain so appends continue
-    /// it.
-    pub fn open(path: &Path) -> Result<FileAuditLog, AuditError> {
+    /// Opens (or creates) the log whose active file is `path`, cuts off a torn last line, checks the chain so
+    /// appends continue it, and starts the writer thread. The active file is rotated once it reaches
+    /// `rotate_bytes`.
+    pub fn open(path: &Path, rotate_bytes: u64) -> Result<FileAuditLog, AuditError> {
         let io = |source| AuditError::Io {
             path: path.to_path_buf(),
             source,
@@ -245,7 +420,13 @@ impl FileAuditLog {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let (records, torn_at) = read_chain(path, true)?;
+        let mut chain = Chain::new(1);
+        let all = segments(path)?;
+        let (active, rotated) = all.split_last().expect("the active file is always listed");
+        for segment in rotated {
+            read_segment(segment, false, &mut chain, &mut |_| {})?;
+        }
+        let torn_at = read_segment(active, true, &mut chain, &mut |_| {})?;
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
@@ -261,65 +442,155 @@ impl FileAuditLog {
             file.set_len(at).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
-        file.seek(SeekFrom::End(0)).map_err(io)?;
-        let (seq, head) = records
-            .last()
-            .map_or((0, GENESIS_HASH.to_string()), |r| (r.seq, r.hash.clone()));
+        let len = file.seek(SeekFrom::End(0)).map_err(io)?;
+        let mut writer = Writer {
+            path: path.to_path_buf(),
+            file,
+            len,
+            seq: chain.next_seq - 1,
+            head: chain.prev,
+            rotate_bytes: rotate_bytes.max(1),
+        };
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("parley-audit".to_string())
+            .spawn(move || writer.run(rx))
+            .map_err(io)?;
         Ok(FileAuditLog {
             path: path.to_path_buf(),
-            state: Arc::new(Mutex::new(LogState { file, seq, head })),
+            jobs,
         })
     }
 
-    /// Path of the log file.
+    /// Path of the active file.
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
 
-    fn append_blocking(
-        state: &Mutex<LogState>,
-        path: &Path,
-        entry: AuditEntry,
-    ) -> Result<u64, AuditError> {
-        let io = |source| AuditError::Io {
-            path: path.to_path_buf(),
-            source,
+/// Most appends one group commit takes.
+const MAX_GROUP: usize = 4096;
+
+impl Writer {
+    fn run(&mut self, rx: std::sync::mpsc::Receiver<Job>) {
+        // Ends when every sender (the log) is dropped.
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            let (jobs, entries): (Vec<_>, Vec<_>) =
+                group.into_iter().map(|j| (j.done, j.entry)).unzip();
+            match self.commit(entries) {
+                Ok(first_seq) => {
+                    for (i, done) in jobs.into_iter().enumerate() {
+                        let _ = done.send(Ok(first_seq + i as u64));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("audit write failed: {e}");
+                    for done in jobs {
+                        let _ = done.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `entries` as consecutive records with one fsync; returns the first seq. On failure the file is cut
+    /// back to where it was, so no half-group stays behind.
+    fn commit(&mut self, entries: Vec<AuditEntry>) -> Result<u64, AuditError> {
+        let path = self.path.clone();
+        let io = |source| AuditError::Io { path, source };
+        let first_seq = self.seq + 1;
+        let mut seq = self.seq;
+        let mut head = self.head.clone();
+        let mut buf = Vec::new();
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        for entry in entries {
+            seq += 1;
+            let mut record = serde_json::to_value(AuditRecord {
+                seq,
+                time: time.clone(),
+                entry,
+                prev_hash: head.clone(),
+                hash: String::new(),
+            })
+            .expect("audit records serialize");
+            head = record_hash(&record);
+            record["hash"] = Value::String(head.clone());
+            serde_json::to_writer(&mut buf, &canonical(&record)).expect("JSON values serialize");
+            buf.push(b'\n');
+        }
+        let written = self
+            .file
+            .write_all(&buf)
+            .and_then(|_| self.file.sync_data());
+        if let Err(e) = written {
+            let _ = self.file.set_len(self.len);
+            return Err(io(e));
+        }
+        self.len += buf.len() as u64;
+        self.seq = seq;
+        self.head = head;
+        if self.len >= self.rotate_bytes {
+            let path = self.path.clone();
+            self.rotate()
+                .map_err(|source| AuditError::Io { path, source })?;
+        }
+        Ok(first_seq)
+    }
+
+    /// Moves the active file aside as `<stem>.<first seq>.jsonl` and starts a new one; the chain continues.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let first_seq = {
+            let mut reader = BufReader::new(File::open(&self.path)?);
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            serde_json::from_str::<AuditRecord>(&line)
+                .map(|r| r.seq)
+                .map_err(std::io::Error::other)?
         };
-        // A poisoned lock means a writer panicked mid-append; the file itself is still consistent up to the
-        // last complete line, so keep going with the state as it was.
-        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = st.seq + 1;
-        let mut record = serde_json::to_value(AuditRecord {
-            seq,
-            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            entry,
-            prev_hash: st.head.clone(),
-            hash: String::new(),
-        })
-        .expect("audit records serialize");
-        let hash = record_hash(&record);
-        record["hash"] = Value::String(hash.clone());
-        let mut line = serde_json::to_vec(&canonical(&record)).expect("JSON values serialize");
-        line.push(b'\n');
-        st.file.write_all(&line).map_err(io)?;
-        st.file.sync_data().map_err(io)?;
-        st.seq = seq;
-        st.head = hash;
-        Ok(seq)
+        let stem = self
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let rotated = self
+            .path
+            .with_file_name(format!("{stem}.{first_seq:012}.jsonl"));
+        std::fs::rename(&self.path, &rotated)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        self.len = 0;
+        Ok(())
     }
 }
 
 #[async_trait::async_trait]
 impl AuditSink for FileAuditLog {
     async fn append(&self, entry: AuditEntry) -> Result<u64, AuditError> {
-        let state = self.state.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || Self::append_blocking(&state, &path, entry))
-            .await
-            .map_err(|e| AuditError::Io {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let gone = || AuditError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other("the audit writer has stopped"),
+        };
+        self.jobs.send(Job { entry, done }).map_err(|_| gone())?;
+        wait.await
+            .map_err(|_| gone())?
+            .map_err(|message| AuditError::Io {
                 path: self.path.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?
+                source: std::io::Error::other(message),
+            })
     }
 }
 
@@ -342,7 +613,7 @@ mod tests {
     async fn log_with(n: u64) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let log = FileAuditLog::open(&path).unwrap();
+        let log = FileAuditLog::open(&path, u64::MAX).unwrap();
         for i in 0..n {
             assert_eq!(log.append(entry(i)).await.unwrap(), i + 1);
         }
@@ -362,7 +633,7 @@ mod tests {
     }
 
     fn broken_seq(path: &Path) -> u64 {
-        match verify(path) {
+        match verify(path, None) {
             Err(AuditError::Broken { seq, .. }) => seq,
             other => panic!("expected a broken chain, got {other:?}"),
         }
@@ -371,10 +642,10 @@ mod tests {
     #[tokio::test]
     async fn chain_verifies_and_continues_after_reopen() {
         let (_d, path) = log_with(5).await;
-        assert_eq!(verify(&path).unwrap().count, 5);
-        let log = FileAuditLog::open(&path).unwrap();
+        assert_eq!(verify(&path, None).unwrap().count, 5);
+        let log = FileAuditLog::open(&path, u64::MAX).unwrap();
         assert_eq!(log.append(entry(9)).await.unwrap(), 6);
-        assert_eq!(verify(&path).unwrap().count, 6);
+        assert_eq!(verify(&path, None).unwrap().count, 6);
     }
 
     #[tokio::test]
@@ -398,7 +669,63 @@ mod tests {
         assert_eq!(broken_seq(&path), 2);
 
         write_lines(&path, &original);
-        assert_eq!(verify(&path).unwrap().count, 6);
+        assert_eq!(verify(&path, None).unwrap().count, 6);
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_share_fsyncs_and_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = Arc::new(FileAuditLog::open(&path, u64::MAX).unwrap());
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..50 {
+                    seqs.push(log.append(entry(t * 1000 + i)).await.unwrap());
+                }
+                seqs
+            }));
+        }
+        let mut all: Vec<u64> = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort();
+        assert_eq!(all, (1..=800).collect::<Vec<u64>>());
+        assert_eq!(verify(&path, None).unwrap().count, 800);
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_one_chain_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = FileAuditLog::open(&path, 2_000).unwrap();
+        for i in 0..40 {
+            log.append(entry(i)).await.unwrap();
+        }
+        drop(log);
+        let files = segments(&path).unwrap();
+        assert!(files.len() > 2, "rotated: {files:?}");
+        assert_eq!(verify(&path, None).unwrap().count, 40);
+        assert_eq!(read_all(&path).unwrap().len(), 40);
+        // Reopening continues the chain in the active file.
+        let log = FileAuditLog::open(&path, 2_000).unwrap();
+        assert_eq!(log.append(entry(99)).await.unwrap(), 41);
+        // Deleting a whole rotated segment breaks the chain where it was.
+        std::fs::remove_file(&files[1]).unwrap();
+        assert!(verify(&path, None).is_err());
+    }
+
+    #[tokio::test]
+    async fn verify_from_skips_earlier_damage() {
+        let (_d, path) = log_with(6).await;
+        let mut l = lines(&path);
+        l[1] = l[1].replace("sales.t1", "sales.tX");
+        write_lines(&path, &l);
+        assert_eq!(broken_seq(&path), 2);
+        assert_eq!(verify(&path, Some(3)).unwrap().count, 6);
     }
 
     #[tokio::test]
@@ -407,9 +734,9 @@ mod tests {
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str("{\"seq\":4,\"time\":\"2026");
         std::fs::write(&path, &text).unwrap();
-        assert!(verify(&path).is_err());
-        let log = FileAuditLog::open(&path).unwrap();
+        assert!(verify(&path, None).is_err());
+        let log = FileAuditLog::open(&path, u64::MAX).unwrap();
         assert_eq!(log.append(entry(4)).await.unwrap(), 4);
-        assert_eq!(verify(&path).unwrap().count, 4);
+        assert_eq!(verify(&path, None).unwrap().count, 4);
     }
 }

@@ -20,6 +20,84 @@ pub struct Config {
     pub query: QueryLimits,
     /// Page size of `list_tables` when the caller gives none. Default: 50.
     pub list_page_size: usize,
+    /// The audit log.
+    pub audit: AuditSettings,
+    /// Bearer-token validation on streamable HTTP.
+    pub auth: AuthSettings,
+}
+
+/// Audit log settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Size at which the active audit file is rotated (the chain continues in the next file). Default: 64 MiB.
+    pub rotate_bytes: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            rotate_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// How bearer tokens are validated on streamable HTTP (the MCP authorization spec's resource-server role).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The IdP's issuer URL: tokens must carry it as `iss`, and without `jwks_url`/`jwks_file` the keys come
+    /// from `<issuer>/.well-known/openid-configuration`. Env: `PARLEY_AUTH_ISSUER`.
+    pub issuer: Option<String>,
+    /// URL of the IdP's JWKS, instead of discovery. Env: `PARLEY_AUTH_JWKS_URL`.
+    pub jwks_url: Option<String>,
+    /// A JWKS file, instead of fetching one.
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// Audience tokens must be issued for (`aud`): this server's resource identifier. Env:
+    /// `PARLEY_AUTH_AUDIENCE`. Default: `parley`.
+    pub audience: String,
+    /// Resource URL announced in the protected-resource metadata. Default: `http://<bound address>/mcp`.
+    pub resource: Option<String>,
+    /// Authorization servers announced in the metadata. Default: the issuer.
+    pub authorization_servers: Vec<String>,
+    /// Accepted signing algorithms. HMAC (HS*) is refused. Default: RS256, RS384, RS512, PS256, ES256, ES384,
+    /// EdDSA.
+    pub algorithms: Vec<String>,
+    /// Clock skew tolerated on `exp`/`nbf`, seconds. Default: 30.
+    pub leeway_secs: u64,
+    /// Claim holding the principal id. Default: `sub`.
+    pub subject_claim: String,
+    /// Claims (dotted paths) holding groups/roles, merged. Default: `groups`, `roles`, `realm_access.roles`.
+    pub groups_claims: Vec<String>,
+    /// Scopes every token must carry (from `scope` or `scp`). Default: none.
+    pub required_scopes: Vec<String>,
+    /// Least time between two key fetches triggered by an unknown `kid`, seconds. Default: 60.
+    pub jwks_refresh_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            issuer: None,
+            jwks_url: None,
+            jwks_file: None,
+            audience: "parley".to_string(),
+            resource: None,
+            authorization_servers: vec![],
+            algorithms: [
+                "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA",
+            ]
+            .map(str::to_string)
+            .to_vec(),
+            leeway_secs: 30,
+            subject_claim: "sub".to_string(),
+            groups_claims: ["groups", "roles", "realm_access.roles"]
+                .map(str::to_string)
+                .to_vec(),
+            required_scopes: vec![],
+            jwks_refresh_secs: 60,
+        }
+    }
 }
 
 /// Limits of the bounded query engine.
@@ -53,6 +131,8 @@ impl Default for Config {
             catalog_name: "parley".to_string(),
             query: QueryLimits::default(),
             list_page_size: 50,
+            audit: AuditSettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -140,6 +220,15 @@ impl Config {
         }
         if let Some(p) = get("PARLEY_PRINCIPAL") {
             self.principal = p;
+        }
+        if let Some(v) = get("PARLEY_AUTH_ISSUER") {
+            self.auth.issuer = Some(v);
+        }
+        if let Some(v) = get("PARLEY_AUTH_JWKS_URL") {
+            self.auth.jwks_url = Some(v);
+        }
+        if let Some(v) = get("PARLEY_AUTH_AUDIENCE") {
+            self.auth.audience = v;
         }
         let q = &mut self.query;
         num("PARLEY_QUERY_DEFAULT_ROWS", &get, &mut q.default_rows)?;

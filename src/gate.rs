@@ -105,6 +105,15 @@ impl Checked<'_> {
         }
     }
 
+    /// Records a step that needed no single policy decision (e.g. rows filtered per record by policy).
+    pub fn note(&mut self, action: Action, resource: &str, reason: String) {
+        self.action = Some(action);
+        if !self.resources.iter().any(|r| r == resource) {
+            self.resources.push(resource.to_string());
+        }
+        self.reasons.push(reason);
+    }
+
     /// Requires `action` on `resource`; records the decision and fails with [`ToolError::Denied`] if denied.
     pub fn require(
         &mut self,

@@ -3,17 +3,6 @@
 
 #![forbid(unsafe_code)]
 
-mod audit;
-mod catalog;
-mod config;
-mod contracts;
-mod demo;
-mod gate;
-mod identity;
-mod policy;
-mod query;
-mod server;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,15 +14,19 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::FileAuditLog;
-use crate::catalog::{Lakehouse, open_sql_catalog};
-use crate::config::Config;
-use crate::contracts::ContractStore;
-use crate::demo::{DataDir, InitOutcome};
-use crate::gate::Gate;
-use crate::identity::{Directory, LocalIdentity, Principal};
-use crate::policy::{CedarPolicy, PolicyBackend};
-use crate::server::{App, ParleyServer};
+use parley::audit::FileAuditLog;
+use parley::catalog::{Lakehouse, open_sql_catalog};
+use parley::config::Config;
+use parley::contracts::ContractStore;
+use parley::demo::{DataDir, InitOutcome};
+use parley::gate::Gate;
+use parley::http::HttpAuth;
+use parley::identity::{
+    Anonymous, DevIssuer, Directory, FileKeys, HttpKeys, Identity, JwtValidator, KeySource,
+    LocalIdentity, Principal, StaticKeys,
+};
+use parley::policy::{CedarPolicy, PolicyBackend, ReloadablePolicy};
+use parley::server::{App, ParleyServer};
 
 /// Parley: governed access to lakehouse tables for AI agents, over MCP.
 #[derive(Parser)]
@@ -57,9 +50,28 @@ enum Command {
         /// Serve streamable HTTP at this address (path /mcp) instead of stdio, e.g. 127.0.0.1:8765.
         #[arg(long)]
         http: Option<SocketAddr>,
-        /// Principal the caller acts as [env: PARLEY_PRINCIPAL; default: analyst].
+        /// Principal the caller acts as on stdio [env: PARLEY_PRINCIPAL; default: analyst]. Over HTTP the
+        /// principal comes from each request's bearer token.
         #[arg(long)]
         principal: Option<String>,
+        /// Trust tokens minted by `parley token` (a signing key kept in the data dir). For local use only.
+        #[arg(long)]
+        dev_issuer: bool,
+    },
+    /// Mint a bearer token from the local dev issuer, for `serve --http --dev-issuer`.
+    Token {
+        /// Principal id (the token's subject).
+        #[arg(long)]
+        principal: String,
+        /// Groups, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Scopes, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
     },
     /// Create (or repair) the demo lakehouse in the data dir without serving.
     Init {
@@ -82,7 +94,32 @@ enum Command {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Check the hash chain of the audit log; prints the count and head hash, or the first broken record.
-    Verify,
+    Verify {
+        /// Start checking at this sequence number (earlier records are trusted).
+        #[arg(long)]
+        from: Option<u64>,
+    },
+    /// Print the last records.
+    Tail {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+    },
+    /// Print the records matching every given filter.
+    Search {
+        /// Principal id.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Table (matches records on it, also among several tables).
+        #[arg(long)]
+        table: Option<String>,
+        /// Tool name, e.g. query.
+        #[arg(long)]
+        tool: Option<String>,
+        /// allowed, denied or error.
+        #[arg(long)]
+        decision: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -125,18 +162,38 @@ async fn main() -> Result<()> {
     let dir = DataDir::new(&cli.data_dir.clone().unwrap_or_else(default_data_dir))?;
     let mut config = Config::load(&dir.root, cli.config.as_deref())?;
     match cli.command {
-        Command::Serve { http, principal } => {
+        Command::Serve {
+            http,
+            principal,
+            dev_issuer,
+        } => {
             if let Some(p) = principal {
                 config.principal = p;
             }
-            let app = build_app(&dir, config).await?;
             match http {
-                None => serve_stdio(app).await,
-                Some(addr) => serve_http(app, addr).await,
+                None => serve_stdio(build_app(&dir, config, false).await?).await,
+                Some(addr) => {
+                    let validator = token_validator(&dir, &config, dev_issuer)?;
+                    serve_http(build_app(&dir, config, true).await?, addr, validator).await
+                }
             }
         }
+        Command::Token {
+            principal,
+            groups,
+            scopes,
+            ttl,
+        } => {
+            let ttl = parley::identity::parse_ttl(&ttl).map_err(anyhow::Error::msg)?;
+            let issuer = DevIssuer::load_or_create(&dev_key_path(&dir))?;
+            println!(
+                "{}",
+                issuer.mint(&principal, &groups, &scopes, ttl, &config.auth.audience)?
+            );
+            Ok(())
+        }
         Command::Init { force } => {
-            let outcome = demo::ensure(&dir, &config.catalog_name, force).await?;
+            let outcome = parley::demo::ensure(&dir, &config.catalog_name, force).await?;
             let what = match outcome {
                 InitOutcome::Created => "created the demo lakehouse in",
                 InitOutcome::Repaired => "rebuilt the demo lakehouse in",
@@ -147,10 +204,42 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Audit {
-            command: AuditCommand::Verify,
+            command: AuditCommand::Tail { lines },
+        } => {
+            let records = parley::audit::read_all(&dir.audit_log())?;
+            for r in records.iter().skip(records.len().saturating_sub(lines)) {
+                println!("{}", serde_json::to_string(r)?);
+            }
+            Ok(())
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Search {
+                    principal,
+                    table,
+                    tool,
+                    decision,
+                },
+        } => {
+            for r in parley::audit::read_all(&dir.audit_log())? {
+                let e = &r.entry;
+                let keep = principal.as_ref().is_none_or(|p| &e.principal == p)
+                    && tool.as_ref().is_none_or(|t| &e.tool == t)
+                    && decision.as_ref().is_none_or(|d| &e.decision == d)
+                    && table
+                        .as_ref()
+                        .is_none_or(|t| e.resource.split(',').any(|x| x == t));
+                if keep {
+                    println!("{}", serde_json::to_string(&r)?);
+                }
+            }
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { from },
         } => {
             let path = dir.audit_log();
-            match audit::verify(&path) {
+            match parley::audit::verify(&path, from) {
                 Ok(v) => {
                     println!(
                         "ok: {} records, head {} ({})",
@@ -183,22 +272,27 @@ async fn policy_check(
     purpose: Option<String>,
 ) -> Result<()> {
     let policy = load_policy(&dir.policy())?;
-    let action: policy::Action = action.parse().map_err(anyhow::Error::msg)?;
+    let action: parley::policy::Action = action.parse().map_err(anyhow::Error::msg)?;
     let resource = if resource == "*" {
-        policy::Resource::Lakehouse
+        parley::policy::Resource::Lakehouse
     } else if !resource.contains('.') {
-        policy::Resource::Namespace(resource.to_string())
+        parley::policy::Resource::Namespace(resource.to_string())
     } else {
-        let table = catalog::TableName::parse(resource).map_err(anyhow::Error::msg)?;
+        let table = parley::catalog::TableName::parse(resource).map_err(anyhow::Error::msg)?;
         let contracts = ContractStore::load(&dir.contracts());
-        policy::Resource::Table(contracts::table_facts(
+        parley::policy::Resource::Table(parley::contracts::table_facts(
             &table.namespace_str(),
             &table.name,
             contracts.get(&table.to_string()).map(|c| &c.contract),
         ))
     };
     let who = Principal::new(principal, policy.groups_of(principal));
-    let d = policy.authorize(&who, action, &resource, &policy::RequestContext { purpose });
+    let d = policy.authorize(
+        &who,
+        action,
+        &resource,
+        &parley::policy::RequestContext { purpose },
+    );
     println!(
         "{}: {}",
         if d.allowed() { "ALLOW" } else { "DENY" },
@@ -207,9 +301,41 @@ async fn policy_check(
     Ok(())
 }
 
-/// Builds the shared application state from the data dir (creating the demo lakehouse when it is new).
-async fn build_app(dir: &DataDir, config: Config) -> Result<Arc<App>> {
-    match demo::ensure(dir, &config.catalog_name, false).await? {
+fn dev_key_path(dir: &DataDir) -> PathBuf {
+    dir.root.join("dev-issuer").join("ed25519.pem")
+}
+
+/// The bearer-token validator HTTP serving needs: the dev issuer, a JWKS file, a JWKS URL, or OIDC discovery.
+fn token_validator(dir: &DataDir, config: &Config, dev_issuer: bool) -> Result<JwtValidator> {
+    let mut settings = config.auth.clone();
+    let source: Arc<dyn KeySource> = if dev_issuer {
+        tracing::warn!(
+            "trusting the local dev issuer: tokens minted by `parley token` are accepted"
+        );
+        settings.issuer = Some(parley::identity::DEV_ISSUER.to_string());
+        Arc::new(StaticKeys(
+            DevIssuer::load_or_create(&dev_key_path(dir))?.jwks(),
+        ))
+    } else if let Some(file) = &settings.jwks_file {
+        Arc::new(FileKeys(file.clone()))
+    } else if settings.jwks_url.is_some() || settings.issuer.is_some() {
+        Arc::new(HttpKeys::new(
+            settings.jwks_url.clone(),
+            settings.issuer.clone(),
+        ))
+    } else {
+        bail!(
+            "serving HTTP needs token validation: set auth.issuer (OIDC discovery), auth.jwks_url or auth.jwks_file \
+             in parley.toml (or PARLEY_AUTH_ISSUER), or pass --dev-issuer for local use with `parley token`"
+        );
+    };
+    JwtValidator::new(settings, source).map_err(anyhow::Error::msg)
+}
+
+/// Builds the shared application state from the data dir (creating the demo lakehouse when it is new). On
+/// HTTP (`authenticated`), callers are who their tokens say and nobody else.
+async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result<Arc<App>> {
+    match parley::demo::ensure(dir, &config.catalog_name, false).await? {
         InitOutcome::Created => {
             tracing::info!(data_dir = %dir.root.display(), "created the demo lakehouse")
         }
@@ -218,9 +344,24 @@ async fn build_app(dir: &DataDir, config: Config) -> Result<Arc<App>> {
         }
         _ => {}
     }
-    let policy = Arc::new(load_policy(&dir.policy())?);
-    let identity = Arc::new(LocalIdentity::new(&config.principal, policy.as_ref()));
-    let audit = Arc::new(FileAuditLog::open(&dir.audit_log())?);
+    let policy = Arc::new(
+        ReloadablePolicy::load(&dir.policy()).with_context(|| {
+            format!(
+                "cannot load the policy in {}; fix the file named above (see examples/policy/ for a working set)",
+                dir.policy().display()
+            )
+        })?,
+    );
+    watch_policy(policy.clone());
+    let identity: Identity = if authenticated {
+        Arc::new(Anonymous)
+    } else {
+        Arc::new(LocalIdentity::new(&config.principal, policy.clone()))
+    };
+    let audit = Arc::new(FileAuditLog::open(
+        &dir.audit_log(),
+        config.audit.rotate_bytes,
+    )?);
     let contracts = ContractStore::load(&dir.contracts());
     let catalog = open_sql_catalog(&dir.catalog_db(), &dir.warehouse(), &config.catalog_name)
         .await
@@ -233,10 +374,43 @@ async fn build_app(dir: &DataDir, config: Config) -> Result<Arc<App>> {
     );
     Ok(Arc::new(App {
         config,
+        audit_path: dir.audit_log(),
         identity,
         gate: Gate::new(policy, audit),
         lakehouse: Lakehouse::new(catalog, contracts),
     }))
+}
+
+/// Reloads the policy on SIGHUP and when its files change (checked every 2 s). A reload that fails is logged
+/// and the previous policy stays in force.
+fn watch_policy(policy: Arc<ReloadablePolicy>) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            #[cfg(unix)]
+            let forced = tokio::select! {
+                _ = tick.tick() => false,
+                Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            };
+            #[cfg(not(unix))]
+            let forced = {
+                tick.tick().await;
+                false
+            };
+            let result = if forced {
+                policy.reload().map(|_| true)
+            } else {
+                policy.reload_if_changed()
+            };
+            match result {
+                Ok(true) => tracing::info!("policy reloaded"),
+                Ok(false) => {}
+                Err(e) => tracing::error!("policy reload failed, keeping the previous policy: {e}"),
+            }
+        }
+    });
 }
 
 fn load_policy(dir: &Path) -> Result<CedarPolicy> {
@@ -282,32 +456,30 @@ async fn serve_stdio(app: Arc<App>) -> Result<()> {
     Ok(())
 }
 
-async fn serve_http(app: Arc<App>, addr: SocketAddr) -> Result<()> {
-    if !addr.ip().is_loopback() {
-        tracing::warn!(
-            %addr,
-            "serving HTTP on a non-loopback address without token authentication: every caller acts as the \
-             configured principal"
-        );
-    }
+async fn serve_http(app: Arc<App>, addr: SocketAddr, validator: JwtValidator) -> Result<()> {
     let ct = CancellationToken::new();
-    let mut hosts = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
-    hosts.push(addr.ip().to_string());
+    // DNS-rebinding protection for a loopback server; a server bound elsewhere is reached by names we cannot
+    // know and relies on its bearer tokens.
+    let http_config = if addr.ip().is_loopback() {
+        StreamableHttpServerConfig::default().with_allowed_hosts([
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+            addr.ip().to_string(),
+        ])
+    } else {
+        StreamableHttpServerConfig::default().disable_allowed_hosts()
+    };
     let service = StreamableHttpService::new(
         move || Ok(ParleyServer::new(app.clone())),
         Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default()
-            .with_allowed_hosts(hosts)
-            .with_cancellation_token(ct.child_token()),
+        http_config.with_cancellation_token(ct.child_token()),
     );
-    let router = axum::Router::new().nest_service("/mcp", service);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
+    let resource = format!("http://{}/mcp", listener.local_addr()?);
+    let router = parley::http::router(service, Arc::new(HttpAuth::new(validator, &resource)));
     tracing::info!(url = %format!("http://{}/mcp", listener.local_addr()?), "serving MCP over streamable HTTP");
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {

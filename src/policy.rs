@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cedar_policy::{
     Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Request,
@@ -39,6 +40,8 @@ pub enum Action {
     ReviewRequests,
     /// Approve or deny access requests (owners).
     DecideRequest,
+    /// Read the audit records of a table (owners).
+    ReadAudit,
     /// Administer Parley.
     Admin,
 }
@@ -53,6 +56,7 @@ impl Action {
             Action::RequestAccess => "request_access",
             Action::ReviewRequests => "review_requests",
             Action::DecideRequest => "decide_request",
+            Action::ReadAudit => "read_audit",
             Action::Admin => "admin",
         }
     }
@@ -61,13 +65,14 @@ impl Action {
 impl FromStr for Action {
     type Err = String;
     fn from_str(s: &str) -> Result<Action, String> {
-        const ALL: [Action; 7] = [
+        const ALL: [Action; 8] = [
             Action::Discover,
             Action::ReadContract,
             Action::Query,
             Action::RequestAccess,
             Action::ReviewRequests,
             Action::DecideRequest,
+            Action::ReadAudit,
             Action::Admin,
         ];
         ALL.into_iter().find(|a| a.as_str() == s).ok_or_else(|| {
@@ -461,6 +466,94 @@ impl PolicyBackend for CedarPolicy {
     }
 }
 
+/// Modification stamp of the policy files, to notice edits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp(Vec<Option<(std::time::SystemTime, u64)>>);
+
+impl FileStamp {
+    fn of(dir: &Path) -> FileStamp {
+        FileStamp(
+            ["policy.cedar", "entities.json"]
+                .iter()
+                .map(|f| {
+                    std::fs::metadata(dir.join(f))
+                        .ok()
+                        .and_then(|m| Some((m.modified().ok()?, m.len())))
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A Cedar policy that can be replaced while serving. Decisions always use the latest version that loaded and
+/// validated; a reload that fails keeps the previous version (and says why), so requests are never dropped or
+/// decided by a half-read file.
+pub struct ReloadablePolicy {
+    dir: PathBuf,
+    current: std::sync::RwLock<Arc<CedarPolicy>>,
+    stamp: std::sync::Mutex<FileStamp>,
+}
+
+impl ReloadablePolicy {
+    /// Loads the policy in `dir`; fails if it does not load (start-up must not serve without a policy).
+    pub fn load(dir: &Path) -> Result<ReloadablePolicy, PolicyError> {
+        let stamp = FileStamp::of(dir);
+        let policy = CedarPolicy::load(dir)?;
+        Ok(ReloadablePolicy {
+            dir: dir.to_path_buf(),
+            current: std::sync::RwLock::new(Arc::new(policy)),
+            stamp: std::sync::Mutex::new(stamp),
+        })
+    }
+
+    /// The policy decisions use now.
+    pub fn current(&self) -> Arc<CedarPolicy> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reloads from disk; on success the new policy applies to every later decision.
+    pub fn reload(&self) -> Result<(), PolicyError> {
+        let stamp = FileStamp::of(&self.dir);
+        let fresh = CedarPolicy::load(&self.dir);
+        *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
+        let fresh = fresh?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        Ok(())
+    }
+
+    /// Reloads when the files changed since the last (attempted) load; `Ok(true)` when a new policy applies.
+    pub fn reload_if_changed(&self) -> Result<bool, PolicyError> {
+        let changed =
+            FileStamp::of(&self.dir) != *self.stamp.lock().unwrap_or_else(|p| p.into_inner());
+        if changed {
+            self.reload()?;
+        }
+        Ok(changed)
+    }
+}
+
+impl PolicyBackend for ReloadablePolicy {
+    fn authorize(
+        &self,
+        principal: &Principal,
+        action: Action,
+        resource: &Resource,
+        context: &RequestContext,
+    ) -> Decision {
+        self.current()
+            .authorize(principal, action, resource, context)
+    }
+}
+
+impl Directory for ReloadablePolicy {
+    fn groups_of(&self, principal_id: &str) -> Vec<String> {
+        self.current().groups_of(principal_id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,6 +642,28 @@ mod tests {
             ),
             ("ops-owner", Action::Query, &customers, false, None),
             ("ops-owner", Action::Query, &shipments, true, None),
+            (
+                "sales-owner",
+                Action::ReviewRequests,
+                &Resource::Lakehouse,
+                true,
+                Some("data-owners-review"),
+            ),
+            (
+                "ops-owner",
+                Action::ReadAudit,
+                &shipments,
+                true,
+                Some("owners-own-their-tables"),
+            ),
+            ("analyst", Action::ReadAudit, &orders, false, None),
+            (
+                "analyst",
+                Action::ReviewRequests,
+                &Resource::Lakehouse,
+                false,
+                None,
+            ),
             ("stranger", Action::Discover, &products, false, None),
             ("stranger", Action::Query, &products, false, None),
         ];
@@ -582,6 +697,50 @@ mod tests {
         assert!(!d.allowed());
         assert_eq!(d.policy_ids(), ["no-pii-for-marketing"]);
         assert!(d.reason().contains("forbidden by no-pii-for-marketing"));
+    }
+
+    #[test]
+    fn reload_applies_new_policies_and_keeps_the_old_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("policy.cedar"),
+            include_str!("../examples/policy/policy.cedar"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("entities.json"),
+            include_str!("../examples/policy/entities.json"),
+        )
+        .unwrap();
+        let p = ReloadablePolicy::load(dir.path()).unwrap();
+        let analyst = Principal::new("analyst", p.groups_of("analyst"));
+        let customers = table("sales", "customers", "sales-owners", true);
+        let ctx = RequestContext::default();
+        assert!(
+            !p.authorize(&analyst, Action::Query, &customers, &ctx)
+                .allowed()
+        );
+        assert!(!p.reload_if_changed().unwrap());
+
+        let extra = "\n@id(\"analysts-query-everything\")\npermit(principal in Parley::Group::\"analysts\", action == Parley::Action::\"query\", resource);\n";
+        let text = include_str!("../examples/policy/policy.cedar").to_string() + extra;
+        std::fs::write(dir.path().join("policy.cedar"), &text).unwrap();
+        p.reload().unwrap();
+        let d = p.authorize(&analyst, Action::Query, &customers, &ctx);
+        assert!(d.allowed());
+        assert_eq!(d.policy_ids(), ["analysts-query-everything"]);
+
+        std::fs::write(
+            dir.path().join("policy.cedar"),
+            "permit(principal,, action, resource);",
+        )
+        .unwrap();
+        assert!(p.reload().is_err());
+        assert!(
+            p.authorize(&analyst, Action::Query, &customers, &ctx)
+                .allowed(),
+            "old policy kept"
+        );
     }
 
     #[test]

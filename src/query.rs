@@ -166,12 +166,20 @@ fn table_name_of(r: &TableReference, catalog_name: &str) -> Result<TableName, Qu
     }
 }
 
-/// A table the caller was authorized to read, loaded at the snapshot the query will see.
+/// A table the caller was authorized to read.
 pub struct ReadableTable {
     /// Name as referenced.
     pub name: TableName,
-    /// The loaded table (its current snapshot is what the query reads).
-    pub table: Table,
+    /// Where its rows come from.
+    pub source: TableSource,
+}
+
+/// The rows of a readable table.
+pub enum TableSource {
+    /// An Iceberg table, loaded at the snapshot the query will see.
+    Iceberg(Table),
+    /// Rows Parley computed for this caller (e.g. the audit records they may see).
+    Rows(RecordBatch),
 }
 
 /// A result column.
@@ -424,20 +432,29 @@ async fn session(
     schemas.insert("public".to_string(), Arc::new(MemorySchemaProvider::new()));
     let mut snapshots = Vec::new();
     for t in tables {
-        let snapshot_id = t.table.metadata().current_snapshot_id();
-        let provider = IcebergStaticTableProvider::try_new_from_table(t.table)
-            .await
-            .map_err(|e| internal(&e))?;
+        let provider: Arc<dyn datafusion::catalog::TableProvider> = match t.source {
+            TableSource::Iceberg(table) => {
+                snapshots.push(SnapshotRead {
+                    table: t.name.to_string(),
+                    snapshot_id: table.metadata().current_snapshot_id(),
+                });
+                Arc::new(
+                    IcebergStaticTableProvider::try_new_from_table(table)
+                        .await
+                        .map_err(|e| internal(&e))?,
+                )
+            }
+            TableSource::Rows(batch) => Arc::new(
+                datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
+                    .map_err(|e| internal(&e))?,
+            ),
+        };
         let schema = schemas
             .entry(t.name.namespace_str())
             .or_insert_with(|| Arc::new(MemorySchemaProvider::new()));
         schema
-            .register_table(t.name.name.clone(), Arc::new(provider))
+            .register_table(t.name.name.clone(), provider)
             .map_err(|e| internal(&e))?;
-        snapshots.push(SnapshotRead {
-            table: t.name.to_string(),
-            snapshot_id,
-        });
     }
     for (name, schema) in schemas {
         catalog

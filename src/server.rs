@@ -33,12 +33,17 @@ use crate::config::Config;
 use crate::gate::{Checked, Gate, ToolError};
 use crate::identity::{Identity, Principal};
 use crate::policy::{Action, Resource};
-use crate::query::{self, QueryResult, ReadableTable};
+use crate::query::{self, QueryResult, ReadableTable, TableSource};
+
+/// The audit log as a governed table: owners see the records about their tables.
+pub const AUDIT_TABLE: &str = "parley.audit_log";
 
 /// Everything a handler needs, shared by all sessions.
 pub struct App {
     /// Configuration.
     pub config: Config,
+    /// Active file of the audit log (read for the `parley.audit_log` table).
+    pub audit_path: std::path::PathBuf,
     /// Who is calling.
     pub identity: Identity,
     /// Policy + audit choke point.
@@ -439,13 +444,56 @@ impl ParleyServer {
         }
     }
 
-    /// The caller: a principal an authenticating transport put in the request (HTTP, later), else the
-    /// configured local principal.
+    /// The caller: the principal the HTTP layer verified from the request's bearer token, else the identity
+    /// the transport was started with (the local principal on stdio; nobody on HTTP).
     fn principal(&self, ctx: &RequestContext<RoleServer>) -> Principal {
         ctx.extensions
-            .get::<Principal>()
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Principal>())
             .cloned()
             .unwrap_or_else(|| self.app.identity.resolve())
+    }
+
+    /// The audit records `checked`'s principal may see, as rows of `parley.audit_log`: records about tables the
+    /// policy lets them `read_audit` (owners), nothing else.
+    async fn audit_rows(
+        &self,
+        checked: &mut Checked<'_>,
+    ) -> Result<datafusion::arrow::array::RecordBatch, ToolError> {
+        let path = self.app.audit_path.clone();
+        let records = tokio::task::spawn_blocking(move || crate::audit::read_all(&path))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        let total = records.len();
+        let mut allowed: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        let mut visible = Vec::new();
+        for record in records {
+            let mut show = false;
+            for resource in record.entry.resource.split(',') {
+                let may = *allowed.entry(resource.to_string()).or_insert_with(|| {
+                    TableName::parse(resource).is_ok_and(|t| {
+                        let facts = self.app.lakehouse.facts_of_listed(&t);
+                        checked
+                            .peek(Action::ReadAudit, &Resource::Table(facts))
+                            .allowed()
+                    })
+                });
+                show |= may;
+            }
+            if show {
+                visible.push(record);
+            }
+        }
+        checked.note(
+            Action::ReadAudit,
+            AUDIT_TABLE,
+            format!(
+                "audit rows limited to tables the caller may read_audit: {} of {total} records",
+                visible.len()
+            ),
+        );
+        Ok(crate::audit::to_batch(&visible))
     }
 
     /// Looks a table up and requires `action` on it (missing and undiscoverable tables fail alike).
@@ -745,11 +793,22 @@ impl ParleyServer {
         let mut readable = Vec::new();
         for t in prepared.tables.clone() {
             let shown = t.to_string();
+            if shown == AUDIT_TABLE {
+                let rows = self.audit_rows(checked).await?;
+                readable.push(ReadableTable {
+                    name: t,
+                    source: TableSource::Rows(rows),
+                });
+                continue;
+            }
             let name = self
                 .table_for(checked, &shown, Action::Query, QUERY_DENIED_STEP)
                 .await?;
             let table = self.app.lakehouse.load(&name).await.map_err(internal)?;
-            readable.push(ReadableTable { name, table });
+            readable.push(ReadableTable {
+                name,
+                source: TableSource::Iceberg(table),
+            });
         }
         progress.report(2, 3, "running the query".to_string()).await;
         let result = query::execute(prepared, readable, limits, catalog_name, max_rows, cancel)

@@ -8,11 +8,45 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::util::{Lake, call, ok};
 
-/// Starts `parley serve --http 127.0.0.1:0` and returns the child and the URL it printed.
-async fn start(lake: &Lake) -> (tokio::process::Child, String) {
+/// A bearer token from the lake's dev issuer (what `parley token` prints).
+pub fn dev_token(lake: &Lake, principal: &str, groups: &[&str]) -> String {
+    let issuer =
+        parley::identity::DevIssuer::load_or_create(&lake.path().join("dev-issuer/ed25519.pem"))
+            .unwrap();
+    let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    issuer
+        .mint(
+            principal,
+            &groups,
+            &[],
+            std::time::Duration::from_secs(600),
+            "parley",
+        )
+        .unwrap()
+}
+
+/// Connects `handler` (rmcp's client) to `url`, sending `token` on every request.
+pub async fn connect_http<H: rmcp::ClientHandler>(
+    handler: H,
+    url: &str,
+    token: &str,
+) -> Result<rmcp::service::RunningService<rmcp::RoleClient, H>, rmcp::service::ClientInitializeError>
+{
+    let transport = StreamableHttpClientTransport::from_config(
+        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+            url.to_string(),
+        )
+        .auth_header(token.to_string()),
+    );
+    handler.serve(transport).await
+}
+
+/// Starts `parley serve --http 127.0.0.1:0 <extra>` and returns the child and the URL it printed.
+pub async fn start(lake: &Lake, extra: &[&str]) -> (tokio::process::Child, String) {
     let mut child = lake
         .command()
         .args(["serve", "--http", "127.0.0.1:0"])
+        .args(extra)
         .env("PARLEY_LOG", "info")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -43,9 +77,10 @@ async fn start(lake: &Lake) -> (tokio::process::Child, String) {
 #[tokio::test]
 async fn tools_work_over_streamable_http_on_two_protocol_versions() {
     let lake = Lake::new();
-    let (mut child, url) = start(&lake).await;
+    let (mut child, url) = start(&lake, &["--dev-issuer"]).await;
+    let token = dev_token(&lake, "ops-owner", &["analysts", "ops-owners"]);
 
-    let client = ().serve(StreamableHttpClientTransport::from_uri(url.clone())).await.unwrap();
+    let client = connect_http((), &url, &token).await.unwrap();
     assert_eq!(client.list_all_tools().await.unwrap().len(), 4);
     let q = ok(&call(
         &client,
@@ -61,10 +96,7 @@ async fn tools_work_over_streamable_http_on_two_protocol_versions() {
         Implementation::new("old-client", "1.0"),
     )
     .with_protocol_version(ProtocolVersion::V_2025_06_18);
-    let client = old
-        .serve(StreamableHttpClientTransport::from_uri(url))
-        .await
-        .unwrap();
+    let client = connect_http(old, &url, &token).await.unwrap();
     assert_eq!(
         client.peer_info().unwrap().protocol_version,
         ProtocolVersion::V_2025_06_18
@@ -84,5 +116,10 @@ async fn tools_work_over_streamable_http_on_two_protocol_versions() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status:?}");
-    assert_eq!(lake.audit().len(), 2, "one record per tool call");
+    let audit = lake.audit();
+    assert_eq!(audit.len(), 2, "one record per tool call");
+    assert!(
+        audit.iter().all(|r| r["principal"] == "ops-owner"),
+        "the token's subject is the principal"
+    );
 }

@@ -1,0 +1,231 @@
+//! HTTP: the streamable-HTTP face of the server as an MCP resource server (MCP authorization spec).
+//!
+//! Every request to `/mcp` must carry `Authorization: Bearer <JWT>`; it is validated by
+//! [`JwtValidator`] and the resulting [`Principal`] is put in the request's extensions, where the tool handlers
+//! find it. No token, a bad one or an expired one → 401 with `WWW-Authenticate: Bearer resource_metadata=…`; a
+//! valid token without the required scope → 403 `insufficient_scope`. The RFC 9728 protected-resource metadata
+//! is served at `/.well-known/oauth-protected-resource` (and its `/mcp` suffixed form).
+//!
+//! Sessions never authenticate: every request is checked, and an MCP session id is bound to the principal whose
+//! request opened it; another principal presenting it is refused.
+//!
+//! Invariant: the token is handed to `identity` and dropped; it is never forwarded, logged or stored.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::identity::{AuthError, JwtValidator, Principal};
+
+/// Header carrying the MCP session id.
+const SESSION_HEADER: &str = "mcp-session-id";
+/// Most session bindings kept; beyond it the oldest are dropped (their sessions then fail closed).
+const MAX_SESSIONS: usize = 100_000;
+
+/// Token checking and session binding shared by all requests.
+pub struct HttpAuth {
+    validator: JwtValidator,
+    /// Absolute URL of the protected-resource metadata.
+    metadata_url: String,
+    /// The metadata document.
+    metadata: serde_json::Value,
+    /// Session id → principal id that opened it, in opening order.
+    sessions: Mutex<(HashMap<String, String>, std::collections::VecDeque<String>)>,
+}
+
+impl HttpAuth {
+    /// Auth for a server whose MCP endpoint is `resource` (e.g. `http://127.0.0.1:8765/mcp`).
+    pub fn new(validator: JwtValidator, resource: &str) -> HttpAuth {
+        let settings = validator.settings();
+        let resource = settings
+            .resource
+            .clone()
+            .unwrap_or_else(|| resource.to_string());
+        let base = resource
+            .trim_end_matches('/')
+            .trim_end_matches("/mcp")
+            .to_string();
+        let servers = if settings.authorization_servers.is_empty() {
+            settings.issuer.iter().cloned().collect::<Vec<_>>()
+        } else {
+            settings.authorization_servers.clone()
+        };
+        let metadata = json!({
+            "resource": resource,
+            "authorization_servers": servers,
+            "bearer_methods_supported": ["header"],
+            "scopes_supported": settings.required_scopes,
+            "resource_name": "Parley",
+            "resource_documentation": "https://modelcontextprotocol.io/",
+        });
+        HttpAuth {
+            validator,
+            metadata_url: format!("{base}/.well-known/oauth-protected-resource"),
+            metadata,
+            sessions: Mutex::new((HashMap::new(), std::collections::VecDeque::new())),
+        }
+    }
+
+    fn challenge(&self, status: StatusCode, error: Option<(&str, String)>) -> Response {
+        let mut value = format!("Bearer resource_metadata=\"{}\"", self.metadata_url);
+        let mut body = json!({"error": "unauthorized"});
+        if let Some((code, description)) = error {
+            // Quotes and backslashes would break the header's quoted-string.
+            let clean: String = description
+                .chars()
+                .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+                .collect();
+            value.push_str(&format!(
+                ", error=\"{code}\", error_description=\"{clean}\""
+            ));
+            if code == "insufficient_scope" {
+                value.push_str(&format!(
+                    ", scope=\"{}\"",
+                    self.validator.settings().required_scopes.join(" ")
+                ));
+            }
+            body = json!({"error": code, "error_description": clean});
+        }
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        response
+    }
+
+    fn bind_session(&self, session: &str, principal: &str) {
+        let mut guard = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, order) = &mut *guard;
+        if map
+            .insert(session.to_string(), principal.to_string())
+            .is_none()
+        {
+            order.push_back(session.to_string());
+        }
+        while order.len() > MAX_SESSIONS {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    fn session_owner(&self, session: &str) -> Option<String> {
+        let guard = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        guard.0.get(session).cloned()
+    }
+
+    fn forget_session(&self, session: &str) {
+        let mut guard = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        guard.0.remove(session);
+    }
+}
+
+/// The middleware in front of `/mcp`.
+async fn authenticate(
+    State(auth): State<Arc<HttpAuth>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return auth.challenge(StatusCode::UNAUTHORIZED, None);
+    };
+    let authenticated = match auth.validator.validate(token).await {
+        Ok(a) => a,
+        Err(AuthError::InsufficientScope(scopes)) => {
+            return auth.challenge(
+                StatusCode::FORBIDDEN,
+                Some(("insufficient_scope", format!("requires scope {scopes}"))),
+            );
+        }
+        Err(e @ AuthError::Unavailable(_)) => {
+            tracing::error!("{e}");
+            return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
+        }
+        Err(e) => {
+            tracing::info!("rejected a bearer token: {e}");
+            return auth.challenge(
+                StatusCode::UNAUTHORIZED,
+                Some(("invalid_token", e.to_string())),
+            );
+        }
+    };
+    let principal: Principal = authenticated.principal;
+    let session = request
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(session) = &session {
+        if let Some(owner) = auth.session_owner(session) {
+            if owner != principal.id {
+                tracing::warn!(principal = %principal.id, "refused a session opened by another principal");
+                return (
+                    StatusCode::FORBIDDEN,
+                    axum::Json(json!({
+                        "error": "session_mismatch",
+                        "error_description": "this MCP session belongs to another principal; start your own session"
+                    })),
+                )
+                    .into_response();
+            }
+        }
+    }
+    let principal_id = principal.id.clone();
+    let closing = request.method() == Method::DELETE;
+    request.extensions_mut().insert(principal);
+    let response = next.run(request).await;
+    match (&session, response.headers().get(SESSION_HEADER)) {
+        (None, Some(new)) => {
+            if let Ok(new) = new.to_str() {
+                auth.bind_session(new, &principal_id);
+            }
+        }
+        (Some(s), _) if closing => auth.forget_session(s),
+        _ => {}
+    }
+    response
+}
+
+/// The HTTP app: `mcp` (the MCP service) at `/mcp` behind token checks, plus the protected-resource metadata.
+pub fn router<S>(mcp: S, auth: Arc<HttpAuth>) -> Router
+where
+    S: tower_service::Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Response: IntoResponse,
+    S::Future: Send + 'static,
+{
+    let metadata = auth.metadata.clone();
+    let serve_metadata = move || {
+        let m = metadata.clone();
+        async move { axum::Json(m) }
+    };
+    let protected = Router::new()
+        .nest_service("/mcp", mcp)
+        .layer(axum::middleware::from_fn_with_state(auth, authenticate));
+    Router::new()
+        .route(
+            "/.well-known/oauth-protected-resource",
+            axum::routing::get(serve_metadata.clone()),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            axum::routing::get(serve_metadata),
+        )
+        .merge(protected)
+}

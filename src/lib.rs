@@ -1,0 +1,19 @@
+//! Parley: an MCP server through which AI agents discover Apache Iceberg tables, read their data contracts and
+//! run bounded, read-only SQL over what policy allows — every call authorized and audited.
+//!
+//! The binary (`src/main.rs`) is thin wiring over these modules; see `ARCHITECTURE.md` for the flow, the code map
+//! and the invariants.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod catalog;
+pub mod config;
+pub mod contracts;
+pub mod demo;
+pub mod gate;
+pub mod http;
+pub mod identity;
+pub mod policy;
+pub mod query;
+pub mod server;

@@ -1,0 +1,375 @@
+//! Bearer tokens on streamable HTTP against a real IdP stand-in: OIDC discovery and a JWKS served over HTTP on
+//! 127.0.0.1 by the test, RSA keys generated here. Every bad token gets the right status and no data.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::StatusCode;
+use rsa::pkcs1::EncodeRsaPrivateKey;
+use rsa::pkcs8::{EncodePublicKey, LineEnding};
+use rsa::traits::PublicKeyParts;
+use serde_json::{Value, json};
+
+use crate::http::{connect_http, start};
+use crate::util::{Lake, call, ok};
+
+const AUDIENCE: &str = "parley-test";
+const SCOPE: &str = "parley:read";
+
+struct Key {
+    kid: String,
+    private: rsa::RsaPrivateKey,
+}
+
+impl Key {
+    fn new(kid: &str) -> Key {
+        Key {
+            kid: kid.to_string(),
+            private: rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap(),
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        let b64 = |b: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let public = self.private.to_public_key();
+        json!({"kty": "RSA", "kid": self.kid, "alg": "RS256", "use": "sig",
+               "n": b64(public.n().to_bytes_be()), "e": b64(public.e().to_bytes_be())})
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        let pem = self.private.to_pkcs1_pem(LineEnding::LF).unwrap();
+        jsonwebtoken::encode(
+            &header,
+            claims,
+            &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn public_pem(&self) -> String {
+        self.private
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap()
+    }
+}
+
+/// The IdP stand-in: discovery + JWKS, counting JWKS fetches.
+struct Idp {
+    issuer: String,
+    keys: Arc<Mutex<Vec<Value>>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+async fn idp(keys: Vec<Value>) -> Idp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let keys = Arc::new(Mutex::new(keys));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let (k, f, iss) = (keys.clone(), fetches.clone(), issuer.clone());
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            axum::routing::get(move || {
+                let iss = iss.clone();
+                async move { axum::Json(json!({"issuer": iss, "jwks_uri": format!("{iss}/jwks")})) }
+            }),
+        )
+        .route(
+            "/jwks",
+            axum::routing::get(move || {
+                let (k, f) = (k.clone(), f.clone());
+                async move {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(json!({"keys": *k.lock().unwrap()}))
+                }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Idp {
+        issuer,
+        keys,
+        fetches,
+    }
+}
+
+fn claims(idp: &Idp, sub: &str, groups: &[&str]) -> Value {
+    let now = chrono::Utc::now().timestamp();
+    json!({"iss": idp.issuer, "aud": AUDIENCE, "sub": sub, "iat": now, "nbf": now - 5, "exp": now + 600,
+           "jti": format!("jti-{sub}-{now}"), "realm_access": {"roles": groups}, "scope": format!("openid {SCOPE}")})
+}
+
+async fn post(
+    url: &str,
+    token: Option<&str>,
+    session: Option<&str>,
+    body: Value,
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2025-06-18");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(s) = session {
+        req = req.header("mcp-session-id", s);
+    }
+    req.json(&body).send().await.unwrap()
+}
+
+fn initialize() -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}})
+}
+
+#[tokio::test]
+async fn tokens_are_checked_on_every_request() {
+    let key = Key::new("k1");
+    let idp = idp(vec![key.jwk()]).await;
+    let lake = Lake::new();
+    std::fs::write(
+        lake.path().join("parley.toml"),
+        format!(
+            "[auth]\nissuer = \"{}\"\naudience = \"{AUDIENCE}\"\nrequired_scopes = [\"{SCOPE}\"]\njwks_refresh_secs = 0\n",
+            idp.issuer
+        ),
+    )
+    .unwrap();
+    let (_child, url) = start(&lake, &[]).await;
+    let base = url.trim_end_matches("/mcp").to_string();
+
+    // Protected-resource metadata (RFC 9728).
+    let meta: Value = reqwest::get(format!("{base}/.well-known/oauth-protected-resource"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["resource"], url);
+    assert_eq!(meta["authorization_servers"][0], idp.issuer);
+
+    // A valid token: the MCP flow works and the principal and groups come from the token.
+    let good = key.sign(&claims(&idp, "alice", &["analysts"]));
+    let client = connect_http((), &url, &good).await.unwrap();
+    let list = ok(&call(&client, "list_tables", json!({})).await);
+    assert_eq!(
+        list["total"], 4,
+        "alice is an analyst by her token's realm roles"
+    );
+    client.cancel().await.unwrap();
+    assert_eq!(lake.audit().last().unwrap()["principal"], "alice");
+
+    let now = chrono::Utc::now().timestamp();
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = claims(&idp, "alice", &["analysts"]);
+        f(&mut c);
+        c
+    };
+    let other_key = Key::new("k1");
+    let unknown_kid = Key::new("k-unknown");
+    let tampered = {
+        let parts: Vec<&str> = good.split('.').collect();
+        let mut payload: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(parts[1])
+                .unwrap(),
+        )
+        .unwrap();
+        payload["sub"] = json!("admin");
+        let p = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&payload).unwrap());
+        format!("{}.{p}.{}", parts[0], parts[2])
+    };
+    let b64 = |v: Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&v).unwrap())
+    };
+    let alg_none = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT", "kid": "k1"})),
+        b64(claims(&idp, "alice", &["analysts"]))
+    );
+    let hs256_with_public_key = {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k1".to_string());
+        jsonwebtoken::encode(
+            &header,
+            &claims(&idp, "alice", &["analysts"]),
+            &EncodingKey::from_secret(key.public_pem().as_bytes()),
+        )
+        .unwrap()
+    };
+    let cases: Vec<(&str, Option<String>, StatusCode, Option<&str>)> = vec![
+        ("missing header", None, StatusCode::UNAUTHORIZED, None),
+        (
+            "garbage",
+            Some("not-a-jwt".into()),
+            StatusCode::UNAUTHORIZED,
+            Some("invalid_token"),
+        ),
+        (
+            "expired",
+            Some(key.sign(&with(&|c| c["exp"] = json!(now - 3600)))),
+            StatusCode::UNAUTHORIZED,
+            Some("invalid_token"),
+        ),
+        (
+            "not yet valid",
+            Some(key.sign(&with(&|c| c["nbf"] = json!(now + 3600)))),
+            StatusCode::UNAUTHORIZED,
+            Some("invalid_token"),
+        ),
+        (
+            "wrong aud",
+            Some(key.sign(&with(&|c| c["aud"] = json!("someone-else")))),
+            StatusCode::UNAUTHORIZED,
+            Some("invalid_token"),
+        ),
+        (
+            "wrong iss",
+            Some(key.sign(&with(&|c| c["iss"] = json!("http://evil.example")))),
+            StatusCode::UNAUTHORIZED,
+            Some("invalid_token"),
+        ),
+        (
+            "forged signature",
+            Some(other_key.sign(&claims(&idp, "alice", &["analysts"]))),
+            StatusCode::UNAUTHORIZED,
+            Some("invalid_token"),
+        ),
+        (
+            "unknown kid",
+            Some(unknown_kid.sign(&claims(&idp, "alice", &["analysts"]))),
+            StatusCode::UNAUTHORIZED,
+            Some("invalid_token"),
+        ),
+        (
+            "alg none",
+            Some(alg_none),
+            StatusCode::UNAUTHORIZED,
+            Some("invalid_token"),
+        ),
+        (
+            "HS256 with the public key",
+            Some(hs256_with_public_key),
+            StatusCode::UNAUTHORIZED,
+            Some("invalid_token"),
+        ),
+        (
+            "tampered payload",
+            Some(tampered),
+            StatusCode::UNAUTHORIZED,
+            Some("invalid_token"),
+        ),
+        (
+            "no scope",
+            Some(key.sign(&with(&|c| c["scope"] = json!("openid")))),
+            StatusCode::FORBIDDEN,
+            Some("insufficient_scope"),
+        ),
+    ];
+    let audit_before = lake.audit().len();
+    for (name, token, status, error) in cases {
+        let fetches = idp.fetches.load(Ordering::SeqCst);
+        let r = post(&url, token.as_deref(), None, initialize()).await;
+        assert_eq!(r.status(), status, "{name}");
+        let challenge = r
+            .headers()
+            .get("www-authenticate")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            challenge.starts_with("Bearer resource_metadata=\""),
+            "{name}: {challenge}"
+        );
+        assert!(
+            challenge.contains("/.well-known/oauth-protected-resource"),
+            "{name}: {challenge}"
+        );
+        match error {
+            Some(e) => assert!(
+                challenge.contains(&format!("error=\"{e}\"")),
+                "{name}: {challenge}"
+            ),
+            None => assert!(!challenge.contains("error="), "{name}: {challenge}"),
+        }
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("sales."), "{name}: no data in {body}");
+        if name == "unknown kid" {
+            assert!(
+                idp.fetches.load(Ordering::SeqCst) > fetches,
+                "an unknown kid refreshes the JWKS first"
+            );
+        }
+    }
+    assert_eq!(
+        lake.audit().len(),
+        audit_before,
+        "rejected requests never reach a tool"
+    );
+
+    // Key rotation at the IdP: a token with a new kid is accepted after the refresh it triggers.
+    let rotated = Key::new("k2");
+    idp.keys.lock().unwrap().push(rotated.jwk());
+    let client = connect_http(
+        (),
+        &url,
+        &rotated.sign(&claims(&idp, "bob", &["marketing"])),
+    )
+    .await
+    .unwrap();
+    let list = ok(&call(&client, "list_tables", json!({})).await);
+    assert_eq!(
+        list["total"], 3,
+        "bob is in marketing: the sales namespace only"
+    );
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_session_is_bound_to_the_principal_that_opened_it() {
+    let lake = Lake::new();
+    let (_child, url) = start(&lake, &["--dev-issuer"]).await;
+    let alice = crate::http::dev_token(&lake, "alice", &["analysts"]);
+    let mallory = crate::http::dev_token(&lake, "mallory", &["analysts"]);
+    let r = post(&url, Some(&alice), None, initialize()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let session = r
+        .headers()
+        .get("mcp-session-id")
+        .expect("a session")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}});
+    let r = post(&url, Some(&mallory), Some(&session), list.clone()).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains("another principal"));
+    // The session still needs a token of its owner on every request.
+    let r = post(&url, None, Some(&session), list.clone()).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn http_refuses_to_start_without_token_validation() {
+    let lake = Lake::new();
+    let out = lake
+        .command()
+        .args(["serve", "--http", "127.0.0.1:0"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--dev-issuer") && err.contains("auth.issuer"),
+        "{err}"
+    );
+}

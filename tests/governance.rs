@@ -1,0 +1,193 @@
+//! Policy files and the audit table through the binary: a bad policy stops the server with file and line,
+//! `policy check` explains decisions, edits reload while serving, and owners query the audit records of their
+//! own tables (nobody else's) through `query`.
+
+use serde_json::json;
+
+use crate::util::{Lake, call, err, ok};
+
+#[tokio::test]
+async fn a_bad_policy_stops_the_server_with_file_and_line() {
+    let lake = Lake::new();
+    let policy = lake.path().join("policy/policy.cedar");
+    std::fs::write(
+        &policy,
+        "permit(principal, action, resource);\n\nforbid(principal,, action, resource);\n",
+    )
+    .unwrap();
+    let out = lake.command().arg("serve").output().await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:3:", policy.display())),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn policy_check_prints_the_decision_and_why() {
+    let lake = Lake::new();
+    let check = |who: &'static str, action: &'static str, resource: &'static str| {
+        let mut cmd = lake.command();
+        cmd.args([
+            "policy",
+            "check",
+            "--principal",
+            who,
+            "--action",
+            action,
+            "--resource",
+            resource,
+        ]);
+        cmd
+    };
+    let out = check("marketing-agent", "query", "sales.customers")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("DENY: forbidden by no-pii-for-marketing"),
+        "{text}"
+    );
+    let out = check("analyst", "query", "sales.orders")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("ALLOW: permitted by analysts-query-non-pii"),
+        "{text}"
+    );
+    let out = check("sales-owner", "review_requests", "*")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("ALLOW: permitted by data-owners-review")
+    );
+    let out = check("analyst", "fly", "sales.orders")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown action \"fly\""));
+}
+
+#[tokio::test]
+async fn policy_edits_apply_while_serving_and_bad_edits_are_ignored() {
+    let lake = Lake::new();
+    let client = lake.connect("analyst", &[]).await;
+    let sql = json!({"sql": "SELECT count(*) FROM sales.customers"});
+    assert!(err(&call(&client, "query", sql.clone()).await).contains("access denied"));
+
+    let policy = lake.path().join("policy/policy.cedar");
+    let original = std::fs::read_to_string(&policy).unwrap();
+    // A broken edit is refused and the old policy stays in force.
+    std::fs::write(
+        &policy,
+        format!("{original}\npermit(principal,, action, resource);\n"),
+    )
+    .unwrap();
+    let extra = "\n@id(\"analysts-read-customers\")\npermit(principal in Parley::Group::\"analysts\", \
+                 action == Parley::Action::\"query\", resource == Parley::Table::\"sales.customers\");\n";
+    // Then a good edit: picked up by the file watcher (no restart, same session).
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(err(&call(&client, "query", sql.clone()).await).contains("access denied"));
+    std::fs::write(&policy, format!("{original}{extra}")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = call(&client, "query", sql.clone()).await;
+        if r.is_error != Some(true) {
+            assert_eq!(ok(&r)["rows"][0][0], 20_000);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the policy edit was not applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    client.cancel().await.unwrap();
+    let audit = lake.audit();
+    assert!(
+        audit.last().unwrap()["policy_ids"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("analysts-read-customers"))
+    );
+}
+
+#[tokio::test]
+async fn owners_query_the_audit_records_of_their_own_tables_only() {
+    let lake = Lake::new();
+    let analyst = lake.connect("analyst", &[]).await;
+    ok(&call(
+        &analyst,
+        "query",
+        json!({"sql": "SELECT count(*) FROM sales.orders"}),
+    )
+    .await);
+    ok(&call(
+        &analyst,
+        "query",
+        json!({"sql": "SELECT count(*) FROM ops.shipments"}),
+    )
+    .await);
+    ok(&call(
+        &analyst,
+        "describe_table",
+        json!({"table": "sales.products"}),
+    )
+    .await);
+    // The analyst owns nothing: the audit table is empty for them.
+    let mine = ok(&call(
+        &analyst,
+        "query",
+        json!({"sql": "SELECT count(*) FROM parley.audit_log"}),
+    )
+    .await);
+    assert_eq!(mine["rows"][0][0], 0);
+    analyst.cancel().await.unwrap();
+
+    let owner = lake.connect("ops-owner", &[]).await;
+    let seen = ok(&call(
+        &owner,
+        "query",
+        json!({"sql": "SELECT principal, tool, resource, decision, sql FROM parley.audit_log ORDER BY seq"}),
+    )
+    .await);
+    let rows = seen["rows"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        1,
+        "only the record about ops.shipments: {rows:?}"
+    );
+    assert_eq!(rows[0][0], "analyst");
+    assert_eq!(rows[0][2], "ops.shipments");
+    assert_eq!(rows[0][4], "SELECT count(*) FROM ops.shipments");
+    owner.cancel().await.unwrap();
+
+    let sales = lake.connect("sales-owner", &[]).await;
+    let seen = ok(&call(
+        &sales,
+        "query",
+        json!({"sql": "SELECT resource FROM parley.audit_log ORDER BY seq"}),
+    )
+    .await);
+    let resources: Vec<&str> = seen["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap())
+        .collect();
+    assert!(
+        resources.contains(&"sales.orders") && resources.contains(&"sales.products"),
+        "{resources:?}"
+    );
+    assert!(
+        !resources.iter().any(|r| r.starts_with("ops.")),
+        "{resources:?}"
+    );
+    sales.cancel().await.unwrap();
+}
