@@ -172,20 +172,17 @@ async fn authenticate(
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    if let Some(session) = &session {
-        if let Some(owner) = auth.session_owner(session) {
-            if owner != principal.id {
-                tracing::warn!(principal = %principal.id, "refused a session opened by another principal");
-                return (
-                    StatusCode::FORBIDDEN,
-                    axum::Json(json!({
-                        "error": "session_mismatch",
-                        "error_description": "this MCP session belongs to another principal; start your own session"
-                    })),
-                )
-                    .into_response();
-            }
-        }
+    let owner = session.as_deref().and_then(|s| auth.session_owner(s));
+    if owner.as_ref().is_some_and(|owner| *owner != principal.id) {
+        tracing::warn!(principal = %principal.id, "refused a session opened by another principal");
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(json!({
+                "error": "session_mismatch",
+                "error_description": "this MCP session belongs to another principal; start your own session"
+            })),
+        )
+            .into_response();
     }
     let principal_id = principal.id.clone();
     let closing = request.method() == Method::DELETE;

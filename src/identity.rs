@@ -317,12 +317,12 @@ impl JwtValidator {
                 kid.map_or("(no kid)".to_string(), |k| format!("{k:?}"))
             ))
         })?;
-        if let Some(key_alg) = jwk.common.key_algorithm {
-            if format!("{key_alg:?}") != format!("{:?}", header.alg) {
-                return Err(AuthError::Invalid(
-                    "the token's algorithm does not match its key".to_string(),
-                ));
-            }
+        if let Some(key_alg) = jwk.common.key_algorithm
+            && format!("{key_alg:?}") != format!("{:?}", header.alg)
+        {
+            return Err(AuthError::Invalid(
+                "the token's algorithm does not match its key".to_string(),
+            ));
         }
         let key = DecodingKey::from_jwk(&jwk)
             .map_err(|e| AuthError::Invalid(format!("unusable signing key: {e}")))?;
