@@ -420,6 +420,15 @@ impl FileAuditLog {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        // Under the cross-process lock: another server on this data dir may be mid-append, and its half-written
+        // line must not be mistaken for a torn one.
+        file.lock().map_err(io)?;
         let mut chain = Chain::new(1);
         let all = segments(path)?;
         let (active, rotated) = all.split_last().expect("the active file is always listed");
@@ -427,12 +436,6 @@ impl FileAuditLog {
             read_segment(segment, false, &mut chain, &mut |_| {})?;
         }
         let torn_at = read_segment(active, true, &mut chain, &mut |_| {})?;
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
         if let Some(at) = torn_at {
             tracing::warn!(
                 path = %path.display(),
@@ -442,6 +445,7 @@ impl FileAuditLog {
             file.set_len(at).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
+        file.unlock().map_err(io)?;
         let len = file.seek(SeekFrom::End(0)).map_err(io)?;
         let mut writer = Writer {
             path: path.to_path_buf(),
@@ -466,6 +470,28 @@ impl FileAuditLog {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The last complete record of a segment file.
+fn last_record(path: &Path) -> std::io::Result<Option<AuditRecord>> {
+    let mut last = None;
+    for line in BufReader::new(File::open(path)?).lines() {
+        if let Ok(r) = serde_json::from_str::<AuditRecord>(&line?) {
+            last = Some(r);
+        }
+    }
+    Ok(last)
+}
+
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+#[cfg(not(unix))]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    a.len() == b.len()
 }
 
 /// Most appends one group commit takes.
@@ -502,7 +528,70 @@ impl Writer {
 
     /// Writes `entries` as consecutive records with one fsync; returns the first seq. On failure the file is cut
     /// back to where it was, so no half-group stays behind.
+    /// Takes the cross-process lock on the active file and catches up with records other processes (another
+    /// `parley serve` on the same data dir) appended or a rotation they made, so the chain stays one.
+    fn lock_and_catch_up(&mut self) -> std::io::Result<()> {
+        loop {
+            self.file.lock()?;
+            let same = match (self.file.metadata(), std::fs::metadata(&self.path)) {
+                (Ok(a), Ok(b)) => same_file(&a, &b),
+                _ => false,
+            };
+            if same {
+                break;
+            }
+            // Another process rotated the file: follow the path to the new active file, and take the chain's
+            // head from the newest rotated segment in case the new file is still empty.
+            self.file.unlock()?;
+            self.file = OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(&self.path)?;
+            self.len = 0;
+            let rotated = segments(&self.path).map_err(std::io::Error::other)?;
+            if let Some(newest) = rotated.iter().rev().nth(1)
+                && let Some(r) = last_record(newest)?
+            {
+                self.seq = r.seq;
+                self.head = r.hash;
+            }
+        }
+        let len = self.file.metadata()?.len();
+        if len > self.len {
+            let mut reader = BufReader::new(File::open(&self.path)?);
+            reader.seek(SeekFrom::Start(self.len))?;
+            let mut line = String::new();
+            let mut last = None;
+            while reader.read_line(&mut line)? > 0 {
+                if line.ends_with('\n')
+                    && let Ok(r) = serde_json::from_str::<AuditRecord>(line.trim_end())
+                {
+                    last = Some(r);
+                }
+                line.clear();
+            }
+            if let Some(r) = last {
+                self.seq = r.seq;
+                self.head = r.hash;
+            }
+            self.len = len;
+        }
+        Ok(())
+    }
+
     fn commit(&mut self, entries: Vec<AuditEntry>) -> Result<u64, AuditError> {
+        let path = self.path.clone();
+        let locked = self.lock_and_catch_up();
+        if let Err(source) = locked {
+            return Err(AuditError::Io { path, source });
+        }
+        let result = self.commit_locked(entries);
+        let _ = self.file.unlock();
+        result
+    }
+
+    fn commit_locked(&mut self, entries: Vec<AuditEntry>) -> Result<u64, AuditError> {
         let path = self.path.clone();
         let io = |source| AuditError::Io { path, source };
         let first_seq = self.seq + 1;
@@ -726,6 +815,20 @@ mod tests {
         write_lines(&path, &l);
         assert_eq!(broken_seq(&path), 2);
         assert_eq!(verify(&path, Some(3)).unwrap().count, 6);
+    }
+
+    #[tokio::test]
+    async fn two_writers_on_one_file_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        // Two logs on the same file stand for two `parley serve` processes on one data dir.
+        let a = FileAuditLog::open(&path, 3_000).unwrap();
+        let b = FileAuditLog::open(&path, 3_000).unwrap();
+        for i in 0..30 {
+            let log = if i % 3 == 0 { &a } else { &b };
+            assert_eq!(log.append(entry(i)).await.unwrap(), i + 1);
+        }
+        assert_eq!(verify(&path, None).unwrap().count, 30);
     }
 
     #[tokio::test]

@@ -84,6 +84,11 @@ pub struct Checked<'a> {
 }
 
 impl Checked<'_> {
+    /// The caller's principal id.
+    pub fn principal_id(&self) -> &str {
+        &self.principal.id
+    }
+
     /// Asks the policy without recording it as the call's decision (for filtering lists).
     pub fn peek(&self, action: Action, resource: &Resource) -> Decision {
         self.gate

@@ -14,6 +14,8 @@ pub mod demo;
 pub mod gate;
 pub mod http;
 pub mod identity;
+pub mod negotiation;
 pub mod policy;
 pub mod query;
 pub mod server;
+pub mod store;

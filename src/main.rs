@@ -372,7 +372,13 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         audit = %audit.path().display(),
         "parley ready"
     );
+    let store = Arc::new(
+        parley::store::SqliteStore::open(&dir.root.join("state.db"))
+            .await
+            .context("cannot open the negotiation store")?,
+    );
     Ok(Arc::new(App {
+        store,
         config,
         audit_path: dir.audit_log(),
         identity,

@@ -178,8 +178,85 @@ pub struct ReadableTable {
 pub enum TableSource {
     /// An Iceberg table, loaded at the snapshot the query will see.
     Iceberg(Table),
+    /// An Iceberg table seen through a grant: only some columns, some masked, some rows.
+    Governed(Table, Governance),
     /// Rows Parley computed for this caller (e.g. the audit records they may see).
     Rows(RecordBatch),
+}
+
+/// How a column's values are hidden.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnMask {
+    /// A salted SHA-256 (hex): equal values stay equal (joins and counts work), values are not revealed.
+    Hash,
+    /// Replaced by `REDACTED` (strings) or NULL (other types).
+    Redact,
+    /// Dates and timestamps truncated to the first day of their year.
+    YearOnly,
+}
+
+/// What a grant lets a query see of one table. Applied in the plan, below any SQL the agent writes.
+#[derive(Debug, Clone)]
+pub struct Governance {
+    /// Columns visible, in order; everything else does not exist for the query.
+    pub columns: Vec<String>,
+    /// Visible columns whose values are masked.
+    pub masks: std::collections::BTreeMap<String, ColumnMask>,
+    /// Only rows whose `column` is one of `values`.
+    pub row_filter: Option<(String, Vec<String>)>,
+    /// Salt of hashed columns (per grant, so hashes do not link across grants).
+    pub salt: String,
+}
+
+/// The governed view of `table`: the row filter, then the projection with masks, planned on an internal
+/// context and handed over as a view. The agent's session never sees the base table.
+async fn governed_view(
+    table: Table,
+    governance: &Governance,
+) -> Result<Arc<dyn datafusion::catalog::TableProvider>, QueryError> {
+    use datafusion::functions::expr_fn::{concat, date_trunc, encode, sha256};
+    use datafusion::logical_expr::{cast, ident, lit};
+    use datafusion::scalar::ScalarValue;
+    let plan_error = |e: DataFusionError| QueryError::Execution(strip_df(&e));
+    let base = IcebergStaticTableProvider::try_new_from_table(table)
+        .await
+        .map_err(|e| QueryError::Execution(e.to_string()))?;
+    let internal = SessionContext::new();
+    let mut df = internal.read_table(Arc::new(base)).map_err(plan_error)?;
+    if let Some((column, values)) = &governance.row_filter {
+        let list = values.iter().map(|v| lit(v.clone())).collect();
+        df = df
+            .filter(ident(column.clone()).in_list(list, false))
+            .map_err(plan_error)?;
+    }
+    let schema = df.schema().clone();
+    let mut exprs = Vec::new();
+    for name in &governance.columns {
+        let (_, field) = schema
+            .qualified_field_with_unqualified_name(name)
+            .map_err(plan_error)?;
+        let column = ident(name.clone());
+        let expr = match governance.masks.get(name) {
+            None => column,
+            Some(ColumnMask::Hash) => encode(
+                sha256(concat(vec![
+                    lit(governance.salt.clone()),
+                    cast(column, DataType::Utf8),
+                ])),
+                lit("hex"),
+            ),
+            Some(ColumnMask::Redact) if field.data_type() == &DataType::Utf8 => lit("REDACTED"),
+            Some(ColumnMask::Redact) => cast(
+                lit(ScalarValue::try_from(field.data_type()).map_err(plan_error)?),
+                field.data_type().clone(),
+            ),
+            Some(ColumnMask::YearOnly) => {
+                cast(date_trunc(lit("year"), column), field.data_type().clone())
+            }
+        };
+        exprs.push(expr.alias(name.clone()));
+    }
+    Ok(df.select(exprs).map_err(plan_error)?.into_view())
 }
 
 /// A result column.
@@ -443,6 +520,13 @@ async fn session(
                         .await
                         .map_err(|e| internal(&e))?,
                 )
+            }
+            TableSource::Governed(table, governance) => {
+                snapshots.push(SnapshotRead {
+                    table: t.name.to_string(),
+                    snapshot_id: table.metadata().current_snapshot_id(),
+                });
+                governed_view(table, &governance).await?
             }
             TableSource::Rows(batch) => Arc::new(
                 datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])

@@ -28,6 +28,8 @@ use rmcp::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod access;
+
 use crate::catalog::{Lakehouse, TableName};
 use crate::config::Config;
 use crate::gate::{Checked, Gate, ToolError};
@@ -50,6 +52,8 @@ pub struct App {
     pub gate: Gate,
     /// Catalog + contracts.
     pub lakehouse: Lakehouse,
+    /// Access requests, offers and grants.
+    pub store: Arc<dyn crate::store::NegotiationStore>,
 }
 
 /// The MCP server. Cheap to clone: one per session.
@@ -276,11 +280,14 @@ pub struct QueryArgs {
     /// Most rows to return (default 1000; capped by the server's ceiling).
     #[serde(default)]
     pub max_rows: Option<u32>,
-    /// Why you run this query; recorded in the audit log.
+    /// Why you run this query (recorded in the audit log). With no `grant_id`, it selects your live grant for
+    /// that purpose, if any.
     #[serde(default)]
-    #[allow(dead_code)]
-    // read from the raw arguments before parsing, so even malformed calls are audited with it
     pub purpose: Option<String>,
+    /// A grant from `request_access` / `my_grants`: its tables are seen as the grant allows (columns, masks,
+    /// rows).
+    #[serde(default)]
+    pub grant_id: Option<String>,
 }
 
 /// Arguments of the `explore_dataset` prompt.
@@ -350,9 +357,6 @@ fn row_count(table: &iceberg::table::Table) -> Option<u64> {
         None => Some(0),
     }
 }
-
-const QUERY_DENIED_STEP: &str = "Read the table's contract with get_contract to see its owner and allowed purposes; \
-     access to it must be granted by the policy (access negotiation comes with request_access).";
 
 /// Renders query rows as a compact tab-separated table for the model.
 fn query_text(r: &QueryResult) -> String {
@@ -439,7 +443,7 @@ impl ParleyServer {
     pub fn new(app: Arc<App>) -> ParleyServer {
         ParleyServer {
             app,
-            tool_router: Self::tool_router(),
+            tool_router: Self::tool_router() + Self::access_router(),
             prompt_router: Self::prompt_router(),
         }
     }
@@ -783,6 +787,7 @@ impl ParleyServer {
             Some(n) => n as usize,
         };
         let prepared = query::prepare(&args.sql, limits, catalog_name).map_err(query_error)?;
+        let grant = self.select_grant(checked, &args, &prepared.tables).await?;
         progress
             .report(
                 1,
@@ -801,8 +806,29 @@ impl ParleyServer {
                 });
                 continue;
             }
+            if let Some(g) = grant.as_ref().filter(|g| g.terms.covers(&shown)) {
+                // The grant decides what of this table is visible; discovery is still required.
+                let name = self
+                    .table_for(checked, &shown, Action::Discover, "")
+                    .await?;
+                checked.note(
+                    Action::Query,
+                    &shown,
+                    format!(
+                        "covered by grant {} (purpose {}, until {})",
+                        g.id, g.terms.purpose, g.terms.expires_at
+                    ),
+                );
+                let table = self.app.lakehouse.load(&name).await.map_err(internal)?;
+                readable.push(ReadableTable {
+                    name,
+                    source: TableSource::Governed(table, access::governance_of(g, &shown)),
+                });
+                continue;
+            }
+            let next_step = self.request_hint(&t);
             let name = self
-                .table_for(checked, &shown, Action::Query, QUERY_DENIED_STEP)
+                .table_for(checked, &shown, Action::Query, &next_step)
                 .await?;
             let table = self.app.lakehouse.load(&name).await.map_err(internal)?;
             readable.push(ReadableTable {
@@ -835,6 +861,93 @@ impl ParleyServer {
             })
             .collect();
         Ok(result)
+    }
+}
+
+impl ParleyServer {
+    /// The exact `request_access` call that would help with `table`.
+    fn request_hint(&self, table: &TableName) -> String {
+        let purposes = self
+            .app
+            .lakehouse
+            .contract(table)
+            .map(|c| c.contract.allowed_purposes())
+            .unwrap_or_default();
+        format!(
+            "Call request_access with {{\"tables\": [\"{table}\"], \"purpose\": <one of the contract's allowed \
+             purposes: {}>}}, then pass the grant_id to query.",
+            if purposes.is_empty() {
+                "see get_contract".to_string()
+            } else {
+                purposes.join(", ")
+            }
+        )
+    }
+
+    /// The grant a query runs under: the one named by `grant_id` (which must be the caller's, live, within
+    /// quota), else the caller's live grant for the stated purpose that covers the query's tables, else none.
+    async fn select_grant(
+        &self,
+        checked: &mut Checked<'_>,
+        args: &QueryArgs,
+        tables: &[TableName],
+    ) -> Result<Option<crate::negotiation::Grant>, ToolError> {
+        let now = chrono::Utc::now();
+        let grant = match &args.grant_id {
+            Some(id) => {
+                let g = self
+                    .app
+                    .store
+                    .get_grant(id)
+                    .await
+                    .map_err(internal)?
+                    .filter(|g| g.principal == checked.principal_id())
+                    .ok_or_else(|| {
+                        ToolError::BadRequest(format!(
+                            "grant {id} not found among your grants; my_grants lists them"
+                        ))
+                    })?;
+                if g.revoked_at.is_some() {
+                    return Err(ToolError::Denied {
+                        reason: format!("grant {id} was revoked"),
+                        next_step: "request_access again".to_string(),
+                    });
+                }
+                if !g.is_live(now) {
+                    return Err(ToolError::Denied {
+                        reason: format!("grant {id} expired at {}", g.terms.expires_at),
+                        next_step: "request_access again".to_string(),
+                    });
+                }
+                if let Some(p) = &args.purpose
+                    && !p.eq_ignore_ascii_case(&g.terms.purpose)
+                {
+                    return Err(ToolError::BadRequest(format!(
+                        "grant {id} is bound to purpose {}, not {p}",
+                        g.terms.purpose
+                    )));
+                }
+                Some(g)
+            }
+            None => match &args.purpose {
+                Some(p) => self
+                    .app
+                    .store
+                    .grants_for_principal(checked.principal_id())
+                    .await
+                    .map_err(internal)?
+                    .into_iter()
+                    .filter(|g| g.is_live(now) && g.terms.purpose.eq_ignore_ascii_case(p))
+                    .find(|g| tables.iter().any(|t| g.terms.covers(&t.to_string()))),
+                None => None,
+            },
+        };
+        if let Some(g) = &grant
+            && let Some(why) = g.quota_exhausted()
+        {
+            return Err(ToolError::Limit(format!("quota exceeded: {why}")));
+        }
+        Ok(grant)
     }
 }
 

@@ -8,5 +8,6 @@ mod docs;
 mod governance;
 mod http;
 mod init;
+mod negotiation;
 mod tools;
 mod util;

@@ -14,12 +14,34 @@ async fn tools_are_listed_with_schemas_descriptions_and_annotations() {
         "parley"
     );
     let tools = client.list_all_tools().await.unwrap();
-    let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
     names.sort();
+    let mut documented: Vec<String> =
+        std::fs::read_dir(format!("{}/tools", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+            .map(|e| {
+                e.unwrap()
+                    .path()
+                    .file_stem()
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string()
+            })
+            .collect();
+    documented.sort();
     assert_eq!(
-        names,
-        ["describe_table", "get_contract", "list_tables", "query"]
+        names, documented,
+        "every tool has its description file and vice versa"
     );
+    let read_only = [
+        "access_status",
+        "describe_table",
+        "get_contract",
+        "list_tables",
+        "my_grants",
+        "query",
+        "review_requests",
+    ];
     for t in &tools {
         let desc = t.description.as_deref().unwrap_or("");
         let file = std::fs::read_to_string(format!(
@@ -33,7 +55,9 @@ async fn tools_are_listed_with_schemas_descriptions_and_annotations() {
         assert_eq!(t.input_schema.get("type"), Some(&json!("object")));
         assert_eq!(
             t.annotations.as_ref().and_then(|a| a.read_only_hint),
-            Some(true)
+            Some(read_only.contains(&t.name.as_ref())),
+            "{}",
+            t.name
         );
     }
     let query = tools.iter().find(|t| t.name == "query").unwrap();
@@ -215,7 +239,7 @@ async fn denied_and_hidden_tables_reveal_nothing() {
     )
     .await);
     assert!(e.contains("access denied"), "{e}");
-    assert!(e.contains("get_contract"), "{e}");
+    assert!(e.contains("request_access"), "{e}");
     assert!(!e.contains('@'), "no e-mail address leaks: {e}");
     // Even hidden inside a subquery of an allowed query.
     let e = err(&call(

@@ -1,0 +1,953 @@
+//! The negotiation tools: `request_access`, `accept_offer`, `decline_offer`, `access_status`, `my_grants`, and the
+//! owner tools `review_requests`, `decide_request`, `revoke_grant`. Every step goes through the gate (audited with
+//! its request or grant id), decisions come from `negotiation::evaluate` over the contracts plus the policy, and
+//! state lives in the `NegotiationStore`.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use rmcp::handler::server::common::schema_for_type;
+use rmcp::model::{CallToolResult, JsonObject};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, tool, tool_router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{ParleyServer, internal, parse_args, respond};
+use crate::catalog::TableName;
+use crate::gate::{Checked, ToolError};
+use crate::negotiation::{
+    self, AccessRequest, Grant, OdrlKind, Outcome, RowScope, State, combined_limitations,
+    contract_versions,
+};
+use crate::policy::{Action, Resource};
+
+/// Longest term any grant gets, in days.
+const MAX_DAYS: u32 = 90;
+
+/// Arguments of `request_access`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestAccessArgs {
+    /// Tables, `namespace.table`.
+    pub tables: Vec<String>,
+    /// Columns (default: all columns of the tables).
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// Purpose id from the contract's allowed purposes (e.g. `churn_analysis`).
+    pub purpose: String,
+    /// Requested term in days (default 30).
+    #[serde(default)]
+    pub duration_days: Option<u32>,
+    /// Why you need it, for the owner.
+    #[serde(default)]
+    pub justification: Option<String>,
+    /// Ask for fewer rows: only those whose `column` is one of `values`.
+    #[serde(default)]
+    pub row_scope: Option<RowScope>,
+}
+
+/// Arguments naming a request.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestIdArgs {
+    /// The request id from `request_access`.
+    pub request_id: String,
+}
+
+/// Arguments of `accept_offer`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptArgs {
+    /// The request id from `request_access`.
+    pub request_id: String,
+    /// The offer's `terms_hash`: you accept exactly these terms.
+    pub terms_hash: String,
+}
+
+/// Arguments of `decide_request`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecideArgs {
+    /// The pending request.
+    pub request_id: String,
+    /// Approve (true) or deny (false).
+    pub approve: bool,
+    /// Why; shown to the requester and audited.
+    pub reason: String,
+}
+
+/// Arguments of `revoke_grant`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeArgs {
+    /// The grant to revoke.
+    pub grant_id: String,
+    /// Why; shown to the grantee and audited.
+    pub reason: String,
+}
+
+/// No arguments.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoArgs {}
+
+/// The answer to `request_access` (and the state of a negotiation).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct NegotiationResult {
+    /// Request id; use it with `access_status`, `accept_offer`, `decline_offer`.
+    pub request_id: String,
+    /// `granted`, `counter_offer`, `pending` or `denied`.
+    pub status: String,
+    /// Dataspace Protocol state: requested, offered, agreed, finalized or terminated.
+    pub state: String,
+    /// The sentence explaining the decision, citing contract clauses.
+    pub reason: String,
+    /// Granted or offered terms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terms: Option<Value>,
+    /// Hash to pass to `accept_offer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terms_hash: Option<String>,
+    /// The grant, when granted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    /// Who must approve, when pending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Vec<String>>,
+    /// A request that would be acceptable, when denied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acceptable: Option<String>,
+    /// The offer or agreement as a W3C ODRL policy (JSON-LD).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub odrl: Option<Value>,
+}
+
+/// The state of one request with its history.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StatusResult {
+    /// Request id.
+    pub request_id: String,
+    /// Dataspace Protocol state.
+    pub state: String,
+    /// The grant, once finalized.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    /// The request as made.
+    pub request: Value,
+    /// The decision at the time of the request.
+    pub outcome: Value,
+    /// Every transition: when, who, to which state, why.
+    pub history: Vec<Value>,
+}
+
+/// A list of grants.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct GrantsResult {
+    /// Grants with terms, usage and whether live.
+    pub grants: Vec<Value>,
+}
+
+/// A list of requests.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RequestsResult {
+    /// Requests with requester, purpose, terms and why they wait.
+    pub requests: Vec<Value>,
+}
+
+/// A short acknowledgement.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DoneResult {
+    /// What happened.
+    pub message: String,
+    /// The grant concerned, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    /// New state of the request, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+fn grant_view(g: &Grant) -> Value {
+    json!({
+        "grant_id": g.id,
+        "request_id": g.request_id,
+        "live": g.is_live(Utc::now()),
+        "revoked_at": g.revoked_at,
+        "terms": g.terms,
+        "terms_hash": g.terms_hash,
+        "usage": g.usage,
+        "approvers": g.approvers,
+        "contract_versions": g.contract_versions,
+        "created_at": g.created_at,
+    })
+}
+
+impl ParleyServer {
+    fn store_error(e: impl std::fmt::Display) -> ToolError {
+        internal(e)
+    }
+
+    /// The owner of the tables as ODRL assigner: the contracts' teams.
+    fn assigner(&self, tables: &[String]) -> String {
+        let owners: Vec<String> = tables
+            .iter()
+            .filter_map(|t| TableName::parse(t).ok())
+            .filter_map(|t| {
+                self.app
+                    .lakehouse
+                    .contract(&t)
+                    .and_then(|c| c.contract.owner_group().map(str::to_string))
+            })
+            .collect();
+        if owners.is_empty() {
+            "urn:parley:owner:unknown".to_string()
+        } else {
+            format!("urn:parley:group:{}", owners.join(","))
+        }
+    }
+
+    fn odrl_for(
+        &self,
+        kind: OdrlKind,
+        uid: &str,
+        principal: &str,
+        terms: &negotiation::Terms,
+    ) -> Value {
+        let contracts: Vec<(String, crate::contracts::Contract)> = terms
+            .tables
+            .iter()
+            .filter_map(|t| {
+                let name = TableName::parse(t).ok()?;
+                Some((
+                    t.clone(),
+                    self.app.lakehouse.contract(&name)?.contract.clone(),
+                ))
+            })
+            .collect();
+        let refs: Vec<(&str, &crate::contracts::Contract)> =
+            contracts.iter().map(|(t, c)| (t.as_str(), c)).collect();
+        negotiation::odrl(
+            kind,
+            uid,
+            &self.assigner(&terms.tables),
+            &format!("urn:parley:principal:{principal}"),
+            terms,
+            combined_limitations(&refs).as_deref(),
+        )
+    }
+
+    /// Makes and stores a grant for `terms`.
+    async fn make_grant(
+        &self,
+        request: &AccessRequest,
+        terms: negotiation::Terms,
+        approvers: Vec<String>,
+    ) -> Result<Grant, ToolError> {
+        let contracts: Vec<(String, crate::contracts::Contract)> = terms
+            .tables
+            .iter()
+            .filter_map(|t| {
+                let name = TableName::parse(t).ok()?;
+                Some((
+                    t.clone(),
+                    self.app.lakehouse.contract(&name)?.contract.clone(),
+                ))
+            })
+            .collect();
+        let refs: Vec<(&str, &crate::contracts::Contract)> =
+            contracts.iter().map(|(t, c)| (t.as_str(), c)).collect();
+        let grant = Grant::new(
+            &request.id,
+            &request.principal,
+            terms,
+            contract_versions(&refs),
+            approvers,
+            Utc::now(),
+        );
+        self.app
+            .store
+            .save_grant(&grant)
+            .await
+            .map_err(Self::store_error)?;
+        Ok(grant)
+    }
+
+    async fn do_request_access(
+        &self,
+        checked: &mut Checked<'_>,
+        args: RequestAccessArgs,
+    ) -> Result<NegotiationResult, ToolError> {
+        if args.tables.is_empty() {
+            return Err(ToolError::BadRequest(
+                "tables is empty: name at least one table as namespace.table".to_string(),
+            ));
+        }
+        let mut eligible = true;
+        let mut contracts = Vec::new();
+        for t in &args.tables {
+            // Discovery is required (an undiscoverable table does not exist for the caller).
+            let name = self.table_for(checked, t, Action::Discover, "").await?;
+            let facts = self.app.lakehouse.facts_of_listed(&name);
+            eligible &= checked
+                .peek(Action::RequestAccess, &Resource::Table(facts))
+                .allowed();
+            if let Some(c) = self.app.lakehouse.contract(&name) {
+                contracts.push((name.to_string(), c.contract.clone()));
+            }
+        }
+        let request = AccessRequest {
+            id: negotiation::new_request_id(),
+            principal: checked.principal_id().to_string(),
+            tables: args.tables.clone(),
+            columns: args.columns,
+            purpose: args.purpose,
+            justification: args.justification,
+            duration_days: args.duration_days.unwrap_or(30),
+            row_scope: args.row_scope,
+            created_at: Utc::now(),
+        };
+        let refs: Vec<(&str, &crate::contracts::Contract)> =
+            contracts.iter().map(|(t, c)| (t.as_str(), c)).collect();
+        let outcome = negotiation::evaluate(&request, &refs, eligible, Utc::now(), MAX_DAYS);
+        let outcome_json = serde_json::to_value(&outcome).map_err(internal)?;
+        self.app
+            .store
+            .save_request(&request, outcome.state(), &outcome_json)
+            .await
+            .map_err(Self::store_error)?;
+        let mut result = NegotiationResult {
+            request_id: request.id.clone(),
+            status: outcome.kind().to_string(),
+            state: outcome.state().as_str().to_string(),
+            reason: outcome.explanation(),
+            terms: outcome.terms().map(|t| json!(t)),
+            terms_hash: None,
+            grant_id: None,
+            approvers: None,
+            acceptable: None,
+            odrl: None,
+        };
+        match &outcome {
+            Outcome::Granted { terms, .. } => {
+                let grant = self.make_grant(&request, terms.clone(), vec![]).await?;
+                result.odrl = Some(self.odrl_for(
+                    OdrlKind::Agreement,
+                    &format!("urn:parley:agreement:{}", grant.id),
+                    &request.principal,
+                    &grant.terms,
+                ));
+                result.terms_hash = Some(grant.terms_hash.clone());
+                result.grant_id = Some(grant.id);
+            }
+            Outcome::CounterOffer { terms, .. } => {
+                result.terms_hash = Some(terms.hash());
+                result.odrl = Some(self.odrl_for(
+                    OdrlKind::Offer,
+                    &format!("urn:parley:offer:{}", request.id),
+                    &request.principal,
+                    terms,
+                ));
+            }
+            Outcome::Pending { approvers, .. } => result.approvers = Some(approvers.clone()),
+            Outcome::Denied { acceptable, .. } => result.acceptable = acceptable.clone(),
+        }
+        checked.note(
+            Action::RequestAccess,
+            &args.tables.join(","),
+            format!(
+                "request {} {}{}: {}",
+                request.id,
+                outcome.kind(),
+                result
+                    .grant_id
+                    .as_ref()
+                    .map(|g| format!(" as grant {g}"))
+                    .unwrap_or_default(),
+                result.reason
+            ),
+        );
+        Ok(result)
+    }
+
+    /// Loads a request the caller made (others' requests do not exist for them).
+    async fn own_request(
+        &self,
+        checked: &Checked<'_>,
+        request_id: &str,
+    ) -> Result<crate::store::StoredRequest, ToolError> {
+        let stored = self
+            .app
+            .store
+            .get_request(request_id)
+            .await
+            .map_err(Self::store_error)?;
+        match stored {
+            Some(s) if s.request.principal == checked.principal_id() => Ok(s),
+            _ => Err(ToolError::BadRequest(format!(
+                "request {request_id} not found among your requests; request_access returns the id"
+            ))),
+        }
+    }
+
+    async fn do_accept(
+        &self,
+        checked: &mut Checked<'_>,
+        args: AcceptArgs,
+    ) -> Result<DoneResult, ToolError> {
+        let stored = self.own_request(checked, &args.request_id).await?;
+        if stored.state != State::Offered {
+            return Err(ToolError::BadRequest(format!(
+                "request {} is {}, not an open offer",
+                args.request_id,
+                stored.state.as_str()
+            )));
+        }
+        let outcome: Outcome = serde_json::from_value(stored.outcome.clone()).map_err(internal)?;
+        let Outcome::CounterOffer { terms, .. } = outcome else {
+            return Err(internal("an offered request without offered terms"));
+        };
+        if terms.expires_at <= Utc::now() {
+            return Err(ToolError::BadRequest(
+                "the offer's term has already ended; request_access again".to_string(),
+            ));
+        }
+        if terms.hash() != args.terms_hash {
+            return Err(ToolError::BadRequest(format!(
+                "terms_hash does not match the offered terms of request {}; read the offer again (access_status) and pass its terms_hash",
+                args.request_id
+            )));
+        }
+        let grant = self.make_grant(&stored.request, terms, vec![]).await?;
+        let store = &self.app.store;
+        let who = checked.principal_id().to_string();
+        for (state, why) in [
+            (State::Accepted, "the requester accepted the offer"),
+            (State::Agreed, "agreement recorded as a grant"),
+            (State::Finalized, "grant in force"),
+        ] {
+            store
+                .update_state(&args.request_id, state, &who, why)
+                .await
+                .map_err(Self::store_error)?;
+        }
+        checked.note(
+            Action::RequestAccess,
+            &grant.terms.tables.join(","),
+            format!(
+                "request {} offer accepted as grant {}",
+                args.request_id, grant.id
+            ),
+        );
+        Ok(DoneResult {
+            message: format!(
+                "offer accepted; grant {} is in force until {}",
+                grant.id, grant.terms.expires_at
+            ),
+            grant_id: Some(grant.id),
+            state: Some(State::Finalized.as_str().to_string()),
+        })
+    }
+
+    async fn do_decline(
+        &self,
+        checked: &mut Checked<'_>,
+        args: RequestIdArgs,
+    ) -> Result<DoneResult, ToolError> {
+        let stored = self.own_request(checked, &args.request_id).await?;
+        if stored.state != State::Offered {
+            return Err(ToolError::BadRequest(format!(
+                "request {} is {}, not an open offer",
+                args.request_id,
+                stored.state.as_str()
+            )));
+        }
+        self.app
+            .store
+            .update_state(
+                &args.request_id,
+                State::Terminated,
+                checked.principal_id(),
+                "the requester declined the offer",
+            )
+            .await
+            .map_err(Self::store_error)?;
+        checked.note(
+            Action::RequestAccess,
+            &stored.request.tables.join(","),
+            format!("request {} offer declined", args.request_id),
+        );
+        Ok(DoneResult {
+            message: "offer declined; the negotiation is terminated".to_string(),
+            grant_id: None,
+            state: Some(State::Terminated.as_str().to_string()),
+        })
+    }
+
+    async fn grant_of_request(
+        &self,
+        request_id: &str,
+        principal: &str,
+    ) -> Result<Option<Grant>, ToolError> {
+        Ok(self
+            .app
+            .store
+            .grants_for_principal(principal)
+            .await
+            .map_err(Self::store_error)?
+            .into_iter()
+            .find(|g| g.request_id == request_id))
+    }
+
+    async fn do_status(
+        &self,
+        checked: &mut Checked<'_>,
+        args: RequestIdArgs,
+    ) -> Result<StatusResult, ToolError> {
+        let stored = self.own_request(checked, &args.request_id).await?;
+        let grant = self
+            .grant_of_request(&args.request_id, checked.principal_id())
+            .await?;
+        let history = self
+            .app
+            .store
+            .events(&args.request_id)
+            .await
+            .map_err(Self::store_error)?
+            .into_iter()
+            .map(|e| json!(e))
+            .collect();
+        checked.note(
+            Action::RequestAccess,
+            &stored.request.tables.join(","),
+            format!("request {} status read", args.request_id),
+        );
+        Ok(StatusResult {
+            request_id: args.request_id,
+            state: stored.state.as_str().to_string(),
+            grant_id: grant.map(|g| g.id),
+            request: json!(stored.request),
+            outcome: stored.outcome,
+            history,
+        })
+    }
+
+    /// Tables the caller may decide requests for.
+    fn decidable(&self, checked: &Checked<'_>, tables: &[String]) -> bool {
+        tables.iter().all(|t| {
+            TableName::parse(t).is_ok_and(|name| {
+                let facts = self.app.lakehouse.facts_of_listed(&name);
+                checked
+                    .peek(Action::DecideRequest, &Resource::Table(facts))
+                    .allowed()
+            })
+        })
+    }
+
+    async fn do_review(&self, checked: &mut Checked<'_>) -> Result<RequestsResult, ToolError> {
+        let mut tables = Vec::new();
+        for name in self.app.lakehouse.list_tables().await.map_err(internal)? {
+            let facts = self.app.lakehouse.facts_of_listed(&name);
+            if checked
+                .peek(Action::DecideRequest, &Resource::Table(facts))
+                .allowed()
+            {
+                tables.push(name.to_string());
+            }
+        }
+        let pending = self
+            .app
+            .store
+            .requests_for_tables(&tables, Some(State::Requested))
+            .await
+            .map_err(Self::store_error)?;
+        let requests: Vec<Value> = pending
+            .into_iter()
+            .filter(|r| self.decidable(checked, &r.request.tables))
+            .map(|r| {
+                json!({
+                    "request_id": r.request.id,
+                    "principal": r.request.principal,
+                    "tables": r.request.tables,
+                    "columns": r.request.columns,
+                    "purpose": r.request.purpose,
+                    "justification": r.request.justification,
+                    "duration_days": r.request.duration_days,
+                    "outcome": r.outcome,
+                })
+            })
+            .collect();
+        checked.note(
+            Action::ReviewRequests,
+            "*",
+            format!(
+                "{} pending request(s) on tables the caller may decide",
+                requests.len()
+            ),
+        );
+        Ok(RequestsResult { requests })
+    }
+
+    async fn do_decide(
+        &self,
+        checked: &mut Checked<'_>,
+        args: DecideArgs,
+    ) -> Result<DoneResult, ToolError> {
+        let not_found = || {
+            ToolError::BadRequest(format!(
+                "request {} not found among the pending requests you may decide; review_requests lists them",
+                args.request_id
+            ))
+        };
+        let stored = self
+            .app
+            .store
+            .get_request(&args.request_id)
+            .await
+            .map_err(Self::store_error)?
+            .ok_or_else(not_found)?;
+        for t in &stored.request.tables {
+            let name = TableName::parse(t).map_err(|_| not_found())?;
+            let facts = self.app.lakehouse.facts_of_listed(&name);
+            checked.require(
+                Action::DecideRequest,
+                &Resource::Table(facts),
+                "Only the table's owners and approvers decide its access requests.",
+            )?;
+        }
+        if stored.state != State::Requested {
+            return Err(ToolError::BadRequest(format!(
+                "request {} is {}, not pending",
+                args.request_id,
+                stored.state.as_str()
+            )));
+        }
+        let who = checked.principal_id().to_string();
+        if !args.approve {
+            self.app
+                .store
+                .update_state(&args.request_id, State::Terminated, &who, &args.reason)
+                .await
+                .map_err(Self::store_error)?;
+            checked.note(
+                Action::DecideRequest,
+                &stored.request.tables.join(","),
+                format!(
+                    "request {} denied by {who}: {}",
+                    args.request_id, args.reason
+                ),
+            );
+            return Ok(DoneResult {
+                message: "request denied".to_string(),
+                grant_id: None,
+                state: Some(State::Terminated.as_str().to_string()),
+            });
+        }
+        let outcome: Outcome = serde_json::from_value(stored.outcome.clone()).map_err(internal)?;
+        let terms = match outcome {
+            Outcome::Pending { terms, .. } => terms,
+            other => other
+                .terms()
+                .cloned()
+                .ok_or_else(|| internal("a pending request without proposed terms"))?,
+        };
+        let grant = self
+            .make_grant(&stored.request, terms, vec![who.clone()])
+            .await?;
+        for (state, why) in [
+            (State::Agreed, args.reason.as_str()),
+            (State::Finalized, "grant in force"),
+        ] {
+            self.app
+                .store
+                .update_state(&args.request_id, state, &who, why)
+                .await
+                .map_err(Self::store_error)?;
+        }
+        checked.note(
+            Action::DecideRequest,
+            &stored.request.tables.join(","),
+            format!(
+                "request {} approved by {who} as grant {}: {}",
+                args.request_id, grant.id, args.reason
+            ),
+        );
+        Ok(DoneResult {
+            message: format!("request approved; grant {} is in force", grant.id),
+            grant_id: Some(grant.id),
+            state: Some(State::Finalized.as_str().to_string()),
+        })
+    }
+
+    async fn do_revoke(
+        &self,
+        checked: &mut Checked<'_>,
+        args: RevokeArgs,
+    ) -> Result<DoneResult, ToolError> {
+        let not_found = || {
+            ToolError::BadRequest(format!(
+                "grant {} not found among the grants you may revoke",
+                args.grant_id
+            ))
+        };
+        let grant = self
+            .app
+            .store
+            .get_grant(&args.grant_id)
+            .await
+            .map_err(Self::store_error)?
+            .ok_or_else(not_found)?;
+        for t in &grant.terms.tables {
+            let name = TableName::parse(t).map_err(|_| not_found())?;
+            let facts = self.app.lakehouse.facts_of_listed(&name);
+            checked.require(
+                Action::DecideRequest,
+                &Resource::Table(facts),
+                "Only the table's owners revoke its grants.",
+            )?;
+        }
+        let who = checked.principal_id().to_string();
+        self.app
+            .store
+            .revoke_grant(&args.grant_id, &who, &args.reason)
+            .await
+            .map_err(Self::store_error)?;
+        checked.note(
+            Action::DecideRequest,
+            &grant.terms.tables.join(","),
+            format!("grant {} revoked by {who}: {}", args.grant_id, args.reason),
+        );
+        Ok(DoneResult {
+            message: format!("grant {} revoked", args.grant_id),
+            grant_id: Some(args.grant_id),
+            state: None,
+        })
+    }
+}
+
+macro_rules! gated {
+    ($self:ident, $ctx:ident, $args:ident, $tool:literal, $method:ident) => {{
+        let principal = $self.principal(&$ctx);
+        let r = $self
+            .app
+            .gate
+            .run(&principal, $tool, None, async |c| {
+                $self.$method(c, parse_args($args)?).await
+            })
+            .await?;
+        let text = serde_json::to_string_pretty(&r).unwrap_or_default();
+        Ok(respond(&r, text))
+    }};
+}
+
+#[tool_router(router = access_router, vis = "pub(super)")]
+impl ParleyServer {
+    #[tool(
+        description = include_str!("../../tools/request_access.md"),
+        input_schema = schema_for_type::<RequestAccessArgs>(),
+        output_schema = rmcp::handler::server::tool::schema_for_output::<NegotiationResult>(),
+        annotations(title = "Request access", read_only_hint = false, destructive_hint = false, open_world_hint = false)
+    )]
+    async fn request_access(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        let principal = self.principal(&ctx);
+        let purpose = args
+            .get("purpose")
+            .and_then(|p| p.as_str())
+            .map(str::to_string);
+        let r = self
+            .app
+            .gate
+            .run(&principal, "request_access", purpose, async |c| {
+                self.do_request_access(c, parse_args(args)?).await
+            })
+            .await?;
+        let text = format!(
+            "{} (request {}): {}{}",
+            r.status,
+            r.request_id,
+            r.reason,
+            r.grant_id
+                .as_ref()
+                .map(|g| format!("\nGrant: {g} — pass it to query as grant_id."))
+                .or_else(|| r
+                    .terms_hash
+                    .as_ref()
+                    .map(|h| format!("\nTo accept: accept_offer with terms_hash {h}.")))
+                .unwrap_or_default()
+        );
+        Ok(respond(&r, text))
+    }
+
+    #[tool(
+        description = include_str!("../../tools/accept_offer.md"),
+        input_schema = schema_for_type::<AcceptArgs>(),
+        output_schema = rmcp::handler::server::tool::schema_for_output::<DoneResult>(),
+        annotations(title = "Accept an offer", read_only_hint = false, destructive_hint = false, open_world_hint = false)
+    )]
+    async fn accept_offer(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        gated!(self, ctx, args, "accept_offer", do_accept)
+    }
+
+    #[tool(
+        description = include_str!("../../tools/decline_offer.md"),
+        input_schema = schema_for_type::<RequestIdArgs>(),
+        output_schema = rmcp::handler::server::tool::schema_for_output::<DoneResult>(),
+        annotations(title = "Decline an offer", read_only_hint = false, destructive_hint = false, open_world_hint = false)
+    )]
+    async fn decline_offer(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        gated!(self, ctx, args, "decline_offer", do_decline)
+    }
+
+    #[tool(
+        description = include_str!("../../tools/access_status.md"),
+        input_schema = schema_for_type::<RequestIdArgs>(),
+        output_schema = rmcp::handler::server::tool::schema_for_output::<StatusResult>(),
+        annotations(title = "Access request status", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn access_status(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        gated!(self, ctx, args, "access_status", do_status)
+    }
+
+    #[tool(
+        description = include_str!("../../tools/my_grants.md"),
+        input_schema = schema_for_type::<NoArgs>(),
+        output_schema = rmcp::handler::server::tool::schema_for_output::<GrantsResult>(),
+        annotations(title = "My grants", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn my_grants(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        let principal = self.principal(&ctx);
+        let r = self
+            .app
+            .gate
+            .run(&principal, "my_grants", None, async |c| {
+                let _: NoArgs = parse_args(args)?;
+                let grants = self
+                    .app
+                    .store
+                    .grants_for_principal(c.principal_id())
+                    .await
+                    .map_err(Self::store_error)?;
+                c.note(
+                    Action::RequestAccess,
+                    "*",
+                    format!("{} grant(s) listed", grants.len()),
+                );
+                Ok(GrantsResult {
+                    grants: grants.iter().map(grant_view).collect(),
+                })
+            })
+            .await?;
+        let text = serde_json::to_string_pretty(&r).unwrap_or_default();
+        Ok(respond(&r, text))
+    }
+
+    #[tool(
+        description = include_str!("../../tools/review_requests.md"),
+        input_schema = schema_for_type::<NoArgs>(),
+        output_schema = rmcp::handler::server::tool::schema_for_output::<RequestsResult>(),
+        annotations(title = "Review access requests", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn review_requests(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        let principal = self.principal(&ctx);
+        let r = self
+            .app
+            .gate
+            .run(&principal, "review_requests", None, async |c| {
+                let _: NoArgs = parse_args(args)?;
+                self.do_review(c).await
+            })
+            .await?;
+        let text = serde_json::to_string_pretty(&r).unwrap_or_default();
+        Ok(respond(&r, text))
+    }
+
+    #[tool(
+        description = include_str!("../../tools/decide_request.md"),
+        input_schema = schema_for_type::<DecideArgs>(),
+        output_schema = rmcp::handler::server::tool::schema_for_output::<DoneResult>(),
+        annotations(title = "Decide an access request", read_only_hint = false, destructive_hint = false, open_world_hint = false)
+    )]
+    async fn decide_request(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        gated!(self, ctx, args, "decide_request", do_decide)
+    }
+
+    #[tool(
+        description = include_str!("../../tools/revoke_grant.md"),
+        input_schema = schema_for_type::<RevokeArgs>(),
+        output_schema = rmcp::handler::server::tool::schema_for_output::<DoneResult>(),
+        annotations(title = "Revoke a grant", read_only_hint = false, destructive_hint = true, open_world_hint = false)
+    )]
+    async fn revoke_grant(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        gated!(self, ctx, args, "revoke_grant", do_revoke)
+    }
+}
+
+/// The masks of `table` in a grant, for the query engine.
+pub(super) fn governance_of(grant: &Grant, table: &str) -> crate::query::Governance {
+    use crate::query::ColumnMask;
+    let masks: BTreeMap<String, ColumnMask> = grant
+        .terms
+        .columns_of(table)
+        .into_iter()
+        .filter_map(|c| {
+            grant.terms.mask_of(table, c).map(|m| {
+                (
+                    c.to_string(),
+                    match m {
+                        negotiation::Mask::Hash => ColumnMask::Hash,
+                        negotiation::Mask::Redact => ColumnMask::Redact,
+                        negotiation::Mask::YearOnly => ColumnMask::YearOnly,
+                    },
+                )
+            })
+        })
+        .collect();
+    crate::query::Governance {
+        columns: grant
+            .terms
+            .columns_of(table)
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        masks,
+        row_filter: grant
+            .terms
+            .row_filter
+            .as_ref()
+            .map(|r| (r.column.clone(), r.values.clone())),
+        salt: crate::audit::digest(&format!("parley-mask:{}", grant.id)),
+    }
+}
