@@ -1182,6 +1182,7 @@ impl ParleyServer {
 }
 
 const CONTRACT_SCHEME: &str = "contract://";
+const GRANT_SCHEME: &str = "grant://";
 
 #[tool_handler(router = self.tool_router)]
 #[prompt_handler(router = self.prompt_router)]
@@ -1245,6 +1246,11 @@ impl ServerHandler for ParleyServer {
             ResourceTemplate::new("contract://{namespace}/{table}", "table contract")
                 .with_description("ODCS v3 data contract of a table (YAML)")
                 .with_mime_type("application/yaml"),
+            ResourceTemplate::new("grant://{grant_id}", "access grant")
+                .with_description(
+                    "A grant: terms, usage, liveness and its W3C ODRL agreement (JSON)",
+                )
+                .with_mime_type("application/json"),
         ]))
     }
 
@@ -1255,6 +1261,24 @@ impl ServerHandler for ParleyServer {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let principal = self.principal(&ctx);
         let uri = request.uri.clone();
+        if let Some(id) = uri.strip_prefix(GRANT_SCHEME) {
+            let grant = self
+                .app
+                .gate
+                .run(&principal, "resources/read", None, async |c| {
+                    self.grant_resource(c, id).await
+                })
+                .await
+                .map_err(|e| ErrorData::resource_not_found(e, None))?;
+            return Ok(ReadResourceResult::new(vec![
+                ResourceContents::text(
+                    serde_json::to_string_pretty(&grant).unwrap_or_default(),
+                    request.uri,
+                )
+                .with_mime_type("application/json"),
+            ])
+            .into());
+        }
         let table = uri
             .strip_prefix(CONTRACT_SCHEME)
             .map(|rest| rest.replace('/', "."))

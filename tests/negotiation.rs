@@ -246,6 +246,38 @@ async fn pending_requests_are_decided_by_owners_and_grants_revoked() {
     .await);
     assert_eq!(q["rows"][0][0], 120_000);
 
+    // The owner sees who uses the table; the grant is also a resource with its ODRL agreement.
+    let consumers = ok(&call(&owner, "table_consumers", json!({"table": "sales.orders"})).await);
+    let grants = consumers["grants"].as_array().unwrap();
+    assert!(
+        grants
+            .iter()
+            .any(|g| g["grant_id"] == grant.as_str() && g["principal"] == "analyst"),
+        "{consumers:#}"
+    );
+    let e = err(&call(
+        &analyst,
+        "table_consumers",
+        json!({"table": "sales.orders"}),
+    )
+    .await);
+    assert!(e.contains("access denied"), "{e}");
+    let read = analyst
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(format!(
+            "grant://{grant}"
+        )))
+        .await
+        .unwrap();
+    let rmcp::model::ResourceContents::TextResourceContents { text, .. } = &read.contents[0] else {
+        panic!("text contents")
+    };
+    let resource: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(resource["odrl"]["@type"], "Agreement");
+    assert_eq!(
+        resource["odrl"]["permission"][0]["assignee"],
+        "urn:parley:principal:analyst"
+    );
+
     // Revoked: the next query under the grant fails.
     ok(&call(
         &owner,

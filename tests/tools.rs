@@ -41,6 +41,7 @@ async fn tools_are_listed_with_schemas_descriptions_and_annotations() {
         "my_grants",
         "query",
         "review_requests",
+        "table_consumers",
     ];
     for t in &tools {
         let desc = t.description.as_deref().unwrap_or("");

@@ -726,6 +726,79 @@ impl ParleyServer {
     }
 }
 
+impl ParleyServer {
+    async fn do_consumers(
+        &self,
+        checked: &mut Checked<'_>,
+        args: super::TableArgs,
+    ) -> Result<GrantsResult, ToolError> {
+        let name = self
+            .table_for(
+                checked,
+                &args.table,
+                Action::DecideRequest,
+                "Only the table's owners see who holds grants on it.",
+            )
+            .await?;
+        let grants = self
+            .app
+            .store
+            .grants_for_table(&name.to_string())
+            .await
+            .map_err(Self::store_error)?;
+        checked.note(
+            Action::DecideRequest,
+            &name.to_string(),
+            format!("{} grant(s) on {name} listed for its owner", grants.len()),
+        );
+        Ok(GrantsResult {
+            grants: grants
+                .iter()
+                .map(|g| {
+                    let mut v = grant_view(g);
+                    v["principal"] = json!(g.principal);
+                    v
+                })
+                .collect(),
+        })
+    }
+
+    /// The grant behind a `grant://{id}` resource: the grantee's own, or one on tables the caller owns.
+    pub(super) async fn grant_resource(
+        &self,
+        checked: &mut Checked<'_>,
+        id: &str,
+    ) -> Result<Value, ToolError> {
+        let not_found =
+            || ToolError::BadRequest(format!("grant {id} not found among the grants you may see"));
+        let grant = self
+            .app
+            .store
+            .get_grant(id)
+            .await
+            .map_err(Self::store_error)?
+            .ok_or_else(not_found)?;
+        let mine = grant.principal == checked.principal_id();
+        if !mine && !self.decidable(checked, &grant.terms.tables) {
+            return Err(not_found());
+        }
+        checked.note(
+            Action::RequestAccess,
+            &grant.terms.tables.join(","),
+            format!("grant {id} read"),
+        );
+        let mut v = grant_view(&grant);
+        v["principal"] = json!(grant.principal);
+        v["odrl"] = self.odrl_for(
+            OdrlKind::Agreement,
+            &format!("urn:parley:agreement:{}", grant.id),
+            &grant.principal,
+            &grant.terms,
+        );
+        Ok(v)
+    }
+}
+
 macro_rules! gated {
     ($self:ident, $ctx:ident, $args:ident, $tool:literal, $method:ident) => {{
         let principal = $self.principal(&$ctx);
@@ -898,6 +971,20 @@ impl ParleyServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
         gated!(self, ctx, args, "decide_request", do_decide)
+    }
+
+    #[tool(
+        description = include_str!("../../tools/table_consumers.md"),
+        input_schema = schema_for_type::<super::TableArgs>(),
+        output_schema = rmcp::handler::server::tool::schema_for_output::<GrantsResult>(),
+        annotations(title = "Who uses my table", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn table_consumers(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        gated!(self, ctx, args, "table_consumers", do_consumers)
     }
 
     #[tool(
