@@ -231,6 +231,12 @@ pub trait NegotiationStore: Send + Sync {
         state: Option<State>,
     ) -> Result<Vec<StoredRequest>, StoreError>;
 
+    /// All requests a principal made, oldest first.
+    async fn requests_for_principal(
+        &self,
+        principal: &str,
+    ) -> Result<Vec<StoredRequest>, StoreError>;
+
     /// Inserts a grant and its `granted` event. Fails with [`StoreError::Invalid`] when `terms_hash` is not the
     /// hash of `terms`, and [`StoreError::Duplicate`] if the id exists.
     async fn save_grant(&self, grant: &Grant) -> Result<(), StoreError>;
@@ -684,6 +690,21 @@ impl NegotiationStore for SqliteStore {
             .await
             .map_err(db("reading a request"))?;
         row.as_ref().map(request_from_row).transpose()
+    }
+
+    async fn requests_for_principal(
+        &self,
+        principal: &str,
+    ) -> Result<Vec<StoredRequest>, StoreError> {
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM access_requests WHERE principal = ? ORDER BY created_at, id"
+        );
+        let rows = sqlx::query::<Sqlite>(&sql)
+            .bind(principal)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing a principal's requests"))?;
+        rows.iter().map(request_from_row).collect()
     }
 
     async fn requests_for_tables(

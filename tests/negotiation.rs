@@ -292,6 +292,15 @@ async fn pending_requests_are_decided_by_owners_and_grants_revoked() {
     )
     .await);
     assert!(e.contains("revoked"), "{e}");
+    // The requester's inbox has the owner's decisions and the revocation, with reasons.
+    let inbox = ok(&call(&analyst, "my_notices", json!({})).await).to_string();
+    for why in [
+        "fine for Q4 pricing",
+        "not a business purpose",
+        "project over",
+    ] {
+        assert!(inbox.contains(why), "{why} in {inbox}");
+    }
     analyst.cancel().await.unwrap();
     owner.cancel().await.unwrap();
 

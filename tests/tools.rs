@@ -39,6 +39,7 @@ async fn tools_are_listed_with_schemas_descriptions_and_annotations() {
         "get_contract",
         "list_tables",
         "my_grants",
+        "my_notices",
         "query",
         "review_requests",
         "table_consumers",

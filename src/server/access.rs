@@ -156,6 +156,13 @@ pub struct RequestsResult {
     pub requests: Vec<Value>,
 }
 
+/// The caller's inbox.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct NoticesResult {
+    /// Decisions others took on your requests and grants (approved, denied, revoked), newest first.
+    pub notices: Vec<Value>,
+}
+
 /// A short acknowledgement.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct DoneResult {
@@ -763,6 +770,42 @@ impl ParleyServer {
         })
     }
 
+    /// What others did about the caller's requests and grants (approvals, denials, revocations), newest first.
+    async fn do_notices(&self, checked: &mut Checked<'_>) -> Result<NoticesResult, ToolError> {
+        let me = checked.principal_id().to_string();
+        let store = &self.app.store;
+        let mut subjects: Vec<String> = store
+            .requests_for_principal(&me)
+            .await
+            .map_err(Self::store_error)?
+            .into_iter()
+            .map(|r| r.request.id)
+            .collect();
+        subjects.extend(
+            store
+                .grants_for_principal(&me)
+                .await
+                .map_err(Self::store_error)?
+                .into_iter()
+                .map(|g| g.id),
+        );
+        let mut notices = Vec::new();
+        for id in subjects {
+            for e in store.events(&id).await.map_err(Self::store_error)? {
+                if e.actor != me && e.actor != "parley" {
+                    notices.push(json!(e));
+                }
+            }
+        }
+        notices.sort_by(|a, b| b["at"].as_str().cmp(&a["at"].as_str()));
+        checked.note(
+            Action::RequestAccess,
+            "*",
+            format!("{} notice(s) for {me}", notices.len()),
+        );
+        Ok(NoticesResult { notices })
+    }
+
     /// The grant behind a `grant://{id}` resource: the grantee's own, or one on tables the caller owns.
     pub(super) async fn grant_resource(
         &self,
@@ -971,6 +1014,30 @@ impl ParleyServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
         gated!(self, ctx, args, "decide_request", do_decide)
+    }
+
+    #[tool(
+        description = include_str!("../../tools/my_notices.md"),
+        input_schema = schema_for_type::<NoArgs>(),
+        output_schema = rmcp::handler::server::tool::schema_for_output::<NoticesResult>(),
+        annotations(title = "My notices", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn my_notices(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        let principal = self.principal(&ctx);
+        let r = self
+            .app
+            .gate
+            .run(&principal, "my_notices", None, async |c| {
+                let _: NoArgs = parse_args(args)?;
+                self.do_notices(c).await
+            })
+            .await?;
+        let text = serde_json::to_string_pretty(&r).unwrap_or_default();
+        Ok(respond(&r, text))
     }
 
     #[tool(
