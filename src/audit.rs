@@ -218,8 +218,8 @@ struct Writer {
     rotate_bytes: u64,
 }
 
-/// Sorts object keys recursively so the hash does not depend on field order.
-fn canonical(value: &Value) -> Value {
+/// Sorts object keys recursively so a hash does not depend on field order.
+pub(crate) fn canonical(value: &Value) -> Value {
     match value {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();

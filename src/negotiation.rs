@@ -227,22 +227,7 @@ fn split_column(qualified: &str) -> Option<(&str, &str)> {
 
 /// JSON text with object keys sorted at every level, independent of serde_json's `preserve_order` feature.
 fn canonical_json(value: &Value) -> String {
-    fn sort(value: &Value) -> Value {
-        match value {
-            Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort();
-                let mut out = serde_json::Map::new();
-                for k in keys {
-                    out.insert(k.clone(), sort(&map[k]));
-                }
-                Value::Object(out)
-            }
-            Value::Array(items) => Value::Array(items.iter().map(sort).collect()),
-            other => other.clone(),
-        }
-    }
-    sort(value).to_string()
+    crate::audit::canonical(value).to_string()
 }
 
 /// Contract-negotiation states of the Eclipse Dataspace Protocol (DSP 2025-1). DSP's VERIFIED step is folded

@@ -552,7 +552,32 @@ impl ParleyServer {
         })
     }
 
-    async fn do_review(&self, checked: &mut Checked<'_>) -> Result<RequestsResult, ToolError> {
+    async fn do_my_grants(
+        &self,
+        checked: &mut Checked<'_>,
+        _: NoArgs,
+    ) -> Result<GrantsResult, ToolError> {
+        let grants = self
+            .app
+            .store
+            .grants_for_principal(checked.principal_id())
+            .await
+            .map_err(Self::store_error)?;
+        checked.note(
+            Action::RequestAccess,
+            "*",
+            format!("{} grant(s) listed", grants.len()),
+        );
+        Ok(GrantsResult {
+            grants: grants.iter().map(grant_view).collect(),
+        })
+    }
+
+    async fn do_review(
+        &self,
+        checked: &mut Checked<'_>,
+        _: NoArgs,
+    ) -> Result<RequestsResult, ToolError> {
         let mut tables = Vec::new();
         for name in self.app.lakehouse.list_tables().await.map_err(internal)? {
             let facts = self.app.lakehouse.facts_of_listed(&name);
@@ -771,7 +796,11 @@ impl ParleyServer {
     }
 
     /// What others did about the caller's requests and grants (approvals, denials, revocations), newest first.
-    async fn do_notices(&self, checked: &mut Checked<'_>) -> Result<NoticesResult, ToolError> {
+    async fn do_notices(
+        &self,
+        checked: &mut Checked<'_>,
+        _: NoArgs,
+    ) -> Result<NoticesResult, ToolError> {
         let me = checked.principal_id().to_string();
         let store = &self.app.store;
         let mut subjects: Vec<String> = store
@@ -952,30 +981,7 @@ impl ParleyServer {
         args: JsonObject,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
-        let principal = self.principal(&ctx);
-        let r = self
-            .app
-            .gate
-            .run(&principal, "my_grants", None, async |c| {
-                let _: NoArgs = parse_args(args)?;
-                let grants = self
-                    .app
-                    .store
-                    .grants_for_principal(c.principal_id())
-                    .await
-                    .map_err(Self::store_error)?;
-                c.note(
-                    Action::RequestAccess,
-                    "*",
-                    format!("{} grant(s) listed", grants.len()),
-                );
-                Ok(GrantsResult {
-                    grants: grants.iter().map(grant_view).collect(),
-                })
-            })
-            .await?;
-        let text = serde_json::to_string_pretty(&r).unwrap_or_default();
-        Ok(respond(&r, text))
+        gated!(self, ctx, args, "my_grants", do_my_grants)
     }
 
     #[tool(
@@ -989,17 +995,7 @@ impl ParleyServer {
         args: JsonObject,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
-        let principal = self.principal(&ctx);
-        let r = self
-            .app
-            .gate
-            .run(&principal, "review_requests", None, async |c| {
-                let _: NoArgs = parse_args(args)?;
-                self.do_review(c).await
-            })
-            .await?;
-        let text = serde_json::to_string_pretty(&r).unwrap_or_default();
-        Ok(respond(&r, text))
+        gated!(self, ctx, args, "review_requests", do_review)
     }
 
     #[tool(
@@ -1027,17 +1023,7 @@ impl ParleyServer {
         args: JsonObject,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
-        let principal = self.principal(&ctx);
-        let r = self
-            .app
-            .gate
-            .run(&principal, "my_notices", None, async |c| {
-                let _: NoArgs = parse_args(args)?;
-                self.do_notices(c).await
-            })
-            .await?;
-        let text = serde_json::to_string_pretty(&r).unwrap_or_default();
-        Ok(respond(&r, text))
+        gated!(self, ctx, args, "my_notices", do_notices)
     }
 
     #[tool(
