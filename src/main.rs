@@ -301,6 +301,27 @@ async fn policy_check(
     Ok(())
 }
 
+/// The secret salting masked columns, created (random, mode 0600) on first use.
+fn mask_secret(dir: &DataDir) -> Result<String> {
+    let path = dir.root.join("secrets").join("mask-salt");
+    if let Ok(secret) = std::fs::read_to_string(&path) {
+        return Ok(secret.trim().to_string());
+    }
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    std::fs::write(&path, &secret)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(secret)
+}
+
 fn dev_key_path(dir: &DataDir) -> PathBuf {
     dir.root.join("dev-issuer").join("ed25519.pem")
 }
@@ -378,6 +399,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
             .context("cannot open the negotiation store")?,
     );
     Ok(Arc::new(App {
+        mask_secret: mask_secret(dir)?,
         store,
         config,
         audit_path: dir.audit_log(),

@@ -54,6 +54,8 @@ pub struct App {
     pub lakehouse: Lakehouse,
     /// Access requests, offers and grants.
     pub store: Arc<dyn crate::store::NegotiationStore>,
+    /// Server-side secret mixed into the salt of hashed (masked) columns; never leaves the server.
+    pub mask_secret: String,
 }
 
 /// The MCP server. Cheap to clone: one per session.
@@ -822,7 +824,10 @@ impl ParleyServer {
                 let table = self.app.lakehouse.load(&name).await.map_err(internal)?;
                 readable.push(ReadableTable {
                     name,
-                    source: TableSource::Governed(table, access::governance_of(g, &shown)),
+                    source: TableSource::Governed(
+                        table,
+                        access::governance_of(g, &shown, &self.app.mask_secret),
+                    ),
                 });
                 continue;
             }

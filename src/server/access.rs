@@ -1056,7 +1056,7 @@ impl ParleyServer {
 }
 
 /// The masks of `table` in a grant, for the query engine.
-pub(super) fn governance_of(grant: &Grant, table: &str) -> crate::query::Governance {
+pub(super) fn governance_of(grant: &Grant, table: &str, secret: &str) -> crate::query::Governance {
     use crate::query::ColumnMask;
     let masks: BTreeMap<String, ColumnMask> = grant
         .terms
@@ -1088,6 +1088,8 @@ pub(super) fn governance_of(grant: &Grant, table: &str) -> crate::query::Governa
             .row_filter
             .as_ref()
             .map(|r| (r.column.clone(), r.values.clone())),
-        salt: crate::audit::digest(&format!("parley-mask:{}", grant.id)),
+        // A server-side secret keeps hashed values from being reversed by hashing guesses; the grant id keeps
+        // hashes from linking across grants.
+        salt: crate::audit::digest(&format!("parley-mask:{secret}:{}", grant.id)),
     }
 }
