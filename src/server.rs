@@ -103,8 +103,10 @@ pub struct TableSummary {
     pub row_count: Option<u64>,
     /// Whether some columns hold personal data.
     pub contains_pii: bool,
-    /// Whether you may query it now.
+    /// Whether the policy lets you query it now, without a grant.
     pub can_query: bool,
+    /// Your live grants covering it (pass one to `query` as `grant_id`).
+    pub grant_ids: Vec<String>,
 }
 
 /// Result of `list_tables`.
@@ -588,9 +590,24 @@ impl ParleyServer {
             matches.push((name, resource));
         }
         let total = matches.len();
+        let now = chrono::Utc::now();
+        let live_grants: Vec<crate::negotiation::Grant> = self
+            .app
+            .store
+            .grants_for_principal(checked.principal_id())
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter(|g| g.is_live(now))
+            .collect();
         let mut tables = Vec::new();
         for (name, resource) in matches.into_iter().skip(offset).take(page_size) {
             let can_query = checked.peek(Action::Query, &resource).allowed();
+            let grant_ids = live_grants
+                .iter()
+                .filter(|g| g.terms.covers(&name.to_string()))
+                .map(|g| g.id.clone())
+                .collect();
             let Resource::Table(facts) = resource else {
                 continue;
             };
@@ -613,6 +630,7 @@ impl ParleyServer {
                 row_count: rows,
                 contains_pii: facts.contains_pii,
                 can_query,
+                grant_ids,
             });
         }
         let next = offset + tables.len();

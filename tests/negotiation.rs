@@ -150,6 +150,13 @@ async fn granted_counter_offer_and_denied_outcomes() {
         "{denied:#}"
     );
 
+    let list = ok(&call(&analyst, "list_tables", json!({"filter": "customers"})).await);
+    assert_eq!(list["tables"][0]["can_query"], false);
+    assert_eq!(
+        list["tables"][0]["grant_ids"].as_array().unwrap().len(),
+        2,
+        "{list:#}"
+    );
     let mine = ok(&call(&analyst, "my_grants", json!({})).await);
     assert_eq!(mine["grants"].as_array().unwrap().len(), 2);
     analyst.cancel().await.unwrap();
