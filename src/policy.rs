@@ -192,8 +192,8 @@ pub enum PolicyError {
 pub struct CedarPolicy {
     schema: Schema,
     policies: PolicySet,
-    /// Users and groups from `entities.json`.
-    directory: Vec<Entity>,
+    /// Ancestors (transitively) of each group in `entities.json`.
+    group_ancestors: HashMap<String, Vec<String>>,
     /// Direct groups of each user in the directory.
     groups: HashMap<String, Vec<String>>,
     authorizer: Authorizer,
@@ -281,9 +281,20 @@ impl CedarPolicy {
             )
         })?;
         let mut groups: HashMap<String, Vec<String>> = HashMap::new();
-        let directory: Vec<Entity> = entities.iter().cloned().collect();
-        for entity in &directory {
+        let mut group_ancestors: HashMap<String, Vec<String>> = HashMap::new();
+        for entity in entities.iter() {
             let id = entity.uid();
+            if id.type_name().to_string() == format!("{NS}::Group") {
+                // `into_inner` returns parents and ancestors together (the transitive closure).
+                let ancestors = entity
+                    .clone()
+                    .into_inner()
+                    .2
+                    .into_iter()
+                    .map(|p| p.id().unescaped().to_string())
+                    .collect();
+                group_ancestors.insert(id.id().unescaped().to_string(), ancestors);
+            }
             if id.type_name().to_string() == format!("{NS}::User") {
                 let parents = entity
                     .clone()
@@ -299,7 +310,7 @@ impl CedarPolicy {
         Ok(CedarPolicy {
             schema,
             policies,
-            directory,
+            group_ancestors,
             groups,
             authorizer: Authorizer::new(),
         })
@@ -311,20 +322,21 @@ impl CedarPolicy {
         principal: &Principal,
         resource: &Resource,
     ) -> Result<(Entities, EntityUid, EntityUid), String> {
-        let mut entities: Vec<Entity> = self
-            .directory
-            .iter()
-            .filter(|e| {
-                !(e.uid().type_name().to_string() == format!("{NS}::User")
-                    && e.uid().id().unescaped() == principal.id)
-            })
-            .cloned()
-            .collect();
+        // Only the entities this request can touch: the principal with every group it is in — directly, through
+        // the directory, or through group nesting — as direct parents, so no transitive closure over the whole
+        // directory is computed per decision.
+        let mut entities: Vec<Entity> = Vec::with_capacity(4);
         let principal_uid = uid("User", &principal.id);
-        let mut parents: HashSet<EntityUid> =
-            principal.groups.iter().map(|g| uid("Group", g)).collect();
+        let mut groups: Vec<&str> = principal.groups.iter().map(String::as_str).collect();
         if let Some(known) = self.groups.get(&principal.id) {
-            parents.extend(known.iter().map(|g| uid("Group", g)));
+            groups.extend(known.iter().map(String::as_str));
+        }
+        let mut parents: HashSet<EntityUid> = HashSet::new();
+        for g in groups {
+            parents.insert(uid("Group", g));
+            for a in self.group_ancestors.get(g).into_iter().flatten() {
+                parents.insert(uid("Group", a));
+            }
         }
         entities.push(Entity::new_no_attrs(principal_uid.clone(), parents));
 
@@ -372,8 +384,9 @@ impl CedarPolicy {
                 table_uid
             }
         };
-        let entities =
-            Entities::from_entities(entities, Some(&self.schema)).map_err(|e| e.to_string())?;
+        // Built here from typed facts, so they fit the schema by construction; the policies were validated
+        // against it at load.
+        let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
         Ok((entities, principal_uid, resource_uid))
     }
 
