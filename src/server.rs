@@ -863,6 +863,36 @@ impl ParleyServer {
         let result = query::execute(prepared, readable, limits, catalog_name, max_rows, cancel)
             .await
             .map_err(query_error)?;
+        if let Some(g) = &grant {
+            // A revocation acknowledged while the query ran wins: no rows leave after it.
+            let still_live = self
+                .app
+                .store
+                .get_grant(&g.id)
+                .await
+                .map_err(internal)?
+                .is_some_and(|g| g.is_live(chrono::Utc::now()));
+            if !still_live {
+                return Err(ToolError::Denied {
+                    reason: format!("grant {} was revoked or expired while the query ran", g.id),
+                    next_step: "request_access again".to_string(),
+                });
+            }
+            let usage = self
+                .app
+                .store
+                .record_usage(&g.id, result.row_count as u64)
+                .await
+                .map_err(internal)?;
+            checked.note(
+                Action::Query,
+                &g.terms.tables.join(","),
+                format!(
+                    "grant {} usage now {} queries, {} rows",
+                    g.id, usage.queries, usage.rows
+                ),
+            );
+        }
         progress
             .report(
                 3,

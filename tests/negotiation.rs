@@ -419,3 +419,75 @@ async fn sql_cannot_get_around_a_grant() {
     }
     analyst.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn quotas_and_expiry_set_by_the_approver_are_enforced() {
+    let lake = Lake::new();
+    let analyst = lake.connect("analyst", &[]).await;
+    let owner = lake.connect("sales-owner", &[]).await;
+    let ask = |purpose: &'static str| json!({"tables": ["sales.orders"], "purpose": purpose});
+    let quota_req = request(&analyst, ask("pricing_research")).await;
+    let expiry_req = request(&analyst, ask("audit_sampling")).await;
+    ok(&call(
+        &owner,
+        "decide_request",
+        json!({"request_id": quota_req["request_id"], "approve": true,
+        "reason": "two queries", "max_queries": 2}),
+    )
+    .await);
+    let ends = chrono::Utc::now() + chrono::Duration::seconds(3);
+    ok(&call(
+        &owner,
+        "decide_request",
+        json!({"request_id": expiry_req["request_id"], "approve": true,
+        "reason": "briefly", "expires_at": ends.to_rfc3339()}),
+    )
+    .await);
+    let too_long = request(&analyst, ask("another_thing")).await;
+    let e = err(&call(
+        &owner,
+        "decide_request",
+        json!({"request_id": too_long["request_id"], "approve": true,
+        "reason": "x", "expires_at": "2999-01-01T00:00:00Z"}),
+    )
+    .await);
+    assert!(e.contains("not after the proposed expiry"), "{e}");
+
+    let status = |id: Value| {
+        let analyst = &analyst;
+        async move {
+            ok(&call(analyst, "access_status", json!({"request_id": id})).await)["grant_id"].clone()
+        }
+    };
+    let quota_grant = status(quota_req["request_id"].clone()).await;
+    let sql = |g: &Value| json!({"sql": "SELECT count(*) FROM sales.orders", "grant_id": g});
+    ok(&call(&analyst, "query", sql(&quota_grant)).await);
+    ok(&call(&analyst, "query", sql(&quota_grant)).await);
+    let e = err(&call(&analyst, "query", sql(&quota_grant)).await);
+    assert!(
+        e.contains("quota exceeded") && e.contains("2 queries"),
+        "{e}"
+    );
+    let mine = ok(&call(&analyst, "my_grants", json!({})).await);
+    let g = mine["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["grant_id"] == quota_grant)
+        .unwrap()
+        .clone();
+    assert_eq!(g["usage"]["queries"], 2);
+
+    let expiry_grant = status(expiry_req["request_id"].clone()).await;
+    ok(&call(&analyst, "query", sql(&expiry_grant)).await);
+    // Wait out the term the approver set (the behaviour under test is the wall clock passing the expiry).
+    tokio::time::sleep(
+        (ends - chrono::Utc::now()).to_std().unwrap_or_default()
+            + std::time::Duration::from_millis(200),
+    )
+    .await;
+    let e = err(&call(&analyst, "query", sql(&expiry_grant)).await);
+    assert!(e.contains("expired"), "{e}");
+    analyst.cancel().await.unwrap();
+    owner.cancel().await.unwrap();
+}

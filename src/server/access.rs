@@ -76,6 +76,16 @@ pub struct DecideArgs {
     pub approve: bool,
     /// Why; shown to the requester and audited.
     pub reason: String,
+    /// Approve with a quota: at most this many queries under the grant.
+    #[serde(default)]
+    pub max_queries: Option<u64>,
+    /// Approve with a quota: at most this many rows returned under the grant.
+    #[serde(default)]
+    pub max_rows: Option<u64>,
+    /// Approve with a shorter term: the grant ends at this instant (RFC 3339, in the future, not after the
+    /// proposed expiry).
+    #[serde(default)]
+    pub expires_at: Option<chrono::DateTime<Utc>>,
 }
 
 /// Arguments of `revoke_grant`.
@@ -677,13 +687,33 @@ impl ParleyServer {
             });
         }
         let outcome: Outcome = serde_json::from_value(stored.outcome.clone()).map_err(internal)?;
-        let terms = match outcome {
+        let mut terms = match outcome {
             Outcome::Pending { terms, .. } => terms,
             other => other
                 .terms()
                 .cloned()
                 .ok_or_else(|| internal("a pending request without proposed terms"))?,
         };
+        // An approver may tighten the proposed terms, never widen them.
+        let mut changes = Vec::new();
+        if let Some(at) = args.expires_at {
+            if at <= Utc::now() || at > terms.expires_at {
+                return Err(ToolError::BadRequest(format!(
+                    "expires_at must be in the future and not after the proposed expiry {}",
+                    terms.expires_at
+                )));
+            }
+            terms.expires_at = at;
+            changes.push(format!("term until {at}"));
+        }
+        if let Some(n) = args.max_queries {
+            terms.max_queries = Some(terms.max_queries.map_or(n, |m| m.min(n)));
+            changes.push(format!("at most {n} queries"));
+        }
+        if let Some(n) = args.max_rows {
+            terms.max_rows = Some(terms.max_rows.map_or(n, |m| m.min(n)));
+            changes.push(format!("at most {n} rows"));
+        }
         let grant = self
             .make_grant(&stored.request, terms, vec![who.clone()])
             .await?;
@@ -701,8 +731,15 @@ impl ParleyServer {
             Action::DecideRequest,
             &stored.request.tables.join(","),
             format!(
-                "request {} approved by {who} as grant {}: {}",
-                args.request_id, grant.id, args.reason
+                "request {} approved by {who} as grant {}{}: {}",
+                args.request_id,
+                grant.id,
+                if changes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with changed terms ({})", changes.join(", "))
+                },
+                args.reason
             ),
         );
         Ok(DoneResult {
