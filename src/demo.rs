@@ -62,7 +62,7 @@ pub const CONTRACTS: [(&str, &str); 4] = [
 ];
 
 /// Demo policy files, `(file name under policy/, text)`.
-pub const POLICY_FILES: [(&str, &str); 2] = [
+pub const POLICY_FILES: [(&str, &str); 3] = [
     (
         "policy.cedar",
         include_str!("../examples/policy/policy.cedar"),
@@ -70,6 +70,10 @@ pub const POLICY_FILES: [(&str, &str); 2] = [
     (
         "entities.json",
         include_str!("../examples/policy/entities.json"),
+    ),
+    (
+        "purposes.yaml",
+        include_str!("../examples/policy/purposes.yaml"),
     ),
 ];
 

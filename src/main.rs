@@ -398,7 +398,10 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
             .await
             .context("cannot open the negotiation store")?,
     );
+    let purposes = parley::negotiation::Purposes::load(&dir.policy().join("purposes.yaml"))
+        .map_err(|e| anyhow::anyhow!("cannot load the purpose registry: {e}"))?;
     Ok(Arc::new(App {
+        purposes,
         mask_secret: mask_secret(dir)?,
         store,
         config,

@@ -515,6 +515,98 @@ fn same_purpose(a: &str, b: &str) -> bool {
     a.trim().eq_ignore_ascii_case(b.trim())
 }
 
+/// A purpose as a governed entity: `churn_analysis` is a kind of `analytics`, so a contract that allows
+/// `analytics` allows `churn_analysis`, and one that prohibits `marketing` prohibits `marketing_outreach`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Purpose {
+    /// Purpose id, as contracts and requests name it.
+    pub id: String,
+    /// What the purpose covers.
+    #[serde(default)]
+    pub description: String,
+    /// Text the requester acknowledges when a grant for this purpose starts.
+    #[serde(default)]
+    pub acknowledgement: Option<String>,
+    /// The broader purpose this one is a kind of.
+    #[serde(default)]
+    pub parent: Option<String>,
+}
+
+/// The registry of purposes (`policy/purposes.yaml`). An id it does not know is a purpose of its own, with no
+/// parent.
+#[derive(Debug, Clone, Default)]
+pub struct Purposes {
+    by_id: BTreeMap<String, Purpose>,
+}
+
+impl Purposes {
+    /// Parses the registry: a YAML list of purposes. Parents must exist and form no cycle.
+    pub fn from_yaml(text: &str) -> Result<Purposes, String> {
+        let list: Vec<Purpose> = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        let mut by_id = BTreeMap::new();
+        for p in list {
+            let key = p.id.trim().to_lowercase();
+            if by_id.insert(key, p.clone()).is_some() {
+                return Err(format!("purpose {} is defined twice", p.id));
+            }
+        }
+        let purposes = Purposes { by_id };
+        for p in purposes.by_id.values() {
+            if let Some(parent) = &p.parent
+                && purposes.get(parent).is_none()
+            {
+                return Err(format!("purpose {} has an unknown parent {parent}", p.id));
+            }
+            if purposes
+                .ancestors(&p.id)
+                .iter()
+                .any(|a| same_purpose(a, &p.id))
+            {
+                return Err(format!("purpose {} is its own ancestor", p.id));
+            }
+        }
+        Ok(purposes)
+    }
+
+    /// Loads `path`; a missing file is an empty registry.
+    pub fn load(path: &std::path::Path) -> Result<Purposes, String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Purposes::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Purposes::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// The purpose with this id.
+    pub fn get(&self, id: &str) -> Option<&Purpose> {
+        self.by_id.get(&id.trim().to_lowercase())
+    }
+
+    /// Broader purposes of `id`, nearest first (stops at a cycle).
+    fn ancestors(&self, id: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut current = self.get(id).and_then(|p| p.parent.clone());
+        while let Some(parent) = current {
+            if out.iter().any(|a| same_purpose(a, &parent)) {
+                break;
+            }
+            current = self.get(&parent).and_then(|p| p.parent.clone());
+            out.push(parent);
+        }
+        out
+    }
+
+    /// Whether `purpose` is `broader` or a kind of it.
+    pub fn is_a(&self, purpose: &str, broader: &str) -> bool {
+        same_purpose(purpose, broader)
+            || self
+                .ancestors(purpose)
+                .iter()
+                .any(|a| same_purpose(a, broader))
+    }
+}
+
 fn denied(reason: String, acceptable: Option<String>) -> Outcome {
     Outcome::Denied { reason, acceptable }
 }
@@ -600,6 +692,26 @@ pub fn evaluate(
     now: DateTime<Utc>,
     max_days: u32,
 ) -> Outcome {
+    evaluate_with(
+        request,
+        contracts,
+        eligible,
+        now,
+        max_days,
+        &Purposes::default(),
+    )
+}
+
+/// [`evaluate`] with a purpose registry: a requested purpose matches a contract's allowed or prohibited purpose
+/// when it is that purpose or a kind of it.
+pub fn evaluate_with(
+    request: &AccessRequest,
+    contracts: &[(&str, &Contract)],
+    eligible: bool,
+    now: DateTime<Utc>,
+    max_days: u32,
+    purposes: &Purposes,
+) -> Outcome {
     if !eligible {
         return denied(
             "the policy does not permit request_access on the requested tables for this principal"
@@ -655,13 +767,19 @@ pub fn evaluate(
 
     // Rule b: a prohibited purpose ends the negotiation, whatever else was asked.
     for (table, c) in &tables {
-        if c.prohibited_purposes()
-            .iter()
-            .any(|p| same_purpose(p, purpose))
+        if let Some(p) = c
+            .prohibited_purposes()
+            .into_iter()
+            .find(|p| purposes.is_a(purpose, p))
         {
+            let via = if same_purpose(&p, purpose) {
+                String::new()
+            } else {
+                format!(" ({purpose} is a kind of {p})")
+            };
             return denied(
                 format!(
-                    "customProperties.prohibitedPurposes of {} lists {purpose}, so {table} cannot be used for it",
+                    "customProperties.prohibitedPurposes of {} lists {p}{via}, so {table} cannot be used for it",
                     c.id
                 ),
                 acceptable_purposes(c),
@@ -903,9 +1021,14 @@ pub fn evaluate(
                 "customProperties.allowedPurposes of {} ({table}) is {ANY_INTERNAL}.",
                 c.id
             ));
-        } else if allowed.iter().any(|p| same_purpose(p, purpose)) {
+        } else if let Some(p) = allowed.iter().find(|p| purposes.is_a(purpose, p)) {
+            let via = if same_purpose(p, purpose) {
+                String::new()
+            } else {
+                format!(", and {purpose} is a kind of {p}")
+            };
             purpose_reasons.push(format!(
-                "customProperties.allowedPurposes of {} ({table}) lists {purpose}.",
+                "customProperties.allowedPurposes of {} ({table}) lists {p}{via}.",
                 c.id
             ));
         } else {
@@ -1087,6 +1210,36 @@ pub fn odrl(
         }
     }
     policy
+}
+
+#[cfg(test)]
+mod purpose_tests {
+    use super::*;
+
+    #[test]
+    fn purposes_form_a_hierarchy_and_bad_registries_are_refused() {
+        let p = Purposes::from_yaml(include_str!("../examples/policy/purposes.yaml")).unwrap();
+        assert!(p.is_a("churn_analysis", "analytics"));
+        assert!(p.is_a("Churn_Analysis", "churn_analysis"));
+        assert!(!p.is_a("analytics", "churn_analysis"));
+        assert!(p.is_a("marketing_outreach", "marketing"));
+        assert!(p.get("churn_analysis").unwrap().acknowledgement.is_some());
+        assert!(
+            Purposes::from_yaml("- {id: a, parent: b}")
+                .unwrap_err()
+                .contains("unknown parent")
+        );
+        assert!(
+            Purposes::from_yaml("- {id: a, parent: b}\n- {id: b, parent: a}")
+                .unwrap_err()
+                .contains("own ancestor")
+        );
+        assert!(
+            Purposes::from_yaml("- {id: a}\n- {id: A}")
+                .unwrap_err()
+                .contains("twice")
+        );
+    }
 }
 
 #[cfg(test)]

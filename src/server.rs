@@ -54,6 +54,8 @@ pub struct App {
     pub lakehouse: Lakehouse,
     /// Access requests, offers and grants.
     pub store: Arc<dyn crate::store::NegotiationStore>,
+    /// The purpose registry (`policy/purposes.yaml`).
+    pub purposes: crate::negotiation::Purposes,
     /// Server-side secret mixed into the salt of hashed (masked) columns; never leaves the server.
     pub mask_secret: String,
 }

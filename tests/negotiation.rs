@@ -157,8 +157,27 @@ async fn granted_counter_offer_and_denied_outcomes() {
         2,
         "{list:#}"
     );
+    // A purpose the contract does not list but which is a kind of one it does (purposes.yaml).
+    let sub = request(
+        &analyst,
+        json!({"tables": ["sales.customers"], "columns": ["country", "segment"], "purpose": "segment_profiling"}),
+    )
+    .await;
+    assert_eq!(sub["status"], "granted", "{sub:#}");
+    assert!(
+        sub["reason"]
+            .as_str()
+            .unwrap()
+            .contains("segment_profiling is a kind of customer_analytics"),
+        "{sub:#}"
+    );
+    assert!(
+        g["acknowledgement"].as_str().unwrap().contains("churn"),
+        "{g:#}"
+    );
+
     let mine = ok(&call(&analyst, "my_grants", json!({})).await);
-    assert_eq!(mine["grants"].as_array().unwrap().len(), 2);
+    assert_eq!(mine["grants"].as_array().unwrap().len(), 3);
     analyst.cancel().await.unwrap();
 
     // Every step is audited with its request or grant id.
@@ -170,7 +189,7 @@ async fn granted_counter_offer_and_denied_outcomes() {
                 .contains(&r["tool"].as_str().unwrap())
         })
         .collect();
-    assert_eq!(negotiation.len(), 8);
+    assert_eq!(negotiation.len(), 9);
     assert!(
         negotiation
             .iter()

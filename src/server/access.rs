@@ -132,6 +132,9 @@ pub struct NegotiationResult {
     /// The offer or agreement as a W3C ODRL policy (JSON-LD).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub odrl: Option<Value>,
+    /// What you accept by using a grant for this purpose (from the purpose registry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acknowledgement: Option<String>,
 }
 
 /// The state of one request with its history.
@@ -327,7 +330,14 @@ impl ParleyServer {
         };
         let refs: Vec<(&str, &crate::contracts::Contract)> =
             contracts.iter().map(|(t, c)| (t.as_str(), c)).collect();
-        let outcome = negotiation::evaluate(&request, &refs, eligible, Utc::now(), MAX_DAYS);
+        let outcome = negotiation::evaluate_with(
+            &request,
+            &refs,
+            eligible,
+            Utc::now(),
+            MAX_DAYS,
+            &self.app.purposes,
+        );
         let outcome_json = serde_json::to_value(&outcome).map_err(internal)?;
         self.app
             .store
@@ -345,6 +355,11 @@ impl ParleyServer {
             approvers: None,
             acceptable: None,
             odrl: None,
+            acknowledgement: self
+                .app
+                .purposes
+                .get(&request.purpose)
+                .and_then(|p| p.acknowledgement.clone()),
         };
         match &outcome {
             Outcome::Granted { terms, .. } => {
