@@ -5,9 +5,9 @@
 
 use serde_json::{Value, json};
 
-use crate::util::{Client, Lake, call, err, ok};
+use crate::util::{Lake, call, err, ok};
 
-async fn request(client: &Client, args: Value) -> Value {
+async fn request(client: &rmcp::Peer<rmcp::RoleClient>, args: Value) -> Value {
     ok(&call(client, "request_access", args).await)
 }
 
@@ -509,4 +509,79 @@ async fn quotas_and_expiry_set_by_the_approver_are_enforced() {
     assert!(e.contains("expired"), "{e}");
     analyst.cancel().await.unwrap();
     owner.cancel().await.unwrap();
+}
+
+/// A person behind an MCP client that supports elicitation (protocol 2025-06-18): answers every
+/// acknowledgement with `accept`, and remembers what it was asked.
+#[derive(Clone)]
+struct Person {
+    accept: bool,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl rmcp::ClientHandler for Person {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        let mut caps = rmcp::model::ClientCapabilities::default();
+        caps.elicitation = Some(
+            rmcp::model::ElicitationCapability::new()
+                .with_form(rmcp::model::FormElicitationCapability::new()),
+        );
+        rmcp::model::ClientConfig::new(caps, rmcp::model::Implementation::new("person", "1"))
+            .with_protocol_version(rmcp::model::ProtocolVersion::V_2025_06_18)
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: rmcp::model::ElicitRequestParams,
+        _context: rmcp::service::RequestContext<rmcp::RoleClient>,
+    ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
+        if let rmcp::model::ElicitRequestParams::FormElicitationParams { message, .. } = &request {
+            self.asked.lock().unwrap().push(message.clone());
+        }
+        Ok(
+            rmcp::model::ElicitResult::new(rmcp::model::ElicitationAction::Accept)
+                .with_content(json!({"accept": self.accept})),
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_person_acknowledges_usage_terms_through_elicitation() {
+    use rmcp::ServiceExt;
+    let lake = Lake::new();
+    for accept in [true, false] {
+        let person = Person {
+            accept,
+            asked: Default::default(),
+        };
+        let asked = person.asked.clone();
+        let transport = rmcp::transport::TokioChildProcess::new({
+            let mut cmd = lake.command();
+            cmd.args(["serve", "--principal", "analyst"]);
+            cmd
+        })
+        .unwrap();
+        let client = person.serve(transport).await.unwrap();
+        let r = request(
+            &client,
+            json!({"tables": ["sales.orders"], "purpose": "revenue_reporting"}),
+        )
+        .await;
+        let asked = asked.lock().unwrap().clone();
+        assert_eq!(asked.len(), 1, "the person was asked once");
+        assert!(
+            asked[0].contains("usage:") && asked[0].contains("revenue_reporting"),
+            "{}",
+            asked[0]
+        );
+        if accept {
+            assert_eq!(r["status"], "granted", "{r:#}");
+            assert!(r["grant_id"].is_string());
+        } else {
+            assert_eq!(r["status"], "declined", "{r:#}");
+            assert_eq!(r["state"], "terminated");
+            assert!(r.get("grant_id").is_none());
+        }
+        client.cancel().await.unwrap();
+    }
 }

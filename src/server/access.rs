@@ -98,6 +98,49 @@ pub struct RevokeArgs {
     pub reason: String,
 }
 
+/// What a person answers when asked to acknowledge a contract's usage terms (MCP elicitation).
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct Acknowledgement {
+    /// True to accept the usage terms and start the grant.
+    pub accept: bool,
+}
+
+rmcp::elicit_safe!(Acknowledgement);
+
+/// Asks the person behind the client (MCP elicitation, request-based, protocol up to 2025-11-25) to acknowledge
+/// terms; `None` when the client cannot be asked, so the explicit tool call stands as the acknowledgement.
+pub(super) struct Elicitor {
+    peer: rmcp::Peer<RoleServer>,
+}
+
+impl Elicitor {
+    /// An elicitor when the client declared elicitation and speaks a protocol with server-to-client requests.
+    pub(super) fn of(ctx: &RequestContext<RoleServer>) -> Option<Elicitor> {
+        let supports = ctx
+            .peer
+            .peer_info()
+            .is_some_and(|info| info.capabilities.elicitation.is_some());
+        let legacy = ctx
+            .protocol_version()
+            .is_some_and(|v| v != rmcp::model::ProtocolVersion::V_2026_07_28);
+        (supports && legacy).then(|| Elicitor {
+            peer: ctx.peer.clone(),
+        })
+    }
+
+    /// `Ok(true)` when the person accepted.
+    async fn acknowledge(&self, message: String) -> Result<bool, ToolError> {
+        use rmcp::service::ElicitationError as E;
+        match self.peer.elicit::<Acknowledgement>(message).await {
+            Ok(Some(a)) => Ok(a.accept),
+            Ok(None) | Err(E::UserDeclined) | Err(E::UserCancelled) => Ok(false),
+            Err(e) => Err(internal(format!(
+                "asking the user to acknowledge failed: {e}"
+            ))),
+        }
+    }
+}
+
 /// No arguments.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -294,10 +337,43 @@ impl ParleyServer {
         Ok(grant)
     }
 
+    /// The text a person acknowledges before a grant starts: purpose, usage, limitations, acknowledgement.
+    fn acknowledgement_text(&self, terms: &negotiation::Terms) -> String {
+        let mut text = format!(
+            "Start a grant on {} for the purpose {} until {}?",
+            terms.tables.join(", "),
+            terms.purpose,
+            terms.expires_at
+        );
+        for t in &terms.tables {
+            if let Some(c) = TableName::parse(t)
+                .ok()
+                .and_then(|n| self.app.lakehouse.contract(&n))
+                && let Some(d) = &c.contract.description
+            {
+                text.push_str(&format!(
+                    "\n{t} — usage: {}\nlimitations: {}",
+                    d.usage.as_deref().unwrap_or("-"),
+                    d.limitations.as_deref().unwrap_or("-")
+                ));
+            }
+        }
+        if let Some(a) = self
+            .app
+            .purposes
+            .get(&terms.purpose)
+            .and_then(|p| p.acknowledgement.as_deref())
+        {
+            text.push_str(&format!("\nYou acknowledge: {a}"));
+        }
+        text
+    }
+
     async fn do_request_access(
         &self,
         checked: &mut Checked<'_>,
         args: RequestAccessArgs,
+        elicitor: Option<Elicitor>,
     ) -> Result<NegotiationResult, ToolError> {
         if args.tables.is_empty() {
             return Err(ToolError::BadRequest(
@@ -339,9 +415,16 @@ impl ParleyServer {
             &self.app.purposes,
         );
         let outcome_json = serde_json::to_value(&outcome).map_err(internal)?;
+        // A grant that a person must first acknowledge waits as an offer until they do.
+        let ask_first = elicitor.is_some() && matches!(outcome, Outcome::Granted { .. });
+        let initial = if ask_first {
+            State::Offered
+        } else {
+            outcome.state()
+        };
         self.app
             .store
-            .save_request(&request, outcome.state(), &outcome_json)
+            .save_request(&request, initial, &outcome_json)
             .await
             .map_err(Self::store_error)?;
         let mut result = NegotiationResult {
@@ -363,7 +446,47 @@ impl ParleyServer {
         };
         match &outcome {
             Outcome::Granted { terms, .. } => {
+                if let Some(e) = &elicitor
+                    && !e.acknowledge(self.acknowledgement_text(terms)).await?
+                {
+                    self.app
+                        .store
+                        .update_state(
+                            &request.id,
+                            State::Terminated,
+                            &request.principal,
+                            "the user did not acknowledge the usage terms",
+                        )
+                        .await
+                        .map_err(Self::store_error)?;
+                    result.status = "declined".to_string();
+                    result.state = State::Terminated.as_str().to_string();
+                    result.reason = "the user did not acknowledge the contract's usage terms, so no grant was made"
+                        .to_string();
+                    checked.note(
+                        Action::RequestAccess,
+                        &args.tables.join(","),
+                        format!(
+                            "request {} declined by the user at acknowledgement",
+                            request.id
+                        ),
+                    );
+                    return Ok(result);
+                }
                 let grant = self.make_grant(&request, terms.clone(), vec![]).await?;
+                if ask_first {
+                    for (state, why) in [
+                        (State::Accepted, "the user acknowledged the usage terms"),
+                        (State::Agreed, "agreement recorded as a grant"),
+                        (State::Finalized, "grant in force"),
+                    ] {
+                        self.app
+                            .store
+                            .update_state(&request.id, state, &request.principal, why)
+                            .await
+                            .map_err(Self::store_error)?;
+                    }
+                }
                 result.odrl = Some(self.odrl_for(
                     OdrlKind::Agreement,
                     &format!("urn:parley:agreement:{}", grant.id),
@@ -956,11 +1079,12 @@ impl ParleyServer {
             .get("purpose")
             .and_then(|p| p.as_str())
             .map(str::to_string);
+        let elicitor = Elicitor::of(&ctx);
         let r = self
             .app
             .gate
             .run(&principal, "request_access", purpose, async |c| {
-                self.do_request_access(c, parse_args(args)?).await
+                self.do_request_access(c, parse_args(args)?, elicitor).await
             })
             .await?;
         let text = format!(
