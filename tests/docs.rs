@@ -4,14 +4,22 @@
 use std::collections::BTreeSet;
 
 fn source() -> String {
-    let dir = format!("{}/src", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "rs"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect::<Vec<_>>()
-        .join("\n")
+    fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                out.push(std::fs::read_to_string(path).unwrap());
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(
+        std::path::Path::new(&format!("{}/src", env!("CARGO_MANIFEST_DIR"))),
+        &mut files,
+    );
+    files.join("\n")
 }
 
 #[test]
