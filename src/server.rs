@@ -861,6 +861,27 @@ impl ParleyServer {
                 source: TableSource::Iceberg(table),
             });
         }
+        if let Some(g) = &grant {
+            // Count the query against the grant's quotas atomically before it runs: concurrent queries cannot
+            // overshoot a quota.
+            let reserved = self
+                .app
+                .store
+                .reserve_query(&g.id, g.terms.max_queries, g.terms.max_rows)
+                .await
+                .map_err(internal)?;
+            if reserved.is_none() {
+                let mut now = g.clone();
+                if let Some(fresh) = self.app.store.get_grant(&g.id).await.map_err(internal)? {
+                    now = fresh;
+                }
+                return Err(ToolError::Limit(format!(
+                    "quota exceeded: {}",
+                    now.quota_exhausted()
+                        .unwrap_or_else(|| format!("grant {} has no quota left", g.id))
+                )));
+            }
+        }
         progress.report(2, 3, "running the query".to_string()).await;
         let result = query::execute(prepared, readable, limits, catalog_name, max_rows, cancel)
             .await
@@ -883,7 +904,7 @@ impl ParleyServer {
             let usage = self
                 .app
                 .store
-                .record_usage(&g.id, result.row_count as u64)
+                .add_rows(&g.id, result.row_count as u64)
                 .await
                 .map_err(internal)?;
             checked.note(

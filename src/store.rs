@@ -258,6 +258,18 @@ pub trait NegotiationStore: Send + Sync {
     /// never lose an increment.
     async fn record_usage(&self, grant_id: &str, rows: u64) -> Result<Usage, StoreError>;
 
+    /// Counts one query on a grant if its quotas allow it, in one atomic step: `Some(totals)` when counted,
+    /// `None` when `max_queries` or `max_rows` is already used up. Concurrent callers never overshoot a quota.
+    async fn reserve_query(
+        &self,
+        grant_id: &str,
+        max_queries: Option<u64>,
+        max_rows: Option<u64>,
+    ) -> Result<Option<Usage>, StoreError>;
+
+    /// Adds rows returned under a grant (after a query that [`NegotiationStore::reserve_query`] counted).
+    async fn add_rows(&self, grant_id: &str, rows: u64) -> Result<Usage, StoreError>;
+
     /// The history of a request or grant, oldest first.
     async fn events(&self, subject_id: &str) -> Result<Vec<Event>, StoreError>;
 }
@@ -904,6 +916,61 @@ impl NegotiationStore for SqliteStore {
         tx.commit().await.map_err(db("committing a revocation"))
     }
 
+    async fn reserve_query(
+        &self,
+        grant_id: &str,
+        max_queries: Option<u64>,
+        max_rows: Option<u64>,
+    ) -> Result<Option<Usage>, StoreError> {
+        let max_queries = max_queries.map(|m| to_i64(m, "quota")).transpose()?;
+        let max_rows = max_rows.map(|m| to_i64(m, "quota")).transpose()?;
+        // The quota check is in the UPDATE's WHERE clause, so check and count are one atomic step.
+        let totals = sqlx::query::<Sqlite>(
+            "UPDATE access_grants SET used_queries = used_queries + 1 \
+             WHERE id = ? AND (? IS NULL OR used_queries < ?) AND (? IS NULL OR used_rows < ?) \
+             RETURNING used_queries, used_rows",
+        )
+        .bind(grant_id)
+        .bind(max_queries)
+        .bind(max_queries)
+        .bind(max_rows)
+        .bind(max_rows)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reserving a query on a grant"))?;
+        totals
+            .first()
+            .map(|row| {
+                Ok(Usage {
+                    queries: from_i64(col(row, "used_queries")?, "grant", grant_id)?,
+                    rows: from_i64(col(row, "used_rows")?, "grant", grant_id)?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn add_rows(&self, grant_id: &str, rows: u64) -> Result<Usage, StoreError> {
+        let rows = to_i64(rows, "usage")?;
+        let totals = sqlx::query::<Sqlite>(
+            "UPDATE access_grants SET used_rows = used_rows + ? WHERE id = ? RETURNING used_queries, used_rows",
+        )
+        .bind(rows)
+        .bind(grant_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("recording rows returned under a grant"))?;
+        let Some(row) = totals.first() else {
+            return Err(StoreError::NotFound {
+                what: "grant",
+                id: grant_id.to_string(),
+            });
+        };
+        Ok(Usage {
+            queries: from_i64(col(row, "used_queries")?, "grant", grant_id)?,
+            rows: from_i64(col(row, "used_rows")?, "grant", grant_id)?,
+        })
+    }
+
     async fn record_usage(&self, grant_id: &str, rows: u64) -> Result<Usage, StoreError> {
         let rows = to_i64(rows, "usage")?;
         // One statement: the increment and the read of the totals cannot interleave with another call.
@@ -1260,6 +1327,45 @@ mod tests {
 
         let err = store.record_usage("grant-404", 1).await.unwrap_err();
         assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn concurrent_reservations_never_overshoot_a_query_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(open(&dir).await);
+        let grant = grant("req-q", "ana", Utc::now() + chrono::Duration::days(1));
+        store.save_grant(&grant).await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (store, id) = (store.clone(), grant.id.clone());
+            tasks.push(tokio::spawn(async move {
+                store
+                    .reserve_query(&id, Some(5), None)
+                    .await
+                    .unwrap()
+                    .is_some()
+            }));
+        }
+        let mut counted = 0;
+        for t in tasks {
+            counted += t.await.unwrap() as usize;
+        }
+        assert_eq!(counted, 5);
+        assert_eq!(store.add_rows(&grant.id, 7).await.unwrap().rows, 7);
+        assert!(
+            store
+                .reserve_query(&grant.id, None, Some(7))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .reserve_query(&grant.id, None, Some(8))
+                .await
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[tokio::test]
