@@ -26,6 +26,7 @@ use iceberg::arrow::{RecordBatchPartitionSplitter, schema_to_arrow_schema};
 use iceberg::spec::{
     DataFileFormat, NestedField, PrimitiveType as P, Schema, Transform, Type, UnboundPartitionSpec,
 };
+use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
@@ -266,22 +267,51 @@ struct DemoTable {
 }
 
 async fn write_table(catalog: &dyn Catalog, spec: DemoTable) -> Result<()> {
+    let layout = TableLayout {
+        namespace: spec.namespace,
+        name: spec.name,
+        fields: spec.fields,
+        partition: spec.partition,
+        properties: vec![("parley.demo".to_string(), "true".to_string())],
+    };
+    let mut table = create_table(catalog, layout).await?;
+    for (start, end) in spec.commits {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(Ok((spec.generate)(start, end))).await?;
+        drop(tx);
+        table = append(catalog, table, 64 * 1024, rx).await?;
+    }
+    Ok(())
+}
+
+/// A table to create: where, its schema, partitioning and Parquet layout.
+pub(crate) struct TableLayout<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub fields: Vec<NestedField>,
+    /// `(source column, partition field name, transform)`.
+    pub partition: Option<(&'a str, &'a str, Transform)>,
+    /// Table properties besides the Parquet codec (always zstd).
+    pub properties: Vec<(String, String)>,
+}
+
+/// Creates an empty Iceberg table (Parquet with zstd) in an existing namespace.
+pub(crate) async fn create_table(catalog: &dyn Catalog, layout: TableLayout<'_>) -> Result<Table> {
     let schema = Schema::builder()
-        .with_fields(spec.fields.into_iter().map(Arc::new))
+        .with_fields(layout.fields.into_iter().map(Arc::new))
         .build()?;
-    let ns = NamespaceIdent::new(spec.namespace.to_string());
+    let ns = NamespaceIdent::new(layout.namespace.to_string());
+    let mut properties = vec![(
+        "write.parquet.compression-codec".to_string(),
+        "zstd".to_string(),
+    )];
+    properties.extend(layout.properties);
     let mut creation = TableCreation::builder()
-        .name(spec.name.to_string())
+        .name(layout.name.to_string())
         .schema(schema.clone())
-        .properties([
-            (
-                "write.parquet.compression-codec".to_string(),
-                "zstd".to_string(),
-            ),
-            ("parley.demo".to_string(), "true".to_string()),
-        ])
+        .properties(properties)
         .build();
-    if let Some((column, part_name, transform)) = spec.partition {
+    if let Some((column, part_name, transform)) = layout.partition {
         let source = schema
             .field_by_name(column)
             .with_context(|| format!("partition column {column} missing"))?;
@@ -291,47 +321,60 @@ async fn write_table(catalog: &dyn Catalog, spec: DemoTable) -> Result<()> {
                 .build(),
         );
     }
-    let mut table = catalog.create_table(&ns, creation).await?;
-    for (start, end) in spec.commits {
-        // Field ids are reassigned at creation: always build batches from the table's own schema.
-        let ice_schema = table.metadata().current_schema().clone();
-        let arrow_schema: ArrowSchemaRef = Arc::new(schema_to_arrow_schema(&ice_schema)?);
-        let batch = RecordBatch::try_new(arrow_schema, (spec.generate)(start, end))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .set_max_row_group_row_count(Some(64 * 1024))
-            .build();
-        let rolling = RollingFileWriterBuilder::new_with_default_file_size(
-            ParquetWriterBuilder::new(props, ice_schema.clone()),
-            table.file_io().clone(),
-            DefaultLocationGenerator::new(table.metadata())?,
-            // A unique prefix per commit: the generator's counter restarts at 0 for every writer.
-            DefaultFileNameGenerator::new(
-                uuid::Uuid::new_v4().to_string(),
-                None,
-                DataFileFormat::Parquet,
-            ),
-        );
-        let data_files = if table.metadata().default_partition_spec().is_unpartitioned() {
-            let mut writer = DataFileWriterBuilder::new(rolling).build(None).await?;
-            writer.write(batch).await?;
-            writer.close().await?
-        } else {
-            let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
-                ice_schema.clone(),
-                table.metadata().default_partition_spec().clone(),
-            )?;
-            let mut fanout = FanoutWriter::new(DataFileWriterBuilder::new(rolling));
+    Ok(catalog.create_table(&ns, creation).await?)
+}
+
+/// Appends the batches received (columns in the table's schema order) as one snapshot: Parquet files with zstd
+/// and `row_group_rows`-row groups, split by the table's partition spec. Returns the table after the commit.
+pub(crate) async fn append(
+    catalog: &dyn Catalog,
+    table: Table,
+    row_group_rows: usize,
+    mut batches: tokio::sync::mpsc::Receiver<Result<Vec<ArrayRef>>>,
+) -> Result<Table> {
+    // Field ids are reassigned at creation: always build batches from the table's own schema.
+    let ice_schema = table.metadata().current_schema().clone();
+    let arrow_schema: ArrowSchemaRef = Arc::new(schema_to_arrow_schema(&ice_schema)?);
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(row_group_rows))
+        .build();
+    let rolling = RollingFileWriterBuilder::new_with_default_file_size(
+        ParquetWriterBuilder::new(props, ice_schema.clone()),
+        table.file_io().clone(),
+        DefaultLocationGenerator::new(table.metadata())?,
+        // A unique prefix per commit: the generator's counter restarts at 0 for every writer.
+        DefaultFileNameGenerator::new(
+            uuid::Uuid::new_v4().to_string(),
+            None,
+            DataFileFormat::Parquet,
+        ),
+    );
+    let data_files = if table.metadata().default_partition_spec().is_unpartitioned() {
+        let mut writer = DataFileWriterBuilder::new(rolling).build(None).await?;
+        while let Some(columns) = batches.recv().await {
+            writer
+                .write(RecordBatch::try_new(arrow_schema.clone(), columns?)?)
+                .await?;
+        }
+        writer.close().await?
+    } else {
+        let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
+            ice_schema.clone(),
+            table.metadata().default_partition_spec().clone(),
+        )?;
+        let mut fanout = FanoutWriter::new(DataFileWriterBuilder::new(rolling));
+        while let Some(columns) = batches.recv().await {
+            let batch = RecordBatch::try_new(arrow_schema.clone(), columns?)?;
             for (key, part) in splitter.split(&batch)? {
                 fanout.write(key, part).await?;
             }
-            fanout.close().await?
-        };
-        let tx = Transaction::new(&table);
-        let tx = tx.fast_append().add_data_files(data_files).apply(tx)?;
-        table = tx.commit(catalog).await?;
-    }
-    Ok(())
+        }
+        fanout.close().await?
+    };
+    let tx = Transaction::new(&table);
+    let tx = tx.fast_append().add_data_files(data_files).apply(tx)?;
+    Ok(tx.commit(catalog).await?)
 }
 
 // ---- deterministic row generation -------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod benchdata;
 pub mod catalog;
 pub mod config;
 pub mod contracts;

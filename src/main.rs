@@ -89,6 +89,27 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Benchmark data (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Write TPC-H at a scale factor as Iceberg tables (namespace `tpch`) into an empty data dir.
+    Data {
+        /// Scale factor: 1 is about 8.7 million rows (lineitem 6 million).
+        #[arg(long, default_value_t = 1.0)]
+        sf: f64,
+    },
+    /// Write a catalog of many tiny tables (metadata and contracts only) into an empty data dir.
+    Catalog {
+        /// Number of tables (100 per namespace).
+        #[arg(long, default_value_t = 10_000)]
+        tables: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -190,6 +211,23 @@ async fn main() -> Result<()> {
                 "{}",
                 issuer.mint(&principal, &groups, &scopes, ttl, &config.auth.audience)?
             );
+            Ok(())
+        }
+        Command::Bench {
+            command: BenchCommand::Data { sf },
+        } => {
+            let summary = parley::benchdata::write_tpch(&dir, sf, &config.catalog_name).await?;
+            for (table, rows, secs) in summary.tables {
+                println!("tpch.{table:<9} {rows:>10} rows  {secs:>7.1} s");
+            }
+            println!("TPC-H SF {sf} written to {}", dir.root.display());
+            Ok(())
+        }
+        Command::Bench {
+            command: BenchCommand::Catalog { tables },
+        } => {
+            parley::benchdata::write_wide_catalog(&dir, tables, &config.catalog_name).await?;
+            println!("{tables} tables written to {}", dir.root.display());
             Ok(())
         }
         Command::Init { force } => {
