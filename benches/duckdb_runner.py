@@ -15,10 +15,11 @@ chosen namespaces (all of them if none is given) as a view `<namespace>.<table>`
 
 Protocol (one JSON object per line; stdout carries nothing else, logs go to stderr):
 
-    out: {"ready": true, "mode": "iceberg_scan"|"read_parquet", "duckdb": "1.5.5", "threads": 2, "tables": ["tpch.lineitem", ...]}
+    out: {"ready": true, "mode": "iceberg_scan"|"read_parquet", "duckdb": "1.5.5", "threads": 2,
+          "tables": ["tpch.customer", ...]}                  (one line, once the views exist)
     in:  {"id": "q1-run3", "sql": "SELECT ..."}
     out: {"id": "q1-run3", "ms": 123.4, "rows": 4}         on success
-    out: {"id": "q1-run3", "error": "Binder Error: ..."}   on failure (the runner keeps going)
+    out: {"id": "q1-run3", "error": "BinderException: Binder Error: ..."}   on failure (the runner goes on)
 
 `ms` is wall time around execute + fetching the whole result as an Arrow table. The runner exits on EOF.
 """
@@ -111,7 +112,10 @@ def register(con: duckdb.DuckDBPyConnection, tables: list[tuple[str, str, str]],
         if mode == "iceberg_scan":
             source = f"iceberg_scan({sql_string(metadata)})"
         else:
-            source = "read_parquet([" + ", ".join(sql_string(f) for f in parquet_files(metadata)) + "])"
+            # Iceberg partition values live in the data, not the path: don't let DuckDB read the
+            # `data/<field>=<value>/` directory names as extra hive-partition columns.
+            files = ", ".join(sql_string(f) for f in parquet_files(metadata))
+            source = f"read_parquet([{files}], hive_partitioning = false)"
         con.execute(f"CREATE VIEW {sql_ident(namespace)}.{sql_ident(name)} AS SELECT * FROM {source}")
         names.append(f"{namespace}.{name}")
     return names

@@ -112,8 +112,8 @@ pub struct QueryLimits {
     pub max_result_bytes: usize,
     /// Wall-clock limit of one query in milliseconds. Env: `PARLEY_QUERY_TIMEOUT_MS`. Default: 30000.
     pub timeout_ms: u64,
-    /// DataFusion memory pool per query in bytes (sorts, joins, aggregates). Env: `PARLEY_QUERY_MEMORY_BYTES`.
-    /// Default: 1 GiB.
+    /// DataFusion memory pool in bytes (sorts, joins, aggregates), shared by all queries running at once: a query
+    /// that finds it full fails with a clear error. Env: `PARLEY_QUERY_MEMORY_BYTES`. Default: 1 GiB.
     pub memory_bytes: usize,
     /// Let operators spill to a temporary directory when the pool is full. Env: `PARLEY_QUERY_SPILL`.
     /// Default: false (a query over budget fails with a clear error instead).

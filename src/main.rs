@@ -438,7 +438,9 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
     );
     let purposes = parley::negotiation::Purposes::load(&dir.policy().join("purposes.yaml"))
         .map_err(|e| anyhow::anyhow!("cannot load the purpose registry: {e}"))?;
+    let engine = parley::query::Engine::new(&config.query)?;
     Ok(Arc::new(App {
+        engine,
         purposes,
         mask_secret: mask_secret(dir)?,
         store,

@@ -24,7 +24,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::TableReference;
 use datafusion::sql::parser::{DFParser, Statement};
@@ -57,8 +57,9 @@ pub enum QueryError {
     )]
     Timeout(u64),
     #[error(
-        "the query needs more memory than its budget of {budget} bytes and was stopped ({detail}). Filter earlier, \
-         aggregate to fewer groups, or add LIMIT."
+        "the query needs more memory than is free in the server's query memory pool of {budget} bytes (shared by \
+         the queries running at once) and was stopped ({detail}). Filter earlier, aggregate to fewer groups, add \
+         LIMIT, or retry when fewer queries run."
     )]
     Memory { budget: usize, detail: String },
     #[error("the query was cancelled")]
@@ -303,18 +304,55 @@ pub struct QueryResult {
     pub snapshots: Vec<SnapshotRead>,
 }
 
-/// Runs a prepared query over exactly `tables`, within `limits`, returning at most `max_rows` rows.
+/// The query engine's shared runtime: one memory pool for all the queries a server runs at once, so the process
+/// stays within `memory_bytes` of query memory however many clients there are.
+pub struct Engine {
+    limits: QueryLimits,
+    runtime: Arc<RuntimeEnv>,
+}
+
+impl Engine {
+    /// An engine with `limits`; the memory pool is `limits.memory_bytes`, shared by concurrent queries.
+    pub fn new(limits: &QueryLimits) -> Result<Engine, QueryError> {
+        let pool = TrackConsumersPool::new(
+            GreedyMemoryPool::new(limits.memory_bytes),
+            NonZeroUsize::new(5).expect("nonzero"),
+        );
+        let disk = if limits.spill_to_disk {
+            DiskManagerBuilder::default()
+        } else {
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled)
+        };
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(pool))
+            .with_disk_manager_builder(disk)
+            .build_arc()
+            .map_err(|e| QueryError::Execution(e.to_string()))?;
+        Ok(Engine {
+            limits: limits.clone(),
+            runtime,
+        })
+    }
+
+    /// The limits queries run under.
+    pub fn limits(&self) -> &QueryLimits {
+        &self.limits
+    }
+}
+
+/// Runs a prepared query over exactly `tables`, within the engine's limits, returning at most `max_rows` rows.
 pub async fn execute(
     prepared: Prepared,
     tables: Vec<ReadableTable>,
-    limits: &QueryLimits,
+    engine: &Engine,
     catalog_name: &str,
     max_rows: usize,
     cancel: CancellationToken,
 ) -> Result<QueryResult, QueryError> {
+    let limits = &engine.limits;
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(limits.timeout_ms);
-    let (ctx, snapshots) = session(tables, limits, catalog_name).await?;
+    let (ctx, snapshots) = session(tables, engine, catalog_name).await?;
     let run = async {
         let state = ctx.state();
         let plan = state
@@ -471,24 +509,11 @@ fn float(v: f64) -> Value {
 /// A fresh, locked-down session whose catalog holds only `tables`.
 async fn session(
     tables: Vec<ReadableTable>,
-    limits: &QueryLimits,
+    engine: &Engine,
     catalog_name: &str,
 ) -> Result<(SessionContext, Vec<SnapshotRead>), QueryError> {
     let internal = |e: &dyn std::fmt::Display| QueryError::Execution(e.to_string());
-    let pool = TrackConsumersPool::new(
-        GreedyMemoryPool::new(limits.memory_bytes),
-        NonZeroUsize::new(5).expect("nonzero"),
-    );
-    let disk = if limits.spill_to_disk {
-        DiskManagerBuilder::default()
-    } else {
-        DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled)
-    };
-    let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(pool))
-        .with_disk_manager_builder(disk)
-        .build_arc()
-        .map_err(|e| internal(&e))?;
+    let limits = &engine.limits;
     let config = SessionConfig::new()
         .with_information_schema(false)
         .with_target_partitions(limits.target_partitions.max(1))
@@ -498,7 +523,7 @@ async fn session(
     // reach nothing but the tables registered below. `with_table_functions` must come after the defaults.
     let state = SessionStateBuilder::new()
         .with_config(config)
-        .with_runtime_env(runtime)
+        .with_runtime_env(engine.runtime.clone())
         .with_default_features()
         .with_table_functions(HashMap::new())
         .with_table_factories(HashMap::new())

@@ -58,6 +58,8 @@ pub struct App {
     pub purposes: crate::negotiation::Purposes,
     /// Server-side secret mixed into the salt of hashed (masked) columns; never leaves the server.
     pub mask_secret: String,
+    /// The query engine (one memory pool shared by concurrent queries).
+    pub engine: crate::query::Engine,
 }
 
 /// The MCP server. Cheap to clone: one per session.
@@ -883,9 +885,16 @@ impl ParleyServer {
             }
         }
         progress.report(2, 3, "running the query".to_string()).await;
-        let result = query::execute(prepared, readable, limits, catalog_name, max_rows, cancel)
-            .await
-            .map_err(query_error)?;
+        let result = query::execute(
+            prepared,
+            readable,
+            &self.app.engine,
+            catalog_name,
+            max_rows,
+            cancel,
+        )
+        .await
+        .map_err(query_error)?;
         if let Some(g) = &grant {
             // A revocation acknowledged while the query ran wins: no rows leave after it.
             let still_live = self
