@@ -29,6 +29,11 @@ ENGINES = [  # (results key, chart label, colour)
 # ---- numbers -------------------------------------------------------------------------------------------------
 
 
+def samples_of(entry: dict, key: str) -> list[float]:
+    """The numeric samples under `key`; a NaN the driver measured arrives as JSON null and is dropped."""
+    return [float(v) for v in entry.get(key) or [] if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
 def median(samples) -> float | None:
     return float(np.median(samples)) if samples else None
 
@@ -86,7 +91,7 @@ def latency_stats(entry: dict) -> dict:
     """Medians (and min/max) of a, b, c for one query, and the ratios a/b and a/c."""
     stats = {}
     for key, _, _ in ENGINES:
-        samples = entry.get(key) or []
+        samples = samples_of(entry, key)
         stats[key] = (median(samples), min(samples) if samples else None, max(samples) if samples else None)
     a, b, c = (stats[key][0] for key, _, _ in ENGINES)
     stats["a/b"] = ratio(a, b)
@@ -152,9 +157,10 @@ def method_section(results: dict) -> list[str]:
             "file), in a separate process, fetching the whole result as Arrow."
         ),
         "",
-        "Runs are interleaved (a, b, c for one query, then the next run) so that drift on the machine hits all "
-        f"three alike. After {warmup if warmup is not None else 'the'} warm-up run(s), each cell is the median of "
-        f"{runs if runs is not None else 'the measured'} runs, with the fastest and slowest run in brackets. "
+        "Runs are interleaved: each round runs every query on all three engines, rotating which engine goes "
+        "first, so that drift on the machine and warm caches favour none of them. After "
+        f"{warmup if warmup is not None else 'the'} warm-up round(s), each cell is the median of "
+        f"{runs if runs is not None else 'the measured'} measured runs, with the fastest and slowest run in brackets. "
         "a/b is Parley's cost over its own engine; a/c compares it to a different engine.",
     ]
 
@@ -187,7 +193,7 @@ def latency_section(results: dict) -> list[str]:
         "llrrrrrr",
     )
     lines.append("")
-    lines.append("— : not measured (engine skipped or the query failed there).")
+    lines.append("A dash means not measured: that engine was skipped, or the query failed on it.")
     lines.append("")
     for kind, label in [("tpch", "TPC-H"), ("agent", "agent-style")]:
         entries = [latency_stats(e) for e in latency if e.get("kind") == kind]
@@ -195,7 +201,7 @@ def latency_section(results: dict) -> list[str]:
             continue
         parts = []
         for key, peer in [("a/b", "a/b (Parley / DataFusion)"), ("a/c", "a/c (Parley / DuckDB)")]:
-            values = [s[key] for s in entries if s[key] is not None]
+            values = [s[key] for s in entries if s[key]]  # a 0 ms median has no meaningful ratio
             g = geomean(values)
             parts.append(f"{peer} = **{fmt_ratio(g)}** over {len(values)} queries" if g else f"{peer}: {NOT_MEASURED}")
         lines.append(f"Geometric mean over the {label} queries: " + "; ".join(parts) + ".")
@@ -212,7 +218,7 @@ def overhead_section(results: dict) -> list[str]:
         return lines + [f"Overhead: {NOT_MEASURED}."]
     rows = []
     for entry in overhead:
-        samples = entry.get("samples_ms") or []
+        samples = samples_of(entry, "samples_ms")
         rows.append(
             [
                 cell(entry.get("tool", "?")),
@@ -262,13 +268,16 @@ def memory_section(results: dict) -> list[str]:
             [
                 fmt_num(entry.get("clients")),
                 fmt_num(entry.get("pool_mib")),
+                fmt_num(entry.get("baseline_rss_mib"), 1),
                 fmt_num(entry.get("peak_rss_mib"), 1),
                 fmt_num(entry.get("ok")),
                 fmt_num(entry.get("failed")),
                 cell("; ".join(m if len(m) <= 160 else m[:157] + "..." for m in messages)) or "—",
             ]
         )
-    lines += table(["clients", "pool MiB", "peak RSS MiB", "ok", "failed", "failures"], rows, "rrrrrl")
+    lines += table(
+        ["clients", "pool MiB", "baseline RSS MiB", "peak RSS MiB", "ok", "failed", "failures"], rows, "rrrrrrl"
+    )
     return lines
 
 
@@ -278,30 +287,29 @@ def scan_section(results: dict) -> list[str]:
     nbytes = scan.get("bytes")
     if not nbytes:
         return lines + [f"Scan rate: {NOT_MEASURED}."]
-    rates = {}
-    rows = []
-    for key, label in [
+    readers = [
         ("parley_s", "Parley `query` tool"),
         ("datafusion_s", "DataFusion + iceberg-datafusion"),
+        ("duckdb_s", "DuckDB"),
         ("raw_read_s", "raw read of the data files"),
-    ]:
-        seconds = scan.get(key)
-        rates[key] = nbytes / 1e6 / seconds if seconds else None
-        rows.append([label, fmt_num(seconds, 3), fmt_num(rates[key], 1)])
+    ]
+    rates = {key: nbytes / 1e6 / scan[key] if scan.get(key) else None for key, _ in readers}
+    rows = [
+        [label, fmt_num(scan.get(key), 3), fmt_num(rates[key], 1), fmt_ratio(ratio(rates[key], rates["raw_read_s"]))]
+        for key, label in readers
+    ]
     lines.append(
-        f"Query `{scan.get('query', '?')}` reads {fmt_num(nbytes / 1e6, 1)} MB in {fmt_num(scan.get('files'))} "
-        "data files; MB/s is those bytes over each wall time (1 MB = 10^6 bytes)."
+        f"Query `{scan.get('query', '?')}` over the {fmt_num(scan.get('files'))} data files of its table, "
+        f"{fmt_num(nbytes / 1e6, 1)} MB: MB/s is those bytes over each reader's median wall time "
+        "(1 MB = 10^6 bytes), and the last column is that rate over the raw read rate of the same files."
     )
     lines.append("")
-    lines += table(["reader", "seconds", "MB/s"], rows, "lrr")
+    lines += table(["reader", "seconds", "MB/s", "÷ raw read rate"], rows, "lrrr")
     lines.append("")
-    for key, label in [("parley_s", "Parley"), ("datafusion_s", "DataFusion")]:
-        share = ratio(rates[key], rates["raw_read_s"])
-        lines.append(
-            f"{label} / raw read rate: **{fmt_ratio(share)}**."
-            if share is not None
-            else f"{label} / raw read rate: {NOT_MEASURED}."
-        )
+    share = ratio(rates["parley_s"], rates["raw_read_s"])
+    lines.append(
+        f"Parley / raw read: **{fmt_ratio(share)}**." if share is not None else f"Parley / raw read: {NOT_MEASURED}."
+    )
     return lines
 
 
@@ -312,7 +320,7 @@ def latency_chart(results: dict, path: str) -> None:
     """Grouped bars of median ms per query (log scale), and below them the ratios a/b and a/c."""
     latency = results.get("latency") or []
     stats = [latency_stats(e) for e in latency]
-    has_data = any(s[key][0] is not None for s in stats for key, _, _ in ENGINES)
+    has_data = any(s[key][0] for s in stats for key, _, _ in ENGINES)
     if not has_data:
         fig, ax = plt.subplots(figsize=(12, 3))
         ax.text(0.5, 0.5, f"Query latency: {NOT_MEASURED}", ha="center", va="center", fontsize=16)
@@ -327,7 +335,7 @@ def latency_chart(results: dict, path: str) -> None:
         2, 1, figsize=(12, 8), sharex=True, gridspec_kw={"height_ratios": [2, 1]}, constrained_layout=True
     )
     width = 0.27
-    all_medians = [s[key][0] for s in stats for key, _, _ in ENGINES if s[key][0] is not None]
+    all_medians = [s[key][0] for s in stats for key, _, _ in ENGINES if s[key][0]]
     # Log scale; headroom above the tallest bar keeps the legend clear of the bars.
     floor, ceiling = min(all_medians) / 2, max(all_medians) * 8
     top.set_yscale("log")
@@ -348,7 +356,7 @@ def latency_chart(results: dict, path: str) -> None:
     top.grid(axis="y", which="major", alpha=0.3)
 
     # Each ratio in the colour of the peer it divides by.
-    ratios = [s[key] for s in stats for key in ("a/b", "a/c") if s[key] is not None]
+    ratios = [s[key] for s in stats for key in ("a/b", "a/c") if s[key]]
     for i, (key, label, marker, colour) in enumerate(
         [("a/b", "a/b Parley / DataFusion", "o", ENGINES[1][2]), ("a/c", "a/c Parley / DuckDB", "s", ENGINES[2][2])]
     ):

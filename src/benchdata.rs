@@ -32,6 +32,9 @@ use crate::demo::{DataDir, POLICY_FILES, TableLayout, append, create_table};
 /// Namespace of the TPC-H tables.
 pub const TPCH_NAMESPACE: &str = "tpch";
 
+/// File written into the data dir once all benchmark data is there (an interrupted run leaves none).
+pub const COMPLETE: &str = "bench-complete";
+
 /// Rows per generated chunk (one Arrow batch handed to the writer).
 const CHUNK_ROWS: f64 = 500_000.0;
 
@@ -124,6 +127,7 @@ pub async fn write_tpch(dir: &DataDir, sf: f64, catalog_name: &str) -> Result<Tp
         tracing::info!(table = spec.name, rows, secs, "written");
         summary.tables.push((spec.name.to_string(), rows, secs));
     }
+    std::fs::write(dir.root.join(COMPLETE), format!("tpch sf {sf}\n"))?;
     Ok(summary)
 }
 
@@ -170,6 +174,7 @@ pub async fn write_wide_catalog(dir: &DataDir, count: usize, catalog_name: &str)
             tracing::info!(tables = i + 1, "created");
         }
     }
+    std::fs::write(dir.root.join(COMPLETE), format!("catalog {count} tables\n"))?;
     Ok(())
 }
 

@@ -10,7 +10,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use iceberg::io::LocalFsStorageFactory;
 use iceberg::table::Table;
@@ -84,10 +85,20 @@ impl From<iceberg::Error> for CatalogError {
 }
 
 /// The lakehouse: an Iceberg catalog plus the contracts of its tables.
+///
+/// The table list and loaded tables are reused for `cache_ttl` (like Spark's `CachingCatalog` or Trino's
+/// metadata cache): discovery on a catalog of thousands of tables then costs no catalog round trip, and a table's
+/// new snapshot is seen at most `cache_ttl` after its commit.
 pub struct Lakehouse {
     catalog: Arc<dyn Catalog>,
     contracts: ContractStore,
+    cache_ttl: Duration,
+    names: Mutex<Option<(Instant, Arc<Vec<TableName>>)>>,
+    tables: Mutex<HashMap<TableName, (Instant, Table)>>,
 }
+
+/// Most tables kept loaded; past it the cache is emptied (a crude bound: the catalog is the source of truth).
+const MAX_CACHED_TABLES: usize = 4096;
 
 /// Opens the embedded SQL catalog (SQLite) with its local warehouse.
 pub async fn open_sql_catalog(
@@ -117,11 +128,40 @@ pub async fn open_sql_catalog(
 impl Lakehouse {
     /// A lakehouse over `catalog` with the contracts in `contracts`.
     pub fn new(catalog: Arc<dyn Catalog>, contracts: ContractStore) -> Lakehouse {
-        Lakehouse { catalog, contracts }
+        Lakehouse {
+            catalog,
+            contracts,
+            cache_ttl: Duration::ZERO,
+            names: Mutex::new(None),
+            tables: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// Every table in the catalog, sorted, across nested namespaces.
-    pub async fn list_tables(&self) -> Result<Vec<TableName>, CatalogError> {
+    /// Reuses the table list and loaded tables for `ttl` (zero: ask the catalog every time).
+    pub fn with_cache_ttl(mut self, ttl: Duration) -> Lakehouse {
+        self.cache_ttl = ttl;
+        self
+    }
+
+    /// Every table in the catalog, sorted, across nested namespaces. The same `Arc` comes back while the list is
+    /// unchanged, so callers may key their own caches on it.
+    pub async fn list_tables(&self) -> Result<Arc<Vec<TableName>>, CatalogError> {
+        let previous = self.names.lock().expect("names lock").clone();
+        if let Some((at, names)) = &previous
+            && at.elapsed() < self.cache_ttl
+        {
+            return Ok(names.clone());
+        }
+        let fresh = self.list_tables_uncached().await?;
+        let names = match previous {
+            Some((_, old)) if *old == fresh => old,
+            _ => Arc::new(fresh),
+        };
+        *self.names.lock().expect("names lock") = Some((Instant::now(), names.clone()));
+        Ok(names)
+    }
+
+    async fn list_tables_uncached(&self) -> Result<Vec<TableName>, CatalogError> {
         let mut out = Vec::new();
         let mut pending: Vec<Option<NamespaceIdent>> = vec![None];
         let mut seen = std::collections::HashSet::new();
@@ -143,6 +183,11 @@ impl Lakehouse {
 
     /// Whether the table exists.
     pub async fn exists(&self, table: &TableName) -> Result<bool, CatalogError> {
+        if let Some((at, names)) = &*self.names.lock().expect("names lock")
+            && at.elapsed() < self.cache_ttl
+        {
+            return Ok(names.binary_search(table).is_ok());
+        }
         let ident = table.ident()?;
         if !self.catalog.namespace_exists(ident.namespace()).await? {
             return Ok(false);
@@ -167,9 +212,22 @@ impl Lakehouse {
         )
     }
 
-    /// Loads the table's current metadata.
+    /// Loads the table's current metadata (reused for the cache TTL).
     pub async fn load(&self, table: &TableName) -> Result<Table, CatalogError> {
-        Ok(self.catalog.load_table(&table.ident()?).await?)
+        if let Some((at, t)) = self.tables.lock().expect("tables lock").get(table)
+            && at.elapsed() < self.cache_ttl
+        {
+            return Ok(t.clone());
+        }
+        let loaded = self.catalog.load_table(&table.ident()?).await?;
+        if !self.cache_ttl.is_zero() {
+            let mut tables = self.tables.lock().expect("tables lock");
+            if tables.len() >= MAX_CACHED_TABLES {
+                tables.clear();
+            }
+            tables.insert(table.clone(), (Instant::now(), loaded.clone()));
+        }
+        Ok(loaded)
     }
 
     /// The table's contract, if it has a valid one.
@@ -181,6 +239,48 @@ impl Lakehouse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_table_list_is_reused_for_the_ttl_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = open_sql_catalog(&dir.path().join("c.db"), &dir.path().join("w"), "t")
+            .await
+            .unwrap();
+        let ns = NamespaceIdent::new("ns".to_string());
+        catalog.create_namespace(&ns, HashMap::new()).await.unwrap();
+        let create = |name: &str| {
+            iceberg::TableCreation::builder()
+                .name(name.to_string())
+                .schema(
+                    iceberg::spec::Schema::builder()
+                        .with_fields(vec![Arc::new(iceberg::spec::NestedField::required(
+                            1,
+                            "id",
+                            iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::Long),
+                        ))])
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+        };
+        catalog.create_table(&ns, create("a")).await.unwrap();
+        let cached = Lakehouse::new(catalog.clone(), ContractStore::default())
+            .with_cache_ttl(Duration::from_secs(3600));
+        let uncached = Lakehouse::new(catalog.clone(), ContractStore::default());
+        let first = cached.list_tables().await.unwrap();
+        assert_eq!(first.len(), 1);
+        catalog.create_table(&ns, create("b")).await.unwrap();
+        let b = TableName::parse("ns.b").unwrap();
+        // Within the TTL the cached list (and existence answers) stay as they were...
+        assert!(Arc::ptr_eq(&first, &cached.list_tables().await.unwrap()));
+        assert!(!cached.exists(&b).await.unwrap());
+        // ...while a lakehouse without a cache sees the new table at once.
+        assert_eq!(uncached.list_tables().await.unwrap().len(), 2);
+        assert!(uncached.exists(&b).await.unwrap());
+        // An unchanged list keeps its identity across refreshes (callers key caches on it).
+        let again = uncached.list_tables().await.unwrap();
+        assert!(Arc::ptr_eq(&again, &uncached.list_tables().await.unwrap()));
+    }
 
     #[test]
     fn table_names_parse() {

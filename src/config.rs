@@ -20,6 +20,9 @@ pub struct Config {
     pub query: QueryLimits,
     /// Page size of `list_tables` when the caller gives none. Default: 50.
     pub list_page_size: usize,
+    /// How long the table list and loaded table metadata are reused before the catalog is asked again, in
+    /// milliseconds (0: ask on every call). Env: `PARLEY_CATALOG_CACHE_TTL_MS`. Default: 2000.
+    pub catalog_cache_ttl_ms: u64,
     /// The audit log.
     pub audit: AuditSettings,
     /// Bearer-token validation on streamable HTTP.
@@ -131,6 +134,7 @@ impl Default for Config {
             catalog_name: "parley".to_string(),
             query: QueryLimits::default(),
             list_page_size: 50,
+            catalog_cache_ttl_ms: 2000,
             audit: AuditSettings::default(),
             auth: AuthSettings::default(),
         }
@@ -218,6 +222,11 @@ impl Config {
             }
             Ok(())
         }
+        num(
+            "PARLEY_CATALOG_CACHE_TTL_MS",
+            &get,
+            &mut self.catalog_cache_ttl_ms,
+        )?;
         if let Some(p) = get("PARLEY_PRINCIPAL") {
             self.principal = p;
         }

@@ -89,6 +89,21 @@ impl Checked<'_> {
         &self.principal.id
     }
 
+    /// The caller.
+    pub fn principal(&self) -> &Principal {
+        self.principal
+    }
+
+    /// The purpose the caller stated for this call, if any.
+    pub fn purpose(&self) -> Option<&str> {
+        self.context.purpose.as_deref()
+    }
+
+    /// The version of the policy deciding this call (see [`PolicyBackend::version`]).
+    pub fn policy_version(&self) -> u64 {
+        self.gate.policy.version()
+    }
+
     /// Asks the policy without recording it as the call's decision (for filtering lists).
     pub fn peek(&self, action: Action, resource: &Resource) -> Decision {
         self.gate

@@ -439,7 +439,9 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
     let purposes = parley::negotiation::Purposes::load(&dir.policy().join("purposes.yaml"))
         .map_err(|e| anyhow::anyhow!("cannot load the purpose registry: {e}"))?;
     let engine = parley::query::Engine::new(&config.query)?;
+    let cache_ttl = std::time::Duration::from_millis(config.catalog_cache_ttl_ms);
     Ok(Arc::new(App {
+        discovery: Default::default(),
         engine,
         purposes,
         mask_secret: mask_secret(dir)?,
@@ -448,7 +450,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         audit_path: dir.audit_log(),
         identity,
         gate: Gate::new(policy, audit),
-        lakehouse: Lakehouse::new(catalog, contracts),
+        lakehouse: Lakehouse::new(catalog, contracts).with_cache_ttl(cache_ttl),
     }))
 }
 

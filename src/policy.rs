@@ -85,7 +85,7 @@ impl FromStr for Action {
 }
 
 /// Facts about a table that policies may use; they come from the catalog and the table's contract.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct TableFacts {
     /// Namespace, dot-joined for nested namespaces.
     pub namespace: String,
@@ -109,7 +109,7 @@ impl TableFacts {
 }
 
 /// What the action is on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Resource {
     /// The whole lakehouse (listing).
     Lakehouse,
@@ -170,6 +170,16 @@ pub trait PolicyBackend: Send + Sync {
         resource: &Resource,
         context: &RequestContext,
     ) -> Decision;
+
+    /// Identifies the policy in force: it changes whenever a decision could change (a reload), so callers may
+    /// cache what they derive from decisions under it.
+    fn version(&self) -> u64;
+}
+
+/// A fresh [`PolicyBackend::version`] for each policy set built in this process.
+fn next_policy_version() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A policy set that could not be loaded; names the file and, where known, the line.
@@ -197,9 +207,78 @@ pub struct CedarPolicy {
     /// Direct groups of each user in the directory.
     groups: HashMap<String, Vec<String>>,
     authorizer: Authorizer,
+    decisions: DecisionCache,
+    version: u64,
 }
 
 const NS: &str = "Parley";
+
+/// Decisions already made by this policy set. A decision depends only on the principal (id, groups,
+/// attributes), the action, the resource's facts, the context and the policy set, so it is reused until the policy
+/// is reloaded (a reload builds a new `CedarPolicy` with an empty cache). Discovery over thousands of tables then
+/// costs a hash lookup per table instead of a Cedar evaluation.
+#[derive(Default)]
+struct DecisionCache {
+    /// Keyed by a hash of the inputs; the full inputs are compared on a hit.
+    map: std::sync::Mutex<HashMap<u64, Vec<(CachedRequest, Decision)>>>,
+}
+
+struct CachedRequest {
+    principal: Principal,
+    action: Action,
+    resource: Resource,
+    purpose: Option<String>,
+}
+
+/// Entries kept before the cache starts over.
+const MAX_CACHED_DECISIONS: usize = 200_000;
+
+impl DecisionCache {
+    fn hash(
+        principal: &Principal,
+        action: Action,
+        resource: &Resource,
+        purpose: Option<&str>,
+    ) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        principal.id.hash(&mut h);
+        principal.groups.hash(&mut h);
+        principal.attrs.hash(&mut h);
+        action.hash(&mut h);
+        resource.hash(&mut h);
+        purpose.hash(&mut h);
+        h.finish()
+    }
+
+    fn get(
+        &self,
+        key: u64,
+        principal: &Principal,
+        action: Action,
+        resource: &Resource,
+        purpose: Option<&str>,
+    ) -> Option<Decision> {
+        let map = self.map.lock().expect("decision cache lock");
+        map.get(&key)?
+            .iter()
+            .find(|(r, _)| {
+                r.action == action
+                    && r.principal == *principal
+                    && r.resource == *resource
+                    && r.purpose.as_deref() == purpose
+            })
+            .map(|(_, d)| d.clone())
+    }
+
+    fn put(&self, key: u64, request: CachedRequest, decision: Decision) {
+        let mut map = self.map.lock().expect("decision cache lock");
+        if map.len() >= MAX_CACHED_DECISIONS {
+            map.clear();
+        }
+        map.entry(key).or_default().push((request, decision));
+    }
+}
 
 fn uid(kind: &str, id: &str) -> EntityUid {
     // Type names are compile-time constants of our schema, so parsing them cannot fail.
@@ -313,6 +392,8 @@ impl CedarPolicy {
             group_ancestors,
             groups,
             authorizer: Authorizer::new(),
+            decisions: DecisionCache::default(),
+            version: next_policy_version(),
         })
     }
 
@@ -407,6 +488,42 @@ impl Directory for CedarPolicy {
 
 impl PolicyBackend for CedarPolicy {
     fn authorize(
+        &self,
+        principal: &Principal,
+        action: Action,
+        resource: &Resource,
+        context: &RequestContext,
+    ) -> Decision {
+        let purpose = context.purpose.as_deref();
+        let key = DecisionCache::hash(principal, action, resource, purpose);
+        if let Some(d) = self
+            .decisions
+            .get(key, principal, action, resource, purpose)
+        {
+            return d;
+        }
+        let decision = self.evaluate(principal, action, resource, context);
+        self.decisions.put(
+            key,
+            CachedRequest {
+                principal: principal.clone(),
+                action,
+                resource: resource.clone(),
+                purpose: context.purpose.clone(),
+            },
+            decision.clone(),
+        );
+        decision
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl CedarPolicy {
+    /// One Cedar evaluation, bypassing the decision cache (what a first decision costs; benchmarks use it).
+    pub fn evaluate(
         &self,
         principal: &Principal,
         action: Action,
@@ -558,6 +675,10 @@ impl PolicyBackend for ReloadablePolicy {
     ) -> Decision {
         self.current()
             .authorize(principal, action, resource, context)
+    }
+
+    fn version(&self) -> u64 {
+        self.current().version()
     }
 }
 

@@ -60,6 +60,74 @@ pub struct App {
     pub mask_secret: String,
     /// The query engine (one memory pool shared by concurrent queries).
     pub engine: crate::query::Engine,
+    /// What each principal may discover, cached per policy version and table list.
+    pub discovery: DiscoveryCache,
+}
+
+/// A table a principal may discover: what `list_tables` filters and pages over.
+pub struct Discoverable {
+    name: TableName,
+    resource: Resource,
+    /// Lower-cased name, contract purpose, tags and title: what `filter` searches.
+    haystack: String,
+}
+
+/// Per principal, the tables it may discover, valid for one policy version and one table list (compared by
+/// pointer: the lakehouse hands out the same `Arc` while the list is unchanged).
+#[derive(Default)]
+pub struct DiscoveryCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, DiscoveryEntry>>,
+}
+
+struct DiscoveryEntry {
+    principal: Principal,
+    purpose: Option<String>,
+    policy_version: u64,
+    names: Arc<Vec<TableName>>,
+    visible: Arc<Vec<Discoverable>>,
+}
+
+/// Principals kept before the cache starts over.
+const MAX_DISCOVERY_ENTRIES: usize = 1024;
+
+impl DiscoveryCache {
+    fn get(
+        &self,
+        checked: &Checked<'_>,
+        names: &Arc<Vec<TableName>>,
+        policy_version: u64,
+    ) -> Option<Arc<Vec<Discoverable>>> {
+        let entries = self.entries.lock().expect("discovery cache lock");
+        let e = entries.get(checked.principal_id())?;
+        (e.policy_version == policy_version
+            && Arc::ptr_eq(&e.names, names)
+            && e.principal == *checked.principal()
+            && e.purpose.as_deref() == checked.purpose())
+        .then(|| e.visible.clone())
+    }
+
+    fn put(
+        &self,
+        checked: &Checked<'_>,
+        names: Arc<Vec<TableName>>,
+        policy_version: u64,
+        visible: Arc<Vec<Discoverable>>,
+    ) {
+        let mut entries = self.entries.lock().expect("discovery cache lock");
+        if entries.len() >= MAX_DISCOVERY_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(
+            checked.principal_id().to_string(),
+            DiscoveryEntry {
+                principal: checked.principal().clone(),
+                purpose: checked.purpose().map(str::to_string),
+                policy_version,
+                names,
+                visible,
+            },
+        );
+    }
 }
 
 /// The MCP server. Cheap to clone: one per session.
@@ -526,6 +594,49 @@ impl ParleyServer {
         parsed.ok_or_else(|| internal("table name did not parse"))
     }
 
+    /// The tables the caller may discover, with their policy resource and search text, sorted by name. Built once
+    /// per principal, policy version and table list (see [`DiscoveryCache`]), so a page of `list_tables` on a
+    /// catalog of thousands of tables costs no policy evaluation per table.
+    async fn discoverable(
+        &self,
+        checked: &Checked<'_>,
+    ) -> Result<Arc<Vec<Discoverable>>, ToolError> {
+        let lakehouse = &self.app.lakehouse;
+        let names = lakehouse.list_tables().await.map_err(internal)?;
+        let policy_version = checked.policy_version();
+        let cache = &self.app.discovery;
+        if let Some(hit) = cache.get(checked, &names, policy_version) {
+            return Ok(hit);
+        }
+        let mut visible = Vec::new();
+        for name in names.iter() {
+            let resource = Resource::Table(lakehouse.facts_of_listed(name));
+            if !checked.peek(Action::Discover, &resource).allowed() {
+                continue;
+            }
+            let mut haystack = name.to_string().to_lowercase();
+            if let Some(c) = lakehouse.contract(name).map(|c| &c.contract) {
+                let purpose = c.description.as_ref().and_then(|d| d.purpose.as_deref());
+                for text in purpose
+                    .into_iter()
+                    .chain(c.tags.iter().map(String::as_str))
+                    .chain(c.name.as_deref())
+                {
+                    haystack.push(' ');
+                    haystack.push_str(&text.to_lowercase());
+                }
+            }
+            visible.push(Discoverable {
+                name: name.clone(),
+                resource,
+                haystack,
+            });
+        }
+        let visible = Arc::new(visible);
+        cache.put(checked, names, policy_version, visible.clone());
+        Ok(visible)
+    }
+
     async fn do_list_tables(
         &self,
         checked: &mut Checked<'_>,
@@ -553,46 +664,16 @@ impl ParleyServer {
         };
         let lakehouse = &self.app.lakehouse;
         let needle = args.filter.as_deref().map(str::to_lowercase);
-        let mut matches = Vec::new();
-        for name in lakehouse.list_tables().await.map_err(internal)? {
-            if args
-                .namespace
-                .as_deref()
-                .is_some_and(|ns| ns != name.namespace_str())
-            {
-                continue;
-            }
-            let resource = Resource::Table(lakehouse.facts_of_listed(&name));
-            if !checked.peek(Action::Discover, &resource).allowed() {
-                continue;
-            }
-            let contract = lakehouse.contract(&name).map(|c| &c.contract);
-            if let Some(needle) = &needle {
-                let mut haystack = name.to_string().to_lowercase();
-                if let Some(c) = contract {
-                    haystack.push(' ');
-                    haystack.push_str(
-                        &c.description
-                            .as_ref()
-                            .and_then(|d| d.purpose.clone())
-                            .unwrap_or_default()
-                            .to_lowercase(),
-                    );
-                    for t in &c.tags {
-                        haystack.push(' ');
-                        haystack.push_str(&t.to_lowercase());
-                    }
-                    if let Some(n) = &c.name {
-                        haystack.push(' ');
-                        haystack.push_str(&n.to_lowercase());
-                    }
-                }
-                if !haystack.contains(needle.as_str()) {
-                    continue;
-                }
-            }
-            matches.push((name, resource));
-        }
+        let visible = self.discoverable(checked).await?;
+        let matches: Vec<&Discoverable> = visible
+            .iter()
+            .filter(|d| {
+                args.namespace
+                    .as_deref()
+                    .is_none_or(|ns| ns == d.name.namespace_str())
+            })
+            .filter(|d| needle.as_deref().is_none_or(|n| d.haystack.contains(n)))
+            .collect();
         let total = matches.len();
         let now = chrono::Utc::now();
         let live_grants: Vec<crate::negotiation::Grant> = self
@@ -605,7 +686,8 @@ impl ParleyServer {
             .filter(|g| g.is_live(now))
             .collect();
         let mut tables = Vec::new();
-        for (name, resource) in matches.into_iter().skip(offset).take(page_size) {
+        for d in matches.into_iter().skip(offset).take(page_size) {
+            let (name, resource) = (&d.name, d.resource.clone());
             let can_query = checked.peek(Action::Query, &resource).allowed();
             let grant_ids = live_grants
                 .iter()
@@ -615,8 +697,8 @@ impl ParleyServer {
             let Resource::Table(facts) = resource else {
                 continue;
             };
-            let contract = lakehouse.contract(&name).map(|c| &c.contract);
-            let rows = match lakehouse.load(&name).await {
+            let contract = lakehouse.contract(name).map(|c| &c.contract);
+            let rows = match lakehouse.load(name).await {
                 Ok(t) => row_count(&t),
                 Err(e) => {
                     tracing::warn!(table = %name, "cannot load table metadata: {e}");
@@ -1300,11 +1382,11 @@ impl ServerHandler for ParleyServer {
             .gate
             .run(&principal, "resources/list", None, async |c| {
                 let mut out = Vec::new();
-                for name in lakehouse.list_tables().await.map_err(internal)? {
-                    let resource = Resource::Table(lakehouse.facts_of_listed(&name));
+                for name in lakehouse.list_tables().await.map_err(internal)?.iter() {
+                    let resource = Resource::Table(lakehouse.facts_of_listed(name));
                     let visible = c.peek(Action::Discover, &resource).allowed()
                         && c.peek(Action::ReadContract, &resource).allowed();
-                    if visible && lakehouse.contract(&name).is_some() {
+                    if visible && lakehouse.contract(name).is_some() {
                         out.push(
                             McpResource::new(
                                 format!("{CONTRACT_SCHEME}{}/{}", name.namespace_str(), name.name),

@@ -191,3 +191,42 @@ async fn owners_query_the_audit_records_of_their_own_tables_only() {
     );
     sales.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_policy_edit_changes_what_list_tables_shows_without_a_restart() {
+    let lake = Lake::new();
+    let client = lake.connect("marketing-agent", &[]).await;
+    let before = ok(&call(&client, "list_tables", json!({})).await);
+    assert_eq!(
+        before["total"], 3,
+        "marketing discovers the sales namespace only"
+    );
+    // Listed twice: the second answer comes from the discovery cache and must be the same.
+    assert_eq!(ok(&call(&client, "list_tables", json!({})).await), before);
+
+    let policy = lake.path().join("policy/policy.cedar");
+    let original = std::fs::read_to_string(&policy).unwrap();
+    let extra = "\n@id(\"marketing-discover-ops\")\npermit(principal in Parley::Group::\"marketing\", \
+                 action == Parley::Action::\"discover\", resource in Parley::Namespace::\"ops\");\n";
+    std::fs::write(&policy, format!("{original}{extra}")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let now = ok(&call(&client, "list_tables", json!({})).await);
+        if now["total"] == 4 {
+            assert!(
+                now["tables"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t["table"] == "ops.shipments")
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the policy edit never reached list_tables: {now}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    client.cancel().await.unwrap();
+}

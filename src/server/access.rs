@@ -727,8 +727,15 @@ impl ParleyServer {
         _: NoArgs,
     ) -> Result<RequestsResult, ToolError> {
         let mut tables = Vec::new();
-        for name in self.app.lakehouse.list_tables().await.map_err(internal)? {
-            let facts = self.app.lakehouse.facts_of_listed(&name);
+        for name in self
+            .app
+            .lakehouse
+            .list_tables()
+            .await
+            .map_err(internal)?
+            .iter()
+        {
+            let facts = self.app.lakehouse.facts_of_listed(name);
             if checked
                 .peek(Action::DecideRequest, &Resource::Table(facts))
                 .allowed()
