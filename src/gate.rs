@@ -89,6 +89,11 @@ impl Checked<'_> {
         &self.principal.id
     }
 
+    /// The caller's principal (id and groups).
+    pub fn principal(&self) -> &Principal {
+        self.principal
+    }
+
     /// Asks the policy without recording it as the call's decision (for filtering lists).
     pub fn peek(&self, action: Action, resource: &Resource) -> Decision {
         self.gate

@@ -29,6 +29,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod access;
+mod elicit;
 
 use crate::catalog::{Lakehouse, TableName};
 use crate::config::Config;
@@ -56,7 +57,8 @@ pub struct App {
     pub store: Arc<dyn crate::store::NegotiationStore>,
     /// The purpose registry (`policy/purposes.yaml`).
     pub purposes: crate::negotiation::Purposes,
-    /// Server-side secret mixed into the salt of hashed (masked) columns; never leaves the server.
+    /// Server-side secret mixed into the salt of hashed (masked) columns and keying the seal of elicitation
+    /// `requestState` handles; never leaves the server.
     pub mask_secret: String,
 }
 
