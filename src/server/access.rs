@@ -3,7 +3,8 @@
 //! step goes through the gate (audited with its request or grant id), decisions come from `negotiation::evaluate`
 //! over the contracts plus the policy, and state lives in the `NegotiationStore`. Where a person must confirm —
 //! acknowledging usage terms before an automatic grant, approving a request they are an approver of — the person
-//! behind an elicitation-capable client is asked (`elicit`).
+//! behind an elicitation-capable client is asked (`elicit`); owners' decisions are pushed to the requester's live
+//! sessions (`notify`).
 //!
 //! Invariant: a negotiation moves to its next state before the grant it leads to is made, so two racing answers
 //! (two approvals, an acknowledgement retried twice) make one grant.
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::elicit::{self, Acknowledgement, Answer, Approval, Asker, Question, StateSeal};
+use super::notify::Notice;
 use super::{ParleyServer, internal, parse_args, respond};
 use crate::catalog::TableName;
 use crate::config::SelfApproval;
@@ -144,6 +146,8 @@ pub struct NegotiationResult {
     /// What you accept by using a grant for this purpose (from the purpose registry).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acknowledgement: Option<String>,
+    /// The request as a resource (`request://{request_id}`); subscribe to it to hear when an owner decides.
+    pub resource_uri: String,
 }
 
 /// What `request_access` answers: the negotiation's result, or (protocol 2026-07-28) a question for the person
@@ -167,6 +171,12 @@ struct Tightening {
     expires_at: Option<chrono::DateTime<Utc>>,
     max_queries: Option<u64>,
     max_rows: Option<u64>,
+}
+
+/// An owner's decision and the notice it owes the requester.
+pub(super) struct Decided {
+    done: DoneResult,
+    notice: Option<Notice>,
 }
 
 /// The state of one request with its history.
@@ -376,6 +386,7 @@ impl ParleyServer {
                 .purposes
                 .get(&request.purpose)
                 .and_then(|p| p.acknowledgement.clone()),
+            resource_uri: format!("{}{}", super::REQUEST_SCHEME, request.id),
         }
     }
 
@@ -1168,11 +1179,20 @@ impl ParleyServer {
         Ok((grant, changes))
     }
 
+    /// The notice a requester gets of an owner's decision on their request or grant.
+    fn notice(&self, principal: &str, resource: String, data: Value) -> Notice {
+        Notice {
+            principal: principal.to_string(),
+            resource,
+            data,
+        }
+    }
+
     async fn do_decide(
         &self,
         checked: &mut Checked<'_>,
         args: DecideArgs,
-    ) -> Result<DoneResult, ToolError> {
+    ) -> Result<Decided, ToolError> {
         let not_found = || {
             ToolError::BadRequest(format!(
                 "request {} not found among the pending requests you may decide; review_requests lists them",
@@ -1209,6 +1229,8 @@ impl ParleyServer {
             });
         }
         let request = &stored.request;
+        let resource = format!("{}{}", super::REQUEST_SCHEME, request.id);
+        let tables = request.tables.join(", ");
         if !args.approve {
             self.transition(&args.request_id, State::Terminated, &who, &args.reason)
                 .await?;
@@ -1220,10 +1242,23 @@ impl ParleyServer {
                     args.request_id, args.reason
                 ),
             );
-            return Ok(DoneResult {
-                message: "request denied".to_string(),
-                grant_id: None,
-                state: Some(State::Terminated.as_str().to_string()),
+            let data = json!({
+                "kind": "denied",
+                "request_id": request.id,
+                "tables": request.tables,
+                "state": State::Terminated.as_str(),
+                "actor": who,
+                "reason": args.reason,
+                "at": Utc::now(),
+                "message": format!("{who} denied your access request {} ({tables}): {}", request.id, args.reason),
+            });
+            return Ok(Decided {
+                done: DoneResult {
+                    message: "request denied".to_string(),
+                    grant_id: None,
+                    state: Some(State::Terminated.as_str().to_string()),
+                },
+                notice: Some(self.notice(&request.principal, resource, data)),
             });
         }
         let outcome: Outcome = serde_json::from_value(stored.outcome.clone()).map_err(internal)?;
@@ -1232,13 +1267,33 @@ impl ParleyServer {
             max_queries: args.max_queries,
             max_rows: args.max_rows,
         };
-        let (grant, _) = self
+        let (grant, changes) = self
             .approve_request(checked, request, &outcome, &args.reason, &tighten, "")
             .await?;
-        Ok(DoneResult {
-            message: format!("request approved; grant {} is in force", grant.id),
-            grant_id: Some(grant.id),
-            state: Some(State::Finalized.as_str().to_string()),
+        let data = json!({
+            "kind": "approved",
+            "request_id": request.id,
+            "grant_id": grant.id,
+            "tables": request.tables,
+            "state": State::Finalized.as_str(),
+            "actor": who,
+            "reason": args.reason,
+            "changed_terms": changes,
+            "expires_at": grant.terms.expires_at,
+            "at": Utc::now(),
+            "message": format!(
+                "{who} approved your access request {} ({tables}): grant {} is in force; pass it to query as grant_id",
+                request.id, grant.id
+            ),
+        });
+        let notice = self.notice(&request.principal, resource, data);
+        Ok(Decided {
+            done: DoneResult {
+                message: format!("request approved; grant {} is in force", grant.id),
+                grant_id: Some(grant.id),
+                state: Some(State::Finalized.as_str().to_string()),
+            },
+            notice: Some(notice),
         })
     }
 
@@ -1246,7 +1301,7 @@ impl ParleyServer {
         &self,
         checked: &mut Checked<'_>,
         args: RevokeArgs,
-    ) -> Result<DoneResult, ToolError> {
+    ) -> Result<Decided, ToolError> {
         let not_found = || {
             ToolError::BadRequest(format!(
                 "grant {} not found among the grants you may revoke",
@@ -1280,10 +1335,33 @@ impl ParleyServer {
             &grant.terms.tables.join(","),
             format!("grant {} revoked by {who}: {}", args.grant_id, args.reason),
         );
-        Ok(DoneResult {
-            message: format!("grant {} revoked", args.grant_id),
-            grant_id: Some(args.grant_id),
-            state: None,
+        let data = json!({
+            "kind": "revoked",
+            "request_id": grant.request_id,
+            "grant_id": grant.id,
+            "tables": grant.terms.tables,
+            "actor": who,
+            "reason": args.reason,
+            "at": Utc::now(),
+            "message": format!(
+                "{who} revoked your grant {} ({}): {}",
+                grant.id,
+                grant.terms.tables.join(", "),
+                args.reason
+            ),
+        });
+        let notice = self.notice(
+            &grant.principal,
+            format!("{}{}", super::GRANT_SCHEME, grant.id),
+            data,
+        );
+        Ok(Decided {
+            done: DoneResult {
+                message: format!("grant {} revoked", args.grant_id),
+                grant_id: Some(args.grant_id),
+                state: None,
+            },
+            notice: Some(notice),
         })
     }
 }
@@ -1398,6 +1476,51 @@ impl ParleyServer {
             &grant.terms,
         );
         Ok(v)
+    }
+}
+
+impl ParleyServer {
+    /// Runs an owner's decision (`decide_request`, `revoke_grant`) through the gate and, once it is audited,
+    /// pushes its notice to the requester's live sessions without waiting for them.
+    async fn decided(
+        &self,
+        ctx: RequestContext<RoleServer>,
+        args: JsonObject,
+        tool: &'static str,
+    ) -> Result<CallToolResult, String> {
+        let principal = self.principal(&ctx);
+        let decided = self
+            .app
+            .gate
+            .run(&principal, tool, None, async |c| {
+                if tool == "revoke_grant" {
+                    self.do_revoke(c, parse_args(args)?).await
+                } else {
+                    self.do_decide(c, parse_args(args)?).await
+                }
+            })
+            .await?;
+        if let Some(notice) = decided.notice {
+            self.app.sessions.push(notice);
+        }
+        let r = decided.done;
+        let text = serde_json::to_string_pretty(&r).unwrap_or_default();
+        Ok(respond(&r, text))
+    }
+
+    /// The `request://{id}` resource: one of the caller's requests, as `access_status` shows it.
+    pub(super) async fn request_resource(
+        &self,
+        checked: &mut Checked<'_>,
+        id: &str,
+    ) -> Result<StatusResult, ToolError> {
+        self.do_status(
+            checked,
+            RequestIdArgs {
+                request_id: id.to_string(),
+            },
+        )
+        .await
     }
 }
 
@@ -1559,7 +1682,7 @@ impl ParleyServer {
         args: JsonObject,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
-        gated!(self, ctx, args, "decide_request", do_decide)
+        self.decided(ctx, args, "decide_request").await
     }
 
     #[tool(
@@ -1601,7 +1724,7 @@ impl ParleyServer {
         args: JsonObject,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
-        gated!(self, ctx, args, "revoke_grant", do_revoke)
+        self.decided(ctx, args, "revoke_grant").await
     }
 }
 
