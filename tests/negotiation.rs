@@ -739,6 +739,14 @@ async fn usage_terms_are_acknowledged_through_an_input_required_result_on_2026_0
             "{e}"
         );
     }
+    // Answers without the state they answer.
+    let e = err(&complete(
+        client
+            .call_tool_once(params(&args).with_input_responses(yes()))
+            .await
+            .unwrap(),
+    ));
+    assert!(e.contains("without requestState"), "{e}");
     // The retry with the answer: granted.
     let r = complete(
         client
@@ -805,7 +813,7 @@ async fn usage_terms_are_acknowledged_through_an_input_required_result_on_2026_0
         .into_iter()
         .filter(|r| r["tool"] == "request_access")
         .collect();
-    assert_eq!(rounds.len(), 8, "{rounds:#?}");
+    assert_eq!(rounds.len(), 9, "{rounds:#?}");
     assert!(
         rounds[0]["reason"]
             .as_str()
@@ -820,6 +828,11 @@ async fn usage_terms_are_acknowledged_through_an_input_required_result_on_2026_0
             .all(|r| r["error"].as_str().unwrap().contains("requestState")
                 || r["error"].as_str().unwrap().contains("no longer waits")),
         "{rounds:#?}"
+    );
+    assert_eq!(
+        rounds.iter().filter(|r| r["decision"] == "error").count(),
+        5,
+        "three refused states, answers without state, one replay: {rounds:#?}"
     );
 }
 

@@ -1573,6 +1573,12 @@ impl ParleyServer {
                         self.resume_request_access(c, handle, responses.as_ref(), &call)
                             .await
                     }
+                    // Answers without the state they answer would start a new negotiation and ask again.
+                    None if responses.is_some() => Err(ToolError::BadRequest(
+                        "inputResponses came without requestState: retry with the requestState of the \
+                         input-required result, unchanged"
+                            .to_string(),
+                    )),
                     None => {
                         self.do_request_access(c, parse_args(args)?, asker.as_ref(), &call)
                             .await
