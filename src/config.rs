@@ -27,6 +27,52 @@ pub struct Config {
     pub audit: AuditSettings,
     /// Bearer-token validation on streamable HTTP.
     pub auth: AuthSettings,
+    /// Access negotiation.
+    pub negotiation: NegotiationSettings,
+}
+
+/// Access-negotiation settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NegotiationSettings {
+    /// What happens when a request ends pending and its requester is one of its approvers. Env:
+    /// `PARLEY_SELF_APPROVAL`. Default: `elicit`.
+    pub self_approval: SelfApproval,
+}
+
+impl Default for NegotiationSettings {
+    fn default() -> Self {
+        NegotiationSettings {
+            self_approval: SelfApproval::Elicit,
+        }
+    }
+}
+
+/// Whether an approver may approve their own access request (separation of duties).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SelfApproval {
+    /// The requester is asked at once, through MCP elicitation when the client supports it, whether to approve
+    /// their own request; without elicitation they may still call `decide_request`.
+    Elicit,
+    /// Never asked; the requester may approve their own request only with an explicit `decide_request` call.
+    Explicit,
+    /// Separation of duties: nobody decides their own request; another approver must.
+    Forbidden,
+}
+
+impl std::str::FromStr for SelfApproval {
+    type Err = String;
+    fn from_str(s: &str) -> Result<SelfApproval, String> {
+        match s.trim() {
+            "elicit" => Ok(SelfApproval::Elicit),
+            "explicit" => Ok(SelfApproval::Explicit),
+            "forbidden" => Ok(SelfApproval::Forbidden),
+            other => Err(format!(
+                "unknown self-approval mode {other:?}; use elicit, explicit or forbidden"
+            )),
+        }
+    }
 }
 
 /// Audit log settings.
@@ -137,6 +183,7 @@ impl Default for Config {
             catalog_cache_ttl_ms: 2000,
             audit: AuditSettings::default(),
             auth: AuthSettings::default(),
+            negotiation: NegotiationSettings::default(),
         }
     }
 }
@@ -251,6 +298,11 @@ impl Config {
         num("PARLEY_QUERY_MEMORY_BYTES", &get, &mut q.memory_bytes)?;
         num("PARLEY_QUERY_SPILL", &get, &mut q.spill_to_disk)?;
         num("PARLEY_QUERY_PARTITIONS", &get, &mut q.target_partitions)?;
+        num(
+            "PARLEY_SELF_APPROVAL",
+            &get,
+            &mut self.negotiation.self_approval,
+        )?;
         Ok(())
     }
 }
@@ -270,6 +322,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.query.timeout_ms, 250);
         assert_eq!(c.principal, "ops-owner");
+        c.apply_env(|k| (k == "PARLEY_SELF_APPROVAL").then(|| "forbidden".to_string()))
+            .unwrap();
+        assert_eq!(c.negotiation.self_approval, SelfApproval::Forbidden);
+        let err = c
+            .apply_env(|k| (k == "PARLEY_SELF_APPROVAL").then(|| "sometimes".to_string()))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("elicit, explicit or forbidden"),
+            "{err}"
+        );
 
         let err = c
             .apply_env(|k| (k == "PARLEY_QUERY_MAX_ROWS").then(|| "lots".to_string()))
@@ -287,6 +349,10 @@ mod tests {
         assert_eq!(
             example.query.max_result_bytes,
             default.query.max_result_bytes
+        );
+        assert_eq!(
+            example.negotiation.self_approval,
+            default.negotiation.self_approval
         );
     }
 

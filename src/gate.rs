@@ -89,7 +89,7 @@ impl Checked<'_> {
         &self.principal.id
     }
 
-    /// The caller.
+    /// The caller's principal (id and groups).
     pub fn principal(&self) -> &Principal {
         self.principal
     }

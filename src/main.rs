@@ -445,6 +445,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         engine,
         purposes,
         mask_secret: mask_secret(dir)?,
+        sessions: Default::default(),
         store,
         config,
         audit_path: dir.audit_log(),

@@ -18,9 +18,9 @@ use rmcp::model::{
     ListResourcesResult, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
     PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
     Resource as McpResource, ResourceContents, ResourceTemplate, Role, ServerCapabilities,
-    ServerConfig,
+    ServerConfig, SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{
     ErrorData, Peer, RoleServer, ServerHandler, prompt, prompt_handler, prompt_router, tool,
     tool_handler, tool_router,
@@ -29,6 +29,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod access;
+mod elicit;
+mod notify;
+
+pub use notify::Sessions;
 
 use crate::catalog::{Lakehouse, TableName};
 use crate::config::Config;
@@ -56,12 +60,15 @@ pub struct App {
     pub store: Arc<dyn crate::store::NegotiationStore>,
     /// The purpose registry (`policy/purposes.yaml`).
     pub purposes: crate::negotiation::Purposes,
-    /// Server-side secret mixed into the salt of hashed (masked) columns; never leaves the server.
+    /// Server-side secret mixed into the salt of hashed (masked) columns and keying the seal of elicitation
+    /// `requestState` handles; never leaves the server.
     pub mask_secret: String,
     /// The query engine (one memory pool shared by concurrent queries).
     pub engine: crate::query::Engine,
     /// What each principal may discover, cached per policy version and table list.
     pub discovery: DiscoveryCache,
+    /// Live MCP sessions per principal, for pushing notices of owners' decisions.
+    pub sessions: Sessions,
 }
 
 /// A table a principal may discover: what `list_tables` filters and pages over.
@@ -134,6 +141,8 @@ impl DiscoveryCache {
 #[derive(Clone)]
 pub struct ParleyServer {
     app: Arc<App>,
+    /// This MCP session's side of push notices (peer, subscriptions, log level).
+    session: Arc<notify::Session>,
     tool_router: ToolRouter<ParleyServer>,
     prompt_router: PromptRouter<ParleyServer>,
 }
@@ -519,19 +528,35 @@ impl ParleyServer {
     pub fn new(app: Arc<App>) -> ParleyServer {
         ParleyServer {
             app,
+            session: Arc::default(),
             tool_router: Self::tool_router() + Self::access_router(),
             prompt_router: Self::prompt_router(),
         }
     }
 
     /// The caller: the principal the HTTP layer verified from the request's bearer token, else the identity
-    /// the transport was started with (the local principal on stdio; nobody on HTTP).
+    /// the transport was started with (the local principal on stdio; nobody on HTTP). A session on a 2025
+    /// protocol (one that initialized) is remembered as one of the principal's live sessions for push notices.
     fn principal(&self, ctx: &RequestContext<RoleServer>) -> Principal {
-        ctx.extensions
+        let principal = self.principal_in(&ctx.extensions);
+        self.attach_session(&principal, &ctx.peer);
+        principal
+    }
+
+    fn principal_in(&self, extensions: &rmcp::model::Extensions) -> Principal {
+        extensions
             .get::<axum::http::request::Parts>()
             .and_then(|parts| parts.extensions.get::<Principal>())
             .cloned()
             .unwrap_or_else(|| self.app.identity.resolve())
+    }
+
+    /// Sessions of 2026-07-28 clients are per request (no `initialize`, no peer info) and are never remembered;
+    /// those clients hear of decisions through `subscriptions/listen`.
+    fn attach_session(&self, principal: &Principal, peer: &Peer<RoleServer>) {
+        if peer.peer_info().is_some() {
+            self.app.sessions.attach(&principal.id, &self.session, peer);
+        }
     }
 
     /// The audit records `checked`'s principal may see, as rows of `parley.audit_log`: records about tables the
@@ -1350,15 +1375,33 @@ impl ParleyServer {
 
 const CONTRACT_SCHEME: &str = "contract://";
 const GRANT_SCHEME: &str = "grant://";
+const REQUEST_SCHEME: &str = "request://";
 
+/// Resources that change (and can be subscribed to): a request when an owner decides it, a grant when it is
+/// revoked.
+fn changes(uri: &str) -> bool {
+    let id = uri
+        .strip_prefix(REQUEST_SCHEME)
+        .or_else(|| uri.strip_prefix(GRANT_SCHEME));
+    id.is_some_and(|id| !id.is_empty() && id.len() <= 100)
+}
+
+/// Most resources one `subscriptions/listen` stream may follow.
+const MAX_LISTEN_URIS: usize = 1000;
+
+// Logging and `resources/subscribe` are deprecated for 2026-07-28 (SEP-2577, subscriptions/listen) but are how
+// clients on the 2025 protocols hear of changes, so both are served.
+#[allow(deprecated)]
 #[tool_handler(router = self.tool_router)]
 #[prompt_handler(router = self.prompt_router)]
 impl ServerHandler for ParleyServer {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
+                .enable_logging()
                 .enable_tools()
                 .enable_resources()
+                .enable_resources_subscribe()
                 .enable_prompts()
                 .build(),
         )
@@ -1404,6 +1447,83 @@ impl ServerHandler for ParleyServer {
         Ok(ListResourcesResult::with_all_items(resources))
     }
 
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let principal = self.principal_in(&context.extensions);
+        self.attach_session(&principal, &context.peer);
+    }
+
+    /// The session's log level, which push notices (level `notice`) respect.
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.principal(&ctx);
+        self.session.set_level(request.level);
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.principal(&ctx);
+        if !changes(&request.uri) {
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "{} never changes; subscribe to request://{{request_id}} (an owner decides) or                      grant://{{grant_id}} (an owner revokes)",
+                    request.uri
+                ),
+                None,
+            ));
+        }
+        if !self.session.subscribe(&request.uri) {
+            return Err(ErrorData::invalid_params(
+                "this session holds the most subscriptions allowed; unsubscribe from some first",
+                None,
+            ));
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.principal(&ctx);
+        self.session.unsubscribe(&request.uri);
+        Ok(())
+    }
+
+    /// 2026-07-28 clients follow `request://` and `grant://` resources through `subscriptions/listen`.
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        let mut accepted = SubscriptionFilter::new();
+        accepted.resource_subscriptions = requested.resource_subscriptions.as_ref().map(|uris| {
+            uris.iter()
+                .filter(|u| changes(u))
+                .take(MAX_LISTEN_URIS)
+                .cloned()
+                .collect()
+        });
+        Some(accepted)
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let principal = self.principal_in(&context.request_context().extensions);
+        let id = self
+            .app
+            .sessions
+            .attach_listen(&principal.id, context.sink().clone());
+        context.cancelled().await;
+        self.app.sessions.detach_listen(&principal.id, id);
+        Ok(())
+    }
+
     async fn list_resource_templates(
         &self,
         _request: Option<PaginatedRequestParams>,
@@ -1415,7 +1535,13 @@ impl ServerHandler for ParleyServer {
                 .with_mime_type("application/yaml"),
             ResourceTemplate::new("grant://{grant_id}", "access grant")
                 .with_description(
-                    "A grant: terms, usage, liveness and its W3C ODRL agreement (JSON)",
+                    "A grant: terms, usage, liveness and its W3C ODRL agreement (JSON); updated when revoked",
+                )
+                .with_mime_type("application/json"),
+            ResourceTemplate::new("request://{request_id}", "access request")
+                .with_description(
+                    "One of your access requests: state, outcome and history (JSON, as access_status); updated \
+                     when an owner decides it",
                 )
                 .with_mime_type("application/json"),
         ]))
@@ -1428,6 +1554,24 @@ impl ServerHandler for ParleyServer {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let principal = self.principal(&ctx);
         let uri = request.uri.clone();
+        if let Some(id) = uri.strip_prefix(REQUEST_SCHEME) {
+            let status = self
+                .app
+                .gate
+                .run(&principal, "resources/read", None, async |c| {
+                    self.request_resource(c, id).await
+                })
+                .await
+                .map_err(|e| ErrorData::resource_not_found(e, None))?;
+            return Ok(ReadResourceResult::new(vec![
+                ResourceContents::text(
+                    serde_json::to_string_pretty(&status).unwrap_or_default(),
+                    request.uri,
+                )
+                .with_mime_type("application/json"),
+            ])
+            .into());
+        }
         if let Some(id) = uri.strip_prefix(GRANT_SCHEME) {
             let grant = self
                 .app

@@ -1,8 +1,14 @@
 //! Access negotiation through a real MCP client: each outcome (granted, counter-offer accepted and declined,
 //! pending then approved or denied by an owner session, denied outright, revoked), the terms, and the data the
 //! grant actually lets a query see — plus an adversarial suite against a grant's masks, dropped columns and row
-//! filter.
+//! filter, and the questions a person answers through elicitation on both protocol generations.
 
+use std::sync::{Arc, Mutex};
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, ElicitRequestParams, InputRequest, InputResponses,
+    ProtocolVersion,
+};
 use serde_json::{Value, json};
 
 use crate::util::{Lake, call, err, ok};
@@ -511,12 +517,60 @@ async fn quotas_and_expiry_set_by_the_approver_are_enforced() {
     owner.cancel().await.unwrap();
 }
 
-/// A person behind an MCP client that supports elicitation (protocol 2025-06-18): answers every
-/// acknowledgement with `accept`, and remembers what it was asked.
+/// A person behind an MCP client that supports form elicitation: answers every question — acknowledge usage
+/// terms, approve a request — with `accept`, and remembers what it was asked.
 #[derive(Clone)]
 struct Person {
     accept: bool,
-    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    protocol: ProtocolVersion,
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+impl Person {
+    fn new(accept: bool, protocol: ProtocolVersion) -> Person {
+        Person {
+            accept,
+            protocol,
+            asked: Default::default(),
+        }
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+
+    /// Serves this person's client against `parley serve` on `lake` as `principal`: pinned to its protocol
+    /// (2025 protocols through `initialize`; 2026-07-28 through `server/discover`, which has no handshake).
+    async fn connect(
+        &self,
+        lake: &Lake,
+        principal: &str,
+        env: &[(&str, &str)],
+    ) -> rmcp::service::RunningService<rmcp::RoleClient, Person> {
+        use rmcp::ServiceExt;
+        use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
+        let mut cmd = lake.command();
+        cmd.args(["serve", "--principal", principal]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let transport = rmcp::transport::TokioChildProcess::new(cmd).unwrap();
+        let client = if self.protocol.has_initialize() {
+            self.clone().serve(transport).await.unwrap()
+        } else {
+            self.clone()
+                .serve_with_lifecycle(
+                    transport,
+                    ClientLifecycleMode::Discover {
+                        preferred_versions: vec![self.protocol.clone()],
+                    },
+                )
+                .await
+                .unwrap()
+        };
+        assert_eq!(client.peer_info().unwrap().protocol_version, self.protocol);
+        client
+    }
 }
 
 impl rmcp::ClientHandler for Person {
@@ -527,7 +581,7 @@ impl rmcp::ClientHandler for Person {
                 .with_form(rmcp::model::FormElicitationCapability::new()),
         );
         rmcp::model::ClientConfig::new(caps, rmcp::model::Implementation::new("person", "1"))
-            .with_protocol_version(rmcp::model::ProtocolVersion::V_2025_06_18)
+            .with_protocol_version(self.protocol.clone())
     }
 
     async fn create_elicitation(
@@ -535,39 +589,55 @@ impl rmcp::ClientHandler for Person {
         request: rmcp::model::ElicitRequestParams,
         _context: rmcp::service::RequestContext<rmcp::RoleClient>,
     ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
-        if let rmcp::model::ElicitRequestParams::FormElicitationParams { message, .. } = &request {
-            self.asked.lock().unwrap().push(message.clone());
-        }
+        let rmcp::model::ElicitRequestParams::FormElicitationParams {
+            message,
+            requested_schema,
+            ..
+        } = &request
+        else {
+            panic!("a form, not a URL")
+        };
+        self.asked.lock().unwrap().push(message.clone());
+        let content = if requested_schema.properties.contains_key("approve") {
+            json!({"approve": self.accept, "reason": "my own team's request"})
+        } else {
+            json!({"accept": self.accept})
+        };
         Ok(
             rmcp::model::ElicitResult::new(rmcp::model::ElicitationAction::Accept)
-                .with_content(json!({"accept": self.accept})),
+                .with_content(content),
         )
     }
 }
 
+/// A `tools/call` through the client's high-level `call_tool`, which answers 2026-07-28 input-required rounds
+/// through the client's handler and retries.
+async fn call_driven<S: rmcp::Service<rmcp::RoleClient>>(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, S>,
+    tool: &str,
+    args: Value,
+) -> rmcp::model::CallToolResult {
+    client
+        .call_tool(
+            CallToolRequestParams::new(tool.to_string())
+                .with_arguments(args.as_object().cloned().unwrap()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{tool} failed at the protocol level: {e}"))
+}
+
 #[tokio::test]
 async fn a_person_acknowledges_usage_terms_through_elicitation() {
-    use rmcp::ServiceExt;
     let lake = Lake::new();
     for accept in [true, false] {
-        let person = Person {
-            accept,
-            asked: Default::default(),
-        };
-        let asked = person.asked.clone();
-        let transport = rmcp::transport::TokioChildProcess::new({
-            let mut cmd = lake.command();
-            cmd.args(["serve", "--principal", "analyst"]);
-            cmd
-        })
-        .unwrap();
-        let client = person.serve(transport).await.unwrap();
+        let person = Person::new(accept, ProtocolVersion::V_2025_06_18);
+        let client = person.connect(&lake, "analyst", &[]).await;
         let r = request(
             &client,
             json!({"tables": ["sales.orders"], "purpose": "revenue_reporting"}),
         )
         .await;
-        let asked = asked.lock().unwrap().clone();
+        let asked = person.asked();
         assert_eq!(asked.len(), 1, "the person was asked once");
         assert!(
             asked[0].contains("usage:") && asked[0].contains("revenue_reporting"),
@@ -584,4 +654,319 @@ async fn a_person_acknowledges_usage_terms_through_elicitation() {
         }
         client.cancel().await.unwrap();
     }
+}
+
+/// Issue 4, elicitation on protocol 2026-07-28 (SEP-2322): `request_access` answers with an input-required
+/// result asking for the acknowledgement; the retry with the answer and the echoed `requestState` completes it,
+/// and a forged, altered or replayed `requestState` is a tool error.
+#[tokio::test]
+async fn usage_terms_are_acknowledged_through_an_input_required_result_on_2026_07_28() {
+    let lake = Lake::new();
+    let person = Person::new(true, ProtocolVersion::V_2026_07_28);
+    let client = person.connect(&lake, "analyst", &[]).await;
+    let args = json!({"tables": ["sales.orders"], "purpose": "revenue_reporting"});
+    let params = |args: &Value| {
+        CallToolRequestParams::new("request_access")
+            .with_arguments(args.as_object().cloned().unwrap())
+    };
+
+    // Round one: the question, not a result.
+    let CallToolResponse::InputRequired(question) =
+        client.call_tool_once(params(&args)).await.unwrap()
+    else {
+        panic!("an input-required result")
+    };
+    let requests = question.input_requests.as_ref().expect("input requests");
+    let Some(InputRequest::Elicitation(elicit)) = requests.get("acknowledge") else {
+        panic!("an elicitation keyed acknowledge: {requests:?}")
+    };
+    let ElicitRequestParams::FormElicitationParams {
+        message,
+        requested_schema,
+        ..
+    } = &elicit.params
+    else {
+        panic!("a form")
+    };
+    assert!(
+        message.contains("usage:") && message.contains("revenue_reporting"),
+        "{message}"
+    );
+    assert!(requested_schema.properties.contains_key("accept"));
+    let state = question.request_state.clone().expect("a requestState");
+    assert!(
+        person.asked().is_empty(),
+        "call_tool_once answers nothing itself"
+    );
+
+    let yes = || {
+        let mut r = InputResponses::new();
+        r.insert(
+            "acknowledge".to_string(),
+            json!({"action": "accept", "content": {"accept": true}}),
+        );
+        r
+    };
+    let complete = |r: CallToolResponse| match r {
+        CallToolResponse::Complete(r) => r,
+        other => panic!("a complete result, got {other:?}"),
+    };
+    // A forged state, a state moved to other arguments: refused, nothing granted.
+    let mut forged = state.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '0' { '1' } else { '0' });
+    for (args, state) in [
+        (&args, forged.as_str()),
+        (&args, "v1.acknowledge.req-00000000.00"),
+        (
+            &json!({"tables": ["sales.orders"], "purpose": "demand_forecasting"}),
+            state.as_str(),
+        ),
+    ] {
+        let r = complete(
+            client
+                .call_tool_once(
+                    params(args)
+                        .with_input_responses(yes())
+                        .with_request_state(state),
+                )
+                .await
+                .unwrap(),
+        );
+        let e = err(&r);
+        assert!(
+            e.contains("requestState") && e.contains("request_access again"),
+            "{e}"
+        );
+    }
+    // Answers without the state they answer.
+    let e = err(&complete(
+        client
+            .call_tool_once(params(&args).with_input_responses(yes()))
+            .await
+            .unwrap(),
+    ));
+    assert!(e.contains("without requestState"), "{e}");
+    // The retry with the answer: granted.
+    let r = complete(
+        client
+            .call_tool_once(
+                params(&args)
+                    .with_input_responses(yes())
+                    .with_request_state(state.clone()),
+            )
+            .await
+            .unwrap(),
+    );
+    let granted = ok(&r);
+    assert_eq!(granted["status"], "granted", "{granted:#}");
+    assert_eq!(granted["state"], "finalized");
+    let grant = granted["grant_id"].as_str().unwrap().to_string();
+    let request_id = granted["request_id"].as_str().unwrap().to_string();
+    assert!(
+        state.contains(&request_id),
+        "the state is a handle on the request"
+    );
+    // Replaying the answered round grants nothing more.
+    let e = err(&complete(
+        client
+            .call_tool_once(
+                params(&args)
+                    .with_input_responses(yes())
+                    .with_request_state(state),
+            )
+            .await
+            .unwrap(),
+    ));
+    assert!(e.contains("no longer waits"), "{e}");
+    let q = ok(&call_driven(
+        &client,
+        "query",
+        json!({"sql": "SELECT count(*) FROM sales.orders", "grant_id": grant}),
+    )
+    .await);
+    assert_eq!(q["rows"][0][0], 120_000);
+    let mine = ok(&call_driven(&client, "my_grants", json!({})).await);
+    assert_eq!(mine["grants"].as_array().unwrap().len(), 1, "{mine:#}");
+    let history =
+        ok(&call_driven(&client, "access_status", json!({"request_id": request_id})).await);
+    assert!(
+        history["history"]
+            .to_string()
+            .contains("the user acknowledged the usage terms"),
+        "{history:#}"
+    );
+    client.cancel().await.unwrap();
+
+    // The high-level call_tool answers the round through the client's handler; declining ends the negotiation.
+    let person = Person::new(false, ProtocolVersion::V_2026_07_28);
+    let client = person.connect(&lake, "analyst", &[]).await;
+    let declined = ok(&call_driven(&client, "request_access", args.clone()).await);
+    assert_eq!(declined["status"], "declined", "{declined:#}");
+    assert_eq!(declined["state"], "terminated");
+    assert_eq!(person.asked().len(), 1);
+    client.cancel().await.unwrap();
+
+    // Every round is audited with the request id.
+    let rounds: Vec<Value> = lake
+        .audit()
+        .into_iter()
+        .filter(|r| r["tool"] == "request_access")
+        .collect();
+    assert_eq!(rounds.len(), 9, "{rounds:#?}");
+    assert!(
+        rounds[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("asked for it (input required)"),
+        "{rounds:#?}"
+    );
+    assert!(
+        rounds
+            .iter()
+            .filter(|r| r["decision"] == "error")
+            .all(|r| r["error"].as_str().unwrap().contains("requestState")
+                || r["error"].as_str().unwrap().contains("no longer waits")),
+        "{rounds:#?}"
+    );
+    assert_eq!(
+        rounds.iter().filter(|r| r["decision"] == "error").count(),
+        5,
+        "three refused states, answers without state, one replay: {rounds:#?}"
+    );
+}
+
+/// Issue 4, approving a request when the caller is also an approver: the person is asked at once, by either
+/// elicitation mechanism; approving is a decision audited as theirs, declining leaves the request pending.
+#[tokio::test]
+async fn an_approver_approves_their_own_pending_request_when_asked() {
+    let lake = Lake::new();
+    // sales-owner is the approver of sales.orders; pricing_research is not an allowed purpose → pending.
+    let ask = json!({"tables": ["sales.orders"], "purpose": "pricing_research", "justification": "Q4 prices"});
+    for protocol in [ProtocolVersion::V_2025_06_18, ProtocolVersion::V_2026_07_28] {
+        let person = Person::new(true, protocol.clone());
+        let owner = person.connect(&lake, "sales-owner", &[]).await;
+        let r = ok(&call_driven(&owner, "request_access", ask.clone()).await);
+        let asked = person.asked();
+        assert_eq!(asked.len(), 1, "{protocol}: asked once: {asked:?}");
+        assert!(
+            asked[0].contains("You are an approver of sales.orders")
+                && asked[0].contains("Q4 prices"),
+            "{}",
+            asked[0]
+        );
+        assert_eq!(r["status"], "granted", "{protocol}: {r:#}");
+        assert_eq!(r["approvers"], json!(["sales-owner"]));
+        assert!(
+            r["reason"]
+                .as_str()
+                .unwrap()
+                .contains("my own team's request"),
+            "{r:#}"
+        );
+        let grant = r["grant_id"].as_str().unwrap();
+        let q = ok(&call_driven(
+            &owner,
+            "query",
+            json!({"sql": "SELECT count(*) FROM sales.orders", "grant_id": grant}),
+        )
+        .await);
+        assert_eq!(q["rows"][0][0], 120_000);
+        let status = ok(&call_driven(
+            &owner,
+            "access_status",
+            json!({"request_id": r["request_id"]}),
+        )
+        .await);
+        assert_eq!(status["state"], "finalized");
+        assert!(
+            status["history"]
+                .to_string()
+                .contains("approved when asked through elicitation"),
+            "{status:#}"
+        );
+        owner.cancel().await.unwrap();
+
+        // Declining leaves it pending, to be decided later with decide_request.
+        let person = Person::new(false, protocol.clone());
+        let owner = person.connect(&lake, "sales-owner", &[]).await;
+        let r = ok(&call_driven(&owner, "request_access", ask.clone()).await);
+        assert_eq!(person.asked().len(), 1);
+        assert_eq!(r["status"], "pending", "{protocol}: {r:#}");
+        assert!(
+            r["reason"].as_str().unwrap().contains("decide_request"),
+            "{r:#}"
+        );
+        ok(&call_driven(
+            &owner,
+            "decide_request",
+            json!({"request_id": r["request_id"], "approve": true, "reason": "after all"}),
+        )
+        .await);
+        owner.cancel().await.unwrap();
+    }
+    // Someone who is not an approver is not asked; a client without elicitation is not asked.
+    let person = Person::new(true, ProtocolVersion::V_2025_06_18);
+    let analyst = person.connect(&lake, "analyst", &[]).await;
+    let r = ok(&call_driven(&analyst, "request_access", ask.clone()).await);
+    assert_eq!(r["status"], "pending");
+    assert!(person.asked().is_empty());
+    analyst.cancel().await.unwrap();
+    let plain = lake.connect("sales-owner", &[]).await;
+    let r = request(&plain, ask.clone()).await;
+    assert_eq!(r["status"], "pending");
+    plain.cancel().await.unwrap();
+
+    // The elicited approvals are audited as decide_request decisions by sales-owner, with the policy that allowed
+    // them.
+    let audit = lake.audit();
+    let approvals: Vec<&Value> = audit
+        .iter()
+        .filter(|r| {
+            r["tool"] == "request_access"
+                && r["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("approved by sales-owner when asked through elicitation")
+        })
+        .collect();
+    assert_eq!(approvals.len(), 2, "{audit:#?}");
+    for a in approvals {
+        assert_eq!(a["principal"], "sales-owner");
+        assert_eq!(a["action"], "decide_request");
+        assert!(
+            a["policy_ids"]
+                .to_string()
+                .contains("owners-own-their-tables"),
+            "{a:#}"
+        );
+    }
+}
+
+/// Separation of duties (`negotiation.self_approval = forbidden`): an approver is neither asked nor allowed to
+/// decide their own request, and does not see it for review.
+#[tokio::test]
+async fn separation_of_duties_forbids_deciding_ones_own_request() {
+    let lake = Lake::new();
+    let env = [("PARLEY_SELF_APPROVAL", "forbidden")];
+    let person = Person::new(true, ProtocolVersion::V_2025_06_18);
+    let owner = person.connect(&lake, "sales-owner", &env).await;
+    let r = ok(&call_driven(
+        &owner,
+        "request_access",
+        json!({"tables": ["sales.orders"], "purpose": "pricing_research"}),
+    )
+    .await);
+    assert_eq!(r["status"], "pending", "{r:#}");
+    assert!(person.asked().is_empty());
+    let e = err(&call_driven(
+        &owner,
+        "decide_request",
+        json!({"request_id": r["request_id"], "approve": true, "reason": "mine"}),
+    )
+    .await);
+    assert!(e.contains("separation of duties"), "{e}");
+    let review = ok(&call_driven(&owner, "review_requests", json!({})).await);
+    assert_eq!(review["requests"], json!([]), "{review:#}");
+    owner.cancel().await.unwrap();
 }

@@ -9,5 +9,6 @@ mod governance;
 mod http;
 mod init;
 mod negotiation;
+mod notices;
 mod tools;
 mod util;

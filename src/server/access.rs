@@ -1,27 +1,38 @@
-//! The negotiation tools: `request_access`, `accept_offer`, `decline_offer`, `access_status`, `my_grants`, and the
-//! owner tools `review_requests`, `decide_request`, `revoke_grant`. Every step goes through the gate (audited with
-//! its request or grant id), decisions come from `negotiation::evaluate` over the contracts plus the policy, and
-//! state lives in the `NegotiationStore`.
+//! The negotiation tools: `request_access`, `accept_offer`, `decline_offer`, `access_status`, `my_grants`,
+//! `my_notices`, and the owner tools `review_requests`, `decide_request`, `revoke_grant`, `table_consumers`. Every
+//! step goes through the gate (audited with its request or grant id), decisions come from `negotiation::evaluate`
+//! over the contracts plus the policy, and state lives in the `NegotiationStore`. Where a person must confirm —
+//! acknowledging usage terms before an automatic grant, approving a request they are an approver of — the person
+//! behind an elicitation-capable client is asked (`elicit`); owners' decisions are pushed to the requester's live
+//! sessions (`notify`).
+//!
+//! Invariant: a negotiation moves to its next state before the grant it leads to is made, so two racing answers
+//! (two approvals, an acknowledgement retried twice) make one grant.
 
 use std::collections::BTreeMap;
 
 use chrono::Utc;
 use rmcp::handler::server::common::schema_for_type;
-use rmcp::model::{CallToolResult, JsonObject};
+use rmcp::handler::server::tool::{InputResponses, RequestState};
+use rmcp::model::{CallToolResponse, CallToolResult, InputRequiredResult, JsonObject};
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::elicit::{self, Acknowledgement, Answer, Approval, Asker, Question, StateSeal};
+use super::notify::Notice;
 use super::{ParleyServer, internal, parse_args, respond};
 use crate::catalog::TableName;
+use crate::config::SelfApproval;
 use crate::gate::{Checked, ToolError};
 use crate::negotiation::{
     self, AccessRequest, Grant, OdrlKind, Outcome, RowScope, State, combined_limitations,
     contract_versions,
 };
 use crate::policy::{Action, Resource};
+use crate::store::StoreError;
 
 /// Longest term any grant gets, in days.
 const MAX_DAYS: u32 = 90;
@@ -98,49 +109,6 @@ pub struct RevokeArgs {
     pub reason: String,
 }
 
-/// What a person answers when asked to acknowledge a contract's usage terms (MCP elicitation).
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct Acknowledgement {
-    /// True to accept the usage terms and start the grant.
-    pub accept: bool,
-}
-
-rmcp::elicit_safe!(Acknowledgement);
-
-/// Asks the person behind the client (MCP elicitation, request-based, protocol up to 2025-11-25) to acknowledge
-/// terms; `None` when the client cannot be asked, so the explicit tool call stands as the acknowledgement.
-pub(super) struct Elicitor {
-    peer: rmcp::Peer<RoleServer>,
-}
-
-impl Elicitor {
-    /// An elicitor when the client declared elicitation and speaks a protocol with server-to-client requests.
-    pub(super) fn of(ctx: &RequestContext<RoleServer>) -> Option<Elicitor> {
-        let supports = ctx
-            .peer
-            .peer_info()
-            .is_some_and(|info| info.capabilities.elicitation.is_some());
-        let legacy = ctx
-            .protocol_version()
-            .is_some_and(|v| v != rmcp::model::ProtocolVersion::V_2026_07_28);
-        (supports && legacy).then(|| Elicitor {
-            peer: ctx.peer.clone(),
-        })
-    }
-
-    /// `Ok(true)` when the person accepted.
-    async fn acknowledge(&self, message: String) -> Result<bool, ToolError> {
-        use rmcp::service::ElicitationError as E;
-        match self.peer.elicit::<Acknowledgement>(message).await {
-            Ok(Some(a)) => Ok(a.accept),
-            Ok(None) | Err(E::UserDeclined) | Err(E::UserCancelled) => Ok(false),
-            Err(e) => Err(internal(format!(
-                "asking the user to acknowledge failed: {e}"
-            ))),
-        }
-    }
-}
-
 /// No arguments.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -178,6 +146,37 @@ pub struct NegotiationResult {
     /// What you accept by using a grant for this purpose (from the purpose registry).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acknowledgement: Option<String>,
+    /// The request as a resource (`request://{request_id}`); subscribe to it to hear when an owner decides.
+    pub resource_uri: String,
+}
+
+/// What `request_access` answers: the negotiation's result, or (protocol 2026-07-28) a question for the person
+/// behind the client, answered by retrying the call.
+pub(super) enum RequestReply {
+    /// The answer.
+    Done(Box<NegotiationResult>),
+    /// A question; the client retries with the answer and the `requestState`.
+    Ask(InputRequiredResult),
+}
+
+impl RequestReply {
+    fn done(result: NegotiationResult) -> RequestReply {
+        RequestReply::Done(Box::new(result))
+    }
+}
+
+/// How an approver tightens the proposed terms when approving.
+#[derive(Debug, Default)]
+struct Tightening {
+    expires_at: Option<chrono::DateTime<Utc>>,
+    max_queries: Option<u64>,
+    max_rows: Option<u64>,
+}
+
+/// An owner's decision and the notice it owes the requester.
+pub(super) struct Decided {
+    done: DoneResult,
+    notice: Option<Notice>,
 }
 
 /// The state of one request with its history.
@@ -369,12 +368,249 @@ impl ParleyServer {
         text
     }
 
+    /// The answer to a request as the outcome gives it, before any grant, question or decision.
+    fn base_result(&self, request: &AccessRequest, outcome: &Outcome) -> NegotiationResult {
+        NegotiationResult {
+            request_id: request.id.clone(),
+            status: outcome.kind().to_string(),
+            state: outcome.state().as_str().to_string(),
+            reason: outcome.explanation(),
+            terms: outcome.terms().map(|t| json!(t)),
+            terms_hash: None,
+            grant_id: None,
+            approvers: None,
+            acceptable: None,
+            odrl: None,
+            acknowledgement: self
+                .app
+                .purposes
+                .get(&request.purpose)
+                .and_then(|p| p.acknowledgement.clone()),
+            resource_uri: format!("{}{}", super::REQUEST_SCHEME, request.id),
+        }
+    }
+
+    /// Puts a grant into an answer: its id, terms hash and ODRL agreement.
+    fn with_grant(&self, result: &mut NegotiationResult, request: &AccessRequest, grant: Grant) {
+        result.status = "granted".to_string();
+        result.state = State::Finalized.as_str().to_string();
+        result.terms = Some(json!(grant.terms));
+        result.odrl = Some(self.odrl_for(
+            OdrlKind::Agreement,
+            &format!("urn:parley:agreement:{}", grant.id),
+            &request.principal,
+            &grant.terms,
+        ));
+        result.terms_hash = Some(grant.terms_hash.clone());
+        result.grant_id = Some(grant.id);
+    }
+
+    /// Moves a request to `state`; a request that another call already moved on is the agent's to re-read.
+    async fn transition(
+        &self,
+        request_id: &str,
+        state: State,
+        who: &str,
+        why: &str,
+    ) -> Result<(), ToolError> {
+        match self
+            .app
+            .store
+            .update_state(request_id, state, who, why)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(StoreError::InvalidTransition { from, .. }) => Err(ToolError::BadRequest(format!(
+                "request {request_id} is already {}: it was answered or decided meanwhile; access_status shows its \
+                 history",
+                from.as_str()
+            ))),
+            Err(e) => Err(Self::store_error(e)),
+        }
+    }
+
+    /// Asks `question` about `request` as an input-required result whose `requestState` is sealed to this caller
+    /// and call.
+    fn ask_later(
+        &self,
+        checked: &Checked<'_>,
+        question: Question,
+        request: &AccessRequest,
+        message: String,
+        call: &str,
+    ) -> Result<InputRequiredResult, ToolError> {
+        let state = StateSeal::new(&self.app.mask_secret).seal(
+            question,
+            &request.id,
+            checked.principal_id(),
+            call,
+        );
+        elicit::input_required(question, message, state)
+    }
+
+    /// Whether the caller of a pending request should be asked to approve it now: self-approval by elicitation
+    /// is enabled, the caller is one of the approvers the negotiation named (by id or group), and the policy
+    /// lets them decide requests on every table of it.
+    fn may_self_approve(
+        &self,
+        checked: &Checked<'_>,
+        request: &AccessRequest,
+        approvers: &[String],
+    ) -> bool {
+        let me = checked.principal();
+        self.app.config.negotiation.self_approval == SelfApproval::Elicit
+            && request.principal == me.id
+            && approvers
+                .iter()
+                .any(|a| *a == me.id || me.groups.iter().any(|g| g == a))
+            && self.decidable(checked, &request.tables)
+    }
+
+    /// What an approver is asked before approving their own request at once.
+    fn approval_text(&self, request: &AccessRequest, outcome: &Outcome) -> String {
+        let mut text = format!(
+            "You are an approver of {}: approve this request now?\nRequest {} by {} for the purpose {}",
+            request.tables.join(", "),
+            request.id,
+            request.principal,
+            request.purpose
+        );
+        if let Some(terms) = outcome.terms() {
+            text.push_str(&format!(
+                ", columns {}, until {}",
+                terms.columns.join(", "),
+                terms.expires_at
+            ));
+        }
+        if let Some(j) = &request.justification {
+            text.push_str(&format!("\nJustification: {j}"));
+        }
+        text.push_str(&format!(
+            "\nWhy it waits: {}\nDeclining leaves it pending; you can decide later with decide_request.",
+            outcome.explanation()
+        ));
+        text
+    }
+
+    /// Ends a request whose automatic grant waited for the person's acknowledgement: a grant when they accepted,
+    /// terminated when not.
+    async fn conclude_acknowledgement(
+        &self,
+        checked: &mut Checked<'_>,
+        request: &AccessRequest,
+        terms: &negotiation::Terms,
+        accepted: bool,
+        mut result: NegotiationResult,
+    ) -> Result<NegotiationResult, ToolError> {
+        let tables = request.tables.join(",");
+        if !accepted {
+            self.transition(
+                &request.id,
+                State::Terminated,
+                &request.principal,
+                "the user did not acknowledge the usage terms",
+            )
+            .await?;
+            result.status = "declined".to_string();
+            result.state = State::Terminated.as_str().to_string();
+            result.reason =
+                "the user did not acknowledge the contract's usage terms, so no grant was made"
+                    .to_string();
+            checked.note(
+                Action::RequestAccess,
+                &tables,
+                format!(
+                    "request {} declined by the user at acknowledgement",
+                    request.id
+                ),
+            );
+            return Ok(result);
+        }
+        self.transition(
+            &request.id,
+            State::Accepted,
+            &request.principal,
+            "the user acknowledged the usage terms",
+        )
+        .await?;
+        let grant = self.make_grant(request, terms.clone(), vec![]).await?;
+        for (state, why) in [
+            (State::Agreed, "agreement recorded as a grant"),
+            (State::Finalized, "grant in force"),
+        ] {
+            self.transition(&request.id, state, &request.principal, why)
+                .await?;
+        }
+        checked.note(
+            Action::RequestAccess,
+            &tables,
+            format!(
+                "request {} granted as grant {} after the user acknowledged the usage terms: {}",
+                request.id, grant.id, result.reason
+            ),
+        );
+        self.with_grant(&mut result, request, grant);
+        Ok(result)
+    }
+
+    /// Ends the question to an approver about their own pending request: approved (the same path as
+    /// `decide_request`, audited as their decision) or left pending.
+    async fn conclude_approval(
+        &self,
+        checked: &mut Checked<'_>,
+        request: &AccessRequest,
+        outcome: &Outcome,
+        answer: Answer<Approval>,
+        mut result: NegotiationResult,
+    ) -> Result<NegotiationResult, ToolError> {
+        let approval = match answer {
+            Answer::Given(a) if a.approve => a,
+            _ => {
+                checked.note(
+                    Action::RequestAccess,
+                    &request.tables.join(","),
+                    format!(
+                        "request {} pending: its requester, an approver, did not approve it when asked",
+                        request.id
+                    ),
+                );
+                result.reason.push_str(
+                    " You did not approve it now; decide later with decide_request, or wait for another approver.",
+                );
+                return Ok(result);
+            }
+        };
+        let reason = if approval.reason.trim().is_empty() {
+            "approved by the requester as an approver".to_string()
+        } else {
+            approval.reason.trim().to_string()
+        };
+        self.require_decide(checked, &request.tables)?;
+        let (grant, _) = self
+            .approve_request(
+                checked,
+                request,
+                outcome,
+                &reason,
+                &Tightening::default(),
+                "when asked through elicitation",
+            )
+            .await?;
+        self.with_grant(&mut result, request, grant);
+        result.reason = format!(
+            "approved by you as an approver of {} (asked through elicitation): {reason}",
+            request.tables.join(", ")
+        );
+        Ok(result)
+    }
+
     async fn do_request_access(
         &self,
         checked: &mut Checked<'_>,
         args: RequestAccessArgs,
-        elicitor: Option<Elicitor>,
-    ) -> Result<NegotiationResult, ToolError> {
+        asker: Option<&Asker>,
+        call: &str,
+    ) -> Result<RequestReply, ToolError> {
         if args.tables.is_empty() {
             return Err(ToolError::BadRequest(
                 "tables is empty: name at least one table as namespace.table".to_string(),
@@ -416,7 +652,7 @@ impl ParleyServer {
         );
         let outcome_json = serde_json::to_value(&outcome).map_err(internal)?;
         // A grant that a person must first acknowledge waits as an offer until they do.
-        let ask_first = elicitor.is_some() && matches!(outcome, Outcome::Granted { .. });
+        let ask_first = asker.is_some() && matches!(outcome, Outcome::Granted { .. });
         let initial = if ask_first {
             State::Offered
         } else {
@@ -427,75 +663,41 @@ impl ParleyServer {
             .save_request(&request, initial, &outcome_json)
             .await
             .map_err(Self::store_error)?;
-        let mut result = NegotiationResult {
-            request_id: request.id.clone(),
-            status: outcome.kind().to_string(),
-            state: outcome.state().as_str().to_string(),
-            reason: outcome.explanation(),
-            terms: outcome.terms().map(|t| json!(t)),
-            terms_hash: None,
-            grant_id: None,
-            approvers: None,
-            acceptable: None,
-            odrl: None,
-            acknowledgement: self
-                .app
-                .purposes
-                .get(&request.purpose)
-                .and_then(|p| p.acknowledgement.clone()),
-        };
+        let mut result = self.base_result(&request, &outcome);
+        let tables = args.tables.join(",");
         match &outcome {
-            Outcome::Granted { terms, .. } => {
-                if let Some(e) = &elicitor
-                    && !e.acknowledge(self.acknowledgement_text(terms)).await?
-                {
-                    self.app
-                        .store
-                        .update_state(
-                            &request.id,
-                            State::Terminated,
-                            &request.principal,
-                            "the user did not acknowledge the usage terms",
-                        )
+            Outcome::Granted { terms, .. } => match asker {
+                Some(Asker::Request(peer)) => {
+                    let answer =
+                        elicit::ask::<Acknowledgement>(peer, self.acknowledgement_text(terms))
+                            .await?;
+                    let accepted =
+                        matches!(answer, Answer::Given(Acknowledgement { accept: true }));
+                    return self
+                        .conclude_acknowledgement(checked, &request, terms, accepted, result)
                         .await
-                        .map_err(Self::store_error)?;
-                    result.status = "declined".to_string();
-                    result.state = State::Terminated.as_str().to_string();
-                    result.reason = "the user did not acknowledge the contract's usage terms, so no grant was made"
-                        .to_string();
+                        .map(RequestReply::done);
+                }
+                Some(Asker::InputRequired) => {
                     checked.note(
                         Action::RequestAccess,
-                        &args.tables.join(","),
+                        &tables,
                         format!(
-                            "request {} declined by the user at acknowledgement",
+                            "request {} granted subject to the user's acknowledgement of the usage terms; \
+                             asked for it (input required)",
                             request.id
                         ),
                     );
-                    return Ok(result);
+                    let message = self.acknowledgement_text(terms);
+                    return self
+                        .ask_later(checked, Question::Acknowledge, &request, message, call)
+                        .map(RequestReply::Ask);
                 }
-                let grant = self.make_grant(&request, terms.clone(), vec![]).await?;
-                if ask_first {
-                    for (state, why) in [
-                        (State::Accepted, "the user acknowledged the usage terms"),
-                        (State::Agreed, "agreement recorded as a grant"),
-                        (State::Finalized, "grant in force"),
-                    ] {
-                        self.app
-                            .store
-                            .update_state(&request.id, state, &request.principal, why)
-                            .await
-                            .map_err(Self::store_error)?;
-                    }
+                None => {
+                    let grant = self.make_grant(&request, terms.clone(), vec![]).await?;
+                    self.with_grant(&mut result, &request, grant);
                 }
-                result.odrl = Some(self.odrl_for(
-                    OdrlKind::Agreement,
-                    &format!("urn:parley:agreement:{}", grant.id),
-                    &request.principal,
-                    &grant.terms,
-                ));
-                result.terms_hash = Some(grant.terms_hash.clone());
-                result.grant_id = Some(grant.id);
-            }
+            },
             Outcome::CounterOffer { terms, .. } => {
                 result.terms_hash = Some(terms.hash());
                 result.odrl = Some(self.odrl_for(
@@ -505,12 +707,42 @@ impl ParleyServer {
                     terms,
                 ));
             }
-            Outcome::Pending { approvers, .. } => result.approvers = Some(approvers.clone()),
+            Outcome::Pending { approvers, .. } => {
+                result.approvers = Some(approvers.clone());
+                if let Some(asker) = asker
+                    && self.may_self_approve(checked, &request, approvers)
+                {
+                    let message = self.approval_text(&request, &outcome);
+                    match asker {
+                        Asker::Request(peer) => {
+                            let answer = elicit::ask::<Approval>(peer, message).await?;
+                            return self
+                                .conclude_approval(checked, &request, &outcome, answer, result)
+                                .await
+                                .map(RequestReply::done);
+                        }
+                        Asker::InputRequired => {
+                            checked.note(
+                                Action::RequestAccess,
+                                &tables,
+                                format!(
+                                    "request {} pending; its requester is an approver and was asked to approve \
+                                     it now (input required)",
+                                    request.id
+                                ),
+                            );
+                            return self
+                                .ask_later(checked, Question::Approve, &request, message, call)
+                                .map(RequestReply::Ask);
+                        }
+                    }
+                }
+            }
             Outcome::Denied { acceptable, .. } => result.acceptable = acceptable.clone(),
         }
         checked.note(
             Action::RequestAccess,
-            &args.tables.join(","),
+            &tables,
             format!(
                 "request {} {}{}: {}",
                 request.id,
@@ -523,7 +755,92 @@ impl ParleyServer {
                 result.reason
             ),
         );
-        Ok(result)
+        Ok(RequestReply::done(result))
+    }
+
+    /// The retry of a `request_access` call that asked the person something (protocol 2026-07-28): the echoed
+    /// `requestState` names the question and the request, and is checked before either is trusted.
+    async fn resume_request_access(
+        &self,
+        checked: &mut Checked<'_>,
+        handle: &str,
+        responses: Option<&rmcp::model::InputResponses>,
+        call: &str,
+    ) -> Result<RequestReply, ToolError> {
+        let me = checked.principal_id().to_string();
+        let (question, request_id) =
+            StateSeal::new(&self.app.mask_secret).open(handle, &me, call)?;
+        let stored = self.own_request(checked, &request_id).await?;
+        let request = stored.request;
+        let outcome: Outcome = serde_json::from_value(stored.outcome).map_err(internal)?;
+        let mut result = self.base_result(&request, &outcome);
+        let tables = request.tables.join(",");
+        match (question, &outcome) {
+            (Question::Acknowledge, Outcome::Granted { terms, .. }) => {
+                if stored.state != State::Offered {
+                    return Err(ToolError::BadRequest(format!(
+                        "request {request_id} is {}: it no longer waits for an acknowledgement; access_status \
+                         shows its history",
+                        stored.state.as_str()
+                    )));
+                }
+                match elicit::answer::<Acknowledgement>(responses, question)? {
+                    None => {
+                        checked.note(
+                            Action::RequestAccess,
+                            &tables,
+                            format!("request {request_id}: no answer in the retry; asked again"),
+                        );
+                        let message = self.acknowledgement_text(terms);
+                        self.ask_later(checked, question, &request, message, call)
+                            .map(RequestReply::Ask)
+                    }
+                    Some(answer) => {
+                        let accepted =
+                            matches!(answer, Answer::Given(Acknowledgement { accept: true }));
+                        self.conclude_acknowledgement(checked, &request, terms, accepted, result)
+                            .await
+                            .map(RequestReply::done)
+                    }
+                }
+            }
+            (Question::Approve, Outcome::Pending { approvers, .. }) => {
+                if stored.state != State::Requested {
+                    return Err(ToolError::BadRequest(format!(
+                        "request {request_id} is {}: it is no longer pending; access_status shows who decided",
+                        stored.state.as_str()
+                    )));
+                }
+                result.approvers = Some(approvers.clone());
+                if !self.may_self_approve(checked, &request, approvers) {
+                    return Err(ToolError::Denied {
+                        reason: format!("you may no longer approve request {request_id} yourself"),
+                        next_step:
+                            "Wait for another approver; access_status shows the request's state."
+                                .to_string(),
+                    });
+                }
+                match elicit::answer::<Approval>(responses, question)? {
+                    None => {
+                        checked.note(
+                            Action::RequestAccess,
+                            &tables,
+                            format!("request {request_id}: no answer in the retry; asked again"),
+                        );
+                        let message = self.approval_text(&request, &outcome);
+                        self.ask_later(checked, question, &request, message, call)
+                            .map(RequestReply::Ask)
+                    }
+                    Some(answer) => self
+                        .conclude_approval(checked, &request, &outcome, answer, result)
+                        .await
+                        .map(RequestReply::done),
+                }
+            }
+            _ => Err(internal(format!(
+                "request {request_id}'s stored outcome does not match the question sealed for it"
+            ))),
+        }
     }
 
     /// Loads a request the caller made (others' requests do not exist for them).
@@ -749,8 +1066,11 @@ impl ParleyServer {
             .requests_for_tables(&tables, Some(State::Requested))
             .await
             .map_err(Self::store_error)?;
+        // Under separation of duties a caller's own requests are for other approvers to decide.
+        let own_excluded = self.app.config.negotiation.self_approval == SelfApproval::Forbidden;
         let requests: Vec<Value> = pending
             .into_iter()
+            .filter(|r| !(own_excluded && r.request.principal == checked.principal_id()))
             .filter(|r| self.decidable(checked, &r.request.tables))
             .map(|r| {
                 json!({
@@ -776,11 +1096,110 @@ impl ParleyServer {
         Ok(RequestsResult { requests })
     }
 
+    /// Requires the policy's `decide_request` on every table of a request; each decision is recorded.
+    fn require_decide(
+        &self,
+        checked: &mut Checked<'_>,
+        tables: &[String],
+    ) -> Result<(), ToolError> {
+        for t in tables {
+            let name =
+                TableName::parse(t).map_err(|_| ToolError::TableNotFound { table: t.clone() })?;
+            let facts = self.app.lakehouse.facts_of_listed(&name);
+            checked.require(
+                Action::DecideRequest,
+                &Resource::Table(facts),
+                "Only the table's owners and approvers decide its access requests.",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Approves a pending request as the caller: the proposed terms, tightened as asked, become a grant naming
+    /// the caller as approver. `how` says how the decision was taken, for the history and the audit record.
+    async fn approve_request(
+        &self,
+        checked: &mut Checked<'_>,
+        request: &AccessRequest,
+        outcome: &Outcome,
+        reason: &str,
+        tighten: &Tightening,
+        how: &str,
+    ) -> Result<(Grant, Vec<String>), ToolError> {
+        let who = checked.principal_id().to_string();
+        let mut terms = match outcome {
+            Outcome::Pending { terms, .. } => terms.clone(),
+            other => other
+                .terms()
+                .cloned()
+                .ok_or_else(|| internal("a pending request without proposed terms"))?,
+        };
+        // An approver may tighten the proposed terms, never widen them.
+        let mut changes = Vec::new();
+        if let Some(at) = tighten.expires_at {
+            if at <= Utc::now() || at > terms.expires_at {
+                return Err(ToolError::BadRequest(format!(
+                    "expires_at must be in the future and not after the proposed expiry {}",
+                    terms.expires_at
+                )));
+            }
+            terms.expires_at = at;
+            changes.push(format!("term until {at}"));
+        }
+        if let Some(n) = tighten.max_queries {
+            terms.max_queries = Some(terms.max_queries.map_or(n, |m| m.min(n)));
+            changes.push(format!("at most {n} queries"));
+        }
+        if let Some(n) = tighten.max_rows {
+            terms.max_rows = Some(terms.max_rows.map_or(n, |m| m.min(n)));
+            changes.push(format!("at most {n} rows"));
+        }
+        let why = if how.is_empty() {
+            reason.to_string()
+        } else {
+            format!("{reason} (approved {how})")
+        };
+        self.transition(&request.id, State::Agreed, &who, &why)
+            .await?;
+        let grant = self.make_grant(request, terms, vec![who.clone()]).await?;
+        self.transition(&request.id, State::Finalized, &who, "grant in force")
+            .await?;
+        checked.note(
+            Action::DecideRequest,
+            &request.tables.join(","),
+            format!(
+                "request {} approved by {who}{} as grant {}{}: {reason}",
+                request.id,
+                if how.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {how}")
+                },
+                grant.id,
+                if changes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with changed terms ({})", changes.join(", "))
+                },
+            ),
+        );
+        Ok((grant, changes))
+    }
+
+    /// The notice a requester gets of an owner's decision on their request or grant.
+    fn notice(&self, principal: &str, resource: String, data: Value) -> Notice {
+        Notice {
+            principal: principal.to_string(),
+            resource,
+            data,
+        }
+    }
+
     async fn do_decide(
         &self,
         checked: &mut Checked<'_>,
         args: DecideArgs,
-    ) -> Result<DoneResult, ToolError> {
+    ) -> Result<Decided, ToolError> {
         let not_found = || {
             ToolError::BadRequest(format!(
                 "request {} not found among the pending requests you may decide; review_requests lists them",
@@ -794,15 +1213,7 @@ impl ParleyServer {
             .await
             .map_err(Self::store_error)?
             .ok_or_else(not_found)?;
-        for t in &stored.request.tables {
-            let name = TableName::parse(t).map_err(|_| not_found())?;
-            let facts = self.app.lakehouse.facts_of_listed(&name);
-            checked.require(
-                Action::DecideRequest,
-                &Resource::Table(facts),
-                "Only the table's owners and approvers decide its access requests.",
-            )?;
-        }
+        self.require_decide(checked, &stored.request.tables)?;
         if stored.state != State::Requested {
             return Err(ToolError::BadRequest(format!(
                 "request {} is {}, not pending",
@@ -811,86 +1222,85 @@ impl ParleyServer {
             )));
         }
         let who = checked.principal_id().to_string();
+        if self.app.config.negotiation.self_approval == SelfApproval::Forbidden
+            && stored.request.principal == who
+        {
+            return Err(ToolError::Denied {
+                reason: format!(
+                    "separation of duties: you made request {}, so you may not decide it \
+                     (negotiation.self_approval = forbidden)",
+                    args.request_id
+                ),
+                next_step: "Another approver of the table must decide it; review_requests lists it for them."
+                    .to_string(),
+            });
+        }
+        let request = &stored.request;
+        let resource = format!("{}{}", super::REQUEST_SCHEME, request.id);
+        let tables = request.tables.join(", ");
         if !args.approve {
-            self.app
-                .store
-                .update_state(&args.request_id, State::Terminated, &who, &args.reason)
-                .await
-                .map_err(Self::store_error)?;
+            self.transition(&args.request_id, State::Terminated, &who, &args.reason)
+                .await?;
             checked.note(
                 Action::DecideRequest,
-                &stored.request.tables.join(","),
+                &request.tables.join(","),
                 format!(
                     "request {} denied by {who}: {}",
                     args.request_id, args.reason
                 ),
             );
-            return Ok(DoneResult {
-                message: "request denied".to_string(),
-                grant_id: None,
-                state: Some(State::Terminated.as_str().to_string()),
+            let data = json!({
+                "kind": "denied",
+                "request_id": request.id,
+                "tables": request.tables,
+                "state": State::Terminated.as_str(),
+                "actor": who,
+                "reason": args.reason,
+                "at": Utc::now(),
+                "message": format!("{who} denied your access request {} ({tables}): {}", request.id, args.reason),
+            });
+            return Ok(Decided {
+                done: DoneResult {
+                    message: "request denied".to_string(),
+                    grant_id: None,
+                    state: Some(State::Terminated.as_str().to_string()),
+                },
+                notice: Some(self.notice(&request.principal, resource, data)),
             });
         }
         let outcome: Outcome = serde_json::from_value(stored.outcome.clone()).map_err(internal)?;
-        let mut terms = match outcome {
-            Outcome::Pending { terms, .. } => terms,
-            other => other
-                .terms()
-                .cloned()
-                .ok_or_else(|| internal("a pending request without proposed terms"))?,
+        let tighten = Tightening {
+            expires_at: args.expires_at,
+            max_queries: args.max_queries,
+            max_rows: args.max_rows,
         };
-        // An approver may tighten the proposed terms, never widen them.
-        let mut changes = Vec::new();
-        if let Some(at) = args.expires_at {
-            if at <= Utc::now() || at > terms.expires_at {
-                return Err(ToolError::BadRequest(format!(
-                    "expires_at must be in the future and not after the proposed expiry {}",
-                    terms.expires_at
-                )));
-            }
-            terms.expires_at = at;
-            changes.push(format!("term until {at}"));
-        }
-        if let Some(n) = args.max_queries {
-            terms.max_queries = Some(terms.max_queries.map_or(n, |m| m.min(n)));
-            changes.push(format!("at most {n} queries"));
-        }
-        if let Some(n) = args.max_rows {
-            terms.max_rows = Some(terms.max_rows.map_or(n, |m| m.min(n)));
-            changes.push(format!("at most {n} rows"));
-        }
-        let grant = self
-            .make_grant(&stored.request, terms, vec![who.clone()])
+        let (grant, changes) = self
+            .approve_request(checked, request, &outcome, &args.reason, &tighten, "")
             .await?;
-        for (state, why) in [
-            (State::Agreed, args.reason.as_str()),
-            (State::Finalized, "grant in force"),
-        ] {
-            self.app
-                .store
-                .update_state(&args.request_id, state, &who, why)
-                .await
-                .map_err(Self::store_error)?;
-        }
-        checked.note(
-            Action::DecideRequest,
-            &stored.request.tables.join(","),
-            format!(
-                "request {} approved by {who} as grant {}{}: {}",
-                args.request_id,
-                grant.id,
-                if changes.is_empty() {
-                    String::new()
-                } else {
-                    format!(" with changed terms ({})", changes.join(", "))
-                },
-                args.reason
+        let data = json!({
+            "kind": "approved",
+            "request_id": request.id,
+            "grant_id": grant.id,
+            "tables": request.tables,
+            "state": State::Finalized.as_str(),
+            "actor": who,
+            "reason": args.reason,
+            "changed_terms": changes,
+            "expires_at": grant.terms.expires_at,
+            "at": Utc::now(),
+            "message": format!(
+                "{who} approved your access request {} ({tables}): grant {} is in force; pass it to query as grant_id",
+                request.id, grant.id
             ),
-        );
-        Ok(DoneResult {
-            message: format!("request approved; grant {} is in force", grant.id),
-            grant_id: Some(grant.id),
-            state: Some(State::Finalized.as_str().to_string()),
+        });
+        let notice = self.notice(&request.principal, resource, data);
+        Ok(Decided {
+            done: DoneResult {
+                message: format!("request approved; grant {} is in force", grant.id),
+                grant_id: Some(grant.id),
+                state: Some(State::Finalized.as_str().to_string()),
+            },
+            notice: Some(notice),
         })
     }
 
@@ -898,7 +1308,7 @@ impl ParleyServer {
         &self,
         checked: &mut Checked<'_>,
         args: RevokeArgs,
-    ) -> Result<DoneResult, ToolError> {
+    ) -> Result<Decided, ToolError> {
         let not_found = || {
             ToolError::BadRequest(format!(
                 "grant {} not found among the grants you may revoke",
@@ -932,10 +1342,33 @@ impl ParleyServer {
             &grant.terms.tables.join(","),
             format!("grant {} revoked by {who}: {}", args.grant_id, args.reason),
         );
-        Ok(DoneResult {
-            message: format!("grant {} revoked", args.grant_id),
-            grant_id: Some(args.grant_id),
-            state: None,
+        let data = json!({
+            "kind": "revoked",
+            "request_id": grant.request_id,
+            "grant_id": grant.id,
+            "tables": grant.terms.tables,
+            "actor": who,
+            "reason": args.reason,
+            "at": Utc::now(),
+            "message": format!(
+                "{who} revoked your grant {} ({}): {}",
+                grant.id,
+                grant.terms.tables.join(", "),
+                args.reason
+            ),
+        });
+        let notice = self.notice(
+            &grant.principal,
+            format!("{}{}", super::GRANT_SCHEME, grant.id),
+            data,
+        );
+        Ok(Decided {
+            done: DoneResult {
+                message: format!("grant {} revoked", args.grant_id),
+                grant_id: Some(args.grant_id),
+                state: None,
+            },
+            notice: Some(notice),
         })
     }
 }
@@ -1053,6 +1486,51 @@ impl ParleyServer {
     }
 }
 
+impl ParleyServer {
+    /// Runs an owner's decision (`decide_request`, `revoke_grant`) through the gate and, once it is audited,
+    /// pushes its notice to the requester's live sessions without waiting for them.
+    async fn decided(
+        &self,
+        ctx: RequestContext<RoleServer>,
+        args: JsonObject,
+        tool: &'static str,
+    ) -> Result<CallToolResult, String> {
+        let principal = self.principal(&ctx);
+        let decided = self
+            .app
+            .gate
+            .run(&principal, tool, None, async |c| {
+                if tool == "revoke_grant" {
+                    self.do_revoke(c, parse_args(args)?).await
+                } else {
+                    self.do_decide(c, parse_args(args)?).await
+                }
+            })
+            .await?;
+        if let Some(notice) = decided.notice {
+            self.app.sessions.push(notice);
+        }
+        let r = decided.done;
+        let text = serde_json::to_string_pretty(&r).unwrap_or_default();
+        Ok(respond(&r, text))
+    }
+
+    /// The `request://{id}` resource: one of the caller's requests, as `access_status` shows it.
+    pub(super) async fn request_resource(
+        &self,
+        checked: &mut Checked<'_>,
+        id: &str,
+    ) -> Result<StatusResult, ToolError> {
+        self.do_status(
+            checked,
+            RequestIdArgs {
+                request_id: id.to_string(),
+            },
+        )
+        .await
+    }
+}
+
 macro_rules! gated {
     ($self:ident, $ctx:ident, $args:ident, $tool:literal, $method:ident) => {{
         let principal = $self.principal(&$ctx);
@@ -1080,20 +1558,45 @@ impl ParleyServer {
         &self,
         args: JsonObject,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<CallToolResult, String> {
+        RequestState(state): RequestState,
+        InputResponses(responses): InputResponses,
+    ) -> Result<CallToolResponse, String> {
         let principal = self.principal(&ctx);
         let purpose = args
             .get("purpose")
             .and_then(|p| p.as_str())
             .map(str::to_string);
-        let elicitor = Elicitor::of(&ctx);
-        let r = self
+        let asker = Asker::of(&ctx);
+        let call = elicit::call_digest(&args);
+        let reply = self
             .app
             .gate
-            .run(&principal, "request_access", purpose, async |c| {
-                self.do_request_access(c, parse_args(args)?, elicitor).await
-            })
+            .run(
+                &principal,
+                "request_access",
+                purpose,
+                async |c| match &state {
+                    Some(handle) => {
+                        self.resume_request_access(c, handle, responses.as_ref(), &call)
+                            .await
+                    }
+                    // Answers without the state they answer would start a new negotiation and ask again.
+                    None if responses.is_some() => Err(ToolError::BadRequest(
+                        "inputResponses came without requestState: retry with the requestState of the \
+                         input-required result, unchanged"
+                            .to_string(),
+                    )),
+                    None => {
+                        self.do_request_access(c, parse_args(args)?, asker.as_ref(), &call)
+                            .await
+                    }
+                },
+            )
             .await?;
+        let r = match reply {
+            RequestReply::Done(r) => *r,
+            RequestReply::Ask(question) => return Ok(CallToolResponse::InputRequired(question)),
+        };
         let text = format!(
             "{} (request {}): {}{}",
             r.status,
@@ -1108,7 +1611,7 @@ impl ParleyServer {
                     .map(|h| format!("\nTo accept: accept_offer with terms_hash {h}.")))
                 .unwrap_or_default()
         );
-        Ok(respond(&r, text))
+        Ok(respond(&r, text).into())
     }
 
     #[tool(
@@ -1192,7 +1695,7 @@ impl ParleyServer {
         args: JsonObject,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
-        gated!(self, ctx, args, "decide_request", do_decide)
+        self.decided(ctx, args, "decide_request").await
     }
 
     #[tool(
@@ -1234,7 +1737,7 @@ impl ParleyServer {
         args: JsonObject,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
-        gated!(self, ctx, args, "revoke_grant", do_revoke)
+        self.decided(ctx, args, "revoke_grant").await
     }
 }
 
