@@ -169,6 +169,10 @@ pub struct QueryLimits {
     pub spill_to_disk: bool,
     /// Partitions DataFusion plans with. Env: `PARLEY_QUERY_PARTITIONS`. Default: number of cores.
     pub target_partitions: usize,
+    /// Queries run at once; later ones wait their turn (within their time limit). Bounds the memory outside the
+    /// pool (Parquet buffers in flight) and keeps the cores from thrashing. Env: `PARLEY_QUERY_MAX_CONCURRENT`.
+    /// Default: twice the number of cores.
+    pub max_concurrent: usize,
     /// Longest SQL text accepted, in bytes. Default: 100000.
     pub max_sql_bytes: usize,
 }
@@ -201,6 +205,9 @@ impl Default for QueryLimits {
                 .map(|n| n.get())
                 .unwrap_or(2),
             max_sql_bytes: 100_000,
+            max_concurrent: 2 * std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
         }
     }
 }
@@ -298,6 +305,7 @@ impl Config {
         num("PARLEY_QUERY_MEMORY_BYTES", &get, &mut q.memory_bytes)?;
         num("PARLEY_QUERY_SPILL", &get, &mut q.spill_to_disk)?;
         num("PARLEY_QUERY_PARTITIONS", &get, &mut q.target_partitions)?;
+        num("PARLEY_QUERY_MAX_CONCURRENT", &get, &mut q.max_concurrent)?;
         num(
             "PARLEY_SELF_APPROVAL",
             &get,

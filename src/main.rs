@@ -438,7 +438,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
     );
     let purposes = parley::negotiation::Purposes::load(&dir.policy().join("purposes.yaml"))
         .map_err(|e| anyhow::anyhow!("cannot load the purpose registry: {e}"))?;
-    let engine = parley::query::Engine::new(&config.query)?;
+    let engine = parley::query::Engine::new(&config.query, &config.catalog_name)?;
     let cache_ttl = std::time::Duration::from_millis(config.catalog_cache_ttl_ms);
     Ok(Arc::new(App {
         discovery: Default::default(),

@@ -18,13 +18,14 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::{
-    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
+    CatalogProvider, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider,
+    SchemaProvider,
 };
 use datafusion::error::DataFusionError;
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
-use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::TableReference;
 use datafusion::sql::parser::{DFParser, Statement};
@@ -306,14 +307,20 @@ pub struct QueryResult {
 
 /// The query engine's shared runtime: one memory pool for all the queries a server runs at once, so the process
 /// stays within `memory_bytes` of query memory however many clients there are.
+///
+/// It also holds the session state every query starts from (configuration, functions, optimizer rules), built
+/// once: each query clones it and gets a catalog list of its own, so no query sees another's tables.
 pub struct Engine {
     limits: QueryLimits,
-    runtime: Arc<RuntimeEnv>,
+    base: SessionState,
+    /// One permit per query allowed to run at once (`max_concurrent`).
+    slots: tokio::sync::Semaphore,
 }
 
 impl Engine {
-    /// An engine with `limits`; the memory pool is `limits.memory_bytes`, shared by concurrent queries.
-    pub fn new(limits: &QueryLimits) -> Result<Engine, QueryError> {
+    /// An engine with `limits` whose queries name tables under `catalog_name`; the memory pool is
+    /// `limits.memory_bytes`, shared by concurrent queries.
+    pub fn new(limits: &QueryLimits, catalog_name: &str) -> Result<Engine, QueryError> {
         let pool = TrackConsumersPool::new(
             GreedyMemoryPool::new(limits.memory_bytes),
             NonZeroUsize::new(5).expect("nonzero"),
@@ -328,9 +335,24 @@ impl Engine {
             .with_disk_manager_builder(disk)
             .build_arc()
             .map_err(|e| QueryError::Execution(e.to_string()))?;
+        let config = SessionConfig::new()
+            .with_information_schema(false)
+            .with_target_partitions(limits.target_partitions.max(1))
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(catalog_name, "public");
+        // Table functions (generate_series, range) and external-table factories are dropped: an agent's SQL can
+        // reach nothing but the tables a query registers. `with_table_functions` must come after the defaults.
+        let base = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_table_functions(HashMap::new())
+            .with_table_factories(HashMap::new())
+            .build();
         Ok(Engine {
             limits: limits.clone(),
-            runtime,
+            base,
+            slots: tokio::sync::Semaphore::new(limits.max_concurrent.max(1)),
         })
     }
 
@@ -352,6 +374,12 @@ pub async fn execute(
     let limits = &engine.limits;
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(limits.timeout_ms);
+    // Wait for a slot; the wait counts against the query's time limit. Held until the result is complete.
+    let _slot = tokio::select! {
+        s = engine.slots.acquire() => s.map_err(|e| QueryError::Execution(e.to_string()))?,
+        _ = tokio::time::sleep_until(deadline) => return Err(QueryError::Timeout(limits.timeout_ms)),
+        _ = cancel.cancelled() => return Err(QueryError::Cancelled),
+    };
     let (ctx, snapshots) = session(tables, engine, catalog_name).await?;
     let run = async {
         let state = ctx.state();
@@ -513,21 +541,9 @@ async fn session(
     catalog_name: &str,
 ) -> Result<(SessionContext, Vec<SnapshotRead>), QueryError> {
     let internal = |e: &dyn std::fmt::Display| QueryError::Execution(e.to_string());
-    let limits = &engine.limits;
-    let config = SessionConfig::new()
-        .with_information_schema(false)
-        .with_target_partitions(limits.target_partitions.max(1))
-        .with_create_default_catalog_and_schema(false)
-        .with_default_catalog_and_schema(catalog_name, "public");
-    // Table functions (generate_series, range) and external-table factories are dropped: an agent's SQL can
-    // reach nothing but the tables registered below. `with_table_functions` must come after the defaults.
-    let state = SessionStateBuilder::new()
-        .with_config(config)
-        .with_runtime_env(engine.runtime.clone())
-        .with_default_features()
-        .with_table_functions(HashMap::new())
-        .with_table_factories(HashMap::new())
-        .build();
+    let mut state = engine.base.clone();
+    // The clone shares the base's catalog list: replace it, so this query's tables stay this query's.
+    state.register_catalog_list(Arc::new(MemoryCatalogProviderList::new()));
     let ctx = SessionContext::new_with_state(state);
     let catalog = Arc::new(MemoryCatalogProvider::new());
     let mut schemas: HashMap<String, Arc<MemorySchemaProvider>> = HashMap::new();
@@ -616,6 +632,66 @@ fn classify(e: DataFusionError, limits: &QueryLimits) -> QueryError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn each_query_sees_only_its_own_tables() {
+        use datafusion::arrow::array::{ArrayRef, Int64Array};
+        let engine = Engine::new(&QueryLimits::default(), "parley").unwrap();
+        let batch =
+            RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![1])) as ArrayRef)])
+                .unwrap();
+        let table = |name: &str| ReadableTable {
+            name: TableName::parse(name).unwrap(),
+            source: TableSource::Rows(batch.clone()),
+        };
+        let (a, _) = session(vec![table("s.secret")], &engine, "parley")
+            .await
+            .unwrap();
+        let (b, _) = session(vec![table("s.public")], &engine, "parley")
+            .await
+            .unwrap();
+        assert!(a.sql("SELECT x FROM s.secret").await.is_ok());
+        assert!(b.sql("SELECT x FROM s.public").await.is_ok());
+        // The sessions start from one shared base state; neither may see the other's tables, and the base none.
+        assert!(b.sql("SELECT x FROM s.secret").await.is_err());
+        assert!(a.sql("SELECT x FROM s.public").await.is_err());
+        assert!(engine.base.catalog_list().catalog_names().is_empty());
+    }
+
+    #[tokio::test]
+    async fn queries_past_the_concurrency_limit_wait_within_their_time_limit() {
+        use datafusion::arrow::array::{ArrayRef, Int64Array};
+        let limits = QueryLimits {
+            max_concurrent: 1,
+            timeout_ms: 300,
+            ..QueryLimits::default()
+        };
+        let engine = Engine::new(&limits, "parley").unwrap();
+        let batch =
+            RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![7])) as ArrayRef)])
+                .unwrap();
+        let run = || {
+            let prepared = prepare("SELECT x FROM s.t", &limits, "parley").unwrap();
+            let tables = vec![ReadableTable {
+                name: TableName::parse("s.t").unwrap(),
+                source: TableSource::Rows(batch.clone()),
+            }];
+            execute(
+                prepared,
+                tables,
+                &engine,
+                "parley",
+                10,
+                CancellationToken::new(),
+            )
+        };
+        // Another query holds the only slot: this one waits, and its time limit ends the wait.
+        let held = engine.slots.acquire().await.unwrap();
+        assert!(matches!(run().await, Err(QueryError::Timeout(300))));
+        drop(held);
+        let r = run().await.unwrap();
+        assert_eq!(r.rows, vec![vec![Value::from(7)]]);
+    }
 
     fn refused(sql: &str) -> String {
         match prepare(sql, &QueryLimits::default(), "parley") {
