@@ -93,9 +93,14 @@ pub struct Lakehouse {
     catalog: Arc<dyn Catalog>,
     contracts: ContractStore,
     cache_ttl: Duration,
-    names: Mutex<Option<(Instant, Arc<Vec<TableName>>)>>,
+    names: Arc<NamesSlot>,
+    /// A background refresh of `names` is running.
+    refreshing: Arc<std::sync::atomic::AtomicBool>,
     tables: Mutex<HashMap<TableName, (Instant, Table)>>,
 }
+
+/// The cached table list and when it was read.
+type NamesSlot = Mutex<Option<(Instant, Arc<Vec<TableName>>)>>;
 
 /// Most tables kept loaded; past it the cache is emptied (a crude bound: the catalog is the source of truth).
 const MAX_CACHED_TABLES: usize = 4096;
@@ -132,7 +137,8 @@ impl Lakehouse {
             catalog,
             contracts,
             cache_ttl: Duration::ZERO,
-            names: Mutex::new(None),
+            names: Arc::new(Mutex::new(None)),
+            refreshing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             tables: Mutex::new(HashMap::new()),
         }
     }
@@ -145,32 +151,64 @@ impl Lakehouse {
 
     /// Every table in the catalog, sorted, across nested namespaces. The same `Arc` comes back while the list is
     /// unchanged, so callers may key their own caches on it.
+    ///
+    /// With a cache, a list older than the TTL is still answered at once while one background task asks the
+    /// catalog again (listing walks every namespace, which costs a SQL catalog a scan per namespace); without one,
+    /// every call asks the catalog.
     pub async fn list_tables(&self) -> Result<Arc<Vec<TableName>>, CatalogError> {
+        use std::sync::atomic::Ordering;
         let previous = self.names.lock().expect("names lock").clone();
-        if let Some((at, names)) = &previous
-            && at.elapsed() < self.cache_ttl
-        {
-            return Ok(names.clone());
+        match &previous {
+            Some((at, names)) if at.elapsed() < self.cache_ttl => return Ok(names.clone()),
+            Some((_, names)) if !self.cache_ttl.is_zero() => {
+                if !self.refreshing.swap(true, Ordering::AcqRel) {
+                    let (catalog, slot, flag) = (
+                        self.catalog.clone(),
+                        self.names.clone(),
+                        self.refreshing.clone(),
+                    );
+                    tokio::spawn(async move {
+                        match list_all(catalog.as_ref()).await {
+                            Ok(fresh) => {
+                                store_names(&slot, fresh);
+                            }
+                            Err(e) => tracing::warn!("refreshing the table list failed: {e}"),
+                        }
+                        flag.store(false, Ordering::Release);
+                    });
+                }
+                return Ok(names.clone());
+            }
+            _ => {}
         }
-        let fresh = self.list_tables_uncached().await?;
-        let names = match previous {
-            Some((_, old)) if *old == fresh => old,
-            _ => Arc::new(fresh),
-        };
-        *self.names.lock().expect("names lock") = Some((Instant::now(), names.clone()));
-        Ok(names)
+        let fresh = list_all(self.catalog.as_ref()).await?;
+        Ok(store_names(&self.names, fresh))
     }
+}
 
-    async fn list_tables_uncached(&self) -> Result<Vec<TableName>, CatalogError> {
+/// Stores a freshly listed table list, keeping the previous `Arc` when nothing changed.
+fn store_names(slot: &NamesSlot, fresh: Vec<TableName>) -> Arc<Vec<TableName>> {
+    let mut slot = slot.lock().expect("names lock");
+    let names = match slot.take() {
+        Some((_, old)) if *old == fresh => old,
+        _ => Arc::new(fresh),
+    };
+    *slot = Some((Instant::now(), names.clone()));
+    names
+}
+
+/// Every table of `catalog`, sorted, across nested namespaces.
+async fn list_all(catalog: &dyn Catalog) -> Result<Vec<TableName>, CatalogError> {
+    {
         let mut out = Vec::new();
         let mut pending: Vec<Option<NamespaceIdent>> = vec![None];
         let mut seen = std::collections::HashSet::new();
         while let Some(parent) = pending.pop() {
-            for ns in self.catalog.list_namespaces(parent.as_ref()).await? {
+            for ns in catalog.list_namespaces(parent.as_ref()).await? {
                 if !seen.insert(ns.clone()) {
                     continue;
                 }
-                for t in self.catalog.list_tables(&ns).await? {
+                for t in catalog.list_tables(&ns).await? {
                     out.push(TableName::from_ident(&t));
                 }
                 pending.push(Some(ns));
@@ -180,7 +218,9 @@ impl Lakehouse {
         out.dedup();
         Ok(out)
     }
+}
 
+impl Lakehouse {
     /// Whether the table exists.
     pub async fn exists(&self, table: &TableName) -> Result<bool, CatalogError> {
         if let Some((at, names)) = &*self.names.lock().expect("names lock")
@@ -280,6 +320,19 @@ mod tests {
         // An unchanged list keeps its identity across refreshes (callers key caches on it).
         let again = uncached.list_tables().await.unwrap();
         assert!(Arc::ptr_eq(&again, &uncached.list_tables().await.unwrap()));
+        // Past the TTL the old list is answered while a background refresh runs; the new table then shows up.
+        let short = Lakehouse::new(catalog.clone(), ContractStore::default())
+            .with_cache_ttl(Duration::from_millis(1));
+        assert_eq!(short.list_tables().await.unwrap().len(), 2);
+        catalog.create_table(&ns, create("c")).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while short.list_tables().await.unwrap().len() != 3 {
+            assert!(
+                Instant::now() < deadline,
+                "the table list was never refreshed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[test]

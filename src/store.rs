@@ -448,6 +448,23 @@ fn distinct(items: &[String]) -> Vec<&str> {
     out
 }
 
+/// Numbers the `?` placeholders of `sql` as `$1, $2, ...`, the form both SQLite and PostgreSQL accept, so every
+/// statement of the store runs unchanged on either (statements here never hold a `?` inside a string literal).
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `?, ?, ?` for `n` parameters.
 fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
@@ -539,10 +556,8 @@ async fn append_event(
     reason: &str,
     at: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query::<Sqlite>(
-        "INSERT INTO negotiation_events (subject_id, seq, occurred_at, kind, state, actor, reason) \
-         SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ? FROM negotiation_events WHERE subject_id = ?",
-    )
+    sqlx::query::<Sqlite>(&numbered("INSERT INTO negotiation_events (subject_id, seq, occurred_at, kind, state, actor, reason) \
+         SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ? FROM negotiation_events WHERE subject_id = ?"))
     .bind(subject_id)
     .bind(at)
     .bind(kind.as_str())
@@ -575,11 +590,11 @@ impl NegotiationStore for SqliteStore {
             .begin()
             .await
             .map_err(db("starting to save a request"))?;
-        sqlx::query::<Sqlite>(
+        sqlx::query::<Sqlite>(&numbered(
             "INSERT INTO access_requests \
              (id, principal, purpose, state, request_json, outcome_json, created_at, updated_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
+        ))
         .bind(&request.id)
         .bind(&request.principal)
         .bind(&request.purpose)
@@ -592,9 +607,9 @@ impl NegotiationStore for SqliteStore {
         .await
         .map_err(insert_err("request", &request.id, "saving a request"))?;
         for table in distinct(&request.tables) {
-            sqlx::query::<Sqlite>(
+            sqlx::query::<Sqlite>(&numbered(
                 "INSERT INTO access_request_tables (request_id, table_name) VALUES (?, ?)",
-            )
+            ))
             .bind(&request.id)
             .bind(table)
             .execute(&mut *tx)
@@ -640,10 +655,10 @@ impl NegotiationStore for SqliteStore {
         let changed = if from.is_empty() {
             0
         } else {
-            let sql = format!(
+            let sql = numbered(&format!(
                 "UPDATE access_requests SET state = ?, updated_at = ? WHERE id = ? AND state IN ({})",
                 placeholders(from.len())
-            );
+            ));
             let mut query = sqlx::query::<Sqlite>(&sql)
                 .bind(state.as_str())
                 .bind(&now)
@@ -659,9 +674,9 @@ impl NegotiationStore for SqliteStore {
         };
         if changed == 0 {
             // Nothing changed: tell a missing request from one whose state cannot move there.
-            let current: Option<String> = sqlx::query_scalar::<Sqlite, String>(
+            let current: Option<String> = sqlx::query_scalar::<Sqlite, String>(&numbered(
                 "SELECT state FROM access_requests WHERE id = ?",
-            )
+            ))
             .bind(request_id)
             .fetch_optional(&mut *tx)
             .await
@@ -696,7 +711,7 @@ impl NegotiationStore for SqliteStore {
 
     async fn get_request(&self, id: &str) -> Result<Option<StoredRequest>, StoreError> {
         let sql = format!("SELECT {REQUEST_COLUMNS} FROM access_requests WHERE id = ?");
-        let row = sqlx::query::<Sqlite>(&sql)
+        let row = sqlx::query::<Sqlite>(&numbered(&sql))
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -711,7 +726,7 @@ impl NegotiationStore for SqliteStore {
         let sql = format!(
             "SELECT {REQUEST_COLUMNS} FROM access_requests WHERE principal = ? ORDER BY created_at, id"
         );
-        let rows = sqlx::query::<Sqlite>(&sql)
+        let rows = sqlx::query::<Sqlite>(&numbered(&sql))
             .bind(principal)
             .fetch_all(&self.pool)
             .await
@@ -737,6 +752,7 @@ impl NegotiationStore for SqliteStore {
             sql.push_str(" AND state = ?");
         }
         sql.push_str(" ORDER BY created_at, id");
+        let sql = numbered(&sql);
         let mut query = sqlx::query::<Sqlite>(&sql);
         for table in &tables {
             query = query.bind(*table);
@@ -772,12 +788,10 @@ impl NegotiationStore for SqliteStore {
             .begin()
             .await
             .map_err(db("starting to save a grant"))?;
-        sqlx::query::<Sqlite>(
-            "INSERT INTO access_grants \
+        sqlx::query::<Sqlite>(&numbered("INSERT INTO access_grants \
              (id, request_id, principal, purpose, terms_json, terms_hash, contract_versions_json, approvers_json, \
               created_at, expires_at, revoked_at, used_queries, used_rows) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
         .bind(&grant.id)
         .bind(&grant.request_id)
         .bind(&grant.principal)
@@ -795,9 +809,9 @@ impl NegotiationStore for SqliteStore {
         .await
         .map_err(insert_err("grant", &grant.id, "saving a grant"))?;
         for table in distinct(&grant.terms.tables) {
-            sqlx::query::<Sqlite>(
+            sqlx::query::<Sqlite>(&numbered(
                 "INSERT INTO access_grant_tables (grant_id, table_name) VALUES (?, ?)",
-            )
+            ))
             .bind(&grant.id)
             .bind(table)
             .execute(&mut *tx)
@@ -838,7 +852,7 @@ impl NegotiationStore for SqliteStore {
         let sql = format!(
             "SELECT {GRANT_COLUMNS} FROM access_grants WHERE principal = ? ORDER BY created_at, id"
         );
-        let rows = sqlx::query::<Sqlite>(&sql)
+        let rows = sqlx::query::<Sqlite>(&numbered(&sql))
             .bind(principal)
             .fetch_all(&self.pool)
             .await
@@ -851,7 +865,7 @@ impl NegotiationStore for SqliteStore {
             "SELECT {GRANT_COLUMNS} FROM access_grants WHERE id IN \
              (SELECT grant_id FROM access_grant_tables WHERE table_name = ?) ORDER BY created_at, id"
         );
-        let rows = sqlx::query::<Sqlite>(&sql)
+        let rows = sqlx::query::<Sqlite>(&numbered(&sql))
             .bind(table)
             .fetch_all(&self.pool)
             .await
@@ -861,7 +875,7 @@ impl NegotiationStore for SqliteStore {
 
     async fn get_grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
         let sql = format!("SELECT {GRANT_COLUMNS} FROM access_grants WHERE id = ?");
-        let row = sqlx::query::<Sqlite>(&sql)
+        let row = sqlx::query::<Sqlite>(&numbered(&sql))
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -876,9 +890,9 @@ impl NegotiationStore for SqliteStore {
             .begin()
             .await
             .map_err(db("starting a revocation"))?;
-        let changed = sqlx::query::<Sqlite>(
+        let changed = sqlx::query::<Sqlite>(&numbered(
             "UPDATE access_grants SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-        )
+        ))
         .bind(&now)
         .bind(id)
         .execute(&mut *tx)
@@ -887,7 +901,7 @@ impl NegotiationStore for SqliteStore {
         .rows_affected();
         if changed == 0 {
             let current: Option<Option<String>> = sqlx::query_scalar::<Sqlite, Option<String>>(
-                "SELECT revoked_at FROM access_grants WHERE id = ?",
+                &numbered("SELECT revoked_at FROM access_grants WHERE id = ?"),
             )
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -925,11 +939,11 @@ impl NegotiationStore for SqliteStore {
         let max_queries = max_queries.map(|m| to_i64(m, "quota")).transpose()?;
         let max_rows = max_rows.map(|m| to_i64(m, "quota")).transpose()?;
         // The quota check is in the UPDATE's WHERE clause, so check and count are one atomic step.
-        let totals = sqlx::query::<Sqlite>(
+        let totals = sqlx::query::<Sqlite>(&numbered(
             "UPDATE access_grants SET used_queries = used_queries + 1 \
              WHERE id = ? AND (? IS NULL OR used_queries < ?) AND (? IS NULL OR used_rows < ?) \
              RETURNING used_queries, used_rows",
-        )
+        ))
         .bind(grant_id)
         .bind(max_queries)
         .bind(max_queries)
@@ -951,9 +965,7 @@ impl NegotiationStore for SqliteStore {
 
     async fn add_rows(&self, grant_id: &str, rows: u64) -> Result<Usage, StoreError> {
         let rows = to_i64(rows, "usage")?;
-        let totals = sqlx::query::<Sqlite>(
-            "UPDATE access_grants SET used_rows = used_rows + ? WHERE id = ? RETURNING used_queries, used_rows",
-        )
+        let totals = sqlx::query::<Sqlite>(&numbered("UPDATE access_grants SET used_rows = used_rows + ? WHERE id = ? RETURNING used_queries, used_rows"))
         .bind(rows)
         .bind(grant_id)
         .fetch_all(&self.pool)
@@ -975,10 +987,10 @@ impl NegotiationStore for SqliteStore {
         let rows = to_i64(rows, "usage")?;
         // One statement: the increment and the read of the totals cannot interleave with another call.
         // `fetch_all` steps the statement to completion so the autocommit ends before we return.
-        let totals = sqlx::query::<Sqlite>(
+        let totals = sqlx::query::<Sqlite>(&numbered(
             "UPDATE access_grants SET used_queries = used_queries + 1, used_rows = used_rows + ? \
              WHERE id = ? RETURNING used_queries, used_rows",
-        )
+        ))
         .bind(rows)
         .bind(grant_id)
         .fetch_all(&self.pool)
@@ -997,10 +1009,8 @@ impl NegotiationStore for SqliteStore {
     }
 
     async fn events(&self, subject_id: &str) -> Result<Vec<Event>, StoreError> {
-        let rows = sqlx::query::<Sqlite>(
-            "SELECT subject_id, seq, occurred_at, kind, state, actor, reason FROM negotiation_events \
-             WHERE subject_id = ? ORDER BY seq",
-        )
+        let rows = sqlx::query::<Sqlite>(&numbered("SELECT subject_id, seq, occurred_at, kind, state, actor, reason FROM negotiation_events \
+             WHERE subject_id = ? ORDER BY seq"))
         .bind(subject_id)
         .fetch_all(&self.pool)
         .await
@@ -1018,6 +1028,19 @@ mod tests {
 
     use super::*;
     use crate::negotiation::{Mask, RowScope};
+
+    #[test]
+    fn placeholders_are_numbered_for_sqlite_and_postgres_alike() {
+        assert_eq!(
+            numbered("UPDATE t SET a = ? WHERE id = ? AND (? IS NULL OR n < ?)"),
+            "UPDATE t SET a = $1 WHERE id = $2 AND ($3 IS NULL OR n < $4)"
+        );
+        assert_eq!(
+            numbered(&format!("SELECT 1 WHERE x IN ({})", placeholders(3))),
+            "SELECT 1 WHERE x IN ($1, $2, $3)"
+        );
+        assert_eq!(numbered("SELECT 1"), "SELECT 1");
+    }
 
     fn request(id: &str, tables: &[&str]) -> AccessRequest {
         AccessRequest {
