@@ -273,7 +273,7 @@ async fn native_parquet(data: &Path) -> Result<SessionContext> {
             .try_collect::<Vec<String>>()
             .await?
             .iter()
-            .map(|p| ListingTableUrl::parse(p))
+            .map(ListingTableUrl::parse)
             .collect::<Result<_, _>>()?;
         let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
             .with_file_extension(".parquet")
