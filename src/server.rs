@@ -67,6 +67,8 @@ pub struct App {
     pub engine: crate::query::Engine,
     /// What each principal may discover, cached per policy version and table list.
     pub discovery: DiscoveryCache,
+    /// Each principal's grants for `list_tables`' coverage hints: (read at, store grant generation, grants).
+    pub grants_hint: GrantsHint,
     /// Live MCP sessions per principal, for pushing notices of owners' decisions.
     pub sessions: Sessions,
 }
@@ -96,6 +98,14 @@ struct DiscoveryEntry {
 
 /// Principals kept before the cache starts over.
 const MAX_DISCOVERY_ENTRIES: usize = 1024;
+
+/// See [`App::grants_hint`].
+pub type GrantsHint = std::sync::Mutex<
+    std::collections::HashMap<
+        String,
+        (std::time::Instant, u64, Arc<Vec<crate::negotiation::Grant>>),
+    >,
+>;
 
 impl DiscoveryCache {
     fn get(
@@ -662,6 +672,47 @@ impl ParleyServer {
         Ok(visible)
     }
 
+    /// The caller's grants, to mark the tables they cover in `list_tables` (a hint: `query` always reads grants
+    /// from the store). Reused while this process changed no grant and for at most the catalog cache TTL (grants
+    /// made by another process sharing the state store show up within it).
+    async fn grants_hint(
+        &self,
+        principal: &str,
+    ) -> Result<Arc<Vec<crate::negotiation::Grant>>, ToolError> {
+        let ttl = std::time::Duration::from_millis(self.app.config.catalog_cache_ttl_ms);
+        let generation = self.app.store.grant_generation();
+        if let Some(generation) = generation
+            && let Some((at, g, grants)) = self
+                .app
+                .grants_hint
+                .lock()
+                .expect("grants hint lock")
+                .get(principal)
+            && *g == generation
+            && at.elapsed() < ttl
+        {
+            return Ok(grants.clone());
+        }
+        let grants = Arc::new(
+            self.app
+                .store
+                .grants_for_principal(principal)
+                .await
+                .map_err(internal)?,
+        );
+        if let Some(generation) = generation {
+            let mut hint = self.app.grants_hint.lock().expect("grants hint lock");
+            if hint.len() >= MAX_DISCOVERY_ENTRIES {
+                hint.clear();
+            }
+            hint.insert(
+                principal.to_string(),
+                (std::time::Instant::now(), generation, grants.clone()),
+            );
+        }
+        Ok(grants)
+    }
+
     async fn do_list_tables(
         &self,
         checked: &mut Checked<'_>,
@@ -701,15 +752,9 @@ impl ParleyServer {
             .collect();
         let total = matches.len();
         let now = chrono::Utc::now();
-        let live_grants: Vec<crate::negotiation::Grant> = self
-            .app
-            .store
-            .grants_for_principal(checked.principal_id())
-            .await
-            .map_err(internal)?
-            .into_iter()
-            .filter(|g| g.is_live(now))
-            .collect();
+        let grants = self.grants_hint(checked.principal_id()).await?;
+        let live_grants: Vec<&crate::negotiation::Grant> =
+            grants.iter().filter(|g| g.is_live(now)).collect();
         let mut tables = Vec::new();
         for d in matches.into_iter().skip(offset).take(page_size) {
             let (name, resource) = (&d.name, d.resource.clone());

@@ -272,6 +272,12 @@ pub trait NegotiationStore: Send + Sync {
 
     /// The history of a request or grant, oldest first.
     async fn events(&self, subject_id: &str) -> Result<Vec<Event>, StoreError>;
+
+    /// A counter that changes after every grant this process saves or revokes through the store, so callers may
+    /// reuse a principal's grant list while it stands still; `None` when the store cannot tell (never cache).
+    fn grant_generation(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// [`NegotiationStore`] on a SQLite file (WAL, `synchronous=FULL`).
@@ -279,6 +285,8 @@ pub trait NegotiationStore: Send + Sync {
 pub struct SqliteStore {
     pool: SqlitePool,
     path: PathBuf,
+    /// Bumped after each committed grant or revocation (see [`NegotiationStore::grant_generation`]).
+    grant_writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SqliteStore {
@@ -335,7 +343,11 @@ impl SqliteStore {
             pool.close().await;
             return Err(StoreError::Migrate { path, source });
         }
-        Ok(SqliteStore { pool, path })
+        Ok(SqliteStore {
+            pool,
+            path,
+            grant_writes: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        })
     }
 
     /// The database file.
@@ -845,7 +857,10 @@ impl NegotiationStore for SqliteStore {
             &now,
         )
         .await?;
-        tx.commit().await.map_err(db("committing a grant"))
+        tx.commit().await.map_err(db("committing a grant"))?;
+        self.grant_writes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
     }
 
     async fn grants_for_principal(&self, principal: &str) -> Result<Vec<Grant>, StoreError> {
@@ -927,7 +942,10 @@ impl NegotiationStore for SqliteStore {
             });
         }
         append_event(&mut tx, id, EventKind::Revoked, None, by, why, &now).await?;
-        tx.commit().await.map_err(db("committing a revocation"))
+        tx.commit().await.map_err(db("committing a revocation"))?;
+        self.grant_writes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
     }
 
     async fn reserve_query(
@@ -1006,6 +1024,10 @@ impl NegotiationStore for SqliteStore {
             queries: from_i64(col(row, "used_queries")?, "grant", grant_id)?,
             rows: from_i64(col(row, "used_rows")?, "grant", grant_id)?,
         })
+    }
+
+    fn grant_generation(&self) -> Option<u64> {
+        Some(self.grant_writes.load(std::sync::atomic::Ordering::Acquire))
     }
 
     async fn events(&self, subject_id: &str) -> Result<Vec<Event>, StoreError> {
@@ -1264,9 +1286,12 @@ mod tests {
         let live = grant("req-1", "alice", now + TimeDelta::days(30));
         let expired = grant("req-2", "alice", now - TimeDelta::seconds(1));
         let other = grant("req-3", "bob", now + TimeDelta::days(1));
+        let before = store.grant_generation().unwrap();
         for g in [&live, &expired, &other] {
             store.save_grant(g).await.unwrap();
         }
+        let saved = store.grant_generation().unwrap();
+        assert!(saved > before, "saving grants moves the generation");
 
         assert_eq!(store.get_grant(&live.id).await.unwrap().unwrap(), live);
         assert!(store.get_grant("grant-404").await.unwrap().is_none());
@@ -1293,6 +1318,10 @@ mod tests {
             .revoke_grant(&live.id, "sales-owner", "purpose ended")
             .await
             .unwrap();
+        assert!(
+            store.grant_generation().unwrap() > saved,
+            "a revocation moves the generation"
+        );
         let revoked = store.get_grant(&live.id).await.unwrap().unwrap();
         assert!(revoked.revoked_at.is_some());
         assert!(!revoked.is_live(now));

@@ -184,6 +184,13 @@ async fn granted_counter_offer_and_denied_outcomes() {
 
     let mine = ok(&call(&analyst, "my_grants", json!({})).await);
     assert_eq!(mine["grants"].as_array().unwrap().len(), 3);
+    // list_tables reuses the caller's grant list between calls; the new grant still shows at once.
+    let list = ok(&call(&analyst, "list_tables", json!({"filter": "customers"})).await);
+    assert_eq!(
+        list["tables"][0]["grant_ids"].as_array().unwrap().len(),
+        3,
+        "{list:#}"
+    );
     analyst.cancel().await.unwrap();
 
     // Every step is audited with its request or grant id.
