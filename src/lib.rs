@@ -18,5 +18,6 @@ pub mod identity;
 pub mod negotiation;
 pub mod policy;
 pub mod query;
+pub mod scan;
 pub mod server;
 pub mod store;

@@ -32,7 +32,6 @@ use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use futures::StreamExt;
 use iceberg::table::Table;
-use iceberg_datafusion::IcebergStaticTableProvider;
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value;
@@ -220,11 +219,11 @@ async fn governed_view(
     use datafusion::logical_expr::{cast, ident, lit};
     use datafusion::scalar::ScalarValue;
     let plan_error = |e: DataFusionError| QueryError::Execution(strip_df(&e));
-    let base = IcebergStaticTableProvider::try_new_from_table(table)
+    let base = crate::scan::provider(table)
         .await
-        .map_err(|e| QueryError::Execution(e.to_string()))?;
+        .map_err(QueryError::Execution)?;
     let internal = SessionContext::new();
-    let mut df = internal.read_table(Arc::new(base)).map_err(plan_error)?;
+    let mut df = internal.read_table(base).map_err(plan_error)?;
     if let Some((column, values)) = &governance.row_filter {
         let list = values.iter().map(|v| lit(v.clone())).collect();
         df = df
@@ -556,11 +555,9 @@ async fn session(
                     table: t.name.to_string(),
                     snapshot_id: table.metadata().current_snapshot_id(),
                 });
-                Arc::new(
-                    IcebergStaticTableProvider::try_new_from_table(table)
-                        .await
-                        .map_err(|e| internal(&e))?,
-                )
+                crate::scan::provider(table)
+                    .await
+                    .map_err(|e| internal(&e))?
             }
             TableSource::Governed(table, governance) => {
                 snapshots.push(SnapshotRead {

@@ -1,0 +1,131 @@
+//! How a query reads an Iceberg table: the files of its snapshot, planned by iceberg-rust, scanned by DataFusion's
+//! own Parquet reader.
+//!
+//! iceberg-datafusion's `IcebergTableScan` reads a whole table as one stream (one output partition) and decodes it
+//! through iceberg-rust's reader, so a query's scan runs on one core; DataFusion's Parquet scan splits files into
+//! byte ranges over all partitions and prunes row groups and pages with statistics. [`provider`] uses the latter
+//! when it reads exactly what Iceberg would — data files without delete files, written under the table's only
+//! schema (no evolution, so column names mean the same field ids in every file) — and falls back to
+//! iceberg-datafusion otherwise. The benchmark (`BENCHMARKS.md`) measures the difference.
+//!
+//! Invariant: the files read are exactly the data files of the table's current snapshot as iceberg-rust plans
+//! them; nothing here lists a directory or takes a path from a query.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef as ArrowSchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DFSchema, Result as DfResult};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+use futures::TryStreamExt;
+use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::spec::DataFileFormat;
+use iceberg::table::Table;
+use iceberg_datafusion::IcebergStaticTableProvider;
+
+/// A read-only provider for the current snapshot of `table`.
+pub async fn provider(table: Table) -> Result<Arc<dyn TableProvider>, String> {
+    let meta = table.metadata();
+    let one_schema = meta.schemas_iter().count() == 1;
+    if one_schema && let Some(snapshot_id) = meta.current_snapshot_id() {
+        let files = table
+            .scan()
+            .snapshot_id(snapshot_id)
+            .build()
+            .map_err(|e| e.to_string())?
+            .plan_files()
+            .await
+            .map_err(|e| e.to_string())?
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| e.to_string())?;
+        let plain = files
+            .iter()
+            .all(|t| t.deletes.is_empty() && t.data_file_format == DataFileFormat::Parquet);
+        let local: Option<Vec<PartitionedFile>> = files
+            .iter()
+            .map(|t| {
+                t.data_file_path
+                    .strip_prefix("file://")
+                    .map(|p| PartitionedFile::new(p.to_string(), t.file_size_in_bytes))
+            })
+            .collect();
+        if plain && let Some(files) = local {
+            let schema = Arc::new(
+                schema_to_arrow_schema(meta.current_schema()).map_err(|e| e.to_string())?,
+            );
+            return Ok(Arc::new(SnapshotFiles { schema, files }));
+        }
+    }
+    Ok(Arc::new(
+        IcebergStaticTableProvider::try_new_from_table(table)
+            .await
+            .map_err(|e| e.to_string())?,
+    ))
+}
+
+/// The Parquet data files of one snapshot (local storage), scanned by DataFusion.
+#[derive(Debug)]
+struct SnapshotFiles {
+    schema: ArrowSchemaRef,
+    files: Vec<PartitionedFile>,
+}
+
+#[async_trait]
+impl TableProvider for SnapshotFiles {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> ArrowSchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    /// Filters prune row groups and pages; DataFusion still applies them to the rows.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let mut source = ParquetSource::new(self.schema.clone())
+            .with_table_parquet_options(state.table_options().parquet.clone());
+        if let Some(predicate) = conjunction(filters.iter().cloned()) {
+            let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+            source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+        }
+        // One group per file; DataFusion's optimizer splits large files into byte ranges across partitions.
+        let groups = self
+            .files
+            .iter()
+            .map(|f| FileGroup::new(vec![f.clone()]))
+            .collect();
+        let config =
+            FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+                .with_file_groups(groups)
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}
