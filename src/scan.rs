@@ -59,9 +59,8 @@ pub async fn provider(table: Table) -> Result<Arc<dyn TableProvider>, String> {
             })
             .collect();
         if plain && let Some(files) = local {
-            let schema = Arc::new(
-                schema_to_arrow_schema(meta.current_schema()).map_err(|e| e.to_string())?,
-            );
+            let schema =
+                Arc::new(schema_to_arrow_schema(meta.current_schema()).map_err(|e| e.to_string())?);
             return Ok(Arc::new(SnapshotFiles { schema, files }));
         }
     }
@@ -127,5 +126,75 @@ impl TableProvider for SnapshotFiles {
                 .with_limit(limit)
                 .build();
         Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use datafusion::arrow::array::{ArrayRef, Int64Array};
+    use datafusion::prelude::SessionContext;
+    use iceberg::spec::{NestedField, PrimitiveType, Type};
+    use iceberg::{Catalog, NamespaceIdent};
+
+    use super::*;
+    use crate::catalog::open_sql_catalog;
+    use crate::demo::{TableLayout, append, create_table};
+
+    /// Appends `values` as one snapshot.
+    async fn commit(catalog: &dyn Catalog, table: Table, values: Vec<i64>) -> Table {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(Ok(vec![Arc::new(Int64Array::from(values)) as ArrayRef]))
+            .await
+            .unwrap();
+        drop(tx);
+        append(catalog, table, 1024, rx).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_read_from_exactly_its_data_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = open_sql_catalog(&dir.path().join("c.db"), &dir.path().join("w"), "t")
+            .await
+            .unwrap();
+        let ns = NamespaceIdent::new("ns".to_string());
+        catalog.create_namespace(&ns, HashMap::new()).await.unwrap();
+        let layout = TableLayout {
+            namespace: "ns",
+            name: "t",
+            fields: vec![NestedField::required(
+                1,
+                "n",
+                Type::Primitive(PrimitiveType::Long),
+            )],
+            partition: None,
+            properties: vec![],
+        };
+        let table = create_table(catalog.as_ref(), layout).await.unwrap();
+        let first = commit(catalog.as_ref(), table, (1..=100).collect()).await;
+        let both = commit(catalog.as_ref(), first.clone(), (101..=150).collect()).await;
+
+        let read = |table: Table| async move {
+            let provider = provider(table).await.unwrap();
+            let files = provider
+                .as_any()
+                .downcast_ref::<SnapshotFiles>()
+                .map(|s| s.files.len());
+            let ctx = SessionContext::new();
+            let batches = ctx
+                .read_table(provider)
+                .unwrap()
+                .filter(datafusion::prelude::col("n").gt(datafusion::prelude::lit(90_i64)))
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            (files, rows)
+        };
+        // The first snapshot's one file, then both files once the second commit is current.
+        assert_eq!(read(first).await, (Some(1), 10));
+        assert_eq!(read(both).await, (Some(2), 60));
     }
 }
