@@ -96,6 +96,9 @@ pub struct Lakehouse {
     names: Arc<NamesSlot>,
     /// A background refresh of `names` is running.
     refreshing: Arc<std::sync::atomic::AtomicBool>,
+    /// How long the last listing took, in microseconds: the list is not refreshed more often than
+    /// [`LISTING_COST_FACTOR`] times that, so background listing of a large catalog takes a bounded share of a core.
+    listing_micros: Arc<std::sync::atomic::AtomicU64>,
     tables: Mutex<HashMap<TableName, (Instant, Table)>>,
 }
 
@@ -139,6 +142,7 @@ impl Lakehouse {
             cache_ttl: Duration::ZERO,
             names: Arc::new(Mutex::new(None)),
             refreshing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            listing_micros: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             tables: Mutex::new(HashMap::new()),
         }
     }
@@ -149,26 +153,42 @@ impl Lakehouse {
         self
     }
 
+    /// How long a listed table list is answered without asking the catalog: zero without a cache, else the TTL or
+    /// `LISTING_COST_FACTOR` × the last listing's duration, whichever is longer.
+    fn names_fresh_for(&self) -> Duration {
+        if self.cache_ttl.is_zero() {
+            return Duration::ZERO;
+        }
+        let listing = Duration::from_micros(
+            self.listing_micros
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        self.cache_ttl.max(listing * LISTING_COST_FACTOR)
+    }
+
     /// Every table in the catalog, sorted, across nested namespaces. The same `Arc` comes back while the list is
     /// unchanged, so callers may key their own caches on it.
     ///
     /// With a cache, a list older than the TTL is still answered at once while one background task asks the
-    /// catalog again (listing walks every namespace, which costs a SQL catalog a scan per namespace); without one,
-    /// every call asks the catalog.
+    /// catalog again (listing walks every namespace, which costs a SQL catalog a scan per namespace); the list is
+    /// refreshed at most every `LISTING_COST_FACTOR` × the last listing's duration, so on a catalog whose listing
+    /// takes 0.3 s a new table shows up within 6 s rather than the TTL. Without a cache, every call asks the catalog.
     pub async fn list_tables(&self) -> Result<Arc<Vec<TableName>>, CatalogError> {
         use std::sync::atomic::Ordering;
         let previous = self.names.lock().expect("names lock").clone();
+        let fresh_for = self.names_fresh_for();
         match &previous {
-            Some((at, names)) if at.elapsed() < self.cache_ttl => return Ok(names.clone()),
+            Some((at, names)) if at.elapsed() < fresh_for => return Ok(names.clone()),
             Some((_, names)) if !self.cache_ttl.is_zero() => {
                 if !self.refreshing.swap(true, Ordering::AcqRel) {
-                    let (catalog, slot, flag) = (
+                    let (catalog, slot, flag, cost) = (
                         self.catalog.clone(),
                         self.names.clone(),
                         self.refreshing.clone(),
+                        self.listing_micros.clone(),
                     );
                     tokio::spawn(async move {
-                        match list_all(catalog.as_ref()).await {
+                        match timed_list_all(catalog.as_ref(), &cost).await {
                             Ok(fresh) => {
                                 store_names(&slot, fresh);
                             }
@@ -181,9 +201,26 @@ impl Lakehouse {
             }
             _ => {}
         }
-        let fresh = list_all(self.catalog.as_ref()).await?;
+        let fresh = timed_list_all(self.catalog.as_ref(), &self.listing_micros).await?;
         Ok(store_names(&self.names, fresh))
     }
+}
+
+/// Background listing may use at most 1/this of a core: see [`Lakehouse::list_tables`].
+const LISTING_COST_FACTOR: u32 = 20;
+
+/// [`list_all`], recording how long it took.
+async fn timed_list_all(
+    catalog: &dyn Catalog,
+    cost: &std::sync::atomic::AtomicU64,
+) -> Result<Vec<TableName>, CatalogError> {
+    let started = Instant::now();
+    let names = list_all(catalog).await?;
+    cost.store(
+        started.elapsed().as_micros() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    Ok(names)
 }
 
 /// Stores a freshly listed table list, keeping the previous `Arc` when nothing changed.
@@ -223,8 +260,9 @@ async fn list_all(catalog: &dyn Catalog) -> Result<Vec<TableName>, CatalogError>
 impl Lakehouse {
     /// Whether the table exists.
     pub async fn exists(&self, table: &TableName) -> Result<bool, CatalogError> {
+        let fresh_for = self.names_fresh_for();
         if let Some((at, names)) = &*self.names.lock().expect("names lock")
-            && at.elapsed() < self.cache_ttl
+            && at.elapsed() < fresh_for
         {
             return Ok(names.binary_search(table).is_ok());
         }
