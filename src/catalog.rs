@@ -290,6 +290,24 @@ impl Lakehouse {
         )
     }
 
+    /// Applies `f` to the table's current metadata: to the cached table in place when it is fresh (no clone),
+    /// else to a freshly loaded one.
+    pub async fn inspect<R>(
+        &self,
+        table: &TableName,
+        f: impl FnOnce(&Table) -> R,
+    ) -> Result<R, CatalogError> {
+        {
+            let tables = self.tables.lock().expect("tables lock");
+            if let Some((at, t)) = tables.get(table)
+                && at.elapsed() < self.cache_ttl
+            {
+                return Ok(f(t));
+            }
+        }
+        Ok(f(&self.load(table).await?))
+    }
+
     /// Loads the table's current metadata (reused for the cache TTL).
     pub async fn load(&self, table: &TableName) -> Result<Table, CatalogError> {
         if let Some((at, t)) = self.tables.lock().expect("tables lock").get(table)

@@ -406,9 +406,9 @@ pub struct AnswerArgs {
 
 /// A tool result: `structuredContent` for programs, compact `text` for the model.
 fn respond<T: Serialize>(value: &T, text: String) -> CallToolResult {
-    let mut result =
-        CallToolResult::structured(serde_json::to_value(value).expect("tool results serialize"));
-    result.content = vec![ContentBlock::text(text)];
+    // Not `CallToolResult::structured`: it also renders the value as JSON text, which the text here replaces.
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    result.structured_content = Some(serde_json::to_value(value).expect("tool results serialize"));
     result
 }
 
@@ -768,8 +768,8 @@ impl ParleyServer {
                 continue;
             };
             let contract = lakehouse.contract(name).map(|c| &c.contract);
-            let rows = match lakehouse.load(name).await {
-                Ok(t) => row_count(&t),
+            let rows = match lakehouse.inspect(name, row_count).await {
+                Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(table = %name, "cannot load table metadata: {e}");
                     None
