@@ -99,7 +99,9 @@ pub struct Lakehouse {
     /// How long the last listing took, in microseconds: the list is not refreshed more often than
     /// [`LISTING_COST_FACTOR`] times that, so background listing of a large catalog takes a bounded share of a core.
     listing_micros: Arc<std::sync::atomic::AtomicU64>,
-    tables: Mutex<HashMap<TableName, (Instant, Table)>>,
+    tables: Arc<Mutex<HashMap<TableName, (Instant, Table)>>>,
+    /// Tables being reloaded in the background by [`Lakehouse::inspect_listed`].
+    reloading: Arc<Mutex<std::collections::HashSet<TableName>>>,
 }
 
 /// The cached table list and when it was read.
@@ -143,7 +145,8 @@ impl Lakehouse {
             names: Arc::new(Mutex::new(None)),
             refreshing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             listing_micros: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            tables: Mutex::new(HashMap::new()),
+            tables: Arc::new(Mutex::new(HashMap::new())),
+            reloading: Arc::new(Mutex::new(std::collections::HashSet::new())),
         }
     }
 
@@ -290,22 +293,63 @@ impl Lakehouse {
         )
     }
 
-    /// Applies `f` to the table's current metadata: to the cached table in place when it is fresh (no clone),
-    /// else to a freshly loaded one.
-    pub async fn inspect<R>(
+    /// Applies `f` to the table's cached metadata in place (no clone), for listings. Past the TTL the cached table
+    /// is still used while one background task reloads it, so a page of `list_tables` never waits on the catalog
+    /// for tables it has seen; a table not cached yet is loaded now. `query` and `describe_table` use
+    /// [`Lakehouse::load`], which never answers past the TTL.
+    pub async fn inspect_listed<R>(
         &self,
         table: &TableName,
         f: impl FnOnce(&Table) -> R,
     ) -> Result<R, CatalogError> {
         {
             let tables = self.tables.lock().expect("tables lock");
-            if let Some((at, t)) = tables.get(table)
-                && at.elapsed() < self.cache_ttl
-            {
+            if let Some((at, t)) = tables.get(table) {
+                if at.elapsed() >= self.cache_ttl {
+                    self.reload_in_background(table);
+                }
                 return Ok(f(t));
             }
         }
         Ok(f(&self.load(table).await?))
+    }
+
+    /// Reloads a cached table in a background task, one at a time per table. A table that no longer loads leaves
+    /// the cache, so the next caller sees the catalog's error.
+    fn reload_in_background(&self, table: &TableName) {
+        if !self
+            .reloading
+            .lock()
+            .expect("reloading lock")
+            .insert(table.clone())
+        {
+            return;
+        }
+        let (catalog, tables, reloading, table) = (
+            self.catalog.clone(),
+            self.tables.clone(),
+            self.reloading.clone(),
+            table.clone(),
+        );
+        tokio::spawn(async move {
+            let loaded = match table.ident() {
+                Ok(ident) => catalog.load_table(&ident).await.map_err(CatalogError::from),
+                Err(e) => Err(e),
+            };
+            {
+                let mut tables = tables.lock().expect("tables lock");
+                match loaded {
+                    Ok(t) => {
+                        tables.insert(table.clone(), (Instant::now(), t));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%table, "reloading table metadata failed: {e}");
+                        tables.remove(&table);
+                    }
+                }
+            }
+            reloading.lock().expect("reloading lock").remove(&table);
+        });
     }
 
     /// Loads the table's current metadata (reused for the cache TTL).
@@ -387,6 +431,65 @@ mod tests {
                 Instant::now() < deadline,
                 "the table list was never refreshed"
             );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn listings_answer_stale_metadata_while_it_reloads() {
+        use iceberg::transaction::{ApplyTransactionAction, Transaction};
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = open_sql_catalog(&dir.path().join("c.db"), &dir.path().join("w"), "t")
+            .await
+            .unwrap();
+        let ns = NamespaceIdent::new("ns".to_string());
+        catalog.create_namespace(&ns, HashMap::new()).await.unwrap();
+        let schema = iceberg::spec::Schema::builder()
+            .with_fields(vec![Arc::new(iceberg::spec::NestedField::required(
+                1,
+                "id",
+                iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::Long),
+            ))])
+            .build()
+            .unwrap();
+        let creation = iceberg::TableCreation::builder()
+            .name("a".to_string())
+            .schema(schema)
+            .build();
+        let table = catalog.create_table(&ns, creation).await.unwrap();
+        let lakehouse = Lakehouse::new(catalog.clone(), ContractStore::default())
+            .with_cache_ttl(Duration::from_millis(500));
+        let a = TableName::parse("ns.a").unwrap();
+        let mark = |t: &Table| t.metadata().properties().get("mark").cloned();
+        assert_eq!(lakehouse.inspect_listed(&a, mark).await.unwrap(), None);
+        let tx = Transaction::new(&table);
+        let tx = tx
+            .update_table_properties()
+            .set("mark".to_string(), "1".to_string())
+            .apply(tx)
+            .unwrap();
+        tx.commit(catalog.as_ref()).await.unwrap();
+        // Within the TTL the cached metadata is answered; `load` agrees.
+        assert_eq!(lakehouse.inspect_listed(&a, mark).await.unwrap(), None);
+        assert_eq!(mark(&lakehouse.load(&a).await.unwrap()), None);
+        tokio::time::sleep(Duration::from_millis(550)).await;
+        // Past it, the first listing still answers at once from the cache and starts a reload...
+        assert_eq!(lakehouse.inspect_listed(&a, mark).await.unwrap(), None);
+        // ...which later listings see, while `load` never answers past the TTL.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lakehouse.inspect_listed(&a, mark).await.unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the table was never reloaded");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A table that no longer loads leaves the cache after its reload fails, so listings then see the error.
+        catalog
+            .drop_table(&TableIdent::new(ns.clone(), "a".to_string()))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(550)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lakehouse.inspect_listed(&a, mark).await.is_ok() {
+            assert!(Instant::now() < deadline, "a dropped table stayed cached");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }

@@ -497,6 +497,35 @@ fn load_policy(dir: &Path) -> Result<CedarPolicy> {
     })
 }
 
+/// Stdin and stdout as non-blocking pipes driven by the reactor, when both are pipes (as an MCP client that spawns
+/// the server sets them up). Tokio's `stdin()`/`stdout()` hand every read and write to a blocking thread, which on a
+/// small machine costs each tool call two thread wake-ups; a terminal, file or socket keeps that path.
+#[cfg(unix)]
+fn stdio_pipes() -> Option<(
+    tokio::net::unix::pipe::Receiver,
+    tokio::net::unix::pipe::Sender,
+)> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    // Both are checked before either is made non-blocking, so a failure leaves tokio's blocking path intact.
+    let pipe = |fd: std::os::fd::BorrowedFd<'_>| {
+        let file = std::fs::File::from(fd.try_clone_to_owned().ok()?);
+        file.metadata().ok()?.file_type().is_fifo().then_some(file)
+    };
+    let (input, output) = (
+        pipe(std::io::stdin().as_fd())?,
+        pipe(std::io::stdout().as_fd())?,
+    );
+    let input = tokio::net::unix::pipe::Receiver::from_file(input).ok()?;
+    let output = tokio::net::unix::pipe::Sender::from_file(output).ok()?;
+    Some((input, output))
+}
+
+#[cfg(not(unix))]
+fn stdio_pipes() -> Option<(tokio::io::Stdin, tokio::io::Stdout)> {
+    None
+}
+
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -516,10 +545,12 @@ async fn shutdown_signal() {
 }
 
 async fn serve_stdio(app: Arc<App>) -> Result<()> {
-    let service = ParleyServer::new(app)
-        .serve(rmcp::transport::stdio())
-        .await
-        .context("MCP initialization over stdio failed")?;
+    let server = ParleyServer::new(app);
+    let service = match stdio_pipes() {
+        Some(pipes) => server.serve(pipes).await,
+        None => server.serve(rmcp::transport::stdio()).await,
+    }
+    .context("MCP initialization over stdio failed")?;
     let ct = service.cancellation_token();
     tokio::select! {
         r = service.waiting() => { r?; }

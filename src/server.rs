@@ -79,6 +79,9 @@ pub struct Discoverable {
     resource: Resource,
     /// Lower-cased name, contract purpose, tags and title: what `filter` searches.
     haystack: String,
+    /// Its `list_tables` entry as far as the contract and name make it; a page fills in row count, queryability
+    /// and grants.
+    summary: TableSummary,
 }
 
 /// Per principal, the tables it may discover, valid for one policy version and one table list (compared by
@@ -178,7 +181,7 @@ pub struct ListTablesArgs {
 }
 
 /// One table in a listing.
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct TableSummary {
     /// `namespace.table`, the name to use in SQL and other tools.
     pub table: String,
@@ -649,8 +652,10 @@ impl ParleyServer {
             if !checked.peek(Action::Discover, &resource).allowed() {
                 continue;
             }
-            let mut haystack = name.to_string().to_lowercase();
-            if let Some(c) = lakehouse.contract(name).map(|c| &c.contract) {
+            let table = name.to_string();
+            let mut haystack = table.to_lowercase();
+            let contract = lakehouse.contract(name).map(|c| &c.contract);
+            if let Some(c) = contract {
                 let purpose = c.description.as_ref().and_then(|d| d.purpose.as_deref());
                 for text in purpose
                     .into_iter()
@@ -661,10 +666,27 @@ impl ParleyServer {
                     haystack.push_str(&text.to_lowercase());
                 }
             }
+            let Resource::Table(facts) = &resource else {
+                continue;
+            };
+            let summary = TableSummary {
+                table,
+                namespace: name.namespace_str(),
+                description: contract
+                    .and_then(|c| c.description.as_ref())
+                    .and_then(|d| d.purpose.clone()),
+                owner: contract.and_then(|c| c.owner_group().map(str::to_string)),
+                tags: facts.tags.clone(),
+                row_count: None,
+                contains_pii: facts.contains_pii,
+                can_query: false,
+                grant_ids: Vec::new(),
+            };
             visible.push(Discoverable {
                 name: name.clone(),
                 resource,
                 haystack,
+                summary,
             });
         }
         let visible = Arc::new(visible);
@@ -755,39 +777,23 @@ impl ParleyServer {
         let grants = self.grants_hint(checked.principal_id()).await?;
         let live_grants: Vec<&crate::negotiation::Grant> =
             grants.iter().filter(|g| g.is_live(now)).collect();
-        let mut tables = Vec::new();
+        let mut tables = Vec::with_capacity(page_size.min(total.saturating_sub(offset)));
         for d in matches.into_iter().skip(offset).take(page_size) {
-            let (name, resource) = (&d.name, d.resource.clone());
-            let can_query = checked.peek(Action::Query, &resource).allowed();
-            let grant_ids = live_grants
+            let mut entry = d.summary.clone();
+            entry.can_query = checked.peek(Action::Query, &d.resource).allowed();
+            entry.grant_ids = live_grants
                 .iter()
-                .filter(|g| g.terms.covers(&name.to_string()))
+                .filter(|g| g.terms.covers(&entry.table))
                 .map(|g| g.id.clone())
                 .collect();
-            let Resource::Table(facts) = resource else {
-                continue;
-            };
-            let contract = lakehouse.contract(name).map(|c| &c.contract);
-            let rows = match lakehouse.inspect(name, row_count).await {
+            entry.row_count = match lakehouse.inspect_listed(&d.name, row_count).await {
                 Ok(n) => n,
                 Err(e) => {
-                    tracing::warn!(table = %name, "cannot load table metadata: {e}");
+                    tracing::warn!(table = %d.name, "cannot load table metadata: {e}");
                     None
                 }
             };
-            tables.push(TableSummary {
-                table: name.to_string(),
-                namespace: name.namespace_str(),
-                description: contract
-                    .and_then(|c| c.description.as_ref())
-                    .and_then(|d| d.purpose.clone()),
-                owner: contract.and_then(|c| c.owner_group().map(str::to_string)),
-                tags: facts.tags,
-                row_count: rows,
-                contains_pii: facts.contains_pii,
-                can_query,
-                grant_ids,
-            });
+            tables.push(entry);
         }
         let next = offset + tables.len();
         Ok(ListTablesResult {
@@ -1219,17 +1225,23 @@ impl ParleyServer {
                 self.do_list_tables(c, parse_args(args)?).await
             })
             .await?;
-        let mut text = format!(
-            "{} table{} you can discover",
+        use std::fmt::Write as _;
+        let mut text = String::with_capacity(64 + 160 * result.tables.len());
+        let _ = writeln!(
+            text,
+            "{} table{} you can discover:",
             result.total,
             if result.total == 1 { "" } else { "s" }
         );
-        text.push_str(":\n");
         for t in &result.tables {
-            text.push_str(&format!(
-                "- {} ({} rows, owner {}, {}{}): {}\n",
-                t.table,
-                t.row_count.map_or("?".to_string(), |n| n.to_string()),
+            let _ = write!(text, "- {} (", t.table);
+            match t.row_count {
+                Some(n) => _ = write!(text, "{n}"),
+                None => text.push('?'),
+            }
+            let _ = writeln!(
+                text,
+                " rows, owner {}, {}{}): {}",
                 t.owner.as_deref().unwrap_or("unknown"),
                 if t.can_query {
                     "queryable"
@@ -1238,10 +1250,10 @@ impl ParleyServer {
                 },
                 if t.contains_pii { ", has PII" } else { "" },
                 t.description.as_deref().unwrap_or("")
-            ));
+            );
         }
         if let Some(c) = &result.next_cursor {
-            text.push_str(&format!("More: call again with cursor {c:?}.\n"));
+            let _ = writeln!(text, "More: call again with cursor {c:?}.");
         }
         Ok(respond(&result, text))
     }
