@@ -293,25 +293,42 @@ impl Lakehouse {
         )
     }
 
-    /// Applies `f` to the table's cached metadata in place (no clone), for listings. Past the TTL the cached table
-    /// is still used while one background task reloads it, so a page of `list_tables` never waits on the catalog
-    /// for tables it has seen; a table not cached yet is loaded now. `query` and `describe_table` use
-    /// [`Lakehouse::load`], which never answers past the TTL.
-    pub async fn inspect_listed<R>(
+    /// Applies `f` to each table's cached metadata in place (no clone), for listings: one lock for the page. Past
+    /// the TTL a cached table is still used while one background task reloads it, so a page of `list_tables` never
+    /// waits on the catalog for tables it has seen; tables not cached yet are loaded now, concurrently. `query` and
+    /// `describe_table` use [`Lakehouse::load`], which never answers past the TTL.
+    pub async fn inspect_listed<'t, R>(
         &self,
-        table: &TableName,
-        f: impl FnOnce(&Table) -> R,
-    ) -> Result<R, CatalogError> {
+        tables: impl IntoIterator<Item = &'t TableName>,
+        f: impl Fn(&Table) -> R,
+    ) -> Vec<Result<R, CatalogError>> {
+        let mut out = Vec::new();
+        let mut missing = Vec::new();
         {
-            let tables = self.tables.lock().expect("tables lock");
-            if let Some((at, t)) = tables.get(table) {
-                if at.elapsed() >= self.cache_ttl {
-                    self.reload_in_background(table);
+            let cached = self.tables.lock().expect("tables lock");
+            for table in tables {
+                match cached.get(table) {
+                    Some((at, t)) => {
+                        if at.elapsed() >= self.cache_ttl {
+                            self.reload_in_background(table);
+                        }
+                        out.push(Some(Ok(f(t))));
+                    }
+                    None => {
+                        missing.push((out.len(), table));
+                        out.push(None);
+                    }
                 }
-                return Ok(f(t));
             }
         }
-        Ok(f(&self.load(table).await?))
+        let loaded =
+            futures::future::join_all(missing.iter().map(|(_, table)| self.load(table))).await;
+        for ((at, _), table) in missing.into_iter().zip(loaded) {
+            out[at] = Some(table.map(|t| f(&t)));
+        }
+        out.into_iter()
+            .map(|r| r.expect("every table was inspected"))
+            .collect()
     }
 
     /// Reloads a cached table in a background task, one at a time per table. A table that no longer loads leaves
@@ -461,7 +478,14 @@ mod tests {
             .with_cache_ttl(Duration::from_millis(500));
         let a = TableName::parse("ns.a").unwrap();
         let mark = |t: &Table| t.metadata().properties().get("mark").cloned();
-        assert_eq!(lakehouse.inspect_listed(&a, mark).await.unwrap(), None);
+        assert_eq!(
+            lakehouse
+                .inspect_listed([&a], mark)
+                .await
+                .remove(0)
+                .unwrap(),
+            None
+        );
         let tx = Transaction::new(&table);
         let tx = tx
             .update_table_properties()
@@ -470,14 +494,34 @@ mod tests {
             .unwrap();
         tx.commit(catalog.as_ref()).await.unwrap();
         // Within the TTL the cached metadata is answered; `load` agrees.
-        assert_eq!(lakehouse.inspect_listed(&a, mark).await.unwrap(), None);
+        assert_eq!(
+            lakehouse
+                .inspect_listed([&a], mark)
+                .await
+                .remove(0)
+                .unwrap(),
+            None
+        );
         assert_eq!(mark(&lakehouse.load(&a).await.unwrap()), None);
         tokio::time::sleep(Duration::from_millis(550)).await;
         // Past it, the first listing still answers at once from the cache and starts a reload...
-        assert_eq!(lakehouse.inspect_listed(&a, mark).await.unwrap(), None);
+        assert_eq!(
+            lakehouse
+                .inspect_listed([&a], mark)
+                .await
+                .remove(0)
+                .unwrap(),
+            None
+        );
         // ...which later listings see, while `load` never answers past the TTL.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while lakehouse.inspect_listed(&a, mark).await.unwrap().is_none() {
+        while lakehouse
+            .inspect_listed([&a], mark)
+            .await
+            .remove(0)
+            .unwrap()
+            .is_none()
+        {
             assert!(Instant::now() < deadline, "the table was never reloaded");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -488,7 +532,7 @@ mod tests {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(550)).await;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while lakehouse.inspect_listed(&a, mark).await.is_ok() {
+        while lakehouse.inspect_listed([&a], mark).await.remove(0).is_ok() {
             assert!(Instant::now() < deadline, "a dropped table stayed cached");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -210,6 +210,21 @@ impl Gate {
         purpose: Option<String>,
         body: impl AsyncFnOnce(&mut Checked<'_>) -> Result<T, ToolError>,
     ) -> Result<T, String> {
+        self.run_rendered(principal, tool, purpose, body, |t| t)
+            .await
+    }
+
+    /// [`Gate::run`], with `render` turning the body's result into the reply while the audit record is being
+    /// made durable: the rendering overlaps the fsync, and the reply is still returned only once the record is
+    /// durable (and withheld if it cannot be written).
+    pub async fn run_rendered<T, R>(
+        &self,
+        principal: &Principal,
+        tool: &str,
+        purpose: Option<String>,
+        body: impl AsyncFnOnce(&mut Checked<'_>) -> Result<T, ToolError>,
+        render: impl FnOnce(T) -> R,
+    ) -> Result<R, String> {
         let started = Instant::now();
         let mut checked = Checked {
             gate: self,
@@ -266,7 +281,11 @@ impl Gate {
             duration_ms: started.elapsed().as_millis() as u64,
             error,
         };
-        if let Err(e) = self.audit.append(entry).await {
+        // Biased: the append is polled first, so the record is on its way to the writer before rendering starts.
+        let (audited, reply) = tokio::join!(biased; self.audit.append(entry), async move {
+            result.map(render).map_err(|e| e.to_string())
+        });
+        if let Err(e) = audited {
             tracing::error!("audit append failed, withholding the result: {e}");
             return Err(
                 "the call's audit record could not be written, so its result is withheld. This is a server \
@@ -274,6 +293,108 @@ impl Gate {
                     .to_string(),
             );
         }
-        result.map_err(|e| e.to_string())
+        reply
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::audit::AuditError;
+    use crate::policy::CedarPolicy;
+
+    /// An audit sink whose appends finish only when the test says so, and then fail or succeed as told.
+    struct HeldSink {
+        release: tokio::sync::Semaphore,
+        fail: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl AuditSink for HeldSink {
+        async fn append(&self, _entry: AuditEntry) -> Result<u64, AuditError> {
+            let _permit = self.release.acquire().await.expect("semaphore open");
+            if self.fail {
+                return Err(AuditError::Io {
+                    path: PathBuf::from("audit.jsonl"),
+                    source: std::io::Error::other("disk full"),
+                });
+            }
+            Ok(1)
+        }
+    }
+
+    fn gate(fail: bool) -> (Gate, Arc<HeldSink>) {
+        let policy = CedarPolicy::from_texts(
+            include_str!("../examples/policy/policy.cedar"),
+            Path::new("policy.cedar"),
+            include_str!("../examples/policy/entities.json"),
+            Path::new("entities.json"),
+        )
+        .expect("demo policy loads");
+        let sink = Arc::new(HeldSink {
+            release: tokio::sync::Semaphore::new(0),
+            fail,
+        });
+        (Gate::new(Arc::new(policy), sink.clone()), sink)
+    }
+
+    #[tokio::test]
+    async fn a_reply_is_rendered_while_its_record_is_written_and_returned_only_after() {
+        let (gate, sink) = gate(false);
+        let gate = Arc::new(gate);
+        let rendered = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (gate, rendered) = (gate.clone(), rendered.clone());
+            async move {
+                let principal = Principal::new("analyst", vec![]);
+                gate.run_rendered(
+                    &principal,
+                    "list_tables",
+                    None,
+                    async |_| Ok(41),
+                    |n| {
+                        rendered.store(true, Ordering::SeqCst);
+                        n + 1
+                    },
+                )
+                .await
+            }
+        });
+        // The reply is rendered while the record is still being written...
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !rendered.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the reply was never rendered");
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        // ...but not returned until the record is durable.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !task.is_finished(),
+            "the reply came before its audit record"
+        );
+        sink.release.add_permits(1);
+        assert_eq!(task.await.unwrap(), Ok(42));
+    }
+
+    #[tokio::test]
+    async fn a_reply_is_withheld_when_its_record_cannot_be_written() {
+        let (gate, sink) = gate(true);
+        sink.release.add_permits(1);
+        let principal = Principal::new("analyst", vec![]);
+        let reply = gate
+            .run_rendered(
+                &principal,
+                "query",
+                None,
+                async |_| Ok("secret rows"),
+                |rows| rows.to_string(),
+            )
+            .await;
+        let err = reply.expect_err("no reply without an audit record");
+        assert!(err.contains("withheld"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
     }
 }

@@ -29,9 +29,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod access;
+mod discovery;
 mod elicit;
 mod notify;
 
+pub use discovery::DiscoveryCache;
+use discovery::{Discoverable, Discovered, MAX_DISCOVERY_ENTRIES};
 pub use notify::Sessions;
 
 use crate::catalog::{Lakehouse, TableName};
@@ -73,35 +76,6 @@ pub struct App {
     pub sessions: Sessions,
 }
 
-/// A table a principal may discover: what `list_tables` filters and pages over.
-pub struct Discoverable {
-    name: TableName,
-    resource: Resource,
-    /// Lower-cased name, contract purpose, tags and title: what `filter` searches.
-    haystack: String,
-    /// Its `list_tables` entry as far as the contract and name make it; a page fills in row count, queryability
-    /// and grants.
-    summary: TableSummary,
-}
-
-/// Per principal, the tables it may discover, valid for one policy version and one table list (compared by
-/// pointer: the lakehouse hands out the same `Arc` while the list is unchanged).
-#[derive(Default)]
-pub struct DiscoveryCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, DiscoveryEntry>>,
-}
-
-struct DiscoveryEntry {
-    principal: Principal,
-    purpose: Option<String>,
-    policy_version: u64,
-    names: Arc<Vec<TableName>>,
-    visible: Arc<Vec<Discoverable>>,
-}
-
-/// Principals kept before the cache starts over.
-const MAX_DISCOVERY_ENTRIES: usize = 1024;
-
 /// See [`App::grants_hint`].
 pub type GrantsHint = std::sync::Mutex<
     std::collections::HashMap<
@@ -109,46 +83,6 @@ pub type GrantsHint = std::sync::Mutex<
         (std::time::Instant, u64, Arc<Vec<crate::negotiation::Grant>>),
     >,
 >;
-
-impl DiscoveryCache {
-    fn get(
-        &self,
-        checked: &Checked<'_>,
-        names: &Arc<Vec<TableName>>,
-        policy_version: u64,
-    ) -> Option<Arc<Vec<Discoverable>>> {
-        let entries = self.entries.lock().expect("discovery cache lock");
-        let e = entries.get(checked.principal_id())?;
-        (e.policy_version == policy_version
-            && Arc::ptr_eq(&e.names, names)
-            && e.principal == *checked.principal()
-            && e.purpose.as_deref() == checked.purpose())
-        .then(|| e.visible.clone())
-    }
-
-    fn put(
-        &self,
-        checked: &Checked<'_>,
-        names: Arc<Vec<TableName>>,
-        policy_version: u64,
-        visible: Arc<Vec<Discoverable>>,
-    ) {
-        let mut entries = self.entries.lock().expect("discovery cache lock");
-        if entries.len() >= MAX_DISCOVERY_ENTRIES {
-            entries.clear();
-        }
-        entries.insert(
-            checked.principal_id().to_string(),
-            DiscoveryEntry {
-                principal: checked.principal().clone(),
-                purpose: checked.purpose().map(str::to_string),
-                policy_version,
-                names,
-                visible,
-            },
-        );
-    }
-}
 
 /// The MCP server. Cheap to clone: one per session.
 #[derive(Clone)]
@@ -187,9 +121,11 @@ pub struct TableSummary {
     pub table: String,
     /// Namespace.
     pub namespace: String,
-    /// What the table holds (from its contract).
+    /// What the table holds (from its contract); absent when the contract does not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Owning team.
+    /// Owning team; absent when the contract names none.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     /// Tags from the contract.
     pub tags: Vec<String>,
@@ -199,7 +135,9 @@ pub struct TableSummary {
     pub contains_pii: bool,
     /// Whether the policy lets you query it now, without a grant.
     pub can_query: bool,
-    /// Your live grants covering it (pass one to `query` as `grant_id`).
+    /// Your live grants covering it (pass one to `query` as `grant_id`); absent when you have none. (Listings
+    /// are what agents page through most, so entries carry no empty fields.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grant_ids: Vec<String>,
 }
 
@@ -413,6 +351,110 @@ fn respond<T: Serialize>(value: &T, text: String) -> CallToolResult {
     let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
     result.structured_content = Some(serde_json::to_value(value).expect("tool results serialize"));
     result
+}
+
+/// `list_tables`' reply: the page as structured content, and a line per table for the model.
+fn list_tables_reply(result: ListTablesResult) -> CallToolResult {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(64 + 160 * result.tables.len());
+    let _ = writeln!(
+        text,
+        "{} table{} you can discover:",
+        result.total,
+        if result.total == 1 { "" } else { "s" }
+    );
+    for t in &result.tables {
+        let _ = write!(text, "- {} (", t.table);
+        match t.row_count {
+            Some(n) => _ = write!(text, "{n}"),
+            None => text.push('?'),
+        }
+        let _ = writeln!(
+            text,
+            " rows, owner {}, {}{}): {}",
+            t.owner.as_deref().unwrap_or("unknown"),
+            if t.can_query {
+                "queryable"
+            } else {
+                "not queryable"
+            },
+            if t.contains_pii { ", has PII" } else { "" },
+            t.description.as_deref().unwrap_or("")
+        );
+    }
+    if let Some(c) = &result.next_cursor {
+        let _ = writeln!(text, "More: call again with cursor {c:?}.");
+    }
+    respond(&result, text)
+}
+
+/// `describe_table`'s reply.
+fn describe_reply(r: DescribeTableResult) -> CallToolResult {
+    let mut text = format!(
+        "{} — {} rows, {}; {}\ncolumns:\n",
+        r.table,
+        r.row_count.map_or("?".to_string(), |n| n.to_string()),
+        if r.can_query {
+            "you may query it"
+        } else {
+            "you may not query it"
+        },
+        r.description.as_deref().unwrap_or("")
+    );
+    for c in &r.columns {
+        text.push_str(&format!(
+            "- {} {}{}{}{}\n",
+            c.name,
+            c.data_type,
+            if c.nullable { "" } else { " not null" },
+            c.classification
+                .as_deref()
+                .map(|x| format!(" [{x}]"))
+                .unwrap_or_default(),
+            if c.pii { " PII" } else { "" }
+        ));
+    }
+    if !r.partition_spec.is_empty() {
+        let parts: Vec<String> = r
+            .partition_spec
+            .iter()
+            .map(|p| format!("{}({})", p.transform, p.source_column))
+            .collect();
+        text.push_str(&format!("partitioned by {}\n", parts.join(", ")));
+    }
+    if let Some(s) = &r.current_snapshot {
+        text.push_str(&format!(
+            "current snapshot {} committed {}; {} snapshots in history\n",
+            s.snapshot_id,
+            s.committed_at,
+            r.snapshots.len()
+        ));
+    }
+    respond(&r, text)
+}
+
+/// `get_contract`'s reply.
+fn contract_reply(r: ContractResult) -> CallToolResult {
+    let text = format!(
+        "Contract {} v{} for {} (owner {}).\nPurpose: {}\nUsage: {}\nLimitations: {}\nAllowed purposes: {}\nProhibited purposes: {}\nPII columns: {}\n\n{}",
+        r.contract_id,
+        r.version,
+        r.table,
+        r.owner.as_deref().unwrap_or("unknown"),
+        r.purpose.as_deref().unwrap_or("-"),
+        r.usage.as_deref().unwrap_or("-"),
+        r.limitations.as_deref().unwrap_or("-"),
+        r.allowed_purposes.join(", "),
+        r.prohibited_purposes.join(", "),
+        r.columns
+            .iter()
+            .filter(|c| c.pii)
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        r.yaml
+    );
+    respond(&r, text)
 }
 
 /// Tool arguments are parsed inside the gate so that malformed ones are audited like any other failure.
@@ -635,10 +677,7 @@ impl ParleyServer {
     /// The tables the caller may discover, with their policy resource and search text, sorted by name. Built once
     /// per principal, policy version and table list (see [`DiscoveryCache`]), so a page of `list_tables` on a
     /// catalog of thousands of tables costs no policy evaluation per table.
-    async fn discoverable(
-        &self,
-        checked: &Checked<'_>,
-    ) -> Result<Arc<Vec<Discoverable>>, ToolError> {
+    async fn discoverable(&self, checked: &Checked<'_>) -> Result<Arc<Discovered>, ToolError> {
         let lakehouse = &self.app.lakehouse;
         let names = lakehouse.list_tables().await.map_err(internal)?;
         let policy_version = checked.policy_version();
@@ -653,7 +692,7 @@ impl ParleyServer {
                 continue;
             }
             let table = name.to_string();
-            let mut haystack = table.to_lowercase();
+            let mut haystack = table.clone();
             let contract = lakehouse.contract(name).map(|c| &c.contract);
             if let Some(c) = contract {
                 let purpose = c.description.as_ref().and_then(|d| d.purpose.as_deref());
@@ -663,7 +702,7 @@ impl ParleyServer {
                     .chain(c.name.as_deref())
                 {
                     haystack.push(' ');
-                    haystack.push_str(&text.to_lowercase());
+                    haystack.push_str(text);
                 }
             }
             let Resource::Table(facts) = &resource else {
@@ -682,14 +721,17 @@ impl ParleyServer {
                 can_query: false,
                 grant_ids: Vec::new(),
             };
-            visible.push(Discoverable {
-                name: name.clone(),
-                resource,
+            visible.push((
+                Discoverable {
+                    name: name.clone(),
+                    resource,
+                    summary,
+                    can_query: std::sync::OnceLock::new(),
+                },
                 haystack,
-                summary,
-            });
+            ));
         }
-        let visible = Arc::new(visible);
+        let visible = Arc::new(Discovered::new(visible));
         cache.put(checked, names, policy_version, visible.clone());
         Ok(visible)
     }
@@ -761,38 +803,35 @@ impl ParleyServer {
                 })?,
         };
         let lakehouse = &self.app.lakehouse;
-        let needle = args.filter.as_deref().map(str::to_lowercase);
-        let visible = self.discoverable(checked).await?;
-        let matches: Vec<&Discoverable> = visible
-            .iter()
-            .filter(|d| {
-                args.namespace
-                    .as_deref()
-                    .is_none_or(|ns| ns == d.name.namespace_str())
-            })
-            .filter(|d| needle.as_deref().is_none_or(|n| d.haystack.contains(n)))
-            .collect();
-        let total = matches.len();
+        let discovered = self.discoverable(checked).await?;
+        let (total, page) = discovered.page(
+            args.namespace.as_deref(),
+            args.filter.as_deref(),
+            offset,
+            page_size,
+        );
         let now = chrono::Utc::now();
         let grants = self.grants_hint(checked.principal_id()).await?;
         let live_grants: Vec<&crate::negotiation::Grant> =
             grants.iter().filter(|g| g.is_live(now)).collect();
-        let mut tables = Vec::with_capacity(page_size.min(total.saturating_sub(offset)));
-        for d in matches.into_iter().skip(offset).take(page_size) {
+        let rows = lakehouse
+            .inspect_listed(page.iter().map(|d| &d.name), row_count)
+            .await;
+        let mut tables = Vec::with_capacity(page.len());
+        for (d, rows) in page.into_iter().zip(rows) {
             let mut entry = d.summary.clone();
-            entry.can_query = checked.peek(Action::Query, &d.resource).allowed();
+            entry.can_query = *d
+                .can_query
+                .get_or_init(|| checked.peek(Action::Query, &d.resource).allowed());
             entry.grant_ids = live_grants
                 .iter()
                 .filter(|g| g.terms.covers(&entry.table))
                 .map(|g| g.id.clone())
                 .collect();
-            entry.row_count = match lakehouse.inspect_listed(&d.name, row_count).await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(table = %d.name, "cannot load table metadata: {e}");
-                    None
-                }
-            };
+            entry.row_count = rows.unwrap_or_else(|e| {
+                tracing::warn!(table = %d.name, "cannot load table metadata: {e}");
+                None
+            });
             tables.push(entry);
         }
         let next = offset + tables.len();
@@ -1218,44 +1257,16 @@ impl ParleyServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
         let principal = self.principal(&ctx);
-        let result = self
-            .app
+        self.app
             .gate
-            .run(&principal, "list_tables", None, async |c| {
-                self.do_list_tables(c, parse_args(args)?).await
-            })
-            .await?;
-        use std::fmt::Write as _;
-        let mut text = String::with_capacity(64 + 160 * result.tables.len());
-        let _ = writeln!(
-            text,
-            "{} table{} you can discover:",
-            result.total,
-            if result.total == 1 { "" } else { "s" }
-        );
-        for t in &result.tables {
-            let _ = write!(text, "- {} (", t.table);
-            match t.row_count {
-                Some(n) => _ = write!(text, "{n}"),
-                None => text.push('?'),
-            }
-            let _ = writeln!(
-                text,
-                " rows, owner {}, {}{}): {}",
-                t.owner.as_deref().unwrap_or("unknown"),
-                if t.can_query {
-                    "queryable"
-                } else {
-                    "not queryable"
-                },
-                if t.contains_pii { ", has PII" } else { "" },
-                t.description.as_deref().unwrap_or("")
-            );
-        }
-        if let Some(c) = &result.next_cursor {
-            let _ = writeln!(text, "More: call again with cursor {c:?}.");
-        }
-        Ok(respond(&result, text))
+            .run_rendered(
+                &principal,
+                "list_tables",
+                None,
+                async |c| self.do_list_tables(c, parse_args(args)?).await,
+                list_tables_reply,
+            )
+            .await
     }
 
     #[tool(
@@ -1270,54 +1281,16 @@ impl ParleyServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
         let principal = self.principal(&ctx);
-        let r = self
-            .app
+        self.app
             .gate
-            .run(&principal, "describe_table", None, async |c| {
-                self.do_describe(c, parse_args(args)?).await
-            })
-            .await?;
-        let mut text = format!(
-            "{} — {} rows, {}; {}\ncolumns:\n",
-            r.table,
-            r.row_count.map_or("?".to_string(), |n| n.to_string()),
-            if r.can_query {
-                "you may query it"
-            } else {
-                "you may not query it"
-            },
-            r.description.as_deref().unwrap_or("")
-        );
-        for c in &r.columns {
-            text.push_str(&format!(
-                "- {} {}{}{}{}\n",
-                c.name,
-                c.data_type,
-                if c.nullable { "" } else { " not null" },
-                c.classification
-                    .as_deref()
-                    .map(|x| format!(" [{x}]"))
-                    .unwrap_or_default(),
-                if c.pii { " PII" } else { "" }
-            ));
-        }
-        if !r.partition_spec.is_empty() {
-            let parts: Vec<String> = r
-                .partition_spec
-                .iter()
-                .map(|p| format!("{}({})", p.transform, p.source_column))
-                .collect();
-            text.push_str(&format!("partitioned by {}\n", parts.join(", ")));
-        }
-        if let Some(s) = &r.current_snapshot {
-            text.push_str(&format!(
-                "current snapshot {} committed {}; {} snapshots in history\n",
-                s.snapshot_id,
-                s.committed_at,
-                r.snapshots.len()
-            ));
-        }
-        Ok(respond(&r, text))
+            .run_rendered(
+                &principal,
+                "describe_table",
+                None,
+                async |c| self.do_describe(c, parse_args(args)?).await,
+                describe_reply,
+            )
+            .await
     }
 
     #[tool(
@@ -1332,34 +1305,19 @@ impl ParleyServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
         let principal = self.principal(&ctx);
-        let r = self
-            .app
+        self.app
             .gate
-            .run(&principal, "get_contract", None, async |c| {
-                let args: TableArgs = parse_args(args)?;
-                self.do_get_contract(c, &args.table).await
-            })
-            .await?;
-        let text = format!(
-            "Contract {} v{} for {} (owner {}).\nPurpose: {}\nUsage: {}\nLimitations: {}\nAllowed purposes: {}\nProhibited purposes: {}\nPII columns: {}\n\n{}",
-            r.contract_id,
-            r.version,
-            r.table,
-            r.owner.as_deref().unwrap_or("unknown"),
-            r.purpose.as_deref().unwrap_or("-"),
-            r.usage.as_deref().unwrap_or("-"),
-            r.limitations.as_deref().unwrap_or("-"),
-            r.allowed_purposes.join(", "),
-            r.prohibited_purposes.join(", "),
-            r.columns
-                .iter()
-                .filter(|c| c.pii)
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            r.yaml
-        );
-        Ok(respond(&r, text))
+            .run_rendered(
+                &principal,
+                "get_contract",
+                None,
+                async |c| {
+                    let args: TableArgs = parse_args(args)?;
+                    self.do_get_contract(c, &args.table).await
+                },
+                contract_reply,
+            )
+            .await
     }
 
     #[tool(
@@ -1381,18 +1339,24 @@ impl ParleyServer {
             .map(str::to_string);
         let cancel = ctx.ct.clone();
         let progress = Progress::of(&ctx);
-        let r = self
-            .app
+        self.app
             .gate
-            .run(&principal, "query", purpose, async |c| {
-                if let Some(sql) = args.get("sql").and_then(|s| s.as_str()) {
-                    c.usage.sql = Some(sql.to_string());
-                }
-                self.do_query(c, parse_args(args)?, cancel, &progress).await
-            })
-            .await?;
-        let text = query_text(&r);
-        Ok(respond(&r, text))
+            .run_rendered(
+                &principal,
+                "query",
+                purpose,
+                async |c| {
+                    if let Some(sql) = args.get("sql").and_then(|s| s.as_str()) {
+                        c.usage.sql = Some(sql.to_string());
+                    }
+                    self.do_query(c, parse_args(args)?, cancel, &progress).await
+                },
+                |r| {
+                    let text = query_text(&r);
+                    respond(&r, text)
+                },
+            )
+            .await
     }
 }
 

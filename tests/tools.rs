@@ -96,6 +96,11 @@ async fn analyst_lists_discovers_and_queries() {
     assert_eq!(by_name("sales.customers")["contains_pii"], true);
     assert_eq!(by_name("sales.orders")["can_query"], true);
     assert_eq!(by_name("sales.orders")["owner"], "sales-owners");
+    // No grants yet: entries carry no empty `grant_ids`.
+    assert!(
+        by_name("sales.orders").get("grant_ids").is_none(),
+        "{list:#}"
+    );
 
     // Pagination and filtering.
     let page1 = ok(&call(&client, "list_tables", json!({"limit": 3})).await);
@@ -117,6 +122,21 @@ async fn analyst_lists_discovers_and_queries() {
     assert_eq!(gdpr["tables"][0]["table"], "sales.customers");
     let ops = ok(&call(&client, "list_tables", json!({"namespace": "ops"})).await);
     assert_eq!(ops["total"], 1);
+    let both = ok(&call(
+        &client,
+        "list_tables",
+        json!({"namespace": "sales", "filter": "ORDERS"}),
+    )
+    .await);
+    assert_eq!(both["total"], 1, "{both:#}");
+    assert_eq!(both["tables"][0]["table"], "sales.orders");
+    let none = ok(&call(
+        &client,
+        "list_tables",
+        json!({"namespace": "ops", "filter": "orders"}),
+    )
+    .await);
+    assert_eq!(none["total"], 0, "{none:#}");
 
     // describe_table: schema, partitioning, snapshots, classifications.
     let d = ok(&call(&client, "describe_table", json!({"table": "sales.orders"})).await);
