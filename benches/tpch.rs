@@ -454,7 +454,9 @@ fn discovery_calls() -> Vec<(&'static str, &'static str, Value)> {
     ]
 }
 
-const OVERHEAD_SAMPLES: usize = 300;
+/// Calls per tool and transport, after [`OVERHEAD_WARMUP`] warm-up rounds.
+const OVERHEAD_SAMPLES: usize = 500;
+const OVERHEAD_WARMUP: usize = 30;
 
 async fn overhead(catalog: &Path) -> Result<Vec<Value>> {
     let mut out = Vec::new();
@@ -468,22 +470,30 @@ async fn overhead(catalog: &Path) -> Result<Vec<Value>> {
     Ok(out)
 }
 
+/// Rounds of one call of each discovery tool, the first tool rotating, so every tool is sampled under the same
+/// machine conditions (a slow stretch of disk flushes lands on all of them, not on whichever ran then).
 async fn sample_calls(client: &Client, transport: &str) -> Result<Vec<Value>> {
-    let mut out = Vec::new();
-    for (label, tool, args) in discovery_calls() {
-        for _ in 0..30 {
-            call(client, tool, args.clone()).await?;
-        }
-        let mut samples = Vec::with_capacity(OVERHEAD_SAMPLES);
-        for _ in 0..OVERHEAD_SAMPLES {
+    let calls = discovery_calls();
+    let mut samples = vec![Vec::with_capacity(OVERHEAD_SAMPLES); calls.len()];
+    for round in 0..OVERHEAD_WARMUP + OVERHEAD_SAMPLES {
+        for k in 0..calls.len() {
+            let i = (round + k) % calls.len();
+            let (_, tool, args) = &calls[i];
             let started = Instant::now();
             call(client, tool, args.clone()).await?;
-            samples.push(started.elapsed().as_secs_f64() * 1e3);
+            if round >= OVERHEAD_WARMUP {
+                samples[i].push(started.elapsed().as_secs_f64() * 1e3);
+            }
         }
-        eprintln!("{label} over {transport}: done");
-        out.push(json!({"tool": label, "transport": transport, "n": samples.len(), "samples_ms": samples}));
     }
-    Ok(out)
+    eprintln!("discovery calls over {transport}: done");
+    Ok(calls
+        .iter()
+        .zip(samples)
+        .map(|((label, _, _), samples)| {
+            json!({"tool": label, "transport": transport, "n": samples.len(), "samples_ms": samples})
+        })
+        .collect())
 }
 
 /// Concurrent HTTP clients (one MCP session each) calling `describe_table` on varying tables for a fixed time.
