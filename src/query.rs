@@ -312,8 +312,57 @@ pub struct QueryResult {
 pub struct Engine {
     limits: QueryLimits,
     base: SessionState,
-    /// One permit per query allowed to run at once (`max_concurrent`).
-    slots: tokio::sync::Semaphore,
+    /// One permit per query allowed to run at once (`max_concurrent`); a query holds its permit until its work on
+    /// the query runtime has ended, not just until its caller gave up on it.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Where queries execute: a runtime of their own, so a CPU-bound operator that does not yield for seconds
+    /// (a nested-loop join over a large batch) cannot hold the threads that answer MCP calls, and a time limit or
+    /// cancellation is answered when it falls due.
+    runtime: QueryRuntime,
+}
+
+/// A tokio runtime for query execution, shut down without blocking when the engine is dropped (which may happen
+/// inside another runtime).
+struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl QueryRuntime {
+    /// Twice as many threads as cores: an operator that computes for seconds without yielding keeps its thread
+    /// even after its query was stopped (tokio cannot preempt it), and the spare threads let the next queries run
+    /// meanwhile, sharing the cores with it through the OS scheduler.
+    fn new() -> std::io::Result<QueryRuntime> {
+        let threads = 2 * std::thread::available_parallelism().map_or(2, NonZeroUsize::get);
+        Ok(QueryRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("parley-query")
+                .enable_all()
+                .build()?,
+        )))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the runtime lives as long as the engine")
+            .handle()
+    }
+}
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Aborts a spawned task when dropped (a query whose caller timed out, was cancelled or failed).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Engine {
@@ -351,7 +400,8 @@ impl Engine {
         Ok(Engine {
             limits: limits.clone(),
             base,
-            slots: tokio::sync::Semaphore::new(limits.max_concurrent.max(1)),
+            slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
+            runtime: QueryRuntime::new().map_err(|e| QueryError::Execution(e.to_string()))?,
         })
     }
 
@@ -373,38 +423,66 @@ pub async fn execute(
     let limits = &engine.limits;
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(limits.timeout_ms);
-    // Wait for a slot; the wait counts against the query's time limit. Held until the result is complete.
-    let _slot = tokio::select! {
-        s = engine.slots.acquire() => s.map_err(|e| QueryError::Execution(e.to_string()))?,
+    // Wait for a slot; the wait counts against the query's time limit. Held until the query's work has ended.
+    let slot = tokio::select! {
+        s = engine.slots.clone().acquire_owned() => s.map_err(|e| QueryError::Execution(e.to_string()))?,
         _ = tokio::time::sleep_until(deadline) => return Err(QueryError::Timeout(limits.timeout_ms)),
         _ = cancel.cancelled() => return Err(QueryError::Cancelled),
     };
     let (ctx, snapshots) = session(tables, engine, catalog_name).await?;
-    let run = async {
-        let state = ctx.state();
-        let plan = state
-            .statement_to_plan(prepared.statement)
-            .await
-            .map_err(|e| classify(e, limits))?;
-        SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false)
-            .verify_plan(&plan)
-            .map_err(|e| QueryError::NotAllowed(strip_df(&e)))?;
-        let df = ctx
-            .execute_logical_plan(plan)
-            .await
-            .map_err(|e| classify(e, limits))?;
-        df.execute_stream().await.map_err(|e| classify(e, limits))
-    };
-    let mut stream = tokio::select! {
-        r = run => r?,
+    // Planning and execution run on the query runtime and hand batches over a channel; this task only waits, so
+    // the time limit and cancellation below are observed on time however long an operator computes.
+    let (schema_tx, schema_rx) = tokio::sync::oneshot::channel();
+    let (batch_tx, mut batches) = tokio::sync::mpsc::channel(2);
+    let task_limits = limits.clone();
+    let statement = prepared.statement;
+    let task = engine.runtime.handle().spawn(async move {
+        let _slot = slot;
+        let limits = &task_limits;
+        let run = async {
+            let state = ctx.state();
+            let plan = state
+                .statement_to_plan(statement)
+                .await
+                .map_err(|e| classify(e, limits))?;
+            SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_dml(false)
+                .with_allow_statements(false)
+                .verify_plan(&plan)
+                .map_err(|e| QueryError::NotAllowed(strip_df(&e)))?;
+            let df = ctx
+                .execute_logical_plan(plan)
+                .await
+                .map_err(|e| classify(e, limits))?;
+            df.execute_stream().await.map_err(|e| classify(e, limits))
+        };
+        let mut stream = match run.await {
+            Ok(stream) => stream,
+            Err(e) => {
+                let _ = schema_tx.send(Err(e));
+                return;
+            }
+        };
+        if schema_tx.send(Ok(stream.schema())).is_err() {
+            return;
+        }
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| classify(e, limits));
+            let failed = batch.is_err();
+            if batch_tx.send(batch).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    let _abort = AbortOnDrop(task);
+    let gone = || QueryError::Execution("the query stopped unexpectedly".to_string());
+    let schema = tokio::select! {
+        r = schema_rx => r.map_err(|_| gone())??,
         _ = tokio::time::sleep_until(deadline) => return Err(QueryError::Timeout(limits.timeout_ms)),
         _ = cancel.cancelled() => return Err(QueryError::Cancelled),
     };
-    let columns: Vec<Column> = stream
-        .schema()
+    let columns: Vec<Column> = schema
         .fields()
         .iter()
         .map(|f| Column {
@@ -427,7 +505,7 @@ pub async fn execute(
     let mut total_known = true;
     loop {
         let next = tokio::select! {
-            n = stream.next() => n,
+            n = batches.recv() => n,
             _ = tokio::time::sleep_until(deadline) => {
                 if out.truncated {
                     // The rows to return are complete; only the count of the rest is cut short.
@@ -439,7 +517,7 @@ pub async fn execute(
             _ = cancel.cancelled() => return Err(QueryError::Cancelled),
         };
         let Some(batch) = next else { break };
-        let batch = batch.map_err(|e| classify(e, limits))?;
+        let batch = batch?;
         if out.truncated {
             total += batch.num_rows() as u64;
             if total > out.row_count as u64 + COUNT_PAST_CAP {
@@ -683,7 +761,7 @@ mod tests {
             )
         };
         // Another query holds the only slot: this one waits, and its time limit ends the wait.
-        let held = engine.slots.acquire().await.unwrap();
+        let held = engine.slots.clone().acquire_owned().await.unwrap();
         assert!(matches!(run().await, Err(QueryError::Timeout(300))));
         drop(held);
         let r = run().await.unwrap();

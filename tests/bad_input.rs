@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::util::{Lake, call, err, ok};
+use crate::util::{Lake, call, err, ok, text};
 
 #[tokio::test]
 async fn bad_sql_and_forbidden_statements_are_clear_tool_errors() {
@@ -147,19 +147,40 @@ async fn timeout_stops_a_runaway_query() {
     )
     .await);
     assert!(e.contains("time limit of 1500 ms"), "{e}");
-    assert!(started.elapsed().as_secs() < 20, "stopped promptly");
-    let q = ok(&call(
-        &client,
-        "query",
-        json!({"sql": "SELECT count(*) FROM sales.products"}),
-    )
-    .await);
+    // Answered when the limit falls due, although the join's operator computes for seconds between yields (queries
+    // run on a runtime of their own, so the MCP side is never held by them).
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(6),
+        "stopped promptly: {:?}",
+        started.elapsed()
+    );
+    // The stopped join may keep a core busy until its operator next yields (tokio cannot preempt it); meanwhile
+    // other queries share the cores with it, and on a loaded machine a small one can itself hit the 1.5 s limit.
+    // The server stays up and answers, and queries succeed again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let q = loop {
+        let r = call(
+            &client,
+            "query",
+            json!({"sql": "SELECT count(*) FROM sales.products"}),
+        )
+        .await;
+        if r.is_error != Some(true) {
+            break ok(&r);
+        }
+        assert!(text(&r).contains("time limit"), "{}", text(&r));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queries never recovered"
+        );
+    };
     assert_eq!(q["rows"][0][0], 500);
     client.cancel().await.unwrap();
     let audit = lake.audit();
-    assert_eq!(audit.len(), 2);
+    assert!(audit.len() >= 2);
     assert_eq!(audit[0]["decision"], "error");
     assert!(audit[0]["error"].as_str().unwrap().contains("time limit"));
+    assert_eq!(audit.last().unwrap()["decision"], "allowed");
 }
 
 #[tokio::test]
