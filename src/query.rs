@@ -326,11 +326,12 @@ pub struct Engine {
 struct QueryRuntime(Option<tokio::runtime::Runtime>);
 
 impl QueryRuntime {
-    /// Twice as many threads as cores: an operator that computes for seconds without yielding keeps its thread
-    /// even after its query was stopped (tokio cannot preempt it), and the spare threads let the next queries run
-    /// meanwhile, sharing the cores with it through the OS scheduler.
+    /// One thread per core. An operator that computes for seconds without yielding keeps its thread even after
+    /// its query was stopped (tokio cannot preempt it), so later queries may wait for it; the stopped query's reply
+    /// does not. (Twice as many threads let later queries run sooner but cost 64 queued heavy queries 8 time-outs
+    /// in the memory benchmark, against none.)
     fn new() -> std::io::Result<QueryRuntime> {
-        let threads = 2 * std::thread::available_parallelism().map_or(2, NonZeroUsize::get);
+        let threads = std::thread::available_parallelism().map_or(2, NonZeroUsize::get);
         Ok(QueryRuntime(Some(
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads)
