@@ -11,6 +11,9 @@
 //! JSON serialization included); (b) the same SQL on DataFusion with iceberg-datafusion's catalog provider,
 //! in-process; (c) DuckDB through `benches/duckdb_runner.py`. Rounds are interleaved (every query on every engine
 //! per round, the engine order rotating) and every result is consumed in full by every engine.
+//!
+//! Discovery calls are timed through rmcp's client over stdio and HTTP, and through a bare JSON-RPC client over
+//! stdio, whose time is the server's share of the round trip.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +31,11 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_parley");
+
+/// The allocator `parley` uses, so that raw DataFusion (b), which runs in this process, is not measured on a
+/// different one (DataFusion's own CLI also uses mimalloc).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// `(id, kind, SQL)`.
 const QUERIES: [(&str, &str, &str); 11] = [
@@ -459,20 +467,140 @@ const OVERHEAD_SAMPLES: usize = 500;
 const OVERHEAD_WARMUP: usize = 30;
 
 async fn overhead(catalog: &Path) -> Result<Vec<Value>> {
+    // One server at a time: servers on one data dir share its audit log, and would take turns on its lock.
     let mut out = Vec::new();
-    let stdio = parley_stdio(catalog, &[]).await?;
-    out.extend(sample_calls(&stdio, "stdio").await?);
-    stdio.cancel().await?;
+    let mut stdio = Caller::Rmcp(parley_stdio(catalog, &[]).await?);
+    out.extend(sample_calls(&mut stdio, "stdio").await?);
+    stdio.close().await?;
+    let mut raw = Caller::Raw(Box::new(RawStdio::spawn(catalog).await?));
+    out.extend(sample_calls(&mut raw, "stdio, raw JSON-RPC").await?);
+    raw.close().await?;
     let server = HttpServer::start(catalog, &[]).await?;
-    let http = server.client().await?;
-    out.extend(sample_calls(&http, "http").await?);
-    http.cancel().await?;
+    let mut http = Caller::Rmcp(server.client().await?);
+    out.extend(sample_calls(&mut http, "http").await?);
+    http.close().await?;
     Ok(out)
+}
+
+/// A client for the overhead section: rmcp's, or a bare JSON-RPC one that shows what rmcp's client adds.
+enum Caller {
+    Rmcp(Client),
+    Raw(Box<RawStdio>),
+}
+
+impl Caller {
+    async fn call(&mut self, tool: &str, args: Value) -> Result<Value> {
+        match self {
+            Caller::Rmcp(c) => call(c, tool, args).await,
+            Caller::Raw(r) => r.call(tool, args).await,
+        }
+    }
+
+    async fn close(self) -> Result<()> {
+        match self {
+            Caller::Rmcp(c) => {
+                c.cancel().await?;
+            }
+            Caller::Raw(r) => r.close().await?,
+        }
+        Ok(())
+    }
+}
+
+/// A minimal MCP client over stdio: one JSON-RPC request line out, one response line in, parsed with serde_json
+/// into a `Value` (rmcp's client also decodes it into its typed messages, and hands it between tasks).
+struct RawStdio {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: BufReader<tokio::process::ChildStdout>,
+    line: String,
+    id: u64,
+}
+
+impl RawStdio {
+    async fn spawn(data: &Path) -> Result<RawStdio> {
+        let mut child = tokio::process::Command::new(BIN)
+            .args(["serve", "--principal", "analyst", "--data-dir"])
+            .arg(data)
+            .env("PARLEY_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut raw = RawStdio {
+            stdin: child.stdin.take().expect("piped"),
+            stdout: BufReader::new(child.stdout.take().expect("piped")),
+            child,
+            line: String::new(),
+            id: 0,
+        };
+        raw.request(
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}),
+        )
+        .await?;
+        raw.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await?;
+        Ok(raw)
+    }
+
+    /// Closes stdin, as an MCP client ends a stdio session, and waits for the server to exit.
+    async fn close(self) -> Result<()> {
+        let RawStdio {
+            mut child, stdin, ..
+        } = self;
+        drop(stdin);
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await??;
+        if !status.success() {
+            bail!("parley serve exited with {status}");
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, message: &Value) -> Result<()> {
+        let mut bytes = serde_json::to_vec(message)?;
+        bytes.push(b'\n');
+        self.stdin.write_all(&bytes).await?;
+        Ok(())
+    }
+
+    async fn request(&mut self, method: &str, params: Value) -> Result<Value> {
+        self.id += 1;
+        let id = self.id;
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await?;
+        loop {
+            self.line.clear();
+            if self.stdout.read_line(&mut self.line).await? == 0 {
+                bail!("server closed stdout");
+            }
+            let mut reply: Value = serde_json::from_str(&self.line)?;
+            if reply["id"] == json!(id) {
+                if let Some(e) = reply.get("error") {
+                    bail!("{method}: {e}");
+                }
+                return Ok(reply["result"].take());
+            }
+        }
+    }
+
+    async fn call(&mut self, tool: &str, args: Value) -> Result<Value> {
+        let mut r = self
+            .request("tools/call", json!({"name": tool, "arguments": args}))
+            .await?;
+        if r["isError"] == json!(true) {
+            bail!("{tool}: {}", r["content"]);
+        }
+        match r.get_mut("structuredContent") {
+            Some(v) => Ok(v.take()),
+            None => bail!("{tool}: no structured content"),
+        }
+    }
 }
 
 /// Rounds of one call of each discovery tool, the first tool rotating, so every tool is sampled under the same
 /// machine conditions (a slow stretch of disk flushes lands on all of them, not on whichever ran then).
-async fn sample_calls(client: &Client, transport: &str) -> Result<Vec<Value>> {
+async fn sample_calls(client: &mut Caller, transport: &str) -> Result<Vec<Value>> {
     let calls = discovery_calls();
     let mut samples = vec![Vec::with_capacity(OVERHEAD_SAMPLES); calls.len()];
     for round in 0..OVERHEAD_WARMUP + OVERHEAD_SAMPLES {
@@ -480,7 +608,7 @@ async fn sample_calls(client: &Client, transport: &str) -> Result<Vec<Value>> {
             let i = (round + k) % calls.len();
             let (_, tool, args) = &calls[i];
             let started = Instant::now();
-            call(client, tool, args.clone()).await?;
+            client.call(tool, args.clone()).await?;
             if round >= OVERHEAD_WARMUP {
                 samples[i].push(started.elapsed().as_secs_f64() * 1e3);
             }
