@@ -206,6 +206,8 @@ struct Job {
 pub struct FileAuditLog {
     path: PathBuf,
     jobs: std::sync::mpsc::Sender<Job>,
+    /// The check of the whole chain that opening started (see [`check_in_background`]).
+    check: std::sync::Mutex<Option<std::thread::JoinHandle<Result<Verified, AuditError>>>>,
 }
 
 /// Writer-thread state.
@@ -235,14 +237,57 @@ pub(crate) fn canonical(value: &Value) -> Value {
     }
 }
 
+/// Writes `value` as the compact JSON of [`canonical`]`(value)`, leaving out the top-level key `skip`: the same
+/// bytes, without building the sorted copy.
+fn write_canonical(out: &mut impl Write, value: &Value, skip: Option<&str>) -> std::io::Result<()> {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().filter(|k| Some(k.as_str()) != skip).collect();
+            keys.sort();
+            out.write_all(b"{")?;
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                serde_json::to_writer(&mut *out, k)?;
+                out.write_all(b":")?;
+                write_canonical(out, &map[k], None)?;
+            }
+            out.write_all(b"}")
+        }
+        Value::Array(items) => {
+            out.write_all(b"[")?;
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                write_canonical(out, item, None)?;
+            }
+            out.write_all(b"]")
+        }
+        scalar => Ok(serde_json::to_writer(out, scalar)?),
+    }
+}
+
+/// Feeds what is written into a SHA-256.
+struct HashWriter(Sha256);
+
+impl Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// SHA-256 (hex) over the canonical JSON of `record` without its `hash` field.
 fn record_hash(record: &Value) -> String {
-    let mut v = record.clone();
-    if let Value::Object(map) = &mut v {
-        map.remove("hash");
-    }
-    let bytes = serde_json::to_vec(&canonical(&v)).expect("JSON values serialize");
-    hex::encode(Sha256::digest(&bytes))
+    let mut hasher = HashWriter(Sha256::new());
+    write_canonical(&mut hasher, record, Some("hash")).expect("hashing does not fail");
+    hex::encode(hasher.0.finalize())
 }
 
 /// SHA-256 (hex) of a text, e.g. the SQL of a query.
@@ -298,7 +343,7 @@ pub fn segments(path: &Path) -> Result<Vec<PathBuf>, AuditError> {
 pub fn verify(path: &Path, from: Option<u64>) -> Result<Verified, AuditError> {
     let mut chain = Chain::new(from.unwrap_or(1));
     for segment in segments(path)? {
-        let torn = read_segment(&segment, false, &mut chain, &mut |_| {})?;
+        let torn = read_segment(&segment, false, &mut chain, None)?;
         debug_assert!(torn.is_none());
     }
     Ok(Verified {
@@ -313,7 +358,7 @@ pub fn read_all(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
     let mut out = Vec::new();
     for segment in segments(path)? {
         // The active file may end in a torn line while the server runs; it was never acknowledged.
-        read_segment(&segment, true, &mut chain, &mut |r| out.push(r))?;
+        read_segment(&segment, true, &mut chain, Some(&mut |r| out.push(r)))?;
     }
     Ok(out)
 }
@@ -324,6 +369,8 @@ struct Chain {
     next_seq: u64,
     count: u64,
     check_from: u64,
+    /// The last record to read, if not the end.
+    stop_at: Option<u64>,
 }
 
 impl Chain {
@@ -333,17 +380,19 @@ impl Chain {
             next_seq: 1,
             count: 0,
             check_from,
+            stop_at: None,
         }
     }
 }
 
-/// Reads one segment into `chain`, handing each record to `each`. With `tolerate_torn_tail`, an unterminated last
-/// line is skipped and its byte offset returned so the caller can cut it off.
+/// Reads one segment into `chain`, handing each record to `each` (when given). With `tolerate_torn_tail`, an
+/// unterminated last line is skipped and its byte offset returned so the caller can cut it off. Stops after the
+/// record `chain.stop_at`.
 fn read_segment(
     path: &Path,
     tolerate_torn_tail: bool,
     chain: &mut Chain,
-    each: &mut dyn FnMut(AuditRecord),
+    each: Option<&mut dyn FnMut(AuditRecord)>,
 ) -> Result<Option<u64>, AuditError> {
     let io = |source| AuditError::Io {
         path: path.to_path_buf(),
@@ -354,7 +403,22 @@ fn read_segment(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(e)),
     };
-    let mut reader = BufReader::new(file);
+    read_open_segment(path, file, tolerate_torn_tail, chain, each)
+}
+
+/// [`read_segment`] on a file already open (it may have been renamed since: see [`check_in_background`]).
+fn read_open_segment(
+    path: &Path,
+    file: File,
+    tolerate_torn_tail: bool,
+    chain: &mut Chain,
+    mut each: Option<&mut dyn FnMut(AuditRecord)>,
+) -> Result<Option<u64>, AuditError> {
+    let io = |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut offset: u64 = 0;
     let mut line = String::new();
     loop {
@@ -379,32 +443,60 @@ fn read_segment(
         }
         let value: Value = serde_json::from_str(line.trim_end())
             .map_err(|e| broken(format!("not a JSON record: {e}")))?;
-        let record: AuditRecord = serde_json::from_value(value.clone())
-            .map_err(|e| broken(format!("not an audit record: {e}")))?;
-        if record.seq != expected_seq && expected_seq >= chain.check_from {
+        let link = Link::of(&value).ok_or_else(|| {
+            broken("not an audit record: seq, prev_hash or hash is missing".into())
+        })?;
+        if link.seq != expected_seq && expected_seq >= chain.check_from {
             return Err(broken(format!(
                 "sequence number is {}, expected {expected_seq} (a record was deleted, inserted or moved)",
-                record.seq
+                link.seq
             )));
         }
-        if record.seq >= chain.check_from {
-            if record.seq > chain.check_from && record.prev_hash != chain.prev {
+        if link.seq >= chain.check_from {
+            if link.seq > chain.check_from && link.prev_hash != chain.prev {
                 return Err(broken(
                     "prev_hash does not match the previous record's hash (a record was deleted, inserted or moved)"
                         .into(),
                 ));
             }
-            if record_hash(&value) != record.hash {
+            if record_hash(&value) != link.hash {
                 return Err(broken(
                     "hash does not match the record's content (the record was edited)".into(),
                 ));
             }
         }
-        chain.prev = record.hash.clone();
-        chain.next_seq = record.seq + 1;
+        let seq = link.seq;
+        chain.prev.clear();
+        chain.prev.push_str(link.hash);
+        chain.next_seq = seq + 1;
         chain.count += 1;
         offset += n as u64;
-        each(record);
+        if let Some(each) = each.as_mut() {
+            each(
+                serde_json::from_value(value)
+                    .map_err(|e| broken(format!("not an audit record: {e}")))?,
+            );
+        }
+        if chain.stop_at == Some(seq) {
+            return Ok(None);
+        }
+    }
+}
+
+/// What links a record into the chain, read from its JSON without decoding the rest.
+struct Link<'a> {
+    seq: u64,
+    prev_hash: &'a str,
+    hash: &'a str,
+}
+
+impl<'a> Link<'a> {
+    fn of(record: &'a Value) -> Option<Link<'a>> {
+        Some(Link {
+            seq: record.get("seq")?.as_u64()?,
+            prev_hash: record.get("prev_hash")?.as_str()?,
+            hash: record.get("hash")?.as_str()?,
+        })
     }
 }
 
@@ -429,30 +521,45 @@ impl FileAuditLog {
         // Under the cross-process lock: another server on this data dir may be mid-append, and its half-written
         // line must not be mistaken for a torn one.
         file.lock().map_err(io)?;
-        let mut chain = Chain::new(1);
-        let all = segments(path)?;
-        let (active, rotated) = all.split_last().expect("the active file is always listed");
-        for segment in rotated {
-            read_segment(segment, false, &mut chain, &mut |_| {})?;
-        }
-        let torn_at = read_segment(active, true, &mut chain, &mut |_| {})?;
-        if let Some(at) = torn_at {
+        let (end, last) = last_line(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if end < len {
             tracing::warn!(
                 path = %path.display(),
-                offset = at,
+                offset = end,
                 "audit log ends in a torn record that was never acknowledged; cutting it off"
             );
-            file.set_len(at).map_err(io)?;
+            file.set_len(end).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
+        let head = match last {
+            Some(line) => Some(head_of(path, &line)?),
+            // A new log, or one just rotated: the head is the last record of the newest rotated segment.
+            None => {
+                let mut head = None;
+                for segment in segments(path)?.iter().rev().skip(1) {
+                    let (_, last) = last_line(segment).map_err(|source| AuditError::Io {
+                        path: segment.clone(),
+                        source,
+                    })?;
+                    if let Some(line) = last {
+                        head = Some(head_of(segment, &line)?);
+                        break;
+                    }
+                }
+                head
+            }
+        };
         file.unlock().map_err(io)?;
+        let (seq, head) = head.unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
+        let check = check_in_background(path.to_path_buf(), seq).map_err(io)?;
         let len = file.seek(SeekFrom::End(0)).map_err(io)?;
         let mut writer = Writer {
             path: path.to_path_buf(),
             file,
             len,
-            seq: chain.next_seq - 1,
-            head: chain.prev,
+            seq,
+            head,
             rotate_bytes: rotate_bytes.max(1),
         };
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
@@ -463,6 +570,7 @@ impl FileAuditLog {
         Ok(FileAuditLog {
             path: path.to_path_buf(),
             jobs,
+            check: std::sync::Mutex::new(Some(check)),
         })
     }
 
@@ -470,17 +578,158 @@ impl FileAuditLog {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Waits for the check of the chain that opening started, and returns its outcome (`None` once taken).
+    pub fn checked(&self) -> Option<Result<Verified, AuditError>> {
+        let check = self.check.lock().expect("audit check lock").take()?;
+        check.join().ok()
+    }
 }
 
-/// The last complete record of a segment file.
-fn last_record(path: &Path) -> std::io::Result<Option<AuditRecord>> {
-    let mut last = None;
-    for line in BufReader::new(File::open(path)?).lines() {
-        if let Ok(r) = serde_json::from_str::<AuditRecord>(&line?) {
-            last = Some(r);
+/// Where the last complete line of the file at `path` ends, and that line; bytes past that end are a torn line.
+/// Read backwards from the end, so opening a log costs the same however long it has grown.
+fn last_line(path: &Path) -> std::io::Result<(u64, Option<String>)> {
+    use std::io::Read;
+    const BLOCK: u64 = 1 << 16;
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, None)),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    // The bytes from `pos` to the end of the file.
+    let mut tail: Vec<u8> = Vec::new();
+    let mut pos = len;
+    let mut end = None;
+    while pos > 0 {
+        let start = pos.saturating_sub(BLOCK);
+        let mut block = vec![0; (pos - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut block)?;
+        block.extend_from_slice(&tail);
+        tail = block;
+        pos = start;
+        if end.is_none() {
+            end = tail
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map(|i| pos + i as u64 + 1);
+        }
+        if let Some(end) = end {
+            let newline = (end - 1 - pos) as usize;
+            let begin = match tail[..newline].iter().rposition(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                None if pos == 0 => 0,
+                None => continue,
+            };
+            let line = String::from_utf8_lossy(&tail[begin..newline]).into_owned();
+            return Ok((end, Some(line)));
         }
     }
-    Ok(last)
+    Ok((0, None))
+}
+
+/// The `seq` and `hash` of the record `line`, the last of `path`, after checking its hash: the chain continues
+/// from it.
+fn head_of(path: &Path, line: &str) -> Result<(u64, String), AuditError> {
+    let broken = |seq, message: &str| AuditError::Broken {
+        path: path.to_path_buf(),
+        seq,
+        message: format!(
+            "{message}; the log cannot be continued (`parley audit verify` checks all of it)"
+        ),
+    };
+    let value: Value = serde_json::from_str(line.trim_end())
+        .map_err(|_| broken(0, "the last line is not a JSON record"))?;
+    let link = Link::of(&value).ok_or_else(|| broken(0, "the last line is not an audit record"))?;
+    if record_hash(&value) != link.hash {
+        return Err(broken(
+            link.seq,
+            "the last record's hash does not match its content (it was edited)",
+        ));
+    }
+    Ok((link.seq, link.hash.to_string()))
+}
+
+/// Checks the whole chain, up to record `head` (the last one when the log was opened), on a thread of its own,
+/// and logs the outcome: a break is an error naming the record. Every file is opened before reading starts, so a
+/// rotation meanwhile (the active file renamed) does not hide one, and records appended after `head` are not
+/// read. Opening reads only the log's last record, so that start-up does not grow with the log's age.
+fn check_in_background(
+    path: PathBuf,
+    head: u64,
+) -> std::io::Result<std::thread::JoinHandle<Result<Verified, AuditError>>> {
+    std::thread::Builder::new()
+        .name("parley-audit-check".to_string())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            let checked = check_up_to(&path, head);
+            match &checked {
+                Ok(v) => tracing::info!(
+                    records = v.count,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "audit chain verified up to the head at start-up"
+                ),
+                Err(e) => tracing::error!(
+                    "the audit chain is broken: {e}; records are still appended after the head, but the log \
+                     has been altered: investigate, and run `parley audit verify`"
+                ),
+            }
+            checked
+        })
+}
+
+fn check_up_to(path: &Path, head: u64) -> Result<Verified, AuditError> {
+    let mut chain = Chain::new(1);
+    chain.stop_at = Some(head);
+    if head == 0 {
+        return Ok(Verified {
+            count: 0,
+            head: chain.prev,
+        });
+    }
+    // Another process may rotate between listing and opening: list again.
+    let mut files = Vec::new();
+    for attempt in 0..3 {
+        files.clear();
+        let listed = segments(path)?;
+        let last = listed.len() - 1;
+        let mut vanished = false;
+        for (i, segment) in listed.into_iter().enumerate() {
+            match File::open(&segment) {
+                Ok(f) => files.push((segment, f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && i < last && attempt < 2 => {
+                    vanished = true;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && i == last => {}
+                Err(source) => {
+                    return Err(AuditError::Io {
+                        path: segment,
+                        source,
+                    });
+                }
+            }
+        }
+        if !vanished {
+            break;
+        }
+    }
+    let count = files.len();
+    for (i, (segment, file)) in files.into_iter().enumerate() {
+        read_open_segment(&segment, file, i + 1 == count, &mut chain, None)?;
+        if chain.next_seq > head {
+            return Ok(Verified {
+                count: chain.count,
+                head: chain.prev,
+            });
+        }
+    }
+    Err(AuditError::Broken {
+        path: path.to_path_buf(),
+        seq: chain.next_seq,
+        message: format!("the log ends before record {head}, its last record when it was opened"),
+    })
 }
 
 #[cfg(unix)]
@@ -551,10 +800,11 @@ impl Writer {
             self.len = 0;
             let rotated = segments(&self.path).map_err(std::io::Error::other)?;
             if let Some(newest) = rotated.iter().rev().nth(1)
-                && let Some(r) = last_record(newest)?
+                && let (_, Some(line)) = last_line(newest)?
             {
-                self.seq = r.seq;
-                self.head = r.hash;
+                let (seq, head) = head_of(newest, &line).map_err(std::io::Error::other)?;
+                self.seq = seq;
+                self.head = head;
             }
         }
         let len = self.file.metadata()?.len();
@@ -686,6 +936,7 @@ impl AuditSink for FileAuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn entry(i: u64) -> AuditEntry {
         AuditEntry {
@@ -829,6 +1080,126 @@ mod tests {
             assert_eq!(log.append(entry(i)).await.unwrap(), i + 1);
         }
         assert_eq!(verify(&path, None).unwrap().count, 30);
+    }
+
+    #[tokio::test]
+    async fn opening_reads_the_tail_and_checks_the_rest_in_the_background() {
+        let (_d, path) = log_with(6).await;
+        let mut l = lines(&path);
+        l[1] = l[1].replace("sales.t1", "sales.tX");
+        write_lines(&path, &l);
+        // An old record was edited: the log opens and continues from its head, and the check names the record.
+        let log = FileAuditLog::open(&path, u64::MAX).unwrap();
+        assert_eq!(log.append(entry(7)).await.unwrap(), 7);
+        match log.checked() {
+            Some(Err(AuditError::Broken { seq: 2, .. })) => {}
+            other => panic!("expected the check to find record 2 broken, got {other:?}"),
+        }
+        assert!(log.checked().is_none());
+        // The last record edited: the chain cannot be continued from it.
+        let (_d, path) = log_with(3).await;
+        let mut l = lines(&path);
+        l[2] = l[2].replace("sales.t2", "sales.tX");
+        write_lines(&path, &l);
+        match FileAuditLog::open(&path, u64::MAX) {
+            Err(AuditError::Broken {
+                seq: 3, message, ..
+            }) => {
+                assert!(message.contains("edited"), "{message}")
+            }
+            other => panic!("expected record 3 broken, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_background_check_stops_at_the_head_while_appends_rotate_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = Arc::new(FileAuditLog::open(&path, 20_000).unwrap());
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..250 {
+                    log.append(entry(t * 1000 + i)).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        drop(log);
+        let head = verify(&path, None).unwrap();
+        assert_eq!(head.count, 2000);
+        // Reopened, the log rotates under the check many times over.
+        let log = Arc::new(FileAuditLog::open(&path, 2_000).unwrap());
+        let mut tasks = Vec::new();
+        for t in 0..4 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..100 {
+                    log.append(entry(t * 1000 + i)).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(log.checked().unwrap().unwrap(), head);
+        assert!(segments(&path).unwrap().len() > 40);
+        assert_eq!(verify(&path, None).unwrap().count, 2400);
+    }
+
+    #[tokio::test]
+    async fn an_empty_active_file_continues_from_the_newest_segment() {
+        let (_d, path) = log_with(5).await;
+        std::fs::rename(&path, path.with_file_name("audit.000000000001.jsonl")).unwrap();
+        std::fs::write(&path, "{\"seq\":6,\"ti").unwrap();
+        let log = FileAuditLog::open(&path, u64::MAX).unwrap();
+        assert_eq!(log.checked().unwrap().unwrap().count, 5);
+        assert_eq!(log.append(entry(6)).await.unwrap(), 6);
+        assert_eq!(verify(&path, None).unwrap().count, 6);
+    }
+
+    #[test]
+    fn last_line_finds_the_last_complete_line_across_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let long = "x".repeat(200_000);
+        for (text, want) in [
+            (String::new(), (0, None)),
+            ("torn".to_string(), (0, None)),
+            ("a\n".to_string(), (2, Some("a"))),
+            ("a\nbc\n".to_string(), (5, Some("bc"))),
+            ("a\nbc\ntorn".to_string(), (5, Some("bc"))),
+            ("\n".to_string(), (1, Some(""))),
+            (format!("{long}\n"), (200_001, Some(long.as_str()))),
+            (format!("a\n{long}\n{long}"), (200_003, Some(long.as_str()))),
+            (format!("{long}\nb\n"), (200_003, Some("b"))),
+        ] {
+            std::fs::write(&path, &text).unwrap();
+            let (end, line) = last_line(&path).unwrap();
+            assert_eq!(
+                (end, line.as_deref()),
+                want,
+                "{:?}",
+                &text[..text.len().min(20)]
+            );
+        }
+        assert_eq!(last_line(&dir.path().join("missing")).unwrap(), (0, None));
+    }
+
+    #[test]
+    fn canonical_hashing_matches_the_sorted_copy() {
+        let record = json!({"seq": 3, "b": [{"z": 1, "a": "é\n\"q\""}, 2.5, null], "a": {"y": true, "x": -7},
+            "hash": "ignored", "prev_hash": "p"});
+        let mut without = record.clone();
+        without.as_object_mut().unwrap().remove("hash");
+        let bytes = serde_json::to_vec(&canonical(&without)).unwrap();
+        assert_eq!(record_hash(&record), hex::encode(Sha256::digest(&bytes)));
+        let mut written = Vec::new();
+        write_canonical(&mut written, &record, None).unwrap();
+        assert_eq!(written, serde_json::to_vec(&canonical(&record)).unwrap());
     }
 
     #[tokio::test]
