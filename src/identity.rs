@@ -81,6 +81,7 @@ pub type Identity = Arc<dyn IdentitySource>;
 
 // ---- tokens (streamable HTTP) -------------------------------------------------------------------------------
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -88,6 +89,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
+use sha2::Digest as _;
 
 use crate::config::AuthSettings;
 
@@ -227,7 +229,14 @@ pub struct JwtValidator {
     cache: tokio::sync::RwLock<KeyCache>,
     /// Held while refreshing so concurrent unknown-`kid` requests trigger one fetch.
     refresh: tokio::sync::Mutex<()>,
+    /// Tokens already verified, by SHA-256, with when the result stops holding (see [`JwtValidator::validate`]).
+    verified: std::sync::Mutex<HashMap<[u8; 32], (Instant, Authenticated)>>,
 }
+
+/// Longest a verified token is answered from memory before its signature is checked again.
+const VERIFIED_FOR: Duration = Duration::from_secs(300);
+/// Verified tokens remembered before the memory starts over.
+const MAX_VERIFIED: usize = 4096;
 
 impl JwtValidator {
     /// A validator for `settings` over `source`. Fails on an unusable algorithm list.
@@ -255,6 +264,7 @@ impl JwtValidator {
                 fetched_at: None,
             }),
             refresh: tokio::sync::Mutex::new(()),
+            verified: Default::default(),
         })
     }
 
@@ -291,11 +301,46 @@ impl JwtValidator {
             keys,
             fetched_at: Some(Instant::now()),
         };
+        // A key may have left the set: tokens it signed must be checked again.
+        self.verified.lock().expect("verified tokens lock").clear();
         Ok(())
     }
 
     /// Checks a bearer token and returns who it names.
+    ///
+    /// A client sends the same token with every request, and checking its signature dominates the cost of
+    /// authenticating one (an Ed25519 or RSA verification), so a token that passed is remembered, by its SHA-256,
+    /// until it expires (`exp` plus the leeway, as the check itself allows) and for at most five minutes; a
+    /// refresh of the key set forgets them all. Nothing else in the check depends on time, and failures are never
+    /// remembered.
     pub async fn validate(&self, token: &str) -> Result<Authenticated, AuthError> {
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some((until, authenticated)) = self
+            .verified
+            .lock()
+            .expect("verified tokens lock")
+            .get(&digest)
+            && Instant::now() < *until
+        {
+            return Ok(authenticated.clone());
+        }
+        let (authenticated, exp) = self.verify(token).await?;
+        let left = exp
+            .saturating_add(self.settings.leeway_secs as i64)
+            .saturating_sub(chrono::Utc::now().timestamp());
+        if left > 0 {
+            let until = Instant::now() + VERIFIED_FOR.min(Duration::from_secs(left as u64));
+            let mut verified = self.verified.lock().expect("verified tokens lock");
+            if verified.len() >= MAX_VERIFIED {
+                verified.clear();
+            }
+            verified.insert(digest, (until, authenticated.clone()));
+        }
+        Ok(authenticated)
+    }
+
+    /// [`JwtValidator::validate`] without the memory of verified tokens; also returns the token's `exp`.
+    async fn verify(&self, token: &str) -> Result<(Authenticated, i64), AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("malformed token header: {e}")))?;
         if !self.algorithms.contains(&header.alg) {
@@ -380,7 +425,12 @@ impl JwtValidator {
             }
         }
         tracing::debug!(sub = %principal.id, jti = ?principal.attrs.get("jti"), "token accepted");
-        Ok(Authenticated { principal, scopes })
+        // `exp` is required and was checked; a fractional one counts by its whole seconds.
+        let exp = claims
+            .get("exp")
+            .and_then(|e| e.as_i64().or_else(|| e.as_f64().map(|f| f as i64)))
+            .unwrap_or(0);
+        Ok((Authenticated { principal, scopes }, exp))
     }
 }
 
@@ -565,6 +615,40 @@ mod tests {
             v.validate(&other).await,
             Err(AuthError::Invalid(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_still_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = DevIssuer::load_or_create(&dir.path().join("k.pem")).unwrap();
+        let v = JwtValidator::new(
+            AuthSettings {
+                leeway_secs: 0,
+                ..settings()
+            },
+            Arc::new(StaticKeys(issuer.jwks())),
+        )
+        .unwrap();
+        let token = issuer
+            .mint("ana", &[], &[], Duration::from_secs(1), "parley-test")
+            .unwrap();
+        let first = v.validate(&token).await.unwrap();
+        assert_eq!(v.verified.lock().unwrap().len(), 1, "remembered");
+        assert_eq!(v.validate(&token).await.unwrap().principal, first.principal);
+        // One character changed in the signature: not the remembered token, and it fails its check.
+        let mut forged = token.clone();
+        let last = forged.pop().unwrap();
+        forged.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(v.validate(&forged).await.is_err());
+        // Past `exp` (whole seconds, no leeway), the remembered result no longer holds.
+        let exp = chrono::Utc::now().timestamp() + 1;
+        while chrono::Utc::now().timestamp() <= exp {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match v.validate(&token).await {
+            Err(AuthError::Invalid(message)) => assert!(message.contains("xpired"), "{message}"),
+            other => panic!("expected the expired token to fail, got {other:?}"),
+        }
     }
 
     #[test]
