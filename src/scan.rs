@@ -17,7 +17,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef as ArrowSchemaRef;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{DFSchema, Result as DfResult};
+use datafusion::common::stats::Precision;
+use datafusion::common::{DFSchema, Result as DfResult, Statistics};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
@@ -27,6 +28,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use futures::TryStreamExt;
 use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::scan::FileScanTask;
 use iceberg::spec::DataFileFormat;
 use iceberg::table::Table;
 use iceberg_datafusion::IcebergStaticTableProvider;
@@ -36,7 +38,7 @@ pub async fn provider(table: Table) -> Result<Arc<dyn TableProvider>, String> {
     let meta = table.metadata();
     let one_schema = meta.schemas_iter().count() == 1;
     if one_schema && let Some(snapshot_id) = meta.current_snapshot_id() {
-        let files = table
+        let tasks = table
             .scan()
             .snapshot_id(snapshot_id)
             .build()
@@ -47,10 +49,10 @@ pub async fn provider(table: Table) -> Result<Arc<dyn TableProvider>, String> {
             .try_collect::<Vec<_>>()
             .await
             .map_err(|e| e.to_string())?;
-        let plain = files
+        let plain = tasks
             .iter()
             .all(|t| t.deletes.is_empty() && t.data_file_format == DataFileFormat::Parquet);
-        let local: Option<Vec<PartitionedFile>> = files
+        let local: Option<Vec<PartitionedFile>> = tasks
             .iter()
             .map(|t| {
                 t.data_file_path
@@ -61,7 +63,12 @@ pub async fn provider(table: Table) -> Result<Arc<dyn TableProvider>, String> {
         if plain && let Some(files) = local {
             let schema =
                 Arc::new(schema_to_arrow_schema(meta.current_schema()).map_err(|e| e.to_string())?);
-            return Ok(Arc::new(SnapshotFiles { schema, files }));
+            let statistics = snapshot_statistics(&schema, &tasks);
+            return Ok(Arc::new(SnapshotFiles {
+                schema,
+                files,
+                statistics,
+            }));
         }
     }
     Ok(Arc::new(
@@ -71,11 +78,28 @@ pub async fn provider(table: Table) -> Result<Arc<dyn TableProvider>, String> {
     ))
 }
 
+/// What the snapshot's manifests say of its size, for the optimizer (join order, build sides): the exact row
+/// count (each data file's `record_count`) and the bytes of its files (compressed, all columns: a relative
+/// measure, hence inexact). DataFusion's own Parquet tables read the same from the files' footers.
+fn snapshot_statistics(schema: &ArrowSchemaRef, tasks: &[FileScanTask]) -> Statistics {
+    let rows: Option<u64> = tasks.iter().map(|t| t.record_count).sum();
+    let bytes: u64 = tasks.iter().map(|t| t.file_size_in_bytes).sum();
+    let mut statistics = Statistics::new_unknown(schema);
+    if let Some(rows) = rows.and_then(|r| usize::try_from(r).ok()) {
+        statistics.num_rows = Precision::Exact(rows);
+    }
+    if let Ok(bytes) = usize::try_from(bytes) {
+        statistics.total_byte_size = Precision::Inexact(bytes);
+    }
+    statistics
+}
+
 /// The Parquet data files of one snapshot (local storage), scanned by DataFusion.
 #[derive(Debug)]
 struct SnapshotFiles {
     schema: ArrowSchemaRef,
     files: Vec<PartitionedFile>,
+    statistics: Statistics,
 }
 
 #[async_trait]
@@ -90,6 +114,10 @@ impl TableProvider for SnapshotFiles {
 
     fn table_type(&self) -> TableType {
         TableType::Base
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        Some(self.statistics.clone())
     }
 
     /// Filters prune row groups and pages; DataFusion still applies them to the rows.
@@ -122,6 +150,7 @@ impl TableProvider for SnapshotFiles {
         let config =
             FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
                 .with_file_groups(groups)
+                .with_statistics(self.statistics.clone())
                 .with_projection_indices(projection.cloned())?
                 .with_limit(limit)
                 .build();
@@ -194,7 +223,57 @@ mod tests {
             (files, rows)
         };
         // The first snapshot's one file, then both files once the second commit is current.
-        assert_eq!(read(first).await, (Some(1), 10));
-        assert_eq!(read(both).await, (Some(2), 60));
+        assert_eq!(read(first.clone()).await, (Some(1), 10));
+        assert_eq!(read(both.clone()).await, (Some(2), 60));
+        // Its row count, from the manifests, exactly.
+        for (table, rows) in [(first, 100), (both, 150)] {
+            let stats = provider(table).await.unwrap().statistics().unwrap();
+            assert_eq!(stats.num_rows, Precision::Exact(rows));
+        }
+    }
+
+    #[tokio::test]
+    async fn row_counts_put_the_smaller_table_on_the_build_side_of_a_join() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = open_sql_catalog(&dir.path().join("c.db"), &dir.path().join("w"), "t")
+            .await
+            .unwrap();
+        let ns = NamespaceIdent::new("ns".to_string());
+        catalog.create_namespace(&ns, HashMap::new()).await.unwrap();
+        let ctx = SessionContext::new();
+        for (name, rows) in [("big", 5000), ("small", 3)] {
+            let layout = TableLayout {
+                namespace: "ns",
+                name,
+                fields: vec![NestedField::required(
+                    1,
+                    "n",
+                    Type::Primitive(PrimitiveType::Long),
+                )],
+                partition: None,
+                properties: vec![],
+            };
+            let table = create_table(catalog.as_ref(), layout).await.unwrap();
+            let table = commit(catalog.as_ref(), table, (1..=rows).collect()).await;
+            ctx.register_table(name, provider(table).await.unwrap())
+                .unwrap();
+        }
+        // Written with the big table first: the optimizer swaps it to the probe side only if it knows the sizes.
+        let plan = ctx
+            .sql("SELECT count(*) FROM big JOIN small ON big.n = small.n")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let text = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(true)
+            .to_string();
+        let (small, big) = (text.find("/small/").unwrap(), text.find("/big/").unwrap());
+        assert!(text.contains("mode=CollectLeft"), "{text}");
+        assert!(
+            small < big,
+            "the small table is not the build side:\n{text}"
+        );
     }
 }
