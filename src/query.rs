@@ -246,7 +246,14 @@ async fn governed_view(
                 ])),
                 lit("hex"),
             ),
-            Some(ColumnMask::Redact) if field.data_type() == &DataType::Utf8 => lit("REDACTED"),
+            Some(ColumnMask::Redact)
+                if matches!(
+                    field.data_type(),
+                    DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
+                ) =>
+            {
+                cast(lit("REDACTED"), field.data_type().clone())
+            }
             Some(ColumnMask::Redact) => cast(
                 lit(ScalarValue::try_from(field.data_type()).map_err(plan_error)?),
                 field.data_type().clone(),
@@ -488,7 +495,7 @@ pub async fn execute(
         .iter()
         .map(|f| Column {
             name: f.name().clone(),
-            data_type: f.data_type().to_string(),
+            data_type: type_name(f.data_type()),
         })
         .collect();
     let mut out = QueryResult {
@@ -539,6 +546,16 @@ pub async fn execute(
     out.total_rows = (total_known).then_some(total);
     out.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(out)
+}
+
+/// A result column's type as agents see it: string and binary views (how tables are scanned, see `scan`) are
+/// named as the plain types, which is what they hold.
+fn type_name(data_type: &DataType) -> String {
+    match data_type {
+        DataType::Utf8View => DataType::Utf8.to_string(),
+        DataType::BinaryView => DataType::Binary.to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// Appends the rows of `batch` until a cap is reached; counts every row into `total`.
@@ -767,6 +784,95 @@ mod tests {
         drop(held);
         let r = run().await.unwrap();
         assert_eq!(r.rows, vec![vec![Value::from(7)]]);
+    }
+
+    #[tokio::test]
+    async fn a_governed_view_masks_string_columns_and_filters_rows() {
+        use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+        use iceberg::NamespaceIdent;
+        use iceberg::spec::{NestedField, PrimitiveType, Type};
+        let dir = tempfile::tempdir().unwrap();
+        let catalog =
+            crate::catalog::open_sql_catalog(&dir.path().join("c.db"), &dir.path().join("w"), "t")
+                .await
+                .unwrap();
+        let ns = NamespaceIdent::new("s".to_string());
+        catalog
+            .create_namespace(&ns, std::collections::HashMap::new())
+            .await
+            .unwrap();
+        let string = |id, name: &str| {
+            NestedField::required(id, name, Type::Primitive(PrimitiveType::String))
+        };
+        let layout = crate::demo::TableLayout {
+            namespace: "s",
+            name: "people",
+            fields: vec![
+                NestedField::required(1, "id", Type::Primitive(PrimitiveType::Long)),
+                string(2, "name"),
+                string(3, "email"),
+                string(4, "country"),
+            ],
+            partition: None,
+            properties: vec![],
+        };
+        let table = crate::demo::create_table(catalog.as_ref(), layout)
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(Ok(vec![
+            Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef,
+            Arc::new(StringArray::from(vec!["Ann", "Bo", "Cy"])),
+            Arc::new(StringArray::from(vec!["a@x.de", "b@x.fr", "c@x.de"])),
+            Arc::new(StringArray::from(vec!["DE", "FR", "DE"])),
+        ]))
+        .await
+        .unwrap();
+        drop(tx);
+        let table = crate::demo::append(catalog.as_ref(), table, 1024, rx)
+            .await
+            .unwrap();
+        let governance = Governance {
+            columns: vec!["id".into(), "name".into(), "email".into(), "country".into()],
+            masks: [
+                ("name".to_string(), ColumnMask::Redact),
+                ("email".to_string(), ColumnMask::Hash),
+            ]
+            .into(),
+            row_filter: Some(("country".into(), vec!["DE".into()])),
+            salt: "salt".into(),
+        };
+        let limits = QueryLimits::default();
+        let engine = Engine::new(&limits, "parley").unwrap();
+        let sql = "SELECT id, name, email, country FROM s.people WHERE email <> '' ORDER BY id";
+        let r = execute(
+            prepare(sql, &limits, "parley").unwrap(),
+            vec![ReadableTable {
+                name: TableName::parse("s.people").unwrap(),
+                source: TableSource::Governed(table, governance),
+            }],
+            &engine,
+            "parley",
+            10,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let types: Vec<&str> = r.columns.iter().map(|c| c.data_type.as_str()).collect();
+        assert_eq!(types, ["Int64", "Utf8", "Utf8", "Utf8"]);
+        assert_eq!(r.rows.len(), 2, "{:?}", r.rows);
+        for (row, id) in r.rows.iter().zip([1, 3]) {
+            assert_eq!(row[0], Value::from(id));
+            assert_eq!(row[1], Value::from("REDACTED"));
+            let hash = row[2].as_str().unwrap();
+            assert!(
+                hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+                "{hash}"
+            );
+            assert!(!hash.contains('@'));
+            assert_eq!(row[3], Value::from("DE"));
+        }
+        assert_ne!(r.rows[0][2], r.rows[1][2], "distinct values hash apart");
     }
 
     fn refused(sql: &str) -> String {

@@ -19,6 +19,7 @@ use datafusion::arrow::datatypes::SchemaRef as ArrowSchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::stats::Precision;
 use datafusion::common::{DFSchema, Result as DfResult, Statistics};
+use datafusion::datasource::file_format::parquet::transform_schema_to_view;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
@@ -61,8 +62,11 @@ pub async fn provider(table: Table) -> Result<Arc<dyn TableProvider>, String> {
             })
             .collect();
         if plain && let Some(files) = local {
-            let schema =
-                Arc::new(schema_to_arrow_schema(meta.current_schema()).map_err(|e| e.to_string())?);
+            // Strings and binaries as views, as DataFusion reads its own Parquet tables: decoded without copying
+            // each value into one buffer, and compared, hashed and grouped on the inlined prefix.
+            let schema = Arc::new(transform_schema_to_view(
+                &schema_to_arrow_schema(meta.current_schema()).map_err(|e| e.to_string())?,
+            ));
             let statistics = snapshot_statistics(&schema, &tasks);
             return Ok(Arc::new(SnapshotFiles {
                 schema,
