@@ -1115,36 +1115,29 @@ mod tests {
     async fn the_background_check_stops_at_the_head_while_appends_rotate_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
+        /// `tasks` concurrent tasks appending `each` records.
+        async fn append_concurrently(log: &Arc<FileAuditLog>, tasks: u64, each: u64) {
+            let mut running = Vec::new();
+            for t in 0..tasks {
+                let log = log.clone();
+                running.push(tokio::spawn(async move {
+                    for i in 0..each {
+                        log.append(entry(t * 1000 + i)).await.unwrap();
+                    }
+                }));
+            }
+            for t in running {
+                t.await.unwrap();
+            }
+        }
         let log = Arc::new(FileAuditLog::open(&path, 20_000).unwrap());
-        let mut tasks = Vec::new();
-        for t in 0..8 {
-            let log = log.clone();
-            tasks.push(tokio::spawn(async move {
-                for i in 0..250 {
-                    log.append(entry(t * 1000 + i)).await.unwrap();
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
+        append_concurrently(&log, 8, 250).await;
         drop(log);
         let head = verify(&path, None).unwrap();
         assert_eq!(head.count, 2000);
         // Reopened, the log rotates under the check many times over.
         let log = Arc::new(FileAuditLog::open(&path, 2_000).unwrap());
-        let mut tasks = Vec::new();
-        for t in 0..4 {
-            let log = log.clone();
-            tasks.push(tokio::spawn(async move {
-                for i in 0..100 {
-                    log.append(entry(t * 1000 + i)).await.unwrap();
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
+        append_concurrently(&log, 4, 100).await;
         assert_eq!(log.checked().unwrap().unwrap(), head);
         assert!(segments(&path).unwrap().len() > 40);
         assert_eq!(verify(&path, None).unwrap().count, 2400);

@@ -185,17 +185,21 @@ mod tests {
         append(catalog, table, 1024, rx).await.unwrap()
     }
 
-    #[tokio::test]
-    async fn a_snapshot_is_read_from_exactly_its_data_files() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A SQL catalog in `dir` with the namespace `ns`.
+    async fn catalog_in(dir: &tempfile::TempDir) -> Arc<dyn Catalog> {
         let catalog = open_sql_catalog(&dir.path().join("c.db"), &dir.path().join("w"), "t")
             .await
             .unwrap();
         let ns = NamespaceIdent::new("ns".to_string());
         catalog.create_namespace(&ns, HashMap::new()).await.unwrap();
+        catalog
+    }
+
+    /// An empty table `ns.<name>` with one long column `n`.
+    async fn table_of_longs(catalog: &dyn Catalog, name: &str) -> Table {
         let layout = TableLayout {
             namespace: "ns",
-            name: "t",
+            name,
             fields: vec![NestedField::required(
                 1,
                 "n",
@@ -204,7 +208,14 @@ mod tests {
             partition: None,
             properties: vec![],
         };
-        let table = create_table(catalog.as_ref(), layout).await.unwrap();
+        create_table(catalog, layout).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_read_from_exactly_its_data_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog_in(&dir).await;
+        let table = table_of_longs(catalog.as_ref(), "t").await;
         let first = commit(catalog.as_ref(), table, (1..=100).collect()).await;
         let both = commit(catalog.as_ref(), first.clone(), (101..=150).collect()).await;
 
@@ -239,25 +250,10 @@ mod tests {
     #[tokio::test]
     async fn row_counts_put_the_smaller_table_on_the_build_side_of_a_join() {
         let dir = tempfile::tempdir().unwrap();
-        let catalog = open_sql_catalog(&dir.path().join("c.db"), &dir.path().join("w"), "t")
-            .await
-            .unwrap();
-        let ns = NamespaceIdent::new("ns".to_string());
-        catalog.create_namespace(&ns, HashMap::new()).await.unwrap();
+        let catalog = catalog_in(&dir).await;
         let ctx = SessionContext::new();
         for (name, rows) in [("big", 5000), ("small", 3)] {
-            let layout = TableLayout {
-                namespace: "ns",
-                name,
-                fields: vec![NestedField::required(
-                    1,
-                    "n",
-                    Type::Primitive(PrimitiveType::Long),
-                )],
-                partition: None,
-                properties: vec![],
-            };
-            let table = create_table(catalog.as_ref(), layout).await.unwrap();
+            let table = table_of_longs(catalog.as_ref(), name).await;
             let table = commit(catalog.as_ref(), table, (1..=rows).collect()).await;
             ctx.register_table(name, provider(table).await.unwrap())
                 .unwrap();
