@@ -822,7 +822,11 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tx.send(Ok(vec![
             Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef,
-            Arc::new(StringArray::from(vec!["Ann", "Bo", "Cy"])),
+            Arc::new(StringArray::from(vec![
+                "Ann-Marie Longname-Example",
+                "Bo",
+                "Cy",
+            ])),
             Arc::new(StringArray::from(vec!["a@x.de", "b@x.fr", "c@x.de"])),
             Arc::new(StringArray::from(vec!["DE", "FR", "DE"])),
         ]))
@@ -844,6 +848,33 @@ mod tests {
         };
         let limits = QueryLimits::default();
         let engine = Engine::new(&limits, "parley").unwrap();
+        // Ungoverned, `min` of a string longer than Iceberg's 16-character bounds is the value, not the bound.
+        let r = execute(
+            prepare(
+                "SELECT min(name), max(id), count(*) FROM s.people",
+                &limits,
+                "parley",
+            )
+            .unwrap(),
+            vec![ReadableTable {
+                name: TableName::parse("s.people").unwrap(),
+                source: TableSource::Iceberg(table.clone()),
+            }],
+            &engine,
+            "parley",
+            10,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            r.rows,
+            vec![vec![
+                Value::from("Ann-Marie Longname-Example"),
+                Value::from(3),
+                Value::from(3)
+            ]]
+        );
         let sql = "SELECT id, name, email, country FROM s.people WHERE email <> '' ORDER BY id";
         let r = execute(
             prepare(sql, &limits, "parley").unwrap(),

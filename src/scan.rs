@@ -12,11 +12,13 @@
 //! them; nothing here lists a directory or takes a path from a query.
 
 use std::any::Any;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef as ArrowSchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef as ArrowSchemaRef, TimeUnit};
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::ScalarValue;
 use datafusion::common::stats::Precision;
 use datafusion::common::{DFSchema, Result as DfResult, Statistics};
 use datafusion::datasource::file_format::parquet::transform_schema_to_view;
@@ -53,21 +55,33 @@ pub async fn provider(table: Table) -> Result<Arc<dyn TableProvider>, String> {
         let plain = tasks
             .iter()
             .all(|t| t.deletes.is_empty() && t.data_file_format == DataFileFormat::Parquet);
-        let local: Option<Vec<PartitionedFile>> = tasks
+        let local = tasks
             .iter()
-            .map(|t| {
-                t.data_file_path
-                    .strip_prefix("file://")
-                    .map(|p| PartitionedFile::new(p.to_string(), t.file_size_in_bytes))
-            })
-            .collect();
-        if plain && let Some(files) = local {
+            .all(|t| t.data_file_path.starts_with("file://"));
+        if plain && local {
             // Strings and binaries as views, as DataFusion reads its own Parquet tables: decoded without copying
             // each value into one buffer, and compared, hashed and grouped on the inlined prefix.
             let schema = Arc::new(transform_schema_to_view(
                 &schema_to_arrow_schema(meta.current_schema()).map_err(|e| e.to_string())?,
             ));
-            let statistics = snapshot_statistics(&schema, &tasks);
+            let per_file = file_statistics(&table, &schema).await;
+            let mut files = Vec::with_capacity(tasks.len());
+            let mut known = Vec::with_capacity(tasks.len());
+            for t in &tasks {
+                let path = t.data_file_path.strip_prefix("file://").unwrap_or_default();
+                let mut file = PartitionedFile::new(path.to_string(), t.file_size_in_bytes);
+                if let Some(stats) = per_file.get(&t.data_file_path) {
+                    known.push(stats.clone());
+                    file = file.with_statistics(stats.clone());
+                }
+                files.push(file);
+            }
+            let statistics = if known.len() == tasks.len() && !known.is_empty() {
+                Statistics::try_merge_iter(known.iter().map(|s| s.as_ref()), &schema)
+                    .unwrap_or_else(|_| snapshot_statistics(&schema, &tasks))
+            } else {
+                snapshot_statistics(&schema, &tasks)
+            };
             return Ok(Arc::new(SnapshotFiles {
                 schema,
                 files,
@@ -96,6 +110,138 @@ fn snapshot_statistics(schema: &ArrowSchemaRef, tasks: &[FileScanTask]) -> Stati
         statistics.total_byte_size = Precision::Inexact(bytes);
     }
     statistics
+}
+
+/// Each data file's statistics from the current snapshot's manifests, by path: its row count, and per column the
+/// null count and lower and upper bounds. DataFusion skips a file whose bounds rule out a query's filter (or a
+/// join's dynamic filter) without opening it, and estimates filters and joins from them, as it does from the
+/// footers of its own Parquet tables. It prunes only on exact bounds, and may answer `min`/`max` from them, so
+/// exactness follows what the bounds are: Iceberg writers take integer, decimal, date, time and boolean bounds
+/// from the Parquet statistics DataFusion itself trusts as exact, while string and binary bounds may be truncated
+/// and float bounds leave out NaN, so those are only estimates. Kept per snapshot and schema (manifests never
+/// change).
+async fn file_statistics(
+    table: &Table,
+    schema: &ArrowSchemaRef,
+) -> Arc<HashMap<String, Arc<Statistics>>> {
+    type PerFile = Arc<HashMap<String, Arc<Statistics>>>;
+    static CACHE: LazyLock<Mutex<HashMap<(String, i32), PerFile>>> =
+        LazyLock::new(Default::default);
+    const MAX_SNAPSHOTS: usize = 1024;
+    let meta = table.metadata();
+    let Some(snapshot) = meta.current_snapshot() else {
+        return Default::default();
+    };
+    let key = (
+        snapshot.manifest_list().to_string(),
+        meta.current_schema_id(),
+    );
+    if let Some(hit) = CACHE.lock().expect("statistics cache lock").get(&key) {
+        return hit.clone();
+    }
+    let columns: HashMap<i32, usize> = meta
+        .current_schema()
+        .as_struct()
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.id, i))
+        .collect();
+    let mut out = HashMap::new();
+    let read = async {
+        let list = table.manifest_list_reader(snapshot).load().await?;
+        for manifest in list.entries() {
+            if manifest.content != iceberg::spec::ManifestContentType::Data {
+                continue;
+            }
+            for entry in manifest.load_manifest(table.file_io()).await?.entries() {
+                if entry.is_alive() {
+                    let file = entry.data_file();
+                    out.insert(
+                        file.file_path().to_string(),
+                        Arc::new(data_file_statistics(file, schema, &columns)),
+                    );
+                }
+            }
+        }
+        Ok::<_, iceberg::Error>(())
+    };
+    if let Err(e) = read.await {
+        // Statistics only guide planning: without them the scan is the same, planned with less knowledge.
+        tracing::warn!("cannot read the manifests' statistics: {e}");
+        return Default::default();
+    }
+    let out = Arc::new(out);
+    let mut cache = CACHE.lock().expect("statistics cache lock");
+    if cache.len() >= MAX_SNAPSHOTS {
+        cache.clear();
+    }
+    cache.insert(key, out.clone());
+    out
+}
+
+/// One data file's statistics (see [`file_statistics`]); `columns` maps field ids to columns of `schema`.
+fn data_file_statistics(
+    file: &iceberg::spec::DataFile,
+    schema: &ArrowSchemaRef,
+    columns: &HashMap<i32, usize>,
+) -> Statistics {
+    let mut statistics = Statistics::new_unknown(schema);
+    if let Ok(rows) = usize::try_from(file.record_count()) {
+        statistics.num_rows = Precision::Exact(rows);
+    }
+    if let Ok(bytes) = usize::try_from(file.file_size_in_bytes()) {
+        statistics.total_byte_size = Precision::Inexact(bytes);
+    }
+    for (id, &i) in columns {
+        let column = &mut statistics.column_statistics[i];
+        let data_type = schema.field(i).data_type();
+        if let Some(n) = file.null_value_counts().get(id) {
+            column.null_count = Precision::Exact(*n as usize);
+        }
+        let bound = |v: ScalarValue| match data_type {
+            DataType::Utf8 | DataType::Utf8View | DataType::Float32 | DataType::Float64 => {
+                Precision::Inexact(v)
+            }
+            _ => Precision::Exact(v),
+        };
+        if let Some(v) = file
+            .lower_bounds()
+            .get(id)
+            .and_then(|d| scalar(d, data_type))
+        {
+            column.min_value = bound(v);
+        }
+        if let Some(v) = file
+            .upper_bounds()
+            .get(id)
+            .and_then(|d| scalar(d, data_type))
+        {
+            column.max_value = bound(v);
+        }
+    }
+    statistics
+}
+
+/// An Iceberg bound as a value of the column's Arrow type, for the types whose bounds compare as the column's
+/// values do; `None` for the rest (no statistics is always safe).
+fn scalar(datum: &iceberg::spec::Datum, data_type: &DataType) -> Option<ScalarValue> {
+    use iceberg::spec::PrimitiveLiteral as L;
+    Some(match (datum.literal(), data_type) {
+        (L::Boolean(v), DataType::Boolean) => ScalarValue::Boolean(Some(*v)),
+        (L::Int(v), DataType::Int32) => ScalarValue::Int32(Some(*v)),
+        (L::Long(v), DataType::Int64) => ScalarValue::Int64(Some(*v)),
+        (L::Float(v), DataType::Float32) if !v.is_nan() => ScalarValue::Float32(Some(v.0)),
+        (L::Double(v), DataType::Float64) if !v.is_nan() => ScalarValue::Float64(Some(v.0)),
+        (L::Int(v), DataType::Date32) => ScalarValue::Date32(Some(*v)),
+        (L::Int128(v), DataType::Decimal128(p, s)) => ScalarValue::Decimal128(Some(*v), *p, *s),
+        (L::Long(v), DataType::Timestamp(TimeUnit::Microsecond, tz)) => {
+            ScalarValue::TimestampMicrosecond(Some(*v), tz.clone())
+        }
+        (L::String(v), DataType::Utf8View) => ScalarValue::Utf8View(Some(v.clone())),
+        (L::String(v), DataType::Utf8) => ScalarValue::Utf8(Some(v.clone())),
+        _ => return None,
+    })
 }
 
 /// The Parquet data files of one snapshot (local storage), scanned by DataFusion.
@@ -240,11 +386,46 @@ mod tests {
         // The first snapshot's one file, then both files once the second commit is current.
         assert_eq!(read(first.clone()).await, (Some(1), 10));
         assert_eq!(read(both.clone()).await, (Some(2), 60));
-        // Its row count, from the manifests, exactly.
-        for (table, rows) in [(first, 100), (both, 150)] {
+        // Its row count and the bounds of `n`, from the manifests.
+        for (table, rows) in [(first, 100), (both.clone(), 150)] {
             let stats = provider(table).await.unwrap().statistics().unwrap();
             assert_eq!(stats.num_rows, Precision::Exact(rows));
+            let n = &stats.column_statistics[0];
+            assert_eq!(n.min_value, Precision::Exact(ScalarValue::Int64(Some(1))));
+            assert_eq!(
+                n.max_value,
+                Precision::Exact(ScalarValue::Int64(Some(rows as i64)))
+            );
+            assert_eq!(n.null_count, Precision::Exact(0));
         }
+        // A filter the first file's bounds rule out skips that file unopened; answers stay exact.
+        let ctx = SessionContext::new();
+        ctx.register_table("t", provider(both).await.unwrap())
+            .unwrap();
+        let df = ctx
+            .sql("SELECT min(n), max(n), count(*) FROM t WHERE n > 120")
+            .await
+            .unwrap();
+        let plan = df.create_physical_plan().await.unwrap();
+        let batches = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
+            .await
+            .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains("| 121 ") && text.contains("| 150 ") && text.contains("| 30 "),
+            "{text}"
+        );
+        let metrics = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+            plan.as_ref(),
+        )
+        .indent(true)
+        .to_string();
+        assert!(
+            metrics.contains("files_ranges_pruned_statistics=2 total → 1 matched"),
+            "{metrics}"
+        );
     }
 
     #[tokio::test]
