@@ -23,6 +23,7 @@ use datafusion::common::stats::Precision;
 use datafusion::common::{DFSchema, Result as DfResult, Statistics};
 use datafusion::datasource::file_format::parquet::transform_schema_to_view;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -285,8 +286,16 @@ impl TableProvider for SnapshotFiles {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        // Footers and page indexes parsed once per file and kept in the engine's metadata cache (bounded, 50 MB by
+        // default), as DataFusion's own Parquet tables do: data files never change under a path in Iceberg.
+        let runtime = state.runtime_env();
+        let reader = CachedParquetFileReaderFactory::new(
+            runtime.object_store(ObjectStoreUrl::local_filesystem())?,
+            runtime.cache_manager.get_file_metadata_cache(),
+        );
         let mut source = ParquetSource::new(self.schema.clone())
-            .with_table_parquet_options(state.table_options().parquet.clone());
+            .with_table_parquet_options(state.table_options().parquet.clone())
+            .with_parquet_file_reader_factory(Arc::new(reader));
         if let Some(predicate) = conjunction(filters.iter().cloned()) {
             let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
@@ -426,6 +435,21 @@ mod tests {
             metrics.contains("files_ranges_pruned_statistics=2 total → 1 matched"),
             "{metrics}"
         );
+        // The file read had its footer parsed once: the same query again finds it in the metadata cache, and the
+        // skipped file was never opened.
+        ctx.sql("SELECT count(*) FROM t WHERE n > 120")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let cached = ctx
+            .runtime_env()
+            .cache_manager
+            .get_file_metadata_cache()
+            .list_entries();
+        assert_eq!(cached.len(), 1, "{cached:?}");
+        assert!(cached.values().all(|e| e.hits >= 1), "{cached:?}");
     }
 
     #[tokio::test]
