@@ -751,6 +751,29 @@ mod tests {
         assert!(engine.base.catalog_list().catalog_names().is_empty());
     }
 
+    /// Runs `sql` on `engine`, with the one table `name` read from `source`.
+    async fn run_one(
+        engine: &Engine,
+        sql: &str,
+        name: &str,
+        source: TableSource,
+    ) -> Result<QueryResult, QueryError> {
+        let prepared = prepare(sql, &engine.limits, "parley").unwrap();
+        let tables = vec![ReadableTable {
+            name: TableName::parse(name).unwrap(),
+            source,
+        }];
+        execute(
+            prepared,
+            tables,
+            engine,
+            "parley",
+            10,
+            CancellationToken::new(),
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn queries_past_the_concurrency_limit_wait_within_their_time_limit() {
         use datafusion::arrow::array::{ArrayRef, Int64Array};
@@ -764,18 +787,11 @@ mod tests {
             RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![7])) as ArrayRef)])
                 .unwrap();
         let run = || {
-            let prepared = prepare("SELECT x FROM s.t", &limits, "parley").unwrap();
-            let tables = vec![ReadableTable {
-                name: TableName::parse("s.t").unwrap(),
-                source: TableSource::Rows(batch.clone()),
-            }];
-            execute(
-                prepared,
-                tables,
+            run_one(
                 &engine,
-                "parley",
-                10,
-                CancellationToken::new(),
+                "SELECT x FROM s.t",
+                "s.t",
+                TableSource::Rows(batch.clone()),
             )
         };
         // Another query holds the only slot: this one waits, and its time limit ends the wait.
@@ -848,22 +864,11 @@ mod tests {
         };
         let limits = QueryLimits::default();
         let engine = Engine::new(&limits, "parley").unwrap();
+        let run = |sql: &'static str, source| run_one(&engine, sql, "s.people", source);
         // Ungoverned, `min` of a string longer than Iceberg's 16-character bounds is the value, not the bound.
-        let r = execute(
-            prepare(
-                "SELECT min(name), max(id), count(*) FROM s.people",
-                &limits,
-                "parley",
-            )
-            .unwrap(),
-            vec![ReadableTable {
-                name: TableName::parse("s.people").unwrap(),
-                source: TableSource::Iceberg(table.clone()),
-            }],
-            &engine,
-            "parley",
-            10,
-            CancellationToken::new(),
+        let r = run(
+            "SELECT min(name), max(id), count(*) FROM s.people",
+            TableSource::Iceberg(table.clone()),
         )
         .await
         .unwrap();
@@ -875,17 +880,9 @@ mod tests {
                 Value::from(3)
             ]]
         );
-        let sql = "SELECT id, name, email, country FROM s.people WHERE email <> '' ORDER BY id";
-        let r = execute(
-            prepare(sql, &limits, "parley").unwrap(),
-            vec![ReadableTable {
-                name: TableName::parse("s.people").unwrap(),
-                source: TableSource::Governed(table, governance),
-            }],
-            &engine,
-            "parley",
-            10,
-            CancellationToken::new(),
+        let r = run(
+            "SELECT id, name, email, country FROM s.people WHERE email <> '' ORDER BY id",
+            TableSource::Governed(table, governance),
         )
         .await
         .unwrap();
