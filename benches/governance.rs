@@ -54,6 +54,7 @@ fn policy_bench() -> (f64, f64, f64) {
         tags: vec!["orders".into(), "finance".into()],
         contains_pii: false,
         classifications: vec!["internal".into(), "confidential".into()],
+        pii_columns: vec![],
     });
     let ctx = RequestContext::default();
     const N: usize = 20_000;

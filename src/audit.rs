@@ -93,6 +93,12 @@ pub enum AuditError {
         seq: u64,
         message: String,
     },
+    /// The log disagrees with its signed checkpoints (see [`crate::anchor`]).
+    #[error("audit log {path}: {source}")]
+    Anchor {
+        path: PathBuf,
+        source: crate::anchor::AnchorError,
+    },
 }
 
 /// Where audit records go. Contract: `append` returns the record's `seq` only once it is durable.
@@ -205,7 +211,10 @@ struct Job {
 /// single fsync, so many concurrent calls cost one disk flush.
 pub struct FileAuditLog {
     path: PathBuf,
-    jobs: std::sync::mpsc::Sender<Job>,
+    /// Taken when the log is dropped, which ends the writer.
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    /// The writer thread, joined when the log is dropped (its last act is a checkpoint of the final head).
+    writer: Option<std::thread::JoinHandle<()>>,
     /// The check of the whole chain that opening started (see [`check_in_background`]).
     check: std::sync::Mutex<Option<std::thread::JoinHandle<Result<Verified, AuditError>>>>,
 }
@@ -218,6 +227,8 @@ struct Writer {
     seq: u64,
     head: String,
     rotate_bytes: u64,
+    /// Where signed checkpoints of the head go, when the log is anchored.
+    anchor: Option<crate::anchor::Anchor>,
 }
 
 /// Sorts object keys recursively so a hash does not depend on field order.
@@ -352,6 +363,47 @@ pub fn verify(path: &Path, from: Option<u64>) -> Result<Verified, AuditError> {
     })
 }
 
+/// [`verify`], and the log against the signed checkpoints in `anchor_dir`, verified with `key` (the audit key
+/// found there when `None`). Returns the checkpoints checked.
+pub fn verify_anchored(
+    path: &Path,
+    from: Option<u64>,
+    anchor_dir: &Path,
+    key: Option<ed25519_dalek::VerifyingKey>,
+) -> Result<(Verified, Vec<crate::anchor::Checkpoint>), AuditError> {
+    let anchor_error = |source| AuditError::Anchor {
+        path: path.to_path_buf(),
+        source,
+    };
+    let key = match key {
+        Some(k) => Some(k),
+        None => crate::anchor::public_key(anchor_dir).map_err(|message| {
+            anchor_error(crate::anchor::AnchorError::Unusable {
+                path: anchor_dir.to_path_buf(),
+                message,
+            })
+        })?,
+    };
+    let checkpoints = match &key {
+        Some(k) => {
+            crate::anchor::read(&anchor_dir.join("checkpoints.jsonl"), k).map_err(anchor_error)?
+        }
+        None => vec![],
+    };
+    let mut chain = Chain::vouched(from.unwrap_or(1), &checkpoints);
+    for segment in segments(path)? {
+        read_segment(&segment, false, &mut chain, None)?;
+    }
+    chain.check_anchors(path, &checkpoints)?;
+    Ok((
+        Verified {
+            count: chain.count,
+            head: chain.prev,
+        },
+        checkpoints,
+    ))
+}
+
 /// Every record of the log, oldest first, after checking the chain.
 pub fn read_all(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
     let mut chain = Chain::new(1);
@@ -371,6 +423,8 @@ struct Chain {
     check_from: u64,
     /// The last record to read, if not the end.
     stop_at: Option<u64>,
+    /// Hashes of the records with these seqs, as read (the records that checkpoints vouch for).
+    wanted: std::collections::HashMap<u64, Option<String>>,
 }
 
 impl Chain {
@@ -381,7 +435,30 @@ impl Chain {
             count: 0,
             check_from,
             stop_at: None,
+            wanted: Default::default(),
         }
+    }
+
+    /// A chain check that also notes the hashes of the records `checkpoints` vouch for.
+    fn vouched(check_from: u64, checkpoints: &[crate::anchor::Checkpoint]) -> Chain {
+        let mut chain = Chain::new(check_from);
+        chain.wanted = checkpoints.iter().map(|c| (c.seq, None)).collect();
+        chain
+    }
+
+    /// Checks the checkpoints against what was read.
+    fn check_anchors(
+        &self,
+        path: &Path,
+        checkpoints: &[crate::anchor::Checkpoint],
+    ) -> Result<(), AuditError> {
+        crate::anchor::check(checkpoints, self.next_seq.saturating_sub(1), |seq| {
+            self.wanted.get(&seq).cloned().flatten()
+        })
+        .map_err(|source| AuditError::Anchor {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
@@ -466,6 +543,9 @@ fn read_open_segment(
             }
         }
         let seq = link.seq;
+        if let Some(slot) = chain.wanted.get_mut(&seq) {
+            *slot = Some(link.hash.to_string());
+        }
         chain.prev.clear();
         chain.prev.push_str(link.hash);
         chain.next_seq = seq + 1;
@@ -505,10 +585,24 @@ impl FileAuditLog {
     /// appends continue it, and starts the writer thread. The active file is rotated once it reaches
     /// `rotate_bytes`.
     pub fn open(path: &Path, rotate_bytes: u64) -> Result<FileAuditLog, AuditError> {
+        Self::open_anchored(path, rotate_bytes, None)
+    }
+
+    /// [`FileAuditLog::open`] with the log anchored by signed checkpoints in `anchor_dir` (see
+    /// [`crate::anchor`]). Opening compares the log's head with the newest checkpoint: a log that ends before a
+    /// checkpointed record, or whose checkpointed head was rewritten, is recorded in the log itself (a record
+    /// naming what is missing) before anything else is served; a torn last line that is cut off is kept in a file
+    /// beside the log and recorded too. Older checkpoints are checked by the background chain check.
+    pub fn open_anchored(
+        path: &Path,
+        rotate_bytes: u64,
+        anchor_dir: Option<&Path>,
+    ) -> Result<FileAuditLog, AuditError> {
         let io = |source| AuditError::Io {
             path: path.to_path_buf(),
             source,
         };
+        let mut findings: Vec<AuditEntry> = Vec::new();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -524,13 +618,26 @@ impl FileAuditLog {
         let (end, last) = last_line(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if end < len {
+            // The cut bytes are kept: they may be a torn write, or what is left of records cut mid-line.
+            let kept = keep_tail(path, end, len).map_err(io)?;
             tracing::warn!(
                 path = %path.display(),
                 offset = end,
-                "audit log ends in a torn record that was never acknowledged; cutting it off"
+                kept = %kept.display(),
+                "audit log ends in an unterminated line that was never acknowledged; cutting it off"
             );
             file.set_len(end).map_err(io)?;
             file.sync_all().map_err(io)?;
+            findings.push(finding(
+                "audit/repair",
+                format!(
+                    "cut {} bytes of an unterminated last line at offset {end} of {} (a write never acknowledged, or \
+                     records cut mid-line); the bytes are kept in {}",
+                    len - end,
+                    path.display(),
+                    kept.display()
+                ),
+            ));
         }
         let head = match last {
             Some(line) => Some(head_of(path, &line)?),
@@ -552,7 +659,41 @@ impl FileAuditLog {
         };
         file.unlock().map_err(io)?;
         let (seq, head) = head.unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
-        let check = check_in_background(path.to_path_buf(), seq).map_err(io)?;
+        let (anchor, checkpoints) = match anchor_dir {
+            Some(dir) => {
+                let (anchor, checkpoints) =
+                    crate::anchor::Anchor::open(dir).map_err(|source| AuditError::Anchor {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                (Some(anchor), checkpoints)
+            }
+            None => (None, vec![]),
+        };
+        if let Some(newest) = checkpoints.last() {
+            let gap = if newest.seq > seq {
+                Some(crate::anchor::AnchorError::Truncated {
+                    seq: newest.seq,
+                    time: newest.time.clone(),
+                    log_seq: seq,
+                })
+            } else if newest.seq == seq && newest.hash != head {
+                Some(crate::anchor::AnchorError::Mismatch {
+                    seq,
+                    time: newest.time.clone(),
+                    expected: newest.hash.clone(),
+                    found: head.clone(),
+                })
+            } else {
+                None
+            };
+            if let Some(gap) = gap {
+                tracing::error!(path = %path.display(), "{gap}");
+                findings.push(finding("audit/anchor", gap.to_string()));
+            }
+        }
+        let vouched: Vec<_> = checkpoints.into_iter().filter(|c| c.seq <= seq).collect();
+        let check = check_in_background(path.to_path_buf(), seq, vouched).map_err(io)?;
         let len = file.seek(SeekFrom::End(0)).map_err(io)?;
         let mut writer = Writer {
             path: path.to_path_buf(),
@@ -561,15 +702,22 @@ impl FileAuditLog {
             seq,
             head,
             rotate_bytes: rotate_bytes.max(1),
+            anchor,
         };
+        // What opening found is on record before the first action is served.
+        if !findings.is_empty() {
+            writer.commit(findings)?;
+        }
+        writer.checkpoint();
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("parley-audit".to_string())
             .spawn(move || writer.run(rx))
             .map_err(io)?;
         Ok(FileAuditLog {
             path: path.to_path_buf(),
-            jobs,
+            jobs: Some(jobs),
+            writer: Some(writer),
             check: std::sync::Mutex::new(Some(check)),
         })
     }
@@ -581,9 +729,44 @@ impl FileAuditLog {
 
     /// Waits for the check of the chain that opening started, and returns its outcome (`None` once taken).
     pub fn checked(&self) -> Option<Result<Verified, AuditError>> {
-        let check = self.check.lock().expect("audit check lock").take()?;
+        let check = self
+            .check
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()?;
         check.join().ok()
     }
+}
+
+/// A record of something opening the log found (a repair, a gap against the checkpoints).
+fn finding(tool: &str, reason: String) -> AuditEntry {
+    AuditEntry {
+        principal: "parley".to_string(),
+        tool: tool.to_string(),
+        resource: "audit".to_string(),
+        decision: "error".to_string(),
+        reason,
+        ..Default::default()
+    }
+}
+
+/// Copies the bytes `end..len` of the log at `path` into a file beside it (fsynced) and returns its path.
+fn keep_tail(path: &Path, end: u64, len: u64) -> std::io::Result<PathBuf> {
+    use std::io::Read;
+    let mut bytes = vec![0; (len - end) as usize];
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(end))?;
+    file.read_exact(&mut bytes)?;
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
+    let kept = path.with_file_name(format!(
+        "{}.cut-{stamp}",
+        path.file_name()
+            .map_or("audit".into(), |n| n.to_string_lossy())
+    ));
+    let mut out = File::create(&kept)?;
+    out.write_all(&bytes)?;
+    out.sync_all()?;
+    Ok(kept)
 }
 
 /// Where the last complete line of the file at `path` ends, and that line; bytes past that end are a torn line.
@@ -658,12 +841,13 @@ fn head_of(path: &Path, line: &str) -> Result<(u64, String), AuditError> {
 fn check_in_background(
     path: PathBuf,
     head: u64,
+    checkpoints: Vec<crate::anchor::Checkpoint>,
 ) -> std::io::Result<std::thread::JoinHandle<Result<Verified, AuditError>>> {
     std::thread::Builder::new()
         .name("parley-audit-check".to_string())
         .spawn(move || {
             let started = std::time::Instant::now();
-            let checked = check_up_to(&path, head);
+            let checked = check_up_to(&path, head, &checkpoints);
             match &checked {
                 Ok(v) => tracing::info!(
                     records = v.count,
@@ -679,8 +863,12 @@ fn check_in_background(
         })
 }
 
-fn check_up_to(path: &Path, head: u64) -> Result<Verified, AuditError> {
-    let mut chain = Chain::new(1);
+fn check_up_to(
+    path: &Path,
+    head: u64,
+    checkpoints: &[crate::anchor::Checkpoint],
+) -> Result<Verified, AuditError> {
+    let mut chain = Chain::vouched(1, checkpoints);
     chain.stop_at = Some(head);
     if head == 0 {
         return Ok(Verified {
@@ -719,6 +907,7 @@ fn check_up_to(path: &Path, head: u64) -> Result<Verified, AuditError> {
     for (i, (segment, file)) in files.into_iter().enumerate() {
         read_open_segment(&segment, file, i + 1 == count, &mut chain, None)?;
         if chain.next_seq > head {
+            chain.check_anchors(path, checkpoints)?;
             return Ok(Verified {
                 count: chain.count,
                 head: chain.prev,
@@ -748,8 +937,17 @@ const MAX_GROUP: usize = 4096;
 
 impl Writer {
     fn run(&mut self, rx: std::sync::mpsc::Receiver<Job>) {
+        let mut next: Option<Job> = None;
+        let mut since_checkpoint: u64 = 0;
         // Ends when every sender (the log) is dropped.
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = match next.take() {
+                Some(job) => job,
+                None => match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+            };
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -757,9 +955,23 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let group_len = group.len() as u64;
             let (jobs, entries): (Vec<_>, Vec<_>) =
                 group.into_iter().map(|j| (j.done, j.entry)).unzip();
-            match self.commit(entries) {
+            // A panic inside one commit must not end the writer: every later action would then wait for a record
+            // that is never written, and its result be withheld. The group's callers get an error instead (their
+            // results are withheld, as for any failed write) and the writer goes on with the next group.
+            let committed =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit(entries)))
+                    .unwrap_or_else(|_| {
+                        Err(AuditError::Io {
+                            path: self.path.clone(),
+                            source: std::io::Error::other(
+                                "the audit writer failed while writing a record",
+                            ),
+                        })
+                    });
+            match committed {
                 Ok(first_seq) => {
                     for (i, done) in jobs.into_iter().enumerate() {
                         let _ = done.send(Ok(first_seq + i as u64));
@@ -772,7 +984,50 @@ impl Writer {
                     }
                 }
             }
+            // A checkpoint after the replies, so it costs the callers nothing: whenever the writer is idle (at
+            // rest the newest checkpoint vouches for the newest record), and every CHECKPOINT_EVERY records
+            // under load.
+            since_checkpoint += group_len;
+            match rx.try_recv() {
+                Ok(job) => {
+                    next = Some(job);
+                    if since_checkpoint >= crate::anchor::CHECKPOINT_EVERY {
+                        self.checkpoint();
+                        since_checkpoint = 0;
+                    }
+                }
+                Err(_) => {
+                    self.checkpoint();
+                    since_checkpoint = 0;
+                }
+            }
         }
+        self.checkpoint();
+    }
+
+    /// Signs a checkpoint of the chain's head (under the log's cross-process lock, so it is the true head); a
+    /// failure is logged, never fails an action.
+    fn checkpoint(&mut self) {
+        if self.anchor.is_none()
+            || self
+                .anchor
+                .as_ref()
+                .and_then(|a| a.last())
+                .is_some_and(|c| c.seq == self.seq && c.hash == self.head)
+        {
+            return;
+        }
+        if let Err(e) = self.lock_and_catch_up() {
+            tracing::error!("cannot lock the audit log for a checkpoint: {e}");
+            return;
+        }
+        let (seq, head) = (self.seq, self.head.clone());
+        if let Some(anchor) = self.anchor.as_mut()
+            && let Err(e) = anchor.checkpoint(seq, &head)
+        {
+            tracing::error!(path = %anchor.path().display(), "cannot write an audit checkpoint: {e}");
+        }
+        let _ = self.file.unlock();
     }
 
     /// Writes `entries` as consecutive records with one fsync; returns the first seq. On failure the file is cut
@@ -843,8 +1098,13 @@ impl Writer {
 
     fn commit_locked(&mut self, entries: Vec<AuditEntry>) -> Result<u64, AuditError> {
         let path = self.path.clone();
-        let io = |source| AuditError::Io { path, source };
+        let io = |source| AuditError::Io {
+            path: path.clone(),
+            source,
+        };
         let first_seq = self.seq + 1;
+        let unencodable =
+            |e: serde_json::Error| std::io::Error::other(format!("unencodable record: {e}"));
         let mut seq = self.seq;
         let mut head = self.head.clone();
         let mut buf = Vec::new();
@@ -858,10 +1118,10 @@ impl Writer {
                 prev_hash: head.clone(),
                 hash: String::new(),
             })
-            .expect("audit records serialize");
+            .map_err(|e| io(unencodable(e)))?;
             head = record_hash(&record);
             record["hash"] = Value::String(head.clone());
-            serde_json::to_writer(&mut buf, &canonical(&record)).expect("JSON values serialize");
+            serde_json::to_writer(&mut buf, &canonical(&record)).map_err(|e| io(unencodable(e)))?;
             buf.push(b'\n');
         }
         let written = self
@@ -915,6 +1175,16 @@ impl Writer {
     }
 }
 
+impl Drop for FileAuditLog {
+    fn drop(&mut self) {
+        // Ends the writer once it has committed what was queued, and lets it checkpoint the final head.
+        drop(self.jobs.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl AuditSink for FileAuditLog {
     async fn append(&self, entry: AuditEntry) -> Result<u64, AuditError> {
@@ -923,7 +1193,11 @@ impl AuditSink for FileAuditLog {
             path: self.path.clone(),
             source: std::io::Error::other("the audit writer has stopped"),
         };
-        self.jobs.send(Job { entry, done }).map_err(|_| gone())?;
+        self.jobs
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(Job { entry, done })
+            .map_err(|_| gone())?;
         wait.await
             .map_err(|_| gone())?
             .map_err(|message| AuditError::Io {
@@ -1150,8 +1424,9 @@ mod tests {
         std::fs::write(&path, "{\"seq\":6,\"ti").unwrap();
         let log = FileAuditLog::open(&path, u64::MAX).unwrap();
         assert_eq!(log.checked().unwrap().unwrap().count, 5);
-        assert_eq!(log.append(entry(6)).await.unwrap(), 6);
-        assert_eq!(verify(&path, None).unwrap().count, 6);
+        // Record 6 says what opening cut off.
+        assert_eq!(log.append(entry(7)).await.unwrap(), 7);
+        assert_eq!(verify(&path, None).unwrap().count, 7);
     }
 
     #[test]
@@ -1203,7 +1478,17 @@ mod tests {
         std::fs::write(&path, &text).unwrap();
         assert!(verify(&path, None).is_err());
         let log = FileAuditLog::open(&path, u64::MAX).unwrap();
-        assert_eq!(log.append(entry(4)).await.unwrap(), 4);
-        assert_eq!(verify(&path, None).unwrap().count, 4);
+        assert_eq!(log.append(entry(5)).await.unwrap(), 5);
+        drop(log);
+        let records = read_all(&path).unwrap();
+        assert_eq!(records.len(), 5);
+        // The repair is a record of its own, and the cut bytes are kept beside the log.
+        let repair = &records[3].entry;
+        assert_eq!(repair.tool, "audit/repair");
+        let kept = repair.reason.rsplit("kept in ").next().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(kept).unwrap(),
+            "{\"seq\":4,\"time\":\"2026"
+        );
     }
 }

@@ -178,7 +178,11 @@ impl Lakehouse {
     /// takes 0.3 s a new table shows up within 6 s rather than the TTL. Without a cache, every call asks the catalog.
     pub async fn list_tables(&self) -> Result<Arc<Vec<TableName>>, CatalogError> {
         use std::sync::atomic::Ordering;
-        let previous = self.names.lock().expect("names lock").clone();
+        let previous = self
+            .names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let fresh_for = self.names_fresh_for();
         match &previous {
             Some((at, names)) if at.elapsed() < fresh_for => return Ok(names.clone()),
@@ -228,7 +232,9 @@ async fn timed_list_all(
 
 /// Stores a freshly listed table list, keeping the previous `Arc` when nothing changed.
 fn store_names(slot: &NamesSlot, fresh: Vec<TableName>) -> Arc<Vec<TableName>> {
-    let mut slot = slot.lock().expect("names lock");
+    let mut slot = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let names = match slot.take() {
         Some((_, old)) if *old == fresh => old,
         _ => Arc::new(fresh),
@@ -264,7 +270,10 @@ impl Lakehouse {
     /// Whether the table exists.
     pub async fn exists(&self, table: &TableName) -> Result<bool, CatalogError> {
         let fresh_for = self.names_fresh_for();
-        if let Some((at, names)) = &*self.names.lock().expect("names lock")
+        if let Some((at, names)) = &*self
+            .names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             && at.elapsed() < fresh_for
         {
             return Ok(names.binary_search(table).is_ok());
@@ -305,7 +314,10 @@ impl Lakehouse {
         let mut out = Vec::new();
         let mut missing = Vec::new();
         {
-            let cached = self.tables.lock().expect("tables lock");
+            let cached = self
+                .tables
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for table in tables {
                 match cached.get(table) {
                     Some((at, t)) => {
@@ -337,7 +349,7 @@ impl Lakehouse {
         if !self
             .reloading
             .lock()
-            .expect("reloading lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(table.clone())
         {
             return;
@@ -354,7 +366,9 @@ impl Lakehouse {
                 Err(e) => Err(e),
             };
             {
-                let mut tables = tables.lock().expect("tables lock");
+                let mut tables = tables
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 match loaded {
                     Ok(t) => {
                         tables.insert(table.clone(), (Instant::now(), t));
@@ -365,20 +379,30 @@ impl Lakehouse {
                     }
                 }
             }
-            reloading.lock().expect("reloading lock").remove(&table);
+            reloading
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&table);
         });
     }
 
     /// Loads the table's current metadata (reused for the cache TTL).
     pub async fn load(&self, table: &TableName) -> Result<Table, CatalogError> {
-        if let Some((at, t)) = self.tables.lock().expect("tables lock").get(table)
+        if let Some((at, t)) = self
+            .tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(table)
             && at.elapsed() < self.cache_ttl
         {
             return Ok(t.clone());
         }
         let loaded = self.catalog.load_table(&table.ident()?).await?;
         if !self.cache_ttl.is_zero() {
-            let mut tables = self.tables.lock().expect("tables lock");
+            let mut tables = self
+                .tables
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if tables.len() >= MAX_CACHED_TABLES {
                 tables.clear();
             }

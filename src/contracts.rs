@@ -23,6 +23,9 @@ const ODCS_SCHEMA: &str = include_str!("../schemas/odcs-3.2.0.schema.json");
 /// Classifications that make a column personal or otherwise restricted data.
 const PII_CLASSIFICATIONS: [&str; 3] = ["restricted", "pii", "sensitive"];
 
+/// The classification of a column (or table) its contract does not classify; treated as personal data.
+pub const UNCLASSIFIED: &str = "unclassified";
+
 /// An ODCS v3 data contract: the parts Parley uses. Unknown-but-valid ODCS keys are kept in the YAML text.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -322,13 +325,15 @@ impl Contract {
 }
 
 impl Property {
-    /// Whether the column is personal or restricted data.
+    /// Whether the column is personal or restricted data — or not classified at all: an owner who has not said
+    /// what a column holds has not said it is not personal data.
     pub fn is_pii(&self) -> bool {
         self.tags.iter().any(|t| t.eq_ignore_ascii_case("pii"))
-            || self.classification.as_deref().is_some_and(|c| {
-                PII_CLASSIFICATIONS
-                    .iter()
-                    .any(|p| c.eq_ignore_ascii_case(p))
+            || self.classification.as_deref().is_none_or(|c| {
+                c.eq_ignore_ascii_case(UNCLASSIFIED)
+                    || PII_CLASSIFICATIONS
+                        .iter()
+                        .any(|p| c.eq_ignore_ascii_case(p))
             })
     }
 }
@@ -337,17 +342,31 @@ impl Property {
 pub fn table_facts(namespace: &str, name: &str, contract: Option<&Contract>) -> TableFacts {
     match contract {
         Some(c) => {
-            let classifications: BTreeSet<String> = c
+            let mut classifications: BTreeSet<String> = c
                 .columns()
-                .filter_map(|p| p.classification.clone())
+                .map(|p| {
+                    p.classification
+                        .clone()
+                        .unwrap_or_else(|| UNCLASSIFIED.to_string())
+                })
                 .collect();
+            // A contract that lists no columns classifies none: the table is unclassified, as without a contract.
+            let listed = c.columns().next().is_some();
+            if !listed {
+                classifications.insert(UNCLASSIFIED.to_string());
+            }
             TableFacts {
                 namespace: namespace.to_string(),
                 name: name.to_string(),
                 owner: c.owner_group().unwrap_or("").to_string(),
                 tags: c.tags.clone(),
-                contains_pii: c.columns().any(Property::is_pii),
+                contains_pii: !listed || c.columns().any(Property::is_pii),
                 classifications: classifications.into_iter().collect(),
+                pii_columns: c
+                    .columns()
+                    .filter(|p| p.is_pii())
+                    .map(|p| p.name.clone())
+                    .collect(),
             }
         }
         None => TableFacts {
@@ -356,7 +375,8 @@ pub fn table_facts(namespace: &str, name: &str, contract: Option<&Contract>) -> 
             owner: String::new(),
             tags: vec![],
             contains_pii: true,
-            classifications: vec!["unclassified".to_string()],
+            classifications: vec![UNCLASSIFIED.to_string()],
+            pii_columns: vec![],
         },
     }
 }

@@ -129,6 +129,10 @@ impl DataDir {
     pub fn audit_log(&self) -> PathBuf {
         self.root.join("audit").join("audit.jsonl")
     }
+    /// Signed checkpoints of the audit chain and the audit key (see `anchor`), apart from the log.
+    pub fn audit_anchor(&self) -> PathBuf {
+        self.root.join("audit-anchor")
+    }
     fn marker(&self) -> PathBuf {
         self.root.join(MARKER)
     }

@@ -13,7 +13,9 @@ use std::time::Instant;
 
 use crate::audit::{AuditEntry, AuditSink};
 use crate::identity::Principal;
-use crate::policy::{Action, Decision, PolicyBackend, RequestContext, Resource, TableFacts};
+use crate::policy::{
+    Action, Decision, GrantContext, PolicyBackend, RequestContext, Resource, TableFacts,
+};
 
 /// Why a tool call did not produce a result, in words the agent can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,6 +155,41 @@ impl Checked<'_> {
         }
     }
 
+    /// Decides `action` on `resource` as if the call ran under `grant` (for `request_access`, which offers only
+    /// terms a query could then use); records nothing.
+    pub fn peek_under(&self, action: Action, resource: &Resource, grant: GrantContext) -> Decision {
+        let context = RequestContext {
+            grant: Some(grant),
+            ..self.context.clone()
+        };
+        self.gate
+            .policy
+            .authorize(self.principal, action, resource, &context)
+    }
+
+    /// [`Checked::require_table`] for an action under a grant: discovery is decided as usual, then `action` with
+    /// the grant's terms for this table in `context.grant`. A grant is never a way around the policy: a forbid
+    /// still wins, and some permit must allow the action under the grant.
+    pub fn require_table_under(
+        &mut self,
+        name: &str,
+        facts: Option<TableFacts>,
+        action: Action,
+        next_step: &str,
+        grant: GrantContext,
+    ) -> Result<TableFacts, ToolError> {
+        let facts = self.require_table(name, facts, Action::Discover, next_step)?;
+        let resource = Resource::Table(facts);
+        let outer = std::mem::replace(&mut self.context.grant, Some(grant));
+        let decided = self.require(action, &resource, next_step);
+        self.context.grant = outer;
+        decided?;
+        let Resource::Table(facts) = resource else {
+            unreachable!("built as a table above")
+        };
+        Ok(facts)
+    }
+
     /// Requires `action` on a table looked up by `name`: a missing table and one the caller may not discover
     /// both fail with the same [`ToolError::TableNotFound`]; a discoverable table without `action` is denied.
     pub fn require_table(
@@ -231,6 +268,7 @@ impl Gate {
             principal,
             context: RequestContext {
                 purpose: purpose.clone(),
+                grant: None,
             },
             action: None,
             resources: vec![],

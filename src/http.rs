@@ -7,7 +7,8 @@
 //! is served at `/.well-known/oauth-protected-resource` (and its `/mcp` suffixed form).
 //!
 //! Sessions never authenticate: every request is checked, and an MCP session id is bound to the principal whose
-//! request opened it; another principal presenting it is refused.
+//! request opened it; another principal presenting it is refused (403), and a session id this layer did not bind
+//! is refused (404) before the MCP layer sees it. Only a DELETE the MCP layer accepted unbinds a session.
 //!
 //! Invariant: the token is handed to `identity` and dropped; it is never forwarded, logged or stored.
 
@@ -27,7 +28,7 @@ use crate::identity::{AuthError, JwtValidator, Principal};
 
 /// Header carrying the MCP session id.
 const SESSION_HEADER: &str = "mcp-session-id";
-/// Most session bindings kept; beyond it the oldest are dropped (their sessions then fail closed).
+/// Most session bindings kept; beyond it the oldest are dropped (their sessions then fail closed: 404).
 const MAX_SESSIONS: usize = 100_000;
 
 /// Token checking and session binding shared by all requests.
@@ -172,8 +173,20 @@ async fn authenticate(
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let owner = session.as_deref().and_then(|s| auth.session_owner(s));
-    if owner.as_ref().is_some_and(|owner| *owner != principal.id) {
+    let owner = session.as_deref().map(|s| auth.session_owner(s));
+    if let Some(None) = owner {
+        // A session id this server never bound (or dropped past MAX_SESSIONS) is refused here, never passed on:
+        // the MCP layer may still hold such a session, and nothing would then say whose it is.
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({
+                "error": "session_not_found",
+                "error_description": "unknown or expired MCP session; initialize a new session"
+            })),
+        )
+            .into_response();
+    }
+    if owner.flatten().is_some_and(|owner| owner != principal.id) {
         tracing::warn!(principal = %principal.id, "refused a session opened by another principal");
         return (
             StatusCode::FORBIDDEN,
@@ -186,15 +199,26 @@ async fn authenticate(
     }
     let principal_id = principal.id.clone();
     let closing = request.method() == Method::DELETE;
+    // The verified token goes no further: the MCP layer hands the request's headers to the tool handlers, which
+    // need the principal, never the credential.
+    request.headers_mut().remove(header::AUTHORIZATION);
     request.extensions_mut().insert(principal);
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     match (&session, response.headers().get(SESSION_HEADER)) {
         (None, Some(new)) => {
             if let Ok(new) = new.to_str() {
                 auth.bind_session(new, &principal_id);
             }
         }
-        (Some(s), _) if closing => auth.forget_session(s),
+        // Only a DELETE the MCP layer accepted ended the session; a refused one (bad protocol version, bad Host,
+        // unknown session) leaves it open and bound to its owner.
+        (Some(s), _) if closing && response.status().is_success() => {
+            auth.forget_session(s);
+            // Clients expect 200 or 204 for a session ended by DELETE (the Python SDK warns on 202).
+            if response.status() == StatusCode::ACCEPTED {
+                *response.status_mut() = StatusCode::OK;
+            }
+        }
         _ => {}
     }
     response

@@ -302,7 +302,10 @@ impl JwtValidator {
             fetched_at: Some(Instant::now()),
         };
         // A key may have left the set: tokens it signed must be checked again.
-        self.verified.lock().expect("verified tokens lock").clear();
+        self.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         Ok(())
     }
 
@@ -318,7 +321,7 @@ impl JwtValidator {
         if let Some((until, authenticated)) = self
             .verified
             .lock()
-            .expect("verified tokens lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&digest)
             && Instant::now() < *until
         {
@@ -330,7 +333,10 @@ impl JwtValidator {
             .saturating_sub(chrono::Utc::now().timestamp());
         if left > 0 {
             let until = Instant::now() + VERIFIED_FOR.min(Duration::from_secs(left as u64));
-            let mut verified = self.verified.lock().expect("verified tokens lock");
+            let mut verified = self
+                .verified
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if verified.len() >= MAX_VERIFIED {
                 verified.clear();
             }
@@ -343,6 +349,14 @@ impl JwtValidator {
     async fn verify(&self, token: &str) -> Result<(Authenticated, i64), AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("malformed token header: {e}")))?;
+        // RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` names extensions it does not process, and
+        // Parley processes none.
+        if let Some(crit) = &header.crit {
+            return Err(AuthError::Invalid(format!(
+                "the token's header marks extensions as critical ({}) that this server does not process",
+                crit.join(", ")
+            )));
+        }
         if !self.algorithms.contains(&header.alg) {
             return Err(AuthError::Invalid(format!(
                 "algorithm {:?} is not accepted (allowed: {})",

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod anchor;
 pub mod audit;
 pub mod benchdata;
 pub mod catalog;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod contracts;
 pub mod demo;
 pub mod gate;
+pub mod governed;
 pub mod http;
 pub mod identity;
 pub mod negotiation;

@@ -26,6 +26,7 @@ use parley::identity::{
     LocalIdentity, Principal, StaticKeys,
 };
 use parley::policy::{CedarPolicy, PolicyBackend, ReloadablePolicy};
+use parley::server::stdio::LineTransport;
 use parley::server::{App, ParleyServer};
 
 /// mimalloc rather than glibc's malloc: a tool call allocates and frees many small JSON values, which glibc spent
@@ -119,11 +120,16 @@ enum BenchCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain of the audit log; prints the count and head hash, or the first broken record.
+    /// Check the hash chain of the audit log and the signed checkpoints that anchor it (a truncated, shortened or
+    /// replaced log fails); prints the count, head hash and audit key, or what is broken.
     Verify {
         /// Start checking at this sequence number (earlier records are trusted).
         #[arg(long)]
         from: Option<u64>,
+        /// The audit key's public key (hex, as this command prints it) to verify the checkpoints with, instead of
+        /// the key in the data dir: pin it somewhere the server cannot write.
+        #[arg(long)]
+        public_key: Option<String>,
     },
     /// Print the last records.
     Tail {
@@ -173,8 +179,20 @@ fn default_data_dir() -> PathBuf {
         .join("parley")
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// Stack of every runtime thread. Parsing and dropping a long SQL expression chain recurses once per operator
+/// (DataFusion's planner and optimizer grow their stacks on demand; the parsed syntax tree's drop does not), so
+/// threads get room for the deepest chain `query.max_sql_bytes` allows. Only the pages touched are committed.
+const THREAD_STACK_BYTES: usize = 64 << 20;
+
+fn main() -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(THREAD_STACK_BYTES)
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> Result<()> {
     // Logs go to stderr: stdout belongs to the MCP stdio transport.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -279,20 +297,39 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Audit {
-            command: AuditCommand::Verify { from },
+            command: AuditCommand::Verify { from, public_key },
         } => {
             let path = dir.audit_log();
-            match parley::audit::verify(&path, from) {
-                Ok(v) => {
+            let anchor = dir.audit_anchor();
+            if !path.exists() && !anchor.exists() {
+                bail!(
+                    "no audit log at {}: is --data-dir (or PARLEY_HOME) the data dir the server uses?",
+                    path.display()
+                );
+            }
+            let key = match public_key {
+                Some(k) => Some(
+                    parley::anchor::parse_public_key(&k)
+                        .map_err(|e| anyhow::anyhow!("--public-key: {e}"))?,
+                ),
+                None => None,
+            };
+            match parley::audit::verify_anchored(&path, from, &anchor, key) {
+                Ok((v, checkpoints)) => {
+                    let key = parley::anchor::public_key(&anchor)
+                        .ok()
+                        .flatten()
+                        .map_or("none".to_string(), |k| hex::encode(k.to_bytes()));
                     println!(
-                        "ok: {} records, head {} ({})",
+                        "ok: {} records, head {} ({}); {} signed checkpoints agree (audit key {key})",
                         v.count,
                         v.head,
-                        path.display()
+                        path.display(),
+                        checkpoints.len()
                     );
                     Ok(())
                 }
-                Err(e) => bail!("audit chain broken: {e}"),
+                Err(e) => bail!("audit log broken: {e}"),
             }
         }
         Command::Policy {
@@ -334,7 +371,10 @@ async fn policy_check(
         &who,
         action,
         &resource,
-        &parley::policy::RequestContext { purpose },
+        &parley::policy::RequestContext {
+            purpose,
+            grant: None,
+        },
     );
     println!(
         "{}: {}",
@@ -422,9 +462,10 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
     } else {
         Arc::new(LocalIdentity::new(&config.principal, policy.clone()))
     };
-    let audit = Arc::new(FileAuditLog::open(
+    let audit = Arc::new(FileAuditLog::open_anchored(
         &dir.audit_log(),
         config.audit.rotate_bytes,
+        Some(&dir.audit_anchor()),
     )?);
     let contracts = ContractStore::load(&dir.contracts());
     let catalog = open_sql_catalog(&dir.catalog_db(), &dir.warehouse(), &config.catalog_name)
@@ -551,9 +592,14 @@ async fn shutdown_signal() {
 
 async fn serve_stdio(app: Arc<App>) -> Result<()> {
     let server = ParleyServer::new(app);
+    // Parley's own line framing, so a line that does not parse is answered rather than dropped.
     let service = match stdio_pipes() {
-        Some(pipes) => server.serve(pipes).await,
-        None => server.serve(rmcp::transport::stdio()).await,
+        Some((input, output)) => server.serve(LineTransport::new(input, output)).await,
+        None => {
+            server
+                .serve(LineTransport::new(tokio::io::stdin(), tokio::io::stdout()))
+                .await
+        }
     }
     .context("MCP initialization over stdio failed")?;
     let ct = service.cancellation_token();

@@ -200,6 +200,28 @@ impl Terms {
             .collect()
     }
 
+    /// What these terms let their holder see of `table`, as policies see it (`context.grant`); `grant_id` is
+    /// empty for terms not granted yet.
+    pub fn policy_context(&self, table: &str, grant_id: &str) -> crate::policy::GrantContext {
+        let columns: Vec<String> = self
+            .columns_of(table)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let (masked, unmasked): (Vec<String>, Vec<String>) = columns
+            .iter()
+            .cloned()
+            .partition(|c| self.mask_of(table, c).is_some());
+        crate::policy::GrantContext {
+            id: grant_id.to_string(),
+            purpose: self.purpose.clone(),
+            columns,
+            masked_columns: masked,
+            unmasked_columns: unmasked,
+            row_filter: self.row_filter.is_some(),
+        }
+    }
+
     /// The mask on `table`'s `column`, if it is masked.
     pub fn mask_of(&self, table: &str, column: &str) -> Option<Mask> {
         self.masks.get(&format!("{table}.{column}")).copied()
@@ -667,8 +689,11 @@ fn custom_u64(contract: &Contract, key: &str) -> Option<u64> {
 /// "classified restricted, tagged pii" for a column.
 fn classification_phrase(p: &Property) -> String {
     let mut parts = Vec::new();
-    if let Some(c) = &p.classification {
-        parts.push(format!("classified {c}"));
+    match &p.classification {
+        Some(c) => parts.push(format!("classified {c}")),
+        None => parts.push(
+            "not classified (so treated as personal data until an owner classifies it)".to_string(),
+        ),
     }
     if !p.tags.is_empty() {
         parts.push(format!("tagged {}", p.tags.join(", ")));

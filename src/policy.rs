@@ -97,8 +97,10 @@ pub struct TableFacts {
     pub tags: Vec<String>,
     /// True when any column is PII (tagged `pii` or classified restricted).
     pub contains_pii: bool,
-    /// Distinct column classifications.
+    /// Distinct column classifications (`unclassified` for columns the contract does not classify).
     pub classifications: Vec<String>,
+    /// Columns that are personal data: tagged `pii`, classified restricted/pii/sensitive, or unclassified.
+    pub pii_columns: Vec<String>,
 }
 
 impl TableFacts {
@@ -130,11 +132,32 @@ impl Resource {
     }
 }
 
-/// Request context: what the caller said about why.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// Request context: what the caller said about why, and the grant an action runs under.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct RequestContext {
     /// The purpose the agent stated, if any.
     pub purpose: Option<String>,
+    /// The grant a `query` runs under (or would run under, when `request_access` checks what it may offer), as
+    /// it applies to the one table decided on. Policies see it as `context.grant`.
+    pub grant: Option<GrantContext>,
+}
+
+/// What a grant lets its holder see of one table, for policies (`context.grant`): a forbid still applies under a
+/// grant, and may depend on these terms ("marketing reads customers only with personal data masked").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct GrantContext {
+    /// Grant id (empty while `request_access` checks terms not yet granted).
+    pub id: String,
+    /// The purpose the grant is bound to.
+    pub purpose: String,
+    /// Visible columns of the table, masked or not.
+    pub columns: Vec<String>,
+    /// Visible columns whose values are masked.
+    pub masked_columns: Vec<String>,
+    /// Visible columns in clear.
+    pub unmasked_columns: Vec<String>,
+    /// Whether a row filter narrows the table's rows.
+    pub row_filter: bool,
 }
 
 /// The outcome of one authorization, with the reason. Only this module makes one.
@@ -227,7 +250,7 @@ struct CachedRequest {
     principal: Principal,
     action: Action,
     resource: Resource,
-    purpose: Option<String>,
+    context: RequestContext,
 }
 
 /// Entries kept before the cache starts over.
@@ -238,7 +261,7 @@ impl DecisionCache {
         principal: &Principal,
         action: Action,
         resource: &Resource,
-        purpose: Option<&str>,
+        context: &RequestContext,
     ) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -247,7 +270,7 @@ impl DecisionCache {
         principal.attrs.hash(&mut h);
         action.hash(&mut h);
         resource.hash(&mut h);
-        purpose.hash(&mut h);
+        context.hash(&mut h);
         h.finish()
     }
 
@@ -257,22 +280,23 @@ impl DecisionCache {
         principal: &Principal,
         action: Action,
         resource: &Resource,
-        purpose: Option<&str>,
+        context: &RequestContext,
     ) -> Option<Decision> {
-        let map = self.map.lock().expect("decision cache lock");
+        // A poisoned lock only means another thread panicked mid-insert; the map is still a valid cache.
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&key)?
             .iter()
             .find(|(r, _)| {
                 r.action == action
                     && r.principal == *principal
                     && r.resource == *resource
-                    && r.purpose.as_deref() == purpose
+                    && r.context == *context
             })
             .map(|(_, d)| d.clone())
     }
 
     fn put(&self, key: u64, request: CachedRequest, decision: Decision) {
-        let mut map = self.map.lock().expect("decision cache lock");
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_CACHED_DECISIONS {
             map.clear();
         }
@@ -458,6 +482,7 @@ impl CedarPolicy {
                         RestrictedExpression::new_bool(t.contains_pii),
                     ),
                     ("classifications".to_string(), set(&t.classifications)),
+                    ("pii_columns".to_string(), set(&t.pii_columns)),
                 ]);
                 let entity = Entity::new(table_uid.clone(), attrs, HashSet::from([ns_uid]))
                     .map_err(|e| e.to_string())?;
@@ -494,11 +519,10 @@ impl PolicyBackend for CedarPolicy {
         resource: &Resource,
         context: &RequestContext,
     ) -> Decision {
-        let purpose = context.purpose.as_deref();
-        let key = DecisionCache::hash(principal, action, resource, purpose);
+        let key = DecisionCache::hash(principal, action, resource, context);
         if let Some(d) = self
             .decisions
-            .get(key, principal, action, resource, purpose)
+            .get(key, principal, action, resource, context)
         {
             return d;
         }
@@ -509,7 +533,7 @@ impl PolicyBackend for CedarPolicy {
                 principal: principal.clone(),
                 action,
                 resource: resource.clone(),
-                purpose: context.purpose.clone(),
+                context: context.clone(),
             },
             decision.clone(),
         );
@@ -545,6 +569,36 @@ impl CedarPolicy {
             ctx.insert(
                 "purpose".to_string(),
                 RestrictedExpression::new_string(p.clone()),
+            );
+        }
+        if let Some(g) = &context.grant {
+            let set = |items: &[String]| {
+                RestrictedExpression::new_set(
+                    items
+                        .iter()
+                        .map(|s| RestrictedExpression::new_string(s.clone())),
+                )
+            };
+            ctx.insert(
+                "grant".to_string(),
+                RestrictedExpression::new_record([
+                    (
+                        "id".to_string(),
+                        RestrictedExpression::new_string(g.id.clone()),
+                    ),
+                    (
+                        "purpose".to_string(),
+                        RestrictedExpression::new_string(g.purpose.clone()),
+                    ),
+                    ("columns".to_string(), set(&g.columns)),
+                    ("masked_columns".to_string(), set(&g.masked_columns)),
+                    ("unmasked_columns".to_string(), set(&g.unmasked_columns)),
+                    (
+                        "row_filter".to_string(),
+                        RestrictedExpression::new_bool(g.row_filter),
+                    ),
+                ])
+                .unwrap_or_else(|_| RestrictedExpression::new_bool(false)),
             );
         }
         let ctx = match Context::from_pairs(ctx) {
@@ -710,6 +764,7 @@ mod tests {
             tags: vec![],
             contains_pii: pii,
             classifications: vec!["internal".into()],
+            pii_columns: if pii { vec!["email".into()] } else { vec![] },
         })
     }
 
@@ -815,6 +870,82 @@ mod tests {
                 assert!(d.policy_ids().iter().any(|x| x == id), "{who}: {d:?}");
             }
         }
+    }
+
+    /// Issue 11: a query under a grant is decided with the grant in the context, and a forbid wins over it.
+    #[test]
+    fn a_grant_is_decided_by_the_policy_and_never_outranks_a_forbid() {
+        let p = demo();
+        let customers = table("sales", "customers", "sales-owners", true);
+        let grant = |masked: &[&str], clear: &[&str]| {
+            let to = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            RequestContext {
+                purpose: Some("churn_analysis".into()),
+                grant: Some(GrantContext {
+                    id: "g1".into(),
+                    purpose: "churn_analysis".into(),
+                    columns: to(&[masked, clear].concat()),
+                    masked_columns: to(masked),
+                    unmasked_columns: to(clear),
+                    row_filter: false,
+                }),
+            }
+        };
+        let cases = [
+            // (principal, context, allowed, deciding policy)
+            (
+                "analyst",
+                grant(&["email"], &["country"]),
+                true,
+                "grants-are-honoured",
+            ),
+            (
+                "analyst",
+                grant(&[], &["email", "country"]),
+                true,
+                "grants-are-honoured",
+            ),
+            (
+                "marketing-agent",
+                grant(&["email"], &["country"]),
+                true,
+                "grants-are-honoured",
+            ),
+            (
+                "marketing-agent",
+                grant(&[], &["email", "country"]),
+                false,
+                "no-pii-for-marketing",
+            ),
+            (
+                "marketing-agent",
+                RequestContext::default(),
+                false,
+                "no-pii-for-marketing",
+            ),
+            (
+                "stranger",
+                grant(&["email"], &["country"]),
+                true,
+                "grants-are-honoured",
+            ),
+        ];
+        for (who, context, allowed, by) in cases {
+            let principal = Principal::new(who, p.groups_of(who));
+            let d = p.authorize(&principal, Action::Query, &customers, &context);
+            assert_eq!(d.allowed(), allowed, "{who} {context:?}: {}", d.reason());
+            assert!(d.policy_ids().iter().any(|x| x == by), "{who}: {d:?}");
+        }
+        // Decisions are cached per full context: the same principal and table with another grant is decided anew.
+        let m = Principal::new("marketing-agent", p.groups_of("marketing-agent"));
+        assert!(
+            p.authorize(&m, Action::Query, &customers, &grant(&["email"], &[]))
+                .allowed()
+        );
+        assert!(
+            !p.authorize(&m, Action::Query, &customers, &grant(&[], &["email"]))
+                .allowed()
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::TableName;
 use crate::config::QueryLimits;
+pub use crate::governed::{ColumnMask, Governance};
 
 /// Rows counted past a cap before counting stops (the total is then reported as unknown).
 const COUNT_PAST_CAP: u64 = 1_000_000;
@@ -94,14 +95,30 @@ pub fn prepare(
             "the SQL text is empty; pass one SELECT query".to_string(),
         ));
     }
-    let mut statements = DFParser::parse_sql(sql).map_err(|e| QueryError::Syntax(strip_df(&e)))?;
+    let mut statements = DFParser::parse_sql(sql).map_err(|e| {
+        let text = strip_df(&e);
+        if text.contains("RecursionLimitExceeded") {
+            // The parser's own depth limit (nested parentheses, subqueries, unary operators).
+            QueryError::NotAllowed(
+                "the query nests parentheses, subqueries or unary operators more than 50 levels deep; flatten \
+                 it (CTEs with WITH, IN (...) lists) and try again"
+                    .to_string(),
+            )
+        } else {
+            QueryError::Syntax(text)
+        }
+    })?;
     if statements.len() != 1 {
         return Err(QueryError::NotAllowed(format!(
             "pass exactly one SQL statement; got {}",
             statements.len()
         )));
     }
-    let statement = statements.pop_front().expect("one statement");
+    let Some(statement) = statements.pop_front() else {
+        return Err(QueryError::NotAllowed(
+            "pass exactly one SQL statement; got none".to_string(),
+        ));
+    };
     let kind = match &statement {
         Statement::Statement(s) => match s.as_ref() {
             SqlStatement::Query(_) => None,
@@ -118,6 +135,9 @@ pub fn prepare(
              changes data, creates objects, reads files or changes settings."
         )));
     }
+    if let Statement::Statement(s) = &statement {
+        check_depth(s)?;
+    }
     let (refs, _ctes) = datafusion::sql::resolve::resolve_table_references(&statement, true)
         .map_err(|e| QueryError::Syntax(strip_df(&e)))?;
     let mut tables = Vec::new();
@@ -128,6 +148,53 @@ pub fn prepare(
         }
     }
     Ok(Prepared { statement, tables })
+}
+
+/// Deepest nesting of expressions and subqueries a query may have. Each level costs stack in planning and
+/// optimization; a chain of 2,000 `+ 1` or `OR` is 2,000 levels deep.
+pub const MAX_EXPRESSION_DEPTH: usize = 256;
+
+/// Refuses a statement whose expressions or subqueries nest deeper than [`MAX_EXPRESSION_DEPTH`]. The walk stops
+/// at the limit, so it never recurses deeper than that itself.
+fn check_depth(statement: &SqlStatement) -> Result<(), QueryError> {
+    use datafusion::sql::sqlparser::ast::{Expr, Query, Visit, Visitor};
+    use std::ops::ControlFlow;
+    struct Depth(usize);
+    impl Depth {
+        fn enter(&mut self) -> ControlFlow<()> {
+            self.0 += 1;
+            if self.0 > MAX_EXPRESSION_DEPTH {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+    }
+    impl Visitor for Depth {
+        type Break = ();
+        fn pre_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+            self.enter()
+        }
+        fn post_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+            self.0 -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.enter()
+        }
+        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.0 -= 1;
+            ControlFlow::Continue(())
+        }
+    }
+    match statement.visit(&mut Depth(0)) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(QueryError::NotAllowed(format!(
+            "the query nests expressions more than {MAX_EXPRESSION_DEPTH} levels deep (a long chain of operators \
+             such as + or OR counts one level per operator). Shorten it: use IN (...) instead of many ORs, \
+             aggregate, or split the query."
+        ))),
+    }
 }
 
 /// The first word(s) of a statement, for messages ("INSERT", "CREATE TABLE"...).
@@ -183,88 +250,6 @@ pub enum TableSource {
     Governed(Table, Governance),
     /// Rows Parley computed for this caller (e.g. the audit records they may see).
     Rows(RecordBatch),
-}
-
-/// How a column's values are hidden.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColumnMask {
-    /// A salted SHA-256 (hex): equal values stay equal (joins and counts work), values are not revealed.
-    Hash,
-    /// Replaced by `REDACTED` (strings) or NULL (other types).
-    Redact,
-    /// Dates and timestamps truncated to the first day of their year.
-    YearOnly,
-}
-
-/// What a grant lets a query see of one table. Applied in the plan, below any SQL the agent writes.
-#[derive(Debug, Clone)]
-pub struct Governance {
-    /// Columns visible, in order; everything else does not exist for the query.
-    pub columns: Vec<String>,
-    /// Visible columns whose values are masked.
-    pub masks: std::collections::BTreeMap<String, ColumnMask>,
-    /// Only rows whose `column` is one of `values`.
-    pub row_filter: Option<(String, Vec<String>)>,
-    /// Salt of hashed columns (per grant, so hashes do not link across grants).
-    pub salt: String,
-}
-
-/// The governed view of `table`: the row filter, then the projection with masks, planned on an internal
-/// context and handed over as a view. The agent's session never sees the base table.
-async fn governed_view(
-    table: Table,
-    governance: &Governance,
-) -> Result<Arc<dyn datafusion::catalog::TableProvider>, QueryError> {
-    use datafusion::functions::expr_fn::{concat, date_trunc, encode, sha256};
-    use datafusion::logical_expr::{cast, ident, lit};
-    use datafusion::scalar::ScalarValue;
-    let plan_error = |e: DataFusionError| QueryError::Execution(strip_df(&e));
-    let base = crate::scan::provider(table)
-        .await
-        .map_err(QueryError::Execution)?;
-    let internal = SessionContext::new();
-    let mut df = internal.read_table(base).map_err(plan_error)?;
-    if let Some((column, values)) = &governance.row_filter {
-        let list = values.iter().map(|v| lit(v.clone())).collect();
-        df = df
-            .filter(ident(column.clone()).in_list(list, false))
-            .map_err(plan_error)?;
-    }
-    let schema = df.schema().clone();
-    let mut exprs = Vec::new();
-    for name in &governance.columns {
-        let (_, field) = schema
-            .qualified_field_with_unqualified_name(name)
-            .map_err(plan_error)?;
-        let column = ident(name.clone());
-        let expr = match governance.masks.get(name) {
-            None => column,
-            Some(ColumnMask::Hash) => encode(
-                sha256(concat(vec![
-                    lit(governance.salt.clone()),
-                    cast(column, DataType::Utf8),
-                ])),
-                lit("hex"),
-            ),
-            Some(ColumnMask::Redact)
-                if matches!(
-                    field.data_type(),
-                    DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
-                ) =>
-            {
-                cast(lit("REDACTED"), field.data_type().clone())
-            }
-            Some(ColumnMask::Redact) => cast(
-                lit(ScalarValue::try_from(field.data_type()).map_err(plan_error)?),
-                field.data_type().clone(),
-            ),
-            Some(ColumnMask::YearOnly) => {
-                cast(date_trunc(lit("year"), column), field.data_type().clone())
-            }
-        };
-        exprs.push(expr.alias(name.clone()));
-    }
-    Ok(df.select(exprs).map_err(plan_error)?.into_view())
 }
 
 /// A result column.
@@ -342,6 +327,8 @@ impl QueryRuntime {
         Ok(QueryRuntime(Some(
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads)
+                // Room for deep expression trees (see `MAX_EXPRESSION_DEPTH`); only touched pages are committed.
+                .thread_stack_size(64 << 20)
                 .thread_name("parley-query")
                 .enable_all()
                 .build()?,
@@ -660,7 +647,9 @@ async fn session(
                     table: t.name.to_string(),
                     snapshot_id: table.metadata().current_snapshot_id(),
                 });
-                governed_view(table, &governance).await?
+                crate::governed::view(table, &governance)
+                    .await
+                    .map_err(|e| internal(&e))?
             }
             TableSource::Rows(batch) => Arc::new(
                 datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])

@@ -137,7 +137,11 @@ async fn file_statistics(
         snapshot.manifest_list().to_string(),
         meta.current_schema_id(),
     );
-    if let Some(hit) = CACHE.lock().expect("statistics cache lock").get(&key) {
+    if let Some(hit) = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&key)
+    {
         return hit.clone();
     }
     let columns: HashMap<i32, usize> = meta
@@ -173,7 +177,9 @@ async fn file_statistics(
         return Default::default();
     }
     let out = Arc::new(out);
-    let mut cache = CACHE.lock().expect("statistics cache lock");
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if cache.len() >= MAX_SNAPSHOTS {
         cache.clear();
     }

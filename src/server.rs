@@ -32,6 +32,7 @@ mod access;
 mod discovery;
 mod elicit;
 mod notify;
+pub mod stdio;
 
 pub use discovery::DiscoveryCache;
 use discovery::{Discoverable, Discovered, MAX_DISCOVERY_ENTRIES};
@@ -614,8 +615,27 @@ impl ParleyServer {
         }
     }
 
-    /// The audit records `checked`'s principal may see, as rows of `parley.audit_log`: records about tables the
-    /// policy lets them `read_audit` (owners), nothing else.
+    /// Passes a protocol request that touches no table (a prompt, a subscription, a log level) through the gate, so
+    /// it is audited like every other request a principal makes; refused only when its record cannot be written.
+    async fn audited(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        method: &str,
+        what: &str,
+    ) -> Result<(), ErrorData> {
+        let principal = self.principal(ctx);
+        self.app
+            .gate
+            .run(&principal, method, None, async |c| {
+                c.note(Action::Discover, "*", format!("{method} {what}"));
+                Ok(())
+            })
+            .await
+            .map_err(|e| ErrorData::internal_error(e, None))
+    }
+
+    /// The audit records `checked`'s principal may see, as rows of `parley.audit_log`: records all of whose tables
+    /// the policy lets them `read_audit` (owners), nothing else.
     async fn audit_rows(
         &self,
         checked: &mut Checked<'_>,
@@ -629,18 +649,18 @@ impl ParleyServer {
         let mut allowed: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
         let mut visible = Vec::new();
         for record in records {
-            let mut show = false;
-            for resource in record.entry.resource.split(',') {
-                let may = *allowed.entry(resource.to_string()).or_insert_with(|| {
+            // A record naming several tables (a join, a multi-table grant) carries what the caller did with all
+            // of them (SQL, error text): it is shown only to a caller who may read the audit of every one.
+            let show = record.entry.resource.split(',').all(|resource| {
+                *allowed.entry(resource.to_string()).or_insert_with(|| {
                     TableName::parse(resource).is_ok_and(|t| {
                         let facts = self.app.lakehouse.facts_of_listed(&t);
                         checked
                             .peek(Action::ReadAudit, &Resource::Table(facts))
                             .allowed()
                     })
-                });
-                show |= may;
-            }
+                })
+            });
             if show {
                 visible.push(record);
             }
@@ -750,7 +770,7 @@ impl ParleyServer {
                 .app
                 .grants_hint
                 .lock()
-                .expect("grants hint lock")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .get(principal)
             && *g == generation
             && at.elapsed() < ttl
@@ -765,7 +785,11 @@ impl ParleyServer {
                 .map_err(internal)?,
         );
         if let Some(generation) = generation {
-            let mut hint = self.app.grants_hint.lock().expect("grants hint lock");
+            let mut hint = self
+                .app
+                .grants_hint
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if hint.len() >= MAX_DISCOVERY_ENTRIES {
                 hint.clear();
             }
@@ -1028,10 +1052,22 @@ impl ParleyServer {
                 continue;
             }
             if let Some(g) = grant.as_ref().filter(|g| g.terms.covers(&shown)) {
-                // The grant decides what of this table is visible; discovery is still required.
-                let name = self
-                    .table_for(checked, &shown, Action::Discover, "")
-                    .await?;
+                // The grant decides what of this table is visible, and the policy decides the query with the
+                // grant's terms in its context: a forbid wins over any grant.
+                let parsed = TableName::parse(&shown).ok();
+                let facts = match &parsed {
+                    Some(t) => self.app.lakehouse.facts(t).await.map_err(internal)?,
+                    None => None,
+                };
+                checked.require_table_under(
+                    &shown,
+                    facts,
+                    Action::Query,
+                    "the policy does not allow this query even under your grant; request_access to see \
+                     which terms it allows",
+                    g.terms.policy_context(&shown, &g.id),
+                )?;
+                let name = parsed.ok_or_else(|| internal("table name did not parse"))?;
                 checked.note(
                     Action::Query,
                     &shown,
@@ -1370,27 +1406,38 @@ fn fill(template: &str, vars: &[(&str, &str)]) -> String {
 impl ParleyServer {
     /// Explore what data exists about a topic: find tables, read their schemas and contracts.
     #[prompt(name = "explore_dataset")]
-    async fn explore_dataset(&self, Parameters(a): Parameters<ExploreArgs>) -> Vec<PromptMessage> {
-        vec![PromptMessage::new_text(
+    async fn explore_dataset(
+        &self,
+        Parameters(a): Parameters<ExploreArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Vec<PromptMessage>, ErrorData> {
+        self.audited(&ctx, "prompts/get", "explore_dataset").await?;
+        Ok(vec![PromptMessage::new_text(
             Role::User,
             fill(
                 include_str!("../prompts/explore_dataset.md"),
                 &[("topic", &a.topic)],
             ),
-        )]
+        )])
     }
 
     /// Answer a question with data: find the tables, check the contracts, run the smallest query, cite snapshots.
     #[prompt(name = "answer_with_data")]
-    async fn answer_with_data(&self, Parameters(a): Parameters<AnswerArgs>) -> Vec<PromptMessage> {
+    async fn answer_with_data(
+        &self,
+        Parameters(a): Parameters<AnswerArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Vec<PromptMessage>, ErrorData> {
+        self.audited(&ctx, "prompts/get", "answer_with_data")
+            .await?;
         let purpose = a.purpose.unwrap_or_else(|| "not stated".to_string());
-        vec![PromptMessage::new_text(
+        Ok(vec![PromptMessage::new_text(
             Role::User,
             fill(
                 include_str!("../prompts/answer_with_data.md"),
                 &[("question", &a.question), ("purpose", &purpose)],
             ),
-        )]
+        )])
     }
 }
 
@@ -1479,7 +1526,8 @@ impl ServerHandler for ParleyServer {
         request: rmcp::model::SetLevelRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.principal(&ctx);
+        self.audited(&ctx, "logging/setLevel", &format!("{:?}", request.level))
+            .await?;
         self.session.set_level(request.level);
         Ok(())
     }
@@ -1489,7 +1537,8 @@ impl ServerHandler for ParleyServer {
         request: SubscribeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.principal(&ctx);
+        self.audited(&ctx, "resources/subscribe", &request.uri)
+            .await?;
         if !changes(&request.uri) {
             return Err(ErrorData::invalid_params(
                 format!(
@@ -1513,7 +1562,8 @@ impl ServerHandler for ParleyServer {
         request: UnsubscribeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.principal(&ctx);
+        self.audited(&ctx, "resources/unsubscribe", &request.uri)
+            .await?;
         self.session.unsubscribe(&request.uri);
         Ok(())
     }
@@ -1536,6 +1586,18 @@ impl ServerHandler for ParleyServer {
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
         let principal = self.principal_in(&context.request_context().extensions);
+        self.app
+            .gate
+            .run(&principal, "subscriptions/listen", None, async |c| {
+                c.note(
+                    Action::Discover,
+                    "*",
+                    "listens for changes to its own requests and grants".to_string(),
+                );
+                Ok(())
+            })
+            .await
+            .map_err(|e| ErrorData::internal_error(e, None))?;
         let id = self
             .app
             .sessions

@@ -373,3 +373,61 @@ async fn http_refuses_to_start_without_token_validation() {
         "{err}"
     );
 }
+
+/// Issue 11: a DELETE the MCP layer refuses (bad protocol version, bad Host) or one from another principal leaves
+/// the session open and bound to its owner; only an accepted DELETE ends it, and an ended or unknown session id is
+/// refused for everyone.
+#[tokio::test]
+async fn only_an_accepted_delete_unbinds_a_session() {
+    let lake = Lake::new();
+    let (_child, url) = start(&lake, &["--dev-issuer"]).await;
+    let alice = crate::http::dev_token(&lake, "alice", &["analysts"]);
+    let mallory = crate::http::dev_token(&lake, "mallory", &["analysts"]);
+    let r = post(&url, Some(&alice), None, initialize()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let session = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let r = post(&url, Some(&alice), Some(&session), initialized).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let delete = |token: &str, headers: &[(&str, &str)]| {
+        let mut req = reqwest::Client::new()
+            .delete(&url)
+            .header("authorization", format!("Bearer {token}"))
+            .header("mcp-session-id", &session);
+        if !headers.iter().any(|(k, _)| *k == "mcp-protocol-version") {
+            req = req.header("mcp-protocol-version", "2025-06-18");
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send()
+    };
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}});
+    for (who, headers) in [
+        (&alice, vec![("mcp-protocol-version", "1999-01-01")]),
+        (&alice, vec![("host", "attacker.example")]),
+        (&mallory, vec![]),
+    ] {
+        let r = delete(who, &headers).await.unwrap();
+        assert!(!r.status().is_success(), "{headers:?}: {}", r.status());
+        // The session is still alice's: mallory is refused, alice is served.
+        let r = post(&url, Some(&mallory), Some(&session), list.clone()).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "after {headers:?}");
+        let r = post(&url, Some(&alice), Some(&session), list.clone()).await;
+        assert_eq!(r.status(), StatusCode::OK, "after {headers:?}");
+        assert!(r.text().await.unwrap().contains("list_tables"));
+    }
+    let r = delete(&alice, &[]).await.unwrap();
+    assert!(
+        matches!(r.status(), StatusCode::OK | StatusCode::NO_CONTENT),
+        "{}",
+        r.status()
+    );
+    for who in [&alice, &mallory] {
+        let r = post(&url, Some(who), Some(&session), list.clone()).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+    // A session id nobody was given is refused before the MCP layer.
+    let r = post(&url, Some(&mallory), Some("made-up-session"), list.clone()).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}

@@ -1,6 +1,6 @@
 //! Bad input and limits: each a clear tool error, the server healthy afterwards, and an audit record for each.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::util::{Lake, call, err, ok, text};
 
@@ -215,4 +215,152 @@ async fn memory_budget_fails_cleanly() {
     .await);
     assert!(again.contains("query memory pool"), "{again}");
     client.cancel().await.unwrap();
+}
+
+/// Issue 11: one SQL line used to abort the process with a stack overflow (no reply, no audit record). Deep
+/// chains and nestings are refused with a clear error or answered; the server keeps serving and audits each.
+#[tokio::test]
+async fn deeply_nested_sql_is_refused_or_answered_and_the_server_stays_up() {
+    let lake = Lake::new();
+    let client = lake.connect("analyst", &[]).await;
+    let chain = |op: &str, n: usize| {
+        format!(
+            "SELECT count(*) FROM sales.orders WHERE {}",
+            vec!["order_id = 1"; n].join(op)
+        )
+    };
+    let long_plus = |n: usize| format!("SELECT 1{}", " + 1".repeat(n));
+    let refused = [
+        long_plus(2000),
+        long_plus(24_000),
+        chain(" OR ", 2000),
+        chain(" AND ", 2000),
+        format!("SELECT 'a'{}", " || 'a'".repeat(2000)),
+        format!("SELECT {}1{}", "(".repeat(3000), ")".repeat(3000)),
+        format!(
+            "SELECT {} 1 {}",
+            "CASE WHEN true THEN ".repeat(500),
+            " END".repeat(500)
+        ),
+        format!(
+            "SELECT 1 FROM sales.orders WHERE order_id IN {}SELECT 1{}",
+            "(".repeat(400),
+            ")".repeat(400)
+        ),
+        format!("SELECT {}1{}", "abs(".repeat(2000), ")".repeat(2000)),
+        format!("SELECT {}1", "-".repeat(5000)),
+        format!("SELECT {}true", "NOT ".repeat(5000)),
+    ];
+    for sql in &refused {
+        let r = call(&client, "query", json!({"sql": sql})).await;
+        assert_eq!(r.is_error, Some(true), "{}...: {}", &sql[..60], text(&r));
+        let e = text(&r);
+        assert!(
+            e.contains("levels deep") || e.contains("invalid SQL") || e.contains("bytes"),
+            "{}...: {e}",
+            &sql[..60]
+        );
+    }
+    // Chains within the limit are answered exactly.
+    let r = ok(&call(&client, "query", json!({"sql": long_plus(200)})).await);
+    assert_eq!(r["rows"][0][0], 201);
+    let r = ok(&call(&client, "query", json!({"sql": chain(" OR ", 200)})).await);
+    assert_eq!(r["rows"][0][0], 1);
+    // Still serving, and every call left its record.
+    let r = ok(&call(&client, "query", json!({"sql": "SELECT 42"})).await);
+    assert_eq!(r["rows"][0][0], 42);
+    client.cancel().await.unwrap();
+    let queries = lake
+        .audit()
+        .into_iter()
+        .filter(|r| r["tool"] == "query")
+        .count();
+    assert_eq!(queries, refused.len() + 3);
+}
+
+/// Issue 11: a line the server cannot parse used to get no answer (the client waited forever). Over stdio, each
+/// is answered as JSON-RPC says — with the request's id where the line has one at its top level — and the server
+/// keeps serving.
+#[tokio::test]
+async fn unparseable_stdio_lines_are_answered_and_the_server_keeps_serving() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let lake = Lake::new();
+    let mut child = lake
+        .command()
+        .args(["serve", "--principal", "analyst"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut send = async |line: String| {
+        input.write_all(line.as_bytes()).await.unwrap();
+        input.write_all(b"\n").await.unwrap();
+        input.flush().await.unwrap();
+    };
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"query","arguments":{{"sql":{}"x"{}}}}}}}"#,
+        "[".repeat(300),
+        "]".repeat(300)
+    );
+    let huge = format!(
+        r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{{"name":"query","arguments":{{"sql":"{}"}}}}}}"#,
+        "x".repeat(20 << 20)
+    );
+    let cases: Vec<(String, Value, i64)> = vec![
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#.to_string(),
+            json!(1),
+            0,
+        ),
+        (deep, json!(3), -32700),
+        (
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"query","arguments":{"sql":"\ud800"}}}"#.to_string(),
+            json!(4),
+            -32700,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":"five","method":"tools/call","params":{"name":"query","arguments":{"max_rows":1e400,"sql":"SELECT 1"}}}"#.to_string(),
+            json!("five"),
+            -32700,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"query","arguments":{"max_rows":NaN}}}"#.to_string(),
+            json!(6),
+            -32700,
+        ),
+        ("{not json".to_string(), Value::Null, -32700),
+        (r#"{"jsonrpc":"2.0","id":7,"nomethod":true}"#.to_string(), json!(7), -32600),
+        (r#"[1,2,3]"#.to_string(), Value::Null, -32600),
+        (huge, json!(9), -32600),
+        (
+            r#"{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"query","arguments":{"sql":"SELECT 7"}}}"#.to_string(),
+            json!(10),
+            0,
+        ),
+    ];
+    for (i, (line, id, code)) in cases.into_iter().enumerate() {
+        send(line).await;
+        if i == 0 {
+            send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_string()).await;
+            // An unparseable notification gets no answer; the next answer is the next request's.
+            send(r#"{"jsonrpc":"2.0","method":"notifications/x","params":[NaN]}"#.to_string())
+                .await;
+        }
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(30), output.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("case {i}: no answer"))
+            .unwrap()
+            .unwrap();
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(reply["id"], id, "case {i}: {reply}");
+        if code == 0 {
+            assert!(reply.get("result").is_some(), "case {i}: {reply}");
+        } else {
+            assert_eq!(reply["error"]["code"], code, "case {i}: {reply}");
+        }
+    }
 }

@@ -977,3 +977,126 @@ async fn separation_of_duties_forbids_deciding_ones_own_request() {
     assert_eq!(review["requests"], json!([]), "{review:#}");
     owner.cancel().await.unwrap();
 }
+
+/// Issue 11: concurrent accepts of one offer make one grant; the others are told the offer was answered.
+#[tokio::test]
+async fn concurrent_accepts_of_one_offer_make_one_grant() {
+    let lake = Lake::new();
+    let analyst = lake.connect("analyst", &[]).await;
+    let other = lake.connect("analyst", &[]).await;
+    for round in 0..6 {
+        let offer = request(
+            &analyst,
+            json!({"tables": ["sales.customers"], "purpose": "churn_analysis", "duration_days": 30}),
+        )
+        .await;
+        assert_eq!(offer["status"], "counter_offer", "{offer:#}");
+        let args = json!({"request_id": offer["request_id"], "terms_hash": offer["terms_hash"]});
+        let (a, b, c) = tokio::join!(
+            call(&analyst, "accept_offer", args.clone()),
+            call(&other, "accept_offer", args.clone()),
+            call(&analyst, "accept_offer", args.clone()),
+        );
+        let granted: Vec<Value> = [a, b, c]
+            .iter()
+            .filter(|r| r.is_error != Some(true))
+            .map(ok)
+            .collect();
+        assert_eq!(granted.len(), 1, "round {round}: {granted:?}");
+        let grants = ok(&call(&analyst, "my_grants", json!({})).await);
+        let for_request = grants["grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["request_id"] == offer["request_id"])
+            .count();
+        assert_eq!(for_request, 1, "round {round}: {grants:#}");
+    }
+    analyst.cancel().await.unwrap();
+    other.cancel().await.unwrap();
+}
+
+/// Issue 11: a grant never outranks a policy forbid. The demo forbids marketing personal data in clear, so
+/// `request_access` offers `sales.customers` with every personal-data column masked and a query under it works;
+/// once the policy forbids marketing the table outright, the live grant no longer lets a query through, and
+/// `request_access` denies with the policy's reason instead of offering terms no query could use.
+#[tokio::test]
+async fn a_grant_never_outranks_a_policy_forbid() {
+    let lake = Lake::new();
+    let marketing = lake.connect("marketing-agent", &[]).await;
+    let offer = request(
+        &marketing,
+        json!({"tables": ["sales.customers"], "purpose": "churn_analysis", "duration_days": 7}),
+    )
+    .await;
+    assert_eq!(offer["status"], "counter_offer", "{offer:#}");
+    for pii in ["email", "full_name", "phone", "birth_date"] {
+        assert!(
+            offer["terms"]["masks"][format!("sales.customers.{pii}")].is_string(),
+            "{pii} masked: {offer:#}"
+        );
+    }
+    let accepted = ok(&call(
+        &marketing,
+        "accept_offer",
+        json!({"request_id": offer["request_id"], "terms_hash": offer["terms_hash"]}),
+    )
+    .await);
+    let grant = accepted["grant_id"].as_str().unwrap().to_string();
+    let sql =
+        json!({"sql": "SELECT email, country FROM sales.customers LIMIT 3", "grant_id": grant});
+    let rows = ok(&call(&marketing, "query", sql.clone()).await);
+    for row in rows["rows"].as_array().unwrap() {
+        assert!(is_hex64(&row[0]), "email hashed: {row:?}");
+    }
+    // Without the grant the forbid decides, as before.
+    let e = err(&call(
+        &marketing,
+        "query",
+        json!({"sql": "SELECT count(*) FROM sales.customers"}),
+    )
+    .await);
+    assert!(e.contains("no-pii-for-marketing"), "{e}");
+
+    let policy = lake.path().join("policy/policy.cedar");
+    let original = std::fs::read_to_string(&policy).unwrap();
+    let forbid = "\n@id(\"no-customers-for-marketing\")\nforbid(principal in Parley::Group::\"marketing\", \
+                  action == Parley::Action::\"query\", resource == Parley::Table::\"sales.customers\");\n";
+    std::fs::write(&policy, format!("{original}{forbid}")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let e = loop {
+        let r = call(&marketing, "query", sql.clone()).await;
+        if r.is_error == Some(true) {
+            break err(&r);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the policy edit was not applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(e.contains("no-customers-for-marketing"), "{e}");
+    let denied = request(
+        &marketing,
+        json!({"tables": ["sales.customers"], "purpose": "churn_analysis", "duration_days": 7}),
+    )
+    .await;
+    assert_eq!(denied["status"], "denied", "{denied:#}");
+    assert!(
+        denied["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no-customers-for-marketing"),
+        "{denied:#}"
+    );
+    marketing.cancel().await.unwrap();
+    let audit = lake.audit();
+    let last_query = audit.iter().rev().find(|r| r["tool"] == "query").unwrap();
+    assert!(
+        last_query["policy_ids"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("no-customers-for-marketing")),
+        "{last_query:#}"
+    );
+}

@@ -397,7 +397,38 @@ async fn contracts_are_resources_and_prompts_are_served() {
     let body = p.messages[0].content.as_text().unwrap().text.clone();
     assert!(body.contains("\"late deliveries\""), "{body}");
     assert!(!body.contains("{{"), "{body}");
+    // Issue 11: every method a principal invokes is audited, prompts, subscriptions and log levels included.
+    #[allow(deprecated)]
+    {
+        client
+            .subscribe(rmcp::model::SubscribeRequestParams::new("request://r-1"))
+            .await
+            .unwrap();
+        client
+            .unsubscribe(rmcp::model::UnsubscribeRequestParams::new("request://r-1"))
+            .await
+            .unwrap();
+        client
+            .set_level(rmcp::model::SetLevelRequestParams::new(
+                rmcp::model::LoggingLevel::Info,
+            ))
+            .await
+            .unwrap();
+    }
     client.cancel().await.unwrap();
+    let audit = lake.audit();
+    for method in [
+        "prompts/get",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "logging/setLevel",
+    ] {
+        let r = audit
+            .iter()
+            .find(|r| r["tool"] == method)
+            .unwrap_or_else(|| panic!("no audit record of {method}"));
+        assert_eq!(r["principal"], "analyst", "{r}");
+    }
 }
 
 #[tokio::test]

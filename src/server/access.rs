@@ -618,13 +618,15 @@ impl ParleyServer {
         }
         let mut eligible = true;
         let mut contracts = Vec::new();
+        let mut facts_of = Vec::new();
         for t in &args.tables {
             // Discovery is required (an undiscoverable table does not exist for the caller).
             let name = self.table_for(checked, t, Action::Discover, "").await?;
             let facts = self.app.lakehouse.facts_of_listed(&name);
             eligible &= checked
-                .peek(Action::RequestAccess, &Resource::Table(facts))
+                .peek(Action::RequestAccess, &Resource::Table(facts.clone()))
                 .allowed();
+            facts_of.push((name.to_string(), facts));
             if let Some(c) = self.app.lakehouse.contract(&name) {
                 contracts.push((name.to_string(), c.contract.clone()));
             }
@@ -650,6 +652,7 @@ impl ParleyServer {
             MAX_DAYS,
             &self.app.purposes,
         );
+        let outcome = fit_policy(checked, &facts_of, outcome);
         let outcome_json = serde_json::to_value(&outcome).map_err(internal)?;
         // A grant that a person must first acknowledge waits as an offer until they do.
         let ask_first = asker.is_some() && matches!(outcome, Outcome::Granted { .. });
@@ -891,19 +894,18 @@ impl ParleyServer {
                 args.request_id
             )));
         }
-        let grant = self.make_grant(&stored.request, terms, vec![]).await?;
-        let store = &self.app.store;
+        // The state moves first, each step a compare-and-set in the store: of two concurrent accepts of one offer
+        // only one gets past `Accepted`, so only one grant is made (and the store allows one grant per request).
         let who = checked.principal_id().to_string();
         for (state, why) in [
             (State::Accepted, "the requester accepted the offer"),
             (State::Agreed, "agreement recorded as a grant"),
-            (State::Finalized, "grant in force"),
         ] {
-            store
-                .update_state(&args.request_id, state, &who, why)
-                .await
-                .map_err(Self::store_error)?;
+            self.transition(&args.request_id, state, &who, why).await?;
         }
+        let grant = self.make_grant(&stored.request, terms, vec![]).await?;
+        self.transition(&args.request_id, State::Finalized, &who, "grant in force")
+            .await?;
         checked.note(
             Action::RequestAccess,
             &grant.terms.tables.join(","),
@@ -1738,6 +1740,75 @@ impl ParleyServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
         self.decided(ctx, args, "revoke_grant").await
+    }
+}
+
+/// Narrows an outcome to terms the policy lets a query use: for each table, `query` under the would-be grant
+/// (`context.grant`) must be permitted, since a grant never overrides a forbid. Terms the policy refuses are
+/// narrowed once — every personal-data column masked — and offered if the policy then allows them; otherwise the
+/// request is denied with the policy's reason.
+fn fit_policy(
+    checked: &Checked<'_>,
+    facts: &[(String, crate::policy::TableFacts)],
+    outcome: Outcome,
+) -> Outcome {
+    let refusal = |terms: &negotiation::Terms| {
+        facts.iter().find_map(|(table, f)| {
+            let d = checked.peek_under(
+                Action::Query,
+                &Resource::Table(f.clone()),
+                terms.policy_context(table, ""),
+            );
+            (!d.allowed()).then(|| format!("{table}: {}", d.reason()))
+        })
+    };
+    let Some(terms) = outcome.terms() else {
+        return outcome;
+    };
+    let Some(why) = refusal(terms) else {
+        return outcome;
+    };
+    let mut narrowed = terms.clone();
+    for (table, f) in facts {
+        for column in &f.pii_columns {
+            let qualified = format!("{table}.{column}");
+            if narrowed.columns.contains(&qualified) {
+                narrowed
+                    .masks
+                    .entry(qualified)
+                    .or_insert(negotiation::Mask::Hash);
+            }
+        }
+    }
+    if narrowed.masks == terms.masks || refusal(&narrowed).is_some() {
+        return Outcome::Denied {
+            reason: format!(
+                "the policy would not let you query under any terms Parley can offer ({why}); a grant never \
+                 overrides the policy"
+            ),
+            acceptable: None,
+        };
+    }
+    let note = format!(
+        "The policy allows these tables under a grant only with their personal data masked ({why} as asked), \
+         so every personal-data column is offered hashed."
+    );
+    match outcome {
+        Outcome::Granted { mut reasons, .. } | Outcome::CounterOffer { mut reasons, .. } => {
+            reasons.push(note);
+            Outcome::CounterOffer {
+                terms: narrowed,
+                reasons,
+            }
+        }
+        Outcome::Pending {
+            approvers, reason, ..
+        } => Outcome::Pending {
+            approvers,
+            reason: format!("{reason} {note}"),
+            terms: narrowed,
+        },
+        denied @ Outcome::Denied { .. } => denied,
     }
 }
 

@@ -143,7 +143,10 @@ impl DiscoveryCache {
         names: &Arc<Vec<TableName>>,
         policy_version: u64,
     ) -> Option<Arc<Discovered>> {
-        let entries = self.entries.lock().expect("discovery cache lock");
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let e = entries.get(checked.principal_id())?;
         (e.policy_version == policy_version
             && Arc::ptr_eq(&e.names, names)
@@ -159,7 +162,10 @@ impl DiscoveryCache {
         policy_version: u64,
         discovered: Arc<Discovered>,
     ) {
-        let mut entries = self.entries.lock().expect("discovery cache lock");
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if entries.len() >= MAX_DISCOVERY_ENTRIES {
             entries.clear();
         }
@@ -191,6 +197,7 @@ mod tests {
                 tags: vec![],
                 contains_pii: false,
                 classifications: vec![],
+                pii_columns: vec![],
             }),
             summary: TableSummary {
                 table: format!("{namespace}.{name}"),

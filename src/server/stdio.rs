@@ -1,0 +1,306 @@
+//! Stdio framing: newline-delimited JSON-RPC over a reader and a writer, in which every line gets an answer.
+//!
+//! rmcp's own line transport drops a line it cannot parse (invalid JSON, a number out of range, a lone surrogate,
+//! nesting past serde_json's depth limit) or one over its length limit, so the client that sent it waits forever.
+//! This transport answers such a line as JSON-RPC 2.0 says — `-32700 Parse error` for text that is not JSON it can
+//! read, `-32600 Invalid Request` for JSON that is no JSON-RPC message or a line over [`MAX_LINE_BYTES`] — with the
+//! request's `id` when one can be found at the top level of the line (so the client stops waiting), else `null`.
+//! Notifications that do not parse get no answer, as JSON-RPC requires.
+//!
+//! Every outgoing line is written by one writer task, in order, so an error answer never interleaves with a
+//! message the service sends.
+
+use std::borrow::Cow;
+
+use rmcp::RoleServer;
+use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
+use rmcp::transport::Transport;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+/// Longest line read; a longer one is answered with `-32600` and skipped without being buffered.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// Lines queued for the writer.
+const WRITE_QUEUE: usize = 64;
+
+/// The transport over `read` and `write`.
+pub struct LineTransport<R> {
+    read: BufReader<R>,
+    line: Vec<u8>,
+    /// Skipping the rest of an oversized line.
+    discarding: bool,
+    /// Ids of lines answered as errors, whose answer is not yet queued (the queue was full).
+    pending: Vec<Vec<u8>>,
+    out: mpsc::Sender<Vec<u8>>,
+}
+
+/// The writer's failure, as the service sees it.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's stream is closed")]
+pub struct Closed;
+
+impl<R: AsyncRead + Unpin + Send> LineTransport<R> {
+    /// A transport reading `read`; a task writes to `write` until the transport is dropped.
+    pub fn new<W: AsyncWrite + Unpin + Send + 'static>(read: R, mut write: W) -> LineTransport<R> {
+        let (out, mut queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+        tokio::spawn(async move {
+            while let Some(line) = queue.recv().await {
+                let mut written = write.write_all(&line).await;
+                // Flush only when nothing else is waiting: a burst goes out in one write to the pipe.
+                if written.is_ok() && queue.is_empty() {
+                    written = write.flush().await;
+                }
+                if let Err(e) = written {
+                    tracing::debug!("stdout closed: {e}");
+                    return;
+                }
+            }
+            let _ = write.flush().await;
+        });
+        LineTransport {
+            read: BufReader::new(read),
+            line: Vec::new(),
+            discarding: false,
+            pending: Vec::new(),
+            out,
+        }
+    }
+
+    /// Reads up to the next newline into `self.line`, never holding more than [`MAX_LINE_BYTES`]. Cancel-safe:
+    /// a partial line stays in `self.line` for the next call.
+    async fn read_line(&mut self) -> Option<Result<(), Vec<u8>>> {
+        loop {
+            let available = match self.read.fill_buf().await {
+                Ok(a) if a.is_empty() => return None,
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!("stdin closed: {e}");
+                    return None;
+                }
+            };
+            let newline = memchr::memchr(b'\n', available);
+            let take = newline.map_or(available.len(), |i| i + 1);
+            let mut done = None;
+            if self.discarding {
+                if newline.is_some() {
+                    self.discarding = false;
+                }
+            } else if self.line.len() + take > MAX_LINE_BYTES {
+                // Keep the head of the line: it may name the request's id.
+                let head = [&self.line[..], &available[..take]].concat();
+                let head = head[..head.len().min(4096)].to_vec();
+                self.line.clear();
+                self.discarding = newline.is_none();
+                done = Some(Err(head));
+            } else {
+                self.line.extend_from_slice(&available[..take]);
+                if newline.is_some() {
+                    done = Some(Ok(()));
+                }
+            }
+            self.read.consume(take);
+            if let Some(d) = done {
+                return Some(d);
+            }
+        }
+    }
+
+    /// Queues an error answer; if the writer is busy it waits in `pending` for the next `receive`.
+    fn answer(&mut self, line: &[u8], code: i64, message: String) {
+        let id = top_level_id(line);
+        if id.is_none() && is_notification(line) {
+            return;
+        }
+        let reply = json!({
+            "jsonrpc": "2.0",
+            "id": id.unwrap_or(Value::Null),
+            "error": {"code": code, "message": message},
+        });
+        let mut bytes = reply.to_string().into_bytes();
+        bytes.push(b'\n');
+        self.pending.push(bytes);
+    }
+
+    async fn flush_pending(&mut self) {
+        // `reserve` is cancel-safe: an answer is either queued whole or still pending.
+        while !self.pending.is_empty() {
+            let Ok(permit) = self.out.reserve().await else {
+                self.pending.clear();
+                return;
+            };
+            permit.send(self.pending.remove(0));
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> Transport<RoleServer> for LineTransport<R> {
+    type Error = Closed;
+
+    fn name() -> Cow<'static, str> {
+        "stdio".into()
+    }
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleServer>,
+    ) -> impl Future<Output = Result<(), Closed>> + Send + 'static {
+        let out = self.out.clone();
+        async move {
+            let mut bytes = serde_json::to_vec(&item).map_err(|e| {
+                tracing::error!("an outgoing message did not serialize: {e}");
+                Closed
+            })?;
+            bytes.push(b'\n');
+            out.send(bytes).await.map_err(|_| Closed)
+        }
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleServer>> {
+        loop {
+            self.flush_pending().await;
+            match self.read_line().await? {
+                Ok(()) => {}
+                Err(head) => {
+                    self.answer(
+                        &head,
+                        -32600,
+                        format!(
+                            "Invalid Request: the message is longer than {MAX_LINE_BYTES} bytes; send smaller \
+                             arguments"
+                        ),
+                    );
+                    continue;
+                }
+            }
+            let mut text: &[u8] = &self.line;
+            text = text.strip_suffix(b"\n").unwrap_or(text);
+            text = text.strip_suffix(b"\r").unwrap_or(text);
+            text = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text);
+            if text.iter().all(u8::is_ascii_whitespace) {
+                self.line.clear();
+                continue;
+            }
+            let parsed = serde_json::from_slice::<RxJsonRpcMessage<RoleServer>>(text);
+            match parsed {
+                Ok(message) => {
+                    self.line.clear();
+                    return Some(message);
+                }
+                Err(e) => {
+                    let text = text.to_vec();
+                    self.line.clear();
+                    match serde_json::from_slice::<Value>(&text) {
+                        Err(_) => self.answer(&text, -32700, format!("Parse error: {e}")),
+                        Ok(v) if v.get("method").is_some() && v.get("id").is_none() => {
+                            // A notification the server does not know or cannot read: JSON-RPC answers none.
+                            tracing::debug!("ignored a notification that did not parse: {e}");
+                        }
+                        Ok(_) => self.answer(&text, -32600, format!("Invalid Request: {e}")),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), Closed> {
+        Ok(())
+    }
+}
+
+/// Whether a line that did not parse looks like a notification (a `method` and no `id` at the top level).
+fn is_notification(line: &[u8]) -> bool {
+    top_level_key(line, b"method").is_some() && top_level_key(line, b"id").is_none()
+}
+
+/// The request id at the top level of a line that may not parse as a whole: a number or a string value of the
+/// object's `id` key, found by a scan that keeps no stack (so any nesting depth is safe).
+fn top_level_id(line: &[u8]) -> Option<Value> {
+    let start = top_level_key(line, b"id")?;
+    let rest = &line[start..];
+    let rest = &rest[rest.iter().position(|b| !b.is_ascii_whitespace())?..];
+    if rest.first() == Some(&b'"') {
+        let end = string_end(rest, 0)?;
+        return serde_json::from_slice::<String>(&rest[..end])
+            .ok()
+            .map(Value::String);
+    }
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b',' | b'}') || b.is_ascii_whitespace())
+        .unwrap_or(rest.len());
+    match serde_json::from_slice::<Value>(&rest[..end]).ok()? {
+        n @ Value::Number(_) => Some(n),
+        _ => None,
+    }
+}
+
+/// The offset just after `"key":` at depth 1 of a JSON object, scanning without recursion.
+fn top_level_key(line: &[u8], key: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < line.len() {
+        match line[i] {
+            b'"' => {
+                let end = string_end(line, i)?;
+                if depth == 1 && &line[i + 1..end - 1] == key {
+                    let after = &line[end..];
+                    let colon = after.iter().position(|b| !b.is_ascii_whitespace())?;
+                    if after[colon] == b':' {
+                        return Some(end + colon + 1);
+                    }
+                }
+                i = end;
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The offset just past the string starting at `line[start] == '"'`.
+fn string_end(line: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    while i < line.len() {
+        match line[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_found_at_the_top_level_of_lines_that_do_not_parse() {
+        let deep = format!(
+            "{{\"jsonrpc\":\"2.0\",\"method\":\"tools/call\",\"params\":{{\"a\":{}1{}}},\"id\":7}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        for (line, id) in [
+            (deep.as_str(), Some(json!(7))),
+            (r#"{"id": "a\"b", "x": 1e400}"#, Some(json!("a\"b"))),
+            (
+                r#"{"params": {"id": 5}, "id" : 12 , "v": NaN}"#,
+                Some(json!(12)),
+            ),
+            (r#"{"jsonrpc":"2.0","id":null,"x":"\ud800"}"#, None),
+            (r#"{"params": {"id": 5}}"#, None),
+            ("not json", None),
+        ] {
+            assert_eq!(top_level_id(line.as_bytes()), id, "{line:.80}");
+        }
+        assert!(is_notification(br#"{"method":"x","params":[NaN]}"#));
+        assert!(!is_notification(br#"{"method":"x","id":1,"params":[NaN]}"#));
+    }
+}
