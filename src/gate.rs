@@ -127,6 +127,15 @@ impl Checked<'_> {
         }
     }
 
+    /// Names `resource` in the call's audit record without a decision: a query names every table its SQL names,
+    /// even when it fails on the first, because the record carries the SQL (and who may read the record depends
+    /// on every table it names).
+    pub fn name_resource(&mut self, resource: &str) {
+        if !self.resources.iter().any(|r| r == resource) {
+            self.resources.push(resource.to_string());
+        }
+    }
+
     /// Records a step that needed no single policy decision (e.g. rows filtered per record by policy).
     pub fn note(&mut self, action: Action, resource: &str, reason: String) {
         self.action = Some(action);
@@ -180,7 +189,7 @@ impl Checked<'_> {
     ) -> Result<TableFacts, ToolError> {
         let facts = self.require_table(name, facts, Action::Discover, next_step)?;
         let resource = Resource::Table(facts);
-        let outer = std::mem::replace(&mut self.context.grant, Some(grant));
+        let outer = self.context.grant.replace(grant);
         let decided = self.require(action, &resource, next_step);
         self.context.grant = outer;
         decided?;
@@ -204,7 +213,7 @@ impl Checked<'_> {
         };
         let Some(facts) = facts else {
             self.action = Some(action);
-            self.resources.push(name.to_string());
+            self.name_resource(name);
             self.reasons.push("no such table".to_string());
             return Err(not_found());
         };

@@ -199,11 +199,59 @@ async fn authenticate(
     }
     let principal_id = principal.id.clone();
     let closing = request.method() == Method::DELETE;
+    // A POST body is read here first, so a message the MCP layer cannot parse is answered as JSON-RPC says (the
+    // MCP layer answers such a body with a bare 415), naming the request's id when the body has one.
+    let mut posted: Option<axum::body::Bytes> = None;
+    if request.method() == Method::POST {
+        let (parts, body) = request.into_parts();
+        let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+            Ok(b) => b,
+            Err(_) => {
+                return jsonrpc_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &[],
+                    crate::jsonrpc::INVALID_REQUEST,
+                    format!(
+                        "Invalid Request: the message is larger than {MAX_BODY_BYTES} bytes; send smaller arguments"
+                    ),
+                );
+            }
+        };
+        if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+            return jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                &bytes,
+                crate::jsonrpc::PARSE_ERROR,
+                format!("Parse error: {e}"),
+            );
+        }
+        let json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if json {
+            posted = Some(bytes.clone());
+        }
+        request = Request::from_parts(parts, Body::from(bytes));
+    }
     // The verified token goes no further: the MCP layer hands the request's headers to the tool handlers, which
     // need the principal, never the credential.
     request.headers_mut().remove(header::AUTHORIZATION);
     request.extensions_mut().insert(principal);
     let mut response = next.run(request).await;
+    if let Some(bytes) = &posted
+        && response.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE
+    {
+        // A JSON body (so not a wrong content type) that is no JSON-RPC message the MCP layer accepts.
+        return jsonrpc_error(
+            StatusCode::BAD_REQUEST,
+            bytes,
+            crate::jsonrpc::INVALID_REQUEST,
+            "Invalid Request: not a JSON-RPC 2.0 request, notification or response MCP accepts"
+                .to_string(),
+        );
+    }
     match (&session, response.headers().get(SESSION_HEADER)) {
         (None, Some(new)) => {
             if let Ok(new) = new.to_str() {
@@ -222,6 +270,17 @@ async fn authenticate(
         _ => {}
     }
     response
+}
+
+/// Largest POST body read; a larger one is answered 413 with a JSON-RPC error.
+const MAX_BODY_BYTES: usize = 16 << 20;
+
+/// A JSON-RPC error answer to `message` as an HTTP response (202 with no body for a notification).
+fn jsonrpc_error(status: StatusCode, message: &[u8], code: i64, text: String) -> Response {
+    match crate::jsonrpc::error_answer(message, code, text) {
+        Some(answer) => (status, axum::Json(answer)).into_response(),
+        None => StatusCode::ACCEPTED.into_response(),
+    }
 }
 
 /// The HTTP app: `mcp` (the MCP service) at `/mcp` behind token checks, plus the protected-resource metadata.

@@ -9,6 +9,7 @@
 pub mod anchor;
 pub mod audit;
 pub mod benchdata;
+pub mod bounded;
 pub mod catalog;
 pub mod config;
 pub mod contracts;
@@ -17,6 +18,7 @@ pub mod gate;
 pub mod governed;
 pub mod http;
 pub mod identity;
+pub mod jsonrpc;
 pub mod negotiation;
 pub mod policy;
 pub mod query;

@@ -385,13 +385,20 @@ impl Engine {
             .with_default_catalog_and_schema(catalog_name, "public");
         // Table functions (generate_series, range) and external-table factories are dropped: an agent's SQL can
         // reach nothing but the tables a query registers. `with_table_functions` must come after the defaults.
-        let base = SessionStateBuilder::new()
+        let mut base = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
             .with_table_functions(HashMap::new())
             .with_table_factories(HashMap::new())
+            // Nested-loop joins yield between probe slices, so a stopped query stops (see `bounded`).
+            .with_physical_optimizer_rule(Arc::new(crate::bounded::YieldingJoins))
             .build();
+        // Functions that can build values far larger than their input are refused before they allocate.
+        for f in crate::bounded::bounded_functions(base.scalar_functions()) {
+            datafusion::execution::FunctionRegistry::register_udf(&mut base, Arc::new(f))
+                .map_err(|e| QueryError::Execution(e.to_string()))?;
+        }
         Ok(Engine {
             limits: limits.clone(),
             base,

@@ -1032,6 +1032,9 @@ impl ParleyServer {
             Some(n) => n as usize,
         };
         let prepared = query::prepare(&args.sql, limits, catalog_name).map_err(query_error)?;
+        for t in &prepared.tables {
+            checked.name_resource(&t.to_string());
+        }
         let grant = self.select_grant(checked, &args, &prepared.tables).await?;
         progress
             .report(

@@ -431,3 +431,51 @@ async fn only_an_accepted_delete_unbinds_a_session() {
     let r = post(&url, Some(&mallory), Some("made-up-session"), list.clone()).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
+
+/// Issue 11: over HTTP too, a body that does not parse, or is no JSON-RPC message, is answered as JSON-RPC says
+/// (400 with -32700 or -32600 and the request's id when the body has one), and the session keeps working.
+#[tokio::test]
+async fn unparseable_http_bodies_get_json_rpc_errors() {
+    let lake = Lake::new();
+    let (_child, url) = start(&lake, &["--dev-issuer"]).await;
+    let alice = crate::http::dev_token(&lake, "alice", &["analysts"]);
+    let r = post(&url, Some(&alice), None, initialize()).await;
+    let session = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    post(&url, Some(&alice), Some(&session), initialized).await;
+    let raw = |body: String| {
+        reqwest::Client::new()
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-06-18")
+            .header("authorization", format!("Bearer {alice}"))
+            .header("mcp-session-id", &session)
+            .body(body)
+            .send()
+    };
+    for (body, id, code) in [
+        (
+            r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"query","arguments":{"sql":"SELECT 1","max_rows":1e400}}}"#.to_string(),
+            json!(5),
+            -32700,
+        ),
+        ("{not json".to_string(), Value::Null, -32700),
+        (
+            format!(r#"{{"id":"d","jsonrpc":"2.0","method":"x","params":{}1{}}}"#, "[".repeat(500), "]".repeat(500)),
+            json!("d"),
+            -32700,
+        ),
+        (r#"{"jsonrpc":"2.0","id":6,"nomethod":1}"#.to_string(), json!(6), -32600),
+    ] {
+        let r = raw(body.clone()).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body:.60}");
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer["id"], id, "{body:.60}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{body:.60}: {answer}");
+    }
+    let list = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list", "params": {}});
+    let r = post(&url, Some(&alice), Some(&session), list).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("list_tables"));
+}

@@ -364,3 +364,68 @@ async fn unparseable_stdio_lines_are_answered_and_the_server_keeps_serving() {
         }
     }
 }
+
+/// CPU seconds (user + system) the process `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Issue 11: a query past its time limit must stop using CPU, not just be answered. A selective nested-loop
+/// join used to compute for minutes inside one poll after its reply; now its probe side yields between slices, so
+/// the stopped query is dropped within a slice's work.
+#[tokio::test]
+async fn a_stopped_query_stops_using_cpu() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let lake = Lake::new();
+    let mut child = lake
+        .command()
+        .args(["serve", "--principal", "analyst"])
+        .env("PARLEY_QUERY_TIMEOUT_MS", "500")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
+    let requests = [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18",
+               "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        // Start-up work (catalog listing, the audit check) is done before anything is measured.
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "list_tables", "arguments": {}}}),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "query", "arguments": {"sql":
+               "SELECT count(*) FROM sales.orders"}}}),
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "query", "arguments": {"sql":
+               "SELECT count(*) FROM sales.orders a JOIN sales.orders b ON a.order_id + b.order_id < 0"}}}),
+    ];
+    let mut last = Value::Null;
+    for r in requests {
+        input.write_all(format!("{r}\n").as_bytes()).await.unwrap();
+        input.flush().await.unwrap();
+        if r.get("id").is_some() {
+            last = serde_json::from_str(&output.next_line().await.unwrap().unwrap()).unwrap();
+        }
+    }
+    let reply = last["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reply.contains("time limit of 500 ms"), "{last}");
+    // A second after the reply the join has stopped: a quarter of one core at most over the next two seconds,
+    // where the runaway join kept both cores busy (about 2 CPU-s per second).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let before = cpu_seconds(pid);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let used = cpu_seconds(pid) - before;
+    assert!(
+        used < 0.5,
+        "the stopped query kept computing: {used:.2} CPU-s in 2 s"
+    );
+}

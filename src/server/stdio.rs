@@ -15,9 +15,11 @@ use std::borrow::Cow;
 use rmcp::RoleServer;
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
+
+use crate::jsonrpc::{INVALID_REQUEST, PARSE_ERROR, error_answer};
 
 /// Longest line read; a longer one is answered with `-32600` and skipped without being buffered.
 pub const MAX_LINE_BYTES: usize = 16 << 20;
@@ -73,7 +75,7 @@ impl<R: AsyncRead + Unpin + Send> LineTransport<R> {
     async fn read_line(&mut self) -> Option<Result<(), Vec<u8>>> {
         loop {
             let available = match self.read.fill_buf().await {
-                Ok(a) if a.is_empty() => return None,
+                Ok([]) => return None,
                 Ok(a) => a,
                 Err(e) => {
                     tracing::debug!("stdin closed: {e}");
@@ -109,15 +111,9 @@ impl<R: AsyncRead + Unpin + Send> LineTransport<R> {
 
     /// Queues an error answer; if the writer is busy it waits in `pending` for the next `receive`.
     fn answer(&mut self, line: &[u8], code: i64, message: String) {
-        let id = top_level_id(line);
-        if id.is_none() && is_notification(line) {
+        let Some(reply) = error_answer(line, code, message) else {
             return;
-        }
-        let reply = json!({
-            "jsonrpc": "2.0",
-            "id": id.unwrap_or(Value::Null),
-            "error": {"code": code, "message": message},
-        });
+        };
         let mut bytes = reply.to_string().into_bytes();
         bytes.push(b'\n');
         self.pending.push(bytes);
@@ -165,7 +161,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Transport<RoleServer> for LineTransp
                 Err(head) => {
                     self.answer(
                         &head,
-                        -32600,
+                        INVALID_REQUEST,
                         format!(
                             "Invalid Request: the message is longer than {MAX_LINE_BYTES} bytes; send smaller \
                              arguments"
@@ -192,12 +188,14 @@ impl<R: AsyncRead + Unpin + Send + 'static> Transport<RoleServer> for LineTransp
                     let text = text.to_vec();
                     self.line.clear();
                     match serde_json::from_slice::<Value>(&text) {
-                        Err(_) => self.answer(&text, -32700, format!("Parse error: {e}")),
+                        Err(_) => self.answer(&text, PARSE_ERROR, format!("Parse error: {e}")),
                         Ok(v) if v.get("method").is_some() && v.get("id").is_none() => {
                             // A notification the server does not know or cannot read: JSON-RPC answers none.
                             tracing::debug!("ignored a notification that did not parse: {e}");
                         }
-                        Ok(_) => self.answer(&text, -32600, format!("Invalid Request: {e}")),
+                        Ok(_) => {
+                            self.answer(&text, INVALID_REQUEST, format!("Invalid Request: {e}"))
+                        }
                     }
                 }
             }
@@ -206,101 +204,5 @@ impl<R: AsyncRead + Unpin + Send + 'static> Transport<RoleServer> for LineTransp
 
     async fn close(&mut self) -> Result<(), Closed> {
         Ok(())
-    }
-}
-
-/// Whether a line that did not parse looks like a notification (a `method` and no `id` at the top level).
-fn is_notification(line: &[u8]) -> bool {
-    top_level_key(line, b"method").is_some() && top_level_key(line, b"id").is_none()
-}
-
-/// The request id at the top level of a line that may not parse as a whole: a number or a string value of the
-/// object's `id` key, found by a scan that keeps no stack (so any nesting depth is safe).
-fn top_level_id(line: &[u8]) -> Option<Value> {
-    let start = top_level_key(line, b"id")?;
-    let rest = &line[start..];
-    let rest = &rest[rest.iter().position(|b| !b.is_ascii_whitespace())?..];
-    if rest.first() == Some(&b'"') {
-        let end = string_end(rest, 0)?;
-        return serde_json::from_slice::<String>(&rest[..end])
-            .ok()
-            .map(Value::String);
-    }
-    let end = rest
-        .iter()
-        .position(|b| matches!(b, b',' | b'}') || b.is_ascii_whitespace())
-        .unwrap_or(rest.len());
-    match serde_json::from_slice::<Value>(&rest[..end]).ok()? {
-        n @ Value::Number(_) => Some(n),
-        _ => None,
-    }
-}
-
-/// The offset just after `"key":` at depth 1 of a JSON object, scanning without recursion.
-fn top_level_key(line: &[u8], key: &[u8]) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < line.len() {
-        match line[i] {
-            b'"' => {
-                let end = string_end(line, i)?;
-                if depth == 1 && &line[i + 1..end - 1] == key {
-                    let after = &line[end..];
-                    let colon = after.iter().position(|b| !b.is_ascii_whitespace())?;
-                    if after[colon] == b':' {
-                        return Some(end + colon + 1);
-                    }
-                }
-                i = end;
-                continue;
-            }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        i += 1;
-    }
-    None
-}
-
-/// The offset just past the string starting at `line[start] == '"'`.
-fn string_end(line: &[u8], start: usize) -> Option<usize> {
-    let mut i = start + 1;
-    while i < line.len() {
-        match line[i] {
-            b'\\' => i += 2,
-            b'"' => return Some(i + 1),
-            _ => i += 1,
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_found_at_the_top_level_of_lines_that_do_not_parse() {
-        let deep = format!(
-            "{{\"jsonrpc\":\"2.0\",\"method\":\"tools/call\",\"params\":{{\"a\":{}1{}}},\"id\":7}}",
-            "[".repeat(100_000),
-            "]".repeat(100_000)
-        );
-        for (line, id) in [
-            (deep.as_str(), Some(json!(7))),
-            (r#"{"id": "a\"b", "x": 1e400}"#, Some(json!("a\"b"))),
-            (
-                r#"{"params": {"id": 5}, "id" : 12 , "v": NaN}"#,
-                Some(json!(12)),
-            ),
-            (r#"{"jsonrpc":"2.0","id":null,"x":"\ud800"}"#, None),
-            (r#"{"params": {"id": 5}}"#, None),
-            ("not json", None),
-        ] {
-            assert_eq!(top_level_id(line.as_bytes()), id, "{line:.80}");
-        }
-        assert!(is_notification(br#"{"method":"x","params":[NaN]}"#));
-        assert!(!is_notification(br#"{"method":"x","id":1,"params":[NaN]}"#));
     }
 }

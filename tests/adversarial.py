@@ -1,0 +1,1883 @@
+"""Adversarial suite (issue 11): attacks Parley through the official Python MCP SDK over stdio.
+
+Every attack is one tool call whose answer is checked against ground truth read independently of Parley,
+with pyiceberg's SqlCatalog on the same data dir (as tests/interop.py does), or against the audit log file
+itself. The classes of attack:
+
+  1. the row-filter security barrier of a grant (failing predicates and yes/no oracles on excluded rows);
+  2. column masks and columns left out of a grant;
+  3. time travel, metadata tables, file reads and every statement that is not one read-only query;
+  4. the demo policy (marketing-agent and personal data; forbids win over grants);
+  5. discovery non-enumeration (an undiscoverable table reads exactly like a nonexistent one);
+  6. the `parley.audit_log` table (each caller sees only records of tables they own);
+  7. bad input that must not kill, hang or wedge the server;
+  8. quotas, expiry, revocation and grants used by someone else.
+
+Usage: python tests/adversarial.py path/to/parley
+
+It creates its own data dir with `parley init`, prints each failure with its detail, a per-class summary and a
+last line `N passed, M failed`, and exits non-zero when anything failed.
+"""
+
+import asyncio
+import contextlib
+import datetime
+import decimal
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.shared.exceptions import MCPError
+from pyiceberg.catalog.sql import SqlCatalog
+
+TABLES = ["sales.customers", "sales.orders", "sales.products", "ops.shipments"]
+SALES_TABLES = {"sales.customers", "sales.orders", "sales.products"}
+OPS_TABLES = {"ops.shipments"}
+GRANTED_COLUMNS = ["customer_id", "email", "country", "segment", "lifetime_value"]
+PII_COLUMNS = ["full_name", "email", "phone", "birth_date"]
+# A call that has not answered after this long counts as a hang.
+CALL_TIMEOUT = 60.0
+
+CLASSES = {
+    "1-barrier": "row-filter security barrier",
+    "2-columns": "column masks and dropped columns",
+    "3-statements": "time travel, metadata tables, files, non-read statements",
+    "4-policy": "policy: marketing-agent and personal data",
+    "5-discovery": "discovery non-enumeration",
+    "6-audit": "audit log visibility",
+    "7-bad-input": "bad input must not kill the server",
+    "8-grants": "quotas, expiry, revocation, stolen grants",
+}
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+DECIMAL_TEXT = re.compile(r"^-?\d+\.\d+$")
+# Every demo e-mail ends with the customer id just before the '@' ("anna.schmidt123@example.com"); the
+# contract's support address ("sales-data@example.com") does not, so this never matches documentation.
+EMAIL_IN_TEXT = re.compile(r"[^\s'\"@,;:()\[\]{}<>]{0,64}\d@example\.(?:com|org|net)")
+PHONE_IN_TEXT = re.compile(r"\+\d{8,}")
+DECIMAL2_IN_TEXT = re.compile(r"(?<![\d.])\d+\.\d{2}(?!\d)")
+DATE_IN_TEXT = re.compile(r"(?<!\d)\d{4}-\d{2}-\d{2}(?!\d)")
+# What DataFusion's cast error shows of a row: "Cannot cast string '123consumer' to ...".
+CAST_ROW_IN_TEXT = re.compile(r"(?<!\d)(\d+)(consumer|smb|enterprise)")
+
+
+def catalog_of(data_dir: str) -> SqlCatalog:
+    """A fresh pyiceberg catalog on Parley's data dir (a new instance, so nothing is cached between reads)."""
+    return SqlCatalog(
+        "parley",
+        uri=f"sqlite:///{data_dir}/catalog.db",
+        warehouse=f"file://{data_dir}/warehouse",
+    )
+
+
+def table_state(data_dir: str) -> dict:
+    """What must never change under read-only SQL: per table its metadata file, snapshots and row count, plus
+    the namespaces and table lists of the catalog."""
+    catalog = catalog_of(data_dir)
+    state: dict[str, Any] = {
+        "namespaces": sorted(tuple(n) for n in catalog.list_namespaces()),
+        "tables": sorted(tuple(t) for ns in catalog.list_namespaces() for t in catalog.list_tables(ns)),
+    }
+    for name in TABLES:
+        table = catalog.load_table(name)
+        first_column = table.schema().fields[0].name
+        state[name] = {
+            "metadata": table.metadata_location,
+            "snapshots": sorted(s.snapshot_id for s in table.snapshots()),
+            "current": table.current_snapshot().snapshot_id,
+            "rows": table.scan(selected_fields=(first_column,)).to_arrow().num_rows,
+        }
+    return state
+
+
+def canonical(value: Any) -> Any:
+    """A result cell or expected value in one comparable form: decimals (strings in Parley's JSON) as
+    Decimal."""
+    if isinstance(value, str) and DECIMAL_TEXT.match(value):
+        return decimal.Decimal(value)
+    if isinstance(value, decimal.Decimal):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return value
+
+
+class GroundTruth:
+    """The demo lakehouse as pyiceberg reads it, and the answers a grant on German customers must give."""
+
+    def __init__(self, data_dir: str) -> None:
+        catalog = catalog_of(data_dir)
+        customers = catalog.load_table("sales.customers")
+        rows = customers.scan().to_arrow().to_pylist()
+        self.customers_snapshot = customers.current_snapshot().snapshot_id
+        self.customers = {r["customer_id"]: r for r in rows}
+        self.n_customers = len(rows)
+        # A data file of sales.customers: reading it directly would bypass every grant.
+        self.customer_files = [t.file.file_path for t in customers.scan().plan_files()]
+        self.de = sorted((r for r in rows if r["country"] == "DE"), key=lambda r: r["customer_id"])
+        self.de_ids = {r["customer_id"] for r in self.de}
+        self.non_de = sorted((r for r in rows if r["country"] != "DE"), key=lambda r: r["customer_id"])
+        self.non_de_ids = {r["customer_id"] for r in self.non_de}
+        self.n_de = len(self.de)
+        self.de_ltv_sum = sum((r["lifetime_value"] for r in self.de), decimal.Decimal(0))
+        self.de_segments = Counter(r["segment"] for r in self.de)
+        self.countries = Counter(r["country"] for r in rows)
+
+        # Values that exist only outside the grant's rows: none of them may ever reach the analyst.
+        de_ltv = {str(r["lifetime_value"]) for r in self.de}
+        self.non_de_only_ltv = {str(r["lifetime_value"]) for r in self.non_de} - de_ltv
+        self.non_de_only_segments = {r["segment"] for r in self.non_de} - set(self.de_segments)
+        # Personal data nobody but the owner may read in clear.
+        self.emails = {r["email"] for r in rows}
+        self.names = {r["full_name"] for r in rows}
+        self.phones = {r["phone"] for r in rows if r["phone"]}
+        self.birth_dates = {str(r["birth_date"]) for r in rows if r["birth_date"]}
+
+        orders = catalog.load_table("sales.orders").scan(
+            selected_fields=("order_id", "customer_id", "total_amount")
+        )
+        orders = orders.to_arrow().to_pydict()
+        self.n_orders = len(orders["order_id"])
+        self.order_ids = Counter(orders["order_id"])
+        de_amounts = [a for c, a in zip(orders["customer_id"], orders["total_amount"]) if c in self.de_ids]
+        self.de_orders = len(de_amounts)
+        self.de_orders_sum = sum(de_amounts, decimal.Decimal(0))
+        self.customers_with_orders = set(orders["customer_id"])
+        shipments = catalog.load_table("ops.shipments").scan(selected_fields=("order_id",)).to_arrow()
+        shipment_orders = shipments.column("order_id").to_pylist()
+        self.n_shipments = len(shipment_orders)
+        self.shipments_join_orders = sum(self.order_ids[o] for o in shipment_orders)
+        self.n_products = catalog.load_table("sales.products").scan().to_arrow().num_rows
+
+    def ltv(self, customer_id: int) -> decimal.Decimal:
+        return self.customers[customer_id]["lifetime_value"]
+
+    def leaks(self, text: str, sent: str, governed: bool) -> list[str]:
+        """Secrets found in `text` that the request (`sent`) did not itself contain.
+
+        Always: real e-mails, full names and phone numbers. Under the analyst's grant on German customers
+        (`governed`), also: lifetime values and segments found only in excluded rows, ids of excluded rows in
+        cast error texts, and birth dates (a column the grant leaves out)."""
+        found = []
+        # The e-mail pattern is only run where an address could be (it would crawl over megabytes of echoed
+        # input otherwise).
+        for m in EMAIL_IN_TEXT.finditer(text) if "@example." in text else ():
+            if m.group(0) not in sent:
+                found.append(f"e-mail {m.group(0)}")
+        for name in self.names:
+            if name in text and name not in sent:
+                found.append(f"full name {name}")
+        for m in PHONE_IN_TEXT.finditer(text):
+            if m.group(0) in self.phones and m.group(0) not in sent:
+                found.append(f"phone {m.group(0)}")
+        if governed:
+            for m in DECIMAL2_IN_TEXT.finditer(text):
+                if m.group(0) in self.non_de_only_ltv and m.group(0) not in sent:
+                    found.append(f"lifetime_value {m.group(0)} of an excluded row")
+            for m in CAST_ROW_IN_TEXT.finditer(text):
+                if int(m.group(1)) in self.non_de_ids and m.group(0) not in sent:
+                    found.append(f"excluded row {m.group(0)} in an error")
+            for segment in self.non_de_only_segments:
+                if segment in text and segment not in sent:
+                    found.append(f"segment {segment} of excluded rows")
+            for m in DATE_IN_TEXT.finditer(text):
+                if m.group(0) in self.birth_dates and m.group(0) not in sent:
+                    found.append(f"birth date {m.group(0)}")
+        return found[:5]
+
+
+@dataclass
+class Answer:
+    """One call's outcome: `ok`, `tool_error` (isError), `rpc_error` (JSON-RPC error), `timeout` (a hang),
+    `crash` (the transport failed) or `client_error` (the SDK refused the answer)."""
+
+    kind: str
+    data: Any
+    text: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "ok"
+
+    @property
+    def error(self) -> bool:
+        return self.kind in ("tool_error", "rpc_error")
+
+    @property
+    def rows(self) -> list | None:
+        if self.ok and isinstance(self.data, dict) and isinstance(self.data.get("rows"), list):
+            return self.data["rows"]
+        return None
+
+    def column_names(self) -> list[str]:
+        if self.ok and isinstance(self.data, dict):
+            return [c.get("name", "") for c in self.data.get("columns", [])]
+        return []
+
+    def brief(self, limit: int = 300) -> str:
+        text = self.text if len(self.text) <= limit else self.text[:limit] + "..."
+        return f"{self.kind} after {self.seconds:.2f}s: {text}"
+
+
+class Parley:
+    """One `parley serve` process over stdio for one principal, driven by the SDK's ClientSession."""
+
+    def __init__(self, binary: str, data_dir: str, principal: str, log_dir: str) -> None:
+        self.binary, self.data_dir, self.principal = binary, data_dir, principal
+        self.log = open(os.path.join(log_dir, f"{principal}.stderr.log"), "a")
+        self.stack: contextlib.AsyncExitStack | None = None
+        self.session: ClientSession | None = None
+
+    async def open(self) -> "Parley":
+        params = StdioServerParameters(
+            command=self.binary,
+            args=["serve", "--data-dir", self.data_dir, "--principal", self.principal],
+            env={**os.environ, "PARLEY_LOG": "warn"},
+        )
+        self.stack = contextlib.AsyncExitStack()
+        read, write = await self.stack.enter_async_context(stdio_client(params, errlog=self.log))
+        self.session = await self.stack.enter_async_context(ClientSession(read, write))
+        await asyncio.wait_for(self.session.initialize(), CALL_TIMEOUT)
+        return self
+
+    async def close(self) -> None:
+        if self.stack is not None:
+            # Closed in the task that opened it (anyio's cancel scopes require it); a server that died leaves
+            # a transport that may fail to close, and nothing is left to clean up then.
+            with contextlib.suppress(Exception):
+                await self.stack.aclose()
+        self.stack, self.session = None, None
+
+    async def reopen(self) -> None:
+        await self.close()
+        await self.open()
+
+    async def _run(self, request, timeout: float) -> Answer:
+        started = time.monotonic()
+        elapsed = lambda: time.monotonic() - started  # noqa: E731
+        try:
+            result = await asyncio.wait_for(request(), timeout)
+        except asyncio.TimeoutError:
+            return Answer("timeout", None, f"no answer within {timeout:.0f}s", elapsed())
+        except MCPError as e:
+            return Answer("rpc_error", None, f"[{e.code}] {e.message} {e.data or ''}", elapsed())
+        except (RuntimeError, ValueError) as e:
+            return Answer("client_error", None, f"{type(e).__name__}: {e}", elapsed())
+        except Exception as e:  # the transport closed or broke: the server is gone
+            return Answer("crash", None, f"{type(e).__name__}: {e}", elapsed())
+        return self._answer(result, elapsed())
+
+    @staticmethod
+    def _answer(result: Any, seconds: float) -> Answer:
+        parts = []
+        for block in getattr(result, "content", None) or []:
+            parts.append(getattr(block, "text", "") or "")
+        for block in getattr(result, "contents", None) or []:
+            parts.append(getattr(block, "text", "") or "")
+        data = getattr(result, "structured_content", None)
+        if data is not None:
+            parts.append(json.dumps(data, ensure_ascii=False))
+        kind = "tool_error" if getattr(result, "is_error", False) else "ok"
+        return Answer(kind, data, "\n".join(parts), seconds)
+
+    async def call(self, tool: str, args: Any, timeout: float = CALL_TIMEOUT) -> Answer:
+        if self.session is None:
+            return Answer("crash", None, "no session (an earlier call killed it)", 0.0)
+        return await self._run(lambda: self.session.call_tool(tool, args), timeout)
+
+    async def read(self, uri: str, timeout: float = CALL_TIMEOUT) -> Answer:
+        if self.session is None:
+            return Answer("crash", None, "no session (an earlier call killed it)", 0.0)
+        return await self._run(lambda: self.session.read_resource(uri), timeout)
+
+
+class Suite:
+    """Counts attempts (tool calls) and checks per class; never stops at a failure."""
+
+    def __init__(self, truth: GroundTruth) -> None:
+        self.truth = truth
+        self.attempts: Counter = Counter()
+        self.passed: Counter = Counter()
+        self.failed: Counter = Counter()
+        self.failures: list[str] = []
+        self.seconds: Counter = Counter()
+        # marketing-agent's grant and a German customer id, to compare that customer's e-mail hash across
+        # grants.
+        self.hash_probe: tuple[str, int] | None = None
+
+    async def timed(self, cls: str, attacks: Any) -> Any:
+        started = time.monotonic()
+        try:
+            return await attacks
+        finally:
+            self.seconds[cls] += time.monotonic() - started
+
+    def check(self, name: str, cls: str, condition: Any, detail: Any = "") -> bool:
+        if condition:
+            self.passed[cls] += 1
+            return True
+        self.failed[cls] += 1
+        line = f"FAIL [{cls}] {name}: {detail}"
+        self.failures.append(line)
+        print(line, flush=True)
+        return False
+
+    async def call(
+        self,
+        cls: str,
+        name: str,
+        client: Parley,
+        tool: str,
+        args: Any,
+        *,
+        governed: bool = False,
+        scan: bool = True,
+        timeout: float = CALL_TIMEOUT,
+    ) -> Answer:
+        """One attack: the call, then the checks every answer gets — it came back (no hang, no crash) and,
+        unless `scan` is off (an owner reading their own personal data), it holds no secret the request did
+        not."""
+        self.attempts[cls] += 1
+        answer = await client.call(tool, args, timeout)
+        self.check(f"{name}: answered", cls, answer.ok or answer.error, answer.brief())
+        if answer.kind == "crash":
+            await self.revive(client)
+        if scan:
+            leaks = self.truth.leaks(answer.text, json.dumps(args, ensure_ascii=False), governed)
+            self.check(f"{name}: nothing leaked", cls, not leaks, f"{leaks} in {answer.brief()}")
+        return answer
+
+    async def read(self, cls: str, name: str, client: Parley, uri: str) -> Answer:
+        self.attempts[cls] += 1
+        answer = await client.read(uri)
+        self.check(f"{name}: answered", cls, answer.ok or answer.error, answer.brief())
+        leaks = self.truth.leaks(answer.text, uri, False)
+        self.check(f"{name}: nothing leaked", cls, not leaks, f"{leaks} in {answer.brief()}")
+        return answer
+
+    async def revive(self, client: Parley) -> None:
+        """After a crash, a new process for the same principal, so later attacks still run."""
+        with contextlib.suppress(Exception):
+            await client.reopen()
+
+    async def query(
+        self, cls: str, name: str, client: Parley, sql: str, grant: str | None = None, **kw: Any
+    ) -> Answer:
+        args: dict[str, Any] = {"sql": sql, "max_rows": kw.pop("max_rows", 10000)}
+        if grant:
+            args["grant_id"] = grant
+        return await self.call(cls, name, client, "query", args, **kw)
+
+    async def expect_rows(
+        self, cls: str, name: str, client: Parley, sql: str, expected: list, grant: str | None = None, **kw
+    ) -> Answer:
+        answer = await self.query(cls, name, client, sql, grant, **kw)
+        got = canonical(answer.rows) if answer.rows is not None else None
+        self.check(
+            f"{name}: rows equal pyiceberg's",
+            cls,
+            got == canonical(expected),
+            f"{answer.brief()} expected {expected}",
+        )
+        return answer
+
+    async def expect_error(
+        self,
+        cls: str,
+        name: str,
+        client: Parley,
+        tool: str,
+        args: Any,
+        contains: tuple[str, ...] = (),
+        **kw: Any,
+    ) -> Answer:
+        answer = await self.call(cls, name, client, tool, args, **kw)
+        self.check(f"{name}: refused", cls, answer.error, answer.brief())
+        for word in contains:
+            self.check(
+                f"{name}: error says {word!r}", cls, word.lower() in answer.text.lower(), answer.brief()
+            )
+        return answer
+
+
+def dec(value: decimal.Decimal) -> str:
+    """A decimal(12,2) SQL literal that compares exactly with lifetime_value."""
+    return f"CAST('{value}' AS DECIMAL(12,2))"
+
+
+# Yes/no oracles on one row: `{hit}` is true on exactly the row customer_id = K when its lifetime_value >= X,
+# and the query fails (division by zero, cast of a non-number) or changes its answer when `{hit}` is ever
+# true. Under a grant whose row filter excludes K, the answer must be the same for every X: that of the
+# granted rows alone.
+# Each entry: name, SQL, the expected rows when K is excluded, and when K is a granted row with X <= its value
+# (the "armed" control, which proves the predicate does fail when it meets a visible row): rows or "error".
+def oracles(t: GroundTruth) -> list[tuple[str, str, list, Any]]:
+    de_ids = [r["customer_id"] for r in t.de]
+    segment_squares = sum(n * n for n in t.de_segments.values())
+    by_segment = [[s, n] for s, n in sorted(t.de_segments.items())]
+    return [
+        (
+            "WHERE division by zero",
+            "SELECT count(*) FROM sales.customers WHERE 1 / (CASE WHEN {hit} THEN 0 ELSE 1 END) = 1",
+            [[t.n_de]],
+            "error",
+        ),
+        (
+            "WHERE cast of a string column",
+            "SELECT count(*) FROM sales.customers WHERE CAST(CASE WHEN {hit} THEN segment ELSE '1' END AS "
+            "BIGINT) = 1",
+            [[t.n_de]],
+            "error",
+        ),
+        (
+            "JOIN ON division by zero",
+            "SELECT count(*) FROM sales.customers a JOIN sales.customers b ON a.customer_id = b.customer_id "
+            "AND 1 / (CASE WHEN {bhit} THEN 0 ELSE 1 END) = 1",
+            [[t.n_de]],
+            "error",
+        ),
+        (
+            "IN subquery cast",
+            "SELECT count(*) FROM sales.customers WHERE customer_id IN (SELECT customer_id FROM "
+            "sales.customers "
+            "WHERE CAST(CASE WHEN {hit} THEN segment ELSE '1' END AS INT) = 1)",
+            [[t.n_de]],
+            "error",
+        ),
+        (
+            "scalar subquery count",
+            "SELECT (SELECT count(*) FROM sales.customers WHERE {hit}) AS n",
+            [[0]],
+            [[1]],
+        ),
+        (
+            "CASE in the SELECT list",
+            "SELECT sum(1 / (CASE WHEN {hit} THEN 0 ELSE 1 END)) FROM sales.customers",
+            [[t.n_de]],
+            "error",
+        ),
+        (
+            "HAVING",
+            "SELECT segment, count(*) FROM sales.customers GROUP BY segment "
+            "HAVING min(1 / (CASE WHEN {hit} THEN 0 ELSE 1 END)) = 1 ORDER BY segment",
+            by_segment,
+            "error",
+        ),
+        (
+            "window function",
+            "SELECT count(*), sum(w) FROM (SELECT sum(1 / (CASE WHEN {hit} THEN 0 ELSE 1 END)) "
+            "OVER (PARTITION BY segment) AS w FROM sales.customers) t",
+            [[t.n_de, segment_squares]],
+            "error",
+        ),
+        (
+            "ORDER BY expression",
+            "SELECT customer_id FROM sales.customers ORDER BY 1 / (CASE WHEN {hit} THEN 0 ELSE 1 END), "
+            "customer_id LIMIT 3",
+            [[i] for i in de_ids[:3]],
+            "error",
+        ),
+        (
+            "LIMIT after a failing filter",
+            "SELECT customer_id FROM sales.customers WHERE CAST(CASE WHEN {hit} THEN segment ELSE '7' END AS "
+            "INT) "
+            "= 7 ORDER BY customer_id DESC LIMIT 2",
+            [[i] for i in de_ids[::-1][:2]],
+            "error",
+        ),
+        (
+            "GROUP BY expression",
+            "SELECT 1 / (CASE WHEN {hit} THEN 0 ELSE 1 END) AS g, count(*) FROM sales.customers GROUP BY 1",
+            [[1, t.n_de]],
+            "error",
+        ),
+        (
+            "correlated EXISTS",
+            "SELECT count(*) FROM sales.customers a WHERE EXISTS (SELECT 1 FROM sales.customers b "
+            "WHERE b.customer_id = a.customer_id AND 1 / (CASE WHEN {bhit} THEN 0 ELSE 1 END) = 1)",
+            [[t.n_de]],
+            "error",
+        ),
+        (
+            "UNION ALL",
+            "SELECT count(*) FROM (SELECT customer_id FROM sales.customers WHERE 1 / (CASE WHEN {hit} THEN 0 "
+            "ELSE 1 END) = 1 UNION ALL SELECT customer_id FROM sales.customers WHERE {hit}) u",
+            [[t.n_de]],
+            "error",
+        ),
+        (
+            "CTE",
+            "WITH c AS (SELECT customer_id, lifetime_value FROM sales.customers) SELECT count(*) FROM c "
+            "WHERE 1 / (CASE WHEN {hit} THEN 0 ELSE 1 END) = 1",
+            [[t.n_de]],
+            "error",
+        ),
+        (
+            "join with sales.orders",
+            "SELECT count(*) FROM sales.orders o JOIN sales.customers b ON o.customer_id = b.customer_id "
+            "WHERE 1 / (CASE WHEN {bhit} THEN 0 ELSE 1 END) = 1",
+            [[t.de_orders]],
+            "error",
+        ),
+    ]
+
+
+def render(sql: str, k: int, x: decimal.Decimal) -> str:
+    hit = f"customer_id = {k} AND lifetime_value >= {dec(x)}"
+    bhit = f"b.customer_id = {k} AND b.lifetime_value >= {dec(x)}"
+    return sql.format(hit=hit, bhit=bhit)
+
+
+async def class1_barrier(s: Suite, analyst: Parley) -> str | None:
+    """The analyst's grant on German customers: nothing about other rows may be learned through it."""
+    cls, t = "1-barrier", s.truth
+    offer = await s.call(
+        cls,
+        "request_access with a row scope",
+        analyst,
+        "request_access",
+        {
+            "tables": ["sales.customers"],
+            "purpose": "churn_analysis",
+            "columns": GRANTED_COLUMNS,
+            "row_scope": {"column": "country", "values": ["DE"]},
+        },
+    )
+    terms = (offer.data or {}).get("terms", {})
+    s.check(
+        "row-scoped request is a counter-offer masking email",
+        cls,
+        offer.ok
+        and offer.data.get("status") == "counter_offer"
+        and terms.get("masks", {}).get("sales.customers.email") == "hash"
+        and terms.get("row_filter") == {"column": "country", "values": ["DE"]},
+        offer.brief(600),
+    )
+    if not offer.ok:
+        return None
+    accepted = await s.call(
+        cls,
+        "accept_offer",
+        analyst,
+        "accept_offer",
+        {"request_id": offer.data["request_id"], "terms_hash": offer.data["terms_hash"]},
+    )
+    grant = (accepted.data or {}).get("grant_id")
+    if not s.check("accept_offer gives a grant", cls, accepted.ok and grant, accepted.brief()):
+        return None
+
+    # Plain differential checks: the grant must answer exactly as the German rows alone would.
+    de, de_ids = t.de, [r["customer_id"] for r in t.de]
+    ltvs = [r["lifetime_value"] for r in de]
+    by_ltv = sorted(de, key=lambda r: (-r["lifetime_value"], r["customer_id"]))
+    top_per_segment = []
+    for segment in sorted(t.de_segments):
+        best = min(
+            (r for r in de if r["segment"] == segment), key=lambda r: (-r["lifetime_value"], r["customer_id"])
+        )
+        top_per_segment.append([segment, best["customer_id"]])
+    first_rows = [[r["customer_id"], r["country"], r["segment"], r["lifetime_value"]] for r in de[:25]]
+    non_de = t.non_de
+    sample_k = [
+        non_de[i]["customer_id"] for i in (0, len(non_de) // 3, 2 * len(non_de) // 3, len(non_de) - 1)
+    ]
+    mid = sample_k[1]
+    below_mid = max(i for i in de_ids if i < mid)
+    plain = [
+        ("count(*)", "SELECT count(*) FROM sales.customers", [[t.n_de]]),
+        (
+            "aggregates",
+            "SELECT count(*), sum(lifetime_value), min(customer_id), max(customer_id), min(lifetime_value), "
+            "max(lifetime_value) FROM sales.customers",
+            [[t.n_de, t.de_ltv_sum, de_ids[0], de_ids[-1], min(ltvs), max(ltvs)]],
+        ),
+        ("countries", "SELECT country, count(*) FROM sales.customers GROUP BY country", [["DE", t.n_de]]),
+        ("country <> DE", "SELECT count(*) FROM sales.customers WHERE country <> 'DE'", [[0]]),
+        ("country = FR", "SELECT count(*) FROM sales.customers WHERE country = 'FR'", [[0]]),
+        (
+            "segments",
+            "SELECT segment, count(*), sum(lifetime_value) FROM sales.customers GROUP BY segment ORDER BY "
+            "segment",
+            [
+                [seg, n, sum((r["lifetime_value"] for r in de if r["segment"] == seg), decimal.Decimal(0))]
+                for seg, n in sorted(t.de_segments.items())
+            ],
+        ),
+        (
+            "first rows",
+            "SELECT customer_id, country, segment, lifetime_value FROM sales.customers ORDER BY customer_id "
+            "LIMIT 25",
+            first_rows,
+        ),
+        (
+            "ORDER BY lifetime_value",
+            "SELECT customer_id FROM sales.customers ORDER BY lifetime_value DESC, customer_id LIMIT 10",
+            [[r["customer_id"]] for r in by_ltv[:10]],
+        ),
+        (
+            "ORDER BY an expression",
+            "SELECT customer_id FROM sales.customers ORDER BY lifetime_value * -1, customer_id LIMIT 5",
+            [[r["customer_id"]] for r in by_ltv[:5]],
+        ),
+        (
+            "row_number per segment",
+            "SELECT segment, customer_id FROM (SELECT segment, customer_id, row_number() OVER (PARTITION BY "
+            "segment ORDER BY lifetime_value DESC, customer_id) AS r FROM sales.customers) t WHERE r = 1 "
+            "ORDER BY segment",
+            top_per_segment,
+        ),
+        (
+            "HAVING on counts",
+            "SELECT segment, count(*) c FROM sales.customers GROUP BY segment HAVING count(*) > 0 ORDER BY "
+            "segment",
+            [[seg, n] for seg, n in sorted(t.de_segments.items())],
+        ),
+        (
+            "self-join",
+            "SELECT count(*) FROM sales.customers a JOIN sales.customers b ON a.customer_id = b.customer_id",
+            [[t.n_de]],
+        ),
+        (
+            "self-join on an expression",
+            "SELECT count(*) FROM sales.customers a, sales.customers b WHERE a.customer_id = b.customer_id + "
+            "0",
+            [[t.n_de]],
+        ),
+        (
+            "IN subquery",
+            "SELECT count(*) FROM sales.customers WHERE customer_id IN "
+            "(SELECT customer_id FROM sales.customers WHERE segment = 'smb')",
+            [[t.de_segments["smb"]]],
+        ),
+        (
+            "excluded ids",
+            f"SELECT count(*) FROM sales.customers WHERE customer_id IN ({','.join(map(str, sample_k))})",
+            [[0]],
+        ),
+        (
+            "largest id below an excluded one",
+            f"SELECT max(customer_id) FROM sales.customers WHERE customer_id < {mid}",
+            [[below_mid]],
+        ),
+        ("distinct hashed e-mails", "SELECT count(DISTINCT email) FROM sales.customers", [[t.n_de]]),
+        ("no '@' in hashed e-mails", "SELECT count(*) FROM sales.customers WHERE email LIKE '%@%'", [[0]]),
+        (
+            "join with sales.orders",
+            "SELECT count(*), sum(o.total_amount) FROM sales.orders o JOIN sales.customers c "
+            "ON o.customer_id = c.customer_id",
+            [[t.de_orders, t.de_orders_sum]],
+        ),
+        (
+            "LEFT JOIN from sales.orders",
+            "SELECT count(c.customer_id) FROM sales.orders o LEFT JOIN sales.customers c "
+            "ON o.customer_id = c.customer_id",
+            [[t.de_orders]],
+        ),
+        ("LIMIT over count", "SELECT count(*) FROM sales.customers LIMIT 1", [[t.n_de]]),
+    ]
+    for name, sql, expected in plain:
+        await s.expect_rows(cls, name, analyst, sql, expected, grant, governed=True)
+
+    # Whatever LIMIT picks, it picks granted rows.
+    a = await s.query(
+        cls, "bare LIMIT", analyst, "SELECT customer_id FROM sales.customers LIMIT 7", grant, governed=True
+    )
+    s.check(
+        "bare LIMIT: only granted ids",
+        cls,
+        a.rows is not None and len(a.rows) == 7 and all(r[0] in t.de_ids for r in a.rows),
+        a.brief(),
+    )
+    # `purpose` alone selects the live grant for it.
+    a = await s.call(
+        cls,
+        "purpose selects the grant",
+        analyst,
+        "query",
+        {"sql": "SELECT count(*) FROM sales.customers", "purpose": "churn_analysis"},
+        governed=True,
+    )
+    s.check("purpose selects the grant: German rows only", cls, canonical(a.rows) == [[t.n_de]], a.brief())
+    # A single excluded row, asked for by key, does not exist; a granted one does.
+    for k in sample_k:
+        await s.expect_rows(
+            cls,
+            f"excluded row {k} by key",
+            analyst,
+            f"SELECT count(*) FROM sales.customers WHERE customer_id = {k}",
+            [[0]],
+            grant,
+            governed=True,
+        )
+    await s.expect_rows(
+        cls,
+        "granted row by key",
+        analyst,
+        f"SELECT count(*) FROM sales.customers WHERE customer_id = {de_ids[5]}",
+        [[1]],
+        grant,
+        governed=True,
+    )
+
+    # The oracles: the same answer for every X, for several excluded rows K; and an armed control on a granted
+    # row.
+    armed = next(r for r in de if r["lifetime_value"] > 0 and r["customer_id"] in t.customers_with_orders)
+    for name, sql, expected, armed_expected in oracles(t):
+        for k in sample_k:
+            value = t.ltv(k)
+            for x in (value - decimal.Decimal("0.01"), value, value + decimal.Decimal("0.01")):
+                await s.expect_rows(
+                    cls,
+                    f"oracle {name} K={k} X={x}",
+                    analyst,
+                    render(sql, k, x),
+                    expected,
+                    grant,
+                    governed=True,
+                )
+        control = await s.query(
+            cls,
+            f"armed oracle {name}",
+            analyst,
+            render(sql, armed["customer_id"], armed["lifetime_value"]),
+            grant,
+            governed=True,
+        )
+        if armed_expected == "error":
+            s.check(f"armed oracle {name}: fails on a granted row", cls, control.error, control.brief())
+        else:
+            s.check(
+                f"armed oracle {name}: counts the granted row",
+                cls,
+                canonical(control.rows) == armed_expected,
+                control.brief(),
+            )
+    for k in sample_k:
+        await s.expect_rows(
+            cls,
+            f"oracle (id - K)/(id - K) K={k}",
+            analyst,
+            f"SELECT count(*) FROM sales.customers WHERE (customer_id - {k}) / (customer_id - {k}) = 1",
+            [[t.n_de]],
+            grant,
+            governed=True,
+        )
+
+    # Casts that fail on every row: an error is expected, and the row it names must be a granted one.
+    failing = [
+        "SELECT count(*) FROM sales.customers WHERE CAST(CAST(customer_id AS VARCHAR) || segment AS BIGINT) "
+        "> 0",
+        "SELECT CAST(CAST(customer_id AS VARCHAR) || segment AS BIGINT) FROM sales.customers",
+        "SELECT count(*) FROM sales.customers a JOIN sales.customers b "
+        "ON a.customer_id = CAST(CAST(b.customer_id AS VARCHAR) || b.segment AS BIGINT)",
+        "SELECT count(*) FROM sales.customers WHERE customer_id IN "
+        "(SELECT CAST(CAST(customer_id AS VARCHAR) || segment AS BIGINT) FROM sales.customers)",
+        "SELECT segment FROM sales.customers GROUP BY segment "
+        "HAVING max(CAST(CAST(customer_id AS VARCHAR) || segment AS BIGINT)) > 0",
+        "SELECT customer_id FROM sales.customers ORDER BY CAST(CAST(customer_id AS VARCHAR) || segment AS "
+        "BIGINT) LIMIT 1",
+        "SELECT sum(CAST(CAST(customer_id AS VARCHAR) || segment AS BIGINT)) OVER () FROM sales.customers "
+        "LIMIT 1",
+        "SELECT count(*) FROM sales.customers WHERE CAST(CAST(lifetime_value AS VARCHAR) || 'x' AS "
+        "DECIMAL(12,2)) > 0",
+        "SELECT count(*) FROM sales.customers WHERE CAST(country || CAST(customer_id AS VARCHAR) AS INT) > 0",
+        "SELECT count(*) FROM sales.customers WHERE CAST(email AS BIGINT) > 0",
+        "SELECT count(*) FROM sales.orders o JOIN sales.customers c ON o.customer_id = c.customer_id "
+        "WHERE CAST(CAST(c.customer_id AS VARCHAR) || c.segment AS BIGINT) > 0",
+        "WITH w AS (SELECT CAST(CAST(customer_id AS VARCHAR) || segment AS BIGINT) AS v FROM "
+        "sales.customers) "
+        "SELECT max(v) FROM w",
+    ]
+    for i, sql in enumerate(failing):
+        a = await s.query(cls, f"failing cast #{i}", analyst, sql, grant, governed=True)
+        s.check(f"failing cast #{i}: an error", cls, a.error, a.brief())
+    # The same casts on excluded rows only: no row, so no error.
+    for k in sample_k[:2]:
+        await s.expect_rows(
+            cls,
+            f"failing cast on excluded row {k}",
+            analyst,
+            "SELECT CAST(CAST(customer_id AS VARCHAR) || segment AS BIGINT) FROM sales.customers WHERE "
+            f"customer_id = {k}",
+            [],
+            grant,
+            governed=True,
+        )
+    await s.expect_rows(
+        cls,
+        "failing cast on excluded ids in a list",
+        analyst,
+        "SELECT CAST(segment AS BIGINT) FROM sales.customers WHERE customer_id IN "
+        f"({','.join(map(str, sample_k))})",
+        [],
+        grant,
+        governed=True,
+    )
+    return grant
+
+
+async def class2_columns(s: Suite, analyst: Parley, grant: str) -> None:
+    """Columns outside the grant do not exist; the hashed e-mail never shows the address."""
+    cls, t = "2-columns", s.truth
+    de_row = t.de[3]
+    real_email = de_row["email"]
+    dropped = [
+        "SELECT phone FROM sales.customers",
+        "SELECT full_name FROM sales.customers",
+        "SELECT birth_date FROM sales.customers",
+        "SELECT signup_at FROM sales.customers",
+        "SELECT is_active FROM sales.customers",
+        'SELECT "phone" FROM sales.customers',
+        "SELECT PHONE FROM sales.customers",
+        "SELECT Full_Name FROM sales.customers",
+        'SELECT "PHONE" FROM sales.customers',
+        "SELECT c.phone FROM sales.customers c",
+        "SELECT sales.customers.full_name FROM sales.customers",
+        'SELECT "sales"."customers"."birth_date" FROM "sales"."customers"',
+        "SELECT parley.sales.customers.phone FROM parley.sales.customers",
+        "SELECT count(*) FROM sales.customers WHERE phone IS NOT NULL",
+        "SELECT count(*) FROM sales.customers WHERE full_name LIKE 'A%'",
+        "SELECT customer_id FROM sales.customers ORDER BY birth_date LIMIT 5",
+        "SELECT full_name, count(*) FROM sales.customers GROUP BY full_name",
+        "SELECT length(full_name) FROM sales.customers",
+        "SELECT upper(phone) FROM sales.customers",
+        "SELECT max(birth_date) FROM sales.customers",
+        "SELECT count(*) FROM sales.customers a JOIN sales.customers b ON a.phone = b.phone",
+        "SELECT (SELECT max(full_name) FROM sales.customers) AS x",
+        "WITH c AS (SELECT full_name AS n FROM sales.customers) SELECT n FROM c",
+        "SELECT customer_id FROM sales.customers WHERE customer_id IN (SELECT customer_id FROM "
+        "sales.customers WHERE phone LIKE '+49%')",
+        "SELECT customer_id FROM sales.customers ORDER BY length(full_name) DESC LIMIT 1",
+        "SELECT row_number() OVER (ORDER BY birth_date) FROM sales.customers LIMIT 1",
+        "SELECT customer_id FROM sales.customers GROUP BY customer_id HAVING max(phone) > ''",
+        "SELECT * FROM sales.customers WHERE CAST(phone AS BIGINT) > 0",
+        "SELECT arrow_typeof(phone) FROM sales.customers LIMIT 1",
+    ]
+    for sql in dropped:
+        a = await s.query(cls, f"dropped column: {sql}", analyst, sql, grant, governed=True)
+        s.check(f"dropped column refused: {sql}", cls, a.error, a.brief())
+
+    # Forms that may run, but only ever over the granted columns.
+    star = [
+        "SELECT * FROM sales.customers ORDER BY customer_id LIMIT 50",
+        "SELECT c.* FROM sales.customers c ORDER BY customer_id LIMIT 50",
+        "SELECT * FROM (SELECT * FROM sales.customers) t ORDER BY customer_id LIMIT 50",
+        "WITH c AS (SELECT * FROM sales.customers) SELECT * FROM c ORDER BY customer_id LIMIT 50",
+        "SELECT * FROM sales.customers a JOIN sales.customers b USING (customer_id) ORDER BY customer_id "
+        "LIMIT 50",
+        "SELECT * EXCLUDE (email) FROM sales.customers ORDER BY customer_id LIMIT 50",
+        "SELECT email AS phone, customer_id AS full_name FROM sales.customers ORDER BY customer_id LIMIT 50",
+        "SELECT * FROM sales.customers UNION ALL SELECT * FROM sales.customers ORDER BY customer_id LIMIT 50",
+    ]
+    allowed = set(GRANTED_COLUMNS)
+    for sql in star:
+        a = await s.query(cls, f"star: {sql}", analyst, sql, grant, governed=True)
+        names = {n.split(".")[-1].lower() for n in a.column_names()}
+        if "AS phone" in sql:
+            # Aliases named after dropped columns hold only what they alias: hashes and granted ids.
+            s.check(
+                "aliases named phone and full_name hold hashes and granted ids",
+                cls,
+                a.rows and all(HEX64.match(str(r[0])) and r[1] in s.truth.de_ids for r in a.rows),
+                a.brief(),
+            )
+            continue
+        s.check(
+            f"star runs over granted columns only: {sql}",
+            cls,
+            a.ok and names and names <= allowed,
+            f"{names} {a.brief()}",
+        )
+        if a.ok and "email" in a.column_names():
+            i = a.column_names().index("email")
+            s.check(f"star: email hashed: {sql}", cls, all(HEX64.match(str(r[i])) for r in a.rows), a.brief())
+
+    # Catalog introspection: refused, or silent about the columns left out.
+    for sql in [
+        "SELECT * FROM information_schema.columns",
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'customers'",
+        "SELECT * FROM information_schema.tables",
+        "SHOW COLUMNS FROM sales.customers",
+        "DESCRIBE sales.customers",
+        "SHOW TABLES",
+        "SELECT * FROM sales.customers.phone",
+    ]:
+        a = await s.query(cls, f"introspection: {sql}", analyst, sql, grant, governed=True)
+        s.check(
+            f"introspection shows no dropped column: {sql}",
+            cls,
+            a.error or not any(c in a.text for c in ("phone", "full_name", "birth_date")),
+            a.brief(),
+        )
+
+    # The masked e-mail: every function of it shows only the hash.
+    for sql in [
+        "SELECT email FROM sales.customers ORDER BY customer_id LIMIT 200",
+        "SELECT lower(email) FROM sales.customers ORDER BY customer_id LIMIT 200",
+        "SELECT substr(email, 1, 64) FROM sales.customers ORDER BY customer_id LIMIT 200",
+        "SELECT CAST(email AS VARCHAR) FROM sales.customers ORDER BY customer_id LIMIT 200",
+        "SELECT max(email) FROM sales.customers",
+        "SELECT split_part(email, '@', 1) FROM sales.customers ORDER BY customer_id LIMIT 200",
+        "SELECT email FROM sales.customers UNION SELECT email FROM sales.customers LIMIT 200",
+        "SELECT a.email FROM sales.customers a JOIN sales.customers b ON a.customer_id = b.customer_id LIMIT "
+        "200",
+    ]:
+        a = await s.query(cls, f"masked email: {sql}", analyst, sql, grant, governed=True)
+        s.check(
+            f"masked email is 64 hex chars: {sql}",
+            cls,
+            a.rows and all(isinstance(r[0], str) and HEX64.match(r[0]) and "@" not in r[0] for r in a.rows),
+            a.brief(),
+        )
+    await s.expect_rows(
+        cls,
+        "email equals a real address",
+        analyst,
+        f"SELECT count(*) FROM sales.customers WHERE email = '{real_email}'",
+        [[0]],
+        grant,
+        governed=True,
+    )
+    await s.expect_rows(
+        cls,
+        "strpos of '@'",
+        analyst,
+        "SELECT max(strpos(email, '@')) FROM sales.customers",
+        [[0]],
+        grant,
+        governed=True,
+    )
+    unsalted = hashlib.sha256(real_email.encode()).hexdigest()
+    await s.expect_rows(
+        cls,
+        "email equals its unsalted SHA-256",
+        analyst,
+        f"SELECT count(*) FROM sales.customers WHERE email = '{unsalted}'",
+        [[0]],
+        grant,
+        governed=True,
+    )
+    a = await s.query(
+        cls,
+        "email of one granted row",
+        analyst,
+        f"SELECT email FROM sales.customers WHERE customer_id = {de_row['customer_id']}",
+        grant,
+        governed=True,
+    )
+    s.check(
+        "email hash is salted",
+        cls,
+        a.rows and a.rows[0][0] != unsalted and HEX64.match(a.rows[0][0]),
+        a.brief(),
+    )
+    # Without a grant the analyst may not read the table at all.
+    for sql in ["SELECT count(*) FROM sales.customers", "SELECT email FROM sales.customers LIMIT 1"]:
+        await s.expect_error(cls, f"no grant: {sql}", analyst, "query", {"sql": sql}, ("request_access",))
+    # A grant bound to a purpose does not serve another.
+    await s.expect_error(
+        cls,
+        "grant under another purpose",
+        analyst,
+        "query",
+        {"sql": "SELECT count(*) FROM sales.customers", "grant_id": grant, "purpose": "fraud_investigation"},
+    )
+
+
+async def class3_statements(s: Suite, analyst: Parley, grant: str, scratch: str) -> None:
+    """Only one read-only query runs: nothing reads files, metadata or other snapshots, and nothing writes."""
+    cls, t = "3-statements", s.truth
+    data_file = t.customer_files[0].removeprefix("file://")
+    refused = [
+        "SELECT * FROM sales.orders FOR SYSTEM_TIME AS OF '2020-01-01'",
+        "SELECT count(*) FROM sales.orders FOR SYSTEM_TIME AS OF '2024-01-01 00:00:00'",
+        "SELECT * FROM sales.customers FOR SYSTEM_TIME AS OF '2020-01-01'",
+        "SELECT * FROM sales.orders VERSION AS OF 1",
+        'SELECT * FROM sales."orders$snapshots"',
+        'SELECT * FROM sales."orders$files"',
+        'SELECT * FROM sales."orders$manifests"',
+        'SELECT * FROM sales."orders$history"',
+        'SELECT * FROM sales."customers$snapshots"',
+        'SELECT * FROM sales."customers$files"',
+        'SELECT * FROM "sales.customers$snapshots"',
+        "SELECT * FROM sales.orders.snapshots",
+        "SELECT * FROM read_parquet('/etc/passwd')",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM '/etc/passwd'",
+        'SELECT * FROM "/etc/passwd"',
+        "SELECT * FROM 'file:///etc/passwd'",
+        f"SELECT * FROM '{data_file}'",
+        f"SELECT * FROM 'file://{data_file}'",
+        f"SELECT * FROM read_parquet('{data_file}')",
+        f"SELECT * FROM parquet_scan('{data_file}')",
+        "SELECT * FROM generate_series(1, 3)",
+        "SELECT * FROM range(10)",
+        "SELECT * FROM iceberg_scan('x')",
+        f"COPY (SELECT 1) TO '{scratch}/copy1.csv'",
+        f"COPY sales.orders TO '{scratch}/copy2.parquet'",
+        f"COPY (SELECT * FROM sales.customers) TO '{scratch}/copy3.csv'",
+        "CREATE TABLE sales.evil AS SELECT 1",
+        "CREATE VIEW sales.v AS SELECT * FROM sales.customers",
+        "CREATE SCHEMA evil",
+        f"CREATE EXTERNAL TABLE evil STORED AS PARQUET LOCATION '{data_file}'",
+        "CREATE EXTERNAL TABLE evil STORED AS CSV LOCATION '/etc/passwd'",
+        "INSERT INTO sales.orders SELECT * FROM sales.orders",
+        "INSERT INTO sales.products VALUES (9999, 'x', 'x', 'x', 1.00, true, DATE '2020-01-01')",
+        "DELETE FROM sales.orders",
+        "DELETE FROM parley.audit_log",
+        "UPDATE sales.orders SET status = 'x'",
+        "UPDATE parley.audit_log SET principal = 'x'",
+        "DROP TABLE sales.orders",
+        "TRUNCATE sales.orders",
+        "ALTER TABLE sales.orders ADD COLUMN x INT",
+        "SET datafusion.execution.batch_size = 1",
+        "SET TIME ZONE 'UTC'",
+        "RESET datafusion.execution.batch_size",
+        "EXPLAIN SELECT * FROM sales.customers",
+        "EXPLAIN ANALYZE SELECT count(*) FROM sales.orders",
+        "EXPLAIN VERBOSE SELECT * FROM sales.customers",
+        "SHOW ALL",
+        "SELECT * FROM information_schema.df_settings",
+        "PREPARE p AS SELECT 1",
+        "EXECUTE p",
+        "SELECT 1; DROP TABLE sales.orders",
+        "SELECT 1; SELECT 2",
+        "SELECT count(*) FROM sales.orders; DELETE FROM sales.orders",
+        "SELECT 1 /* harmless */; DELETE FROM sales.orders",
+        "-- a comment\nDELETE FROM sales.orders",
+        "/* SELECT 1 */ DELETE FROM sales.orders",
+        "/* multi\nline */ INSERT INTO sales.orders SELECT * FROM sales.orders",
+        "WITH x AS (DELETE FROM sales.orders) SELECT 1",
+        "CREATE FUNCTION f() RETURNS INT RETURN 1",
+        "SELECT * FROM parley.sales.orders FOR SYSTEM_TIME AS OF '2020-01-01'",
+        "",
+        "   ",
+    ]
+    for sql in refused:
+        for g in (None, grant):
+            label = f"{'under grant: ' if g else ''}{sql!r}"
+            a = await s.query(cls, label, analyst, sql, g, governed=bool(g))
+            s.check(f"refused: {label}", cls, a.error, a.brief())
+    # A statement only inside a comment is just a comment: the query runs and changes nothing.
+    await s.expect_rows(
+        cls, "statement in a line comment", analyst, "SELECT 1 -- ; DROP TABLE sales.orders", [[1]]
+    )
+    await s.expect_rows(
+        cls, "statement in a block comment", analyst, "SELECT 2 /* ; DELETE FROM sales.orders */", [[2]]
+    )
+    await s.expect_rows(cls, "VALUES is a query", analyst, "VALUES (3)", [[3]])
+    # The answer names the snapshot read: the current one, as pyiceberg sees it.
+    a = await s.query(cls, "snapshot of a read", analyst, "SELECT count(*) FROM sales.orders")
+    snapshots = (a.data or {}).get("snapshots", [])
+    current = catalog_of(analyst.data_dir).load_table("sales.orders").current_snapshot().snapshot_id
+    s.check(
+        "query reads pyiceberg's current snapshot",
+        cls,
+        canonical(a.rows) == [[t.n_orders]] and [x.get("snapshot_id") for x in snapshots] == [current],
+        a.brief(),
+    )
+    a = await s.query(
+        cls,
+        "snapshot of a governed read",
+        analyst,
+        "SELECT count(*) FROM sales.customers",
+        grant,
+        governed=True,
+    )
+    s.check(
+        "governed query reads the current snapshot",
+        cls,
+        [x.get("snapshot_id") for x in (a.data or {}).get("snapshots", [])] == [t.customers_snapshot],
+        a.brief(),
+    )
+    for name in ("copy1.csv", "copy2.parquet", "copy3.csv"):
+        s.check(f"COPY wrote no {name}", cls, not os.path.exists(os.path.join(scratch, name)), name)
+
+
+async def class4_policy(s: Suite, marketing: Parley, analyst_grant: str | None) -> None:
+    """marketing-agent reads personal data only masked, under a grant; ops is invisible to it."""
+    cls, t = "4-policy", s.truth
+    for sql in [
+        "SELECT count(*) FROM sales.customers",
+        "SELECT customer_id FROM sales.customers LIMIT 1",
+        "SELECT count(*) FROM sales.orders o JOIN sales.customers c ON o.customer_id = c.customer_id",
+        "WITH c AS (SELECT * FROM sales.customers) SELECT count(*) FROM c",
+        "SELECT count(*) FROM sales.orders WHERE customer_id IN (SELECT customer_id FROM sales.customers)",
+    ]:
+        await s.expect_error(
+            cls,
+            f"marketing without grant: {sql}",
+            marketing,
+            "query",
+            {"sql": sql},
+            ("no-pii-for-marketing",),
+        )
+    await s.expect_rows(
+        cls, "marketing reads sales.orders", marketing, "SELECT count(*) FROM sales.orders", [[t.n_orders]]
+    )
+    await s.expect_rows(
+        cls,
+        "marketing reads sales.products",
+        marketing,
+        "SELECT count(*) FROM sales.products",
+        [[t.n_products]],
+    )
+    # Someone else's grant is not a way in.
+    if analyst_grant:
+        await s.expect_error(
+            cls,
+            "marketing uses the analyst's grant",
+            marketing,
+            "query",
+            {"sql": "SELECT count(*) FROM sales.customers", "grant_id": analyst_grant},
+        )
+    a = await s.call(cls, "marketing lists tables", marketing, "list_tables", {})
+    s.check(
+        "marketing lists no ops table",
+        cls,
+        a.ok and "shipments" not in a.text and '"ops' not in a.text,
+        a.brief(),
+    )
+    for args in ({"filter": "shipments"}, {"namespace": "ops"}, {"filter": "ops"}):
+        a = await s.call(cls, f"marketing lists {args}", marketing, "list_tables", args)
+        s.check(
+            f"marketing finds nothing with {args}",
+            cls,
+            a.error or (a.ok and a.data.get("tables") == []),
+            a.brief(),
+        )
+    for tool, args in [
+        ("describe_table", {"table": "ops.shipments"}),
+        ("get_contract", {"table": "ops.shipments"}),
+        ("table_consumers", {"table": "ops.shipments"}),
+        ("query", {"sql": "SELECT count(*) FROM ops.shipments"}),
+        ("request_access", {"tables": ["ops.shipments"], "purpose": "logistics_planning"}),
+    ]:
+        await s.expect_error(cls, f"marketing {tool} ops.shipments", marketing, tool, args)
+
+    # A prohibited purpose is denied; an allowed one is offered with every personal-data column masked.
+    denied = await s.call(
+        cls,
+        "marketing asks for marketing_outreach",
+        marketing,
+        "request_access",
+        {"tables": ["sales.customers"], "purpose": "marketing_outreach"},
+    )
+    s.check(
+        "marketing_outreach denied", cls, denied.ok and denied.data.get("status") == "denied", denied.brief()
+    )
+    clear = await s.call(
+        cls,
+        "marketing asks for PII columns",
+        marketing,
+        "request_access",
+        {
+            "tables": ["sales.customers"],
+            "purpose": "churn_analysis",
+            "columns": ["customer_id", "full_name", "email"],
+        },
+    )
+    masks = (clear.data or {}).get("terms", {}).get("masks", {})
+    s.check(
+        "PII asked for is offered masked",
+        cls,
+        clear.ok
+        and clear.data.get("status") in ("counter_offer", "denied")
+        and (
+            clear.data.get("status") == "denied"
+            or {"sales.customers.full_name", "sales.customers.email"} <= set(masks)
+        ),
+        clear.brief(600),
+    )
+    if clear.ok and clear.data.get("request_id") and clear.data.get("status") == "counter_offer":
+        a = await s.call(
+            cls,
+            "marketing declines the PII offer",
+            marketing,
+            "decline_offer",
+            {"request_id": clear.data["request_id"]},
+        )
+        s.check("decline_offer", cls, a.ok, a.brief())
+    offer = await s.call(
+        cls,
+        "marketing asks for churn_analysis",
+        marketing,
+        "request_access",
+        {"tables": ["sales.customers"], "purpose": "churn_analysis", "duration_days": 7},
+    )
+    masks = (offer.data or {}).get("terms", {}).get("masks", {})
+    s.check(
+        "marketing offer masks every personal-data column",
+        cls,
+        offer.ok
+        and offer.data.get("status") == "counter_offer"
+        and all(f"sales.customers.{c}" in masks for c in PII_COLUMNS),
+        offer.brief(600),
+    )
+    if not offer.ok or "request_id" not in offer.data:
+        return
+    await s.expect_error(
+        cls,
+        "accept with a forged terms_hash",
+        marketing,
+        "accept_offer",
+        {"request_id": offer.data["request_id"], "terms_hash": "0" * 64},
+    )
+    accepted = await s.call(
+        cls,
+        "marketing accepts",
+        marketing,
+        "accept_offer",
+        {"request_id": offer.data["request_id"], "terms_hash": offer.data["terms_hash"]},
+    )
+    grant = (accepted.data or {}).get("grant_id")
+    if not s.check("marketing gets a grant", cls, accepted.ok and grant, accepted.brief()):
+        return
+    a = await s.query(
+        cls,
+        "marketing reads masked PII",
+        marketing,
+        "SELECT customer_id, full_name, email, phone, birth_date FROM sales.customers ORDER BY customer_id "
+        "LIMIT 2000",
+        grant,
+    )
+    good = a.rows is not None and len(a.rows) == 2000
+    bad_rows = []
+    for row in a.rows or []:
+        real = t.customers.get(row[0])
+        birth_ok = (
+            row[4] is None
+            if real is None or real["birth_date"] is None
+            else row[4] == f"{real['birth_date'].year:04d}-01-01"
+        )
+        if not (
+            real
+            and HEX64.match(str(row[1]))
+            and HEX64.match(str(row[2]))
+            and (row[3] is None or HEX64.match(str(row[3])))
+            and birth_ok
+        ):
+            bad_rows.append(row)
+    s.check(
+        "marketing sees names, e-mails, phones hashed and birth dates as the year",
+        cls,
+        good and not bad_rows,
+        f"{bad_rows[:3]} {a.brief()}",
+    )
+    year_cut = sum(1 for r in t.customers.values() if r["birth_date"] and r["birth_date"].year >= 1991)
+    checks = [
+        ("all rows", "SELECT count(*) FROM sales.customers", [[t.n_customers]]),
+        (
+            "countries",
+            "SELECT country, count(*) FROM sales.customers GROUP BY country ORDER BY country",
+            [[c, n] for c, n in sorted(t.countries.items())],
+        ),
+        (
+            "birth dates are years",
+            "SELECT count(*) FROM sales.customers WHERE birth_date >= DATE '1990-06-15'",
+            [[year_cut]],
+        ),
+        ("distinct hashed names", "SELECT count(DISTINCT full_name) FROM sales.customers", [[len(t.names)]]),
+        ("no '@'", "SELECT count(*) FROM sales.customers WHERE email LIKE '%@%'", [[0]]),
+        ("no '+'", "SELECT count(*) FROM sales.customers WHERE phone LIKE '+%'", [[0]]),
+        ("no space in names", "SELECT count(*) FROM sales.customers WHERE full_name LIKE '% %'", [[0]]),
+        ("a real address", f"SELECT count(*) FROM sales.customers WHERE email = '{t.de[0]['email']}'", [[0]]),
+        (
+            "a real name",
+            f"SELECT count(*) FROM sales.customers WHERE full_name = '{t.de[0]['full_name']}'",
+            [[0]],
+        ),
+        (
+            "month of birth",
+            "SELECT count(*) FROM sales.customers WHERE date_part('month', birth_date) <> 1",
+            [[0]],
+        ),
+    ]
+    for name, sql, expected in checks:
+        await s.expect_rows(cls, f"marketing grant: {name}", marketing, sql, expected, grant)
+    # Hashes are salted per grant: the same customer's hash differs between the analyst's grant and this one.
+    s.hash_probe = (grant, t.de[3]["customer_id"])
+    await s.expect_error(
+        cls,
+        "marketing grant under another purpose",
+        marketing,
+        "query",
+        {"sql": "SELECT count(*) FROM sales.customers", "grant_id": grant, "purpose": "marketing_outreach"},
+    )
+
+
+async def class5_discovery(s: Suite, marketing: Parley, nobody: Parley) -> None:
+    """A table one may not discover answers exactly as a table that does not exist, by every tool."""
+    cls = "5-discovery"
+
+    def normal(answer: Answer, names: list[str]) -> str:
+        # Table names are compared case-insensitively: Parley reports `OPS.SHIPMENTS` as `ops.shipments`.
+        text = f"{answer.kind}|{answer.text}"
+        for n in names:
+            text = re.sub(re.escape(n), "<TABLE>", text, flags=re.IGNORECASE)
+        return re.sub(r"\d+ ?ms|\d{4}-\d\d-\d\dT[\d:.]+Z?", "<N>", text)
+
+    pairs = [
+        ("ops.shipments", "ops.no_such_table"),
+        ("OPS.SHIPMENTS", "OPS.NO_SUCH_TABLE"),
+        ("ops.shipments", "nope.no_such_table"),
+    ]
+    for real, fake in pairs:
+        names = lambda n: [n, n.replace(".", "/"), n.split(".")[1], n.split(".")[0]]  # noqa: E731
+        tools = [
+            ("describe_table", lambda n: {"table": n}),
+            ("get_contract", lambda n: {"table": n}),
+            ("table_consumers", lambda n: {"table": n}),
+            ("query", lambda n: {"sql": f"SELECT * FROM {n}"}),
+            (
+                "query",
+                lambda n: {
+                    "sql": f"SELECT count(*) FROM sales.orders o JOIN {n} s ON o.order_id = s.order_id"
+                },
+            ),
+            (
+                "query",
+                lambda n: {
+                    "sql": f"SELECT count(*) FROM {n} s JOIN sales.orders o ON o.order_id = s.order_id"
+                },
+            ),
+            ("request_access", lambda n: {"tables": [n], "purpose": "logistics_planning"}),
+            ("request_access", lambda n: {"tables": ["sales.orders", n], "purpose": "revenue_reporting"}),
+        ]
+        for tool, args in tools:
+            a = await s.call(cls, f"marketing {tool} {real}", marketing, tool, args(real))
+            b = await s.call(cls, f"marketing {tool} {fake}", marketing, tool, args(fake))
+            s.check(
+                f"{tool}: {real} reads as {fake}",
+                cls,
+                a.error and normal(a, names(real)) == normal(b, names(fake)),
+                f"\n  {a.brief()}\n  {b.brief()}",
+            )
+        if (real, fake) == pairs[0]:
+            a = await s.read(
+                cls, "marketing reads contract://ops/shipments", marketing, "contract://ops/shipments"
+            )
+            b = await s.read(
+                cls, "marketing reads contract://ops/no_such_table", marketing, "contract://ops/no_such_table"
+            )
+            s.check(
+                "contract resource: ops/shipments reads as nonexistent",
+                cls,
+                a.error and normal(a, names(real)) == normal(b, names(fake)),
+                f"\n  {a.brief()}\n  {b.brief()}",
+            )
+    # A principal nobody knows discovers nothing: sales.customers reads as a nonexistent table.
+    for tool, args in [
+        ("describe_table", {"table": "{}"}),
+        ("get_contract", {"table": "{}"}),
+        ("query", {"sql": "SELECT 1 FROM {}"}),
+    ]:
+        real = {k: v.format("sales.customers") for k, v in args.items()}
+        fake = {k: v.format("sales.no_such_table") for k, v in args.items()}
+        a = await s.call(cls, f"stranger {tool} sales.customers", nobody, tool, real)
+        b = await s.call(cls, f"stranger {tool} sales.no_such_table", nobody, tool, fake)
+        names_a = ["sales.customers", "customers"]
+        names_b = ["sales.no_such_table", "no_such_table"]
+        s.check(
+            f"stranger {tool}: existing reads as nonexistent",
+            cls,
+            a.error and normal(a, names_a) == normal(b, names_b),
+            f"\n  {a.brief()}\n  {b.brief()}",
+        )
+    a = await s.call(cls, "stranger lists tables", nobody, "list_tables", {})
+    s.check("stranger lists nothing", cls, a.ok and a.data.get("tables") == [], a.brief())
+
+
+def audit_records(data_dir: str) -> list[dict]:
+    """The audit log as written on disk (every segment, in sequence order)."""
+    audit_dir = os.path.join(data_dir, "audit")
+    records = []
+    for name in sorted(os.listdir(audit_dir)):
+        if name.endswith(".jsonl"):
+            with open(os.path.join(audit_dir, name)) as f:
+                records += [json.loads(line) for line in f if line.strip()]
+    return sorted(records, key=lambda r: r["seq"])
+
+
+async def class6_audit(s: Suite, sessions: dict[str, Parley], grant: str | None, data_dir: str) -> None:
+    """Each caller sees only audit records all of whose tables they own; none carries another owner's data."""
+    cls, t = "6-audit", s.truth
+    analyst, marketing = sessions["analyst"], sessions["marketing-agent"]
+    email = t.de[7]["email"]
+    # Records to find: joins across owners, some failing half-way, some carrying a real e-mail in their SQL.
+    await s.expect_rows(
+        cls,
+        "analyst joins shipments and orders",
+        analyst,
+        "SELECT count(*) FROM ops.shipments s JOIN sales.orders o ON s.order_id = o.order_id",
+        [[t.shipments_join_orders]],
+    )
+    await s.expect_rows(
+        cls, "analyst reads shipments", analyst, "SELECT count(*) FROM ops.shipments", [[t.n_shipments]]
+    )
+    await s.query(
+        cls,
+        "analyst joins with an e-mail literal",
+        analyst,
+        "SELECT count(*) FROM ops.shipments s JOIN sales.orders o ON s.order_id = o.order_id WHERE "
+        f"'{email}' <> ''",
+    )
+    await s.query(
+        cls,
+        "analyst joins customers without grant",
+        analyst,
+        "SELECT count(*) FROM ops.shipments s JOIN sales.customers c ON c.customer_id = s.shipment_id WHERE "
+        f"c.email = '{email}'",
+    )
+    if grant:
+        await s.query(
+            cls,
+            "analyst joins three tables under a grant",
+            analyst,
+            "SELECT count(*) FROM ops.shipments s JOIN sales.orders o ON s.order_id = o.order_id JOIN "
+            f"sales.customers c ON c.customer_id = o.customer_id WHERE c.email <> '{email}'",
+            grant,
+            governed=True,
+        )
+    await s.query(
+        cls,
+        "marketing joins ops first",
+        marketing,
+        "SELECT count(*) FROM ops.shipments s JOIN sales.customers c ON c.customer_id = s.shipment_id WHERE "
+        f"c.email = '{email}'",
+    )
+    await s.query(
+        cls,
+        "marketing joins sales first",
+        marketing,
+        "SELECT count(*) FROM sales.customers c JOIN ops.shipments s ON c.customer_id = s.shipment_id WHERE "
+        f"c.email = '{email}'",
+    )
+    sessions_by = {"sales-owner": SALES_TABLES, "ops-owner": OPS_TABLES}
+    columns = "seq, principal, tool, resource, decision, reason, purpose, sql, error"
+    for who in ("analyst", "marketing-agent"):
+        await s.expect_rows(
+            cls, f"{who} counts audit records", sessions[who], "SELECT count(*) FROM parley.audit_log", [[0]]
+        )
+        a = await s.query(
+            cls, f"{who} reads the audit log", sessions[who], f"SELECT {columns} FROM parley.audit_log"
+        )
+        s.check(f"{who} sees no audit record", cls, a.rows == [], a.brief())
+        await s.expect_rows(
+            cls,
+            f"{who} looks for sales records",
+            sessions[who],
+            "SELECT count(*) FROM parley.audit_log WHERE resource LIKE '%sales%' OR sql LIKE '%@%'",
+            [[0]],
+        )
+    for who, owned in sessions_by.items():
+        client = sessions[who]
+        other = "ops." if who == "sales-owner" else "sales."
+        on_disk = audit_records(data_dir)
+        expected = [r["seq"] for r in on_disk if all(p in owned for p in r["resource"].split(","))]
+        # The owner reads what others did with their tables; sales-owner may see e-mails, ops-owner never.
+        a = await s.query(
+            cls,
+            f"{who} reads the audit log",
+            client,
+            f"SELECT {columns} FROM parley.audit_log ORDER BY seq",
+            scan=(who == "ops-owner"),
+        )
+        rows = a.rows or []
+        seqs = [r[0] for r in rows]
+        s.check(
+            f"{who} sees exactly the records of their tables",
+            cls,
+            a.ok and seqs == expected,
+            f"got {len(seqs)} expected {len(expected)}: extra {sorted(set(seqs) - set(expected))[:10]} "
+            f"missing {sorted(set(expected) - set(seqs))[:10]}",
+        )
+        s.check(f"{who} sees some records", cls, len(rows) > 0, a.brief())
+        foreign = [r for r in rows if other in (r[3] or "")]
+        s.check(f"{who}: no visible record's resource names {other}*", cls, not foreign, foreign[:3])
+        named = [r for r in rows if other in (r[7] or "") or other in (r[8] or "")]
+        s.check(
+            f"{who}: no visible record's SQL or error names {other}*",
+            cls,
+            not named,
+            [(r[0], r[1], r[3], r[7]) for r in named[:3]],
+        )
+        if who == "ops-owner":
+            with_email = [r for r in rows if EMAIL_IN_TEXT.search(json.dumps(r, ensure_ascii=False))]
+            s.check(
+                "ops-owner sees no e-mail address",
+                cls,
+                not with_email,
+                [(r[0], r[1], r[3], r[7]) for r in with_email[:3]],
+            )
+        await s.expect_rows(
+            cls,
+            f"{who} filters for {other}* records",
+            client,
+            f"SELECT count(*) FROM parley.audit_log WHERE resource LIKE '%{other}%'",
+            [[0]],
+            scan=(who == "ops-owner"),
+        )
+        # The audit table joined with the owner's own table: still only their records.
+        table = "ops.shipments" if who == "ops-owner" else "sales.orders"
+        await s.expect_rows(
+            cls,
+            f"{who} joins the audit log with {table}",
+            client,
+            f"SELECT count(*) FROM parley.audit_log a JOIN (SELECT 1 AS one FROM {table} LIMIT 1) t ON true "
+            f"WHERE a.resource LIKE '%{other}%'",
+            [[0]],
+            scan=(who == "ops-owner"),
+        )
+
+
+async def class7_bad_input(s: Suite, client: Parley, t: GroundTruth) -> None:
+    """Malformed, deep and huge calls are refused; the same session then still answers SELECT 1."""
+    cls = "7-bad-input"
+    two_mb = "a" * (2 * 1024 * 1024)
+    deep = ("levels deep", "recursion")
+    cases: list[tuple[str, str, Any, tuple[str, ...]]] = [
+        ("2000 additions", "query", {"sql": "SELECT 1" + " + 1" * 2000}, deep),
+        (
+            "2000 ORs",
+            "query",
+            {
+                "sql": "SELECT count(*) FROM sales.orders WHERE "
+                + " OR ".join(f"order_id = {i}" for i in range(2000))
+            },
+            deep,
+        ),
+        (
+            "2000 ANDs",
+            "query",
+            {
+                "sql": "SELECT count(*) FROM sales.orders WHERE "
+                + " AND ".join(f"order_id <> {i}" for i in range(2000))
+            },
+            deep,
+        ),
+        ("3000 nested parentheses", "query", {"sql": "SELECT " + "(" * 3000 + "1" + ")" * 3000}, deep),
+        # sqlparser's own recursion limit stops these with a syntax error: refused, which is all that matters.
+        ("3000 NOTs", "query", {"sql": "SELECT " + "NOT " * 3000 + "true"}, ()),
+        ("3000 unary minuses", "query", {"sql": "SELECT " + "- " * 3000 + "1"}, deep),
+        (
+            "1000 nested CASEs",
+            "query",
+            {"sql": "SELECT " + "CASE WHEN true THEN " * 1000 + "1" + " END" * 1000},
+            (),
+        ),
+        ("2000 nested functions", "query", {"sql": "SELECT " + "abs(" * 2000 + "1" + ")" * 2000}, deep),
+        ("300 nested subqueries", "query", {"sql": nested_subqueries(300)}, deep),
+        ("2000 string concatenations", "query", {"sql": "SELECT 'a'" + " || 'a'" * 2000}, deep),
+        ("SQL over 100 KB", "query", {"sql": "SELECT 1 -- " + "x" * 120_000}, ("bytes",)),
+        ("2 MB SQL", "query", {"sql": f"SELECT '{two_mb}'"}, ("bytes",)),
+        ("2 MB grant_id", "query", {"sql": "SELECT 1", "grant_id": two_mb}, ()),
+        ("2 MB table name", "describe_table", {"table": two_mb}, ()),
+        ("2 MB request id", "access_status", {"request_id": two_mb}, ()),
+        ("sql is a number", "query", {"sql": 123}, ()),
+        ("sql is null", "query", {"sql": None}, ()),
+        ("sql is a list", "query", {"sql": ["SELECT 1"]}, ()),
+        ("sql is an object", "query", {"sql": {"text": "SELECT 1"}}, ()),
+        ("sql missing", "query", {}, ()),
+        ("unknown argument", "query", {"sql": "SELECT 1", "as_user": "sales-owner"}, ()),
+        ("max_rows is text", "query", {"sql": "SELECT 1", "max_rows": "ten"}, ()),
+        ("max_rows negative", "query", {"sql": "SELECT 1", "max_rows": -1}, ()),
+        ("max_rows huge", "query", {"sql": "SELECT 1", "max_rows": 10**15}, ()),
+        ("max_rows fractional", "query", {"sql": "SELECT 1", "max_rows": 1.5}, ()),
+        ("grant_id is a number", "query", {"sql": "SELECT 1", "grant_id": 42}, ()),
+        ("purpose is an object", "query", {"sql": "SELECT 1", "purpose": {"a": 1}}, ()),
+        ("table is null", "describe_table", {"table": None}, ()),
+        ("table is a list", "describe_table", {"table": ["sales.orders"]}, ()),
+        ("table empty", "describe_table", {"table": ""}, ()),
+        ("table is a path", "describe_table", {"table": "../../../etc/passwd"}, ()),
+        ("table with NUL", "get_contract", {"table": "sales.orders\u0000"}, ()),
+        (
+            "tables is a string",
+            "request_access",
+            {"tables": "sales.orders", "purpose": "revenue_reporting"},
+            (),
+        ),
+        ("tables hold numbers", "request_access", {"tables": [1, 2], "purpose": "revenue_reporting"}, ()),
+        ("purpose missing", "request_access", {"tables": ["sales.orders"]}, ()),
+        (
+            "duration is text",
+            "request_access",
+            {"tables": ["sales.orders"], "purpose": "revenue_reporting", "duration_days": "thirty"},
+            (),
+        ),
+        (
+            "row_scope is text",
+            "request_access",
+            {"tables": ["sales.orders"], "purpose": "revenue_reporting", "row_scope": "DE"},
+            (),
+        ),
+        ("request_id is null", "accept_offer", {"request_id": None, "terms_hash": "x"}, ()),
+        ("terms_hash is a number", "accept_offer", {"request_id": "req-1", "terms_hash": 123}, ()),
+        ("approve is text", "decide_request", {"request_id": "req-1", "approve": "yes", "reason": "x"}, ()),
+        ("limit is text", "list_tables", {"limit": "many"}, ()),
+        ("filter is a number", "list_tables", {"filter": 7}, ()),
+        ("unknown tool", "drop_table", {"table": "sales.orders"}, ()),
+        ("empty tool name", "", {}, ()),
+        ("tool name differs in case", "QUERY", {"sql": "SELECT 1"}, ()),
+        ("tool name with NUL", "query\u0000", {"sql": "SELECT 1"}, ()),
+        ("10 KB tool name", "q" * 10_000, {}, ()),
+    ]
+    for name, tool, args, words in cases:
+        a = await s.call(cls, name, client, tool, args, timeout=90)
+        s.check(f"{name}: a tool or JSON-RPC error", cls, a.error, a.brief())
+        if words:
+            s.check(
+                f"{name}: says {' or '.join(words)}", cls, any(w in a.text.lower() for w in words), a.brief()
+            )
+        after = await s.call(cls, f"SELECT 1 after {name}", client, "query", {"sql": "SELECT 1"})
+        s.check(f"the session still answers SELECT 1 after {name}", cls, after.rows == [[1]], after.brief())
+        if not after.ok:
+            await s.revive(client)
+    # A long but flat IN list under the size limit is fine, and exact.
+    ids = list(range(1, 12_001))
+    expected = sum(t.order_ids[i] for i in ids)
+    await s.expect_rows(
+        cls,
+        "12,000-item IN list",
+        client,
+        f"SELECT count(*) FROM sales.orders WHERE order_id IN ({','.join(map(str, ids))})",
+        [[expected]],
+        timeout=90,
+    )
+
+
+def nested_subqueries(depth: int) -> str:
+    sql = "SELECT 1 AS x"
+    for i in range(depth):
+        sql = f"SELECT x FROM ({sql}) t{i}"
+    return sql
+
+
+async def class8_grants(s: Suite, sessions: dict[str, Parley], grant: str | None) -> None:
+    """Quotas and expiry set by the approver hold; a revoked grant stops; nobody uses or decides another's."""
+    cls, t = "8-grants", s.truth
+    analyst, owner, marketing = sessions["analyst"], sessions["sales-owner"], sessions["marketing-agent"]
+    orders = {"tables": ["sales.orders"], "purpose": "pricing_research"}
+    quota = await s.call(cls, "analyst asks for orders (pending)", analyst, "request_access", orders)
+    expiry = await s.call(
+        cls,
+        "analyst asks again (pending)",
+        analyst,
+        "request_access",
+        {**orders, "purpose": "audit_sampling"},
+    )
+    s.check(
+        "requests are pending",
+        cls,
+        quota.ok and expiry.ok and quota.data.get("status") == "pending" == expiry.data.get("status"),
+        f"{quota.brief()} {expiry.brief()}",
+    )
+    if not (quota.ok and expiry.ok):
+        return
+    qid, eid = quota.data["request_id"], expiry.data["request_id"]
+    await s.expect_error(
+        cls,
+        "analyst decides own request",
+        analyst,
+        "decide_request",
+        {"request_id": qid, "approve": True, "reason": "me"},
+    )
+    await s.expect_error(
+        cls,
+        "marketing decides the analyst's request",
+        marketing,
+        "decide_request",
+        {"request_id": qid, "approve": True, "reason": "me"},
+    )
+    await s.expect_error(
+        cls, "marketing reads the analyst's request", marketing, "access_status", {"request_id": qid}
+    )
+    a = await s.call(
+        cls,
+        "owner approves with a quota",
+        owner,
+        "decide_request",
+        {"request_id": qid, "approve": True, "reason": "two queries", "max_queries": 2},
+    )
+    s.check("approved with a quota", cls, a.ok, a.brief())
+    ends = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=2)
+    a = await s.call(
+        cls,
+        "owner approves briefly",
+        owner,
+        "decide_request",
+        {"request_id": eid, "approve": True, "reason": "briefly", "expires_at": ends.isoformat()},
+    )
+    s.check("approved with an expiry", cls, a.ok, a.brief())
+    status = await s.call(
+        cls, "analyst reads the quota request", analyst, "access_status", {"request_id": qid}
+    )
+    quota_grant = (status.data or {}).get("grant_id")
+    status = await s.call(
+        cls, "analyst reads the expiry request", analyst, "access_status", {"request_id": eid}
+    )
+    expiry_grant = (status.data or {}).get("grant_id")
+    count = "SELECT count(*) FROM sales.orders"
+    if quota_grant:
+        await s.expect_rows(cls, "quota query 1", analyst, count, [[t.n_orders]], quota_grant)
+        await s.expect_rows(cls, "quota query 2", analyst, count, [[t.n_orders]], quota_grant)
+        await s.expect_error(
+            cls, "quota query 3", analyst, "query", {"sql": count, "grant_id": quota_grant}, ("quota",)
+        )
+        await s.expect_error(
+            cls,
+            "marketing uses the analyst's quota grant",
+            marketing,
+            "query",
+            {"sql": count, "grant_id": quota_grant},
+        )
+    if expiry_grant:
+        await s.expect_rows(cls, "query before expiry", analyst, count, [[t.n_orders]], expiry_grant)
+        await asyncio.sleep(
+            max(0.0, (ends - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) + 0.3
+        )
+        await s.expect_error(
+            cls,
+            "query after expiry",
+            analyst,
+            "query",
+            {"sql": count, "grant_id": expiry_grant},
+            ("expired",),
+        )
+    if grant:
+        await s.expect_error(
+            cls,
+            "marketing revokes the analyst's grant",
+            marketing,
+            "revoke_grant",
+            {"grant_id": grant, "reason": "mine now"},
+        )
+        await s.expect_rows(
+            cls,
+            "grant alive after a refused revocation",
+            analyst,
+            "SELECT count(*) FROM sales.customers",
+            [[t.n_de]],
+            grant,
+            governed=True,
+        )
+        a = await s.call(
+            cls,
+            "owner revokes the analyst's grant",
+            owner,
+            "revoke_grant",
+            {"grant_id": grant, "reason": "project over"},
+        )
+        s.check("revoked", cls, a.ok, a.brief())
+        await s.expect_error(
+            cls,
+            "query under a revoked grant",
+            analyst,
+            "query",
+            {"sql": "SELECT count(*) FROM sales.customers", "grant_id": grant},
+            ("revoked",),
+        )
+        await s.expect_error(
+            cls,
+            "purpose after revocation",
+            analyst,
+            "query",
+            {"sql": "SELECT count(*) FROM sales.customers", "purpose": "churn_analysis"},
+        )
+
+
+async def hash_salt_check(s: Suite, analyst: Parley, marketing: Parley, grant: str | None) -> None:
+    """Masked values do not link across grants: the same e-mail hashes differently under two grants."""
+    probe = s.hash_probe
+    if not (grant and probe):
+        return
+    marketing_grant, customer = probe
+    sql = f"SELECT email FROM sales.customers WHERE customer_id = {customer}"
+    a = await s.query("2-columns", "analyst hash of one customer", analyst, sql, grant, governed=True)
+    b = await s.query("2-columns", "marketing hash of the same customer", marketing, sql, marketing_grant)
+    s.check(
+        "hashes differ between grants",
+        "2-columns",
+        a.rows and b.rows and a.rows[0][0] != b.rows[0][0],
+        f"{a.brief()} {b.brief()}",
+    )
+
+
+async def run(binary: str, data_dir: str, scratch: str, s: Suite) -> None:
+    principals = ["analyst", "marketing-agent", "sales-owner", "ops-owner", "stranger"]
+    sessions = {p: Parley(binary, data_dir, p, scratch) for p in principals}
+    bad = Parley(binary, data_dir, "analyst", scratch)
+    try:
+        for client in [*sessions.values(), bad]:
+            await client.open()
+        analyst, marketing = sessions["analyst"], sessions["marketing-agent"]
+        grant = await s.timed("1-barrier", class1_barrier(s, analyst))
+        if grant:
+            await s.timed("2-columns", class2_columns(s, analyst, grant))
+        await s.timed("3-statements", class3_statements(s, analyst, grant, scratch))
+        await s.timed("4-policy", class4_policy(s, marketing, grant))
+        await s.timed("2-columns", hash_salt_check(s, analyst, marketing, grant))
+        await s.timed("5-discovery", class5_discovery(s, marketing, sessions["stranger"]))
+        # The audit checks come after the attacks above, so that the log holds their records; bad input comes
+        # last, after grants are exercised (class 8 revokes the analyst's grant).
+        await s.timed("6-audit", class6_audit(s, sessions, grant, data_dir))
+        await s.timed("8-grants", class8_grants(s, sessions, grant))
+        await s.timed("7-bad-input", class7_bad_input(s, bad, s.truth))
+    finally:
+        for client in [*sessions.values(), bad]:
+            await client.close()
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python tests/adversarial.py path/to/parley")
+    binary = os.path.abspath(sys.argv[1])
+    scratch = tempfile.mkdtemp(prefix="parley-adversarial-")
+    data_dir = os.path.join(scratch, "data")
+    started = time.monotonic()
+    subprocess.run([binary, "init", "--data-dir", data_dir], check=True, stdout=subprocess.DEVNULL)
+    truth = GroundTruth(data_dir)
+    before = table_state(data_dir)
+    s = Suite(truth)
+    asyncio.run(run(binary, data_dir, scratch, s))
+    # Nothing the suite did changed a table: same metadata file, snapshots, current snapshot and row count.
+    after = table_state(data_dir)
+    for key in before:
+        s.check(
+            f"pyiceberg shows {key} unchanged",
+            "3-statements",
+            before[key] == after[key],
+            f"{before[key]} -> {after[key]}",
+        )
+
+    print(f"\nadversarial suite on {data_dir} ({time.monotonic() - started:.0f}s; server logs in {scratch}):")
+    for cls, title in CLASSES.items():
+        print(
+            f"  {cls:13} {title:58} {s.attempts[cls]:4} attempts  {s.passed[cls]:4} passed  "
+            f"{s.failed[cls]:3} failed  {s.seconds[cls]:5.1f}s"
+        )
+    print(f"  {'total':13} {'':58} {sum(s.attempts.values()):4} attempts")
+    if s.failures:
+        print(f"\n{len(s.failures)} failure(s):")
+        for line in s.failures:
+            print(f"  {line}")
+    passed, failed = sum(s.passed.values()), sum(s.failed.values())
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
