@@ -7,8 +7,10 @@
 //!   tracked by the memory pool, so without this `repeat('x', 100000)` over a batch allocates gigabytes at once.
 //! - A nested-loop join computes, in one poll, every left row against a probe batch, and keeps going while its
 //!   filter matches little: a selective inequality join can compute for minutes without returning, so a stopped
-//!   query cannot be dropped. [`YieldingProbe`] hands the join its probe side in slices of [`PROBE_SLICE_ROWS`] and
-//!   yields to the runtime before each, so the join returns between slices and a stopped query stops there.
+//!   query cannot be dropped. And a join below a repartition runs in a task the plan spawned, which outlives the
+//!   dropped result stream while it has produced nothing to send. [`YieldingProbe`] hands the join its probe side
+//!   in slices of [`PROBE_SLICE_ROWS`], yields to the runtime before each, and fails once the query's
+//!   [`QueryStop`] flag is set (when the call that ran it returns), so the join stops within a slice's work.
 
 use std::any::Any;
 use std::fmt;
@@ -259,7 +261,35 @@ impl PhysicalOptimizerRule for YieldingJoins {
     }
 }
 
-/// Passes its input on in slices of at most [`PROBE_SLICE_ROWS`] rows, yielding to the runtime before each.
+/// A query's stop flag, set when the call that ran it returns (answered, timed out, cancelled or dropped). Put
+/// in the session's config extensions; [`YieldingProbe`] checks it before every slice.
+#[derive(Debug, Clone, Default)]
+pub struct QueryStop(Arc<std::sync::atomic::AtomicBool>);
+
+impl QueryStop {
+    /// Whether the query was stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A guard that stops the query when dropped.
+    pub fn guard(&self) -> StopOnDrop {
+        StopOnDrop(self.clone())
+    }
+}
+
+/// Stops its query when dropped.
+pub struct StopOnDrop(QueryStop);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Passes its input on in slices of at most [`PROBE_SLICE_ROWS`] rows, yielding to the runtime before each, and
+/// ends with an error once its query was stopped: the join above it then returns that error and stops computing,
+/// even in a task that nothing awaits any more.
 #[derive(Debug)]
 pub struct YieldingProbe {
     input: Arc<dyn ExecutionPlan>,
@@ -305,7 +335,13 @@ impl ExecutionPlan for YieldingProbe {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
+        let stop = context
+            .session_config()
+            .get_extension::<QueryStop>()
+            .map(|s| (*s).clone())
+            .unwrap_or_default();
         Ok(Box::pin(Slices {
+            stop,
             input: self.input.execute(partition, context)?,
             pending: None,
             offset: 0,
@@ -321,6 +357,7 @@ impl ExecutionPlan for YieldingProbe {
 }
 
 struct Slices {
+    stop: QueryStop,
     input: SendableRecordBatchStream,
     /// The batch being handed over, and how far.
     pending: Option<RecordBatch>,
@@ -334,6 +371,11 @@ impl Stream for Slices {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         // Yield once before every slice: the join above returns Pending, so its task reaches an await point where
         // a stopped query is dropped.
+        if self.stop.is_stopped() {
+            return Poll::Ready(Some(Err(DataFusionError::Execution(
+                "the query was stopped".to_string(),
+            ))));
+        }
         if !self.yielded {
             self.yielded = true;
             cx.waker().wake_by_ref();

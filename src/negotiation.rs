@@ -46,6 +46,24 @@ pub fn new_request_id() -> String {
     format!("req-{}", uuid::Uuid::new_v4())
 }
 
+/// How an approver narrows proposed terms (see [`Terms::narrowed`]).
+#[derive(Debug, Clone, Default)]
+pub struct Narrowing {
+    /// Keep only these columns (`ns.table.column` or bare names).
+    pub columns: Option<Vec<String>>,
+    /// Mask these columns.
+    pub masks: BTreeMap<String, Mask>,
+    /// Keep only these rows (a new filter, or fewer values of the existing one's column).
+    pub row_filter: Option<RowScope>,
+}
+
+impl Narrowing {
+    /// Whether it changes anything.
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_none() && self.masks.is_empty() && self.row_filter.is_none()
+    }
+}
+
 /// A restriction to rows whose `column` holds one of `values`, e.g. `country` in `[DE, FR]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RowScope {
@@ -79,7 +97,19 @@ pub struct AccessRequest {
 }
 
 /// How a granted column is masked. The query engine builds the expression; this names the transformation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Mask {
     /// A one-way hash of the value: joinable and countable, not readable.
@@ -220,6 +250,120 @@ impl Terms {
             unmasked_columns: unmasked,
             row_filter: self.row_filter.is_some(),
         }
+    }
+
+    /// These terms narrowed by an approver: fewer columns (the rest recorded in `dropped`), more masks, a row
+    /// filter added or its values narrowed. Never wider: a column, mask or value that is not in the terms is an
+    /// error naming it. Returns the narrowed terms and one sentence per change.
+    pub fn narrowed(&self, n: &Narrowing) -> Result<(Terms, Vec<String>), String> {
+        let mut terms = self.clone();
+        let mut changes = Vec::new();
+        // A name is `ns.table.column`, or a bare column of any table in the terms.
+        let resolve = |name: &str, within: &[String]| -> Result<Vec<String>, String> {
+            let name = name.trim();
+            let hits: Vec<String> = within
+                .iter()
+                .filter(|c| *c == name || split_column(c).is_some_and(|(_, col)| col == name))
+                .cloned()
+                .collect();
+            if hits.is_empty() {
+                return Err(format!(
+                    "{name} is not among the proposed columns ({}); an approver may only narrow the terms",
+                    within.join(", ")
+                ));
+            }
+            Ok(hits)
+        };
+        if let Some(keep) = &n.columns {
+            let mut kept = Vec::new();
+            for name in keep {
+                for c in resolve(name, &self.columns)? {
+                    if !kept.contains(&c) {
+                        kept.push(c);
+                    }
+                }
+            }
+            for table in &self.tables {
+                if !kept
+                    .iter()
+                    .any(|c| split_column(c).is_some_and(|(t, _)| t == table))
+                {
+                    return Err(format!(
+                        "keep at least one column of {table}, or deny the request"
+                    ));
+                }
+            }
+            let removed: Vec<String> = self
+                .columns
+                .iter()
+                .filter(|c| !kept.contains(c))
+                .cloned()
+                .collect();
+            if !removed.is_empty() {
+                changes.push(format!("without {}", removed.join(", ")));
+            }
+            terms.columns = self
+                .columns
+                .iter()
+                .filter(|c| kept.contains(c))
+                .cloned()
+                .collect();
+            terms.masks.retain(|c, _| kept.contains(c));
+            for c in removed {
+                if !terms.dropped.contains(&c) {
+                    terms.dropped.push(c);
+                }
+            }
+        }
+        for (name, mask) in &n.masks {
+            for c in resolve(name, &terms.columns)? {
+                match terms.masks.get(&c) {
+                    Some(m) if m == mask => {}
+                    // Redaction reveals nothing, so it may replace any mask; other masks are not comparable.
+                    Some(m) if *mask != Mask::Redact => {
+                        return Err(format!(
+                            "{c} is already offered {}; only redact is stricter",
+                            m.participle()
+                        ));
+                    }
+                    _ => {
+                        terms.masks.insert(c.clone(), *mask);
+                        changes.push(format!("{c} {}", mask.participle()));
+                    }
+                }
+            }
+        }
+        if let Some(scope) = &n.row_filter {
+            if scope.values.is_empty() {
+                return Err("a row filter needs at least one value".to_string());
+            }
+            match &self.row_filter {
+                Some(existing) if existing.column != scope.column => {
+                    return Err(format!(
+                        "the terms already keep only rows whose {} is one of {}; narrow those values instead",
+                        existing.column,
+                        existing.values.join(", ")
+                    ));
+                }
+                Some(existing) => {
+                    if let Some(v) = scope.values.iter().find(|v| !existing.values.contains(v)) {
+                        return Err(format!(
+                            "{v} is not among the values the terms already allow for {} ({})",
+                            existing.column,
+                            existing.values.join(", ")
+                        ));
+                    }
+                }
+                None => {}
+            }
+            terms.row_filter = Some(scope.clone());
+            changes.push(format!(
+                "only rows whose {} is one of {}",
+                scope.column,
+                scope.values.join(", ")
+            ));
+        }
+        Ok((terms, changes))
     }
 
     /// The mask on `table`'s `column`, if it is masked.

@@ -432,6 +432,15 @@ pub async fn execute(
         _ = cancel.cancelled() => return Err(QueryError::Cancelled),
     };
     let (ctx, snapshots) = session(tables, engine, catalog_name).await?;
+    // Whatever ends this call — its result, a time limit, cancellation, the caller going away — stops the query's
+    // work: operators that compute long between yields check this flag (see `bounded`), since tasks a plan spawned
+    // can outlive the stream that was dropped.
+    let stopped = crate::bounded::QueryStop::default();
+    ctx.state_ref()
+        .write()
+        .config_mut()
+        .set_extension(Arc::new(stopped.clone()));
+    let _stop_on_return = stopped.guard();
     // Planning and execution run on the query runtime and hand batches over a channel; this task only waits, so
     // the time limit and cancellation below are observed on time however long an operator computes.
     let (schema_tx, schema_rx) = tokio::sync::oneshot::channel();

@@ -221,6 +221,17 @@ pub trait NegotiationStore: Send + Sync {
         why: &str,
     ) -> Result<(), StoreError>;
 
+    /// Replaces a pending (`requested`) request's outcome with an approver's counter-offer and moves it to
+    /// `offered`, in one atomic step; fails with [`StoreError::InvalidTransition`] if the request is no longer
+    /// pending (another approver decided it meanwhile).
+    async fn counter_offer(
+        &self,
+        request_id: &str,
+        outcome: &serde_json::Value,
+        by: &str,
+        why: &str,
+    ) -> Result<(), StoreError>;
+
     /// The request with this id.
     async fn get_request(&self, id: &str) -> Result<Option<StoredRequest>, StoreError>;
 
@@ -719,6 +730,67 @@ impl NegotiationStore for SqliteStore {
         )
         .await?;
         tx.commit().await.map_err(db("committing a state change"))
+    }
+
+    async fn counter_offer(
+        &self,
+        request_id: &str,
+        outcome: &serde_json::Value,
+        by: &str,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        let now = ts(Utc::now());
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a counter-offer"))?;
+        let changed = sqlx::query::<Sqlite>(&numbered(
+            "UPDATE access_requests SET state = ?, outcome_json = ?, updated_at = ? WHERE id = ? AND state = ?",
+        ))
+        .bind(State::Offered.as_str())
+        .bind(outcome.to_string())
+        .bind(&now)
+        .bind(request_id)
+        .bind(State::Requested.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording a counter-offer"))?
+        .rows_affected();
+        if changed == 0 {
+            let current: Option<String> = sqlx::query_scalar::<Sqlite, String>(&numbered(
+                "SELECT state FROM access_requests WHERE id = ?",
+            ))
+            .bind(request_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("reading a request's state"))?;
+            tx.rollback()
+                .await
+                .map_err(db("abandoning a counter-offer"))?;
+            return Err(match current {
+                None => StoreError::NotFound {
+                    what: "request",
+                    id: request_id.to_string(),
+                },
+                Some(text) => StoreError::InvalidTransition {
+                    id: request_id.to_string(),
+                    from: parse_state(&text, "request", request_id)?,
+                    to: State::Offered,
+                },
+            });
+        }
+        append_event(
+            &mut tx,
+            request_id,
+            EventKind::StateChanged,
+            Some(State::Offered),
+            by,
+            why,
+            &now,
+        )
+        .await?;
+        tx.commit().await.map_err(db("committing a counter-offer"))
     }
 
     async fn get_request(&self, id: &str) -> Result<Option<StoredRequest>, StoreError> {

@@ -1100,3 +1100,122 @@ async fn a_grant_never_outranks_a_policy_forbid() {
         "{last_query:#}"
     );
 }
+
+/// Issue 11: an owner approves with narrower terms — fewer columns, a mask, a row filter, a shorter term — and
+/// the requester gets a counter-offer to accept by its hash; the grant then shows exactly those terms, checked
+/// against the same table read without the grant. Widening is refused.
+#[tokio::test]
+async fn owners_narrow_terms_into_a_counter_offer() {
+    let lake = Lake::new();
+    let analyst = lake.connect("analyst", &[]).await;
+    let owner = lake.connect("sales-owner", &[]).await;
+    let p = request(
+        &analyst,
+        json!({"tables": ["sales.orders"], "purpose": "pricing_research", "duration_days": 30}),
+    )
+    .await;
+    assert_eq!(p["status"], "pending", "{p:#}");
+    let id = p["request_id"].as_str().unwrap().to_string();
+    let decide = |extra: Value| {
+        let mut args =
+            json!({"request_id": id, "approve": true, "reason": "pricing needs no customers"});
+        args.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        call(&owner, "decide_request", args)
+    };
+    // Widening is refused, and refusal changes nothing.
+    for (extra, expected) in [
+        (
+            json!({"columns": ["order_id", "no_such_column"]}),
+            "not among the proposed",
+        ),
+        (
+            json!({"masks": {"phone": "hash"}}),
+            "not among the proposed",
+        ),
+        (
+            json!({"columns": ["order_id"], "masks": {"channel": "hash"}}),
+            "not among the proposed",
+        ),
+        (
+            json!({"row_filter": {"column": "customer_id", "values": []}}),
+            "at least one value",
+        ),
+        (
+            json!({"row_filter": {"column": "nope", "values": ["x"]}}),
+            "not a column",
+        ),
+    ] {
+        let e = err(&decide(extra.clone()).await);
+        assert!(e.contains(expected), "{extra}: {e}");
+    }
+    let r = ok(&decide(json!({
+        "columns": ["order_id", "status", "channel", "total_amount"],
+        "masks": {"channel": "redact"},
+        "row_filter": {"column": "status", "values": ["shipped"]},
+        "max_queries": 5,
+    }))
+    .await);
+    assert_eq!(r["state"], "offered", "{r:#}");
+    assert!(r.get("grant_id").is_none_or(Value::is_null), "{r:#}");
+    // Decided once: a second decision finds it no longer pending.
+    let e = err(&decide(json!({"columns": ["order_id"]})).await);
+    assert!(e.contains("not pending"), "{e}");
+
+    let status = ok(&call(&analyst, "access_status", json!({"request_id": id})).await);
+    assert_eq!(status["state"], "offered");
+    let terms = &status["outcome"]["terms"];
+    assert_eq!(
+        terms["dropped"].as_array().unwrap().len(),
+        6,
+        "the other columns are recorded as dropped: {terms:#}"
+    );
+    let accepted = ok(&call(
+        &analyst,
+        "accept_offer",
+        json!({"request_id": id, "terms_hash": status["terms_hash"]}),
+    )
+    .await);
+    let grant = accepted["grant_id"].as_str().unwrap().to_string();
+    let under = ok(&call(
+        &analyst,
+        "query",
+        json!({"sql": "SELECT * FROM sales.orders ORDER BY order_id LIMIT 3", "grant_id": grant}),
+    )
+    .await);
+    let columns: Vec<&str> = under["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["order_id", "status", "channel", "total_amount"]);
+    for row in under["rows"].as_array().unwrap() {
+        assert_eq!(row[1], "shipped", "{row:?}");
+        assert_eq!(row[2], "REDACTED", "{row:?}");
+    }
+    // Ground truth: the analyst may read orders without a grant (no personal data).
+    let truth = ok(&call(
+        &analyst,
+        "query",
+        json!({"sql": "SELECT count(*), sum(total_amount) FROM sales.orders WHERE status = 'shipped'"}),
+    )
+    .await);
+    let counted = ok(&call(
+        &analyst,
+        "query",
+        json!({"sql": "SELECT count(*), sum(total_amount) FROM sales.orders", "grant_id": grant}),
+    )
+    .await);
+    assert_eq!(counted["rows"], truth["rows"]);
+    let e = err(&call(
+        &analyst,
+        "query",
+        json!({"sql": "SELECT customer_id FROM sales.orders", "grant_id": grant}),
+    )
+    .await);
+    assert!(e.contains("customer_id"), "{e}");
+    analyst.cancel().await.unwrap();
+    owner.cancel().await.unwrap();
+}

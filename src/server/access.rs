@@ -97,6 +97,16 @@ pub struct DecideArgs {
     /// proposed expiry).
     #[serde(default)]
     pub expires_at: Option<chrono::DateTime<Utc>>,
+    /// Approve only these of the proposed columns (`ns.table.column` or bare names). With `columns`, `masks` or
+    /// `row_filter` the requester gets a counter-offer to accept, not a grant.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// Mask these proposed columns (`hash`, `redact`, `year_only`).
+    #[serde(default)]
+    pub masks: BTreeMap<String, negotiation::Mask>,
+    /// Keep only rows whose column is one of these values (a new filter, or fewer values of the proposed one).
+    #[serde(default)]
+    pub row_filter: Option<negotiation::RowScope>,
 }
 
 /// Arguments of `revoke_grant`.
@@ -189,9 +199,12 @@ pub struct StatusResult {
     /// The grant, once finalized.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grant_id: Option<String>,
+    /// While an offer is open: the hash to pass to `accept_offer` to accept its terms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terms_hash: Option<String>,
     /// The request as made.
     pub request: Value,
-    /// The decision at the time of the request.
+    /// The current decision: the outcome at the time of the request, or an approver's counter-offer.
     pub outcome: Value,
     /// Every transition: when, who, to which state, why.
     pub history: Vec<Value>,
@@ -997,10 +1010,15 @@ impl ParleyServer {
             &stored.request.tables.join(","),
             format!("request {} status read", args.request_id),
         );
+        let terms_hash = (stored.state == State::Offered)
+            .then(|| serde_json::from_value::<Outcome>(stored.outcome.clone()).ok())
+            .flatten()
+            .and_then(|o| o.terms().map(negotiation::Terms::hash));
         Ok(StatusResult {
             request_id: args.request_id,
             state: stored.state.as_str().to_string(),
             grant_id: grant.map(|g| g.id),
+            terms_hash,
             request: json!(stored.request),
             outcome: stored.outcome,
             history,
@@ -1276,6 +1294,23 @@ impl ParleyServer {
             max_queries: args.max_queries,
             max_rows: args.max_rows,
         };
+        let narrowing = negotiation::Narrowing {
+            columns: args.columns.clone(),
+            masks: args.masks.clone(),
+            row_filter: args.row_filter.clone(),
+        };
+        if !narrowing.is_empty() {
+            return self
+                .counter_offer(
+                    checked,
+                    request,
+                    &outcome,
+                    &args.reason,
+                    &tighten,
+                    &narrowing,
+                )
+                .await;
+        }
         let (grant, changes) = self
             .approve_request(checked, request, &outcome, &args.reason, &tighten, "")
             .await?;
@@ -1303,6 +1338,152 @@ impl ParleyServer {
                 state: Some(State::Finalized.as_str().to_string()),
             },
             notice: Some(notice),
+        })
+    }
+
+    /// An approval with narrower terms: the request becomes a counter-offer the requester accepts by its hash.
+    async fn counter_offer(
+        &self,
+        checked: &mut Checked<'_>,
+        request: &AccessRequest,
+        outcome: &Outcome,
+        reason: &str,
+        tighten: &Tightening,
+        narrowing: &negotiation::Narrowing,
+    ) -> Result<Decided, ToolError> {
+        let who = checked.principal_id().to_string();
+        let proposed = outcome
+            .terms()
+            .cloned()
+            .ok_or_else(|| internal("a pending request without proposed terms"))?;
+        let (mut terms, mut changes) = proposed
+            .narrowed(narrowing)
+            .map_err(ToolError::BadRequest)?;
+        if let Some(scope) = &narrowing.row_filter {
+            // The same rule as for a requester's row scope: a column every table has, not personal data.
+            for t in &terms.tables {
+                let column = TableName::parse(t)
+                    .ok()
+                    .and_then(|n| self.app.lakehouse.contract(&n))
+                    .and_then(|c| c.contract.column(&scope.column).cloned());
+                match column {
+                    None => {
+                        return Err(ToolError::BadRequest(format!(
+                            "row_filter column {} is not a column of {t}",
+                            scope.column
+                        )));
+                    }
+                    Some(p) if p.is_pii() => {
+                        return Err(ToolError::BadRequest(format!(
+                            "row_filter column {t}.{} is personal data; filtering on it would act as a lookup",
+                            scope.column
+                        )));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if let Some(at) = tighten.expires_at {
+            if at <= Utc::now() || at > terms.expires_at {
+                return Err(ToolError::BadRequest(format!(
+                    "expires_at must be in the future and not after the proposed expiry {}",
+                    terms.expires_at
+                )));
+            }
+            terms.expires_at = at;
+            changes.push(format!("term until {at}"));
+        }
+        if let Some(n) = tighten.max_queries {
+            terms.max_queries = Some(terms.max_queries.map_or(n, |m| m.min(n)));
+            changes.push(format!("at most {n} queries"));
+        }
+        if let Some(n) = tighten.max_rows {
+            terms.max_rows = Some(terms.max_rows.map_or(n, |m| m.min(n)));
+            changes.push(format!("at most {n} rows"));
+        }
+        // Offer only what the policy would let a query use.
+        for t in &terms.tables {
+            let Ok(name) = TableName::parse(t) else {
+                continue;
+            };
+            let facts = self.app.lakehouse.facts_of_listed(&name);
+            let d = checked.peek_under(
+                Action::Query,
+                &Resource::Table(facts),
+                terms.policy_context(t, ""),
+            );
+            if !d.allowed() {
+                return Err(ToolError::BadRequest(format!(
+                    "the policy would not let the requester query {t} under these terms ({}); narrow them \
+                     differently or deny the request",
+                    d.reason()
+                )));
+            }
+        }
+        let hash = terms.hash();
+        let why = format!(
+            "{who} approved with changed terms ({}): {reason}",
+            changes.join("; ")
+        );
+        let offer = Outcome::CounterOffer {
+            terms: terms.clone(),
+            reasons: vec![why.clone()],
+        };
+        let outcome_json = serde_json::to_value(&offer).map_err(internal)?;
+        match self
+            .app
+            .store
+            .counter_offer(&request.id, &outcome_json, &who, &why)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::InvalidTransition { from, .. }) => {
+                return Err(ToolError::BadRequest(format!(
+                    "request {} is already {}: it was decided meanwhile",
+                    request.id,
+                    from.as_str()
+                )));
+            }
+            Err(e) => return Err(Self::store_error(e)),
+        }
+        checked.note(
+            Action::DecideRequest,
+            &request.tables.join(","),
+            format!(
+                "request {} answered by {who} with a counter-offer: {why}",
+                request.id
+            ),
+        );
+        let tables = request.tables.join(", ");
+        let data = json!({
+            "kind": "counter_offer",
+            "request_id": request.id,
+            "tables": request.tables,
+            "state": State::Offered.as_str(),
+            "actor": who,
+            "reason": reason,
+            "changed_terms": changes,
+            "terms": terms,
+            "terms_hash": hash,
+            "at": Utc::now(),
+            "message": format!(
+                "{who} answered your access request {} ({tables}) with narrower terms ({}); accept them with \
+                 accept_offer and terms_hash {hash}, or decline_offer",
+                request.id,
+                changes.join("; ")
+            ),
+        });
+        let resource = format!("{}{}", super::REQUEST_SCHEME, request.id);
+        Ok(Decided {
+            done: DoneResult {
+                message: format!(
+                    "request answered with a counter-offer ({}); the requester accepts it with terms_hash {hash}",
+                    changes.join("; ")
+                ),
+                grant_id: None,
+                state: Some(State::Offered.as_str().to_string()),
+            },
+            notice: Some(self.notice(&request.principal, resource, data)),
         })
     }
 
