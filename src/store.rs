@@ -570,6 +570,40 @@ fn event_from_row(row: &SqliteRow) -> Result<Event, StoreError> {
 /// Appends an event to a subject's history inside the caller's transaction. `seq` is one past the subject's
 /// last; inside a write transaction no other writer can interleave (SQLite holds the write lock; on PostgreSQL
 /// a racing insert fails on the primary key instead of reusing a number).
+/// Why a request did not move to `to` (nothing was changed): it is missing, or its state cannot move there. Rolls
+/// the transaction back.
+async fn refused_transition(
+    mut tx: sqlx::Transaction<'_, Sqlite>,
+    request_id: &str,
+    to: State,
+) -> StoreError {
+    let current = sqlx::query_scalar::<Sqlite, String>(&numbered(
+        "SELECT state FROM access_requests WHERE id = ?",
+    ))
+    .bind(request_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db("reading a request's state"));
+    if let Err(e) = tx.rollback().await.map_err(db("abandoning a state change")) {
+        return e;
+    }
+    match current {
+        Err(e) => e,
+        Ok(None) => StoreError::NotFound {
+            what: "request",
+            id: request_id.to_string(),
+        },
+        Ok(Some(text)) => match parse_state(&text, "request", request_id) {
+            Ok(from) => StoreError::InvalidTransition {
+                id: request_id.to_string(),
+                from,
+                to,
+            },
+            Err(e) => e,
+        },
+    }
+}
+
 async fn append_event(
     conn: &mut SqliteConnection,
     subject_id: &str,
@@ -697,27 +731,7 @@ impl NegotiationStore for SqliteStore {
         };
         if changed == 0 {
             // Nothing changed: tell a missing request from one whose state cannot move there.
-            let current: Option<String> = sqlx::query_scalar::<Sqlite, String>(&numbered(
-                "SELECT state FROM access_requests WHERE id = ?",
-            ))
-            .bind(request_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db("reading a request's state"))?;
-            tx.rollback()
-                .await
-                .map_err(db("abandoning a state change"))?;
-            return Err(match current {
-                None => StoreError::NotFound {
-                    what: "request",
-                    id: request_id.to_string(),
-                },
-                Some(text) => StoreError::InvalidTransition {
-                    id: request_id.to_string(),
-                    from: parse_state(&text, "request", request_id)?,
-                    to: state,
-                },
-            });
+            return Err(refused_transition(tx, request_id, state).await);
         }
         append_event(
             &mut tx,
@@ -758,27 +772,7 @@ impl NegotiationStore for SqliteStore {
         .map_err(db("recording a counter-offer"))?
         .rows_affected();
         if changed == 0 {
-            let current: Option<String> = sqlx::query_scalar::<Sqlite, String>(&numbered(
-                "SELECT state FROM access_requests WHERE id = ?",
-            ))
-            .bind(request_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db("reading a request's state"))?;
-            tx.rollback()
-                .await
-                .map_err(db("abandoning a counter-offer"))?;
-            return Err(match current {
-                None => StoreError::NotFound {
-                    what: "request",
-                    id: request_id.to_string(),
-                },
-                Some(text) => StoreError::InvalidTransition {
-                    id: request_id.to_string(),
-                    from: parse_state(&text, "request", request_id)?,
-                    to: State::Offered,
-                },
-            });
+            return Err(refused_transition(tx, request_id, State::Offered).await);
         }
         append_event(
             &mut tx,

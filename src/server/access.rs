@@ -183,6 +183,35 @@ struct Tightening {
     max_rows: Option<u64>,
 }
 
+impl Tightening {
+    /// Applies the tightening to `terms` (never widening them), describing each change in `changes`.
+    fn apply(
+        &self,
+        terms: &mut negotiation::Terms,
+        changes: &mut Vec<String>,
+    ) -> Result<(), ToolError> {
+        if let Some(at) = self.expires_at {
+            if at <= Utc::now() || at > terms.expires_at {
+                return Err(ToolError::BadRequest(format!(
+                    "expires_at must be in the future and not after the proposed expiry {}",
+                    terms.expires_at
+                )));
+            }
+            terms.expires_at = at;
+            changes.push(format!("term until {at}"));
+        }
+        if let Some(n) = self.max_queries {
+            terms.max_queries = Some(terms.max_queries.map_or(n, |m| m.min(n)));
+            changes.push(format!("at most {n} queries"));
+        }
+        if let Some(n) = self.max_rows {
+            terms.max_rows = Some(terms.max_rows.map_or(n, |m| m.min(n)));
+            changes.push(format!("at most {n} rows"));
+        }
+        Ok(())
+    }
+}
+
 /// An owner's decision and the notice it owes the requester.
 pub(super) struct Decided {
     done: DoneResult,
@@ -1156,24 +1185,7 @@ impl ParleyServer {
         };
         // An approver may tighten the proposed terms, never widen them.
         let mut changes = Vec::new();
-        if let Some(at) = tighten.expires_at {
-            if at <= Utc::now() || at > terms.expires_at {
-                return Err(ToolError::BadRequest(format!(
-                    "expires_at must be in the future and not after the proposed expiry {}",
-                    terms.expires_at
-                )));
-            }
-            terms.expires_at = at;
-            changes.push(format!("term until {at}"));
-        }
-        if let Some(n) = tighten.max_queries {
-            terms.max_queries = Some(terms.max_queries.map_or(n, |m| m.min(n)));
-            changes.push(format!("at most {n} queries"));
-        }
-        if let Some(n) = tighten.max_rows {
-            terms.max_rows = Some(terms.max_rows.map_or(n, |m| m.min(n)));
-            changes.push(format!("at most {n} rows"));
-        }
+        tighten.apply(&mut terms, &mut changes)?;
         let why = if how.is_empty() {
             reason.to_string()
         } else {
@@ -1383,24 +1395,7 @@ impl ParleyServer {
                 }
             }
         }
-        if let Some(at) = tighten.expires_at {
-            if at <= Utc::now() || at > terms.expires_at {
-                return Err(ToolError::BadRequest(format!(
-                    "expires_at must be in the future and not after the proposed expiry {}",
-                    terms.expires_at
-                )));
-            }
-            terms.expires_at = at;
-            changes.push(format!("term until {at}"));
-        }
-        if let Some(n) = tighten.max_queries {
-            terms.max_queries = Some(terms.max_queries.map_or(n, |m| m.min(n)));
-            changes.push(format!("at most {n} queries"));
-        }
-        if let Some(n) = tighten.max_rows {
-            terms.max_rows = Some(terms.max_rows.map_or(n, |m| m.min(n)));
-            changes.push(format!("at most {n} rows"));
-        }
+        tighten.apply(&mut terms, &mut changes)?;
         // Offer only what the policy would let a query use.
         for t in &terms.tables {
             let Ok(name) = TableName::parse(t) else {
