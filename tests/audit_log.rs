@@ -89,43 +89,15 @@ async fn one_record_per_call_in_order_and_the_chain_verifies() {
 /// Runs one stdio session of `calls` tool calls as analyst through raw JSON-RPC, then closes stdin and waits for
 /// the server to exit (its last act is a checkpoint of the final head).
 async fn session(lake: &Lake, calls: usize) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let mut child = lake
-        .command()
-        .args(["serve", "--principal", "analyst"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut lines = vec![
-        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18",
-               "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}),
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-    ];
+    let mut server = lake.spawn_raw("analyst", &[]);
+    server.initialize().await;
     for i in 0..calls {
-        lines.push(json!({"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
-                          "params": {"name": "describe_table", "arguments": {"table": "sales.orders"}}}));
+        server
+            .call(&json!({"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
+                          "params": {"name": "describe_table", "arguments": {"table": "sales.orders"}}}))
+            .await;
     }
-    for line in lines {
-        let request = line.get("id").is_some();
-        input
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
-        input.flush().await.unwrap();
-        if request {
-            output.next_line().await.unwrap().unwrap();
-        }
-    }
-    drop(input);
-    let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = server.close().await;
     assert!(status.success(), "{status}");
 }
 

@@ -283,24 +283,8 @@ async fn deeply_nested_sql_is_refused_or_answered_and_the_server_stays_up() {
 /// keeps serving.
 #[tokio::test]
 async fn unparseable_stdio_lines_are_answered_and_the_server_keeps_serving() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let lake = Lake::new();
-    let mut child = lake
-        .command()
-        .args(["serve", "--principal", "analyst"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut send = async |line: String| {
-        input.write_all(line.as_bytes()).await.unwrap();
-        input.write_all(b"\n").await.unwrap();
-        input.flush().await.unwrap();
-    };
+    let mut server = lake.spawn_raw("analyst", &[]);
     let deep = format!(
         r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"query","arguments":{{"sql":{}"x"{}}}}}}}"#,
         "[".repeat(300),
@@ -343,19 +327,17 @@ async fn unparseable_stdio_lines_are_answered_and_the_server_keeps_serving() {
         ),
     ];
     for (i, (line, id, code)) in cases.into_iter().enumerate() {
-        send(line).await;
+        server.send(&line).await;
         if i == 0 {
-            send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_string()).await;
+            server
+                .send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+                .await;
             // An unparseable notification gets no answer; the next answer is the next request's.
-            send(r#"{"jsonrpc":"2.0","method":"notifications/x","params":[NaN]}"#.to_string())
+            server
+                .send(r#"{"jsonrpc":"2.0","method":"notifications/x","params":[NaN]}"#)
                 .await;
         }
-        let reply = tokio::time::timeout(std::time::Duration::from_secs(30), output.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("case {i}: no answer"))
-            .unwrap()
-            .unwrap();
-        let reply: Value = serde_json::from_str(&reply).unwrap();
+        let reply = server.reply().await;
         assert_eq!(reply["id"], id, "case {i}: {reply}");
         if code == 0 {
             assert!(reply.get("result").is_some(), "case {i}: {reply}");
@@ -379,25 +361,11 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// the stopped query is dropped within a slice's work.
 #[tokio::test]
 async fn a_stopped_query_stops_using_cpu() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let lake = Lake::new();
-    let mut child = lake
-        .command()
-        .args(["serve", "--principal", "analyst"])
-        .env("PARLEY_QUERY_TIMEOUT_MS", "500")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut server = lake.spawn_raw("analyst", &[("PARLEY_QUERY_TIMEOUT_MS", "500")]);
+    let pid = server.child.id().unwrap();
+    server.initialize().await;
     let requests = [
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18",
-               "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}),
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
         // Start-up work (catalog listing, the audit check) is done before anything is measured.
         json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "list_tables", "arguments": {}}}),
         json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "query", "arguments": {"sql":
@@ -407,11 +375,7 @@ async fn a_stopped_query_stops_using_cpu() {
     ];
     let mut last = Value::Null;
     for r in requests {
-        input.write_all(format!("{r}\n").as_bytes()).await.unwrap();
-        input.flush().await.unwrap();
-        if r.get("id").is_some() {
-            last = serde_json::from_str(&output.next_line().await.unwrap().unwrap()).unwrap();
-        }
+        last = server.call(&r).await.unwrap();
     }
     let reply = last["result"]["content"][0]["text"]
         .as_str()

@@ -147,3 +147,86 @@ pub fn err(r: &CallToolResult) -> String {
     assert!(r.structured_content.is_none(), "an error carries no data");
     text(r)
 }
+
+/// `parley serve --principal P` on a lake, driven by raw JSON-RPC lines over piped stdio: for tests that need the
+/// process itself (its pid, its exit) or bytes no MCP client would send.
+pub struct RawServer {
+    pub child: tokio::process::Child,
+    input: tokio::process::ChildStdin,
+    output: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Lake {
+    /// Starts a [`RawServer`] as `principal` with extra environment.
+    pub fn spawn_raw(&self, principal: &str, env: &[(&str, &str)]) -> RawServer {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = self
+            .command()
+            .args(["serve", "--principal", principal])
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take().unwrap();
+        let output = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        RawServer {
+            child,
+            input,
+            output,
+        }
+    }
+}
+
+impl RawServer {
+    /// Writes one line (a newline is added).
+    pub async fn send(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.input.write_all(line.as_bytes()).await.unwrap();
+        self.input.write_all(b"\n").await.unwrap();
+        self.input.flush().await.unwrap();
+    }
+
+    /// The next line the server writes, parsed; fails after 30 s without one.
+    pub async fn reply(&mut self) -> Value {
+        let line =
+            tokio::time::timeout(std::time::Duration::from_secs(30), self.output.next_line())
+                .await
+                .expect("an answer within 30 s")
+                .unwrap()
+                .expect("the server is still writing");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Sends `message` and, if it is a request (it has an id), returns the answer.
+    pub async fn call(&mut self, message: &Value) -> Option<Value> {
+        self.send(&message.to_string()).await;
+        match message.get("id") {
+            Some(_) => Some(self.reply().await),
+            None => None,
+        }
+    }
+
+    /// The `initialize` request and `initialized` notification of a 2025-06-18 client.
+    pub async fn initialize(&mut self) {
+        let init = serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+        assert!(self.call(&init).await.unwrap().get("result").is_some());
+        self.call(&serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+    }
+
+    /// Closes stdin and waits (at most 30 s) for the server to exit.
+    pub async fn close(self) -> std::process::ExitStatus {
+        let RawServer {
+            mut child, input, ..
+        } = self;
+        drop(input);
+        tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+            .await
+            .expect("the server exits once stdin closes")
+            .unwrap()
+    }
+}

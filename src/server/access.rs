@@ -1397,23 +1397,19 @@ impl ParleyServer {
         }
         tighten.apply(&mut terms, &mut changes)?;
         // Offer only what the policy would let a query use.
-        for t in &terms.tables {
-            let Ok(name) = TableName::parse(t) else {
-                continue;
-            };
-            let facts = self.app.lakehouse.facts_of_listed(&name);
-            let d = checked.peek_under(
-                Action::Query,
-                &Resource::Table(facts),
-                terms.policy_context(t, ""),
-            );
-            if !d.allowed() {
-                return Err(ToolError::BadRequest(format!(
-                    "the policy would not let the requester query {t} under these terms ({}); narrow them \
-                     differently or deny the request",
-                    d.reason()
-                )));
-            }
+        let facts: Vec<(String, crate::policy::TableFacts)> = terms
+            .tables
+            .iter()
+            .filter_map(|t| {
+                let name = TableName::parse(t).ok()?;
+                Some((t.clone(), self.app.lakehouse.facts_of_listed(&name)))
+            })
+            .collect();
+        if let Some(why) = policy_refusal(checked, &facts, &terms) {
+            return Err(ToolError::BadRequest(format!(
+                "the policy would not let the requester query under these terms ({why}); narrow them \
+                 differently or deny the request"
+            )));
         }
         let hash = terms.hash();
         let why = format!(
@@ -1928,16 +1924,7 @@ fn fit_policy(
     facts: &[(String, crate::policy::TableFacts)],
     outcome: Outcome,
 ) -> Outcome {
-    let refusal = |terms: &negotiation::Terms| {
-        facts.iter().find_map(|(table, f)| {
-            let d = checked.peek_under(
-                Action::Query,
-                &Resource::Table(f.clone()),
-                terms.policy_context(table, ""),
-            );
-            (!d.allowed()).then(|| format!("{table}: {}", d.reason()))
-        })
-    };
+    let refusal = |terms: &negotiation::Terms| policy_refusal(checked, facts, terms);
     let Some(terms) = outcome.terms() else {
         return outcome;
     };
@@ -1986,6 +1973,22 @@ fn fit_policy(
         },
         denied @ Outcome::Denied { .. } => denied,
     }
+}
+
+/// The first of `facts`' tables whose query the policy would refuse under `terms` as a grant, with its reason.
+fn policy_refusal(
+    checked: &Checked<'_>,
+    facts: &[(String, crate::policy::TableFacts)],
+    terms: &negotiation::Terms,
+) -> Option<String> {
+    facts.iter().find_map(|(table, f)| {
+        let d = checked.peek_under(
+            Action::Query,
+            &Resource::Table(f.clone()),
+            terms.policy_context(table, ""),
+        );
+        (!d.allowed()).then(|| format!("{table}: {}", d.reason()))
+    })
 }
 
 /// The masks of `table` in a grant, for the query engine.
