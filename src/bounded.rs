@@ -1,10 +1,19 @@
 //! Bounded execution: the parts of a query whose cost is not bounded by the memory pool or by yielding.
 //!
-//! - Functions whose output can dwarf their input (`repeat`, `lpad`, `rpad`, `array_repeat`, `range`,
-//!   `generate_series`) are wrapped by [`Bounded`], which computes the size a call would produce from its
-//!   arguments and refuses it before allocating when one value would exceed [`MAX_VALUE_BYTES`] (or
-//!   [`MAX_ELEMENTS`] list elements) or a batch's values together [`MAX_BATCH_BYTES`]. Expression results are not
-//!   tracked by the memory pool, so without this `repeat('x', 100000)` over a batch allocates gigabytes at once.
+//! - **Values built by functions are charged to the query memory pool.** Expression results are not operator
+//!   state, so DataFusion's pool never sees them: `repeat('x', 100000)` over a batch, or a chain of `||` that
+//!   doubles a value at every step, allocated gigabytes under a 256 MiB pool. Every function that can build
+//!   variable-width values (strings, binaries, lists) is wrapped by [`Bounded`]: before it runs, it works out
+//!   from its arguments' sizes how large its result could be ([`Growth`]) and refuses the call when that exceeds
+//!   what the pool has left (or, for functions that build from a count, [`MAX_VALUE_BYTES`] per value and
+//!   [`MAX_BATCH_BYTES`] per batch); after it runs, its result's buffers are claimed in the pool until the last
+//!   batch holding them is dropped, so the operators that follow (and other queries) see that memory as used.
+//!   The `||` operator is rewritten to such a function ([`BoundedCalls`]). Functions that amplify are
+//!   volatile, so a call on constants is checked against each batch it would be broadcast over instead of being
+//!   folded into one literal at planning.
+//! - **Literals broadcast over batches.** A literal in a SELECT list becomes a column as long as the batch.
+//!   [`batch_rows`] shrinks a query's batches so that its literals together fill at most [`MAX_BROADCAST_BYTES`]
+//!   per batch, and [`MAX_LITERAL_BYTES`] of literals in an optimized plan is the most a query may hold.
 //! - A nested-loop join computes, in one poll, every left row against a probe batch, and keeps going while its
 //!   filter matches little: a selective inequality join can compute for minutes without returning, so a stopped
 //!   query cannot be dropped. And a join below a repartition runs in a task the plan spawned, which outlives the
@@ -14,85 +23,216 @@
 
 use std::any::Any;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, SchemaRef};
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::expr_rewriter::FunctionRewrite;
 use datafusion::logical_expr::{
-    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    BinaryExpr, ColumnarValue, Expr, ExprSchemable, LogicalPlan, Operator, ReturnFieldArgs,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::joins::NestedLoopJoinExec;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion_execution::memory_pool::arrow::ArrowMemoryPool;
 use futures::Stream;
 
-/// Largest value one call may produce (a string's bytes).
+/// Largest value a function building from a count (`repeat`, `lpad`, `array_repeat`, `range`...) may produce.
 pub const MAX_VALUE_BYTES: i64 = 1 << 20;
 /// Most elements one call may put in one list.
 pub const MAX_ELEMENTS: i64 = 1 << 20;
-/// Most bytes (or list elements) one call may produce over a whole batch.
+/// Most bytes (or list elements) a function building from a count may produce over a whole batch.
 pub const MAX_BATCH_BYTES: i64 = 64 << 20;
+/// Largest value any bounded function may produce from its arguments' data (`concat`, `||`, `replace`...).
+pub const MAX_DERIVED_VALUE_BYTES: i64 = 16 << 20;
+/// Most bytes the literals of a query may fill in one batch, once broadcast to the batch's rows.
+pub const MAX_BROADCAST_BYTES: usize = 16 << 20;
+/// Most bytes of literals an optimized plan may hold (constants folded at planning included).
+pub const MAX_LITERAL_BYTES: usize = 8 << 20;
+/// A constant result is broadcast and charged by its function when the batch's copies would exceed this.
+const BROADCAST_HERE: i64 = 1 << 20;
 /// Rows of a nested-loop join's probe side handed over between two yields. A slice costs the join every buffered
 /// row against these rows (200,000 × 16 pairs is tens of milliseconds); 256 rows kept a stopped join computing for
 /// seconds.
 pub const PROBE_SLICE_ROWS: usize = 16;
 
-/// Which size a bounded function's call would produce.
+/// How large a call's result can be, from its arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Growth {
     /// `repeat(s, n)`: `len(s) * n` bytes.
     Repeat,
     /// `lpad(s, n[, fill])`, `rpad`: `n` characters (up to 4 bytes each).
     Pad,
-    /// `array_repeat(x, n)`: `n` elements.
+    /// `array_repeat(x, n)`: `n` elements of `x`.
     ArrayRepeat,
     /// `range(start, stop[, step])`, `generate_series`: `(stop - start) / step` elements.
     Series,
+    /// `array_resize(list, n[, fill])`: `n` elements.
+    Resize,
+    /// `concat`, `||`, `array_concat`, `make_array`...: the arguments' sizes added up.
+    Sum,
+    /// `concat_ws(sep, a, b, ...)`: the arguments, with the separator between each two.
+    ConcatWs,
+    /// `replace(s, from, to)`: every occurrence of `from` becomes `to`.
+    Replace,
+    /// `regexp_replace(s, pattern, to[, flags])`: each match becomes `to`, whose group references (`\1`, `$1`)
+    /// can each insert all of `s`; every position can match with the `g` flag.
+    RegexpReplace,
+    /// `array_to_string(list, sep[, null])`, `array_replace(list, from, to)`: the list, plus the arguments from
+    /// this index on for each of its elements.
+    PerElement(usize),
+    /// Functions whose result is at most this many times their arguments' size (`upper`, `translate`, `encode`).
+    Scale(i64),
 }
 
-/// A scalar function refused before it allocates more than the limits allow.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct Bounded {
-    inner: Arc<ScalarUDF>,
-    growth: Growth,
-    /// The inner signature, volatile: a call on constants is not folded into one literal at planning (where a
-    /// batch has one row), but checked against each batch it is broadcast over.
-    signature: Signature,
+impl Growth {
+    /// Whether the result's size is driven by a count the caller writes rather than by data: such calls are
+    /// also held to [`MAX_VALUE_BYTES`] per value and [`MAX_BATCH_BYTES`] per batch.
+    fn counted(self) -> bool {
+        matches!(
+            self,
+            Growth::Repeat | Growth::Pad | Growth::ArrayRepeat | Growth::Series | Growth::Resize
+        )
+    }
+
+    /// Whether a call may be folded into a literal at planning. Functions that can amplify are not: a call on
+    /// constants is checked against each batch it is broadcast over.
+    fn foldable(self) -> bool {
+        matches!(self, Growth::Scale(_))
+    }
 }
 
-/// The functions to bound, by name.
-const BOUNDED: [(&str, Growth); 6] = [
+/// The functions to bound, by name (aliases follow their function).
+const BOUNDED: [(&str, Growth); 27] = [
     ("repeat", Growth::Repeat),
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
     ("array_repeat", Growth::ArrayRepeat),
     ("range", Growth::Series),
     ("generate_series", Growth::Series),
+    ("array_resize", Growth::Resize),
+    ("concat", Growth::Sum),
+    ("array_concat", Growth::Sum),
+    ("array_append", Growth::Sum),
+    ("array_prepend", Growth::Sum),
+    ("make_array", Growth::Sum),
+    ("overlay", Growth::Sum),
+    ("array_union", Growth::Sum),
+    ("concat_ws", Growth::ConcatWs),
+    ("replace", Growth::Replace),
+    ("regexp_replace", Growth::RegexpReplace),
+    ("array_to_string", Growth::PerElement(1)),
+    ("array_replace", Growth::PerElement(2)),
+    ("array_replace_n", Growth::PerElement(2)),
+    ("array_replace_all", Growth::PerElement(2)),
+    ("upper", Growth::Scale(3)),
+    ("lower", Growth::Scale(3)),
+    ("initcap", Growth::Scale(3)),
+    ("translate", Growth::Scale(4)),
+    ("encode", Growth::Scale(2)),
+    ("string_to_array", Growth::Scale(16)),
 ];
 
-/// Bounded versions of the functions of `functions` that can amplify their input.
+/// Where bounded functions charge the values they build: the engine's memory pool.
+#[derive(Clone)]
+pub struct Charge {
+    pool: Arc<dyn MemoryPool>,
+    claims: Arc<ArrowMemoryPool>,
+    capacity: usize,
+}
+
+impl Charge {
+    /// Charges to `pool`, which holds at most `capacity` bytes.
+    pub fn new(pool: Arc<dyn MemoryPool>, capacity: usize) -> Charge {
+        let claims = Arc::new(ArrowMemoryPool::new(
+            pool.clone(),
+            MemoryConsumer::new("values built by functions"),
+        ));
+        Charge {
+            pool,
+            claims,
+            capacity,
+        }
+    }
+
+    /// Bytes the pool has left.
+    fn available(&self) -> i64 {
+        self.capacity as i64 - self.pool.reserved() as i64
+    }
+}
+
+impl fmt::Debug for Charge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Charge({} bytes)", self.capacity)
+    }
+}
+
+/// A scalar function refused before it builds more than the pool has left, whose result is charged to the pool.
+#[derive(Debug)]
+pub struct Bounded {
+    inner: Arc<ScalarUDF>,
+    growth: Growth,
+    /// The inner signature; volatile unless the growth is [`Growth::foldable`].
+    signature: Signature,
+    charge: Charge,
+}
+
+impl PartialEq for Bounded {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner == other.inner && self.growth == other.growth
+    }
+}
+impl Eq for Bounded {}
+impl Hash for Bounded {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.inner.hash(state);
+        self.growth.hash(state);
+    }
+}
+
+impl Bounded {
+    fn new(inner: Arc<ScalarUDF>, growth: Growth, charge: Charge) -> Bounded {
+        let signature = if growth.foldable() {
+            inner.signature().clone()
+        } else {
+            Signature {
+                volatility: Volatility::Volatile,
+                ..inner.signature().clone()
+            }
+        };
+        Bounded {
+            inner,
+            growth,
+            signature,
+            charge,
+        }
+    }
+}
+
+/// Bounded versions of the functions of `functions` that can build large values, charging `charge`.
 pub fn bounded_functions(
     functions: &std::collections::HashMap<String, Arc<ScalarUDF>>,
-) -> Vec<ScalarUDF> {
+    charge: &Charge,
+) -> Vec<Arc<ScalarUDF>> {
     BOUNDED
         .iter()
         .filter_map(|(name, growth)| {
             let inner = functions.get(*name)?.clone();
-            let signature = Signature {
-                volatility: datafusion::logical_expr::Volatility::Volatile,
-                ..inner.signature().clone()
-            };
-            Some(ScalarUDF::new_from_impl(Bounded {
+            Some(Arc::new(ScalarUDF::new_from_impl(Bounded::new(
                 inner,
-                growth: *growth,
-                signature,
-            }))
+                *growth,
+                charge.clone(),
+            ))))
         })
         .collect()
 }
@@ -107,51 +247,205 @@ fn integers(arg: &ColumnarValue, rows: usize) -> Result<Vec<Option<i64>>> {
     Ok(array.as_primitive::<Int64Type>().iter().collect())
 }
 
-/// The byte lengths of a string argument, row by row.
-fn lengths(arg: &ColumnarValue, rows: usize) -> Result<Vec<i64>> {
-    let array = arg.to_array(rows.max(1))?;
-    let array = datafusion::arrow::compute::cast(&array, &DataType::Utf8)?;
-    let strings = array.as_string::<i32>();
-    Ok((0..strings.len())
-        .map(|i| {
-            if strings.is_null(i) {
-                0
-            } else {
-                strings.value(i).len() as i64
-            }
-        })
-        .collect())
+/// An argument's size row by row: its bytes, and its elements if it is a list (1 otherwise).
+struct Sizes {
+    bytes: Vec<i64>,
+    elements: Vec<i64>,
+}
+
+/// The bytes a scalar takes once it is a value in an array.
+fn scalar_bytes(value: &ScalarValue) -> i64 {
+    match value {
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => s.len() as i64,
+        ScalarValue::Binary(Some(b))
+        | ScalarValue::LargeBinary(Some(b))
+        | ScalarValue::BinaryView(Some(b)) => b.len() as i64,
+        other => other
+            .size()
+            .saturating_sub(std::mem::size_of::<ScalarValue>())
+            .max(8) as i64,
+    }
+}
+
+/// Per-row byte lengths of a string or binary array, if it is one.
+fn byte_lengths(array: &dyn Array) -> Option<Vec<i64>> {
+    let rows = 0..array.len();
+    Some(match array.data_type() {
+        DataType::Utf8 => {
+            let a = array.as_string::<i32>();
+            rows.map(|i| a.value_length(i) as i64).collect()
+        }
+        DataType::LargeUtf8 => {
+            let a = array.as_string::<i64>();
+            rows.map(|i| a.value_length(i)).collect()
+        }
+        DataType::Utf8View => {
+            let a = array.as_string_view();
+            rows.map(|i| a.views()[i] as u32 as i64).collect()
+        }
+        DataType::Binary => {
+            let a = array.as_binary::<i32>();
+            rows.map(|i| a.value_length(i) as i64).collect()
+        }
+        DataType::LargeBinary => {
+            let a = array.as_binary::<i64>();
+            rows.map(|i| a.value_length(i)).collect()
+        }
+        DataType::BinaryView => {
+            let a = array.as_binary_view();
+            rows.map(|i| a.views()[i] as u32 as i64).collect()
+        }
+        _ => return None,
+    })
+}
+
+/// An argument's sizes without broadcasting it: a scalar's size is repeated for each row.
+fn sizes(arg: &ColumnarValue, rows: usize) -> Sizes {
+    let rows = rows.max(1);
+    let array = match arg {
+        ColumnarValue::Scalar(value) => {
+            let elements = match value {
+                ScalarValue::List(l) => l.value_length(0) as i64,
+                ScalarValue::LargeList(l) => l.value_length(0),
+                ScalarValue::FixedSizeList(l) => l.value_length() as i64,
+                _ => 1,
+            };
+            return Sizes {
+                bytes: vec![scalar_bytes(value); rows],
+                elements: vec![elements; rows],
+            };
+        }
+        ColumnarValue::Array(array) => array,
+    };
+    if let Some(bytes) = byte_lengths(array.as_ref()) {
+        let elements = vec![1; bytes.len()];
+        return Sizes { bytes, elements };
+    }
+    let per_element =
+        |values: &ArrayRef| (values.get_array_memory_size() / values.len().max(1)).max(1) as i64;
+    let (elements, width): (Vec<i64>, i64) = match array.data_type() {
+        DataType::List(_) => {
+            let l = array.as_list::<i32>();
+            (
+                (0..l.len()).map(|i| l.value_length(i) as i64).collect(),
+                per_element(l.values()),
+            )
+        }
+        DataType::LargeList(_) => {
+            let l = array.as_list::<i64>();
+            (
+                (0..l.len()).map(|i| l.value_length(i)).collect(),
+                per_element(l.values()),
+            )
+        }
+        DataType::FixedSizeList(_, n) => {
+            let l = array.as_fixed_size_list();
+            (vec![*n as i64; l.len()], per_element(l.values()))
+        }
+        _ => (
+            vec![1; array.len()],
+            (array.get_array_memory_size() / array.len().max(1)).max(1) as i64,
+        ),
+    };
+    let bytes = elements.iter().map(|e| e.saturating_mul(width)).collect();
+    Sizes { bytes, elements }
+}
+
+/// The pattern's group references a replacement holds (`\1`, `$1`, `${name}`), each of which can insert a whole
+/// match; unknown (`None`) when the replacement differs by row.
+fn group_references(arg: Option<&ColumnarValue>) -> Option<i64> {
+    match arg {
+        Some(ColumnarValue::Scalar(ScalarValue::Utf8(Some(s))))
+        | Some(ColumnarValue::Scalar(ScalarValue::LargeUtf8(Some(s))))
+        | Some(ColumnarValue::Scalar(ScalarValue::Utf8View(Some(s)))) => {
+            Some(s.chars().filter(|c| *c == '\\' || *c == '$').count() as i64)
+        }
+        _ => None,
+    }
+}
+
+/// Whether `regexp_replace`'s flags may ask for every match to be replaced.
+fn replaces_all(arg: Option<&ColumnarValue>) -> bool {
+    match arg {
+        None => false,
+        Some(ColumnarValue::Scalar(ScalarValue::Utf8(Some(s))))
+        | Some(ColumnarValue::Scalar(ScalarValue::LargeUtf8(Some(s))))
+        | Some(ColumnarValue::Scalar(ScalarValue::Utf8View(Some(s)))) => s.contains('g'),
+        Some(ColumnarValue::Scalar(_)) => false,
+        Some(ColumnarValue::Array(_)) => true,
+    }
+}
+
+/// What one call would build: each row's bytes and elements.
+struct Estimate {
+    bytes: Vec<i64>,
+    elements: Vec<i64>,
 }
 
 impl Bounded {
-    /// The size each row's value would have, in the unit the limits use.
-    fn sizes(&self, args: &ScalarFunctionArgs) -> Result<Vec<i64>> {
-        let rows = args.number_rows;
+    /// The size each row's value could have.
+    fn estimate(&self, args: &ScalarFunctionArgs) -> Result<Estimate> {
+        let rows = args.number_rows.max(1);
         let arg = |i: usize| {
             args.args.get(i).ok_or_else(|| {
                 DataFusionError::Plan(format!("{} takes more arguments", self.inner.name()))
             })
         };
-        Ok(match self.growth {
-            Growth::Repeat => {
-                let lens = lengths(arg(0)?, rows)?;
-                let counts = integers(arg(1)?, rows)?;
-                lens.iter()
-                    .zip(counts)
-                    .map(|(l, n)| l.saturating_mul(n.unwrap_or(0).max(0)))
-                    .collect()
-            }
-            Growth::Pad => integers(arg(1)?, rows)?
-                .into_iter()
-                .map(|n| n.unwrap_or(0).max(0).saturating_mul(4))
-                .collect(),
-            Growth::ArrayRepeat => integers(arg(1)?, rows)?
+        let count = |i: usize| -> Result<Vec<i64>> {
+            Ok(integers(arg(i)?, rows)?
                 .into_iter()
                 .map(|n| n.unwrap_or(0).max(0))
-                .collect(),
+                .collect())
+        };
+        let all: Vec<Sizes> = args.args.iter().map(|a| sizes(a, rows)).collect();
+        let total_of = |from: usize, row: usize| -> i64 {
+            all.iter()
+                .skip(from)
+                .fold(0i64, |t, s| t.saturating_add(s.bytes[row]))
+        };
+        let ones = vec![1i64; rows];
+        Ok(match self.growth {
+            Growth::Repeat => {
+                let n = count(1)?;
+                let s = &sizes(arg(0)?, rows).bytes;
+                Estimate {
+                    bytes: (0..rows).map(|r| s[r].saturating_mul(n[r])).collect(),
+                    elements: ones,
+                }
+            }
+            Growth::Pad => Estimate {
+                bytes: count(1)?.into_iter().map(|n| n.saturating_mul(4)).collect(),
+                elements: ones,
+            },
+            Growth::ArrayRepeat => {
+                let n = count(1)?;
+                let s = &sizes(arg(0)?, rows).bytes;
+                Estimate {
+                    bytes: (0..rows)
+                        .map(|r| s[r].saturating_add(8).saturating_mul(n[r]))
+                        .collect(),
+                    elements: n,
+                }
+            }
+            Growth::Resize => {
+                let n = count(1)?;
+                let width = match args.args.get(2) {
+                    Some(fill) => sizes(fill, rows).bytes,
+                    None => vec![8; rows],
+                };
+                let s = &sizes(arg(0)?, rows).bytes;
+                Estimate {
+                    bytes: (0..rows)
+                        .map(|r| s[r].saturating_add(n[r].saturating_mul(width[r].max(8))))
+                        .collect(),
+                    elements: n,
+                }
+            }
             Growth::Series => {
                 let (start, stop) = if args.args.len() == 1 {
-                    (vec![Some(0); rows.max(1)], integers(arg(0)?, rows)?)
+                    (vec![Some(0); rows], integers(arg(0)?, rows)?)
                 } else {
                     (integers(arg(0)?, rows)?, integers(arg(1)?, rows)?)
                 };
@@ -159,7 +453,7 @@ impl Bounded {
                     Some(s) => integers(s, rows)?,
                     None => vec![Some(1); start.len()],
                 };
-                start
+                let elements: Vec<i64> = start
                     .iter()
                     .zip(&stop)
                     .zip(&step)
@@ -169,28 +463,172 @@ impl Bounded {
                             .saturating_add(1),
                         _ => 0,
                     })
-                    .collect()
+                    .collect();
+                Estimate {
+                    bytes: elements.iter().map(|e| e.saturating_mul(8)).collect(),
+                    elements,
+                }
             }
+            Growth::Sum => Estimate {
+                bytes: (0..rows).map(|r| total_of(0, r)).collect(),
+                elements: (0..rows)
+                    .map(|r| {
+                        all.iter()
+                            .fold(0i64, |t, s| t.saturating_add(s.elements[r]))
+                    })
+                    .collect(),
+            },
+            Growth::ConcatWs => {
+                let separators = args.args.len().saturating_sub(2) as i64;
+                let sep = &sizes(arg(0)?, rows).bytes;
+                Estimate {
+                    bytes: (0..rows)
+                        .map(|r| total_of(1, r).saturating_add(sep[r].saturating_mul(separators)))
+                        .collect(),
+                    elements: ones,
+                }
+            }
+            Growth::Replace => {
+                let (s, from, to) = (
+                    &all[0].bytes,
+                    &sizes(arg(1)?, rows).bytes,
+                    &sizes(arg(2)?, rows).bytes,
+                );
+                Estimate {
+                    bytes: (0..rows)
+                        .map(|r| {
+                            let occurrences = s[r] / from[r].max(1) + 1;
+                            s[r].saturating_add(occurrences.saturating_mul(to[r]))
+                        })
+                        .collect(),
+                    elements: ones,
+                }
+            }
+            Growth::RegexpReplace => {
+                let (s, to) = (&all[0].bytes, &sizes(arg(2)?, rows).bytes);
+                let references = group_references(args.args.get(2));
+                let global = replaces_all(args.args.get(3));
+                Estimate {
+                    bytes: (0..rows)
+                        .map(|r| {
+                            let matches = if global { s[r].saturating_add(1) } else { 1 };
+                            let each = to[r]
+                                .saturating_add(references.unwrap_or(to[r]).saturating_mul(s[r]));
+                            s[r].saturating_add(matches.saturating_mul(each))
+                        })
+                        .collect(),
+                    elements: ones,
+                }
+            }
+            Growth::PerElement(from) => {
+                let list = sizes(arg(0)?, rows);
+                Estimate {
+                    bytes: (0..rows)
+                        .map(|r| {
+                            list.bytes[r].saturating_add(
+                                list.elements[r]
+                                    .saturating_mul(total_of(from, r).saturating_add(8)),
+                            )
+                        })
+                        .collect(),
+                    elements: list.elements,
+                }
+            }
+            Growth::Scale(k) => Estimate {
+                bytes: (0..rows)
+                    .map(|r| total_of(0, r).saturating_mul(k).saturating_add(16))
+                    .collect(),
+                elements: (0..rows)
+                    .map(|r| total_of(0, r).saturating_add(1))
+                    .collect(),
+            },
         })
     }
 
+    /// Refuses a call whose result could exceed the limits, before it allocates.
     fn check(&self, args: &ScalarFunctionArgs) -> Result<()> {
-        let sizes = self.sizes(args)?;
-        let (per_value, unit) = match self.growth {
-            Growth::Repeat | Growth::Pad => (MAX_VALUE_BYTES, "bytes"),
-            Growth::ArrayRepeat | Growth::Series => (MAX_ELEMENTS, "elements"),
+        let estimate = self.estimate(args)?;
+        let largest = estimate.bytes.iter().copied().max().unwrap_or(0);
+        let total: i64 = estimate
+            .bytes
+            .iter()
+            .fold(0i64, |t, s| t.saturating_add(*s));
+        let name = self.inner.name();
+        let refuse = |what: String| {
+            Err(DataFusionError::ResourcesExhausted(format!(
+                "{name} would build {what}; build smaller values, or over fewer rows"
+            )))
         };
-        let largest = sizes.iter().copied().max().unwrap_or(0);
-        let total: i64 = sizes.iter().fold(0i64, |t, s| t.saturating_add(*s));
-        if largest > per_value || total > MAX_BATCH_BYTES {
-            return Err(DataFusionError::ResourcesExhausted(format!(
-                "{} would build {} {unit} (one value may have at most {per_value}, one batch of values at most \
-                 {MAX_BATCH_BYTES}); build smaller values",
-                self.inner.name(),
-                if largest > per_value { largest } else { total },
-            )));
+        if self.growth.counted() {
+            let elements = estimate.elements.iter().copied().max().unwrap_or(0);
+            if elements > MAX_ELEMENTS {
+                return refuse(format!(
+                    "a list of {elements} elements (at most {MAX_ELEMENTS})"
+                ));
+            }
+            if largest > MAX_VALUE_BYTES {
+                return refuse(format!(
+                    "a value of {largest} bytes (at most {MAX_VALUE_BYTES})"
+                ));
+            }
+            if total > MAX_BATCH_BYTES {
+                return refuse(format!(
+                    "{total} bytes in one batch (at most {MAX_BATCH_BYTES})"
+                ));
+            }
+        } else if largest > MAX_DERIVED_VALUE_BYTES {
+            return refuse(format!(
+                "a value of {largest} bytes (at most {MAX_DERIVED_VALUE_BYTES})"
+            ));
+        }
+        // A result is built in buffers that may double as they grow: room for twice the estimate.
+        let available = self.charge.available();
+        if total.saturating_mul(2) > available {
+            return refuse(format!(
+                "up to {total} bytes in one batch, and room for twice that is more than the query memory left \
+                 ({} bytes)",
+                available.max(0)
+            ));
         }
         Ok(())
+    }
+
+    /// Charges a result's buffers to the pool for as long as they live; refuses it when the pool is over. A
+    /// large constant result is broadcast here, where it is charged, rather than by the operator that uses it.
+    fn charge(&self, result: ColumnarValue, rows: usize) -> Result<ColumnarValue> {
+        let result = match result {
+            ColumnarValue::Scalar(value)
+                if rows > 1
+                    && scalar_bytes(&value).saturating_mul(rows as i64) > BROADCAST_HERE =>
+            {
+                ColumnarValue::Array(value.to_array_of_size(rows)?)
+            }
+            other => other,
+        };
+        if let ColumnarValue::Array(array) = &result {
+            claim(&array.to_data(), self.charge.claims.as_ref());
+            if self.charge.available() < 0 {
+                return Err(DataFusionError::ResourcesExhausted(format!(
+                    "{} built {} bytes, more than the query memory left; build smaller values, or over fewer rows",
+                    self.inner.name(),
+                    array.get_array_memory_size()
+                )));
+            }
+        }
+        Ok(result)
+    }
+}
+
+/// Registers every buffer of `data` (its children's included) with `pool` until the buffer is dropped.
+fn claim(data: &datafusion::arrow::array::ArrayData, pool: &ArrowMemoryPool) {
+    for buffer in data.buffers() {
+        buffer.claim(pool);
+    }
+    if let Some(nulls) = data.nulls() {
+        nulls.claim(pool);
+    }
+    for child in data.child_data() {
+        claim(child, pool);
     }
 }
 
@@ -218,11 +656,253 @@ impl ScalarUDFImpl for Bounded {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         self.check(&args)?;
-        self.inner.invoke_with_args(args)
+        let rows = args.number_rows;
+        let result = self.inner.invoke_with_args(args)?;
+        self.charge(result, rows)
     }
     fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
         self.inner.documentation()
     }
+}
+
+/// SQL's `a || b` on strings: NULL when either side is NULL, else the two strings joined. Planned as a function
+/// ([`BoundedCalls`]) so it is bounded like `concat`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct StringConcat {
+    signature: Signature,
+}
+
+/// The string type two `||` operands are joined in, as DataFusion's own coercion picks it.
+fn concat_type(types: &[DataType]) -> DataType {
+    if types.contains(&DataType::LargeUtf8) {
+        DataType::LargeUtf8
+    } else if types.contains(&DataType::Utf8View) {
+        DataType::Utf8View
+    } else {
+        DataType::Utf8
+    }
+}
+
+impl ScalarUDFImpl for StringConcat {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn name(&self) -> &str {
+        "||"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(concat_type(arg_types))
+    }
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        let common = concat_type(arg_types);
+        Ok(vec![common; arg_types.len()])
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [left, right] = args.args.as_slice() else {
+            return Err(DataFusionError::Internal("|| joins two values".to_string()));
+        };
+        let scalars =
+            matches!(left, ColumnarValue::Scalar(_)) && matches!(right, ColumnarValue::Scalar(_));
+        let rows = if scalars { 1 } else { args.number_rows };
+        let (left, right) = (Strings::of(left)?, Strings::of(right)?);
+        let bytes: usize = (0..rows)
+            .map(|r| match (left.get(r), right.get(r)) {
+                (Some(a), Some(b)) => a.len() + b.len(),
+                _ => 0,
+            })
+            .sum();
+        let values = (0..rows).map(|r| match (left.get(r), right.get(r)) {
+            (Some(a), Some(b)) => {
+                let mut joined = String::with_capacity(a.len() + b.len());
+                joined.push_str(a);
+                joined.push_str(b);
+                Some(joined)
+            }
+            _ => None,
+        });
+        // Built in the type the operands have, at its final size: no copy of the operands or the result.
+        let joined: ArrayRef = match args.return_field.data_type() {
+            DataType::Utf8View => {
+                let mut b = datafusion::arrow::array::StringViewBuilder::with_capacity(rows);
+                values.for_each(|v| b.append_option(v));
+                Arc::new(b.finish())
+            }
+            DataType::LargeUtf8 => {
+                let mut b =
+                    datafusion::arrow::array::LargeStringBuilder::with_capacity(rows, bytes);
+                values.for_each(|v| b.append_option(v));
+                Arc::new(b.finish())
+            }
+            _ => {
+                let mut b = datafusion::arrow::array::StringBuilder::with_capacity(rows, bytes);
+                values.for_each(|v| b.append_option(v));
+                Arc::new(b.finish())
+            }
+        };
+        if scalars {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+                &joined, 0,
+            )?))
+        } else {
+            Ok(ColumnarValue::Array(joined))
+        }
+    }
+}
+
+/// One `||` operand's strings, read in place whatever its string type (a constant is the same for every row).
+enum Strings {
+    Constant(Option<String>),
+    Utf8(datafusion::arrow::array::StringArray),
+    LargeUtf8(datafusion::arrow::array::LargeStringArray),
+    View(datafusion::arrow::array::StringViewArray),
+}
+
+impl Strings {
+    fn of(value: &ColumnarValue) -> Result<Strings> {
+        Ok(match value {
+            ColumnarValue::Scalar(s) => Strings::Constant(match s.cast_to(&DataType::Utf8)? {
+                ScalarValue::Utf8(v) => v,
+                _ => None,
+            }),
+            ColumnarValue::Array(a) => match a.data_type() {
+                DataType::Utf8 => Strings::Utf8(a.as_string::<i32>().clone()),
+                DataType::LargeUtf8 => Strings::LargeUtf8(a.as_string::<i64>().clone()),
+                DataType::Utf8View => Strings::View(a.as_string_view().clone()),
+                _ => Strings::Utf8(
+                    datafusion::arrow::compute::cast(a, &DataType::Utf8)?
+                        .as_string::<i32>()
+                        .clone(),
+                ),
+            },
+        })
+    }
+
+    fn get(&self, row: usize) -> Option<&str> {
+        fn at<'a>(
+            a: &'a dyn Array,
+            value: impl Fn(usize) -> &'a str,
+            row: usize,
+        ) -> Option<&'a str> {
+            (!a.is_null(row)).then(|| value(row))
+        }
+        match self {
+            Strings::Constant(v) => v.as_deref(),
+            Strings::Utf8(a) => at(a, |r| a.value(r), row),
+            Strings::LargeUtf8(a) => at(a, |r| a.value(r), row),
+            Strings::View(a) => at(a, |r| a.value(r), row),
+        }
+    }
+}
+
+/// Makes every call of a function that can build large values a bounded call: `a || b` on strings (and values
+/// cast to strings) becomes the bounded `||` function, and a call the SQL planner made to a function directly
+/// rather than through the registry (lists joined with `||` become `array_concat`) is swapped for the bounded
+/// version of that function.
+#[derive(Debug)]
+pub struct BoundedCalls {
+    concat: Arc<ScalarUDF>,
+    functions: std::collections::HashMap<String, Arc<ScalarUDF>>,
+}
+
+impl BoundedCalls {
+    /// The rewrite to `functions` (from [`bounded_functions`]), charging `charge`.
+    pub fn new(charge: &Charge, functions: &[Arc<ScalarUDF>]) -> BoundedCalls {
+        let inner = Arc::new(ScalarUDF::new_from_impl(StringConcat {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }));
+        BoundedCalls {
+            concat: Arc::new(ScalarUDF::new_from_impl(Bounded::new(
+                inner,
+                Growth::Sum,
+                charge.clone(),
+            ))),
+            functions: functions
+                .iter()
+                .flat_map(|f| {
+                    std::iter::once(f.name().to_string())
+                        .chain(f.aliases().iter().cloned())
+                        .map(move |name| (name, f.clone()))
+                })
+                .collect(),
+        }
+    }
+}
+
+impl FunctionRewrite for BoundedCalls {
+    fn name(&self) -> &str {
+        "parley_bounded_calls"
+    }
+
+    fn rewrite(
+        &self,
+        expr: Expr,
+        schema: &DFSchema,
+        _config: &ConfigOptions,
+    ) -> Result<Transformed<Expr>> {
+        match expr {
+            Expr::ScalarFunction(mut call)
+                if !call.func.inner().as_any().is::<Bounded>()
+                    && self.functions.contains_key(call.func.name()) =>
+            {
+                call.func = self.functions[call.func.name()].clone();
+                Ok(Transformed::yes(Expr::ScalarFunction(call)))
+            }
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::StringConcat,
+                right,
+            }) => {
+                let joinable = |e: &Expr| {
+                    e.get_type(schema).is_ok_and(|t| {
+                        !matches!(
+                            t,
+                            DataType::List(_)
+                                | DataType::LargeList(_)
+                                | DataType::FixedSizeList(..)
+                                | DataType::Binary
+                                | DataType::LargeBinary
+                                | DataType::BinaryView
+                        )
+                    })
+                };
+                if joinable(&left) && joinable(&right) {
+                    Ok(Transformed::yes(self.concat.call(vec![*left, *right])))
+                } else {
+                    Ok(Transformed::no(Expr::BinaryExpr(BinaryExpr {
+                        left,
+                        op: Operator::StringConcat,
+                        right,
+                    })))
+                }
+            }
+            other => Ok(Transformed::no(other)),
+        }
+    }
+}
+
+/// The bytes the literals of `plan` (subqueries included) fill in one row once broadcast.
+pub fn literal_bytes(plan: &LogicalPlan) -> usize {
+    let mut bytes = 0usize;
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Expr::Literal(value, _) = e {
+                    bytes = bytes.saturating_add(scalar_bytes(value).max(1) as usize + 4);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    bytes
+}
+
+/// Rows per batch for a plan whose literals fill `literal_bytes` per row: at most `default`, and few enough that
+/// the literals broadcast over a batch fill at most [`MAX_BROADCAST_BYTES`].
+pub fn batch_rows(literal_bytes: usize, default: usize) -> usize {
+    (MAX_BROADCAST_BYTES / literal_bytes.max(1)).clamp(1, default.max(1))
 }
 
 /// The physical optimizer rule that puts a [`YieldingProbe`] under every nested-loop join's probe side.
@@ -243,10 +923,15 @@ impl PhysicalOptimizerRule for YieldingJoins {
                 node.children().into_iter().cloned().collect();
             let [left, right] = <[Arc<dyn ExecutionPlan>; 2]>::try_from(children)
                 .map_err(|_| DataFusionError::Internal("a join has two inputs".to_string()))?;
-            if right.as_any().is::<YieldingProbe>() {
+            if right
+                .as_any()
+                .downcast_ref::<YieldingProbe>()
+                .is_some_and(|p| p.yielding)
+            {
                 return Ok(Transformed::no(node));
             }
-            let right: Arc<dyn ExecutionPlan> = Arc::new(YieldingProbe::new(right));
+            let right: Arc<dyn ExecutionPlan> =
+                Arc::new(YieldingProbe::new(right, PROBE_SLICE_ROWS, true));
             Ok(Transformed::yes(node.with_new_children(vec![left, right])?))
         })
         .map(|t| t.data)
@@ -254,6 +939,40 @@ impl PhysicalOptimizerRule for YieldingJoins {
 
     fn name(&self) -> &str {
         "parley_yielding_joins"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// The physical optimizer rule that cuts what every leaf of a plan (a table scan, rows in memory, a governed
+/// view's barrier) produces into batches of at most the session's batch size, which [`batch_rows`] shrinks for
+/// plans with large literals: sources that ignore the batch size would otherwise have a literal broadcast over
+/// all their rows at once.
+#[derive(Debug, Default)]
+pub struct SmallBatches;
+
+impl PhysicalOptimizerRule for SmallBatches {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let rows = config.execution.batch_size;
+        plan.transform_up(|node| {
+            if !node.children().is_empty() || node.as_any().is::<YieldingProbe>() {
+                return Ok(Transformed::no(node));
+            }
+            Ok(Transformed::yes(
+                Arc::new(YieldingProbe::new(node, rows, false)) as Arc<dyn ExecutionPlan>,
+            ))
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "parley_small_batches"
     }
 
     fn schema_check(&self) -> bool {
@@ -294,18 +1013,31 @@ impl Drop for StopOnDrop {
 pub struct YieldingProbe {
     input: Arc<dyn ExecutionPlan>,
     properties: Arc<PlanProperties>,
+    /// Rows per slice.
+    rows: usize,
+    /// Whether to yield to the runtime before each slice.
+    yielding: bool,
 }
 
 impl YieldingProbe {
-    fn new(input: Arc<dyn ExecutionPlan>) -> YieldingProbe {
+    fn new(input: Arc<dyn ExecutionPlan>, rows: usize, yielding: bool) -> YieldingProbe {
         let properties = input.properties().clone();
-        YieldingProbe { input, properties }
+        YieldingProbe {
+            input,
+            properties,
+            rows: rows.max(1),
+            yielding,
+        }
     }
 }
 
 impl DisplayAs for YieldingProbe {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "YieldingProbe: rows={PROBE_SLICE_ROWS}")
+        write!(
+            f,
+            "YieldingProbe: rows={}, yielding={}",
+            self.rows, self.yielding
+        )
     }
 }
 
@@ -328,7 +1060,11 @@ impl ExecutionPlan for YieldingProbe {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let [input] = <[Arc<dyn ExecutionPlan>; 1]>::try_from(children)
             .map_err(|_| DataFusionError::Internal("YieldingProbe has one input".to_string()))?;
-        Ok(Arc::new(YieldingProbe::new(input)))
+        Ok(Arc::new(YieldingProbe::new(
+            input,
+            self.rows,
+            self.yielding,
+        )))
     }
     fn execute(
         &self,
@@ -345,7 +1081,9 @@ impl ExecutionPlan for YieldingProbe {
             input: self.input.execute(partition, context)?,
             pending: None,
             offset: 0,
-            yielded: false,
+            rows: self.rows,
+            yielded: !self.yielding,
+            yielding: self.yielding,
         }))
     }
     fn partition_statistics(
@@ -362,7 +1100,9 @@ struct Slices {
     /// The batch being handed over, and how far.
     pending: Option<RecordBatch>,
     offset: usize,
+    rows: usize,
     yielded: bool,
+    yielding: bool,
 }
 
 impl Stream for Slices {
@@ -394,13 +1134,13 @@ impl Stream for Slices {
             return Poll::Ready(None);
         };
         let rows = batch.num_rows();
-        let len = PROBE_SLICE_ROWS.min(rows - self.offset);
+        let len = self.rows.min(rows - self.offset);
         let slice = batch.slice(self.offset, len);
         self.offset += len;
         if self.offset >= rows {
             self.pending = None;
         }
-        self.yielded = false;
+        self.yielded = !self.yielding;
         Poll::Ready(Some(Ok(slice)))
     }
 }
@@ -421,7 +1161,16 @@ mod tests {
 
     async fn run(sql: &str) -> Result<Vec<Vec<serde_json::Value>>, String> {
         let engine = Engine::new(&QueryLimits::default(), "parley").unwrap();
-        let ids: Vec<i64> = (0..10_000).collect();
+        run_on(&engine, 10_000, sql).await
+    }
+
+    /// Runs `sql` on `engine` over `s.t`, a table of `rows` ids.
+    async fn run_on(
+        engine: &Engine,
+        rows: i64,
+        sql: &str,
+    ) -> Result<Vec<Vec<serde_json::Value>>, String> {
+        let ids: Vec<i64> = (0..rows).collect();
         let batch =
             RecordBatch::try_from_iter([("id", Arc::new(Int64Array::from(ids)) as ArrayRef)])
                 .unwrap();
@@ -433,7 +1182,7 @@ mod tests {
         execute(
             prepared,
             tables,
-            &engine,
+            engine,
             "parley",
             10,
             tokio_util::sync::CancellationToken::new(),
@@ -471,5 +1220,154 @@ mod tests {
             run("SELECT count(*) FROM s.t a JOIN s.t b ON a.id < b.id AND b.id < 100").await,
             Ok(vec![vec![4950.into()]])
         );
+    }
+
+    /// An engine with a 256 MiB pool, as in the attack report.
+    fn small_engine() -> Engine {
+        let limits = QueryLimits {
+            memory_bytes: 256 << 20,
+            ..QueryLimits::default()
+        };
+        Engine::new(&limits, "parley").unwrap()
+    }
+
+    #[tokio::test]
+    async fn values_that_grow_step_by_step_are_refused_before_they_outgrow_the_limits() {
+        // Each step doubles the value: `||`, concat, replace and regexp_replace with group references, nested
+        // through CTEs (which the optimizer inlines) or written out.
+        let doubling = |step: &str| {
+            let mut sql = "WITH l0 AS (SELECT repeat('x', 1000) AS s FROM s.t)".to_string();
+            for i in 1..40 {
+                sql.push_str(&format!(", l{i} AS (SELECT {} AS s FROM l{})", step, i - 1));
+            }
+            sql + " SELECT length(s) FROM l39"
+        };
+        let engine = small_engine();
+        for step in [
+            "s || s",
+            "concat(s, s)",
+            "concat_ws(s, s, s)",
+            "replace(s, 'x', 'xx')",
+            "regexp_replace(s, '(x+)', '\\1\\1')",
+            "upper(s || s)",
+            "array_to_string(make_array(s, s), '')",
+        ] {
+            let e = run_on(&engine, 1000, &doubling(step))
+                .await
+                .expect_err(step);
+            assert!(e.contains("would build"), "{step}: {e}");
+        }
+        // Lists doubled with `||`, which the SQL planner makes array_concat directly.
+        let mut sql = "WITH l0 AS (SELECT make_array(id, id) AS s FROM s.t)".to_string();
+        for i in 1..40 {
+            sql.push_str(&format!(", l{i} AS (SELECT s || s AS s FROM l{})", i - 1));
+        }
+        let e = run_on(&engine, 1000, &(sql + " SELECT cardinality(s) FROM l39"))
+            .await
+            .expect_err("list doubling");
+        assert!(e.contains("would build"), "{e}");
+        // The same from constants, which are not folded into a literal at planning.
+        let e = run_on(
+            &engine,
+            1,
+            "WITH a AS (SELECT 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' AS s), b AS (SELECT s||s||s||s||s||s||s||s AS s FROM a), \
+             c AS (SELECT s||s||s||s||s||s||s||s AS s FROM b), d AS (SELECT s||s||s||s||s||s||s||s AS s FROM c), \
+             e AS (SELECT s||s||s||s||s||s||s||s AS s FROM d), f AS (SELECT s||s||s||s||s||s||s||s AS s FROM e), \
+             g AS (SELECT s||s||s||s||s||s||s||s AS s FROM f), h AS (SELECT s||s||s||s||s||s||s||s AS s FROM g) \
+             SELECT length(s) FROM h",
+        )
+        .await
+        .expect_err("folded doubling");
+        assert!(e.contains("would build"), "{e}");
+        // One replacement that multiplies its input at once.
+        for sql in [
+            "SELECT length(replace(repeat('a', 100000), 'a', repeat('b', 1000)))",
+            "SELECT length(regexp_replace(repeat('a', 100000), 'a', repeat('b', 1000), 'g'))",
+            "SELECT length(array_to_string(range(0, 100000), repeat('-', 1000)))",
+        ] {
+            let e = run_on(&engine, 1, sql).await.expect_err(sql);
+            assert!(e.contains("would build"), "{sql}: {e}");
+        }
+        // The pool is whole again: a query needing most of it runs.
+        assert_eq!(
+            run_on(
+                &engine,
+                1000,
+                "SELECT sum(length(repeat('x', 50000))) FROM s.t"
+            )
+            .await,
+            Ok(vec![vec![50_000_000.into()]])
+        );
+    }
+
+    #[tokio::test]
+    async fn many_values_each_within_limits_are_refused_together_past_the_pool() {
+        // Each call builds 60 MB over the batch, within the per-call cap, and the batch holds them all: together
+        // they need more than the pool.
+        let engine = small_engine();
+        let columns: Vec<String> = (0..8)
+            .map(|i| format!("repeat('x', {}) AS c{i}", 60_000 + i))
+            .collect();
+        let sql = format!("SELECT {} FROM s.t", columns.join(", "));
+        let e = run_on(&engine, 1000, &sql)
+            .await
+            .map(|r| r.len())
+            .expect_err("over the pool");
+        assert!(e.contains("query memory"), "{e}");
+        // Released when the query ended: the same columns, fewer of them, run.
+        let sql = format!(
+            "SELECT length(c0), length(c1) FROM (SELECT {} FROM s.t) LIMIT 1",
+            columns[..2].join(", ")
+        );
+        assert_eq!(
+            run_on(&engine, 1000, &sql).await,
+            Ok(vec![vec![60_000.into(), 60_001.into()]])
+        );
+    }
+
+    #[tokio::test]
+    async fn the_concat_operator_keeps_its_meaning() {
+        assert_eq!(
+            run("SELECT 'a' || 'b', 'a' || NULL, 1 || 'x', 'x' || 2.5, NULL || 'a'").await,
+            Ok(vec![vec![
+                "ab".into(),
+                serde_json::Value::Null,
+                "1x".into(),
+                "x2.5".into(),
+                serde_json::Value::Null
+            ]])
+        );
+        assert_eq!(
+            run("SELECT max(CAST(id AS VARCHAR) || '-' || CAST(id * 2 AS VARCHAR)) FROM s.t WHERE id < 10").await,
+            Ok(vec![vec!["9-18".into()]])
+        );
+        // Lists joined with || are array_concat.
+        assert_eq!(
+            run("SELECT cardinality(make_array(1, 2) || make_array(3))").await,
+            Ok(vec![vec![3.into()]])
+        );
+    }
+
+    #[tokio::test]
+    async fn literals_are_broadcast_over_small_batches_and_bounded_in_total() {
+        // A 50 KB literal in the SELECT list over 10,000 rows: answered (over batches small enough).
+        let big = "y".repeat(50_000);
+        assert_eq!(
+            run(&format!(
+                "SELECT count(v), max(length(v)) FROM (SELECT '{big}' AS v FROM s.t)"
+            ))
+            .await,
+            Ok(vec![vec![10_000.into(), 50_000.into()]])
+        );
+        assert_eq!(super::batch_rows(50_000, 8192), (16 << 20) / 50_000);
+        assert_eq!(super::batch_rows(10, 8192), 8192);
+        // What a plan's literals fill in a row: strings their bytes, other values 8, each with a 4-byte offset.
+        let plan = datafusion::prelude::SessionContext::new()
+            .sql("SELECT 'abc' AS a, 'de' AS b, 1 AS c")
+            .await
+            .unwrap()
+            .into_optimized_plan()
+            .unwrap();
+        assert_eq!(super::literal_bytes(&plan), 7 + 6 + 12);
     }
 }

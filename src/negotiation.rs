@@ -499,6 +499,10 @@ pub enum Outcome {
         terms: Terms,
         /// Why the terms differ from the request, citing the contract.
         reasons: Vec<String>,
+        /// The approvers who offered these terms when deciding the request; empty for an automatic offer. They
+        /// are the approvers of the grant an acceptance makes.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        offered_by: Vec<String>,
     },
     /// An approver must decide.
     Pending {
@@ -1229,7 +1233,11 @@ pub fn evaluate_with(
         reasons.extend(pii_reasons);
         reasons.extend(term_reasons);
         reasons.extend(price_reasons);
-        return Outcome::CounterOffer { terms, reasons };
+        return Outcome::CounterOffer {
+            terms,
+            reasons,
+            offered_by: vec![],
+        };
     }
 
     let mut reasons = purpose_reasons;
@@ -1498,7 +1506,7 @@ mod tests {
     #[test]
     fn churn_analysis_on_all_customer_columns_is_countered_with_masks() {
         let out = decide(&request(&["sales.customers"], None, "churn_analysis", 90));
-        let Outcome::CounterOffer { terms, reasons } = &out else {
+        let Outcome::CounterOffer { terms, reasons, .. } = &out else {
             panic!("expected counter-offer, got {out:?}");
         };
         assert_eq!(terms.mask_of("sales.customers", "email"), Some(Mask::Hash));

@@ -373,8 +373,10 @@ impl Engine {
         } else {
             DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled)
         };
+        let pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool> = Arc::new(pool);
+        let charge = crate::bounded::Charge::new(pool.clone(), limits.memory_bytes);
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(pool))
+            .with_memory_pool(pool)
             .with_disk_manager_builder(disk)
             .build_arc()
             .map_err(|e| QueryError::Execution(e.to_string()))?;
@@ -393,12 +395,21 @@ impl Engine {
             .with_table_factories(HashMap::new())
             // Nested-loop joins yield between probe slices, so a stopped query stops (see `bounded`).
             .with_physical_optimizer_rule(Arc::new(crate::bounded::YieldingJoins))
+            // Leaves hand over batches of at most the batch size, which large literals shrink.
+            .with_physical_optimizer_rule(Arc::new(crate::bounded::SmallBatches))
             .build();
-        // Functions that can build values far larger than their input are refused before they allocate.
-        for f in crate::bounded::bounded_functions(base.scalar_functions()) {
-            datafusion::execution::FunctionRegistry::register_udf(&mut base, Arc::new(f))
+        // Functions that can build values far larger than their input are refused before they allocate, and what
+        // they build is charged to the memory pool; `||` becomes such a function (see `bounded`).
+        let bounded = crate::bounded::bounded_functions(base.scalar_functions(), &charge);
+        for f in &bounded {
+            datafusion::execution::FunctionRegistry::register_udf(&mut base, f.clone())
                 .map_err(|e| QueryError::Execution(e.to_string()))?;
         }
+        datafusion::execution::FunctionRegistry::register_function_rewrite(
+            &mut base,
+            Arc::new(crate::bounded::BoundedCalls::new(&charge, &bounded)),
+        )
+        .map_err(|e| QueryError::Execution(e.to_string()))?;
         Ok(Engine {
             limits: limits.clone(),
             base,
@@ -462,11 +473,31 @@ pub async fn execute(
                 .with_allow_statements(false)
                 .verify_plan(&plan)
                 .map_err(|e| QueryError::NotAllowed(strip_df(&e)))?;
-            let df = ctx
-                .execute_logical_plan(plan)
+            let optimized = state.optimize(&plan).map_err(|e| classify(e, limits))?;
+            // Literals are broadcast to every row of a batch: batches shrink so they fill a bounded size.
+            let literals = crate::bounded::literal_bytes(&optimized);
+            if literals > crate::bounded::MAX_LITERAL_BYTES {
+                return Err(QueryError::NotAllowed(format!(
+                    "the query holds {literals} bytes of constants once planned (at most {}); use fewer or \
+                     shorter literals",
+                    crate::bounded::MAX_LITERAL_BYTES
+                )));
+            }
+            let state = {
+                let shared = ctx.state_ref();
+                let mut state = shared.write();
+                let options = state.config_mut().options_mut();
+                options.execution.batch_size =
+                    crate::bounded::batch_rows(literals, options.execution.batch_size);
+                state.clone()
+            };
+            let physical = state
+                .query_planner()
+                .create_physical_plan(&optimized, &state)
                 .await
                 .map_err(|e| classify(e, limits))?;
-            df.execute_stream().await.map_err(|e| classify(e, limits))
+            datafusion::physical_plan::execute_stream(physical, ctx.task_ctx())
+                .map_err(|e| classify(e, limits))
         };
         let mut stream = match run.await {
             Ok(stream) => stream,

@@ -306,12 +306,7 @@ impl TableProvider for SnapshotFiles {
             let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
         }
-        // One group per file; DataFusion's optimizer splits large files into byte ranges across partitions.
-        let groups = self
-            .files
-            .iter()
-            .map(|f| FileGroup::new(vec![f.clone()]))
-            .collect();
+        let groups = file_groups(&self.files, state.config().target_partitions());
         let config =
             FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
                 .with_file_groups(groups)
@@ -323,8 +318,61 @@ impl TableProvider for SnapshotFiles {
     }
 }
 
+/// The files spread over at most `partitions` groups of about equal bytes (largest file first, each to the
+/// lightest group), as DataFusion's listing tables do. A group is a partition, and each partition has batches in
+/// flight: one group per file made a table of 35 small files hold 35 partitions' batches at once. DataFusion's
+/// optimizer still splits large files into byte ranges across partitions.
+fn file_groups(files: &[PartitionedFile], partitions: usize) -> Vec<FileGroup> {
+    let count = partitions.clamp(1, files.len().max(1));
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); count];
+    let mut by_size: Vec<&PartitionedFile> = files.iter().collect();
+    by_size.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
+    for file in by_size {
+        if let Some(lightest) = groups.iter_mut().min_by_key(|(bytes, _)| *bytes) {
+            lightest.0 += file.object_meta.size;
+            lightest.1.push(file.clone());
+        }
+    }
+    groups
+        .into_iter()
+        .filter(|(_, files)| !files.is_empty())
+        .map(|(_, files)| FileGroup::new(files))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn files_spread_over_the_partitions_by_size() {
+        use datafusion::datasource::listing::PartitionedFile;
+        let files: Vec<PartitionedFile> = (1..=35u64)
+            .map(|i| PartitionedFile::new(format!("f{i}.parquet"), i * 100))
+            .collect();
+        let groups = super::file_groups(&files, 2);
+        assert_eq!(groups.len(), 2);
+        let sizes: Vec<u64> = groups
+            .iter()
+            .map(|g| g.files().iter().map(|f| f.object_meta.size).sum())
+            .collect();
+        let total: u64 = (1..=35u64).map(|i| i * 100).sum();
+        assert_eq!(
+            sizes.iter().sum::<u64>(),
+            total,
+            "every file in exactly one group"
+        );
+        assert!(sizes[0].abs_diff(sizes[1]) <= 3500, "balanced: {sizes:?}");
+        let mut names: Vec<String> = groups
+            .iter()
+            .flat_map(|g| g.files().iter().map(|f| f.object_meta.location.to_string()))
+            .collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 35);
+        // Fewer files than partitions: one group each, none empty.
+        assert_eq!(super::file_groups(&files[..1], 4).len(), 1);
+        assert!(super::file_groups(&[], 4).is_empty());
+    }
     use std::collections::HashMap;
 
     use datafusion::arrow::array::{ArrayRef, Int64Array};

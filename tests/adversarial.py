@@ -57,7 +57,13 @@ CLASSES = {
     "6-audit": "audit log visibility",
     "7-bad-input": "bad input must not kill the server",
     "8-grants": "quotas, expiry, revocation, stolen grants",
+    "9-memory": "memory within the pool plus a stated constant",
 }
+
+# Class 9 runs its own server with this query memory pool, and its peak resident memory may exceed what the server
+# held before the attacks by at most the pool plus this constant (README, "Security model").
+MEMORY_POOL = 256 << 20
+MEMORY_CONSTANT = 512 << 20
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 DECIMAL_TEXT = re.compile(r"^-?\d+\.\d+$")
@@ -235,8 +241,11 @@ class Answer:
 class Parley:
     """One `parley serve` process over stdio for one principal, driven by the SDK's ClientSession."""
 
-    def __init__(self, binary: str, data_dir: str, principal: str, log_dir: str) -> None:
+    def __init__(
+        self, binary: str, data_dir: str, principal: str, log_dir: str, env: dict[str, str] | None = None
+    ) -> None:
         self.binary, self.data_dir, self.principal = binary, data_dir, principal
+        self.env = env or {}
         self.log = open(os.path.join(log_dir, f"{principal}.stderr.log"), "a")
         self.stack: contextlib.AsyncExitStack | None = None
         self.session: ClientSession | None = None
@@ -245,7 +254,7 @@ class Parley:
         params = StdioServerParameters(
             command=self.binary,
             args=["serve", "--data-dir", self.data_dir, "--principal", self.principal],
-            env={**os.environ, "PARLEY_LOG": "warn"},
+            env={**os.environ, "PARLEY_LOG": "warn", **self.env},
         )
         self.stack = contextlib.AsyncExitStack()
         read, write = await self.stack.enter_async_context(stdio_client(params, errlog=self.log))
@@ -1816,6 +1825,133 @@ async def hash_salt_check(s: Suite, analyst: Parley, marketing: Parley, grant: s
     )
 
 
+
+def process_with_env(marker: str) -> int | None:
+    """The pid of the process whose environment holds `marker` (the server class 9 started)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if marker.encode() in f.read().split(b"\0"):
+                    return int(entry)
+    return None
+
+
+def memory_kib(pid: int, field: str) -> int:
+    """A memory figure of /proc/<pid>/status in KiB (VmRSS now, VmHWM the peak)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def doubling(step: str, levels: int = 30) -> str:
+    """A CTE chain whose every level doubles a value by `step` (over `s`)."""
+    ctes = ["l0 AS (SELECT order_id, repeat('x', 1000) AS s FROM sales.orders)"]
+    ctes += [f"l{i} AS (SELECT order_id, {step} AS s FROM l{i - 1})" for i in range(1, levels)]
+    return f"WITH {', '.join(ctes)} SELECT order_id, length(s) FROM l{levels - 1}"
+
+
+async def class9_memory(s: Suite, binary: str, data_dir: str, scratch: str) -> None:
+    """Values built by expressions, literals broadcast over batches and many of both at once, against a server
+    with a 256 MiB pool: every call is answered (rows or a clear error), the server still answers afterwards, and
+    its peak resident memory stays within what it held before, plus the pool, plus a stated constant."""
+    cls = "9-memory"
+    marker = f"PARLEY_ADVERSARIAL_PROBE=memory-{os.getpid()}"
+    env = {"PARLEY_QUERY_MEMORY_BYTES": str(MEMORY_POOL), marker.split("=")[0]: marker.split("=")[1]}
+    client = Parley(binary, data_dir, "analyst", scratch, env)
+    try:
+        await client.open()
+        warm = await s.expect_rows(cls, "warm-up", client, "SELECT count(*) FROM sales.orders", [[s.truth.n_orders]])
+        pid = process_with_env(marker)
+        if not s.check("the class's server process found", cls, pid is not None, marker):
+            return
+        before = memory_kib(pid, "VmRSS")
+        n = s.truth.n_orders
+        big = "y" * 90_000
+        refused = ("would build", "memory", "constants")
+        attacks: list[tuple[str, str, tuple[str, ...] | None]] = [
+            # (name, sql, words the error must hold; None when an answer with rows is also fine)
+            ("repeat 100 KB per order (the report's case)", "SELECT order_id, repeat('x', 100000) FROM sales.orders", None),
+            ("lpad to a million characters per order", "SELECT lpad('a', 1000000) FROM sales.orders", refused),
+            ("|| doubling through 30 CTEs", doubling("s || s"), refused),
+            ("concat doubling through 30 CTEs", doubling("concat(s, s)"), refused),
+            ("concat_ws with the value as separator", doubling("concat_ws(s, s, s)"), refused),
+            ("replace doubling", doubling("replace(s, 'x', 'xx')"), refused),
+            ("regexp_replace with group references", doubling("regexp_replace(s, '(x+)', '\\1\\1')"), refused),
+            ("encode to hex, doubling", doubling("encode(s, 'hex')"), refused),
+            ("translate to two-byte characters", doubling("translate(s, 'x', 'ü')", 8), None),
+            ("make_array and array_to_string", doubling("array_to_string(make_array(s, s), '')"), refused),
+            ("one replace multiplying a value by 1000", "SELECT length(replace(repeat('a', 100000), 'a', repeat('b', 1000)))", refused),
+            ("array_to_string with a 1 KB separator", "SELECT length(array_to_string(range(0, 100000), repeat('-', 1000)))", refused),
+            ("a 90 KB literal per order", f"SELECT order_id, '{big}' AS v FROM sales.orders", None),
+            ("a 90 KB literal counted over all orders", f"SELECT count(v) FROM (SELECT '{big}' AS v FROM sales.orders)", None),
+            (
+                "a CTE literal inlined 400 times",
+                "WITH a AS (SELECT '" + "z" * 40_000 + "' AS s) SELECT " + ", ".join(f"substr(s, {i}) AS c{i}" for i in range(400)) + " FROM a",
+                None,
+            ),
+            (
+                "eight 60 KB columns per order",
+                "SELECT " + ", ".join(f"length(repeat('x', {60_000 + i})) AS c{i}" for i in range(8)) + " FROM sales.orders",
+                None,
+            ),
+            (
+                "string_agg over orders × orders",
+                "SELECT length(string_agg(repeat('x', 1000), ',')) FROM sales.orders a CROSS JOIN sales.orders b",
+                None,
+            ),
+            ("array_agg of 10 KB values", "SELECT cardinality(array_agg(repeat('x', 10000))) FROM sales.orders a CROSS JOIN sales.orders b", None),
+            ("unnest of a million-element range per order", "SELECT count(*) FROM (SELECT unnest(range(0, 1000000)) FROM sales.orders)", refused),
+        ]
+        peak = memory_kib(pid, "VmHWM")
+        for name, sql, words in attacks:
+            answer = await s.query(cls, name, client, sql, max_rows=10)
+            now = memory_kib(pid, "VmHWM")
+            if now > peak + 64 * 1024:
+                print(f"  9-memory: peak {now // 1024} MiB after {name!r}", flush=True)
+            peak = now
+            if words is not None:
+                s.check(f"{name}: refused", cls, answer.error, answer.brief())
+            if answer.error:
+                s.check(
+                    f"{name}: the error names the limit",
+                    cls,
+                    any(w in answer.text.lower() for w in refused),
+                    answer.brief(),
+                )
+        # The report's case, 32 at once.
+        answers = await asyncio.gather(
+            *(
+                s.query(cls, f"repeat 100 KB per order, copy {i}", client, attacks[0][1], max_rows=10)
+                for i in range(32)
+            )
+        )
+        s.check("32 concurrent copies all answered", cls, all(a.ok or a.error for a in answers))
+        # A literal broadcast answers the right rows: as many as pyiceberg counts.
+        count = await s.expect_rows(
+            cls,
+            "a 90 KB literal counted",
+            client,
+            f"SELECT count(v) FROM (SELECT '{big}' AS v FROM sales.orders)",
+            [[n]],
+        )
+        del count, warm
+        await s.expect_rows(cls, "the server still answers", client, "SELECT 1", [[1]])
+        peak = memory_kib(pid, "VmHWM")
+        allowed = before + (MEMORY_POOL + MEMORY_CONSTANT) // 1024
+        print(
+            f"  9-memory: resident before {before // 1024} MiB, peak {peak // 1024} MiB, "
+            f"allowed {allowed // 1024} MiB (pool {MEMORY_POOL >> 20} MiB + {MEMORY_CONSTANT >> 20} MiB)",
+            flush=True,
+        )
+        s.attempts[cls] += 1
+        s.check("peak memory within the pool plus the stated constant", cls, peak <= allowed, f"{peak} KiB > {allowed} KiB")
+    finally:
+        await client.close()
+
 async def run(binary: str, data_dir: str, scratch: str, s: Suite) -> None:
     principals = ["analyst", "marketing-agent", "sales-owner", "ops-owner", "stranger"]
     sessions = {p: Parley(binary, data_dir, p, scratch) for p in principals}
@@ -1836,6 +1972,7 @@ async def run(binary: str, data_dir: str, scratch: str, s: Suite) -> None:
         await s.timed("6-audit", class6_audit(s, sessions, grant, data_dir))
         await s.timed("8-grants", class8_grants(s, sessions, grant))
         await s.timed("7-bad-input", class7_bad_input(s, bad, s.truth))
+        await s.timed("9-memory", class9_memory(s, binary, data_dir, scratch))
     finally:
         for client in [*sessions.values(), bad]:
             await client.close()

@@ -1178,6 +1178,15 @@ async fn owners_narrow_terms_into_a_counter_offer() {
     )
     .await);
     let grant = accepted["grant_id"].as_str().unwrap().to_string();
+    // The owner who offered the terms is the grant's approver.
+    let mine = ok(&call(&analyst, "my_grants", json!({})).await);
+    let listed = mine["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["grant_id"] == grant.as_str())
+        .unwrap_or_else(|| panic!("grant {grant} listed: {mine:#}"));
+    assert_eq!(listed["approvers"], json!(["sales-owner"]), "{listed:#}");
     let under = ok(&call(
         &analyst,
         "query",

@@ -922,7 +922,10 @@ impl ParleyServer {
             )));
         }
         let outcome: Outcome = serde_json::from_value(stored.outcome.clone()).map_err(internal)?;
-        let Outcome::CounterOffer { terms, .. } = outcome else {
+        let Outcome::CounterOffer {
+            terms, offered_by, ..
+        } = outcome
+        else {
             return Err(internal("an offered request without offered terms"));
         };
         if terms.expires_at <= Utc::now() {
@@ -945,7 +948,8 @@ impl ParleyServer {
         ] {
             self.transition(&args.request_id, state, &who, why).await?;
         }
-        let grant = self.make_grant(&stored.request, terms, vec![]).await?;
+        // An approver's counter-offer makes that approver the grant's approver; an automatic offer has none.
+        let grant = self.make_grant(&stored.request, terms, offered_by).await?;
         self.transition(&args.request_id, State::Finalized, &who, "grant in force")
             .await?;
         checked.note(
@@ -1419,6 +1423,7 @@ impl ParleyServer {
         let offer = Outcome::CounterOffer {
             terms: terms.clone(),
             reasons: vec![why.clone()],
+            offered_by: vec![who.clone()],
         };
         let outcome_json = serde_json::to_value(&offer).map_err(internal)?;
         match self
@@ -1962,6 +1967,7 @@ fn fit_policy(
             Outcome::CounterOffer {
                 terms: narrowed,
                 reasons,
+                offered_by: vec![],
             }
         }
         Outcome::Pending {
