@@ -34,12 +34,17 @@ impl TableName {
     /// Parses `ns.table` or `ns1.ns2.table`; a name without a namespace or with empty parts is rejected.
     pub fn parse(text: &str) -> Result<TableName, String> {
         let parts: Vec<&str> = text.trim().split('.').collect();
-        if parts.len() < 2 || parts.iter().any(|p| p.trim().is_empty()) {
-            return Err(format!(
+        let refused = || {
+            format!(
                 "{text:?} is not a table name: write it as namespace.table, e.g. sales.orders (list_tables shows them)"
-            ));
+            )
+        };
+        if parts.iter().any(|p| p.trim().is_empty()) {
+            return Err(refused());
         }
-        let (name, namespace) = parts.split_last().expect("at least two parts");
+        let Some((name, namespace)) = parts.split_last().filter(|(_, ns)| !ns.is_empty()) else {
+            return Err(refused());
+        };
         Ok(TableName {
             namespace: namespace.iter().map(|s| s.to_string()).collect(),
             name: name.to_string(),
@@ -338,9 +343,8 @@ impl Lakehouse {
         for ((at, _), table) in missing.into_iter().zip(loaded) {
             out[at] = Some(table.map(|t| f(&t)));
         }
-        out.into_iter()
-            .map(|r| r.expect("every table was inspected"))
-            .collect()
+        // Every slot was filled: from the cache, or by its load above.
+        out.into_iter().flatten().collect()
     }
 
     /// Reloads a cached table in a background task, one at a time per table. A table that no longer loads leaves

@@ -315,7 +315,11 @@ pub struct Engine {
 
 /// A tokio runtime for query execution, shut down without blocking when the engine is dropped (which may happen
 /// inside another runtime).
-struct QueryRuntime(Option<tokio::runtime::Runtime>);
+struct QueryRuntime {
+    /// Taken when the engine is dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
 
 impl QueryRuntime {
     /// One thread per core. An operator that computes for seconds without yielding keeps its thread even after
@@ -324,28 +328,27 @@ impl QueryRuntime {
     /// in the memory benchmark, against none.)
     fn new() -> std::io::Result<QueryRuntime> {
         let threads = std::thread::available_parallelism().map_or(2, NonZeroUsize::get);
-        Ok(QueryRuntime(Some(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads)
-                // Room for deep expression trees (see `MAX_EXPRESSION_DEPTH`); only touched pages are committed.
-                .thread_stack_size(64 << 20)
-                .thread_name("parley-query")
-                .enable_all()
-                .build()?,
-        )))
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            // Room for deep expression trees (see `MAX_EXPRESSION_DEPTH`); only touched pages are committed.
+            .thread_stack_size(64 << 20)
+            .thread_name("parley-query")
+            .enable_all()
+            .build()?;
+        Ok(QueryRuntime {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
     }
 
     fn handle(&self) -> &tokio::runtime::Handle {
-        self.0
-            .as_ref()
-            .expect("the runtime lives as long as the engine")
-            .handle()
+        &self.handle
     }
 }
 
 impl Drop for QueryRuntime {
     fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
+        if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
     }
@@ -366,7 +369,7 @@ impl Engine {
     pub fn new(limits: &QueryLimits, catalog_name: &str) -> Result<Engine, QueryError> {
         let pool = TrackConsumersPool::new(
             GreedyMemoryPool::new(limits.memory_bytes),
-            NonZeroUsize::new(5).expect("nonzero"),
+            NonZeroUsize::MIN.saturating_add(4),
         );
         let disk = if limits.spill_to_disk {
             DiskManagerBuilder::default()

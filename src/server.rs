@@ -349,9 +349,16 @@ pub struct AnswerArgs {
 /// A tool result: `structuredContent` for programs, compact `text` for the model.
 fn respond<T: Serialize>(value: &T, text: String) -> CallToolResult {
     // Not `CallToolResult::structured`: it also renders the value as JSON text, which the text here replaces.
-    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
-    result.structured_content = Some(serde_json::to_value(value).expect("tool results serialize"));
-    result
+    match serde_json::to_value(value) {
+        Ok(structured) => {
+            let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+            result.structured_content = Some(structured);
+            result
+        }
+        Err(e) => CallToolResult::error(vec![ContentBlock::text(format!(
+            "the result could not be encoded as JSON ({e}); report this to the server's operator"
+        ))]),
+    }
 }
 
 /// `list_tables`' reply: the page as structured content, and a line per table for the model.

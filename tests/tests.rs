@@ -10,5 +10,6 @@ mod http;
 mod init;
 mod negotiation;
 mod notices;
+mod tidy;
 mod tools;
 mod util;
