@@ -27,9 +27,9 @@ use super::{ParleyServer, internal, parse_args, respond};
 use crate::catalog::TableName;
 use crate::config::SelfApproval;
 use crate::gate::{Checked, ToolError};
+use crate::negotiation::service::{FlowError, Negotiations};
 use crate::negotiation::{
     self, AccessRequest, Grant, OdrlKind, Outcome, RowScope, State, combined_limitations,
-    contract_versions,
 };
 use crate::policy::{Action, Resource};
 use crate::store::StoreError;
@@ -349,33 +349,12 @@ impl ParleyServer {
         terms: negotiation::Terms,
         approvers: Vec<String>,
     ) -> Result<Grant, ToolError> {
-        let contracts: Vec<(String, crate::contracts::Contract)> = terms
-            .tables
-            .iter()
-            .filter_map(|t| {
-                let name = TableName::parse(t).ok()?;
-                Some((
-                    t.clone(),
-                    self.app.lakehouse.contract(&name)?.contract.clone(),
-                ))
-            })
-            .collect();
-        let refs: Vec<(&str, &crate::contracts::Contract)> =
-            contracts.iter().map(|(t, c)| (t.as_str(), c)).collect();
-        let grant = Grant::new(
-            &request.id,
-            &request.principal,
-            terms,
-            contract_versions(&refs),
-            approvers,
-            Utc::now(),
-        );
-        self.app
-            .store
-            .save_grant(&grant)
-            .await
-            .map_err(Self::store_error)?;
-        Ok(grant)
+        Ok(self.flows().grant(request, terms, approvers).await?)
+    }
+
+    /// The negotiation flows (`negotiation::service`) over this server's store and contracts, now.
+    fn flows(&self) -> Negotiations<'_> {
+        Negotiations::new(self.app.store.as_ref(), &self.app.lakehouse, Utc::now())
     }
 
     /// The text a person acknowledges before a grant starts: purpose, usage, limitations, acknowledgement.
@@ -455,20 +434,7 @@ impl ParleyServer {
         who: &str,
         why: &str,
     ) -> Result<(), ToolError> {
-        match self
-            .app
-            .store
-            .update_state(request_id, state, who, why)
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(StoreError::InvalidTransition { from, .. }) => Err(ToolError::BadRequest(format!(
-                "request {request_id} is already {}: it was answered or decided meanwhile; access_status shows its \
-                 history",
-                from.as_str()
-            ))),
-            Err(e) => Err(Self::store_error(e)),
-        }
+        Ok(self.flows().transition(request_id, state, who, why).await?)
     }
 
     /// Asks `question` about `request` as an input-required result whose `requestState` is sealed to this caller
@@ -894,18 +860,10 @@ impl ParleyServer {
         checked: &Checked<'_>,
         request_id: &str,
     ) -> Result<crate::store::StoredRequest, ToolError> {
-        let stored = self
-            .app
-            .store
-            .get_request(request_id)
-            .await
-            .map_err(Self::store_error)?;
-        match stored {
-            Some(s) if s.request.principal == checked.principal_id() => Ok(s),
-            _ => Err(ToolError::BadRequest(format!(
-                "request {request_id} not found among your requests; request_access returns the id"
-            ))),
-        }
+        Ok(self
+            .flows()
+            .own_request(checked.principal_id(), request_id)
+            .await?)
     }
 
     async fn do_accept(
@@ -913,44 +871,10 @@ impl ParleyServer {
         checked: &mut Checked<'_>,
         args: AcceptArgs,
     ) -> Result<DoneResult, ToolError> {
-        let stored = self.own_request(checked, &args.request_id).await?;
-        if stored.state != State::Offered {
-            return Err(ToolError::BadRequest(format!(
-                "request {} is {}, not an open offer",
-                args.request_id,
-                stored.state.as_str()
-            )));
-        }
-        let outcome: Outcome = serde_json::from_value(stored.outcome.clone()).map_err(internal)?;
-        let Outcome::CounterOffer {
-            terms, offered_by, ..
-        } = outcome
-        else {
-            return Err(internal("an offered request without offered terms"));
-        };
-        if terms.expires_at <= Utc::now() {
-            return Err(ToolError::BadRequest(
-                "the offer's term has already ended; request_access again".to_string(),
-            ));
-        }
-        if terms.hash() != args.terms_hash {
-            return Err(ToolError::BadRequest(format!(
-                "terms_hash does not match the offered terms of request {}; read the offer again (access_status) and pass its terms_hash",
-                args.request_id
-            )));
-        }
-        // The state moves first, each step a compare-and-set in the store: of two concurrent accepts of one offer
-        // only one gets past `Accepted`, so only one grant is made (and the store allows one grant per request).
-        let who = checked.principal_id().to_string();
-        for (state, why) in [
-            (State::Accepted, "the requester accepted the offer"),
-            (State::Agreed, "agreement recorded as a grant"),
-        ] {
-            self.transition(&args.request_id, state, &who, why).await?;
-        }
-        // An approver's counter-offer makes that approver the grant's approver; an automatic offer has none.
-        let grant = self.make_grant(&stored.request, terms, offered_by).await?;
-        self.transition(&args.request_id, State::Finalized, &who, "grant in force")
+        // The flow moves the state before it makes the grant (see `negotiation::service`).
+        let grant = self
+            .flows()
+            .accept(checked.principal_id(), &args.request_id, &args.terms_hash)
             .await?;
         checked.note(
             Action::RequestAccess,
@@ -975,24 +899,10 @@ impl ParleyServer {
         checked: &mut Checked<'_>,
         args: RequestIdArgs,
     ) -> Result<DoneResult, ToolError> {
-        let stored = self.own_request(checked, &args.request_id).await?;
-        if stored.state != State::Offered {
-            return Err(ToolError::BadRequest(format!(
-                "request {} is {}, not an open offer",
-                args.request_id,
-                stored.state.as_str()
-            )));
-        }
-        self.app
-            .store
-            .update_state(
-                &args.request_id,
-                State::Terminated,
-                checked.principal_id(),
-                "the requester declined the offer",
-            )
-            .await
-            .map_err(Self::store_error)?;
+        let stored = self
+            .flows()
+            .decline(checked.principal_id(), &args.request_id)
+            .await?;
         checked.note(
             Action::RequestAccess,
             &stored.request.tables.join(","),
@@ -1195,11 +1105,7 @@ impl ParleyServer {
         } else {
             format!("{reason} (approved {how})")
         };
-        self.transition(&request.id, State::Agreed, &who, &why)
-            .await?;
-        let grant = self.make_grant(request, terms, vec![who.clone()]).await?;
-        self.transition(&request.id, State::Finalized, &who, "grant in force")
-            .await?;
+        let grant = self.flows().agree(request, terms, &who, &why).await?;
         checked.note(
             Action::DecideRequest,
             &request.tables.join(","),
@@ -1511,11 +1417,9 @@ impl ParleyServer {
             )?;
         }
         let who = checked.principal_id().to_string();
-        self.app
-            .store
-            .revoke_grant(&args.grant_id, &who, &args.reason)
-            .await
-            .map_err(Self::store_error)?;
+        self.flows()
+            .revoke(&args.grant_id, &who, &args.reason)
+            .await?;
         checked.note(
             Action::DecideRequest,
             &grant.terms.tables.join(","),
@@ -2033,5 +1937,16 @@ pub(super) fn governance_of(grant: &Grant, table: &str, secret: &str) -> crate::
         // A server-side secret keeps hashed values from being reversed by hashing guesses; the grant id keeps
         // hashes from linking across grants.
         salt: crate::audit::digest(&format!("parley-mask:{secret}:{}", grant.id)),
+    }
+}
+
+impl From<FlowError> for ToolError {
+    fn from(e: FlowError) -> ToolError {
+        match e {
+            FlowError::NotFound(m) | FlowError::Refused(m) | FlowError::Conflict(m) => {
+                ToolError::BadRequest(m)
+            }
+            FlowError::Store(m) => internal(m),
+        }
     }
 }

@@ -23,6 +23,8 @@ use sha2::{Digest, Sha256};
 
 use crate::contracts::{Contract, Property};
 
+pub mod service;
+
 /// Entry of a contract's `allowedPurposes` that admits any internal purpose (not in `prohibitedPurposes`).
 pub const ANY_INTERNAL: &str = "any_internal";
 
@@ -1395,7 +1397,7 @@ mod purpose_tests {
 
     #[test]
     fn purposes_form_a_hierarchy_and_bad_registries_are_refused() {
-        let p = Purposes::from_yaml(include_str!("../examples/policy/purposes.yaml")).unwrap();
+        let p = Purposes::from_yaml(include_str!("../../examples/policy/purposes.yaml")).unwrap();
         assert!(p.is_a("churn_analysis", "analytics"));
         assert!(p.is_a("Churn_Analysis", "churn_analysis"));
         assert!(!p.is_a("analytics", "churn_analysis"));
@@ -1426,10 +1428,10 @@ mod tests {
     use super::*;
     use crate::contracts::parse;
 
-    const CUSTOMERS: &str = include_str!("../examples/contracts/sales/customers.yaml");
-    const ORDERS: &str = include_str!("../examples/contracts/sales/orders.yaml");
-    const PRODUCTS: &str = include_str!("../examples/contracts/sales/products.yaml");
-    const SHIPMENTS: &str = include_str!("../examples/contracts/ops/shipments.yaml");
+    const CUSTOMERS: &str = include_str!("../../examples/contracts/sales/customers.yaml");
+    const ORDERS: &str = include_str!("../../examples/contracts/sales/orders.yaml");
+    const PRODUCTS: &str = include_str!("../../examples/contracts/sales/products.yaml");
+    const SHIPMENTS: &str = include_str!("../../examples/contracts/ops/shipments.yaml");
 
     fn contracts() -> Vec<(&'static str, Contract)> {
         [

@@ -1,0 +1,345 @@
+//! The negotiation's flows over the store: what may happen to a request in which state, and in which order.
+//!
+//! Every flow that ends in a grant moves the request's state first and makes the grant after: each state change is
+//! a compare-and-set in the store, so of two concurrent accepts (or decisions) of one request only one gets past
+//! its first step, and only that one makes a grant (the store also allows one grant per request). The MCP handlers
+//! (`server::access`) decide who may call what and render the result; the order of events lives here.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use super::{AccessRequest, Grant, Outcome, State, Terms, contract_versions};
+use crate::catalog::{Lakehouse, TableName};
+use crate::store::{NegotiationStore, StoreError, StoredRequest};
+
+/// Why a flow did not go ahead, with a message for the caller saying what to do instead.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// The request or grant does not exist among those the caller may act on (said the same way whether it
+    /// exists for someone else or not at all).
+    #[error("{0}")]
+    NotFound(String),
+    /// The flow does not allow this now (wrong state, stale terms, a term already ended).
+    #[error("{0}")]
+    Refused(String),
+    /// Another call changed the request first (a concurrent accept or decision).
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed, or holds something it should not.
+    #[error("{0}")]
+    Store(String),
+}
+
+impl From<StoreError> for FlowError {
+    fn from(e: StoreError) -> FlowError {
+        FlowError::Store(e.to_string())
+    }
+}
+
+/// Where a grant finds the versions of the contracts it was agreed under.
+pub trait ContractVersions: Send + Sync {
+    /// `table → contract id@version` for those of `tables` that have a contract.
+    fn contract_versions(&self, tables: &[String]) -> BTreeMap<String, String>;
+}
+
+impl ContractVersions for Lakehouse {
+    fn contract_versions(&self, tables: &[String]) -> BTreeMap<String, String> {
+        let contracts: Vec<(String, crate::contracts::Contract)> = tables
+            .iter()
+            .filter_map(|t| {
+                let name = TableName::parse(t).ok()?;
+                Some((t.clone(), self.contract(&name)?.contract.clone()))
+            })
+            .collect();
+        let refs: Vec<(&str, &crate::contracts::Contract)> =
+            contracts.iter().map(|(t, c)| (t.as_str(), c)).collect();
+        contract_versions(&refs)
+    }
+}
+
+/// The negotiation flows for one call, over the server's store and contracts.
+pub struct Negotiations<'a> {
+    store: &'a dyn NegotiationStore,
+    contracts: &'a dyn ContractVersions,
+    now: DateTime<Utc>,
+}
+
+/// An offer the requester may accept: its request, terms, and the approvers who offered them (none for an
+/// automatic offer).
+pub struct OpenOffer {
+    /// The stored request.
+    pub stored: StoredRequest,
+    /// The offered terms.
+    pub terms: Terms,
+    /// Who offered them.
+    pub offered_by: Vec<String>,
+}
+
+impl<'a> Negotiations<'a> {
+    /// The flows over `store`, with contract versions from `contracts`, at `now`.
+    pub fn new(
+        store: &'a dyn NegotiationStore,
+        contracts: &'a dyn ContractVersions,
+        now: DateTime<Utc>,
+    ) -> Negotiations<'a> {
+        Negotiations {
+            store,
+            contracts,
+            now,
+        }
+    }
+
+    /// Moves request `id` to `state`, refusing as a conflict when another call moved it first.
+    pub async fn transition(
+        &self,
+        id: &str,
+        state: State,
+        who: &str,
+        why: &str,
+    ) -> Result<(), FlowError> {
+        match self.store.update_state(id, state, who, why).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::InvalidTransition { from, .. }) => Err(FlowError::Conflict(format!(
+                "request {id} is already {}: it was answered or decided meanwhile; access_status shows its \
+                 history",
+                from.as_str()
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Makes and stores the grant of `request` under `terms`, recording the contract versions it was agreed
+    /// under. Callers move the request's state first (see the module).
+    pub async fn grant(
+        &self,
+        request: &AccessRequest,
+        terms: Terms,
+        approvers: Vec<String>,
+    ) -> Result<Grant, FlowError> {
+        let versions = self.contracts.contract_versions(&terms.tables);
+        let grant = Grant::new(
+            &request.id,
+            &request.principal,
+            terms,
+            versions,
+            approvers,
+            self.now,
+        );
+        self.store.save_grant(&grant).await?;
+        Ok(grant)
+    }
+
+    /// Agrees `request` under `terms`, approved by `approver`: `Agreed`, then the grant, then `Finalized`.
+    pub async fn agree(
+        &self,
+        request: &AccessRequest,
+        terms: Terms,
+        approver: &str,
+        why: &str,
+    ) -> Result<Grant, FlowError> {
+        self.transition(&request.id, State::Agreed, approver, why)
+            .await?;
+        let grant = self
+            .grant(request, terms, vec![approver.to_string()])
+            .await?;
+        self.transition(&request.id, State::Finalized, approver, "grant in force")
+            .await?;
+        Ok(grant)
+    }
+
+    /// Request `id` of `principal`; another principal's request is reported as not found.
+    pub async fn own_request(&self, principal: &str, id: &str) -> Result<StoredRequest, FlowError> {
+        match self.store.get_request(id).await? {
+            Some(s) if s.request.principal == principal => Ok(s),
+            _ => Err(FlowError::NotFound(format!(
+                "request {id} not found among your requests; request_access returns the id"
+            ))),
+        }
+    }
+
+    /// `principal`'s request `id`, if it is an open offer.
+    pub async fn open_offer(&self, principal: &str, id: &str) -> Result<OpenOffer, FlowError> {
+        let stored = self.own_request(principal, id).await?;
+        if stored.state != State::Offered {
+            return Err(FlowError::Refused(format!(
+                "request {id} is {}, not an open offer",
+                stored.state.as_str()
+            )));
+        }
+        let outcome: Outcome = serde_json::from_value(stored.outcome.clone())
+            .map_err(|e| FlowError::Store(format!("request {id}'s stored outcome: {e}")))?;
+        let Outcome::CounterOffer {
+            terms, offered_by, ..
+        } = outcome
+        else {
+            return Err(FlowError::Store(format!(
+                "request {id} is offered but its outcome holds no offered terms"
+            )));
+        };
+        Ok(OpenOffer {
+            stored,
+            terms,
+            offered_by,
+        })
+    }
+
+    /// `principal` accepts the offer of request `id` by the hash of its terms: `Accepted`, `Agreed`, the grant
+    /// (whose approvers are those who offered the terms), `Finalized`.
+    pub async fn accept(
+        &self,
+        principal: &str,
+        id: &str,
+        terms_hash: &str,
+    ) -> Result<Grant, FlowError> {
+        let offer = self.open_offer(principal, id).await?;
+        if offer.terms.expires_at <= self.now {
+            return Err(FlowError::Refused(
+                "the offer's term has already ended; request_access again".to_string(),
+            ));
+        }
+        if offer.terms.hash() != terms_hash {
+            return Err(FlowError::Refused(format!(
+                "terms_hash does not match the offered terms of request {id}; read the offer again \
+                 (access_status) and pass its terms_hash"
+            )));
+        }
+        for (state, why) in [
+            (State::Accepted, "the requester accepted the offer"),
+            (State::Agreed, "agreement recorded as a grant"),
+        ] {
+            self.transition(id, state, principal, why).await?;
+        }
+        let grant = self
+            .grant(&offer.stored.request, offer.terms, offer.offered_by)
+            .await?;
+        self.transition(id, State::Finalized, principal, "grant in force")
+            .await?;
+        Ok(grant)
+    }
+
+    /// `principal` declines the offer of request `id`, which ends the negotiation.
+    pub async fn decline(&self, principal: &str, id: &str) -> Result<StoredRequest, FlowError> {
+        let offer = self.open_offer(principal, id).await?;
+        self.transition(
+            id,
+            State::Terminated,
+            principal,
+            "the requester declined the offer",
+        )
+        .await?;
+        Ok(offer.stored)
+    }
+
+    /// Revokes grant `id` (the caller's right to was decided by the gate).
+    pub async fn revoke(&self, id: &str, by: &str, why: &str) -> Result<(), FlowError> {
+        self.store.revoke_grant(id, by, why).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    struct NoContracts;
+    impl ContractVersions for NoContracts {
+        fn contract_versions(&self, _: &[String]) -> BTreeMap<String, String> {
+            BTreeMap::new()
+        }
+    }
+
+    async fn offered(store: &SqliteStore, now: DateTime<Utc>) -> (AccessRequest, Terms) {
+        let request = AccessRequest {
+            id: "req-1".to_string(),
+            principal: "agent".to_string(),
+            tables: vec!["sales.orders".to_string()],
+            columns: None,
+            purpose: "analytics".to_string(),
+            justification: None,
+            duration_days: 30,
+            row_scope: None,
+            created_at: now,
+        };
+        let terms = Terms {
+            tables: request.tables.clone(),
+            columns: vec!["sales.orders.order_id".to_string()],
+            masks: BTreeMap::new(),
+            dropped: vec![],
+            row_filter: None,
+            purpose: request.purpose.clone(),
+            expires_at: now + chrono::Duration::days(30),
+            max_rows: None,
+            max_queries: None,
+            prices: vec![],
+        };
+        let outcome = Outcome::CounterOffer {
+            terms: terms.clone(),
+            reasons: vec!["masked".to_string()],
+            offered_by: vec!["owner".to_string()],
+        };
+        store
+            .save_request(
+                &request,
+                State::Offered,
+                &serde_json::to_value(&outcome).unwrap(),
+            )
+            .await
+            .unwrap();
+        (request, terms)
+    }
+
+    #[tokio::test]
+    async fn an_offer_is_accepted_once_and_its_grant_names_who_offered_it() {
+        let store = SqliteStore::open_in_memory().await.unwrap();
+        let now = Utc::now();
+        let (request, terms) = offered(&store, now).await;
+        let flows = Negotiations::new(&store, &NoContracts, now);
+        // Someone else's request does not exist for them.
+        assert!(matches!(
+            flows.accept("other", &request.id, &terms.hash()).await,
+            Err(FlowError::NotFound(_))
+        ));
+        // A stale hash is refused and changes nothing.
+        assert!(matches!(
+            flows.accept("agent", &request.id, "0").await,
+            Err(FlowError::Refused(_))
+        ));
+        let hash = terms.hash();
+        let (a, b) = tokio::join!(
+            flows.accept("agent", &request.id, &hash),
+            flows.accept("agent", &request.id, &hash)
+        );
+        let grants: Vec<Grant> = [a, b].into_iter().filter_map(Result::ok).collect();
+        assert_eq!(grants.len(), 1, "two concurrent accepts make one grant");
+        assert_eq!(grants[0].approvers, vec!["owner".to_string()]);
+        assert_eq!(
+            store.get_request(&request.id).await.unwrap().unwrap().state,
+            State::Finalized
+        );
+        // Once finalized it is no open offer: neither accepted nor declined again.
+        assert!(matches!(
+            flows.decline("agent", &request.id).await,
+            Err(FlowError::Refused(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_ended_offer_is_not_accepted() {
+        let store = SqliteStore::open_in_memory().await.unwrap();
+        let now = Utc::now();
+        let (request, terms) = offered(&store, now).await;
+        let later = terms.expires_at + chrono::Duration::seconds(1);
+        let flows = Negotiations::new(&store, &NoContracts, later);
+        let e = flows.accept("agent", &request.id, &terms.hash()).await;
+        assert!(
+            matches!(e, Err(FlowError::Refused(ref m)) if m.contains("ended")),
+            "{e:?}"
+        );
+        assert_eq!(
+            store.get_request(&request.id).await.unwrap().unwrap().state,
+            State::Offered
+        );
+    }
+}
