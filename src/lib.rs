@@ -11,6 +11,7 @@ pub mod audit;
 pub mod benchdata;
 pub mod bounded;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod contracts;
 pub mod demo;

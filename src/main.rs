@@ -493,6 +493,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         purposes,
         mask_secret: mask_secret(dir)?,
         sessions: Default::default(),
+        clock: parley::clock::Clock::from_env(),
         store,
         config,
         audit_path: dir.audit_log(),

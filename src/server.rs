@@ -75,6 +75,8 @@ pub struct App {
     pub grants_hint: GrantsHint,
     /// Live MCP sessions per principal, for pushing notices of owners' decisions.
     pub sessions: Sessions,
+    /// The wall clock that decides whether grants and offers are in their term (settable by tests).
+    pub clock: crate::clock::Clock,
 }
 
 /// See [`App::grants_hint`].
@@ -841,7 +843,7 @@ impl ParleyServer {
             offset,
             page_size,
         );
-        let now = chrono::Utc::now();
+        let now = self.app.clock.now();
         let grants = self.grants_hint(checked.principal_id()).await?;
         let live_grants: Vec<&crate::negotiation::Grant> =
             grants.iter().filter(|g| g.is_live(now)).collect();
@@ -1146,7 +1148,7 @@ impl ParleyServer {
                 .get_grant(&g.id)
                 .await
                 .map_err(internal)?
-                .is_some_and(|g| g.is_live(chrono::Utc::now()));
+                .is_some_and(|g| g.is_live(self.app.clock.now()));
             if !still_live {
                 return Err(ToolError::Denied {
                     reason: format!("grant {} was revoked or expired while the query ran", g.id),
@@ -1220,7 +1222,7 @@ impl ParleyServer {
         args: &QueryArgs,
         tables: &[TableName],
     ) -> Result<Option<crate::negotiation::Grant>, ToolError> {
-        let now = chrono::Utc::now();
+        let now = self.app.clock.now();
         let grant = match &args.grant_id {
             Some(id) => {
                 let g = self

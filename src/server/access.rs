@@ -189,9 +189,10 @@ impl Tightening {
         &self,
         terms: &mut negotiation::Terms,
         changes: &mut Vec<String>,
+        now: chrono::DateTime<Utc>,
     ) -> Result<(), ToolError> {
         if let Some(at) = self.expires_at {
-            if at <= Utc::now() || at > terms.expires_at {
+            if at <= now || at > terms.expires_at {
                 return Err(ToolError::BadRequest(format!(
                     "expires_at must be in the future and not after the proposed expiry {}",
                     terms.expires_at
@@ -273,11 +274,11 @@ pub struct DoneResult {
     pub state: Option<String>,
 }
 
-fn grant_view(g: &Grant) -> Value {
+fn grant_view(g: &Grant, now: chrono::DateTime<Utc>) -> Value {
     json!({
         "grant_id": g.id,
         "request_id": g.request_id,
-        "live": g.is_live(Utc::now()),
+        "live": g.is_live(now),
         "revoked_at": g.revoked_at,
         "terms": g.terms,
         "terms_hash": g.terms_hash,
@@ -354,7 +355,11 @@ impl ParleyServer {
 
     /// The negotiation flows (`negotiation::service`) over this server's store and contracts, now.
     fn flows(&self) -> Negotiations<'_> {
-        Negotiations::new(self.app.store.as_ref(), &self.app.lakehouse, Utc::now())
+        Negotiations::new(
+            self.app.store.as_ref(),
+            &self.app.lakehouse,
+            self.app.clock.now(),
+        )
     }
 
     /// The text a person acknowledges before a grant starts: purpose, usage, limitations, acknowledgement.
@@ -997,7 +1002,10 @@ impl ParleyServer {
             format!("{} grant(s) listed", grants.len()),
         );
         Ok(GrantsResult {
-            grants: grants.iter().map(grant_view).collect(),
+            grants: {
+                let now = self.app.clock.now();
+                grants.iter().map(|g| grant_view(g, now)).collect()
+            },
         })
     }
 
@@ -1099,7 +1107,7 @@ impl ParleyServer {
         };
         // An approver may tighten the proposed terms, never widen them.
         let mut changes = Vec::new();
-        tighten.apply(&mut terms, &mut changes)?;
+        tighten.apply(&mut terms, &mut changes, self.app.clock.now())?;
         let why = if how.is_empty() {
             reason.to_string()
         } else {
@@ -1305,7 +1313,7 @@ impl ParleyServer {
                 }
             }
         }
-        tighten.apply(&mut terms, &mut changes)?;
+        tighten.apply(&mut terms, &mut changes, self.app.clock.now())?;
         // Offer only what the policy would let a query use.
         let facts: Vec<(String, crate::policy::TableFacts)> = terms
             .tables
@@ -1485,7 +1493,7 @@ impl ParleyServer {
             grants: grants
                 .iter()
                 .map(|g| {
-                    let mut v = grant_view(g);
+                    let mut v = grant_view(g, self.app.clock.now());
                     v["principal"] = json!(g.principal);
                     v
                 })
@@ -1557,7 +1565,7 @@ impl ParleyServer {
             &grant.terms.tables.join(","),
             format!("grant {id} read"),
         );
-        let mut v = grant_view(&grant);
+        let mut v = grant_view(&grant, self.app.clock.now());
         v["principal"] = json!(grant.principal);
         v["odrl"] = self.odrl_for(
             OdrlKind::Agreement,
