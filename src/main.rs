@@ -496,7 +496,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         clock: parley::clock::Clock::from_env(),
         store,
         config,
-        audit_path: dir.audit_log(),
+        audit: parley::audit::reader::AuditReader::new(&dir.audit_log()),
         identity,
         gate: Gate::new(policy, audit),
         lakehouse: Lakehouse::new(catalog, contracts).with_cache_ttl(cache_ttl),

@@ -52,8 +52,8 @@ pub const AUDIT_TABLE: &str = "parley.audit_log";
 pub struct App {
     /// Configuration.
     pub config: Config,
-    /// Active file of the audit log (read for the `parley.audit_log` table).
-    pub audit_path: std::path::PathBuf,
+    /// The audit log as `parley.audit_log` reads it: an index kept up to date by what was appended.
+    pub audit: crate::audit::reader::AuditReader,
     /// Who is calling.
     pub identity: Identity,
     /// Policy + audit choke point.
@@ -649,31 +649,40 @@ impl ParleyServer {
         &self,
         checked: &mut Checked<'_>,
     ) -> Result<datafusion::arrow::array::RecordBatch, ToolError> {
-        let path = self.app.audit_path.clone();
-        let records = tokio::task::spawn_blocking(move || crate::audit::read_all(&path))
-            .await
-            .map_err(internal)?
-            .map_err(internal)?;
-        let total = records.len();
+        // Which resources the caller may see, decided once each by the policy (in this task: the gate's checks
+        // are not Send); the reader then serves only their records from its index.
+        let resources = {
+            let app = self.app.clone();
+            tokio::task::spawn_blocking(move || app.audit.resources())
+                .await
+                .map_err(internal)?
+                .map_err(internal)?
+        };
         let mut allowed: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
-        let mut visible = Vec::new();
-        for record in records {
-            // A record naming several tables (a join, a multi-table grant) carries what the caller did with all
-            // of them (SQL, error text): it is shown only to a caller who may read the audit of every one.
-            let show = record.entry.resource.split(',').all(|resource| {
-                *allowed.entry(resource.to_string()).or_insert_with(|| {
-                    TableName::parse(resource).is_ok_and(|t| {
-                        let facts = self.app.lakehouse.facts_of_listed(&t);
-                        checked
-                            .peek(Action::ReadAudit, &Resource::Table(facts))
-                            .allowed()
+        let shown: std::collections::HashSet<String> = resources
+            .into_iter()
+            .filter(|resource| {
+                // A record naming several tables (a join, a multi-table grant) carries what the caller did with
+                // all of them (SQL, error text): it is shown only to a caller who may read the audit of every one.
+                resource.split(',').all(|table| {
+                    *allowed.entry(table.to_string()).or_insert_with(|| {
+                        TableName::parse(table).is_ok_and(|t| {
+                            let facts = self.app.lakehouse.facts_of_listed(&t);
+                            checked
+                                .peek(Action::ReadAudit, &Resource::Table(facts))
+                                .allowed()
+                        })
                     })
                 })
-            });
-            if show {
-                visible.push(record);
-            }
-        }
+            })
+            .collect();
+        let (visible, total) = {
+            let app = self.app.clone();
+            tokio::task::spawn_blocking(move || app.audit.records(|r| shown.contains(r)))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?
+        };
         checked.note(
             Action::ReadAudit,
             AUDIT_TABLE,

@@ -8,6 +8,8 @@
 //! Invariant: `append` returns only after the record is on disk; a record that cannot be written is an error
 //! that the gate turns into a failed call, never a silently lost record.
 
+pub mod reader;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -446,6 +448,50 @@ impl Chain {
         chain
     }
 
+    /// Checks one complete line (with its newline) as the next record of the chain and moves the chain past
+    /// it; returns the record's JSON.
+    fn link(&mut self, path: &Path, line: &str) -> Result<Value, AuditError> {
+        let expected_seq = self.next_seq;
+        let broken = |message: String| AuditError::Broken {
+            path: path.to_path_buf(),
+            seq: expected_seq,
+            message,
+        };
+        let value: Value = serde_json::from_str(line.trim_end())
+            .map_err(|e| broken(format!("not a JSON record: {e}")))?;
+        let link = Link::of(&value).ok_or_else(|| {
+            broken("not an audit record: seq, prev_hash or hash is missing".into())
+        })?;
+        if link.seq != expected_seq && expected_seq >= self.check_from {
+            return Err(broken(format!(
+                "sequence number is {}, expected {expected_seq} (a record was deleted, inserted or moved)",
+                link.seq
+            )));
+        }
+        if link.seq >= self.check_from {
+            if link.seq > self.check_from && link.prev_hash != self.prev {
+                return Err(broken(
+                    "prev_hash does not match the previous record's hash (a record was deleted, inserted or moved)"
+                        .into(),
+                ));
+            }
+            if record_hash(&value) != link.hash {
+                return Err(broken(
+                    "hash does not match the record's content (the record was edited)".into(),
+                ));
+            }
+        }
+        let seq = link.seq;
+        if let Some(slot) = self.wanted.get_mut(&seq) {
+            *slot = Some(link.hash.to_string());
+        }
+        self.prev.clear();
+        self.prev.push_str(link.hash);
+        self.next_seq = seq + 1;
+        self.count += 1;
+        Ok(value)
+    }
+
     /// Checks the checkpoints against what was read.
     fn check_anchors(
         &self,
@@ -504,57 +550,26 @@ fn read_open_segment(
         if n == 0 {
             return Ok(None);
         }
-        let expected_seq = chain.next_seq;
-        let broken = |message: String| AuditError::Broken {
-            path: path.to_path_buf(),
-            seq: expected_seq,
-            message,
-        };
         if !line.ends_with('\n') {
             if tolerate_torn_tail {
                 return Ok(Some(offset));
             }
-            return Err(broken(
-                "last line is incomplete (torn write); opening the log repairs it".into(),
-            ));
+            return Err(AuditError::Broken {
+                path: path.to_path_buf(),
+                seq: chain.next_seq,
+                message: "last line is incomplete (torn write); opening the log repairs it".into(),
+            });
         }
-        let value: Value = serde_json::from_str(line.trim_end())
-            .map_err(|e| broken(format!("not a JSON record: {e}")))?;
-        let link = Link::of(&value).ok_or_else(|| {
-            broken("not an audit record: seq, prev_hash or hash is missing".into())
-        })?;
-        if link.seq != expected_seq && expected_seq >= chain.check_from {
-            return Err(broken(format!(
-                "sequence number is {}, expected {expected_seq} (a record was deleted, inserted or moved)",
-                link.seq
-            )));
-        }
-        if link.seq >= chain.check_from {
-            if link.seq > chain.check_from && link.prev_hash != chain.prev {
-                return Err(broken(
-                    "prev_hash does not match the previous record's hash (a record was deleted, inserted or moved)"
-                        .into(),
-                ));
-            }
-            if record_hash(&value) != link.hash {
-                return Err(broken(
-                    "hash does not match the record's content (the record was edited)".into(),
-                ));
-            }
-        }
-        let seq = link.seq;
-        if let Some(slot) = chain.wanted.get_mut(&seq) {
-            *slot = Some(link.hash.to_string());
-        }
-        chain.prev.clear();
-        chain.prev.push_str(link.hash);
-        chain.next_seq = seq + 1;
-        chain.count += 1;
+        let value = chain.link(path, &line)?;
+        let seq = chain.next_seq - 1;
         offset += n as u64;
         if let Some(each) = each.as_mut() {
             each(
-                serde_json::from_value(value)
-                    .map_err(|e| broken(format!("not an audit record: {e}")))?,
+                serde_json::from_value(value).map_err(|e| AuditError::Broken {
+                    path: path.to_path_buf(),
+                    seq,
+                    message: format!("not an audit record: {e}"),
+                })?,
             );
         }
         if chain.stop_at == Some(seq) {
