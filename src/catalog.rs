@@ -104,7 +104,8 @@ pub struct Lakehouse {
     /// How long the last listing took, in microseconds: the list is not refreshed more often than
     /// [`LISTING_COST_FACTOR`] times that, so background listing of a large catalog takes a bounded share of a core.
     listing_micros: Arc<std::sync::atomic::AtomicU64>,
-    tables: Arc<Mutex<HashMap<TableName, (Instant, Table)>>>,
+    /// Loaded tables and when they were loaded; bounded (least recently used leave first).
+    tables: moka::sync::Cache<TableName, (Instant, Table)>,
     /// Tables being reloaded in the background by [`Lakehouse::inspect_listed`].
     reloading: Arc<Mutex<std::collections::HashSet<TableName>>>,
 }
@@ -112,8 +113,8 @@ pub struct Lakehouse {
 /// The cached table list and when it was read.
 type NamesSlot = Mutex<Option<(Instant, Arc<Vec<TableName>>)>>;
 
-/// Most tables kept loaded; past it the cache is emptied (a crude bound: the catalog is the source of truth).
-const MAX_CACHED_TABLES: usize = 4096;
+/// Most tables kept loaded.
+const MAX_CACHED_TABLES: u64 = 4096;
 
 /// Opens the embedded SQL catalog (SQLite) with its local warehouse.
 pub async fn open_sql_catalog(
@@ -150,7 +151,7 @@ impl Lakehouse {
             names: Arc::new(Mutex::new(None)),
             refreshing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             listing_micros: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            tables: Arc::new(Mutex::new(HashMap::new())),
+            tables: moka::sync::Cache::new(MAX_CACHED_TABLES),
             reloading: Arc::new(Mutex::new(std::collections::HashSet::new())),
         }
     }
@@ -318,23 +319,17 @@ impl Lakehouse {
     ) -> Vec<Result<R, CatalogError>> {
         let mut out = Vec::new();
         let mut missing = Vec::new();
-        {
-            let cached = self
-                .tables
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for table in tables {
-                match cached.get(table) {
-                    Some((at, t)) => {
-                        if at.elapsed() >= self.cache_ttl {
-                            self.reload_in_background(table);
-                        }
-                        out.push(Some(Ok(f(t))));
+        for table in tables {
+            match self.tables.get(table) {
+                Some((at, t)) => {
+                    if at.elapsed() >= self.cache_ttl {
+                        self.reload_in_background(table);
                     }
-                    None => {
-                        missing.push((out.len(), table));
-                        out.push(None);
-                    }
+                    out.push(Some(Ok(f(&t))));
+                }
+                None => {
+                    missing.push((out.len(), table));
+                    out.push(None);
                 }
             }
         }
@@ -369,18 +364,11 @@ impl Lakehouse {
                 Ok(ident) => catalog.load_table(&ident).await.map_err(CatalogError::from),
                 Err(e) => Err(e),
             };
-            {
-                let mut tables = tables
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                match loaded {
-                    Ok(t) => {
-                        tables.insert(table.clone(), (Instant::now(), t));
-                    }
-                    Err(e) => {
-                        tracing::warn!(%table, "reloading table metadata failed: {e}");
-                        tables.remove(&table);
-                    }
+            match loaded {
+                Ok(t) => tables.insert(table.clone(), (Instant::now(), t)),
+                Err(e) => {
+                    tracing::warn!(%table, "reloading table metadata failed: {e}");
+                    tables.invalidate(&table);
                 }
             }
             reloading
@@ -392,25 +380,15 @@ impl Lakehouse {
 
     /// Loads the table's current metadata (reused for the cache TTL).
     pub async fn load(&self, table: &TableName) -> Result<Table, CatalogError> {
-        if let Some((at, t)) = self
-            .tables
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(table)
+        if let Some((at, t)) = self.tables.get(table)
             && at.elapsed() < self.cache_ttl
         {
-            return Ok(t.clone());
+            return Ok(t);
         }
         let loaded = self.catalog.load_table(&table.ident()?).await?;
         if !self.cache_ttl.is_zero() {
-            let mut tables = self
-                .tables
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if tables.len() >= MAX_CACHED_TABLES {
-                tables.clear();
-            }
-            tables.insert(table.clone(), (Instant::now(), loaded.clone()));
+            self.tables
+                .insert(table.clone(), (Instant::now(), loaded.clone()));
         }
         Ok(loaded)
     }

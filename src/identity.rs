@@ -81,7 +81,6 @@ pub type Identity = Arc<dyn IdentitySource>;
 
 // ---- tokens (streamable HTTP) -------------------------------------------------------------------------------
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -230,13 +229,13 @@ pub struct JwtValidator {
     /// Held while refreshing so concurrent unknown-`kid` requests trigger one fetch.
     refresh: tokio::sync::Mutex<()>,
     /// Tokens already verified, by SHA-256, with when the result stops holding (see [`JwtValidator::validate`]).
-    verified: std::sync::Mutex<HashMap<[u8; 32], (Instant, Authenticated)>>,
+    verified: moka::sync::Cache<[u8; 32], (Instant, Authenticated)>,
 }
 
 /// Longest a verified token is answered from memory before its signature is checked again.
 const VERIFIED_FOR: Duration = Duration::from_secs(300);
-/// Verified tokens remembered before the memory starts over.
-const MAX_VERIFIED: usize = 4096;
+/// Verified tokens remembered (least recently used leave first).
+const MAX_VERIFIED: u64 = 4096;
 
 impl JwtValidator {
     /// A validator for `settings` over `source`. Fails on an unusable algorithm list.
@@ -264,7 +263,10 @@ impl JwtValidator {
                 fetched_at: None,
             }),
             refresh: tokio::sync::Mutex::new(()),
-            verified: Default::default(),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(MAX_VERIFIED)
+                .time_to_live(VERIFIED_FOR)
+                .build(),
         })
     }
 
@@ -302,10 +304,7 @@ impl JwtValidator {
             fetched_at: Some(Instant::now()),
         };
         // A key may have left the set: tokens it signed must be checked again.
-        self.verified
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        self.verified.invalidate_all();
         Ok(())
     }
 
@@ -318,14 +317,10 @@ impl JwtValidator {
     /// remembered.
     pub async fn validate(&self, token: &str) -> Result<Authenticated, AuthError> {
         let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-        if let Some((until, authenticated)) = self
-            .verified
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&digest)
-            && Instant::now() < *until
+        if let Some((until, authenticated)) = self.verified.get(&digest)
+            && Instant::now() < until
         {
-            return Ok(authenticated.clone());
+            return Ok(authenticated);
         }
         let (authenticated, exp) = self.verify(token).await?;
         let left = exp
@@ -333,14 +328,7 @@ impl JwtValidator {
             .saturating_sub(chrono::Utc::now().timestamp());
         if left > 0 {
             let until = Instant::now() + VERIFIED_FOR.min(Duration::from_secs(left as u64));
-            let mut verified = self
-                .verified
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if verified.len() >= MAX_VERIFIED {
-                verified.clear();
-            }
-            verified.insert(digest, (until, authenticated.clone()));
+            self.verified.insert(digest, (until, authenticated.clone()));
         }
         Ok(authenticated)
     }
@@ -647,7 +635,8 @@ mod tests {
             .mint("ana", &[], &[], Duration::from_secs(1), "parley-test")
             .unwrap();
         let first = v.validate(&token).await.unwrap();
-        assert_eq!(v.verified.lock().unwrap().len(), 1, "remembered");
+        v.verified.run_pending_tasks();
+        assert_eq!(v.verified.entry_count(), 1, "remembered");
         assert_eq!(v.validate(&token).await.unwrap().principal, first.principal);
         // One character changed in the signature: not the remembered token, and it fails its check.
         let mut forged = token.clone();

@@ -488,7 +488,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
     let cache_ttl = std::time::Duration::from_millis(config.catalog_cache_ttl_ms);
     Ok(Arc::new(App {
         discovery: Default::default(),
-        grants_hint: Default::default(),
+        grants_hint: parley::server::grants_hint(),
         engine,
         purposes,
         mask_secret: mask_secret(dir)?,

@@ -240,12 +240,21 @@ const NS: &str = "Parley";
 /// attributes), the action, the resource's facts, the context and the policy set, so it is reused until the policy
 /// is reloaded (a reload builds a new `CedarPolicy` with an empty cache). Discovery over thousands of tables then
 /// costs a hash lookup per table instead of a Cedar evaluation.
-#[derive(Default)]
 struct DecisionCache {
-    /// Keyed by a hash of the inputs; the full inputs are compared on a hit.
-    map: std::sync::Mutex<HashMap<u64, Vec<(CachedRequest, Decision)>>>,
+    /// Keyed by a hash of the inputs; the full inputs are compared on a hit. Bounded (least recently used
+    /// entries leave first).
+    map: moka::sync::Cache<u64, Arc<Vec<(CachedRequest, Decision)>>>,
 }
 
+impl Default for DecisionCache {
+    fn default() -> DecisionCache {
+        DecisionCache {
+            map: moka::sync::Cache::new(MAX_CACHED_DECISIONS),
+        }
+    }
+}
+
+#[derive(Clone)]
 struct CachedRequest {
     principal: Principal,
     action: Action,
@@ -253,8 +262,8 @@ struct CachedRequest {
     context: RequestContext,
 }
 
-/// Entries kept before the cache starts over.
-const MAX_CACHED_DECISIONS: usize = 200_000;
+/// Entries kept.
+const MAX_CACHED_DECISIONS: u64 = 200_000;
 
 impl DecisionCache {
     fn hash(
@@ -282,9 +291,8 @@ impl DecisionCache {
         resource: &Resource,
         context: &RequestContext,
     ) -> Option<Decision> {
-        // A poisoned lock only means another thread panicked mid-insert; the map is still a valid cache.
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&key)?
+        self.map
+            .get(&key)?
             .iter()
             .find(|(r, _)| {
                 r.action == action
@@ -296,11 +304,11 @@ impl DecisionCache {
     }
 
     fn put(&self, key: u64, request: CachedRequest, decision: Decision) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_CACHED_DECISIONS {
-            map.clear();
-        }
-        map.entry(key).or_default().push((request, decision));
+        // Requests whose hashes collide share an entry; a racing put may drop the other's decision, which is
+        // only evaluated again.
+        let mut list = self.map.get(&key).map(|l| (*l).clone()).unwrap_or_default();
+        list.push((request, decision));
+        self.map.insert(key, Arc::new(list));
     }
 }
 

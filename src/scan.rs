@@ -13,7 +13,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, SchemaRef as ArrowSchemaRef, TimeUnit};
@@ -126,9 +126,9 @@ async fn file_statistics(
     schema: &ArrowSchemaRef,
 ) -> Arc<HashMap<String, Arc<Statistics>>> {
     type PerFile = Arc<HashMap<String, Arc<Statistics>>>;
-    static CACHE: LazyLock<Mutex<HashMap<(String, i32), PerFile>>> =
-        LazyLock::new(Default::default);
-    const MAX_SNAPSHOTS: usize = 1024;
+    // Bounded: the least recently used snapshots leave first.
+    static CACHE: LazyLock<moka::sync::Cache<(String, i32), PerFile>> =
+        LazyLock::new(|| moka::sync::Cache::new(1024));
     let meta = table.metadata();
     let Some(snapshot) = meta.current_snapshot() else {
         return Default::default();
@@ -137,12 +137,8 @@ async fn file_statistics(
         snapshot.manifest_list().to_string(),
         meta.current_schema_id(),
     );
-    if let Some(hit) = CACHE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&key)
-    {
-        return hit.clone();
+    if let Some(hit) = CACHE.get(&key) {
+        return hit;
     }
     let columns: HashMap<i32, usize> = meta
         .current_schema()
@@ -177,13 +173,7 @@ async fn file_statistics(
         return Default::default();
     }
     let out = Arc::new(out);
-    let mut cache = CACHE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if cache.len() >= MAX_SNAPSHOTS {
-        cache.clear();
-    }
-    cache.insert(key, out.clone());
+    CACHE.insert(key, out.clone());
     out
 }
 

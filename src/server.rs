@@ -79,13 +79,14 @@ pub struct App {
     pub clock: crate::clock::Clock,
 }
 
-/// See [`App::grants_hint`].
-pub type GrantsHint = std::sync::Mutex<
-    std::collections::HashMap<
-        String,
-        (std::time::Instant, u64, Arc<Vec<crate::negotiation::Grant>>),
-    >,
->;
+/// See [`App::grants_hint`]: per principal, bounded (least recently used leave first).
+pub type GrantsHint =
+    moka::sync::Cache<String, (std::time::Instant, u64, Arc<Vec<crate::negotiation::Grant>>)>;
+
+/// An empty [`GrantsHint`] for [`MAX_DISCOVERY_ENTRIES`] principals.
+pub fn grants_hint() -> GrantsHint {
+    moka::sync::Cache::new(MAX_DISCOVERY_ENTRIES)
+}
 
 /// The MCP server. Cheap to clone: one per session.
 #[derive(Clone)]
@@ -784,16 +785,11 @@ impl ParleyServer {
         let ttl = std::time::Duration::from_millis(self.app.config.catalog_cache_ttl_ms);
         let generation = self.app.store.grant_generation();
         if let Some(generation) = generation
-            && let Some((at, g, grants)) = self
-                .app
-                .grants_hint
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get(principal)
-            && *g == generation
+            && let Some((at, g, grants)) = self.app.grants_hint.get(principal)
+            && g == generation
             && at.elapsed() < ttl
         {
-            return Ok(grants.clone());
+            return Ok(grants);
         }
         let grants = Arc::new(
             self.app
@@ -803,15 +799,7 @@ impl ParleyServer {
                 .map_err(internal)?,
         );
         if let Some(generation) = generation {
-            let mut hint = self
-                .app
-                .grants_hint
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if hint.len() >= MAX_DISCOVERY_ENTRIES {
-                hint.clear();
-            }
-            hint.insert(
+            self.app.grants_hint.insert(
                 principal.to_string(),
                 (std::time::Instant::now(), generation, grants.clone()),
             );

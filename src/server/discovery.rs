@@ -4,7 +4,7 @@
 //! listing cost a cache miss per table.
 
 use std::ops::Range;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use crate::catalog::TableName;
 use crate::gate::Checked;
@@ -120,11 +120,20 @@ impl Discovered {
 
 /// Per principal, what it may discover, valid for one policy version and one table list (compared by pointer:
 /// the lakehouse hands out the same `Arc` while the list is unchanged).
-#[derive(Default)]
 pub struct DiscoveryCache {
-    entries: Mutex<std::collections::HashMap<String, DiscoveryEntry>>,
+    /// Bounded (least recently used principals leave first).
+    entries: moka::sync::Cache<String, DiscoveryEntry>,
 }
 
+impl Default for DiscoveryCache {
+    fn default() -> DiscoveryCache {
+        DiscoveryCache {
+            entries: moka::sync::Cache::new(MAX_DISCOVERY_ENTRIES),
+        }
+    }
+}
+
+#[derive(Clone)]
 struct DiscoveryEntry {
     principal: Principal,
     purpose: Option<String>,
@@ -133,8 +142,8 @@ struct DiscoveryEntry {
     discovered: Arc<Discovered>,
 }
 
-/// Principals kept before the cache starts over.
-pub const MAX_DISCOVERY_ENTRIES: usize = 1024;
+/// Principals kept.
+pub const MAX_DISCOVERY_ENTRIES: u64 = 1024;
 
 impl DiscoveryCache {
     pub fn get(
@@ -143,11 +152,7 @@ impl DiscoveryCache {
         names: &Arc<Vec<TableName>>,
         policy_version: u64,
     ) -> Option<Arc<Discovered>> {
-        let entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let e = entries.get(checked.principal_id())?;
+        let e = self.entries.get(checked.principal_id())?;
         (e.policy_version == policy_version
             && Arc::ptr_eq(&e.names, names)
             && e.principal == *checked.principal()
@@ -162,14 +167,7 @@ impl DiscoveryCache {
         policy_version: u64,
         discovered: Arc<Discovered>,
     ) {
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if entries.len() >= MAX_DISCOVERY_ENTRIES {
-            entries.clear();
-        }
-        entries.insert(
+        self.entries.insert(
             checked.principal_id().to_string(),
             DiscoveryEntry {
                 principal: checked.principal().clone(),
