@@ -1468,7 +1468,7 @@ impl ParleyServer {
     async fn do_consumers(
         &self,
         checked: &mut Checked<'_>,
-        args: super::TableArgs,
+        args: super::catalog::TableArgs,
     ) -> Result<GrantsResult, ToolError> {
         let name = self
             .table_for(
@@ -1805,7 +1805,7 @@ impl ParleyServer {
 
     #[tool(
         description = include_str!("../../tools/table_consumers.md"),
-        input_schema = schema_for_type::<super::TableArgs>(),
+        input_schema = schema_for_type::<super::catalog::TableArgs>(),
         output_schema = rmcp::handler::server::tool::schema_for_output::<GrantsResult>(),
         annotations(title = "Who uses my table", read_only_hint = true, open_world_hint = false)
     )]

@@ -11,7 +11,7 @@ use crate::gate::Checked;
 use crate::identity::Principal;
 use crate::policy::Resource;
 
-use super::TableSummary;
+use super::catalog::TableSummary;
 
 /// A table a principal may discover.
 pub struct Discoverable {

@@ -1,0 +1,751 @@
+//! The catalog tools: `list_tables`, `describe_table`, `get_contract` — discovery of what the caller may see,
+//! and the contract of each table. Their own tool router, joined with the others in `ParleyServer::new`.
+
+use super::*;
+
+// ---- arguments and results ----------------------------------------------------------------------------------
+
+/// Arguments of `list_tables`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListTablesArgs {
+    /// Case-insensitive text matched against table name, namespace, description and tags.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// Only tables in this namespace (e.g. `sales`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Page size (1-200; default from the server's configuration).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// One table in a listing.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TableSummary {
+    /// `namespace.table`, the name to use in SQL and other tools.
+    pub table: String,
+    /// Namespace.
+    pub namespace: String,
+    /// What the table holds (from its contract); absent when the contract does not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Owning team; absent when the contract names none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Tags from the contract.
+    pub tags: Vec<String>,
+    /// Rows in the current snapshot.
+    pub row_count: Option<u64>,
+    /// Whether some columns hold personal data.
+    pub contains_pii: bool,
+    /// Whether the policy lets you query it now, without a grant.
+    pub can_query: bool,
+    /// Your live grants covering it (pass one to `query` as `grant_id`); absent when you have none. (Listings
+    /// are what agents page through most, so entries carry no empty fields.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grant_ids: Vec<String>,
+}
+
+/// Result of `list_tables`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ListTablesResult {
+    /// This page of tables.
+    pub tables: Vec<TableSummary>,
+    /// Tables matching the filter across all pages.
+    pub total: usize,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Arguments naming one table.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TableArgs {
+    /// `namespace.table`, e.g. `sales.orders`.
+    pub table: String,
+}
+
+/// A column of a table.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ColumnInfo {
+    /// Iceberg field id.
+    pub id: i32,
+    /// Column name.
+    pub name: String,
+    /// Iceberg type, e.g. `long`, `decimal(12, 2)`, `timestamptz`.
+    pub data_type: String,
+    /// Whether nulls are allowed.
+    pub nullable: bool,
+    /// Documentation (Iceberg doc, else the contract's description).
+    pub doc: Option<String>,
+    /// Classification from the contract (public, internal, confidential, restricted).
+    pub classification: Option<String>,
+    /// Whether the column holds personal data.
+    pub pii: bool,
+}
+
+/// A partition field.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PartitionInfo {
+    /// Partition field name.
+    pub name: String,
+    /// Source column.
+    pub source_column: String,
+    /// Transform, e.g. `month`, `identity`, `bucket[16]`.
+    pub transform: String,
+}
+
+/// A snapshot of a table.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SnapshotInfo {
+    /// Snapshot id.
+    pub snapshot_id: i64,
+    /// Parent snapshot id.
+    pub parent_id: Option<i64>,
+    /// Commit time, RFC 3339.
+    pub committed_at: String,
+    /// append, overwrite, delete, replace.
+    pub operation: String,
+    /// Rows in the table as of this snapshot.
+    pub total_records: Option<u64>,
+    /// Rows added by this snapshot.
+    pub added_records: Option<u64>,
+}
+
+/// Result of `describe_table`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DescribeTableResult {
+    /// `namespace.table`.
+    pub table: String,
+    /// What the table holds.
+    pub description: Option<String>,
+    /// Owning team.
+    pub owner: Option<String>,
+    /// Iceberg format version.
+    pub format_version: u8,
+    /// Columns.
+    pub columns: Vec<ColumnInfo>,
+    /// Partition fields (empty when unpartitioned).
+    pub partition_spec: Vec<PartitionInfo>,
+    /// The snapshot queries read now.
+    pub current_snapshot: Option<SnapshotInfo>,
+    /// All snapshots, oldest first.
+    pub snapshots: Vec<SnapshotInfo>,
+    /// Rows in the current snapshot.
+    pub row_count: Option<u64>,
+    /// Whether you may query it now.
+    pub can_query: bool,
+    /// Version of the contract the classifications come from.
+    pub contract_version: Option<String>,
+}
+
+/// A column's terms in a contract.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ContractColumn {
+    /// Column name.
+    pub name: String,
+    /// Classification.
+    pub classification: Option<String>,
+    /// Personal data.
+    pub pii: bool,
+    /// Description.
+    pub description: Option<String>,
+}
+
+/// A service level.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ServiceLevel {
+    /// e.g. freshness, latency, retention.
+    pub property: String,
+    /// Value.
+    pub value: serde_json::Value,
+    /// Unit, e.g. d, h.
+    pub unit: Option<String>,
+}
+
+/// An access role and who approves it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ApproverRole {
+    /// Role.
+    pub role: String,
+    /// Access (read, write).
+    pub access: Option<String>,
+    /// First-level approvers.
+    pub first_level_approvers: Option<String>,
+    /// Second-level approvers.
+    pub second_level_approvers: Option<String>,
+}
+
+/// Result of `get_contract`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ContractResult {
+    /// `namespace.table`.
+    pub table: String,
+    /// Contract id.
+    pub contract_id: String,
+    /// Contract version.
+    pub version: String,
+    /// Status (active, deprecated...).
+    pub status: Option<String>,
+    /// Owning team.
+    pub owner: Option<String>,
+    /// Why the data exists.
+    pub purpose: Option<String>,
+    /// Intended usage: terms you accept by using the data.
+    pub usage: Option<String>,
+    /// Limitations and prohibitions.
+    pub limitations: Option<String>,
+    /// Purposes the contract allows.
+    pub allowed_purposes: Vec<String>,
+    /// Purposes the contract forbids.
+    pub prohibited_purposes: Vec<String>,
+    /// Column classifications.
+    pub columns: Vec<ContractColumn>,
+    /// Service levels.
+    pub service_levels: Vec<ServiceLevel>,
+    /// Access roles and approvers.
+    pub roles: Vec<ApproverRole>,
+    /// Price, e.g. `0.5 EUR per 1000 rows`.
+    pub price: Option<String>,
+    /// The whole contract, ODCS v3 YAML.
+    pub yaml: String,
+}
+
+// ---- replies --------------------------------------------------------------------------------------------------
+
+/// `list_tables`' reply: the page as structured content, and a line per table for the model.
+pub(super) fn list_tables_reply(result: ListTablesResult) -> CallToolResult {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(64 + 160 * result.tables.len());
+    let _ = writeln!(
+        text,
+        "{} table{} you can discover:",
+        result.total,
+        if result.total == 1 { "" } else { "s" }
+    );
+    for t in &result.tables {
+        let _ = write!(text, "- {} (", t.table);
+        match t.row_count {
+            Some(n) => _ = write!(text, "{n}"),
+            None => text.push('?'),
+        }
+        let _ = writeln!(
+            text,
+            " rows, owner {}, {}{}): {}",
+            t.owner.as_deref().unwrap_or("unknown"),
+            if t.can_query {
+                "queryable"
+            } else {
+                "not queryable"
+            },
+            if t.contains_pii { ", has PII" } else { "" },
+            t.description.as_deref().unwrap_or("")
+        );
+    }
+    if let Some(c) = &result.next_cursor {
+        let _ = writeln!(text, "More: call again with cursor {c:?}.");
+    }
+    respond(&result, text)
+}
+
+/// `describe_table`'s reply.
+pub(super) fn describe_reply(r: DescribeTableResult) -> CallToolResult {
+    let mut text = format!(
+        "{} — {} rows, {}; {}\ncolumns:\n",
+        r.table,
+        r.row_count.map_or("?".to_string(), |n| n.to_string()),
+        if r.can_query {
+            "you may query it"
+        } else {
+            "you may not query it"
+        },
+        r.description.as_deref().unwrap_or("")
+    );
+    for c in &r.columns {
+        text.push_str(&format!(
+            "- {} {}{}{}{}\n",
+            c.name,
+            c.data_type,
+            if c.nullable { "" } else { " not null" },
+            c.classification
+                .as_deref()
+                .map(|x| format!(" [{x}]"))
+                .unwrap_or_default(),
+            if c.pii { " PII" } else { "" }
+        ));
+    }
+    if !r.partition_spec.is_empty() {
+        let parts: Vec<String> = r
+            .partition_spec
+            .iter()
+            .map(|p| format!("{}({})", p.transform, p.source_column))
+            .collect();
+        text.push_str(&format!("partitioned by {}\n", parts.join(", ")));
+    }
+    if let Some(s) = &r.current_snapshot {
+        text.push_str(&format!(
+            "current snapshot {} committed {}; {} snapshots in history\n",
+            s.snapshot_id,
+            s.committed_at,
+            r.snapshots.len()
+        ));
+    }
+    respond(&r, text)
+}
+
+/// `get_contract`'s reply.
+pub(super) fn contract_reply(r: ContractResult) -> CallToolResult {
+    let text = format!(
+        "Contract {} v{} for {} (owner {}).\nPurpose: {}\nUsage: {}\nLimitations: {}\nAllowed purposes: {}\nProhibited purposes: {}\nPII columns: {}\n\n{}",
+        r.contract_id,
+        r.version,
+        r.table,
+        r.owner.as_deref().unwrap_or("unknown"),
+        r.purpose.as_deref().unwrap_or("-"),
+        r.usage.as_deref().unwrap_or("-"),
+        r.limitations.as_deref().unwrap_or("-"),
+        r.allowed_purposes.join(", "),
+        r.prohibited_purposes.join(", "),
+        r.columns
+            .iter()
+            .filter(|c| c.pii)
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        r.yaml
+    );
+    respond(&r, text)
+}
+
+pub(super) fn summary_u64(summary: &iceberg::spec::Summary, key: &str) -> Option<u64> {
+    summary
+        .additional_properties
+        .get(key)
+        .and_then(|v| v.parse().ok())
+}
+
+pub(super) fn snapshot_info(s: &iceberg::spec::Snapshot) -> SnapshotInfo {
+    SnapshotInfo {
+        snapshot_id: s.snapshot_id(),
+        parent_id: s.parent_snapshot_id(),
+        committed_at: s
+            .timestamp()
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|_| s.timestamp_ms().to_string()),
+        operation: s.summary().operation.as_str().to_string(),
+        total_records: summary_u64(s.summary(), "total-records"),
+        added_records: summary_u64(s.summary(), "added-records"),
+    }
+}
+
+pub(super) fn row_count(table: &iceberg::table::Table) -> Option<u64> {
+    match table.metadata().current_snapshot() {
+        Some(s) => summary_u64(s.summary(), "total-records"),
+        None => Some(0),
+    }
+}
+
+impl ParleyServer {
+    /// Looks a table up and requires `action` on it (missing and undiscoverable tables fail alike).
+    pub(super) async fn table_for(
+        &self,
+        checked: &mut Checked<'_>,
+        name: &str,
+        action: Action,
+        next_step: &str,
+    ) -> Result<TableName, ToolError> {
+        let parsed = TableName::parse(name).ok();
+        let facts = match &parsed {
+            Some(t) => self.app.lakehouse.facts(t).await.map_err(internal)?,
+            None => None,
+        };
+        checked.require_table(name, facts, action, next_step)?;
+        // require_table only succeeds for a table that exists, hence one whose name parsed.
+        parsed.ok_or_else(|| internal("table name did not parse"))
+    }
+
+    /// The tables the caller may discover, with their policy resource and search text, sorted by name. Built once
+    /// per principal, policy version and table list (see [`DiscoveryCache`]), so a page of `list_tables` on a
+    /// catalog of thousands of tables costs no policy evaluation per table.
+    pub(super) async fn discoverable(
+        &self,
+        checked: &Checked<'_>,
+    ) -> Result<Arc<Discovered>, ToolError> {
+        let lakehouse = &self.app.lakehouse;
+        let names = lakehouse.list_tables().await.map_err(internal)?;
+        let policy_version = checked.policy_version();
+        let cache = &self.app.discovery;
+        if let Some(hit) = cache.get(checked, &names, policy_version) {
+            return Ok(hit);
+        }
+        let mut visible = Vec::new();
+        for name in names.iter() {
+            let resource = Resource::Table(lakehouse.facts_of_listed(name));
+            if !checked.peek(Action::Discover, &resource).allowed() {
+                continue;
+            }
+            let table = name.to_string();
+            let mut haystack = table.clone();
+            let contract = lakehouse.contract(name).map(|c| &c.contract);
+            if let Some(c) = contract {
+                let purpose = c.description.as_ref().and_then(|d| d.purpose.as_deref());
+                for text in purpose
+                    .into_iter()
+                    .chain(c.tags.iter().map(String::as_str))
+                    .chain(c.name.as_deref())
+                {
+                    haystack.push(' ');
+                    haystack.push_str(text);
+                }
+            }
+            let Resource::Table(facts) = &resource else {
+                continue;
+            };
+            let summary = TableSummary {
+                table,
+                namespace: name.namespace_str(),
+                description: contract
+                    .and_then(|c| c.description.as_ref())
+                    .and_then(|d| d.purpose.clone()),
+                owner: contract.and_then(|c| c.owner_group().map(str::to_string)),
+                tags: facts.tags.clone(),
+                row_count: None,
+                contains_pii: facts.contains_pii,
+                can_query: false,
+                grant_ids: Vec::new(),
+            };
+            visible.push((
+                Discoverable {
+                    name: name.clone(),
+                    resource,
+                    summary,
+                    can_query: std::sync::OnceLock::new(),
+                },
+                haystack,
+            ));
+        }
+        let visible = Arc::new(Discovered::new(visible));
+        cache.put(checked, names, policy_version, visible.clone());
+        Ok(visible)
+    }
+
+    /// The caller's grants, to mark the tables they cover in `list_tables` (a hint: `query` always reads grants
+    /// from the store). Reused while this process changed no grant and for at most the catalog cache TTL (grants
+    /// made by another process sharing the state store show up within it).
+    pub(super) async fn grants_hint(
+        &self,
+        principal: &str,
+    ) -> Result<Arc<Vec<crate::negotiation::Grant>>, ToolError> {
+        let ttl = std::time::Duration::from_millis(self.app.config.catalog_cache_ttl_ms);
+        let generation = self.app.store.grant_generation();
+        if let Some(generation) = generation
+            && let Some((at, g, grants)) = self.app.grants_hint.get(principal)
+            && g == generation
+            && at.elapsed() < ttl
+        {
+            return Ok(grants);
+        }
+        let grants = Arc::new(
+            self.app
+                .store
+                .grants_for_principal(principal)
+                .await
+                .map_err(internal)?,
+        );
+        if let Some(generation) = generation {
+            self.app.grants_hint.insert(
+                principal.to_string(),
+                (std::time::Instant::now(), generation, grants.clone()),
+            );
+        }
+        Ok(grants)
+    }
+
+    pub(super) async fn do_list_tables(
+        &self,
+        checked: &mut Checked<'_>,
+        args: ListTablesArgs,
+    ) -> Result<ListTablesResult, ToolError> {
+        let page_size = match args.limit {
+            None => self.app.config.list_page_size,
+            Some(n @ 1..=200) => n as usize,
+            Some(n) => {
+                return Err(ToolError::BadRequest(format!(
+                    "limit {n} is out of range: use 1 to 200"
+                )));
+            }
+        };
+        let offset = match &args.cursor {
+            None => 0,
+            Some(c) => c
+                .strip_prefix("offset:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ToolError::BadRequest(format!(
+                        "cursor {c:?} is not one this server issued; pass next_cursor from the previous page or omit it"
+                    ))
+                })?,
+        };
+        let lakehouse = &self.app.lakehouse;
+        let discovered = self.discoverable(checked).await?;
+        let (total, page) = discovered.page(
+            args.namespace.as_deref(),
+            args.filter.as_deref(),
+            offset,
+            page_size,
+        );
+        let now = self.app.clock.now();
+        let grants = self.grants_hint(checked.principal_id()).await?;
+        let live_grants: Vec<&crate::negotiation::Grant> =
+            grants.iter().filter(|g| g.is_live(now)).collect();
+        let rows = lakehouse
+            .inspect_listed(page.iter().map(|d| &d.name), row_count)
+            .await;
+        let mut tables = Vec::with_capacity(page.len());
+        for (d, rows) in page.into_iter().zip(rows) {
+            let mut entry = d.summary.clone();
+            entry.can_query = *d
+                .can_query
+                .get_or_init(|| checked.peek(Action::Query, &d.resource).allowed());
+            entry.grant_ids = live_grants
+                .iter()
+                .filter(|g| g.terms.covers(&entry.table))
+                .map(|g| g.id.clone())
+                .collect();
+            entry.row_count = rows.unwrap_or_else(|e| {
+                tracing::warn!(table = %d.name, "cannot load table metadata: {e}");
+                None
+            });
+            tables.push(entry);
+        }
+        let next = offset + tables.len();
+        Ok(ListTablesResult {
+            tables,
+            total,
+            next_cursor: (next < total).then(|| format!("offset:{next}")),
+        })
+    }
+
+    pub(super) async fn do_describe(
+        &self,
+        checked: &mut Checked<'_>,
+        args: TableArgs,
+    ) -> Result<DescribeTableResult, ToolError> {
+        let name = self
+            .table_for(checked, &args.table, Action::Discover, "")
+            .await?;
+        let lakehouse = &self.app.lakehouse;
+        let table = lakehouse.load(&name).await.map_err(internal)?;
+        let contract = lakehouse.contract(&name).map(|c| &c.contract);
+        let meta = table.metadata();
+        let schema = meta.current_schema();
+        let columns = schema
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| {
+                let term = contract.and_then(|c| c.column(&f.name));
+                ColumnInfo {
+                    id: f.id,
+                    name: f.name.clone(),
+                    data_type: f.field_type.to_string(),
+                    nullable: !f.required,
+                    doc: f
+                        .doc
+                        .clone()
+                        .or_else(|| term.and_then(|t| t.description.clone())),
+                    classification: term.and_then(|t| t.classification.clone()),
+                    pii: term.is_some_and(|t| t.is_pii()),
+                }
+            })
+            .collect();
+        let partition_spec = meta
+            .default_partition_spec()
+            .fields()
+            .iter()
+            .map(|p| PartitionInfo {
+                name: p.name.clone(),
+                source_column: schema
+                    .field_by_id(p.source_id)
+                    .map(|f| f.name.clone())
+                    .unwrap_or_else(|| format!("field {}", p.source_id)),
+                transform: p.transform.to_string(),
+            })
+            .collect();
+        let mut snapshots: Vec<SnapshotInfo> = meta.snapshots().map(|s| snapshot_info(s)).collect();
+        snapshots.sort_by_key(|s| (s.committed_at.clone(), s.snapshot_id));
+        let facts = lakehouse.facts_of_listed(&name);
+        Ok(DescribeTableResult {
+            table: name.to_string(),
+            description: contract
+                .and_then(|c| c.description.as_ref())
+                .and_then(|d| d.purpose.clone()),
+            owner: contract.and_then(|c| c.owner_group().map(str::to_string)),
+            format_version: meta.format_version() as u8,
+            columns,
+            partition_spec,
+            current_snapshot: meta.current_snapshot().map(|s| snapshot_info(s)),
+            snapshots,
+            row_count: row_count(&table),
+            can_query: checked
+                .peek(Action::Query, &Resource::Table(facts))
+                .allowed(),
+            contract_version: contract.map(|c| c.version.clone()),
+        })
+    }
+
+    pub(super) async fn do_get_contract(
+        &self,
+        checked: &mut Checked<'_>,
+        table: &str,
+    ) -> Result<ContractResult, ToolError> {
+        let name = self
+            .table_for(
+                checked,
+                table,
+                Action::ReadContract,
+                "Ask the table's owner for access to its contract.",
+            )
+            .await?;
+        let Some(loaded) = self.app.lakehouse.contract(&name) else {
+            return Err(ToolError::BadRequest(format!(
+                "table {name} has no valid data contract, so it is treated as unclassified (personal data assumed). \
+                 Ask the table's owner to publish one."
+            )));
+        };
+        let c = &loaded.contract;
+        let d = c.description.clone().unwrap_or_default();
+        Ok(ContractResult {
+            table: name.to_string(),
+            contract_id: c.id.clone(),
+            version: c.version.clone(),
+            status: c.status.clone(),
+            owner: c.owner_group().map(str::to_string),
+            purpose: d.purpose,
+            usage: d.usage,
+            limitations: d.limitations,
+            allowed_purposes: c.allowed_purposes(),
+            prohibited_purposes: c.prohibited_purposes(),
+            columns: c
+                .columns()
+                .map(|p| ContractColumn {
+                    name: p.name.clone(),
+                    classification: p.classification.clone(),
+                    pii: p.is_pii(),
+                    description: p.description.clone(),
+                })
+                .collect(),
+            service_levels: c
+                .sla_properties
+                .iter()
+                .map(|s| ServiceLevel {
+                    property: s.property.clone(),
+                    value: s.value.clone(),
+                    unit: s.unit.clone(),
+                })
+                .collect(),
+            roles: c
+                .roles
+                .iter()
+                .map(|r| ApproverRole {
+                    role: r.role.clone(),
+                    access: r.access.clone(),
+                    first_level_approvers: r.first_level_approvers.clone(),
+                    second_level_approvers: r.second_level_approvers.clone(),
+                })
+                .collect(),
+            price: c.price.as_ref().map(|p| {
+                format!(
+                    "{} {} per {}",
+                    p.price_amount.unwrap_or(0.0),
+                    p.price_currency.as_deref().unwrap_or(""),
+                    p.price_unit.as_deref().unwrap_or("unit")
+                )
+            }),
+            yaml: loaded.yaml.clone(),
+        })
+    }
+}
+
+#[tool_router(router = catalog_router, vis = "pub(super)")]
+impl ParleyServer {
+    #[tool(
+        description = include_str!("../../tools/list_tables.md"),
+        input_schema = schema_for_type::<ListTablesArgs>(),
+        output_schema = schema_for_output::<ListTablesResult>(),
+        annotations(title = "List tables", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn list_tables(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        let principal = self.principal(&ctx);
+        self.app
+            .gate
+            .run_rendered(
+                &principal,
+                "list_tables",
+                None,
+                async |c| self.do_list_tables(c, parse_args(args)?).await,
+                list_tables_reply,
+            )
+            .await
+    }
+
+    #[tool(
+        description = include_str!("../../tools/describe_table.md"),
+        input_schema = schema_for_type::<TableArgs>(),
+        output_schema = schema_for_output::<DescribeTableResult>(),
+        annotations(title = "Describe a table", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn describe_table(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        let principal = self.principal(&ctx);
+        self.app
+            .gate
+            .run_rendered(
+                &principal,
+                "describe_table",
+                None,
+                async |c| self.do_describe(c, parse_args(args)?).await,
+                describe_reply,
+            )
+            .await
+    }
+
+    #[tool(
+        description = include_str!("../../tools/get_contract.md"),
+        input_schema = schema_for_type::<TableArgs>(),
+        output_schema = schema_for_output::<ContractResult>(),
+        annotations(title = "Read a data contract", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn get_contract(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        let principal = self.principal(&ctx);
+        self.app
+            .gate
+            .run_rendered(
+                &principal,
+                "get_contract",
+                None,
+                async |c| {
+                    let args: TableArgs = parse_args(args)?;
+                    self.do_get_contract(c, &args.table).await
+                },
+                contract_reply,
+            )
+            .await
+    }
+}

@@ -1,0 +1,472 @@
+//! The `query` tool: one read-only SQL query over what the caller may query, under a grant or not, and the
+//! `parley.audit_log` table it can read. Its own tool router, joined with the others in `ParleyServer::new`.
+
+use super::*;
+
+/// Arguments of `query`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryArgs {
+    /// One read-only SQL query; name tables as namespace.table.
+    pub sql: String,
+    /// Most rows to return (default 1000; capped by the server's ceiling).
+    #[serde(default)]
+    pub max_rows: Option<u32>,
+    /// Why you run this query (recorded in the audit log). With no `grant_id`, it selects your live grant for
+    /// that purpose, if any.
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// A grant from `request_access` / `my_grants`: its tables are seen as the grant allows (columns, masks,
+    /// rows).
+    #[serde(default)]
+    pub grant_id: Option<String>,
+}
+
+/// Renders query rows as a compact tab-separated table for the model.
+pub(super) fn query_text(r: &QueryResult) -> String {
+    let mut out = String::new();
+    out.push_str(
+        &r.columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join("\t"),
+    );
+    out.push('\n');
+    for row in &r.rows {
+        let cells: Vec<String> = row
+            .iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "NULL".to_string(),
+                other => other.to_string(),
+            })
+            .collect();
+        out.push_str(&cells.join("\t"));
+        out.push('\n');
+    }
+    let snaps: Vec<String> = r
+        .snapshots
+        .iter()
+        .map(|s| {
+            format!(
+                "{}@{}",
+                s.table,
+                s.snapshot_id.map_or("none".to_string(), |i| i.to_string())
+            )
+        })
+        .collect();
+    out.push_str(&format!(
+        "({} row{}{}; {} ms; snapshots: {})",
+        r.row_count,
+        if r.row_count == 1 { "" } else { "s" },
+        match (r.truncated, r.total_rows) {
+            (true, Some(t)) => format!(
+                ", truncated by {} of {t} total",
+                r.truncated_by.as_deref().unwrap_or("a cap")
+            ),
+            (true, None) => format!(
+                ", truncated by {}; total unknown",
+                r.truncated_by.as_deref().unwrap_or("a cap")
+            ),
+            _ => String::new(),
+        },
+        r.elapsed_ms,
+        snaps.join(", ")
+    ));
+    out
+}
+
+/// Progress notifications for one request, sent only when the client asked for them (gave a progress token).
+pub(super) struct Progress {
+    token: Option<ProgressToken>,
+    peer: Peer<RoleServer>,
+}
+
+impl Progress {
+    pub(super) fn of(ctx: &RequestContext<RoleServer>) -> Progress {
+        Progress {
+            token: ctx.meta.get_progress_token(),
+            peer: ctx.peer.clone(),
+        }
+    }
+
+    pub(super) async fn report(&self, done: u32, total: u32, message: String) {
+        if let Some(token) = &self.token {
+            let note = ProgressNotificationParam::new(token.clone(), done as f64)
+                .with_total(total as f64)
+                .with_message(message);
+            // Progress is advisory: a client that went away must not fail the call.
+            let _ = self.peer.notify_progress(note).await;
+        }
+    }
+}
+
+pub(super) fn query_error(e: crate::query::QueryError) -> ToolError {
+    use crate::query::QueryError as Q;
+    match e {
+        Q::Timeout(_) | Q::Memory { .. } => ToolError::Limit(e.to_string()),
+        Q::Cancelled => ToolError::Cancelled,
+        Q::NotAllowed(_) | Q::Syntax(_) | Q::Plan(_) => ToolError::BadRequest(e.to_string()),
+        Q::Execution(_) => ToolError::BadRequest(e.to_string()),
+    }
+}
+
+impl ParleyServer {
+    /// The audit records `checked`'s principal may see, as rows of `parley.audit_log`: records all of whose tables
+    /// the policy lets them `read_audit` (owners), nothing else.
+    pub(super) async fn audit_rows(
+        &self,
+        checked: &mut Checked<'_>,
+    ) -> Result<datafusion::arrow::array::RecordBatch, ToolError> {
+        // Which resources the caller may see, decided once each by the policy (in this task: the gate's checks
+        // are not Send); the reader then serves only their records from its index.
+        let resources = {
+            let app = self.app.clone();
+            tokio::task::spawn_blocking(move || app.audit.resources())
+                .await
+                .map_err(internal)?
+                .map_err(internal)?
+        };
+        let mut allowed: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        let shown: std::collections::HashSet<String> = resources
+            .into_iter()
+            .filter(|resource| {
+                // A record naming several tables (a join, a multi-table grant) carries what the caller did with
+                // all of them (SQL, error text): it is shown only to a caller who may read the audit of every one.
+                resource.split(',').all(|table| {
+                    *allowed.entry(table.to_string()).or_insert_with(|| {
+                        TableName::parse(table).is_ok_and(|t| {
+                            let facts = self.app.lakehouse.facts_of_listed(&t);
+                            checked
+                                .peek(Action::ReadAudit, &Resource::Table(facts))
+                                .allowed()
+                        })
+                    })
+                })
+            })
+            .collect();
+        let (visible, total) = {
+            let app = self.app.clone();
+            tokio::task::spawn_blocking(move || app.audit.records(|r| shown.contains(r)))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?
+        };
+        checked.note(
+            Action::ReadAudit,
+            AUDIT_TABLE,
+            format!(
+                "audit rows limited to tables the caller may read_audit: {} of {total} records",
+                visible.len()
+            ),
+        );
+        Ok(crate::audit::to_batch(&visible))
+    }
+
+    pub(super) async fn do_query(
+        &self,
+        checked: &mut Checked<'_>,
+        args: QueryArgs,
+        cancel: tokio_util::sync::CancellationToken,
+        progress: &Progress,
+    ) -> Result<QueryResult, ToolError> {
+        let limits = &self.app.config.query;
+        let catalog_name = &self.app.config.catalog_name;
+        checked.usage.sql = Some(args.sql.clone());
+        let max_rows = match args.max_rows {
+            None => limits.default_rows,
+            Some(0) => {
+                return Err(ToolError::BadRequest(
+                    "max_rows must be at least 1".to_string(),
+                ));
+            }
+            Some(n) if n as usize > limits.max_rows => {
+                return Err(ToolError::BadRequest(format!(
+                    "max_rows {n} is above this server's ceiling of {}; aggregate in SQL or ask for fewer rows",
+                    limits.max_rows
+                )));
+            }
+            Some(n) => n as usize,
+        };
+        let prepared =
+            crate::query::prepare(&args.sql, limits, catalog_name).map_err(query_error)?;
+        for t in &prepared.tables {
+            checked.name_resource(&t.to_string());
+        }
+        let grant = self.select_grant(checked, &args, &prepared.tables).await?;
+        progress
+            .report(
+                1,
+                3,
+                format!("checking access to {} table(s)", prepared.tables.len()),
+            )
+            .await;
+        let mut readable = Vec::new();
+        for t in prepared.tables.clone() {
+            let shown = t.to_string();
+            if shown == AUDIT_TABLE {
+                let rows = self.audit_rows(checked).await?;
+                readable.push(ReadableTable {
+                    name: t,
+                    source: TableSource::Rows(rows),
+                });
+                continue;
+            }
+            if let Some(g) = grant.as_ref().filter(|g| g.terms.covers(&shown)) {
+                // The grant decides what of this table is visible, and the policy decides the query with the
+                // grant's terms in its context: a forbid wins over any grant.
+                let parsed = TableName::parse(&shown).ok();
+                let facts = match &parsed {
+                    Some(t) => self.app.lakehouse.facts(t).await.map_err(internal)?,
+                    None => None,
+                };
+                checked.require_table_under(
+                    &shown,
+                    facts,
+                    Action::Query,
+                    "the policy does not allow this query even under your grant; request_access to see \
+                     which terms it allows",
+                    g.terms.policy_context(&shown, &g.id),
+                )?;
+                let name = parsed.ok_or_else(|| internal("table name did not parse"))?;
+                checked.note(
+                    Action::Query,
+                    &shown,
+                    format!(
+                        "covered by grant {} (purpose {}, until {})",
+                        g.id, g.terms.purpose, g.terms.expires_at
+                    ),
+                );
+                let table = self.app.lakehouse.load(&name).await.map_err(internal)?;
+                readable.push(ReadableTable {
+                    name,
+                    source: TableSource::Governed(
+                        table,
+                        access::governance_of(g, &shown, &self.app.mask_secret),
+                    ),
+                });
+                continue;
+            }
+            let next_step = self.request_hint(&t);
+            let name = self
+                .table_for(checked, &shown, Action::Query, &next_step)
+                .await?;
+            let table = self.app.lakehouse.load(&name).await.map_err(internal)?;
+            readable.push(ReadableTable {
+                name,
+                source: TableSource::Iceberg(table),
+            });
+        }
+        if let Some(g) = &grant {
+            // Count the query against the grant's quotas atomically before it runs: concurrent queries cannot
+            // overshoot a quota.
+            let reserved = self
+                .app
+                .store
+                .reserve_query(&g.id, g.terms.max_queries, g.terms.max_rows)
+                .await
+                .map_err(internal)?;
+            if reserved.is_none() {
+                let mut now = g.clone();
+                if let Some(fresh) = self.app.store.get_grant(&g.id).await.map_err(internal)? {
+                    now = fresh;
+                }
+                return Err(ToolError::Limit(format!(
+                    "quota exceeded: {}",
+                    now.quota_exhausted()
+                        .unwrap_or_else(|| format!("grant {} has no quota left", g.id))
+                )));
+            }
+        }
+        progress.report(2, 3, "running the query".to_string()).await;
+        let result = crate::query::execute(
+            prepared,
+            readable,
+            &self.app.engine,
+            catalog_name,
+            max_rows,
+            cancel,
+        )
+        .await
+        .map_err(query_error)?;
+        if let Some(g) = &grant {
+            // A revocation acknowledged while the query ran wins: no rows leave after it.
+            let still_live = self
+                .app
+                .store
+                .get_grant(&g.id)
+                .await
+                .map_err(internal)?
+                .is_some_and(|g| g.is_live(self.app.clock.now()));
+            if !still_live {
+                return Err(ToolError::Denied {
+                    reason: format!("grant {} was revoked or expired while the query ran", g.id),
+                    next_step: "request_access again".to_string(),
+                });
+            }
+            let usage = self
+                .app
+                .store
+                .add_rows(&g.id, result.row_count as u64)
+                .await
+                .map_err(internal)?;
+            checked.note(
+                Action::Query,
+                &g.terms.tables.join(","),
+                format!(
+                    "grant {} usage now {} queries, {} rows",
+                    g.id, usage.queries, usage.rows
+                ),
+            );
+        }
+        progress
+            .report(
+                3,
+                3,
+                format!("{} row(s) in {} ms", result.row_count, result.elapsed_ms),
+            )
+            .await;
+        checked.usage.rows = Some(result.row_count as u64);
+        checked.usage.bytes = Some(result.result_bytes as u64);
+        checked.usage.snapshots = result
+            .snapshots
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}@{}",
+                    s.table,
+                    s.snapshot_id.map_or("none".to_string(), |i| i.to_string())
+                )
+            })
+            .collect();
+        Ok(result)
+    }
+
+    /// The exact `request_access` call that would help with `table`.
+    pub(super) fn request_hint(&self, table: &TableName) -> String {
+        let purposes = self
+            .app
+            .lakehouse
+            .contract(table)
+            .map(|c| c.contract.allowed_purposes())
+            .unwrap_or_default();
+        format!(
+            "Call request_access with {{\"tables\": [\"{table}\"], \"purpose\": <one of the contract's allowed \
+             purposes: {}>}}, then pass the grant_id to query.",
+            if purposes.is_empty() {
+                "see get_contract".to_string()
+            } else {
+                purposes.join(", ")
+            }
+        )
+    }
+
+    /// The grant a query runs under: the one named by `grant_id` (which must be the caller's, live, within
+    /// quota), else the caller's live grant for the stated purpose that covers the query's tables, else none.
+    pub(super) async fn select_grant(
+        &self,
+        checked: &mut Checked<'_>,
+        args: &QueryArgs,
+        tables: &[TableName],
+    ) -> Result<Option<crate::negotiation::Grant>, ToolError> {
+        let now = self.app.clock.now();
+        let grant = match &args.grant_id {
+            Some(id) => {
+                let g = self
+                    .app
+                    .store
+                    .get_grant(id)
+                    .await
+                    .map_err(internal)?
+                    .filter(|g| g.principal == checked.principal_id())
+                    .ok_or_else(|| {
+                        ToolError::BadRequest(format!(
+                            "grant {id} not found among your grants; my_grants lists them"
+                        ))
+                    })?;
+                if g.revoked_at.is_some() {
+                    return Err(ToolError::Denied {
+                        reason: format!("grant {id} was revoked"),
+                        next_step: "request_access again".to_string(),
+                    });
+                }
+                if !g.is_live(now) {
+                    return Err(ToolError::Denied {
+                        reason: format!("grant {id} expired at {}", g.terms.expires_at),
+                        next_step: "request_access again".to_string(),
+                    });
+                }
+                if let Some(p) = &args.purpose
+                    && !p.eq_ignore_ascii_case(&g.terms.purpose)
+                {
+                    return Err(ToolError::BadRequest(format!(
+                        "grant {id} is bound to purpose {}, not {p}",
+                        g.terms.purpose
+                    )));
+                }
+                Some(g)
+            }
+            None => match &args.purpose {
+                Some(p) => self
+                    .app
+                    .store
+                    .grants_for_principal(checked.principal_id())
+                    .await
+                    .map_err(internal)?
+                    .into_iter()
+                    .filter(|g| g.is_live(now) && g.terms.purpose.eq_ignore_ascii_case(p))
+                    .find(|g| tables.iter().any(|t| g.terms.covers(&t.to_string()))),
+                None => None,
+            },
+        };
+        if let Some(g) = &grant
+            && let Some(why) = g.quota_exhausted()
+        {
+            return Err(ToolError::Limit(format!("quota exceeded: {why}")));
+        }
+        Ok(grant)
+    }
+}
+
+#[tool_router(router = query_router, vis = "pub(super)")]
+impl ParleyServer {
+    #[tool(
+        description = include_str!("../../tools/query.md"),
+        input_schema = schema_for_type::<QueryArgs>(),
+        output_schema = schema_for_output::<QueryResult>(),
+        annotations(title = "Run a read-only SQL query", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn query(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        let principal = self.principal(&ctx);
+        // The purpose is read leniently here so that even a call with malformed arguments is audited with it.
+        let purpose = args
+            .get("purpose")
+            .and_then(|p| p.as_str())
+            .map(str::to_string);
+        let cancel = ctx.ct.clone();
+        let progress = Progress::of(&ctx);
+        self.app
+            .gate
+            .run_rendered(
+                &principal,
+                "query",
+                purpose,
+                async |c| {
+                    if let Some(sql) = args.get("sql").and_then(|s| s.as_str()) {
+                        c.usage.sql = Some(sql.to_string());
+                    }
+                    self.do_query(c, parse_args(args)?, cancel, &progress).await
+                },
+                |r| {
+                    let text = query_text(&r);
+                    respond(&r, text)
+                },
+            )
+            .await
+    }
+}
