@@ -54,6 +54,23 @@ async fn tools_are_listed_with_schemas_descriptions_and_annotations() {
         .unwrap();
         assert_eq!(desc, file, "description of {} comes from tools/", t.name);
         assert!(t.output_schema.is_some(), "{} has an output schema", t.name);
+        if t.name == "my_grants" {
+            // Typed all the way down: a grant's terms and usage are described, not an open object.
+            let schema = serde_json::to_string(t.output_schema.as_ref().unwrap()).unwrap();
+            for field in [
+                "terms_hash",
+                "expires_at",
+                "masks",
+                "row_filter",
+                "queries",
+                "live",
+            ] {
+                assert!(
+                    schema.contains(field),
+                    "my_grants' output schema names {field}"
+                );
+            }
+        }
         assert_eq!(t.input_schema.get("type"), Some(&json!("object")));
         assert_eq!(
             t.annotations.as_ref().and_then(|a| a.read_only_hint),

@@ -159,7 +159,7 @@ impl FromStr for Mask {
 }
 
 /// The price of one table as the contract states it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PriceTerm {
     /// `namespace.table` the price applies to.
     pub table: String,
@@ -180,7 +180,7 @@ impl PriceTerm {
 
 /// Exactly what a grant allows. Column names are qualified, `namespace.table.column`, so terms over several
 /// tables are unambiguous.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Terms {
     /// Tables, `namespace.table`.
     pub tables: Vec<String>,
@@ -571,7 +571,9 @@ impl Outcome {
 }
 
 /// Usage metered on a grant.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct Usage {
     /// Queries run.
     pub queries: u64,

@@ -244,7 +244,7 @@ pub struct StatusResult {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct GrantsResult {
     /// Grants with terms, usage and whether live.
-    pub grants: Vec<Value>,
+    pub grants: Vec<GrantView>,
 }
 
 /// A list of requests.
@@ -274,19 +274,52 @@ pub struct DoneResult {
     pub state: Option<String>,
 }
 
-fn grant_view(g: &Grant, now: chrono::DateTime<Utc>) -> Value {
-    json!({
-        "grant_id": g.id,
-        "request_id": g.request_id,
-        "live": g.is_live(now),
-        "revoked_at": g.revoked_at,
-        "terms": g.terms,
-        "terms_hash": g.terms_hash,
-        "usage": g.usage,
-        "approvers": g.approvers,
-        "contract_versions": g.contract_versions,
-        "created_at": g.created_at,
-    })
+/// A grant as tools and the `grant://` resource show it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct GrantView {
+    /// Grant id: pass it as `grant_id` to `query`.
+    pub grant_id: String,
+    /// The request it answers.
+    pub request_id: String,
+    /// The grantee (shown to the tables' owners).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// Whether queries may use it now: in its term, not revoked.
+    pub live: bool,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<chrono::DateTime<Utc>>,
+    /// What it allows: tables, columns (masked or in clear), row filter, purpose, term, quotas, prices.
+    pub terms: negotiation::Terms,
+    /// The hash of the terms, as accepted.
+    pub terms_hash: String,
+    /// Queries and rows used so far.
+    pub usage: negotiation::Usage,
+    /// Who approved it (empty when granted by the automatic rules).
+    pub approvers: Vec<String>,
+    /// Contract version per table at grant time (`namespace.table` → `id@version`).
+    pub contract_versions: BTreeMap<String, String>,
+    /// When it was made.
+    pub created_at: chrono::DateTime<Utc>,
+    /// The agreement in W3C ODRL (on the `grant://` resource).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub odrl: Option<Value>,
+}
+
+fn grant_view(g: &Grant, now: chrono::DateTime<Utc>) -> GrantView {
+    GrantView {
+        grant_id: g.id.clone(),
+        request_id: g.request_id.clone(),
+        principal: None,
+        live: g.is_live(now),
+        revoked_at: g.revoked_at,
+        terms: g.terms.clone(),
+        terms_hash: g.terms_hash.clone(),
+        usage: g.usage,
+        approvers: g.approvers.clone(),
+        contract_versions: g.contract_versions.clone(),
+        created_at: g.created_at,
+        odrl: None,
+    }
 }
 
 impl ParleyServer {
@@ -1492,10 +1525,9 @@ impl ParleyServer {
         Ok(GrantsResult {
             grants: grants
                 .iter()
-                .map(|g| {
-                    let mut v = grant_view(g, self.app.clock.now());
-                    v["principal"] = json!(g.principal);
-                    v
+                .map(|g| GrantView {
+                    principal: Some(g.principal.clone()),
+                    ..grant_view(g, self.app.clock.now())
                 })
                 .collect(),
         })
@@ -1565,15 +1597,17 @@ impl ParleyServer {
             &grant.terms.tables.join(","),
             format!("grant {id} read"),
         );
-        let mut v = grant_view(&grant, self.app.clock.now());
-        v["principal"] = json!(grant.principal);
-        v["odrl"] = self.odrl_for(
-            OdrlKind::Agreement,
-            &format!("urn:parley:agreement:{}", grant.id),
-            &grant.principal,
-            &grant.terms,
-        );
-        Ok(v)
+        let view = GrantView {
+            principal: Some(grant.principal.clone()),
+            odrl: Some(self.odrl_for(
+                OdrlKind::Agreement,
+                &format!("urn:parley:agreement:{}", grant.id),
+                &grant.principal,
+                &grant.terms,
+            )),
+            ..grant_view(&grant, self.app.clock.now())
+        };
+        serde_json::to_value(view).map_err(internal)
     }
 }
 
