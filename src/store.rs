@@ -18,14 +18,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite};
 
-use crate::negotiation::{AccessRequest, Grant, State, Terms, Usage};
+use crate::negotiation::{AccessRequest, Grant, Outcome, State, Terms, Usage};
 
 /// Migrations embedded at build time from `migrations/` (the same files serve PostgreSQL).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -40,8 +39,8 @@ pub struct StoredRequest {
     pub request: AccessRequest,
     /// Current negotiation state.
     pub state: State,
-    /// The outcome returned to the agent (JSON of [`crate::negotiation::Outcome`] or whatever the caller stored).
-    pub outcome: Value,
+    /// The outcome returned to the agent, or the approver's counter-offer that replaced it.
+    pub outcome: Outcome,
     /// When the state last changed.
     pub updated_at: DateTime<Utc>,
 }
@@ -207,7 +206,7 @@ pub trait NegotiationStore: Send + Sync {
         &self,
         request: &AccessRequest,
         state: State,
-        outcome: &Value,
+        outcome: &Outcome,
     ) -> Result<(), StoreError>;
 
     /// Moves a request to `state`, recording `by` and `why`. Fails with [`StoreError::InvalidTransition`] when
@@ -227,7 +226,7 @@ pub trait NegotiationStore: Send + Sync {
     async fn counter_offer(
         &self,
         request_id: &str,
-        outcome: &serde_json::Value,
+        outcome: &Outcome,
         by: &str,
         why: &str,
     ) -> Result<(), StoreError>;
@@ -637,7 +636,7 @@ impl NegotiationStore for SqliteStore {
         &self,
         request: &AccessRequest,
         state: State,
-        outcome: &Value,
+        outcome: &Outcome,
     ) -> Result<(), StoreError> {
         let request_json = to_json(request, "request")?;
         let outcome_json = to_json(outcome, "outcome")?;
@@ -749,10 +748,11 @@ impl NegotiationStore for SqliteStore {
     async fn counter_offer(
         &self,
         request_id: &str,
-        outcome: &serde_json::Value,
+        outcome: &Outcome,
         by: &str,
         why: &str,
     ) -> Result<(), StoreError> {
+        let outcome_json = to_json(outcome, "outcome")?;
         let now = ts(Utc::now());
         let mut tx = self
             .pool
@@ -763,7 +763,7 @@ impl NegotiationStore for SqliteStore {
             "UPDATE access_requests SET state = ?, outcome_json = ?, updated_at = ? WHERE id = ? AND state = ?",
         ))
         .bind(State::Offered.as_str())
-        .bind(outcome.to_string())
+        .bind(&outcome_json)
         .bind(&now)
         .bind(request_id)
         .bind(State::Requested.as_str())
@@ -1112,7 +1112,6 @@ mod tests {
     use std::sync::Arc;
 
     use chrono::TimeDelta;
-    use serde_json::json;
 
     use super::*;
     use crate::negotiation::{Mask, RowScope};
@@ -1128,6 +1127,14 @@ mod tests {
             "SELECT 1 WHERE x IN ($1, $2, $3)"
         );
         assert_eq!(numbered("SELECT 1"), "SELECT 1");
+    }
+
+    fn pending() -> Outcome {
+        Outcome::Pending {
+            approvers: vec!["sales-owner".to_string()],
+            reason: "the purpose needs an owner's approval".to_string(),
+            terms: terms(Utc::now() + TimeDelta::days(30)),
+        }
     }
 
     fn request(id: &str, tables: &[&str]) -> AccessRequest {
@@ -1190,7 +1197,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir).await;
         let req = request("req-1", &["sales.customers", "sales.orders"]);
-        let outcome = json!({"outcome": "pending", "approvers": ["sales-owner"]});
+        let outcome = pending();
         store
             .save_request(&req, State::Requested, &outcome)
             .await
@@ -1217,7 +1224,7 @@ mod tests {
             .save_request(
                 &request("req-1", &["sales.customers"]),
                 State::Requested,
-                &json!({}),
+                &pending(),
             )
             .await
             .unwrap();
@@ -1315,7 +1322,7 @@ mod tests {
             ("req-3", &["ops.shipments"][..], State::Requested),
         ] {
             store
-                .save_request(&request(id, tables), state, &json!({}))
+                .save_request(&request(id, tables), state, &pending())
                 .await
                 .unwrap();
         }
@@ -1490,7 +1497,7 @@ mod tests {
     async fn pending_request_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let req = request("req-1", &["sales.orders"]);
-        let outcome = json!({"outcome": "pending", "approvers": ["sales-owner"]});
+        let outcome = pending();
         {
             let store = open(&dir).await;
             store
@@ -1522,7 +1529,7 @@ mod tests {
             .save_request(
                 &request("req-1", &["sales.orders"]),
                 State::Requested,
-                &json!({}),
+                &pending(),
             )
             .await
             .unwrap();

@@ -167,8 +167,7 @@ impl<'a> Negotiations<'a> {
                 stored.state.as_str()
             )));
         }
-        let outcome: Outcome = serde_json::from_value(stored.outcome.clone())
-            .map_err(|e| FlowError::Store(format!("request {id}'s stored outcome: {e}")))?;
+        let outcome = stored.outcome.clone();
         let Outcome::CounterOffer {
             terms, offered_by, ..
         } = outcome
@@ -280,11 +279,7 @@ mod tests {
             offered_by: vec!["owner".to_string()],
         };
         store
-            .save_request(
-                &request,
-                State::Offered,
-                &serde_json::to_value(&outcome).unwrap(),
-            )
+            .save_request(&request, State::Offered, &outcome)
             .await
             .unwrap();
         (request, terms)

@@ -699,7 +699,7 @@ impl ParleyServer {
             &self.app.purposes,
         );
         let outcome = fit_policy(checked, &facts_of, outcome);
-        let outcome_json = serde_json::to_value(&outcome).map_err(internal)?;
+
         // A grant that a person must first acknowledge waits as an offer until they do.
         let ask_first = asker.is_some() && matches!(outcome, Outcome::Granted { .. });
         let initial = if ask_first {
@@ -709,7 +709,7 @@ impl ParleyServer {
         };
         self.app
             .store
-            .save_request(&request, initial, &outcome_json)
+            .save_request(&request, initial, &outcome)
             .await
             .map_err(Self::store_error)?;
         let mut result = self.base_result(&request, &outcome);
@@ -821,7 +821,7 @@ impl ParleyServer {
             StateSeal::new(&self.app.mask_secret).open(handle, &me, call)?;
         let stored = self.own_request(checked, &request_id).await?;
         let request = stored.request;
-        let outcome: Outcome = serde_json::from_value(stored.outcome).map_err(internal)?;
+        let outcome = stored.outcome;
         let mut result = self.base_result(&request, &outcome);
         let tables = request.tables.join(",");
         match (question, &outcome) {
@@ -992,16 +992,15 @@ impl ParleyServer {
             format!("request {} status read", args.request_id),
         );
         let terms_hash = (stored.state == State::Offered)
-            .then(|| serde_json::from_value::<Outcome>(stored.outcome.clone()).ok())
-            .flatten()
-            .and_then(|o| o.terms().map(negotiation::Terms::hash));
+            .then(|| stored.outcome.terms().map(negotiation::Terms::hash))
+            .flatten();
         Ok(StatusResult {
             request_id: args.request_id,
             state: stored.state.as_str().to_string(),
             grant_id: grant.map(|g| g.id),
             terms_hash,
             request: json!(stored.request),
-            outcome: stored.outcome,
+            outcome: json!(stored.outcome),
             history,
         })
     }
@@ -1251,7 +1250,7 @@ impl ParleyServer {
                 notice: Some(self.notice(&request.principal, resource, data)),
             });
         }
-        let outcome: Outcome = serde_json::from_value(stored.outcome.clone()).map_err(internal)?;
+        let outcome = stored.outcome.clone();
         let tighten = Tightening {
             expires_at: args.expires_at,
             max_queries: args.max_queries,
@@ -1372,11 +1371,11 @@ impl ParleyServer {
             reasons: vec![why.clone()],
             offered_by: vec![who.clone()],
         };
-        let outcome_json = serde_json::to_value(&offer).map_err(internal)?;
+
         match self
             .app
             .store
-            .counter_offer(&request.id, &outcome_json, &who, &why)
+            .counter_offer(&request.id, &offer, &who, &why)
             .await
         {
             Ok(()) => {}
