@@ -484,6 +484,21 @@ impl FromStr for State {
     }
 }
 
+/// Why a grant cannot be used for a query (see [`Grant::usable_for`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unusable {
+    /// It is another principal's (reported like a grant that does not exist).
+    NotYours,
+    /// An owner revoked it.
+    Revoked,
+    /// Its term ended at this time.
+    Expired(DateTime<Utc>),
+    /// It is bound to this other purpose.
+    OtherPurpose(String),
+    /// A quota is used up; the sentence says which.
+    QuotaUsed(String),
+}
+
 /// The answer to an access request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -633,6 +648,34 @@ impl Grant {
     /// Whether the grant may be used at `now`: not revoked and not expired.
     pub fn is_live(&self, now: DateTime<Utc>) -> bool {
         self.revoked_at.is_none() && now < self.terms.expires_at
+    }
+
+    /// Whether `principal` may run a query under this grant at `now` for `purpose` (when one is stated): the
+    /// grant is theirs, live, bound to that purpose and has quota left.
+    pub fn usable_for(
+        &self,
+        principal: &str,
+        purpose: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), Unusable> {
+        if self.principal != principal {
+            return Err(Unusable::NotYours);
+        }
+        if self.revoked_at.is_some() {
+            return Err(Unusable::Revoked);
+        }
+        if !self.is_live(now) {
+            return Err(Unusable::Expired(self.terms.expires_at));
+        }
+        if let Some(p) = purpose
+            && !p.eq_ignore_ascii_case(&self.terms.purpose)
+        {
+            return Err(Unusable::OtherPurpose(self.terms.purpose.clone()));
+        }
+        if let Some(why) = self.quota_exhausted() {
+            return Err(Unusable::QuotaUsed(why));
+        }
+        Ok(())
     }
 
     /// A sentence saying which quota is used up, if one is.
@@ -1803,5 +1846,47 @@ mod tests {
         assert!(!grant.is_live(terms.expires_at));
         grant.revoked_at = Some(now());
         assert!(!grant.is_live(now()));
+    }
+
+    #[test]
+    fn a_grant_is_usable_only_by_its_grantee_in_its_term_for_its_purpose_within_quota() {
+        let out = decide(&request(&["sales.orders"], None, "revenue_reporting", 1));
+        let mut terms = out.terms().unwrap().clone();
+        terms.max_queries = Some(1);
+        let mut grant = Grant::new(
+            "req-1",
+            "alice",
+            terms.clone(),
+            BTreeMap::new(),
+            vec![],
+            now(),
+        );
+        assert_eq!(grant.usable_for("alice", None, now()), Ok(()));
+        assert_eq!(
+            grant.usable_for("alice", Some("REVENUE_REPORTING"), now()),
+            Ok(())
+        );
+        assert_eq!(
+            grant.usable_for("bob", None, now()),
+            Err(Unusable::NotYours)
+        );
+        assert_eq!(
+            grant.usable_for("alice", Some("marketing"), now()),
+            Err(Unusable::OtherPurpose("revenue_reporting".to_string()))
+        );
+        assert_eq!(
+            grant.usable_for("alice", None, terms.expires_at),
+            Err(Unusable::Expired(terms.expires_at))
+        );
+        grant.usage.queries = 1;
+        assert!(matches!(
+            grant.usable_for("alice", None, now()),
+            Err(Unusable::QuotaUsed(_))
+        ));
+        grant.revoked_at = Some(now());
+        assert_eq!(
+            grant.usable_for("alice", None, now()),
+            Err(Unusable::Revoked)
+        );
     }
 }

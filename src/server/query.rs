@@ -370,62 +370,62 @@ impl ParleyServer {
         args: &QueryArgs,
         tables: &[TableName],
     ) -> Result<Option<crate::negotiation::Grant>, ToolError> {
+        use crate::negotiation::Unusable;
         let now = self.app.clock.now();
-        let grant = match &args.grant_id {
-            Some(id) => {
-                let g = self
-                    .app
-                    .store
-                    .get_grant(id)
-                    .await
-                    .map_err(internal)?
-                    .filter(|g| g.principal == checked.principal_id())
-                    .ok_or_else(|| {
-                        ToolError::BadRequest(format!(
-                            "grant {id} not found among your grants; my_grants lists them"
-                        ))
-                    })?;
-                if g.revoked_at.is_some() {
-                    return Err(ToolError::Denied {
-                        reason: format!("grant {id} was revoked"),
-                        next_step: "request_access again".to_string(),
-                    });
-                }
-                if !g.is_live(now) {
-                    return Err(ToolError::Denied {
-                        reason: format!("grant {id} expired at {}", g.terms.expires_at),
-                        next_step: "request_access again".to_string(),
-                    });
-                }
-                if let Some(p) = &args.purpose
-                    && !p.eq_ignore_ascii_case(&g.terms.purpose)
-                {
-                    return Err(ToolError::BadRequest(format!(
-                        "grant {id} is bound to purpose {}, not {p}",
-                        g.terms.purpose
-                    )));
-                }
-                Some(g)
+        let me = checked.principal_id();
+        let purpose = args.purpose.as_deref();
+        let Some(id) = &args.grant_id else {
+            // No grant named: the caller's live grant for the stated purpose that covers a table queried.
+            let Some(p) = purpose else {
+                return Ok(None);
+            };
+            let grants = self
+                .app
+                .store
+                .grants_for_principal(me)
+                .await
+                .map_err(internal)?;
+            let found = grants
+                .into_iter()
+                .filter(|g| g.is_live(now) && g.terms.purpose.eq_ignore_ascii_case(p))
+                .find(|g| tables.iter().any(|t| g.terms.covers(&t.to_string())));
+            if let Some(why) = found.as_ref().and_then(|g| g.quota_exhausted()) {
+                return Err(ToolError::Limit(format!("quota exceeded: {why}")));
             }
-            None => match &args.purpose {
-                Some(p) => self
-                    .app
-                    .store
-                    .grants_for_principal(checked.principal_id())
-                    .await
-                    .map_err(internal)?
-                    .into_iter()
-                    .filter(|g| g.is_live(now) && g.terms.purpose.eq_ignore_ascii_case(p))
-                    .find(|g| tables.iter().any(|t| g.terms.covers(&t.to_string()))),
-                None => None,
-            },
+            return Ok(found);
         };
-        if let Some(g) = &grant
-            && let Some(why) = g.quota_exhausted()
-        {
-            return Err(ToolError::Limit(format!("quota exceeded: {why}")));
+        let not_found = || {
+            ToolError::BadRequest(format!(
+                "grant {id} not found among your grants; my_grants lists them"
+            ))
+        };
+        let grant = self
+            .app
+            .store
+            .get_grant(id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(not_found)?;
+        let again = || "request_access again".to_string();
+        match grant.usable_for(me, purpose, now) {
+            Ok(()) => Ok(Some(grant)),
+            Err(Unusable::NotYours) => Err(not_found()),
+            Err(Unusable::Revoked) => Err(ToolError::Denied {
+                reason: format!("grant {id} was revoked"),
+                next_step: again(),
+            }),
+            Err(Unusable::Expired(at)) => Err(ToolError::Denied {
+                reason: format!("grant {id} expired at {at}"),
+                next_step: again(),
+            }),
+            Err(Unusable::OtherPurpose(bound)) => Err(ToolError::BadRequest(format!(
+                "grant {id} is bound to purpose {bound}, not {}",
+                purpose.unwrap_or_default()
+            ))),
+            Err(Unusable::QuotaUsed(why)) => {
+                Err(ToolError::Limit(format!("quota exceeded: {why}")))
+            }
         }
-        Ok(grant)
     }
 }
 
