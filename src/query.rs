@@ -270,6 +270,18 @@ pub struct SnapshotRead {
     pub snapshot_id: Option<i64>,
 }
 
+impl SnapshotRead {
+    /// `namespace.table@id` (`@none` for a table with no snapshot), as results and audit records show it.
+    pub fn label(&self) -> String {
+        format!(
+            "{}@{}",
+            self.table,
+            self.snapshot_id
+                .map_or("none".to_string(), |i| i.to_string())
+        )
+    }
+}
+
 /// What a query returned.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct QueryResult {

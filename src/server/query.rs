@@ -48,13 +48,7 @@ pub(super) fn query_text(r: &QueryResult) -> String {
     let snaps: Vec<String> = r
         .snapshots
         .iter()
-        .map(|s| {
-            format!(
-                "{}@{}",
-                s.table,
-                s.snapshot_id.map_or("none".to_string(), |i| i.to_string())
-            )
-        })
+        .map(crate::query::SnapshotRead::label)
         .collect();
     out.push_str(&format!(
         "({} row{}{}; {} ms; snapshots: {})",
@@ -332,13 +326,7 @@ impl ParleyServer {
         checked.usage.snapshots = result
             .snapshots
             .iter()
-            .map(|s| {
-                format!(
-                    "{}@{}",
-                    s.table,
-                    s.snapshot_id.map_or("none".to_string(), |i| i.to_string())
-                )
-            })
+            .map(crate::query::SnapshotRead::label)
             .collect();
         Ok(result)
     }
