@@ -63,7 +63,7 @@ pub struct App {
     /// Catalog + contracts.
     pub lakehouse: Lakehouse,
     /// Access requests, offers and grants.
-    pub store: Arc<dyn crate::store::NegotiationStore>,
+    pub store: Arc<dyn crate::negotiation::store::NegotiationStore>,
     /// The purpose registry (`policy/purposes.yaml`).
     pub purposes: crate::negotiation::Purposes,
     /// Server-side secret mixed into the salt of hashed (masked) columns and keying the seal of elicitation

@@ -1,4 +1,5 @@
-//! Store: where access negotiations and grants live, behind the [`NegotiationStore`] seam.
+//! Store: [`SqliteStore`], where access negotiations and grants live — the backend of the negotiation
+//! domain's [`NegotiationStore`] seam (`crate::negotiation::store`, where its contract is written).
 //!
 //! The store keeps requests with their Dataspace Protocol [`State`] and outcome, grants with their metered
 //! [`Usage`], and an append-only history of [`Event`]s saying who moved what and why. [`SqliteStore`] is the
@@ -17,13 +18,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite};
 
+use crate::negotiation::store::{Event, EventKind, NegotiationStore, StoreError, StoredRequest};
 use crate::negotiation::{AccessRequest, Grant, Outcome, State, Terms, Usage};
 
 /// Migrations embedded at build time from `migrations/` (the same files serve PostgreSQL).
@@ -31,264 +33,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// How long a writer waits for another writer before failing with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A request as stored: the request, where its negotiation stands, and the last outcome given.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredRequest {
-    /// The request as the agent made it.
-    pub request: AccessRequest,
-    /// Current negotiation state.
-    pub state: State,
-    /// The outcome returned to the agent, or the approver's counter-offer that replaced it.
-    pub outcome: Outcome,
-    /// When the state last changed.
-    pub updated_at: DateTime<Utc>,
-}
-
-/// What an [`Event`] records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    /// A request was submitted.
-    Requested,
-    /// A request's negotiation state changed.
-    StateChanged,
-    /// A grant was made.
-    Granted,
-    /// A grant was revoked.
-    Revoked,
-}
-
-impl EventKind {
-    /// Stable name: `requested`, `state_changed`, `granted`, `revoked`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Requested => "requested",
-            EventKind::StateChanged => "state_changed",
-            EventKind::Granted => "granted",
-            EventKind::Revoked => "revoked",
-        }
-    }
-}
-
-impl FromStr for EventKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<EventKind, String> {
-        [
-            EventKind::Requested,
-            EventKind::StateChanged,
-            EventKind::Granted,
-            EventKind::Revoked,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-        .ok_or_else(|| format!("unknown event kind {s:?}"))
-    }
-}
-
-/// One step in the history of a request or grant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    /// Request or grant id.
-    pub subject_id: String,
-    /// Position in the subject's history, from 1.
-    pub seq: u64,
-    /// When it happened.
-    pub at: DateTime<Utc>,
-    /// What happened.
-    pub kind: EventKind,
-    /// The state entered, for request events.
-    pub state: Option<State>,
-    /// Who did it (principal id, or `parley` for automatic decisions).
-    pub actor: String,
-    /// Why, in words.
-    pub reason: String,
-}
-
-/// A store operation that failed: whose fault it is and what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database could not be opened (path, permissions, disk).
-    #[error(
-        "cannot open the negotiation store {path}: {source}. Check that the data dir exists and is writable."
-    )]
-    Open {
-        /// Database file.
-        path: PathBuf,
-        /// Cause.
-        source: sqlx::Error,
-    },
-    /// The schema could not be brought up to date.
-    #[error(
-        "cannot migrate the negotiation store {path}: {source}. The file may belong to a newer Parley or be damaged."
-    )]
-    Migrate {
-        /// Database file.
-        path: PathBuf,
-        /// Cause.
-        source: sqlx::migrate::MigrateError,
-    },
-    /// A statement failed; nothing of the operation was written.
-    #[error("negotiation store failed while {context}: {source}")]
-    Database {
-        /// What the store was doing.
-        context: &'static str,
-        /// Cause.
-        source: sqlx::Error,
-    },
-    /// No request or grant with this id.
-    #[error("{what} {id} not found")]
-    NotFound {
-        /// `request` or `grant`.
-        what: &'static str,
-        /// The id asked for.
-        id: String,
-    },
-    /// A request or grant with this id already exists; ids are never reused.
-    #[error("{what} {id} already exists")]
-    Duplicate {
-        /// `request` or `grant`.
-        what: &'static str,
-        /// The id.
-        id: String,
-    },
-    /// The protocol does not allow this state change; nothing was written.
-    #[error("request {id} is {from} and cannot become {to}")]
-    InvalidTransition {
-        /// Request id.
-        id: String,
-        /// Current state.
-        from: State,
-        /// State asked for.
-        to: State,
-    },
-    /// The grant was revoked before; nothing was written.
-    #[error("grant {id} was already revoked at {at}")]
-    AlreadyRevoked {
-        /// Grant id.
-        id: String,
-        /// When it was revoked.
-        at: DateTime<Utc>,
-    },
-    /// The caller passed something that cannot be stored; a bug in the caller, nothing was written.
-    #[error("cannot store {what}: {message}")]
-    Invalid {
-        /// What was being stored.
-        what: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-    /// A stored row cannot be read back: the file was edited, damaged, or written by a newer Parley.
-    #[error("stored {what} {id} is unreadable: {message}")]
-    Corrupt {
-        /// `request`, `grant` or `event`.
-        what: &'static str,
-        /// Its id.
-        id: String,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-/// Persistence of negotiations and grants. Contract for every implementation:
-///
-/// - A method that returns `Ok` has made its write durable; one that returns `Err` has written nothing (each
-///   write is one transaction).
-/// - `update_state` and `revoke_grant` append their [`Event`] in the same transaction as the change.
-/// - Lookups of a missing id return `Ok(None)` (`get_*`) or an empty list; changes to a missing id return
-///   [`StoreError::NotFound`].
-/// - Lists are ordered oldest first.
-#[async_trait]
-pub trait NegotiationStore: Send + Sync {
-    /// Inserts a new request in `state` with the outcome given to the agent, and its `requested` event (actor:
-    /// the requester). Fails with [`StoreError::Duplicate`] if the id exists.
-    async fn save_request(
-        &self,
-        request: &AccessRequest,
-        state: State,
-        outcome: &Outcome,
-    ) -> Result<(), StoreError>;
-
-    /// Moves a request to `state`, recording `by` and `why`. Fails with [`StoreError::InvalidTransition`] when
-    /// [`State::can_become`] forbids it (checked atomically with the write, so two racing decisions cannot both
-    /// succeed from the same state).
-    async fn update_state(
-        &self,
-        request_id: &str,
-        state: State,
-        by: &str,
-        why: &str,
-    ) -> Result<(), StoreError>;
-
-    /// Replaces a pending (`requested`) request's outcome with an approver's counter-offer and moves it to
-    /// `offered`, in one atomic step; fails with [`StoreError::InvalidTransition`] if the request is no longer
-    /// pending (another approver decided it meanwhile).
-    async fn counter_offer(
-        &self,
-        request_id: &str,
-        outcome: &Outcome,
-        by: &str,
-        why: &str,
-    ) -> Result<(), StoreError>;
-
-    /// The request with this id.
-    async fn get_request(&self, id: &str) -> Result<Option<StoredRequest>, StoreError>;
-
-    /// Requests naming any of `tables` (`namespace.table`), optionally only those in `state`.
-    async fn requests_for_tables(
-        &self,
-        tables: &[String],
-        state: Option<State>,
-    ) -> Result<Vec<StoredRequest>, StoreError>;
-
-    /// All requests a principal made, oldest first.
-    async fn requests_for_principal(
-        &self,
-        principal: &str,
-    ) -> Result<Vec<StoredRequest>, StoreError>;
-
-    /// Inserts a grant and its `granted` event. Fails with [`StoreError::Invalid`] when `terms_hash` is not the
-    /// hash of `terms`, and [`StoreError::Duplicate`] if the id exists.
-    async fn save_grant(&self, grant: &Grant) -> Result<(), StoreError>;
-
-    /// All grants of a principal, live or not (see [`Grant::is_live`]).
-    async fn grants_for_principal(&self, principal: &str) -> Result<Vec<Grant>, StoreError>;
-
-    /// All grants covering `table` (`namespace.table`), live or not.
-    async fn grants_for_table(&self, table: &str) -> Result<Vec<Grant>, StoreError>;
-
-    /// The grant with this id.
-    async fn get_grant(&self, id: &str) -> Result<Option<Grant>, StoreError>;
-
-    /// Revokes a grant now, recording `by` and `why`. Once this returns, every later read of the grant shows it
-    /// revoked. Fails with [`StoreError::AlreadyRevoked`] if it was.
-    async fn revoke_grant(&self, id: &str, by: &str, why: &str) -> Result<(), StoreError>;
-
-    /// Atomically adds one query and `rows` rows to a grant's usage and returns the new totals; concurrent calls
-    /// never lose an increment.
-    async fn record_usage(&self, grant_id: &str, rows: u64) -> Result<Usage, StoreError>;
-
-    /// Counts one query on a grant if its quotas allow it, in one atomic step: `Some(totals)` when counted,
-    /// `None` when `max_queries` or `max_rows` is already used up. Concurrent callers never overshoot a quota.
-    async fn reserve_query(
-        &self,
-        grant_id: &str,
-        max_queries: Option<u64>,
-        max_rows: Option<u64>,
-    ) -> Result<Option<Usage>, StoreError>;
-
-    /// Adds rows returned under a grant (after a query that [`NegotiationStore::reserve_query`] counted).
-    async fn add_rows(&self, grant_id: &str, rows: u64) -> Result<Usage, StoreError>;
-
-    /// The history of a request or grant, oldest first.
-    async fn events(&self, subject_id: &str) -> Result<Vec<Event>, StoreError>;
-
-    /// A counter that changes after every grant this process saves or revokes through the store, so callers may
-    /// reuse a principal's grant list while it stands still; `None` when the store cannot tell (never cache).
-    fn grant_generation(&self) -> Option<u64> {
-        None
-    }
-}
 
 /// [`NegotiationStore`] on a SQLite file (WAL, `synchronous=FULL`).
 #[derive(Debug, Clone)]
@@ -319,7 +63,7 @@ impl SqliteStore {
             .await
             .map_err(|source| StoreError::Open {
                 path: path.to_path_buf(),
-                source,
+                source: Box::new(source),
             })?;
         Self::migrate(pool, path.to_path_buf()).await
     }
@@ -330,7 +74,7 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str("sqlite::memory:")
             .map_err(|source| StoreError::Open {
                 path: path.clone(),
-                source,
+                source: Box::new(source),
             })?
             .foreign_keys(true);
         // One connection that is never recycled: an in-memory database lives only as long as a connection to it,
@@ -343,7 +87,7 @@ impl SqliteStore {
             .await
             .map_err(|source| StoreError::Open {
                 path: path.clone(),
-                source,
+                source: Box::new(source),
             })?;
         Self::migrate(pool, path).await
     }
@@ -351,7 +95,10 @@ impl SqliteStore {
     async fn migrate(pool: SqlitePool, path: PathBuf) -> Result<SqliteStore, StoreError> {
         if let Err(source) = MIGRATOR.run(&pool).await {
             pool.close().await;
-            return Err(StoreError::Migrate { path, source });
+            return Err(StoreError::Migrate {
+                path,
+                source: Box::new(source),
+            });
         }
         Ok(SqliteStore {
             pool,
@@ -373,7 +120,10 @@ impl SqliteStore {
 
 /// Maps a sqlx error to [`StoreError::Database`] with what the store was doing.
 fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |source| StoreError::Database { context, source }
+    move |source| StoreError::Database {
+        context,
+        source: Box::new(source),
+    }
 }
 
 /// Like [`db`], but a unique-key violation means the id was taken.
@@ -388,7 +138,10 @@ fn insert_err(
         if taken {
             StoreError::Duplicate { what, id }
         } else {
-            StoreError::Database { context, source }
+            StoreError::Database {
+                context,
+                source: Box::new(source),
+            }
         }
     }
 }
@@ -1067,31 +820,6 @@ impl NegotiationStore for SqliteStore {
         })
     }
 
-    async fn record_usage(&self, grant_id: &str, rows: u64) -> Result<Usage, StoreError> {
-        let rows = to_i64(rows, "usage")?;
-        // One statement: the increment and the read of the totals cannot interleave with another call.
-        // `fetch_all` steps the statement to completion so the autocommit ends before we return.
-        let totals = sqlx::query::<Sqlite>(&numbered(
-            "UPDATE access_grants SET used_queries = used_queries + 1, used_rows = used_rows + ? \
-             WHERE id = ? RETURNING used_queries, used_rows",
-        ))
-        .bind(rows)
-        .bind(grant_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("recording grant usage"))?;
-        let Some(row) = totals.first() else {
-            return Err(StoreError::NotFound {
-                what: "grant",
-                id: grant_id.to_string(),
-            });
-        };
-        Ok(Usage {
-            queries: from_i64(col(row, "used_queries")?, "grant", grant_id)?,
-            rows: from_i64(col(row, "used_rows")?, "grant", grant_id)?,
-        })
-    }
-
     fn grant_generation(&self) -> Option<u64> {
         Some(self.grant_writes.load(std::sync::atomic::Ordering::Acquire))
     }
@@ -1432,7 +1160,12 @@ mod tests {
         for i in 0..20u64 {
             let store = Arc::clone(&store);
             let id = g.id.clone();
-            tasks.spawn(async move { store.record_usage(&id, i).await.unwrap() });
+            tasks.spawn(async move {
+                let counted = store.reserve_query(&id, None, None).await.unwrap();
+                assert!(counted.is_some(), "no quota: every query is counted");
+                store.add_rows(&id, i).await.unwrap();
+                counted.unwrap()
+            });
         }
         let mut seen_queries = Vec::new();
         while let Some(usage) = tasks.join_next().await {
@@ -1450,7 +1183,7 @@ mod tests {
             }
         );
 
-        let err = store.record_usage("grant-404", 1).await.unwrap_err();
+        let err = store.add_rows("grant-404", 1).await.unwrap_err();
         assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
     }
 

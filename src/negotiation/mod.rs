@@ -12,18 +12,22 @@
 //! them and never read back; the automatic rules never grant a purpose the contract prohibits and never offer a
 //! personal-data column in clear.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, SecondsFormat, SubsecRound, TimeDelta, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::contracts::{Contract, Property};
+use crate::contracts::Contract;
 
+mod evaluate;
 pub mod service;
+pub mod store;
+
+pub use evaluate::{Denial, Evaluator};
 
 /// Entry of a contract's `allowedPurposes` that admits any internal purpose (not in `prohibitedPurposes`).
 pub const ANY_INTERNAL: &str = "any_internal";
@@ -824,478 +828,6 @@ impl Purposes {
     }
 }
 
-fn denied(reason: String, acceptable: Option<String>) -> Outcome {
-    Outcome::Denied { reason, acceptable }
-}
-
-/// "one of a, b, c" for a contract's allowed purposes, or `None` when it lists none.
-fn acceptable_purposes(contract: &Contract) -> Option<String> {
-    let allowed = contract.allowed_purposes();
-    if allowed.is_empty() {
-        None
-    } else if allowed.iter().any(|p| p == ANY_INTERNAL) {
-        Some("any internal purpose not listed in prohibitedPurposes".to_string())
-    } else {
-        Some(format!(
-            "a purpose from allowedPurposes: {}",
-            allowed.join(", ")
-        ))
-    }
-}
-
-/// The contract's first-level approvers across its roles, split on commas, trimmed, deduplicated; the owning team
-/// when no role names any, so a pending request always has someone to go to.
-fn approvers_of(contract: &Contract) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for role in &contract.roles {
-        for name in role
-            .first_level_approvers
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-        {
-            let name = name.trim();
-            if !name.is_empty() && !out.iter().any(|n| n == name) {
-                out.push(name.to_string());
-            }
-        }
-    }
-    if out.is_empty()
-        && let Some(owner) = contract.owner_group()
-    {
-        out.push(owner.to_string());
-    }
-    out
-}
-
-/// A numeric custom property (number or numeric string).
-fn custom_u64(contract: &Contract, key: &str) -> Option<u64> {
-    contract
-        .custom_properties
-        .iter()
-        .find(|p| p.property == key)
-        .and_then(|p| {
-            p.value
-                .as_u64()
-                .or_else(|| p.value.as_str().and_then(|s| s.trim().parse().ok()))
-        })
-}
-
-/// "classified restricted, tagged pii" for a column.
-fn classification_phrase(p: &Property) -> String {
-    let mut parts = Vec::new();
-    match &p.classification {
-        Some(c) => parts.push(format!("classified {c}")),
-        None => parts.push(
-            "not classified (so treated as personal data until an owner classifies it)".to_string(),
-        ),
-    }
-    if !p.tags.is_empty() {
-        parts.push(format!("tagged {}", p.tags.join(", ")));
-    }
-    parts.join(", ")
-}
-
-/// Decides an access request against the contracts of its tables.
-///
-/// `contracts` maps `namespace.table` to its validated contract (extra entries are ignored); `eligible` is the
-/// policy's decision on `request_access`; `max_days` is the longest term the server grants. The rules, in order:
-/// not eligible → denied; a table without a contract, unknown columns or a bad row scope → denied naming them;
-/// a purpose in any contract's `prohibitedPurposes` → denied with that contract's allowed purposes; a purpose
-/// missing from a non-empty `allowedPurposes` (without `any_internal`) → pending with the contract's approvers;
-/// personal-data columns → counter-offer with them masked (dates to the year, others hashed) and the term capped
-/// at [`PII_MAX_DAYS`]; otherwise granted. Terms start at `now` truncated to the second.
-pub fn evaluate(
-    request: &AccessRequest,
-    contracts: &[(&str, &Contract)],
-    eligible: bool,
-    now: DateTime<Utc>,
-    max_days: u32,
-) -> Outcome {
-    evaluate_with(
-        request,
-        contracts,
-        eligible,
-        now,
-        max_days,
-        &Purposes::default(),
-    )
-}
-
-/// [`evaluate`] with a purpose registry: a requested purpose matches a contract's allowed or prohibited purpose
-/// when it is that purpose or a kind of it.
-pub fn evaluate_with(
-    request: &AccessRequest,
-    contracts: &[(&str, &Contract)],
-    eligible: bool,
-    now: DateTime<Utc>,
-    max_days: u32,
-    purposes: &Purposes,
-) -> Outcome {
-    if !eligible {
-        return denied(
-            "the policy does not permit request_access on the requested tables for this principal"
-                .to_string(),
-            None,
-        );
-    }
-    let purpose = request.purpose.trim();
-
-    // Resolve each requested table (deduplicated, in request order) to its contract.
-    let mut tables: Vec<(&str, &Contract)> = Vec::new();
-    for name in &request.tables {
-        let name = name.trim();
-        if tables.iter().any(|(t, _)| *t == name) {
-            continue;
-        }
-        match contracts.iter().find(|(t, _)| *t == name) {
-            Some((t, c)) => tables.push((*t, *c)),
-            None => {
-                return denied(
-                    format!(
-                        "{name} has no valid data contract, so no terms can be offered for it; its owner must \
-                         publish one first"
-                    ),
-                    None,
-                );
-            }
-        }
-    }
-    if tables.is_empty() {
-        return denied(
-            "the request names no table".to_string(),
-            Some("a request naming at least one table as namespace.table".to_string()),
-        );
-    }
-    if purpose.is_empty() {
-        let acceptable = tables
-            .iter()
-            .filter_map(|(t, c)| acceptable_purposes(c).map(|a| format!("{t}: {a}")))
-            .collect::<Vec<_>>()
-            .join("; ");
-        return denied(
-            "the request states no purpose; access is always bound to one".to_string(),
-            (!acceptable.is_empty()).then_some(acceptable),
-        );
-    }
-    if request.duration_days == 0 {
-        return denied(
-            "duration_days is 0".to_string(),
-            Some(format!("duration_days from 1 to {}", max_days.max(1))),
-        );
-    }
-
-    // Rule b: a prohibited purpose ends the negotiation, whatever else was asked.
-    for (table, c) in &tables {
-        if let Some(p) = c
-            .prohibited_purposes()
-            .into_iter()
-            .find(|p| purposes.is_a(purpose, p))
-        {
-            let via = if same_purpose(&p, purpose) {
-                String::new()
-            } else {
-                format!(" ({purpose} is a kind of {p})")
-            };
-            return denied(
-                format!(
-                    "customProperties.prohibitedPurposes of {} lists {p}{via}, so {table} cannot be used for it",
-                    c.id
-                ),
-                acceptable_purposes(c),
-            );
-        }
-    }
-
-    // Columns: every requested name must resolve to a column of a requested table.
-    let mut granted: Vec<(&str, &Contract, Vec<&Property>)> = Vec::new();
-    match &request.columns {
-        None => {
-            for (table, c) in &tables {
-                granted.push((*table, *c, c.columns().collect()));
-            }
-        }
-        Some(list) => {
-            if list.is_empty() {
-                return denied(
-                    "columns is an empty list".to_string(),
-                    Some("omit columns to ask for all columns, or name at least one".to_string()),
-                );
-            }
-            let mut picked: Vec<BTreeSet<&str>> = vec![BTreeSet::new(); tables.len()];
-            let mut unknown: Vec<&str> = Vec::new();
-            for entry in list {
-                let entry = entry.trim();
-                let mut matched = false;
-                // A qualified name (`ns.table.column`) picks from that table only.
-                if let Some((t, col)) = split_column(entry)
-                    && let Some(i) = tables.iter().position(|(name, _)| *name == t)
-                    && let Some(p) = tables[i].1.column(col)
-                {
-                    picked[i].insert(p.name.as_str());
-                    matched = true;
-                }
-                // A bare name picks from every requested table that has it.
-                if !matched {
-                    for (i, (_, c)) in tables.iter().enumerate() {
-                        if let Some(p) = c.column(entry) {
-                            picked[i].insert(p.name.as_str());
-                            matched = true;
-                        }
-                    }
-                }
-                if !matched {
-                    unknown.push(entry);
-                }
-            }
-            if !unknown.is_empty() {
-                let schemas = tables
-                    .iter()
-                    .map(|(t, c)| {
-                        format!(
-                            "{t} ({}): {}",
-                            c.id,
-                            c.columns()
-                                .map(|p| p.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    })
-                    .collect::<Vec<_>>();
-                return denied(
-                    format!(
-                        "column(s) {} are not in schema[].properties of the requested tables' contracts; their \
-                         columns are {}",
-                        unknown.join(", "),
-                        schemas.join("; ")
-                    ),
-                    Some(format!("columns from: {}", schemas.join("; "))),
-                );
-            }
-            for (i, (table, c)) in tables.iter().enumerate() {
-                if picked[i].is_empty() {
-                    return denied(
-                        format!("none of the requested columns belongs to {table}"),
-                        Some(format!(
-                            "name at least one column of {table}: {}, or omit columns to ask for all",
-                            c.columns()
-                                .map(|p| p.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )),
-                    );
-                }
-                // Contract order, so the terms read like the schema.
-                let props: Vec<&Property> = c
-                    .columns()
-                    .filter(|p| picked[i].contains(p.name.as_str()))
-                    .collect();
-                granted.push((*table, *c, props));
-            }
-        }
-    }
-
-    // A row scope must apply to every table, or some table would be read unfiltered while the agent believes
-    // it asked for fewer rows; and it must not sit on personal data, where it would act as a lookup oracle.
-    if let Some(scope) = &request.row_scope {
-        if scope.values.is_empty() {
-            return denied(
-                format!("row_scope on {} lists no values", scope.column),
-                Some("a row_scope with at least one value, or none".to_string()),
-            );
-        }
-        for (table, c) in &tables {
-            match c.column(&scope.column) {
-                None => {
-                    return denied(
-                        format!(
-                            "row_scope column {} is not a column of {table} ({})",
-                            scope.column, c.id
-                        ),
-                        Some(
-                            "a row_scope on a column every requested table has, or none"
-                                .to_string(),
-                        ),
-                    );
-                }
-                Some(p) if p.is_pii() => {
-                    return denied(
-                        format!(
-                            "row_scope column {table}.{} is {} in {}; filtering on personal data is not offered",
-                            p.name,
-                            classification_phrase(p),
-                            c.id
-                        ),
-                        Some("a row_scope on a column that is not personal data".to_string()),
-                    );
-                }
-                Some(_) => {}
-            }
-        }
-    }
-
-    // Build the terms: personal-data columns masked (rule d).
-    let mut columns = Vec::new();
-    let mut masks = BTreeMap::new();
-    let mut pii_reasons = Vec::new();
-    for (table, c, props) in &granted {
-        for p in props {
-            let qualified = format!("{table}.{}", p.name);
-            if p.is_pii() {
-                let mask = if p.logical_type.as_deref() == Some("date") {
-                    Mask::YearOnly
-                } else {
-                    Mask::Hash
-                };
-                pii_reasons.push(format!(
-                    "{qualified} is {} in schema[].properties of {}, so it is offered {}.",
-                    classification_phrase(p),
-                    c.id,
-                    mask.participle()
-                ));
-                masks.insert(qualified.clone(), mask);
-            }
-            columns.push(qualified);
-        }
-    }
-
-    let max_days = max_days.max(1);
-    let wanted = request.duration_days;
-    let mut days = wanted.min(max_days);
-    let mut term_reasons = Vec::new();
-    if wanted > max_days {
-        term_reasons.push(format!(
-            "The term is capped at {max_days} days, the server's maximum; {wanted} were asked."
-        ));
-    }
-    if !masks.is_empty() && days > PII_MAX_DAYS {
-        days = PII_MAX_DAYS;
-        term_reasons.push(format!(
-            "Access to personal data is limited to {PII_MAX_DAYS} days; {wanted} were asked."
-        ));
-    }
-    let start = now.trunc_subsecs(0);
-    let expires_at = TimeDelta::try_days(i64::from(days))
-        .and_then(|d| start.checked_add_signed(d))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC);
-
-    let prices: Vec<PriceTerm> = tables
-        .iter()
-        .filter_map(|(table, c)| {
-            let price = c.price.as_ref()?;
-            let amount = price.price_amount.filter(|a| *a > 0.0)?;
-            Some(PriceTerm {
-                table: table.to_string(),
-                amount: format!("{amount}"),
-                currency: price.price_currency.clone().unwrap_or_default(),
-                unit: price
-                    .price_unit
-                    .clone()
-                    .unwrap_or_else(|| "use".to_string()),
-            })
-        })
-        .collect();
-    let price_reasons: Vec<String> = prices
-        .iter()
-        .map(|p| {
-            format!(
-                "price.priceAmount of the {} contract is {}.",
-                p.table,
-                p.describe()
-            )
-        })
-        .collect();
-
-    let terms = Terms {
-        tables: tables.iter().map(|(t, _)| t.to_string()).collect(),
-        columns,
-        masks,
-        dropped: Vec::new(),
-        row_filter: request.row_scope.clone(),
-        purpose: purpose.to_string(),
-        expires_at,
-        max_rows: tables
-            .iter()
-            .filter_map(|(_, c)| custom_u64(c, QUOTA_ROWS_PROPERTY))
-            .min(),
-        max_queries: tables
-            .iter()
-            .filter_map(|(_, c)| custom_u64(c, QUOTA_QUERIES_PROPERTY))
-            .min(),
-        prices,
-    };
-
-    // Rule c: a purpose the contract does not list needs an approver.
-    let mut pending_reasons = Vec::new();
-    let mut approvers: Vec<String> = Vec::new();
-    let mut purpose_reasons = Vec::new();
-    for (table, c) in &tables {
-        let allowed = c.allowed_purposes();
-        if allowed.is_empty() {
-            purpose_reasons.push(format!(
-                "{} ({table}) lists no allowedPurposes, so any purpose not prohibited may be used.",
-                c.id
-            ));
-        } else if allowed.iter().any(|p| p == ANY_INTERNAL) {
-            purpose_reasons.push(format!(
-                "customProperties.allowedPurposes of {} ({table}) is {ANY_INTERNAL}.",
-                c.id
-            ));
-        } else if let Some(p) = allowed.iter().find(|p| purposes.is_a(purpose, p)) {
-            let via = if same_purpose(p, purpose) {
-                String::new()
-            } else {
-                format!(", and {purpose} is a kind of {p}")
-            };
-            purpose_reasons.push(format!(
-                "customProperties.allowedPurposes of {} ({table}) lists {p}{via}.",
-                c.id
-            ));
-        } else {
-            let table_approvers = approvers_of(c);
-            for a in &table_approvers {
-                if !approvers.contains(a) {
-                    approvers.push(a.clone());
-                }
-            }
-            pending_reasons.push(format!(
-                "{purpose} is not in customProperties.allowedPurposes of {} ({}), so access to {table} needs \
-                 approval by {} (roles[].firstLevelApprovers)",
-                c.id,
-                allowed.join(", "),
-                table_approvers.join(", ")
-            ));
-        }
-    }
-    if !pending_reasons.is_empty() {
-        return Outcome::Pending {
-            approvers,
-            reason: format!("{}.", pending_reasons.join("; ")),
-            terms,
-        };
-    }
-
-    if !terms.masks.is_empty() {
-        let mut reasons = purpose_reasons;
-        reasons.extend(pii_reasons);
-        reasons.extend(term_reasons);
-        reasons.extend(price_reasons);
-        return Outcome::CounterOffer {
-            terms,
-            reasons,
-            offered_by: vec![],
-        };
-    }
-
-    let mut reasons = purpose_reasons;
-    reasons.push(
-        "No granted column is personal data (classified restricted, pii or sensitive).".to_string(),
-    );
-    reasons.extend(term_reasons);
-    reasons.extend(price_reasons);
-    Outcome::Granted { terms, reasons }
-}
-
 /// Which kind of ODRL policy to render.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OdrlKind {
@@ -1472,6 +1004,7 @@ mod tests {
 
     use super::*;
     use crate::contracts::parse;
+    use chrono::{SubsecRound, TimeDelta};
 
     const CUSTOMERS: &str = include_str!("../../examples/contracts/sales/customers.yaml");
     const ORDERS: &str = include_str!("../../examples/contracts/sales/orders.yaml");
@@ -1522,7 +1055,11 @@ mod tests {
     fn decide_as(req: &AccessRequest, eligible: bool) -> Outcome {
         let owned = contracts();
         let refs: Vec<(&str, &Contract)> = owned.iter().map(|(t, c)| (*t, c)).collect();
-        evaluate(req, &refs, eligible, now(), 365)
+        Evaluator {
+            purposes: &Purposes::default(),
+            max_days: 365,
+        }
+        .evaluate(req, &refs, eligible, now())
     }
 
     fn days_after_now(days: i64) -> DateTime<Utc> {
@@ -1764,7 +1301,11 @@ mod tests {
             .map(|(t, c)| (*t, c))
             .collect();
         let req = request(&["sales.customers"], None, "churn_analysis", 30);
-        let out = evaluate(&req, &refs, true, now(), 365);
+        let out = Evaluator {
+            purposes: &Purposes::default(),
+            max_days: 365,
+        }
+        .evaluate(&req, &refs, true, now());
         let mut terms = out.terms().unwrap().clone();
         terms.max_queries = Some(100);
         let limitations = combined_limitations(&refs);

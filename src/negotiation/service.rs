@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
+use super::store::{NegotiationStore, StoreError, StoredRequest};
 use super::{AccessRequest, Grant, Outcome, State, Terms, contract_versions};
 use crate::catalog::{Lakehouse, TableName};
-use crate::store::{NegotiationStore, StoreError, StoredRequest};
 
 /// Why a flow did not go ahead, with a message for the caller saying what to do instead.
 #[derive(Debug, thiserror::Error)]

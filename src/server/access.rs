@@ -28,11 +28,11 @@ use crate::catalog::TableName;
 use crate::config::SelfApproval;
 use crate::gate::{Checked, ToolError};
 use crate::negotiation::service::{FlowError, Negotiations};
+use crate::negotiation::store::StoreError;
 use crate::negotiation::{
     self, AccessRequest, Grant, OdrlKind, Outcome, RowScope, State, combined_limitations,
 };
 use crate::policy::{Action, Resource};
-use crate::store::StoreError;
 
 /// Longest term any grant gets, in days.
 const MAX_DAYS: u32 = 90;
@@ -690,14 +690,11 @@ impl ParleyServer {
         };
         let refs: Vec<(&str, &crate::contracts::Contract)> =
             contracts.iter().map(|(t, c)| (t.as_str(), c)).collect();
-        let outcome = negotiation::evaluate_with(
-            &request,
-            &refs,
-            eligible,
-            Utc::now(),
-            MAX_DAYS,
-            &self.app.purposes,
-        );
+        let outcome = negotiation::Evaluator {
+            purposes: &self.app.purposes,
+            max_days: MAX_DAYS,
+        }
+        .evaluate(&request, &refs, eligible, Utc::now());
         let outcome = fit_policy(checked, &facts_of, outcome);
 
         // A grant that a person must first acknowledge waits as an offer until they do.
@@ -897,7 +894,7 @@ impl ParleyServer {
         &self,
         checked: &Checked<'_>,
         request_id: &str,
-    ) -> Result<crate::store::StoredRequest, ToolError> {
+    ) -> Result<crate::negotiation::store::StoredRequest, ToolError> {
         Ok(self
             .flows()
             .own_request(checked.principal_id(), request_id)
