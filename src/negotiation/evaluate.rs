@@ -637,6 +637,67 @@ fn conclude(terms: Terms, why: TermsReasons, check: PurposeCheck) -> Outcome {
     }
 }
 
+/// What the caller's policy says about terms a negotiation could offer (a grant never overrides a forbid).
+pub trait TermsPolicy: Sync {
+    /// The first requested table whose query under `terms` as a grant the policy would refuse, with its reason.
+    fn refusal(&self, terms: &Terms) -> Option<String>;
+    /// Each requested table (`namespace.table`) with its personal-data columns.
+    fn personal_columns(&self) -> Vec<(String, Vec<String>)>;
+}
+
+/// Narrows an outcome to terms the policy lets a query use: for each table, `query` under the would-be grant
+/// must be permitted, since a grant never overrides a forbid. Terms the policy refuses are narrowed once — every
+/// personal-data column masked — and offered if the policy then allows them; otherwise the request is denied
+/// with the policy's reason.
+pub fn fit_policy(outcome: Outcome, policy: &dyn TermsPolicy) -> Outcome {
+    let Some(terms) = outcome.terms() else {
+        return outcome;
+    };
+    let Some(why) = policy.refusal(terms) else {
+        return outcome;
+    };
+    let mut narrowed = terms.clone();
+    for (table, columns) in policy.personal_columns() {
+        for column in columns {
+            let qualified = format!("{table}.{column}");
+            if narrowed.columns.contains(&qualified) {
+                narrowed.masks.entry(qualified).or_insert(Mask::Hash);
+            }
+        }
+    }
+    if narrowed.masks == terms.masks || policy.refusal(&narrowed).is_some() {
+        return Outcome::Denied {
+            reason: format!(
+                "the policy would not let you query under any terms Parley can offer ({why}); a grant never \
+                 overrides the policy"
+            ),
+            acceptable: None,
+        };
+    }
+    let note = format!(
+        "The policy allows these tables under a grant only with their personal data masked ({why} as asked), \
+         so every personal-data column is offered hashed."
+    );
+    match outcome {
+        Outcome::Granted { mut reasons, .. } | Outcome::CounterOffer { mut reasons, .. } => {
+            reasons.push(note);
+            Outcome::CounterOffer {
+                terms: narrowed,
+                reasons,
+                offered_by: vec![],
+            }
+        }
+        Outcome::Pending {
+            approvers, reason, ..
+        } => Outcome::Pending {
+            approvers,
+            reason: format!("{reason} {note}"),
+            terms: narrowed,
+        },
+        denied @ Outcome::Denied { .. } => denied,
+    }
+}
+
 /// A contract's column names, in schema order.
 fn column_names(c: &Contract) -> Vec<String> {
     c.columns().map(|p| p.name.clone()).collect()

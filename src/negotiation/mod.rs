@@ -27,7 +27,7 @@ mod evaluate;
 pub mod service;
 pub mod store;
 
-pub use evaluate::{Denial, Evaluator};
+pub use evaluate::{Denial, Evaluator, TermsPolicy, fit_policy};
 
 /// Entry of a contract's `allowedPurposes` that admits any internal purpose (not in `prohibitedPurposes`).
 pub const ANY_INTERNAL: &str = "any_internal";

@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::store::{NegotiationStore, StoreError, StoredRequest};
-use super::{AccessRequest, Grant, Outcome, State, Terms, contract_versions};
+use super::{
+    AccessRequest, Evaluator, Grant, Outcome, State, Terms, TermsPolicy, contract_versions,
+    fit_policy,
+};
 use crate::catalog::{Lakehouse, TableName};
 
 /// Why a flow did not go ahead, with a message for the caller saying what to do instead.
@@ -58,6 +61,15 @@ impl ContractVersions for Lakehouse {
     }
 }
 
+/// What a new request came to: the outcome given, and the grant when it was granted outright.
+#[derive(Debug)]
+pub struct Requested {
+    /// The outcome, as stored with the request.
+    pub outcome: Outcome,
+    /// The grant, when the outcome is `granted` and no acknowledgement was to be asked first.
+    pub grant: Option<Grant>,
+}
+
 /// The negotiation flows for one call, over the server's store and contracts.
 pub struct Negotiations<'a> {
     store: &'a dyn NegotiationStore,
@@ -88,6 +100,70 @@ impl<'a> Negotiations<'a> {
             contracts,
             now,
         }
+    }
+
+    /// A new request, from start to end: the contracts decide (`evaluator`, with the policy's eligibility), the
+    /// policy narrows the terms to what it would let a query use, the request is stored with its outcome, and an
+    /// outright grant is made. With `acknowledge_first`, a grant waits as an offer (`Offered`) until the person
+    /// behind the agent acknowledges its terms (then [`Negotiations::acknowledge`]).
+    pub async fn request(
+        &self,
+        evaluator: &Evaluator<'_>,
+        request: &AccessRequest,
+        contracts: &[(&str, &crate::contracts::Contract)],
+        eligible: bool,
+        policy: &dyn TermsPolicy,
+        acknowledge_first: bool,
+    ) -> Result<Requested, FlowError> {
+        let outcome = evaluator.evaluate(request, contracts, eligible, self.now);
+        let outcome = fit_policy(outcome, policy);
+        let granted = match &outcome {
+            Outcome::Granted { terms, .. } => Some(terms.clone()),
+            _ => None,
+        };
+        let state = if acknowledge_first && granted.is_some() {
+            State::Offered
+        } else {
+            outcome.state()
+        };
+        self.store.save_request(request, state, &outcome).await?;
+        let grant = match granted {
+            Some(terms) if !acknowledge_first => Some(self.grant(request, terms, vec![]).await?),
+            _ => None,
+        };
+        Ok(Requested { outcome, grant })
+    }
+
+    /// The person behind the agent answered the acknowledgement of `request`'s granted `terms` (held as an offer
+    /// by [`Negotiations::request`]): accepted — `Accepted`, `Agreed`, the grant, `Finalized`; not accepted —
+    /// `Terminated`, no grant.
+    pub async fn acknowledge(
+        &self,
+        request: &AccessRequest,
+        terms: Terms,
+        accepted: bool,
+    ) -> Result<Option<Grant>, FlowError> {
+        let who = &request.principal;
+        if !accepted {
+            self.transition(
+                &request.id,
+                State::Terminated,
+                who,
+                "the user did not acknowledge the usage terms",
+            )
+            .await?;
+            return Ok(None);
+        }
+        for (state, why) in [
+            (State::Accepted, "the user acknowledged the usage terms"),
+            (State::Agreed, "agreement recorded as a grant"),
+        ] {
+            self.transition(&request.id, state, who, why).await?;
+        }
+        let grant = self.grant(request, terms, vec![]).await?;
+        self.transition(&request.id, State::Finalized, who, "grant in force")
+            .await?;
+        Ok(Some(grant))
     }
 
     /// Moves request `id` to `state`, refusing as a conflict when another call moved it first.
@@ -336,5 +412,145 @@ mod tests {
             store.get_request(&request.id).await.unwrap().unwrap().state,
             State::Offered
         );
+    }
+
+    /// A policy that refuses any terms with an unmasked column of `refuse_clear`, and names it personal data.
+    struct MaskOnly(&'static str);
+    impl TermsPolicy for MaskOnly {
+        fn refusal(&self, terms: &Terms) -> Option<String> {
+            let column = format!("sales.customers.{}", self.0);
+            (terms.columns.contains(&column) && !terms.masks.contains_key(&column))
+                .then(|| format!("{column} in clear"))
+        }
+        fn personal_columns(&self) -> Vec<(String, Vec<String>)> {
+            vec![("sales.customers".to_string(), vec![self.0.to_string()])]
+        }
+    }
+
+    fn customers_request(id: &str, columns: &[&str], now: DateTime<Utc>) -> AccessRequest {
+        AccessRequest {
+            id: id.to_string(),
+            principal: "agent".to_string(),
+            tables: vec!["sales.customers".to_string()],
+            columns: Some(columns.iter().map(|c| c.to_string()).collect()),
+            purpose: "customer_analytics".to_string(),
+            justification: None,
+            duration_days: 7,
+            row_scope: None,
+            created_at: now,
+        }
+    }
+
+    /// The request flow, top to bottom: evaluate, fit the policy, store, grant outright or hold for the person's
+    /// acknowledgement, which then grants (state before grant) or terminates.
+    #[tokio::test]
+    async fn a_request_is_decided_stored_and_granted_or_held() {
+        let store = SqliteStore::open_in_memory().await.unwrap();
+        let now = Utc::now();
+        let contract = crate::contracts::parse(
+            include_str!("../../examples/contracts/sales/customers.yaml"),
+            std::path::Path::new("customers.yaml"),
+        )
+        .unwrap();
+        let contracts = [("sales.customers", &contract)];
+        let purposes = crate::negotiation::Purposes::default();
+        let evaluator = Evaluator {
+            purposes: &purposes,
+            max_days: 365,
+        };
+        let flows = Negotiations::new(&store, &NoContracts, now);
+        let allow_all = MaskOnly("no_such_column");
+
+        // Granted outright: stored finalized-or-agreed with its grant.
+        let r1 = customers_request("req-a", &["country"], now);
+        let done = flows
+            .request(&evaluator, &r1, &contracts, true, &allow_all, false)
+            .await
+            .unwrap();
+        let grant = done.grant.expect("granted outright");
+        assert_eq!(grant.request_id, "req-a");
+        assert_eq!(store.grants_for_principal("agent").await.unwrap().len(), 1);
+        assert_eq!(
+            store.get_request("req-a").await.unwrap().unwrap().state,
+            done.outcome.state()
+        );
+
+        // Held for acknowledgement: an offer, no grant, until the person answers.
+        let r2 = customers_request("req-b", &["country"], now);
+        let held = flows
+            .request(&evaluator, &r2, &contracts, true, &allow_all, true)
+            .await
+            .unwrap();
+        assert!(held.grant.is_none());
+        assert_eq!(
+            store.get_request("req-b").await.unwrap().unwrap().state,
+            State::Offered
+        );
+        let terms = held.outcome.terms().unwrap().clone();
+        let grant = flows.acknowledge(&r2, terms.clone(), true).await.unwrap();
+        assert!(grant.is_some());
+        assert_eq!(
+            store.get_request("req-b").await.unwrap().unwrap().state,
+            State::Finalized
+        );
+        // A second answer finds the request finalized: a conflict, no second grant.
+        assert!(matches!(
+            flows.acknowledge(&r2, terms, true).await,
+            Err(FlowError::Conflict(_))
+        ));
+        assert_eq!(store.grants_for_principal("agent").await.unwrap().len(), 2);
+
+        // Not acknowledged: terminated, no grant.
+        let r3 = customers_request("req-c", &["country"], now);
+        let held = flows
+            .request(&evaluator, &r3, &contracts, true, &allow_all, true)
+            .await
+            .unwrap();
+        let terms = held.outcome.terms().unwrap().clone();
+        assert!(
+            flows
+                .acknowledge(&r3, terms, false)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            store.get_request("req-c").await.unwrap().unwrap().state,
+            State::Terminated
+        );
+        assert_eq!(store.grants_for_principal("agent").await.unwrap().len(), 2);
+
+        // The policy refuses a column in clear: the grant becomes an offer with it masked, and no grant is made.
+        let r4 = customers_request("req-d", &["country", "segment"], now);
+        let narrowed = flows
+            .request(
+                &evaluator,
+                &r4,
+                &contracts,
+                true,
+                &MaskOnly("segment"),
+                false,
+            )
+            .await
+            .unwrap();
+        assert!(narrowed.grant.is_none());
+        let Outcome::CounterOffer { terms, .. } = &narrowed.outcome else {
+            panic!("expected a counter-offer, got {:?}", narrowed.outcome);
+        };
+        assert!(terms.masks.contains_key("sales.customers.segment"));
+        assert_eq!(
+            store.get_request("req-d").await.unwrap().unwrap().state,
+            State::Offered
+        );
+
+        // Not eligible: denied and stored so, with no grant.
+        let r5 = customers_request("req-e", &["country"], now);
+        let denied = flows
+            .request(&evaluator, &r5, &contracts, false, &allow_all, false)
+            .await
+            .unwrap();
+        assert_eq!(denied.outcome.kind(), "denied");
+        assert!(denied.grant.is_none());
+        assert_eq!(store.grants_for_principal("agent").await.unwrap().len(), 2);
     }
 }

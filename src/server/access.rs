@@ -27,10 +27,11 @@ use super::{ParleyServer, internal, parse_args, respond};
 use crate::catalog::TableName;
 use crate::config::SelfApproval;
 use crate::gate::{Checked, ToolError};
-use crate::negotiation::service::{FlowError, Negotiations};
+use crate::negotiation::service::{FlowError, Negotiations, Requested};
 use crate::negotiation::store::StoreError;
 use crate::negotiation::{
-    self, AccessRequest, Grant, OdrlKind, Outcome, RowScope, State, combined_limitations,
+    self, AccessRequest, Grant, OdrlKind, Outcome, RowScope, State, TermsPolicy,
+    combined_limitations,
 };
 use crate::policy::{Action, Resource};
 
@@ -376,16 +377,6 @@ impl ParleyServer {
         )
     }
 
-    /// Makes and stores a grant for `terms`.
-    async fn make_grant(
-        &self,
-        request: &AccessRequest,
-        terms: negotiation::Terms,
-        approvers: Vec<String>,
-    ) -> Result<Grant, ToolError> {
-        Ok(self.flows().grant(request, terms, approvers).await?)
-    }
-
     /// The negotiation flows (`negotiation::service`) over this server's store and contracts, now.
     fn flows(&self) -> Negotiations<'_> {
         Negotiations::new(
@@ -549,14 +540,11 @@ impl ParleyServer {
         mut result: NegotiationResult,
     ) -> Result<NegotiationResult, ToolError> {
         let tables = request.tables.join(",");
-        if !accepted {
-            self.transition(
-                &request.id,
-                State::Terminated,
-                &request.principal,
-                "the user did not acknowledge the usage terms",
-            )
-            .await?;
+        let Some(grant) = self
+            .flows()
+            .acknowledge(request, terms.clone(), accepted)
+            .await?
+        else {
             result.status = "declined".to_string();
             result.state = State::Terminated.as_str().to_string();
             result.reason =
@@ -571,22 +559,7 @@ impl ParleyServer {
                 ),
             );
             return Ok(result);
-        }
-        self.transition(
-            &request.id,
-            State::Accepted,
-            &request.principal,
-            "the user acknowledged the usage terms",
-        )
-        .await?;
-        let grant = self.make_grant(request, terms.clone(), vec![]).await?;
-        for (state, why) in [
-            (State::Agreed, "agreement recorded as a grant"),
-            (State::Finalized, "grant in force"),
-        ] {
-            self.transition(&request.id, state, &request.principal, why)
-                .await?;
-        }
+        };
         checked.note(
             Action::RequestAccess,
             &tables,
@@ -690,25 +663,26 @@ impl ParleyServer {
         };
         let refs: Vec<(&str, &crate::contracts::Contract)> =
             contracts.iter().map(|(t, c)| (t.as_str(), c)).collect();
-        let outcome = negotiation::Evaluator {
+        let evaluator = negotiation::Evaluator {
             purposes: &self.app.purposes,
             max_days: MAX_DAYS,
-        }
-        .evaluate(&request, &refs, eligible, Utc::now());
-        let outcome = fit_policy(checked, &facts_of, outcome);
-
-        // A grant that a person must first acknowledge waits as an offer until they do.
-        let ask_first = asker.is_some() && matches!(outcome, Outcome::Granted { .. });
-        let initial = if ask_first {
-            State::Offered
-        } else {
-            outcome.state()
         };
-        self.app
-            .store
-            .save_request(&request, initial, &outcome)
-            .await
-            .map_err(Self::store_error)?;
+        let policy = GatePolicy {
+            checked,
+            facts: &facts_of,
+        };
+        // A grant that a person must first acknowledge waits as an offer until they do.
+        let Requested { outcome, grant } = self
+            .flows()
+            .request(
+                &evaluator,
+                &request,
+                &refs,
+                eligible,
+                &policy,
+                asker.is_some(),
+            )
+            .await?;
         let mut result = self.base_result(&request, &outcome);
         let tables = args.tables.join(",");
         match &outcome {
@@ -740,7 +714,8 @@ impl ParleyServer {
                         .map(RequestReply::Ask);
                 }
                 None => {
-                    let grant = self.make_grant(&request, terms.clone(), vec![]).await?;
+                    let grant =
+                        grant.ok_or_else(|| internal("a granted request without its grant"))?;
                     self.with_grant(&mut result, &request, grant);
                 }
             },
@@ -1352,7 +1327,11 @@ impl ParleyServer {
                 Some((t.clone(), self.app.lakehouse.facts_of_listed(&name)))
             })
             .collect();
-        if let Some(why) = policy_refusal(checked, &facts, &terms) {
+        let policy = GatePolicy {
+            checked,
+            facts: &facts,
+        };
+        if let Some(why) = policy.refusal(&terms) {
             return Err(ToolError::BadRequest(format!(
                 "the policy would not let the requester query under these terms ({why}); narrow them \
                  differently or deny the request"
@@ -1862,81 +1841,30 @@ impl ParleyServer {
     }
 }
 
-/// Narrows an outcome to terms the policy lets a query use: for each table, `query` under the would-be grant
-/// (`context.grant`) must be permitted, since a grant never overrides a forbid. Terms the policy refuses are
-/// narrowed once — every personal-data column masked — and offered if the policy then allows them; otherwise the
-/// request is denied with the policy's reason.
-fn fit_policy(
-    checked: &Checked<'_>,
-    facts: &[(String, crate::policy::TableFacts)],
-    outcome: Outcome,
-) -> Outcome {
-    let refusal = |terms: &negotiation::Terms| policy_refusal(checked, facts, terms);
-    let Some(terms) = outcome.terms() else {
-        return outcome;
-    };
-    let Some(why) = refusal(terms) else {
-        return outcome;
-    };
-    let mut narrowed = terms.clone();
-    for (table, f) in facts {
-        for column in &f.pii_columns {
-            let qualified = format!("{table}.{column}");
-            if narrowed.columns.contains(&qualified) {
-                narrowed
-                    .masks
-                    .entry(qualified)
-                    .or_insert(negotiation::Mask::Hash);
-            }
-        }
-    }
-    if narrowed.masks == terms.masks || refusal(&narrowed).is_some() {
-        return Outcome::Denied {
-            reason: format!(
-                "the policy would not let you query under any terms Parley can offer ({why}); a grant never \
-                 overrides the policy"
-            ),
-            acceptable: None,
-        };
-    }
-    let note = format!(
-        "The policy allows these tables under a grant only with their personal data masked ({why} as asked), \
-         so every personal-data column is offered hashed."
-    );
-    match outcome {
-        Outcome::Granted { mut reasons, .. } | Outcome::CounterOffer { mut reasons, .. } => {
-            reasons.push(note);
-            Outcome::CounterOffer {
-                terms: narrowed,
-                reasons,
-                offered_by: vec![],
-            }
-        }
-        Outcome::Pending {
-            approvers, reason, ..
-        } => Outcome::Pending {
-            approvers,
-            reason: format!("{reason} {note}"),
-            terms: narrowed,
-        },
-        denied @ Outcome::Denied { .. } => denied,
-    }
+/// The caller's policy, through the gate, on the terms a negotiation could offer for `facts`' tables.
+struct GatePolicy<'c> {
+    checked: &'c Checked<'c>,
+    facts: &'c [(String, crate::policy::TableFacts)],
 }
 
-/// The first of `facts`' tables whose query the policy would refuse under `terms` as a grant, with its reason.
-fn policy_refusal(
-    checked: &Checked<'_>,
-    facts: &[(String, crate::policy::TableFacts)],
-    terms: &negotiation::Terms,
-) -> Option<String> {
-    facts.iter().find_map(|(table, f)| {
-        let d = checked.peek_under(
-            Action::Query,
-            &Resource::Table(f.clone()),
-            terms.policy_context(table, ""),
-        );
-        (!d.allowed()).then(|| format!("{table}: {}", d.reason()))
-    })
+impl TermsPolicy for GatePolicy<'_> {
+    fn refusal(&self, terms: &negotiation::Terms) -> Option<String> {
+        self.facts.iter().find_map(|(table, f)| {
+            let d = self.checked.peek_under(
+                Action::Query,
+                &Resource::Table(f.clone()),
+                terms.policy_context(table, ""),
+            );
+            (!d.allowed()).then(|| format!("{table}: {}", d.reason()))
+        })
+    }
+
+    fn personal_columns(&self) -> Vec<(String, Vec<String>)> {
+        self.facts
+            .iter()
+            .map(|(table, f)| (table.clone(), f.pii_columns.clone()))
+            .collect()
+    }
 }
 
 /// The masks of `table` in a grant, for the query engine.
