@@ -32,7 +32,9 @@ mod access;
 mod catalog;
 mod discovery;
 mod elicit;
+mod negotiate;
 mod notify;
+mod owner;
 mod query;
 pub mod stdio;
 
@@ -149,13 +151,60 @@ fn internal(e: impl std::fmt::Display) -> ToolError {
     ToolError::Internal(e.to_string())
 }
 
+/// The reply of a tool whose text is its result as pretty JSON.
+fn json_reply<T: Serialize>(value: T) -> CallToolResult {
+    let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    respond(&value, text)
+}
+
+/// The purpose a call states, read leniently so that even a call with malformed arguments is audited with it.
+fn stated_purpose(args: &JsonObject) -> Option<String> {
+    args.get("purpose")
+        .and_then(|p| p.as_str())
+        .map(str::to_string)
+}
+
+impl ParleyServer {
+    /// The one way a tool runs: the caller's principal, then the gate — `body` gets the parsed arguments and acts
+    /// under the caller's checked decisions, the gate writes the audit record — and `render` makes the reply
+    /// while the record is made durable; the reply is returned only once it is. Errors are the agent-facing
+    /// text of the tool error.
+    async fn gated<A, T, O>(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        tool: &'static str,
+        purpose: Option<String>,
+        args: JsonObject,
+        body: impl AsyncFnOnce(&mut Checked<'_>, A) -> Result<T, ToolError>,
+        render: impl FnOnce(T) -> O,
+    ) -> Result<O, String>
+    where
+        A: serde::de::DeserializeOwned,
+    {
+        let principal = self.principal(ctx);
+        self.app
+            .gate
+            .run_rendered(
+                &principal,
+                tool,
+                purpose,
+                async |c| body(c, parse_args(args)?).await,
+                render,
+            )
+            .await
+    }
+}
+
 impl ParleyServer {
     /// A server over the shared application state.
     pub fn new(app: Arc<App>) -> ParleyServer {
         ParleyServer {
             app,
             session: Arc::default(),
-            tool_router: Self::catalog_router() + Self::query_router() + Self::access_router(),
+            tool_router: Self::catalog_router()
+                + Self::query_router()
+                + Self::negotiate_router()
+                + Self::owner_router(),
             prompt_router: Self::prompt_router(),
         }
     }

@@ -685,17 +685,15 @@ impl ParleyServer {
         args: JsonObject,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
-        let principal = self.principal(&ctx);
-        self.app
-            .gate
-            .run_rendered(
-                &principal,
-                "list_tables",
-                None,
-                async |c| self.do_list_tables(c, parse_args(args)?).await,
-                list_tables_reply,
-            )
-            .await
+        self.gated(
+            &ctx,
+            "list_tables",
+            None,
+            args,
+            async |c, a| self.do_list_tables(c, a).await,
+            list_tables_reply,
+        )
+        .await
     }
 
     #[tool(
@@ -709,17 +707,15 @@ impl ParleyServer {
         args: JsonObject,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
-        let principal = self.principal(&ctx);
-        self.app
-            .gate
-            .run_rendered(
-                &principal,
-                "describe_table",
-                None,
-                async |c| self.do_describe(c, parse_args(args)?).await,
-                describe_reply,
-            )
-            .await
+        self.gated(
+            &ctx,
+            "describe_table",
+            None,
+            args,
+            async |c, a| self.do_describe(c, a).await,
+            describe_reply,
+        )
+        .await
     }
 
     #[tool(
@@ -733,19 +729,14 @@ impl ParleyServer {
         args: JsonObject,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
-        let principal = self.principal(&ctx);
-        self.app
-            .gate
-            .run_rendered(
-                &principal,
-                "get_contract",
-                None,
-                async |c| {
-                    let args: TableArgs = parse_args(args)?;
-                    self.do_get_contract(c, &args.table).await
-                },
-                contract_reply,
-            )
-            .await
+        self.gated(
+            &ctx,
+            "get_contract",
+            None,
+            args,
+            async |c, a: TableArgs| self.do_get_contract(c, &a.table).await,
+            contract_reply,
+        )
+        .await
     }
 }

@@ -237,7 +237,7 @@ impl ParleyServer {
                     name,
                     source: TableSource::Governed(
                         table,
-                        access::governance_of(g, &shown, &self.app.mask_secret),
+                        governance_of(g, &shown, &self.app.mask_secret),
                     ),
                 });
                 continue;
@@ -430,31 +430,67 @@ impl ParleyServer {
         args: JsonObject,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
-        let principal = self.principal(&ctx);
-        // The purpose is read leniently here so that even a call with malformed arguments is audited with it.
-        let purpose = args
-            .get("purpose")
-            .and_then(|p| p.as_str())
-            .map(str::to_string);
         let cancel = ctx.ct.clone();
         let progress = Progress::of(&ctx);
-        self.app
-            .gate
-            .run_rendered(
-                &principal,
-                "query",
-                purpose,
-                async |c| {
-                    if let Some(sql) = args.get("sql").and_then(|s| s.as_str()) {
-                        c.usage.sql = Some(sql.to_string());
-                    }
-                    self.do_query(c, parse_args(args)?, cancel, &progress).await
-                },
-                |r| {
-                    let text = query_text(&r);
-                    respond(&r, text)
-                },
-            )
-            .await
+        self.gated(
+            &ctx,
+            "query",
+            stated_purpose(&args),
+            args,
+            async |c, args: JsonObject| {
+                if let Some(sql) = args.get("sql").and_then(|s| s.as_str()) {
+                    c.usage.sql = Some(sql.to_string());
+                }
+                self.do_query(c, parse_args(args)?, cancel, &progress).await
+            },
+            |r| {
+                let text = query_text(&r);
+                respond(&r, text)
+            },
+        )
+        .await
+    }
+}
+
+/// The masks of `table` in a grant, for the query engine.
+fn governance_of(
+    grant: &crate::negotiation::Grant,
+    table: &str,
+    secret: &str,
+) -> crate::query::Governance {
+    use crate::query::ColumnMask;
+    let masks: std::collections::BTreeMap<String, ColumnMask> = grant
+        .terms
+        .columns_of(table)
+        .into_iter()
+        .filter_map(|c| {
+            grant.terms.mask_of(table, c).map(|m| {
+                (
+                    c.to_string(),
+                    match m {
+                        crate::negotiation::Mask::Hash => ColumnMask::Hash,
+                        crate::negotiation::Mask::Redact => ColumnMask::Redact,
+                        crate::negotiation::Mask::YearOnly => ColumnMask::YearOnly,
+                    },
+                )
+            })
+        })
+        .collect();
+    crate::query::Governance {
+        columns: grant
+            .terms
+            .columns_of(table)
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        masks,
+        row_filter: grant
+            .terms
+            .row_filter
+            .as_ref()
+            .map(|r| (r.column.clone(), r.values.clone())),
+        // A server-side secret keeps hashed values from being reversed by hashing guesses; the grant id keeps
+        // hashes from linking across grants.
+        salt: crate::audit::digest(&format!("parley-mask:{secret}:{}", grant.id)),
     }
 }
