@@ -26,7 +26,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite};
 
 use crate::negotiation::store::{Event, EventKind, NegotiationStore, StoreError, StoredRequest};
-use crate::negotiation::{AccessRequest, Grant, Outcome, State, Terms, Usage};
+use crate::negotiation::{AccessRequest, Grant, GrantRecord, Outcome, State, Terms, Usage};
 
 /// Migrations embedded at build time from `migrations/` (the same files serve PostgreSQL).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -264,14 +264,6 @@ fn grant_from_row(row: &SqliteRow) -> Result<Grant, StoreError> {
     let id: String = col(row, "id")?;
     let terms: Terms = from_json(&col::<String>(row, "terms_json")?, "grant", &id)?;
     let terms_hash: String = col(row, "terms_hash")?;
-    // The hash is what the agent acknowledged; terms that no longer match it must not be enforced.
-    if terms.hash() != terms_hash {
-        return Err(StoreError::Corrupt {
-            what: "grant",
-            id,
-            message: "its terms do not match the terms hash the agent accepted".to_string(),
-        });
-    }
     let contract_versions: BTreeMap<String, String> =
         from_json(&col::<String>(row, "contract_versions_json")?, "grant", &id)?;
     let approvers: Vec<String> = from_json(&col::<String>(row, "approvers_json")?, "grant", &id)?;
@@ -279,7 +271,7 @@ fn grant_from_row(row: &SqliteRow) -> Result<Grant, StoreError> {
         Some(text) => Some(parse_ts(&text, "grant", &id)?),
         None => None,
     };
-    Ok(Grant {
+    let record = GrantRecord {
         request_id: col(row, "request_id")?,
         principal: col(row, "principal")?,
         created_at: parse_ts(&col::<String>(row, "created_at")?, "grant", &id)?,
@@ -292,7 +284,13 @@ fn grant_from_row(row: &SqliteRow) -> Result<Grant, StoreError> {
         contract_versions,
         approvers,
         revoked_at,
+        id: id.clone(),
+    };
+    // The hash is what the agent acknowledged; terms that no longer match it must not be enforced.
+    Grant::try_from(record).map_err(|message| StoreError::Corrupt {
+        what: "grant",
         id,
+        message,
     })
 }
 
@@ -599,20 +597,20 @@ impl NegotiationStore for SqliteStore {
     }
 
     async fn save_grant(&self, grant: &Grant) -> Result<(), StoreError> {
-        if grant.terms.hash() != grant.terms_hash {
+        if grant.terms().hash() != grant.terms_hash() {
             return Err(StoreError::Invalid {
                 what: "grant",
                 message: format!(
                     "terms_hash of grant {} is not the hash of its terms",
-                    grant.id
+                    grant.id()
                 ),
             });
         }
-        let terms_json = to_json(&grant.terms, "grant terms")?;
-        let versions_json = to_json(&grant.contract_versions, "grant contract versions")?;
-        let approvers_json = to_json(&grant.approvers, "grant approvers")?;
-        let used_queries = to_i64(grant.usage.queries, "grant usage")?;
-        let used_rows = to_i64(grant.usage.rows, "grant usage")?;
+        let terms_json = to_json(&grant.terms(), "grant terms")?;
+        let versions_json = to_json(&grant.contract_versions(), "grant contract versions")?;
+        let approvers_json = to_json(&grant.approvers(), "grant approvers")?;
+        let used_queries = to_i64(grant.usage().queries, "grant usage")?;
+        let used_rows = to_i64(grant.usage().rows, "grant usage")?;
         let now = ts(Utc::now());
         let mut tx = self
             .pool
@@ -623,52 +621,52 @@ impl NegotiationStore for SqliteStore {
              (id, request_id, principal, purpose, terms_json, terms_hash, contract_versions_json, approvers_json, \
               created_at, expires_at, revoked_at, used_queries, used_rows) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
-        .bind(&grant.id)
-        .bind(&grant.request_id)
-        .bind(&grant.principal)
-        .bind(&grant.terms.purpose)
+        .bind(grant.id())
+        .bind(grant.request_id())
+        .bind(grant.principal())
+        .bind(&grant.terms().purpose)
         .bind(&terms_json)
-        .bind(&grant.terms_hash)
+        .bind(grant.terms_hash())
         .bind(&versions_json)
         .bind(&approvers_json)
-        .bind(ts(grant.created_at))
-        .bind(ts(grant.terms.expires_at))
-        .bind(grant.revoked_at.map(ts))
+        .bind(ts(grant.created_at()))
+        .bind(ts(grant.terms().expires_at))
+        .bind(grant.revoked_at().map(ts))
         .bind(used_queries)
         .bind(used_rows)
         .execute(&mut *tx)
         .await
-        .map_err(insert_err("grant", &grant.id, "saving a grant"))?;
-        for table in distinct(&grant.terms.tables) {
+        .map_err(insert_err("grant", grant.id(), "saving a grant"))?;
+        for table in distinct(&grant.terms().tables) {
             sqlx::query::<Sqlite>(&numbered(
                 "INSERT INTO access_grant_tables (grant_id, table_name) VALUES (?, ?)",
             ))
-            .bind(&grant.id)
+            .bind(grant.id())
             .bind(table)
             .execute(&mut *tx)
             .await
             .map_err(db("saving a grant's tables"))?;
         }
-        let actor = if grant.approvers.is_empty() {
+        let actor = if grant.approvers().is_empty() {
             "parley".to_string()
         } else {
-            grant.approvers.join(", ")
+            grant.approvers().join(", ")
         };
         let reason = format!(
             "granted {} to {} for purpose {} until {} (request {}, terms {})",
-            grant.terms.tables.join(", "),
-            grant.principal,
-            grant.terms.purpose,
+            grant.terms().tables.join(", "),
+            grant.principal(),
+            grant.terms().purpose,
             grant
-                .terms
+                .terms()
                 .expires_at
                 .to_rfc3339_opts(SecondsFormat::Secs, true),
-            grant.request_id,
-            grant.terms_hash
+            grant.request_id(),
+            grant.terms_hash()
         );
         append_event(
             &mut tx,
-            &grant.id,
+            grant.id(),
             EventKind::Granted,
             None,
             &actor,
@@ -1094,7 +1092,7 @@ mod tests {
         let saved = store.grant_generation().unwrap();
         assert!(saved > before, "saving grants moves the generation");
 
-        assert_eq!(store.get_grant(&live.id).await.unwrap().unwrap(), live);
+        assert_eq!(store.get_grant(live.id()).await.unwrap().unwrap(), live);
         assert!(store.get_grant("grant-404").await.unwrap().is_none());
         let alices = store.grants_for_principal("alice").await.unwrap();
         assert_eq!(alices.len(), 2);
@@ -1116,18 +1114,18 @@ mod tests {
         );
 
         store
-            .revoke_grant(&live.id, "sales-owner", "purpose ended")
+            .revoke_grant(live.id(), "sales-owner", "purpose ended")
             .await
             .unwrap();
         assert!(
             store.grant_generation().unwrap() > saved,
             "a revocation moves the generation"
         );
-        let revoked = store.get_grant(&live.id).await.unwrap().unwrap();
-        assert!(revoked.revoked_at.is_some());
+        let revoked = store.get_grant(live.id()).await.unwrap().unwrap();
+        assert!(revoked.revoked_at().is_some());
         assert!(!revoked.is_live(now));
         let err = store
-            .revoke_grant(&live.id, "sales-owner", "again")
+            .revoke_grant(live.id(), "sales-owner", "again")
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::AlreadyRevoked { .. }), "{err}");
@@ -1137,16 +1135,27 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
 
-        let events = store.events(&live.id).await.unwrap();
+        let events = store.events(live.id()).await.unwrap();
         let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
         assert_eq!(kinds, [EventKind::Granted, EventKind::Revoked]);
         assert_eq!(events[1].actor, "sales-owner");
         assert_eq!(events[1].reason, "purpose ended");
 
-        let mut tampered = grant("req-4", "alice", now + TimeDelta::days(1));
-        tampered.terms.masks.clear();
-        let err = store.save_grant(&tampered).await.unwrap_err();
-        assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
+        // A grant whose terms no longer hash to the accepted terms hash cannot be made, not even by
+        // deserializing one; and a stored row edited that way is refused when read back.
+        let good = grant("req-4", "alice", now + TimeDelta::days(1));
+        let mut json = serde_json::to_value(&good).unwrap();
+        json["terms"]["masks"] = serde_json::json!({});
+        let err = serde_json::from_value::<Grant>(json).unwrap_err();
+        assert!(err.to_string().contains("terms hash"), "{err}");
+        store.save_grant(&good).await.unwrap();
+        sqlx::query("UPDATE access_grants SET terms_json = replace(terms_json, 'hash', 'redact') WHERE id = ?")
+            .bind(good.id())
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let err = store.get_grant(good.id()).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1159,7 +1168,7 @@ mod tests {
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..20u64 {
             let store = Arc::clone(&store);
-            let id = g.id.clone();
+            let id = g.id().to_string();
             tasks.spawn(async move {
                 let counted = store.reserve_query(&id, None, None).await.unwrap();
                 assert!(counted.is_some(), "no quota: every query is counted");
@@ -1174,7 +1183,7 @@ mod tests {
         seen_queries.sort_unstable();
         // Each call saw its own total: no two increments were merged.
         assert_eq!(seen_queries, (1..=20).collect::<Vec<u64>>());
-        let usage = store.get_grant(&g.id).await.unwrap().unwrap().usage;
+        let usage = store.get_grant(g.id()).await.unwrap().unwrap().usage();
         assert_eq!(
             usage,
             Usage {
@@ -1195,7 +1204,7 @@ mod tests {
         store.save_grant(&grant).await.unwrap();
         let mut tasks = Vec::new();
         for _ in 0..20 {
-            let (store, id) = (store.clone(), grant.id.clone());
+            let (store, id) = (store.clone(), grant.id().to_string());
             tasks.push(tokio::spawn(async move {
                 store
                     .reserve_query(&id, Some(5), None)
@@ -1209,17 +1218,17 @@ mod tests {
             counted += t.await.unwrap() as usize;
         }
         assert_eq!(counted, 5);
-        assert_eq!(store.add_rows(&grant.id, 7).await.unwrap().rows, 7);
+        assert_eq!(store.add_rows(grant.id(), 7).await.unwrap().rows, 7);
         assert!(
             store
-                .reserve_query(&grant.id, None, Some(7))
+                .reserve_query(grant.id(), None, Some(7))
                 .await
                 .unwrap()
                 .is_none()
         );
         assert!(
             store
-                .reserve_query(&grant.id, None, Some(8))
+                .reserve_query(grant.id(), None, Some(8))
                 .await
                 .unwrap()
                 .is_some()

@@ -600,9 +600,9 @@ pub struct Usage {
     pub rows: u64,
 }
 
-/// An agreement in force: who may read what, for which purpose, until when.
+/// A grant as stored, every field as written and unchecked; [`Grant::try_from`] checks it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
+pub struct GrantRecord {
     /// Grant id (`grant-<uuid>`).
     pub id: String,
     /// The request it answers.
@@ -625,7 +625,109 @@ pub struct Grant {
     pub usage: Usage,
 }
 
+/// An agreement in force: who may read what, for which purpose, until when.
+///
+/// Invariant: `terms_hash` is the hash of `terms` (the terms the agent acknowledged). A grant is made only by
+/// [`Grant::new`] or restored from a [`GrantRecord`] that passes this check, deserialization included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "GrantRecord")]
+pub struct Grant {
+    /// Grant id (`grant-<uuid>`).
+    id: String,
+    /// The request it answers.
+    request_id: String,
+    /// Principal id of the grantee.
+    principal: String,
+    /// What it allows.
+    terms: Terms,
+    /// [`Terms::hash`] of `terms`: the terms the agent acknowledged.
+    terms_hash: String,
+    /// Contract version per table at grant time (`namespace.table` → `id@version`).
+    contract_versions: BTreeMap<String, String>,
+    /// Who approved it (empty when granted by the automatic rules).
+    approvers: Vec<String>,
+    /// When it was made.
+    created_at: DateTime<Utc>,
+    /// When it was revoked, if it was.
+    revoked_at: Option<DateTime<Utc>>,
+    /// Usage so far.
+    usage: Usage,
+}
+
+impl TryFrom<GrantRecord> for Grant {
+    type Error = String;
+
+    /// The grant, when its terms still hash to the terms hash the agent accepted.
+    fn try_from(r: GrantRecord) -> Result<Grant, String> {
+        if r.terms.hash() != r.terms_hash {
+            return Err("its terms do not match the terms hash the agent accepted".to_string());
+        }
+        Ok(Grant {
+            id: r.id,
+            request_id: r.request_id,
+            principal: r.principal,
+            terms: r.terms,
+            terms_hash: r.terms_hash,
+            contract_versions: r.contract_versions,
+            approvers: r.approvers,
+            created_at: r.created_at,
+            revoked_at: r.revoked_at,
+            usage: r.usage,
+        })
+    }
+}
+
 impl Grant {
+    /// See the field of the same name.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// See the field of the same name.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// See the field of the same name.
+    pub fn principal(&self) -> &str {
+        &self.principal
+    }
+
+    /// See the field of the same name.
+    pub fn terms(&self) -> &Terms {
+        &self.terms
+    }
+
+    /// See the field of the same name.
+    pub fn terms_hash(&self) -> &str {
+        &self.terms_hash
+    }
+
+    /// See the field of the same name.
+    pub fn contract_versions(&self) -> &BTreeMap<String, String> {
+        &self.contract_versions
+    }
+
+    /// See the field of the same name.
+    pub fn approvers(&self) -> &[String] {
+        &self.approvers
+    }
+
+    /// See the field of the same name.
+    pub fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+
+    /// See the field of the same name.
+    pub fn revoked_at(&self) -> Option<DateTime<Utc>> {
+        self.revoked_at
+    }
+
+    /// See the field of the same name.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
     /// A new, unused grant for `terms`; the id is fresh and the hash is computed here so it always matches.
     pub fn new(
         request_id: &str,

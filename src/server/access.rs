@@ -71,17 +71,17 @@ pub struct GrantView {
 
 pub(super) fn grant_view(g: &Grant, now: chrono::DateTime<Utc>) -> GrantView {
     GrantView {
-        grant_id: g.id.clone(),
-        request_id: g.request_id.clone(),
+        grant_id: g.id().to_string(),
+        request_id: g.request_id().to_string(),
         principal: None,
         live: g.is_live(now),
-        revoked_at: g.revoked_at,
-        terms: g.terms.clone(),
-        terms_hash: g.terms_hash.clone(),
-        usage: g.usage,
-        approvers: g.approvers.clone(),
-        contract_versions: g.contract_versions.clone(),
-        created_at: g.created_at,
+        revoked_at: g.revoked_at(),
+        terms: g.terms().clone(),
+        terms_hash: g.terms_hash().to_string(),
+        usage: g.usage(),
+        approvers: g.approvers().to_vec(),
+        contract_versions: g.contract_versions().clone(),
+        created_at: g.created_at(),
         odrl: None,
     }
 }
@@ -188,22 +188,22 @@ impl ParleyServer {
             .await
             .map_err(Self::store_error)?
             .ok_or_else(not_found)?;
-        let mine = grant.principal == checked.principal_id();
-        if !mine && !self.decidable(checked, &grant.terms.tables) {
+        let mine = grant.principal() == checked.principal_id();
+        if !mine && !self.decidable(checked, &grant.terms().tables) {
             return Err(not_found());
         }
         checked.note(
             Action::RequestAccess,
-            &grant.terms.tables.join(","),
+            &grant.terms().tables.join(","),
             format!("grant {id} read"),
         );
         let view = GrantView {
-            principal: Some(grant.principal.clone()),
+            principal: Some(grant.principal().to_string()),
             odrl: Some(self.odrl_for(
                 OdrlKind::Agreement,
-                &format!("urn:parley:agreement:{}", grant.id),
-                &grant.principal,
-                &grant.terms,
+                &format!("urn:parley:agreement:{}", grant.id()),
+                grant.principal(),
+                grant.terms(),
             )),
             ..grant_view(&grant, self.app.clock.now())
         };

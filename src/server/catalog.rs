@@ -514,8 +514,8 @@ impl ParleyServer {
                 .get_or_init(|| checked.peek(Action::Query, &d.resource).allowed());
             entry.grant_ids = live_grants
                 .iter()
-                .filter(|g| g.terms.covers(&entry.table))
-                .map(|g| g.id.clone())
+                .filter(|g| g.terms().covers(&entry.table))
+                .map(|g| g.id().to_string())
                 .collect();
             entry.row_count = rows.unwrap_or_else(|e| {
                 tracing::warn!(table = %d.name, "cannot load table metadata: {e}");

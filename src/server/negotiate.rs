@@ -183,15 +183,15 @@ impl ParleyServer {
     ) {
         result.status = "granted".to_string();
         result.state = State::Finalized.as_str().to_string();
-        result.terms = Some(json!(grant.terms));
+        result.terms = Some(json!(grant.terms()));
         result.odrl = Some(self.odrl_for(
             OdrlKind::Agreement,
-            &format!("urn:parley:agreement:{}", grant.id),
+            &format!("urn:parley:agreement:{}", grant.id()),
             &request.principal,
-            &grant.terms,
+            grant.terms(),
         ));
-        result.terms_hash = Some(grant.terms_hash.clone());
-        result.grant_id = Some(grant.id);
+        result.terms_hash = Some(grant.terms_hash().to_string());
+        result.grant_id = Some(grant.id().to_string());
     }
 
     /// The text a person acknowledges before a grant starts: purpose, usage, limitations, acknowledgement.
@@ -325,7 +325,9 @@ impl ParleyServer {
             &tables,
             format!(
                 "request {} granted as grant {} after the user acknowledged the usage terms: {}",
-                request.id, grant.id, result.reason
+                request.id,
+                grant.id(),
+                result.reason
             ),
         );
         self.with_grant(&mut result, request, grant);
@@ -648,18 +650,20 @@ impl ParleyServer {
             .await?;
         checked.note(
             Action::RequestAccess,
-            &grant.terms.tables.join(","),
+            &grant.terms().tables.join(","),
             format!(
                 "request {} offer accepted as grant {}",
-                args.request_id, grant.id
+                args.request_id,
+                grant.id()
             ),
         );
         Ok(DoneResult {
             message: format!(
                 "offer accepted; grant {} is in force until {}",
-                grant.id, grant.terms.expires_at
+                grant.id(),
+                grant.terms().expires_at
             ),
-            grant_id: Some(grant.id),
+            grant_id: Some(grant.id().to_string()),
             state: Some(State::Finalized.as_str().to_string()),
         })
     }
@@ -697,7 +701,7 @@ impl ParleyServer {
             .await
             .map_err(Self::store_error)?
             .into_iter()
-            .find(|g| g.request_id == request_id))
+            .find(|g| g.request_id() == request_id))
     }
 
     pub(super) async fn do_status(
@@ -729,7 +733,7 @@ impl ParleyServer {
         Ok(StatusResult {
             request_id: args.request_id,
             state: stored.state.as_str().to_string(),
-            grant_id: grant.map(|g| g.id),
+            grant_id: grant.map(|g| g.id().to_string()),
             terms_hash,
             request: json!(stored.request),
             outcome: json!(stored.outcome),
@@ -782,7 +786,7 @@ impl ParleyServer {
                 .await
                 .map_err(Self::store_error)?
                 .into_iter()
-                .map(|g| g.id),
+                .map(|g| g.id().to_string()),
         );
         let mut notices = Vec::new();
         for id in subjects {

@@ -190,7 +190,7 @@ impl ParleyServer {
                 } else {
                     format!(" {how}")
                 },
-                grant.id,
+                grant.id(),
                 if changes.is_empty() {
                     String::new()
                 } else {
@@ -370,24 +370,24 @@ impl ParleyServer {
         let data = json!({
             "kind": "approved",
             "request_id": request.id,
-            "grant_id": grant.id,
+            "grant_id": grant.id(),
             "tables": request.tables,
             "state": State::Finalized.as_str(),
             "actor": who,
             "reason": args.reason,
             "changed_terms": changes,
-            "expires_at": grant.terms.expires_at,
+            "expires_at": grant.terms().expires_at,
             "at": Utc::now(),
             "message": format!(
                 "{who} approved your access request {} ({tables}): grant {} is in force; pass it to query as grant_id",
-                request.id, grant.id
+                request.id, grant.id()
             ),
         });
         let notice = self.notice(&request.principal, resource, data);
         Ok(Decided {
             done: DoneResult {
-                message: format!("request approved; grant {} is in force", grant.id),
-                grant_id: Some(grant.id),
+                message: format!("request approved; grant {} is in force", grant.id()),
+                grant_id: Some(grant.id().to_string()),
                 state: Some(State::Finalized.as_str().to_string()),
             },
             notice: Some(notice),
@@ -542,7 +542,7 @@ impl ParleyServer {
             .await
             .map_err(Self::store_error)?
             .ok_or_else(not_found)?;
-        for t in &grant.terms.tables {
+        for t in &grant.terms().tables {
             let name = TableName::parse(t).map_err(|_| not_found())?;
             let facts = self.app.lakehouse.facts_of_listed(&name);
             checked.require(
@@ -557,27 +557,27 @@ impl ParleyServer {
             .await?;
         checked.note(
             Action::DecideRequest,
-            &grant.terms.tables.join(","),
+            &grant.terms().tables.join(","),
             format!("grant {} revoked by {who}: {}", args.grant_id, args.reason),
         );
         let data = json!({
             "kind": "revoked",
-            "request_id": grant.request_id,
-            "grant_id": grant.id,
-            "tables": grant.terms.tables,
+            "request_id": grant.request_id(),
+            "grant_id": grant.id(),
+            "tables": grant.terms().tables,
             "actor": who,
             "reason": args.reason,
             "at": Utc::now(),
             "message": format!(
                 "{who} revoked your grant {} ({}): {}",
-                grant.id,
-                grant.terms.tables.join(", "),
+                grant.id(),
+                grant.terms().tables.join(", "),
                 args.reason
             ),
         });
         let notice = self.notice(
-            &grant.principal,
-            format!("{}{}", super::GRANT_SCHEME, grant.id),
+            grant.principal(),
+            format!("{}{}", super::GRANT_SCHEME, grant.id()),
             data,
         );
         Ok(Decided {
@@ -618,7 +618,7 @@ impl ParleyServer {
             grants: grants
                 .iter()
                 .map(|g| GrantView {
-                    principal: Some(g.principal.clone()),
+                    principal: Some(g.principal().to_string()),
                     ..grant_view(g, self.app.clock.now())
                 })
                 .collect(),

@@ -207,7 +207,7 @@ impl ParleyServer {
                 });
                 continue;
             }
-            if let Some(g) = grant.as_ref().filter(|g| g.terms.covers(&shown)) {
+            if let Some(g) = grant.as_ref().filter(|g| g.terms().covers(&shown)) {
                 // The grant decides what of this table is visible, and the policy decides the query with the
                 // grant's terms in its context: a forbid wins over any grant.
                 let parsed = TableName::parse(&shown).ok();
@@ -221,7 +221,7 @@ impl ParleyServer {
                     Action::Query,
                     "the policy does not allow this query even under your grant; request_access to see \
                      which terms it allows",
-                    g.terms.policy_context(&shown, &g.id),
+                    g.terms().policy_context(&shown, g.id()),
                 )?;
                 let name = parsed.ok_or_else(|| internal("table name did not parse"))?;
                 checked.note(
@@ -229,7 +229,9 @@ impl ParleyServer {
                     &shown,
                     format!(
                         "covered by grant {} (purpose {}, until {})",
-                        g.id, g.terms.purpose, g.terms.expires_at
+                        g.id(),
+                        g.terms().purpose,
+                        g.terms().expires_at
                     ),
                 );
                 let table = self.app.lakehouse.load(&name).await.map_err(internal)?;
@@ -258,18 +260,18 @@ impl ParleyServer {
             let reserved = self
                 .app
                 .store
-                .reserve_query(&g.id, g.terms.max_queries, g.terms.max_rows)
+                .reserve_query(g.id(), g.terms().max_queries, g.terms().max_rows)
                 .await
                 .map_err(internal)?;
             if reserved.is_none() {
                 let mut now = g.clone();
-                if let Some(fresh) = self.app.store.get_grant(&g.id).await.map_err(internal)? {
+                if let Some(fresh) = self.app.store.get_grant(g.id()).await.map_err(internal)? {
                     now = fresh;
                 }
                 return Err(ToolError::Limit(format!(
                     "quota exceeded: {}",
                     now.quota_exhausted()
-                        .unwrap_or_else(|| format!("grant {} has no quota left", g.id))
+                        .unwrap_or_else(|| format!("grant {} has no quota left", g.id()))
                 )));
             }
         }
@@ -289,28 +291,33 @@ impl ParleyServer {
             let still_live = self
                 .app
                 .store
-                .get_grant(&g.id)
+                .get_grant(g.id())
                 .await
                 .map_err(internal)?
                 .is_some_and(|g| g.is_live(self.app.clock.now()));
             if !still_live {
                 return Err(ToolError::Denied {
-                    reason: format!("grant {} was revoked or expired while the query ran", g.id),
+                    reason: format!(
+                        "grant {} was revoked or expired while the query ran",
+                        g.id()
+                    ),
                     next_step: "request_access again".to_string(),
                 });
             }
             let usage = self
                 .app
                 .store
-                .add_rows(&g.id, result.row_count as u64)
+                .add_rows(g.id(), result.row_count as u64)
                 .await
                 .map_err(internal)?;
             checked.note(
                 Action::Query,
-                &g.terms.tables.join(","),
+                &g.terms().tables.join(","),
                 format!(
                     "grant {} usage now {} queries, {} rows",
-                    g.id, usage.queries, usage.rows
+                    g.id(),
+                    usage.queries,
+                    usage.rows
                 ),
             );
         }
@@ -375,8 +382,8 @@ impl ParleyServer {
                 .map_err(internal)?;
             let found = grants
                 .into_iter()
-                .filter(|g| g.is_live(now) && g.terms.purpose.eq_ignore_ascii_case(p))
-                .find(|g| tables.iter().any(|t| g.terms.covers(&t.to_string())));
+                .filter(|g| g.is_live(now) && g.terms().purpose.eq_ignore_ascii_case(p))
+                .find(|g| tables.iter().any(|t| g.terms().covers(&t.to_string())));
             if let Some(why) = found.as_ref().and_then(|g| g.quota_exhausted()) {
                 return Err(ToolError::Limit(format!("quota exceeded: {why}")));
             }
@@ -460,11 +467,11 @@ fn governance_of(
 ) -> crate::query::Governance {
     use crate::query::ColumnMask;
     let masks: std::collections::BTreeMap<String, ColumnMask> = grant
-        .terms
+        .terms()
         .columns_of(table)
         .into_iter()
         .filter_map(|c| {
-            grant.terms.mask_of(table, c).map(|m| {
+            grant.terms().mask_of(table, c).map(|m| {
                 (
                     c.to_string(),
                     match m {
@@ -478,19 +485,19 @@ fn governance_of(
         .collect();
     crate::query::Governance {
         columns: grant
-            .terms
+            .terms()
             .columns_of(table)
             .into_iter()
             .map(str::to_string)
             .collect(),
         masks,
         row_filter: grant
-            .terms
+            .terms()
             .row_filter
             .as_ref()
             .map(|r| (r.column.clone(), r.values.clone())),
         // A server-side secret keeps hashed values from being reversed by hashing guesses; the grant id keeps
         // hashes from linking across grants.
-        salt: crate::audit::digest(&format!("parley-mask:{secret}:{}", grant.id)),
+        salt: crate::audit::digest(&format!("parley-mask:{secret}:{}", grant.id())),
     }
 }
