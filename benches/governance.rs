@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parley::audit::{AuditEntry, AuditSink, FileAuditLog};
+use parley::audit::{AuditEntry, AuditResource, AuditSink, FileAuditLog};
 use parley::identity::{Directory, Principal};
 use parley::policy::{Action, CedarPolicy, PolicyBackend, RequestContext, Resource, TableFacts};
 
@@ -27,7 +27,7 @@ fn entry(i: u64) -> AuditEntry {
         principal: "bench".into(),
         tool: "query".into(),
         action: Some("query".into()),
-        resource: "sales.orders".into(),
+        resource: AuditResource::of(&["sales.orders"]),
         decision: "allowed".into(),
         reason: "permitted by analysts-query-non-pii".into(),
         sql: Some(format!(
@@ -159,7 +159,7 @@ async fn audit_read_bench(dir: &Path) -> (f64, f64) {
                 tasks.push(tokio::spawn(async move {
                     for i in (from + c..to).step_by(32) {
                         let mut e = entry(i);
-                        e.resource = table(i);
+                        e.resource = AuditResource::of(&[table(i)]);
                         log.append(e).await.unwrap();
                     }
                 }));
@@ -188,7 +188,7 @@ async fn audit_read_bench(dir: &Path) -> (f64, f64) {
         let all = parley::audit::read_all(&path).unwrap();
         let theirs = all
             .into_iter()
-            .filter(|r| visible(&r.entry.resource))
+            .filter(|r| visible(&r.entry.resource.to_string()))
             .count();
         full += t.elapsed();
         assert_eq!(shown.len(), theirs);

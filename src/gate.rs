@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::audit::{AuditEntry, AuditSink};
+use crate::audit::{AuditEntry, AuditResource, AuditSink};
 use crate::identity::Principal;
 use crate::policy::{
     Action, Decision, GrantContext, PolicyBackend, RequestContext, Resource, TableFacts,
@@ -311,11 +311,7 @@ impl Gate {
             principal: principal.id.clone(),
             tool: tool.to_string(),
             action: checked.action.map(|a| a.as_str().to_string()),
-            resource: if checked.resources.is_empty() {
-                "*".to_string()
-            } else {
-                checked.resources.join(",")
-            },
+            resource: AuditResource::of(&checked.resources),
             decision: decision.to_string(),
             reason,
             policy_ids: checked.policy_ids.clone(),

@@ -287,9 +287,7 @@ async fn run() -> Result<()> {
                 let keep = principal.as_ref().is_none_or(|p| &e.principal == p)
                     && tool.as_ref().is_none_or(|t| &e.tool == t)
                     && decision.as_ref().is_none_or(|d| &e.decision == d)
-                    && table
-                        .as_ref()
-                        .is_none_or(|t| e.resource.split(',').any(|x| x == t));
+                    && table.as_ref().is_none_or(|t| e.resource.names_any(t));
                 if keep {
                     println!("{}", serde_json::to_string(&r)?);
                 }

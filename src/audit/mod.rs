@@ -22,6 +22,69 @@ use sha2::{Digest, Sha256};
 /// The hash that precedes the first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// What an audited action was on: the tables (or namespace, or other names) it touched, none meaning `*`.
+///
+/// Stored as one string — `*`, or the names comma-joined, as since the first record — so the canonical form, and
+/// with it every record's hash, is unchanged; in code it is the list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditResource(Vec<String>);
+
+impl AuditResource {
+    /// The names an action touched, in the order it touched them, each once.
+    pub fn of<S: AsRef<str>>(names: &[S]) -> AuditResource {
+        let mut out: Vec<String> = Vec::new();
+        for n in names {
+            let n = n.as_ref();
+            if !out.iter().any(|o| o == n) {
+                out.push(n.to_string());
+            }
+        }
+        AuditResource(out)
+    }
+
+    /// Reads the stored form (`*` or comma-joined names).
+    pub fn parse(text: &str) -> AuditResource {
+        if text == "*" || text.is_empty() {
+            AuditResource(Vec::new())
+        } else {
+            AuditResource(text.split(',').map(str::to_string).collect())
+        }
+    }
+
+    /// The names (empty for `*`).
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Whether `name` is one of them.
+    pub fn names_any(&self, name: &str) -> bool {
+        self.0.iter().any(|n| n == name)
+    }
+}
+
+impl std::fmt::Display for AuditResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("*")
+        } else {
+            f.write_str(&self.0.join(","))
+        }
+    }
+}
+
+impl Serialize for AuditResource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for AuditResource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<AuditResource, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(AuditResource::parse(&text))
+    }
+}
+
 /// What happened, as the gate reports it; the log adds `seq`, `time` and the chain.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct AuditEntry {
@@ -32,8 +95,8 @@ pub struct AuditEntry {
     /// Policy action checked, e.g. `query`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
-    /// What it was on: `*`, a namespace, `ns.table`, or several tables comma-joined.
-    pub resource: String,
+    /// What it was on: nothing in particular (`*`), a namespace, a table, or several tables.
+    pub resource: AuditResource,
     /// `allowed`, `denied` or `error`.
     pub decision: String,
     /// Why (the policy's reason, or the error).
@@ -154,7 +217,7 @@ pub fn to_batch(records: &[AuditRecord]) -> datafusion::arrow::array::RecordBatc
         (
             "resource",
             DataType::Utf8,
-            text(&|r| Some(r.entry.resource.clone())),
+            text(&|r| Some(r.entry.resource.to_string())),
         ),
         (
             "decision",
@@ -758,7 +821,7 @@ fn finding(tool: &str, reason: String) -> AuditEntry {
     AuditEntry {
         principal: "parley".to_string(),
         tool: tool.to_string(),
-        resource: "audit".to_string(),
+        resource: AuditResource::of(&["audit"]),
         decision: "error".to_string(),
         reason,
         ..Default::default()
@@ -1225,13 +1288,34 @@ impl AuditSink for FileAuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resource_is_stored_as_before_and_read_back_as_a_list() {
+        // `*`, one name, several: the stored string is what the gate wrote before the type, so hashes hold.
+        for (names, stored) in [
+            (vec![], "*"),
+            (vec!["sales.orders"], "sales.orders"),
+            (
+                vec!["sales.orders", "sales.customers", "sales.orders"],
+                "sales.orders,sales.customers",
+            ),
+        ] {
+            let r = AuditResource::of(&names);
+            assert_eq!(serde_json::to_value(&r).unwrap(), serde_json::json!(stored));
+            let back: AuditResource = serde_json::from_value(serde_json::json!(stored)).unwrap();
+            assert_eq!(back, r);
+            assert_eq!(AuditResource::parse(stored), r);
+        }
+        assert!(AuditResource::parse("a.b,c.d").names_any("c.d"));
+        assert!(!AuditResource::parse("a.b,c.d").names_any("c"));
+    }
     use serde_json::json;
 
     fn entry(i: u64) -> AuditEntry {
         AuditEntry {
             principal: "analyst".into(),
             tool: "query".into(),
-            resource: format!("sales.t{i}"),
+            resource: AuditResource::of(&[format!("sales.t{i}")]),
             decision: "allowed".into(),
             reason: "ok".into(),
             duration_ms: i,

@@ -273,7 +273,7 @@ mod tests {
         AuditEntry {
             principal: "p".to_string(),
             tool: "query".to_string(),
-            resource: resource.to_string(),
+            resource: crate::audit::AuditResource::parse(resource),
             decision: "allow".to_string(),
             reason: "test".to_string(),
             ..AuditEntry::default()
@@ -303,7 +303,7 @@ mod tests {
             let (orders, _) = reader.records(|r| r == "sales.orders").unwrap();
             let expected: Vec<AuditRecord> = all
                 .iter()
-                .filter(|r| r.entry.resource == "sales.orders")
+                .filter(|r| r.entry.resource.names() == ["sales.orders"])
                 .cloned()
                 .collect();
             assert_eq!(orders, expected);

@@ -2,6 +2,7 @@
 //! `parley.audit_log` table it can read. Its own tool router, joined with the others in `ParleyServer::new`.
 
 use super::*;
+use crate::audit::AuditResource;
 
 /// Arguments of `query`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -128,16 +129,19 @@ impl ParleyServer {
             .filter(|resource| {
                 // A record naming several tables (a join, a multi-table grant) carries what the caller did with
                 // all of them (SQL, error text): it is shown only to a caller who may read the audit of every one.
-                resource.split(',').all(|table| {
-                    *allowed.entry(table.to_string()).or_insert_with(|| {
-                        TableName::parse(table).is_ok_and(|t| {
-                            let facts = self.app.lakehouse.facts_of_listed(&t);
-                            checked
-                                .peek(Action::ReadAudit, &Resource::Table(facts))
-                                .allowed()
+                // A record on no table (`*`) or on something that is not a table is shown to no one here.
+                let names = AuditResource::parse(resource);
+                !names.names().is_empty()
+                    && names.names().iter().all(|table| {
+                        *allowed.entry(table.to_string()).or_insert_with(|| {
+                            TableName::parse(table).is_ok_and(|t| {
+                                let facts = self.app.lakehouse.facts_of_listed(&t);
+                                checked
+                                    .peek(Action::ReadAudit, &Resource::Table(facts))
+                                    .allowed()
+                            })
                         })
                     })
-                })
             })
             .collect();
         let (visible, total) = {
