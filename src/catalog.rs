@@ -51,6 +51,15 @@ impl TableName {
         })
     }
 
+    /// `tables` as text, each `namespace.table`, joined by `sep`.
+    pub fn join(tables: &[TableName], sep: &str) -> String {
+        tables
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(sep)
+    }
+
     /// Dot-joined namespace.
     pub fn namespace_str(&self) -> String {
         self.namespace.join(".")
@@ -73,6 +82,42 @@ impl TableName {
 impl fmt::Display for TableName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.namespace_str(), self.name)
+    }
+}
+
+/// Stored and sent as its text, `namespace.table`, so terms that name tables hash as they always have.
+impl serde::Serialize for TableName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TableName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TableName, D::Error> {
+        let text = String::deserialize(d)?;
+        TableName::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl schemars::JsonSchema for TableName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TableName".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A table, `namespace.table`."
+        })
+    }
+}
+
+impl PartialEq<str> for TableName {
+    fn eq(&self, other: &str) -> bool {
+        other.len() > self.name.len()
+            && other.ends_with(self.name.as_str())
+            && other[..other.len() - self.name.len()].strip_suffix('.')
+                == Some(self.namespace_str().as_str())
     }
 }
 

@@ -25,6 +25,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite};
 
+use crate::catalog::TableName;
 use crate::negotiation::store::{Event, EventKind, NegotiationStore, StoreError, StoredRequest};
 use crate::negotiation::{AccessRequest, Grant, GrantRecord, Outcome, State, Terms, Usage};
 
@@ -213,10 +214,11 @@ where
 }
 
 /// Distinct entries, first occurrence first.
-fn distinct(items: &[String]) -> Vec<&str> {
-    let mut out: Vec<&str> = Vec::new();
+fn distinct<T: ToString>(items: &[T]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
     for item in items {
-        if !out.contains(&item.as_str()) {
+        let item = item.to_string();
+        if !out.contains(&item) {
             out.push(item);
         }
     }
@@ -425,7 +427,7 @@ impl NegotiationStore for SqliteStore {
         }
         let reason = format!(
             "access requested to {} for purpose {}; state {state}",
-            request.tables.join(", "),
+            TableName::join(&request.tables, ", "),
             request.purpose
         );
         append_event(
@@ -584,7 +586,7 @@ impl NegotiationStore for SqliteStore {
         let sql = numbered(&sql);
         let mut query = sqlx::query::<Sqlite>(&sql);
         for table in &tables {
-            query = query.bind(*table);
+            query = query.bind(table.as_str());
         }
         if let Some(state) = state {
             query = query.bind(state.as_str());
@@ -654,7 +656,7 @@ impl NegotiationStore for SqliteStore {
         };
         let reason = format!(
             "granted {} to {} for purpose {} until {} (request {}, terms {})",
-            grant.terms().tables.join(", "),
+            TableName::join(&grant.terms().tables, ", "),
             grant.principal(),
             grant.terms().purpose,
             grant
@@ -867,7 +869,10 @@ mod tests {
         AccessRequest {
             id: id.to_string(),
             principal: "alice".to_string(),
-            tables: tables.iter().map(|t| t.to_string()).collect(),
+            tables: tables
+                .iter()
+                .map(|t| TableName::parse(t).unwrap())
+                .collect(),
             columns: None,
             purpose: "churn_analysis".to_string(),
             justification: Some("quarterly churn model".to_string()),
@@ -882,7 +887,7 @@ mod tests {
 
     fn terms(expires_at: DateTime<Utc>) -> Terms {
         Terms {
-            tables: vec!["sales.customers".to_string()],
+            tables: vec![TableName::parse("sales.customers").unwrap()],
             columns: vec![
                 "sales.customers.customer_id".to_string(),
                 "sales.customers.email".to_string(),

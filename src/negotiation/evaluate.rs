@@ -383,7 +383,13 @@ impl Evaluator<'_> {
             .collect();
 
         let terms = Terms {
-            tables: tables.iter().map(|(t, _)| t.to_string()).collect(),
+            // The requested tables, once each, in request order: those `tables` resolved.
+            tables: request.tables.iter().fold(Vec::new(), |mut names, t| {
+                if !names.contains(t) {
+                    names.push(t.clone());
+                }
+                names
+            }),
             columns,
             masks,
             dropped: Vec::new(),
@@ -459,7 +465,8 @@ fn resolve_tables<'c>(
 ) -> Result<Vec<Table<'c>>, Denial> {
     let mut tables: Vec<Table<'c>> = Vec::new();
     for name in &request.tables {
-        let name = name.trim();
+        let name = name.to_string();
+        let name = name.as_str();
         if tables.iter().any(|(t, _)| *t == name) {
             continue;
         }
@@ -776,6 +783,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::catalog::TableName;
     use crate::contracts::parse;
     use crate::negotiation::RowScope;
 
@@ -799,7 +807,7 @@ mod tests {
         AccessRequest {
             id: "req-1".to_string(),
             principal: "alice".to_string(),
-            tables: vec!["sales.customers".to_string()],
+            tables: vec![TableName::parse("sales.customers").unwrap()],
             columns: Some(vec!["country".to_string()]),
             purpose: "customer_analytics".to_string(),
             justification: None,
@@ -830,7 +838,7 @@ mod tests {
             ),
             (
                 "table without contract",
-                |r, _| r.tables.push("sales.nope".into()),
+                |r, _| r.tables.push(TableName::parse("sales.nope").unwrap()),
                 |d| matches!(d, Denial::NoContract { table } if table == "sales.nope"),
             ),
             (
@@ -865,7 +873,7 @@ mod tests {
             ),
             (
                 "a table gets no column",
-                |r, _| r.tables.push("sales.orders".into()),
+                |r, _| r.tables.push(TableName::parse("sales.orders").unwrap()),
                 |d| matches!(d, Denial::NoColumnOf { table, columns } if table == "sales.orders" && columns.contains(&"order_id".to_string())),
             ),
             (

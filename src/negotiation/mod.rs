@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::catalog::TableName;
 use crate::contracts::Contract;
 
 mod evaluate;
@@ -87,7 +88,7 @@ pub struct AccessRequest {
     /// Principal id of the requester.
     pub principal: String,
     /// Tables as `namespace.table`.
-    pub tables: Vec<String>,
+    pub tables: Vec<TableName>,
     /// Columns as `column` (every requested table that has it) or `namespace.table.column`; `None` = all.
     pub columns: Option<Vec<String>>,
     /// Stated purpose, matched (case-insensitively) against the contracts' purpose ids.
@@ -187,7 +188,7 @@ impl PriceTerm {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Terms {
     /// Tables, `namespace.table`.
-    pub tables: Vec<String>,
+    pub tables: Vec<TableName>,
     /// Granted columns, `namespace.table.column`, masked or in clear.
     pub columns: Vec<String>,
     /// Masked columns (a subset of `columns`) and their mask.
@@ -292,7 +293,7 @@ impl Terms {
             for table in &self.tables {
                 if !kept
                     .iter()
-                    .any(|c| split_column(c).is_some_and(|(t, _)| t == table))
+                    .any(|c| split_column(c).is_some_and(|(t, _)| *table == *t))
                 {
                     return Err(format!(
                         "keep at least one column of {table}, or deny the request"
@@ -1005,7 +1006,7 @@ pub fn odrl(
                     })
                 })
                 .collect();
-            for price in terms.prices.iter().filter(|p| &p.table == table) {
+            for price in terms.prices.iter().filter(|p| *table == *p.table) {
                 duties.push(json!({
                     "action": "compensate",
                     "constraint": [{
@@ -1018,12 +1019,12 @@ pub fn odrl(
                 }));
             }
             let mut permission = json!({
-                "target": table_iri(table),
+                "target": table_iri(&table.to_string()),
                 "assigner": assigner,
                 "assignee": assignee,
                 "action": "read",
                 "constraint": constraints,
-                "parley:columns": terms.columns_of(table),
+                "parley:columns": terms.columns_of(&table.to_string()),
             });
             if !duties.is_empty() {
                 permission["duty"] = Value::Array(duties);
@@ -1057,7 +1058,7 @@ pub fn odrl(
                     .iter()
                     .map(|table| {
                         json!({
-                            "target": table_iri(table),
+                            "target": table_iri(&table.to_string()),
                             "assigner": assigner,
                             "assignee": assignee,
                             "action": "distribute"
@@ -1140,7 +1141,10 @@ mod tests {
         AccessRequest {
             id: "req-1".to_string(),
             principal: "alice".to_string(),
-            tables: tables.iter().map(|t| t.to_string()).collect(),
+            tables: tables
+                .iter()
+                .map(|t| TableName::parse(t).unwrap())
+                .collect(),
             columns: columns.map(|cs| cs.iter().map(|c| c.to_string()).collect()),
             purpose: purpose.to_string(),
             justification: None,
@@ -1174,7 +1178,7 @@ mod tests {
         let Outcome::Granted { terms, reasons } = &out else {
             panic!("expected granted, got {out:?}");
         };
-        assert_eq!(terms.tables, vec!["sales.orders"]);
+        assert_eq!(TableName::join(&terms.tables, ","), "sales.orders");
         assert_eq!(terms.columns.len(), 10);
         assert!(terms.columns.contains(&"sales.orders.order_id".to_string()));
         assert!(terms.masks.is_empty());
@@ -1372,6 +1376,14 @@ mod tests {
         let round_tripped: Terms =
             serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
         assert_eq!(round_tripped.hash(), a.hash());
+        // Tables are typed but stored as their text, as before the type: stored terms keep their hash.
+        assert_eq!(
+            serde_json::to_value(&a).unwrap()["tables"],
+            serde_json::json!(["sales.customers"])
+        );
+        let mut bad = serde_json::to_value(&a).unwrap();
+        bad["tables"] = serde_json::json!(["not-a-table"]);
+        assert!(serde_json::from_value::<Terms>(bad).is_err());
 
         let mut changed = a.clone();
         changed.masks.remove("sales.customers.email");

@@ -43,17 +43,14 @@ impl From<StoreError> for FlowError {
 /// Where a grant finds the versions of the contracts it was agreed under.
 pub trait ContractVersions: Send + Sync {
     /// `table → contract id@version` for those of `tables` that have a contract.
-    fn contract_versions(&self, tables: &[String]) -> BTreeMap<String, String>;
+    fn contract_versions(&self, tables: &[TableName]) -> BTreeMap<String, String>;
 }
 
 impl ContractVersions for Lakehouse {
-    fn contract_versions(&self, tables: &[String]) -> BTreeMap<String, String> {
+    fn contract_versions(&self, tables: &[TableName]) -> BTreeMap<String, String> {
         let contracts: Vec<(String, crate::contracts::Contract)> = tables
             .iter()
-            .filter_map(|t| {
-                let name = TableName::parse(t).ok()?;
-                Some((t.clone(), self.contract(&name)?.contract.clone()))
-            })
+            .filter_map(|t| Some((t.to_string(), self.contract(t)?.contract.clone())))
             .collect();
         let refs: Vec<(&str, &crate::contracts::Contract)> =
             contracts.iter().map(|(t, c)| (t.as_str(), c)).collect();
@@ -320,7 +317,7 @@ mod tests {
 
     struct NoContracts;
     impl ContractVersions for NoContracts {
-        fn contract_versions(&self, _: &[String]) -> BTreeMap<String, String> {
+        fn contract_versions(&self, _: &[TableName]) -> BTreeMap<String, String> {
             BTreeMap::new()
         }
     }
@@ -329,7 +326,7 @@ mod tests {
         let request = AccessRequest {
             id: "req-1".to_string(),
             principal: "agent".to_string(),
-            tables: vec!["sales.orders".to_string()],
+            tables: vec![TableName::parse("sales.orders").unwrap()],
             columns: None,
             purpose: "analytics".to_string(),
             justification: None,
@@ -431,7 +428,7 @@ mod tests {
         AccessRequest {
             id: id.to_string(),
             principal: "agent".to_string(),
-            tables: vec!["sales.customers".to_string()],
+            tables: vec![TableName::parse("sales.customers").unwrap()],
             columns: Some(columns.iter().map(|c| c.to_string()).collect()),
             purpose: "customer_analytics".to_string(),
             justification: None,

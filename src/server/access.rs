@@ -105,14 +105,13 @@ impl ParleyServer {
     }
 
     /// The owner of the tables as ODRL assigner: the contracts' teams.
-    pub(super) fn assigner(&self, tables: &[String]) -> String {
+    pub(super) fn assigner(&self, tables: &[TableName]) -> String {
         let owners: Vec<String> = tables
             .iter()
-            .filter_map(|t| TableName::parse(t).ok())
             .filter_map(|t| {
                 self.app
                     .lakehouse
-                    .contract(&t)
+                    .contract(t)
                     .and_then(|c| c.contract.owner_group().map(str::to_string))
             })
             .collect();
@@ -134,10 +133,9 @@ impl ParleyServer {
             .tables
             .iter()
             .filter_map(|t| {
-                let name = TableName::parse(t).ok()?;
                 Some((
-                    t.clone(),
-                    self.app.lakehouse.contract(&name)?.contract.clone(),
+                    t.to_string(),
+                    self.app.lakehouse.contract(t)?.contract.clone(),
                 ))
             })
             .collect();
@@ -194,7 +192,7 @@ impl ParleyServer {
         }
         checked.note(
             Action::RequestAccess,
-            &grant.terms().tables.join(","),
+            &TableName::join(&grant.terms().tables, ","),
             format!("grant {id} read"),
         );
         let view = GrantView {

@@ -198,14 +198,12 @@ impl ParleyServer {
     pub(super) fn acknowledgement_text(&self, terms: &negotiation::Terms) -> String {
         let mut text = format!(
             "Start a grant on {} for the purpose {} until {}?",
-            terms.tables.join(", "),
+            TableName::join(&terms.tables, ", "),
             terms.purpose,
             terms.expires_at
         );
         for t in &terms.tables {
-            if let Some(c) = TableName::parse(t)
-                .ok()
-                .and_then(|n| self.app.lakehouse.contract(&n))
+            if let Some(c) = self.app.lakehouse.contract(t)
                 && let Some(d) = &c.contract.description
             {
                 text.push_str(&format!(
@@ -267,7 +265,7 @@ impl ParleyServer {
     pub(super) fn approval_text(&self, request: &AccessRequest, outcome: &Outcome) -> String {
         let mut text = format!(
             "You are an approver of {}: approve this request now?\nRequest {} by {} for the purpose {}",
-            request.tables.join(", "),
+            TableName::join(&request.tables, ", "),
             request.id,
             request.principal,
             request.purpose
@@ -299,7 +297,7 @@ impl ParleyServer {
         accepted: bool,
         mut result: NegotiationResult,
     ) -> Result<NegotiationResult, ToolError> {
-        let tables = request.tables.join(",");
+        let tables = TableName::join(&request.tables, ",");
         let Some(grant) = self
             .flows()
             .acknowledge(request, terms.clone(), accepted)
@@ -349,7 +347,7 @@ impl ParleyServer {
             _ => {
                 checked.note(
                     Action::RequestAccess,
-                    &request.tables.join(","),
+                    &TableName::join(&request.tables, ","),
                     format!(
                         "request {} pending: its requester, an approver, did not approve it when asked",
                         request.id
@@ -380,7 +378,7 @@ impl ParleyServer {
         self.with_grant(&mut result, request, grant);
         result.reason = format!(
             "approved by you as an approver of {} (asked through elicitation): {reason}",
-            request.tables.join(", ")
+            TableName::join(&request.tables, ", ")
         );
         Ok(result)
     }
@@ -400,6 +398,7 @@ impl ParleyServer {
         let mut eligible = true;
         let mut contracts = Vec::new();
         let mut facts_of = Vec::new();
+        let mut tables: Vec<TableName> = Vec::new();
         for t in &args.tables {
             // Discovery is required (an undiscoverable table does not exist for the caller).
             let name = self.table_for(checked, t, Action::Discover, "").await?;
@@ -411,11 +410,12 @@ impl ParleyServer {
             if let Some(c) = self.app.lakehouse.contract(&name) {
                 contracts.push((name.to_string(), c.contract.clone()));
             }
+            tables.push(name);
         }
         let request = AccessRequest {
             id: negotiation::new_request_id(),
             principal: checked.principal_id().to_string(),
-            tables: args.tables.clone(),
+            tables,
             columns: args.columns,
             purpose: args.purpose,
             justification: args.justification,
@@ -557,7 +557,7 @@ impl ParleyServer {
         let request = stored.request;
         let outcome = stored.outcome;
         let mut result = self.base_result(&request, &outcome);
-        let tables = request.tables.join(",");
+        let tables = TableName::join(&request.tables, ",");
         match (question, &outcome) {
             (Question::Acknowledge, Outcome::Granted { terms, .. }) => {
                 if stored.state != State::Offered {
@@ -650,7 +650,7 @@ impl ParleyServer {
             .await?;
         checked.note(
             Action::RequestAccess,
-            &grant.terms().tables.join(","),
+            &TableName::join(&grant.terms().tables, ","),
             format!(
                 "request {} offer accepted as grant {}",
                 args.request_id,
@@ -679,7 +679,7 @@ impl ParleyServer {
             .await?;
         checked.note(
             Action::RequestAccess,
-            &stored.request.tables.join(","),
+            &TableName::join(&stored.request.tables, ","),
             format!("request {} offer declined", args.request_id),
         );
         Ok(DoneResult {
@@ -724,7 +724,7 @@ impl ParleyServer {
             .collect();
         checked.note(
             Action::RequestAccess,
-            &stored.request.tables.join(","),
+            &TableName::join(&stored.request.tables, ","),
             format!("request {} status read", args.request_id),
         );
         let terms_hash = (stored.state == State::Offered)

@@ -121,14 +121,12 @@ impl Tightening {
 
 impl ParleyServer {
     /// Tables the caller may decide requests for.
-    pub(super) fn decidable(&self, checked: &Checked<'_>, tables: &[String]) -> bool {
-        tables.iter().all(|t| {
-            TableName::parse(t).is_ok_and(|name| {
-                let facts = self.app.lakehouse.facts_of_listed(&name);
-                checked
-                    .peek(Action::DecideRequest, &Resource::Table(facts))
-                    .allowed()
-            })
+    pub(super) fn decidable(&self, checked: &Checked<'_>, tables: &[TableName]) -> bool {
+        tables.iter().all(|name| {
+            let facts = self.app.lakehouse.facts_of_listed(name);
+            checked
+                .peek(Action::DecideRequest, &Resource::Table(facts))
+                .allowed()
         })
     }
 
@@ -136,12 +134,10 @@ impl ParleyServer {
     pub(super) fn require_decide(
         &self,
         checked: &mut Checked<'_>,
-        tables: &[String],
+        tables: &[TableName],
     ) -> Result<(), ToolError> {
-        for t in tables {
-            let name =
-                TableName::parse(t).map_err(|_| ToolError::TableNotFound { table: t.clone() })?;
-            let facts = self.app.lakehouse.facts_of_listed(&name);
+        for name in tables {
+            let facts = self.app.lakehouse.facts_of_listed(name);
             checked.require(
                 Action::DecideRequest,
                 &Resource::Table(facts),
@@ -181,7 +177,7 @@ impl ParleyServer {
         let grant = self.flows().agree(request, terms, &who, &why).await?;
         checked.note(
             Action::DecideRequest,
-            &request.tables.join(","),
+            &TableName::join(&request.tables, ","),
             format!(
                 "request {} approved by {who}{} as grant {}{}: {reason}",
                 request.id,
@@ -310,13 +306,13 @@ impl ParleyServer {
         }
         let request = &stored.request;
         let resource = format!("{}{}", super::REQUEST_SCHEME, request.id);
-        let tables = request.tables.join(", ");
+        let tables = TableName::join(&request.tables, ", ");
         if !args.approve {
             self.transition(&args.request_id, State::Terminated, &who, &args.reason)
                 .await?;
             checked.note(
                 Action::DecideRequest,
-                &request.tables.join(","),
+                &TableName::join(&request.tables, ","),
                 format!(
                     "request {} denied by {who}: {}",
                     args.request_id, args.reason
@@ -415,9 +411,10 @@ impl ParleyServer {
         if let Some(scope) = &narrowing.row_filter {
             // The same rule as for a requester's row scope: a column every table has, not personal data.
             for t in &terms.tables {
-                let column = TableName::parse(t)
-                    .ok()
-                    .and_then(|n| self.app.lakehouse.contract(&n))
+                let column = self
+                    .app
+                    .lakehouse
+                    .contract(t)
                     .and_then(|c| c.contract.column(&scope.column).cloned());
                 match column {
                     None => {
@@ -441,10 +438,7 @@ impl ParleyServer {
         let facts: Vec<(String, crate::policy::TableFacts)> = terms
             .tables
             .iter()
-            .filter_map(|t| {
-                let name = TableName::parse(t).ok()?;
-                Some((t.clone(), self.app.lakehouse.facts_of_listed(&name)))
-            })
+            .map(|t| (t.to_string(), self.app.lakehouse.facts_of_listed(t)))
             .collect();
         let policy = GatePolicy {
             checked,
@@ -485,13 +479,13 @@ impl ParleyServer {
         }
         checked.note(
             Action::DecideRequest,
-            &request.tables.join(","),
+            &TableName::join(&request.tables, ","),
             format!(
                 "request {} answered by {who} with a counter-offer: {why}",
                 request.id
             ),
         );
-        let tables = request.tables.join(", ");
+        let tables = TableName::join(&request.tables, ", ");
         let data = json!({
             "kind": "counter_offer",
             "request_id": request.id,
@@ -542,9 +536,8 @@ impl ParleyServer {
             .await
             .map_err(Self::store_error)?
             .ok_or_else(not_found)?;
-        for t in &grant.terms().tables {
-            let name = TableName::parse(t).map_err(|_| not_found())?;
-            let facts = self.app.lakehouse.facts_of_listed(&name);
+        for name in &grant.terms().tables {
+            let facts = self.app.lakehouse.facts_of_listed(name);
             checked.require(
                 Action::DecideRequest,
                 &Resource::Table(facts),
@@ -557,7 +550,7 @@ impl ParleyServer {
             .await?;
         checked.note(
             Action::DecideRequest,
-            &grant.terms().tables.join(","),
+            &TableName::join(&grant.terms().tables, ","),
             format!("grant {} revoked by {who}: {}", args.grant_id, args.reason),
         );
         let data = json!({
@@ -571,7 +564,7 @@ impl ParleyServer {
             "message": format!(
                 "{who} revoked your grant {} ({}): {}",
                 grant.id(),
-                grant.terms().tables.join(", "),
+                TableName::join(&grant.terms().tables, ", "),
                 args.reason
             ),
         });

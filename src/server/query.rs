@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::audit::AuditResource;
+use crate::catalog::TableName;
 
 /// Arguments of `query`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -316,7 +317,7 @@ impl ParleyServer {
                 .map_err(internal)?;
             checked.note(
                 Action::Query,
-                &g.terms().tables.join(","),
+                &TableName::join(&g.terms().tables, ","),
                 format!(
                     "grant {} usage now {} queries, {} rows",
                     g.id(),
