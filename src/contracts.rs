@@ -398,19 +398,8 @@ impl ContractStore {
         collect_yaml(dir, &mut files);
         files.sort();
         for path in files {
-            match std::fs::read_to_string(&path)
-                .map_err(|source| ContractError::Read {
-                    path: path.clone(),
-                    source,
-                })
-                .and_then(|yaml| parse(&yaml, &path).map(|c| (c, yaml)))
-            {
-                Ok((contract, yaml)) => {
-                    let key = contract
-                        .schema
-                        .iter()
-                        .find_map(|s| s.physical_name.clone())
-                        .unwrap_or_else(|| table_key_from_path(dir, &path));
+            match read_contract(dir, &path) {
+                Ok((key, contract, yaml)) => {
                     store
                         .by_table
                         .insert(key, LoadedContract { contract, yaml });
@@ -427,6 +416,56 @@ impl ContractStore {
     /// The contract of `namespace.table`.
     pub fn get(&self, qualified: &str) -> Option<&LoadedContract> {
         self.by_table.get(qualified)
+    }
+}
+
+/// Reads and validates one contract file under `root` as the server does: the table it governs (its first
+/// `schema[].physicalName`, else its place under `root`), the contract, and its text.
+fn read_contract(root: &Path, path: &Path) -> Result<(String, Contract, String), ContractError> {
+    let yaml = std::fs::read_to_string(path).map_err(|source| ContractError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let contract = parse(&yaml, path)?;
+    let key = contract
+        .schema
+        .iter()
+        .find_map(|s| s.physical_name.clone())
+        .unwrap_or_else(|| table_key_from_path(root, path));
+    Ok((key, contract, yaml))
+}
+
+/// A contract file checked by [`validate`]: the table it would govern and the contract, or why the server would
+/// refuse it.
+#[derive(Debug)]
+pub struct Validated {
+    /// The file.
+    pub path: PathBuf,
+    /// `(table, contract)` when it loads; the server's own message when it does not.
+    pub result: Result<(String, Contract), ContractError>,
+}
+
+/// Checks contract files before they are deployed, with the messages the server gives when it loads them: `path`
+/// is a `.yaml` file or a directory laid out as `<data>/contracts` (`<namespace>/<table>.yaml`, searched
+/// recursively). A missing path is one failed entry.
+pub fn validate(path: &Path) -> Vec<Validated> {
+    if path.is_dir() {
+        let mut files = Vec::new();
+        collect_yaml(path, &mut files);
+        files.sort();
+        files
+            .into_iter()
+            .map(|file| Validated {
+                result: read_contract(path, &file).map(|(key, c, _)| (key, c)),
+                path: file,
+            })
+            .collect()
+    } else {
+        let root = path.parent().unwrap_or(Path::new(""));
+        vec![Validated {
+            result: read_contract(root, path).map(|(key, c, _)| (key, c)),
+            path: path.to_path_buf(),
+        }]
     }
 }
 

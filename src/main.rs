@@ -95,10 +95,26 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Data contracts (ODCS v3 YAML).
+    Contract {
+        #[command(subcommand)]
+        command: ContractCommand,
+    },
     /// Benchmark data (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContractCommand {
+    /// Check contract files before deploying them, with the messages the server gives when it loads them; exits
+    /// with status 1 when any is refused.
+    Validate {
+        /// Contract files (`.yaml`) or directories laid out as `<data>/contracts/<namespace>/<table>.yaml`.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
     },
 }
 
@@ -234,6 +250,44 @@ async fn run() -> Result<()> {
                 "{}",
                 issuer.mint(&principal, &groups, &scopes, ttl, &config.auth.audience)?
             );
+            Ok(())
+        }
+        Command::Contract {
+            command: ContractCommand::Validate { paths },
+        } => {
+            let mut refused = 0;
+            let mut checked = 0;
+            for path in &paths {
+                for v in parley::contracts::validate(path) {
+                    checked += 1;
+                    match v.result {
+                        Ok((table, c)) => println!(
+                            "ok       {}: {} {} for table {table}",
+                            v.path.display(),
+                            c.id,
+                            c.version
+                        ),
+                        Err(e) => {
+                            refused += 1;
+                            println!("refused  {e}");
+                        }
+                    }
+                }
+            }
+            if checked == 0 {
+                anyhow::bail!(
+                    "no contract files (.yaml or .yml) found under {}",
+                    paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            println!("{checked} contract file(s) checked, {refused} refused");
+            if refused > 0 {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Bench {

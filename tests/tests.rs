@@ -4,6 +4,7 @@ mod audit_load;
 mod audit_log;
 mod auth;
 mod bad_input;
+mod contract_cli;
 mod docs;
 mod governance;
 mod http;
