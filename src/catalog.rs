@@ -186,6 +186,25 @@ pub async fn open_sql_catalog(
     Ok(Arc::new(catalog))
 }
 
+/// The catalog names an embedded SQL catalog file holds tables under (its `iceberg_tables.catalog_name`), for
+/// saying why a configured name finds nothing. Empty when the file cannot be read.
+pub async fn sql_catalog_names(catalog_db: &Path) -> Vec<String> {
+    use sqlx::Row as _;
+    let Ok(options) = format!("sqlite:{}?mode=ro", catalog_db.display())
+        .parse::<sqlx::sqlite::SqliteConnectOptions>()
+    else {
+        return Vec::new();
+    };
+    let Ok(mut conn) = sqlx::ConnectOptions::connect(&options).await else {
+        return Vec::new();
+    };
+    sqlx::query("SELECT DISTINCT catalog_name FROM iceberg_tables ORDER BY catalog_name")
+        .fetch_all(&mut conn)
+        .await
+        .map(|rows| rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
+        .unwrap_or_default()
+}
+
 impl Lakehouse {
     /// A lakehouse over `catalog` with the contracts in `contracts`.
     pub fn new(catalog: Arc<dyn Catalog>, contracts: ContractStore) -> Lakehouse {

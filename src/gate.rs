@@ -91,6 +91,11 @@ impl Checked<'_> {
         &self.principal.id
     }
 
+    /// Whether the caller is a stranger to the policy: not in its entities, and no groups from its token.
+    pub fn principal_unknown(&self) -> bool {
+        self.principal.groups.is_empty() && !self.gate.policy.knows(&self.principal.id)
+    }
+
     /// The caller's principal (id and groups).
     pub fn principal(&self) -> &Principal {
         self.principal

@@ -529,6 +529,36 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         audit = %audit.path().display(),
         "parley ready"
     );
+    // A lakehouse that shows nothing says why in the log: a catalog name that matches no table, or a principal
+    // the policy does not know.
+    if catalog
+        .list_namespaces(None)
+        .await
+        .is_ok_and(|namespaces| namespaces.is_empty())
+    {
+        let names = parley::catalog::sql_catalog_names(&dir.catalog_db()).await;
+        if names.is_empty() {
+            tracing::warn!(
+                catalog = %config.catalog_name,
+                "the Iceberg catalog holds no tables: agents will see an empty lakehouse"
+            );
+        } else {
+            tracing::warn!(
+                catalog = %config.catalog_name,
+                found = %names.join(", "),
+                "catalog_name matches no namespace in {}; it holds tables under other catalog names: set \
+                 catalog_name in parley.toml to one of them",
+                dir.catalog_db().display()
+            );
+        }
+    }
+    if !authenticated && !policy.knows(&config.principal) {
+        tracing::warn!(
+            principal = %config.principal,
+            "the policy's entities.json does not name this principal: it belongs to no group and will \
+             discover nothing a policy grants by group"
+        );
+    }
     let store = Arc::new(
         parley::store::SqliteStore::open(&dir.root.join("state.db"))
             .await

@@ -197,6 +197,12 @@ pub trait PolicyBackend: Send + Sync {
     /// Identifies the policy in force: it changes whenever a decision could change (a reload), so callers may
     /// cache what they derive from decisions under it.
     fn version(&self) -> u64;
+
+    /// Whether the policy's entities name `principal_id` (a user with its groups). A principal it does not know
+    /// and whose token names no groups is denied everything a policy grants by group, which is worth saying.
+    fn knows(&self, _principal_id: &str) -> bool {
+        true
+    }
 }
 
 /// A fresh [`PolicyBackend::version`] for each policy set built in this process.
@@ -551,6 +557,10 @@ impl PolicyBackend for CedarPolicy {
     fn version(&self) -> u64 {
         self.version
     }
+
+    fn knows(&self, principal_id: &str) -> bool {
+        self.groups.contains_key(principal_id)
+    }
 }
 
 impl CedarPolicy {
@@ -741,6 +751,10 @@ impl PolicyBackend for ReloadablePolicy {
 
     fn version(&self) -> u64 {
         self.current().version()
+    }
+
+    fn knows(&self, principal_id: &str) -> bool {
+        self.current().knows(principal_id)
     }
 }
 

@@ -109,3 +109,50 @@ async fn first_serve_creates_the_demo_and_env_principal_applies() {
     assert!(lake.path().join("parley-init.json").exists());
     assert_eq!(lake.audit()[0]["principal"], "marketing-agent");
 }
+
+/// An empty answer says why when the server can tell without revealing a table: a catalog name that matches
+/// nothing (also in the log, with the names the catalog file does hold), or a principal the policy does not know.
+#[tokio::test]
+async fn an_empty_lakehouse_says_why() {
+    let lake = Lake::new();
+    std::fs::write(
+        lake.path().join("parley.toml"),
+        "catalog_name = \"warehouse\"\n",
+    )
+    .unwrap();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        lake.command()
+            .args(["serve", "--principal", "analyst"])
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("serve ends at end of input")
+    .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("catalog_name matches no namespace") && log.contains("parley"),
+        "{log}"
+    );
+    let client = lake.connect("analyst", &[]).await;
+    let r = ok(&call(&client, "list_tables", json!({})).await);
+    assert_eq!(r["total"], 0);
+    let why = r["empty_because"].as_str().unwrap_or_default();
+    assert!(why.contains("\"warehouse\" holds no tables"), "{r}");
+    client.cancel().await.unwrap();
+
+    // The right catalog, a principal the policy does not know: said as such; a known one gets no such note.
+    std::fs::remove_file(lake.path().join("parley.toml")).unwrap();
+    let client = lake.connect("stranger", &[]).await;
+    let r = ok(&call(&client, "list_tables", json!({})).await);
+    assert_eq!(r["total"], 0);
+    let why = r["empty_because"].as_str().unwrap_or_default();
+    assert!(why.contains("does not know principal \"stranger\""), "{r}");
+    client.cancel().await.unwrap();
+    let client = lake.connect("analyst", &[]).await;
+    let r = ok(&call(&client, "list_tables", json!({"filter": "no-such-table"})).await);
+    assert_eq!(r["total"], 0);
+    assert!(r.get("empty_because").is_none(), "{r}");
+    client.cancel().await.unwrap();
+}

@@ -60,6 +60,10 @@ pub struct ListTablesResult {
     /// Pass as `cursor` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+    /// Why nothing is listed, when the server can tell without revealing any table: the catalog is empty, or the
+    /// caller is unknown to the policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub empty_because: Option<String>,
 }
 
 /// Arguments naming one table.
@@ -249,6 +253,9 @@ pub(super) fn list_tables_reply(result: ListTablesResult) -> CallToolResult {
     }
     if let Some(c) = &result.next_cursor {
         let _ = writeln!(text, "More: call again with cursor {c:?}.");
+    }
+    if let Some(why) = &result.empty_because {
+        let _ = writeln!(text, "{why}");
     }
     respond(&result, text)
 }
@@ -524,10 +531,32 @@ impl ParleyServer {
             tables.push(entry);
         }
         let next = offset + tables.len();
+        let empty_because = if total > 0 {
+            None
+        } else if lakehouse
+            .list_tables()
+            .await
+            .is_ok_and(|all| all.is_empty())
+        {
+            Some(format!(
+                "The catalog {:?} holds no tables at all. If tables were expected, the server's operator should \
+                 check `catalog_name` in parley.toml: the server's log names the catalogs its SQL catalog holds.",
+                self.app.config.catalog_name
+            ))
+        } else if checked.principal_unknown() {
+            Some(format!(
+                "The policy does not know principal {:?} (it is not in entities.json and no groups came with the \
+                 call), so nothing that is granted by group applies to it. Ask the server's operator to add it.",
+                checked.principal_id()
+            ))
+        } else {
+            None
+        };
         Ok(ListTablesResult {
             tables,
             total,
             next_cursor: (next < total).then(|| format!("offset:{next}")),
+            empty_because,
         })
     }
 
