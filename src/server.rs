@@ -35,12 +35,15 @@ mod elicit;
 mod negotiate;
 mod notify;
 mod owner;
+mod prompts;
 mod query;
+mod resources;
 pub mod stdio;
 
 pub use discovery::DiscoveryCache;
 use discovery::{Discoverable, Discovered, MAX_DISCOVERY_ENTRIES};
 pub use notify::Sessions;
+use resources::{MAX_LISTEN_URIS, changes, resource_templates};
 
 use crate::catalog::{Lakehouse, TableName};
 use crate::config::Config;
@@ -103,23 +106,6 @@ pub struct ParleyServer {
 }
 
 // ---- tool arguments and results -----------------------------------------------------------------------------
-
-/// Arguments of the `explore_dataset` prompt.
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ExploreArgs {
-    /// What data you are looking for, e.g. "late deliveries".
-    pub topic: String,
-}
-
-/// Arguments of the `answer_with_data` prompt.
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct AnswerArgs {
-    /// The question to answer.
-    pub question: String,
-    /// Why the answer is needed (checked against each contract's allowed purposes).
-    #[serde(default)]
-    pub purpose: Option<String>,
-}
 
 // ---- helpers ------------------------------------------------------------------------------------------------
 
@@ -254,69 +240,6 @@ impl ParleyServer {
     }
 }
 
-impl ParleyServer {}
-
-fn fill(template: &str, vars: &[(&str, &str)]) -> String {
-    vars.iter().fold(template.to_string(), |t, (k, v)| {
-        t.replace(&format!("{{{{{k}}}}}"), v)
-    })
-}
-
-#[prompt_router]
-impl ParleyServer {
-    /// Explore what data exists about a topic: find tables, read their schemas and contracts.
-    #[prompt(name = "explore_dataset")]
-    async fn explore_dataset(
-        &self,
-        Parameters(a): Parameters<ExploreArgs>,
-        ctx: RequestContext<RoleServer>,
-    ) -> Result<Vec<PromptMessage>, ErrorData> {
-        self.audited(&ctx, "prompts/get", "explore_dataset").await?;
-        Ok(vec![PromptMessage::new_text(
-            Role::User,
-            fill(
-                include_str!("../prompts/explore_dataset.md"),
-                &[("topic", &a.topic)],
-            ),
-        )])
-    }
-
-    /// Answer a question with data: find the tables, check the contracts, run the smallest query, cite snapshots.
-    #[prompt(name = "answer_with_data")]
-    async fn answer_with_data(
-        &self,
-        Parameters(a): Parameters<AnswerArgs>,
-        ctx: RequestContext<RoleServer>,
-    ) -> Result<Vec<PromptMessage>, ErrorData> {
-        self.audited(&ctx, "prompts/get", "answer_with_data")
-            .await?;
-        let purpose = a.purpose.unwrap_or_else(|| "not stated".to_string());
-        Ok(vec![PromptMessage::new_text(
-            Role::User,
-            fill(
-                include_str!("../prompts/answer_with_data.md"),
-                &[("question", &a.question), ("purpose", &purpose)],
-            ),
-        )])
-    }
-}
-
-const CONTRACT_SCHEME: &str = "contract://";
-const GRANT_SCHEME: &str = "grant://";
-const REQUEST_SCHEME: &str = "request://";
-
-/// Resources that change (and can be subscribed to): a request when an owner decides it, a grant when it is
-/// revoked.
-fn changes(uri: &str) -> bool {
-    let id = uri
-        .strip_prefix(REQUEST_SCHEME)
-        .or_else(|| uri.strip_prefix(GRANT_SCHEME));
-    id.is_some_and(|id| !id.is_empty() && id.len() <= 100)
-}
-
-/// Most resources one `subscriptions/listen` stream may follow.
-const MAX_LISTEN_URIS: usize = 1000;
-
 // Logging and `resources/subscribe` are deprecated for 2026-07-28 (SEP-2577, subscriptions/listen) but are how
 // clients on the 2025 protocols hear of changes, so both are served.
 #[allow(deprecated)]
@@ -346,33 +269,7 @@ impl ServerHandler for ParleyServer {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let principal = self.principal(&ctx);
-        let lakehouse = &self.app.lakehouse;
-        let resources = self
-            .app
-            .gate
-            .run(&principal, "resources/list", None, async |c| {
-                let mut out = Vec::new();
-                for name in lakehouse.list_tables().await.map_err(internal)?.iter() {
-                    let resource = Resource::Table(lakehouse.facts_of_listed(name));
-                    let visible = c.peek(Action::Discover, &resource).allowed()
-                        && c.peek(Action::ReadContract, &resource).allowed();
-                    if visible && lakehouse.contract(name).is_some() {
-                        out.push(
-                            McpResource::new(
-                                format!("{CONTRACT_SCHEME}{}/{}", name.namespace_str(), name.name),
-                                format!("{name} contract"),
-                            )
-                            .with_description(format!("ODCS v3 data contract of {name}"))
-                            .with_mime_type("application/yaml"),
-                        );
-                    }
-                }
-                Ok(out)
-            })
-            .await
-            .map_err(|e| ErrorData::internal_error(e, None))?;
-        Ok(ListResourcesResult::with_all_items(resources))
+        self.contract_resources(&ctx).await
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
@@ -402,7 +299,8 @@ impl ServerHandler for ParleyServer {
         if !changes(&request.uri) {
             return Err(ErrorData::invalid_params(
                 format!(
-                    "{} never changes; subscribe to request://{{request_id}} (an owner decides) or                      grant://{{grant_id}} (an owner revokes)",
+                    "{} never changes; subscribe to request://{{request_id}} (an owner decides) or \
+                     grant://{{grant_id}} (an owner revokes)",
                     request.uri
                 ),
                 None,
@@ -472,22 +370,7 @@ impl ServerHandler for ParleyServer {
         _request: Option<PaginatedRequestParams>,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        Ok(ListResourceTemplatesResult::with_all_items(vec![
-            ResourceTemplate::new("contract://{namespace}/{table}", "table contract")
-                .with_description("ODCS v3 data contract of a table (YAML)")
-                .with_mime_type("application/yaml"),
-            ResourceTemplate::new("grant://{grant_id}", "access grant")
-                .with_description(
-                    "A grant: terms, usage, liveness and its W3C ODRL agreement (JSON); updated when revoked",
-                )
-                .with_mime_type("application/json"),
-            ResourceTemplate::new("request://{request_id}", "access request")
-                .with_description(
-                    "One of your access requests: state, outcome and history (JSON, as access_status); updated \
-                     when an owner decides it",
-                )
-                .with_mime_type("application/json"),
-        ]))
+        Ok(resource_templates())
     }
 
     async fn read_resource(
@@ -495,64 +378,6 @@ impl ServerHandler for ParleyServer {
         request: ReadResourceRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let principal = self.principal(&ctx);
-        let uri = request.uri.clone();
-        if let Some(id) = uri.strip_prefix(REQUEST_SCHEME) {
-            let status = self
-                .app
-                .gate
-                .run(&principal, "resources/read", None, async |c| {
-                    self.request_resource(c, id).await
-                })
-                .await
-                .map_err(|e| ErrorData::resource_not_found(e, None))?;
-            return Ok(ReadResourceResult::new(vec![
-                ResourceContents::text(
-                    serde_json::to_string_pretty(&status).unwrap_or_default(),
-                    request.uri,
-                )
-                .with_mime_type("application/json"),
-            ])
-            .into());
-        }
-        if let Some(id) = uri.strip_prefix(GRANT_SCHEME) {
-            let grant = self
-                .app
-                .gate
-                .run(&principal, "resources/read", None, async |c| {
-                    self.grant_resource(c, id).await
-                })
-                .await
-                .map_err(|e| ErrorData::resource_not_found(e, None))?;
-            return Ok(ReadResourceResult::new(vec![
-                ResourceContents::text(
-                    serde_json::to_string_pretty(&grant).unwrap_or_default(),
-                    request.uri,
-                )
-                .with_mime_type("application/json"),
-            ])
-            .into());
-        }
-        let table = uri
-            .strip_prefix(CONTRACT_SCHEME)
-            .map(|rest| rest.replace('/', "."))
-            .unwrap_or_else(|| uri.clone());
-        let yaml = self
-            .app
-            .gate
-            .run(&principal, "resources/read", None, async |c| {
-                if !uri.starts_with(CONTRACT_SCHEME) {
-                    return Err(ToolError::BadRequest(format!(
-                        "unknown resource {uri}; resources are contract://{{namespace}}/{{table}}"
-                    )));
-                }
-                self.do_get_contract(c, &table).await.map(|r| r.yaml)
-            })
-            .await
-            .map_err(|e| ErrorData::resource_not_found(e, None))?;
-        Ok(ReadResourceResult::new(vec![
-            ResourceContents::text(yaml, request.uri).with_mime_type("application/yaml"),
-        ])
-        .into())
+        self.read(request, &ctx).await
     }
 }

@@ -170,7 +170,7 @@ impl ParleyServer {
                 .purposes
                 .get(&request.purpose)
                 .and_then(|p| p.acknowledgement.clone()),
-            resource_uri: format!("{}{}", super::REQUEST_SCHEME, request.id),
+            resource_uri: format!("{}{}", super::resources::REQUEST_SCHEME, request.id),
         }
     }
 

@@ -305,7 +305,7 @@ impl ParleyServer {
             });
         }
         let request = &stored.request;
-        let resource = format!("{}{}", super::REQUEST_SCHEME, request.id);
+        let resource = format!("{}{}", super::resources::REQUEST_SCHEME, request.id);
         let tables = TableName::join(&request.tables, ", ");
         if !args.approve {
             self.transition(&args.request_id, State::Terminated, &who, &args.reason)
@@ -504,7 +504,7 @@ impl ParleyServer {
                 changes.join("; ")
             ),
         });
-        let resource = format!("{}{}", super::REQUEST_SCHEME, request.id);
+        let resource = format!("{}{}", super::resources::REQUEST_SCHEME, request.id);
         Ok(Decided {
             done: DoneResult {
                 message: format!(
@@ -570,7 +570,7 @@ impl ParleyServer {
         });
         let notice = self.notice(
             grant.principal(),
-            format!("{}{}", super::GRANT_SCHEME, grant.id()),
+            format!("{}{}", super::resources::GRANT_SCHEME, grant.id()),
             data,
         );
         Ok(Decided {

@@ -1,0 +1,66 @@
+//! The prompts: `explore_dataset(topic)` and `answer_with_data(question, purpose)`, their texts in `prompts/*.md`;
+//! getting one is audited like every other request.
+
+use super::*;
+
+/// Arguments of the `explore_dataset` prompt.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ExploreArgs {
+    /// What data you are looking for, e.g. "late deliveries".
+    pub topic: String,
+}
+
+/// Arguments of the `answer_with_data` prompt.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct AnswerArgs {
+    /// The question to answer.
+    pub question: String,
+    /// Why the answer is needed (checked against each contract's allowed purposes).
+    #[serde(default)]
+    pub purpose: Option<String>,
+}
+
+fn fill(template: &str, vars: &[(&str, &str)]) -> String {
+    vars.iter().fold(template.to_string(), |t, (k, v)| {
+        t.replace(&format!("{{{{{k}}}}}"), v)
+    })
+}
+
+#[prompt_router(vis = "pub(super)")]
+impl ParleyServer {
+    /// Explore what data exists about a topic: find tables, read their schemas and contracts.
+    #[prompt(name = "explore_dataset")]
+    async fn explore_dataset(
+        &self,
+        Parameters(a): Parameters<ExploreArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Vec<PromptMessage>, ErrorData> {
+        self.audited(&ctx, "prompts/get", "explore_dataset").await?;
+        Ok(vec![PromptMessage::new_text(
+            Role::User,
+            fill(
+                include_str!("../../prompts/explore_dataset.md"),
+                &[("topic", &a.topic)],
+            ),
+        )])
+    }
+
+    /// Answer a question with data: find the tables, check the contracts, run the smallest query, cite snapshots.
+    #[prompt(name = "answer_with_data")]
+    async fn answer_with_data(
+        &self,
+        Parameters(a): Parameters<AnswerArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Vec<PromptMessage>, ErrorData> {
+        self.audited(&ctx, "prompts/get", "answer_with_data")
+            .await?;
+        let purpose = a.purpose.unwrap_or_else(|| "not stated".to_string());
+        Ok(vec![PromptMessage::new_text(
+            Role::User,
+            fill(
+                include_str!("../../prompts/answer_with_data.md"),
+                &[("question", &a.question), ("purpose", &purpose)],
+            ),
+        )])
+    }
+}
