@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 
 use super::store::{NegotiationStore, StoreError, StoredRequest};
 use super::{
-    AccessRequest, Evaluator, Grant, Outcome, State, Terms, TermsPolicy, contract_versions,
-    fit_policy,
+    AccessRequest, Evaluator, Grant, Outcome, State, Terms, TermsPolicy, Unusable, Usage,
+    contract_versions, fit_policy,
 };
 use crate::catalog::{Lakehouse, TableName};
 
@@ -303,6 +303,46 @@ impl<'a> Negotiations<'a> {
         Ok(offer.stored)
     }
 
+    /// A query under `grant` is about to run: it is counted against the grant's quotas in one atomic step, so
+    /// concurrent queries cannot overshoot them. `Err(Unusable::QuotaUsed)` when a quota is used up (nothing is
+    /// counted), saying which from the grant as it stands now.
+    pub async fn start_query(&self, grant: &Grant) -> Result<Result<(), Unusable>, FlowError> {
+        let terms = grant.terms();
+        let counted = self
+            .store
+            .reserve_query(grant.id(), terms.max_queries, terms.max_rows)
+            .await?;
+        if counted.is_some() {
+            return Ok(Ok(()));
+        }
+        let now = self.store.get_grant(grant.id()).await?;
+        let why = now
+            .as_ref()
+            .unwrap_or(grant)
+            .quota_exhausted()
+            .unwrap_or_else(|| format!("grant {} has no quota left", grant.id()));
+        Ok(Err(Unusable::QuotaUsed(why)))
+    }
+
+    /// A query under `grant` ran and would return `rows`: a revocation or an expiry that happened meanwhile wins
+    /// (`Err(Unusable::Revoked | Expired)`, and no row may leave); otherwise the rows are counted and the grant's
+    /// usage returned.
+    pub async fn end_query(
+        &self,
+        grant: &Grant,
+        rows: u64,
+    ) -> Result<Result<Usage, Unusable>, FlowError> {
+        match self.store.get_grant(grant.id()).await? {
+            Some(now) if now.revoked_at().is_some() => return Ok(Err(Unusable::Revoked)),
+            Some(now) if !now.is_live(self.now) => {
+                return Ok(Err(Unusable::Expired(now.terms().expires_at)));
+            }
+            Some(_) => {}
+            None => return Ok(Err(Unusable::Revoked)),
+        }
+        Ok(Ok(self.store.add_rows(grant.id(), rows).await?))
+    }
+
     /// Revokes grant `id` (the caller's right to was decided by the gate).
     pub async fn revoke(&self, id: &str, by: &str, why: &str) -> Result<(), FlowError> {
         self.store.revoke_grant(id, by, why).await?;
@@ -549,5 +589,71 @@ mod tests {
         assert_eq!(denied.outcome.kind(), "denied");
         assert!(denied.grant.is_none());
         assert_eq!(store.grants_for_principal("agent").await.unwrap().len(), 2);
+    }
+
+    /// A query under a grant: counted before it runs (never past a quota), and its rows withheld when the grant
+    /// was revoked or ended while it ran.
+    #[tokio::test]
+    async fn queries_under_a_grant_are_metered_and_a_revocation_meanwhile_wins() {
+        let store = SqliteStore::open_in_memory().await.unwrap();
+        let now = Utc::now();
+        let (request, mut terms) = offered(&store, now).await;
+        terms.max_queries = Some(1);
+        let flows = Negotiations::new(&store, &NoContracts, now);
+        let grant = flows.grant(&request, terms, vec![]).await.unwrap();
+
+        assert_eq!(flows.start_query(&grant).await.unwrap(), Ok(()));
+        let usage = flows.end_query(&grant, 7).await.unwrap().unwrap();
+        assert_eq!((usage.queries, usage.rows), (1, 7));
+        // The quota is used: refused, saying which, and nothing more is counted.
+        let Err(Unusable::QuotaUsed(why)) = flows.start_query(&grant).await.unwrap() else {
+            panic!("a second query passed a one-query quota");
+        };
+        assert!(why.contains("allows 1 queries"), "{why}");
+        let stored = store.get_grant(grant.id()).await.unwrap().unwrap();
+        assert_eq!(stored.usage().queries, 1);
+
+        // Revoked while a query ran: its rows do not leave, and are not counted.
+        flows
+            .revoke(grant.id(), "owner", "purpose ended")
+            .await
+            .unwrap();
+        assert_eq!(
+            flows.end_query(&grant, 5).await.unwrap(),
+            Err(Unusable::Revoked)
+        );
+        // Ended while a query ran: the same, seen from a clock past the term.
+        let later = Negotiations::new(&store, &NoContracts, now + chrono::Duration::days(31));
+        let (request2, terms2) = {
+            let mut r = request.clone();
+            r.id = "req-2".to_string();
+            store
+                .save_request(
+                    &r,
+                    State::Finalized,
+                    &Outcome::Denied {
+                        reason: String::new(),
+                        acceptable: None,
+                    },
+                )
+                .await
+                .unwrap();
+            (r, grant.terms().clone())
+        };
+        let g2 = flows.grant(&request2, terms2, vec![]).await.unwrap();
+        assert!(matches!(
+            later.end_query(&g2, 1).await.unwrap(),
+            Err(Unusable::Expired(_))
+        ));
+        assert_eq!(
+            store
+                .get_grant(g2.id())
+                .await
+                .unwrap()
+                .unwrap()
+                .usage()
+                .rows,
+            0
+        );
     }
 }

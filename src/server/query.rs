@@ -259,26 +259,14 @@ impl ParleyServer {
                 source: TableSource::Iceberg(table),
             });
         }
-        if let Some(g) = &grant {
-            // Count the query against the grant's quotas atomically before it runs: concurrent queries cannot
-            // overshoot a quota.
-            let reserved = self
-                .app
-                .store
-                .reserve_query(g.id(), g.terms().max_queries, g.terms().max_rows)
-                .await
-                .map_err(internal)?;
-            if reserved.is_none() {
-                let mut now = g.clone();
-                if let Some(fresh) = self.app.store.get_grant(g.id()).await.map_err(internal)? {
-                    now = fresh;
-                }
-                return Err(ToolError::Limit(format!(
-                    "quota exceeded: {}",
-                    now.quota_exhausted()
-                        .unwrap_or_else(|| format!("grant {} has no quota left", g.id()))
-                )));
-            }
+        if let Some(g) = &grant
+            && let Err(used) = self.flows().start_query(g).await?
+        {
+            let why = match used {
+                crate::negotiation::Unusable::QuotaUsed(why) => why,
+                _ => format!("grant {} has no quota left", g.id()),
+            };
+            return Err(ToolError::Limit(format!("quota exceeded: {why}")));
         }
         progress.report(2, 3, "running the query".to_string()).await;
         let result = crate::query::execute(
@@ -293,28 +281,18 @@ impl ParleyServer {
         .map_err(query_error)?;
         if let Some(g) = &grant {
             // A revocation acknowledged while the query ran wins: no rows leave after it.
-            let still_live = self
-                .app
-                .store
-                .get_grant(g.id())
-                .await
-                .map_err(internal)?
-                .is_some_and(|g| g.is_live(self.app.clock.now()));
-            if !still_live {
-                return Err(ToolError::Denied {
-                    reason: format!(
-                        "grant {} was revoked or expired while the query ran",
-                        g.id()
-                    ),
-                    next_step: "request_access again".to_string(),
-                });
-            }
-            let usage = self
-                .app
-                .store
-                .add_rows(g.id(), result.row_count as u64)
-                .await
-                .map_err(internal)?;
+            let usage = match self.flows().end_query(g, result.row_count as u64).await? {
+                Ok(usage) => usage,
+                Err(_) => {
+                    return Err(ToolError::Denied {
+                        reason: format!(
+                            "grant {} was revoked or expired while the query ran",
+                            g.id()
+                        ),
+                        next_step: "request_access again".to_string(),
+                    });
+                }
+            };
             checked.note(
                 Action::Query,
                 &TableName::join(&g.terms().tables, ","),
