@@ -283,6 +283,17 @@ fn jsonrpc_error(status: StatusCode, message: &[u8], code: i64, text: String) ->
     }
 }
 
+/// The MCP endpoint without bearer tokens, for `serve --http <loopback> --principal NAME`: every request acts as
+/// the server's local principal (the transport adds none, so the server's `LocalIdentity` answers).
+pub fn local_router<S>(mcp: S) -> Router
+where
+    S: tower_service::Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Response: IntoResponse,
+    S::Future: Send + 'static,
+{
+    Router::new().nest_service("/mcp", mcp)
+}
+
 /// The HTTP app: `mcp` (the MCP service) at `/mcp` behind token checks, plus the protected-resource metadata.
 pub fn router<S>(mcp: S, auth: Arc<HttpAuth>) -> Router
 where

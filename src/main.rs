@@ -57,7 +57,8 @@ enum Command {
         #[arg(long)]
         http: Option<SocketAddr>,
         /// Principal the caller acts as on stdio [env: PARLEY_PRINCIPAL; default: analyst]. Over HTTP the
-        /// principal comes from each request's bearer token.
+        /// principal comes from each request's bearer token; with --http and --principal both given, HTTP is
+        /// served without tokens as this principal, on a loopback address only.
         #[arg(long)]
         principal: Option<String>,
         /// Trust tokens minted by `parley token` (a signing key kept in the data dir). For local use only.
@@ -227,14 +228,38 @@ async fn run() -> Result<()> {
             principal,
             dev_issuer,
         } => {
+            let local_http = http.is_some() && principal.is_some();
             if let Some(p) = principal {
                 config.principal = p;
             }
             match http {
                 None => serve_stdio(build_app(&dir, config, false).await?).await,
+                // Token-less local mode: every HTTP caller acts as the named principal, so it is served on
+                // loopback only (clients that cannot do OAuth, the MCP conformance suite).
+                Some(addr) if local_http => {
+                    if !addr.ip().is_loopback() {
+                        anyhow::bail!(
+                            "--principal with --http serves without tokens, as {:?}, so it listens on loopback \
+                             only; {addr} is not a loopback address. Use 127.0.0.1 or [::1], or drop --principal \
+                             and let callers bring tokens",
+                            config.principal
+                        );
+                    }
+                    if dev_issuer {
+                        anyhow::bail!(
+                            "--dev-issuer has no use with --principal: without tokens, every caller is {:?}",
+                            config.principal
+                        );
+                    }
+                    tracing::warn!(
+                        principal = %config.principal,
+                        "serving HTTP without tokens: every caller on this machine acts as this principal"
+                    );
+                    serve_http(build_app(&dir, config, false).await?, addr, None).await
+                }
                 Some(addr) => {
                     let validator = token_validator(&dir, &config, dev_issuer)?;
-                    serve_http(build_app(&dir, config, true).await?, addr, validator).await
+                    serve_http(build_app(&dir, config, true).await?, addr, Some(validator)).await
                 }
             }
         }
@@ -696,7 +721,11 @@ async fn serve_stdio(app: Arc<App>) -> Result<()> {
     Ok(())
 }
 
-async fn serve_http(app: Arc<App>, addr: SocketAddr, validator: JwtValidator) -> Result<()> {
+async fn serve_http(
+    app: Arc<App>,
+    addr: SocketAddr,
+    validator: Option<JwtValidator>,
+) -> Result<()> {
     let ct = CancellationToken::new();
     // DNS-rebinding protection for a loopback server; a server bound elsewhere is reached by names we cannot
     // know and relies on its bearer tokens.
@@ -719,7 +748,12 @@ async fn serve_http(app: Arc<App>, addr: SocketAddr, validator: JwtValidator) ->
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let resource = format!("http://{}/mcp", listener.local_addr()?);
-    let router = parley::http::router(service, Arc::new(HttpAuth::new(validator, &resource)));
+    let router = match validator {
+        Some(validator) => {
+            parley::http::router(service, Arc::new(HttpAuth::new(validator, &resource)))
+        }
+        None => parley::http::local_router(service),
+    };
     tracing::info!(url = %format!("http://{}/mcp", listener.local_addr()?), "serving MCP over streamable HTTP");
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {

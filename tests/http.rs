@@ -123,3 +123,54 @@ async fn tools_work_over_streamable_http_on_two_protocol_versions() {
         "the token's subject is the principal"
     );
 }
+
+/// `serve --http <loopback> --principal NAME`: no tokens, every caller acts as NAME (for clients that cannot do
+/// OAuth and the MCP conformance suite); refused on a non-loopback address.
+#[tokio::test]
+async fn a_local_http_server_acts_as_its_principal_without_tokens() {
+    let lake = Lake::new();
+    let (mut child, url) = start(&lake, &["--principal", "marketing-agent"]).await;
+    let transport = StreamableHttpClientTransport::from_uri(url.clone());
+    let client = ().serve(transport).await.expect("initialize without a token");
+    let r = ok(&call(&client, "list_tables", json!({})).await);
+    let tables: Vec<&str> = r["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["table"].as_str().unwrap())
+        .collect();
+    // marketing-agent's view (the sales namespace only), not analyst's or nobody's.
+    assert!(!tables.is_empty(), "{r}");
+    assert!(tables.iter().all(|t| t.starts_with("sales.")), "{tables:?}");
+    client.cancel().await.unwrap();
+    let audit = lake.audit();
+    let last = audit.last().unwrap();
+    assert_eq!(last["principal"], "marketing-agent", "{last}");
+    child.kill().await.unwrap();
+
+    for bad in [
+        vec!["--http", "0.0.0.0:0", "--principal", "analyst"],
+        vec![
+            "--http",
+            "127.0.0.1:0",
+            "--principal",
+            "analyst",
+            "--dev-issuer",
+        ],
+    ] {
+        let out = lake
+            .command()
+            .arg("serve")
+            .args(&bad)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("loopback") || err.contains("--dev-issuer"),
+            "{bad:?}: {err}"
+        );
+    }
+}
