@@ -14,9 +14,10 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, JsonObject, ListResourceTemplatesResult,
-    ListResourcesResult, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
-    PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    CallToolResult, CompleteRequestParams, CompleteResult, CompletionInfo, ContentBlock,
+    Implementation, JsonObject, ListResourceTemplatesResult, ListResourcesResult,
+    PaginatedRequestParams, ProgressNotificationParam, ProgressToken, PromptMessage,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference,
     Resource as McpResource, ResourceContents, ResourceTemplate, Role, ServerCapabilities,
     ServerConfig, SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
 };
@@ -151,6 +152,42 @@ fn stated_purpose(args: &JsonObject) -> Option<String> {
 }
 
 impl ParleyServer {
+    /// The values completing `request`'s argument, those starting with what was typed (case-insensitive).
+    async fn completions(
+        &self,
+        checked: &Checked<'_>,
+        request: &CompleteRequestParams,
+    ) -> Result<Vec<String>, ToolError> {
+        let typed = request.argument.value.to_lowercase();
+        let candidates: Vec<String> = match (&request.r#ref, request.argument.name.as_str()) {
+            (Reference::Prompt(p), "purpose") if p.name == "answer_with_data" => {
+                self.app.purposes.ids().map(str::to_string).collect()
+            }
+            (Reference::Resource(r), "namespace") if r.uri.starts_with("contract://") => self
+                .discoverable(checked)
+                .await?
+                .namespaces()
+                .map(str::to_string)
+                .collect(),
+            (Reference::Resource(r), "table") if r.uri.starts_with("contract://") => {
+                let namespace = request
+                    .context
+                    .as_ref()
+                    .and_then(|c| c.arguments.as_ref())
+                    .and_then(|a| a.get("namespace"))
+                    .cloned();
+                let discovered = self.discoverable(checked).await?;
+                let (_, tables) = discovered.page(namespace.as_deref(), None, 0, usize::MAX);
+                tables.iter().map(|t| t.name.name.clone()).collect()
+            }
+            _ => Vec::new(),
+        };
+        Ok(candidates
+            .into_iter()
+            .filter(|v| v.to_lowercase().starts_with(&typed))
+            .collect())
+    }
+
     /// The one way a tool runs: the caller's principal, then the gate — `body` gets the parsed arguments and acts
     /// under the caller's checked decisions, the gate writes the audit record — and `render` makes the reply
     /// while the record is made durable; the reply is returned only once it is. Errors are the agent-facing
@@ -254,6 +291,7 @@ impl ServerHandler for ParleyServer {
                 .enable_resources()
                 .enable_resources_subscribe()
                 .enable_prompts()
+                .enable_completions()
                 .build(),
         )
         .with_server_info(Implementation::new("parley", env!("CARGO_PKG_VERSION")))
@@ -363,6 +401,38 @@ impl ServerHandler for ParleyServer {
         context.cancelled().await;
         self.app.sessions.detach_listen(&principal.id, id);
         Ok(())
+    }
+
+    /// Completions for prompt and resource-template arguments, from what the caller may see: purposes for
+    /// `answer_with_data`'s `purpose`, the caller's discoverable namespaces and tables for `contract://`.
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let principal = self.principal(&ctx);
+        let values = self
+            .app
+            .gate
+            .run(&principal, "completion/complete", None, async |c| {
+                c.note(
+                    Action::Discover,
+                    "*",
+                    format!("completion of {}", request.argument.name),
+                );
+                self.completions(c, &request).await
+            })
+            .await
+            .map_err(|e| ErrorData::internal_error(e, None))?;
+        let total = values.len();
+        let shown: Vec<String> = values
+            .into_iter()
+            .take(CompletionInfo::MAX_VALUES)
+            .collect();
+        let has_more = total > shown.len();
+        let info = CompletionInfo::with_pagination(shown, u32::try_from(total).ok(), has_more)
+            .map_err(|e| ErrorData::internal_error(e, None))?;
+        Ok(CompleteResult::new(info))
     }
 
     async fn list_resource_templates(

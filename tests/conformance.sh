@@ -28,7 +28,7 @@ for _ in $(seq 1 100); do
 done
 
 failed=0
-for scenario in server-initialize ping logging-set-level tools-list resources-list prompts-list \
+for scenario in server-initialize ping logging-set-level completion-complete tools-list resources-list prompts-list \
     server-sse-multiple-streams dns-rebinding-protection; do
     if PATH="$(dirname "$node"):$PATH" "$node" "$suite" server --url "http://127.0.0.1:$port/mcp" \
         --scenario "$scenario" > "$data/$scenario.out" 2>&1; then

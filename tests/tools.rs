@@ -492,3 +492,63 @@ async fn sql_cannot_reach_around_the_policy() {
     }
     client.cancel().await.unwrap();
 }
+
+/// `completion/complete`: purposes for `answer_with_data`, and for `contract://` only the namespaces and tables
+/// the caller may discover; audited like every request.
+#[tokio::test]
+async fn completions_offer_only_what_the_caller_may_see() {
+    let lake = Lake::new();
+    let analyst = lake.connect("analyst", &[]).await;
+    let ns = analyst
+        .complete_resource_argument("contract://{namespace}/{table}", "namespace", "", None)
+        .await
+        .unwrap();
+    assert_eq!(ns.values, vec!["ops", "sales"]);
+    let purpose = analyst
+        .complete_prompt_argument("answer_with_data", "purpose", "CHURN", None)
+        .await
+        .unwrap();
+    assert_eq!(purpose.values, vec!["churn_analysis"]);
+    analyst.cancel().await.unwrap();
+
+    let marketing = lake.connect("marketing-agent", &[]).await;
+    let ns = marketing
+        .complete_resource_argument("contract://{namespace}/{table}", "namespace", "", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        ns.values,
+        vec!["sales"],
+        "ops is not discoverable for marketing"
+    );
+    let mut args = std::collections::HashMap::new();
+    args.insert("namespace".to_string(), "sales".to_string());
+    let tables = marketing
+        .complete_resource_argument(
+            "contract://{namespace}/{table}",
+            "table",
+            "c",
+            Some(rmcp::model::CompletionContext::with_arguments(args)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(tables.values, vec!["customers"]);
+    let mut args = std::collections::HashMap::new();
+    args.insert("namespace".to_string(), "ops".to_string());
+    let hidden = marketing
+        .complete_resource_argument(
+            "contract://{namespace}/{table}",
+            "table",
+            "",
+            Some(rmcp::model::CompletionContext::with_arguments(args)),
+        )
+        .await
+        .unwrap();
+    assert!(hidden.values.is_empty(), "{:?}", hidden.values);
+    marketing.cancel().await.unwrap();
+    assert!(
+        lake.audit()
+            .iter()
+            .any(|r| r["tool"] == "completion/complete" && r["principal"] == "marketing-agent")
+    );
+}

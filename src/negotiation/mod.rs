@@ -903,6 +903,12 @@ impl Purposes {
     }
 
     /// The purpose with this id.
+    /// The registered purpose ids, sorted.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.by_id.keys().map(String::as_str)
+    }
+
+    /// The registered purpose with this id.
     pub fn get(&self, id: &str) -> Option<&Purpose> {
         self.by_id.get(&id.trim().to_lowercase())
     }

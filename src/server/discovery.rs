@@ -61,6 +61,11 @@ impl Discovered {
         }
     }
 
+    /// The namespaces of the tables, sorted.
+    pub fn namespaces(&self) -> impl Iterator<Item = &str> {
+        self.namespaces.iter().map(|(ns, _)| ns.as_str())
+    }
+
     /// The tables in `namespace` (when given) whose search text contains `filter` (case-insensitive, when
     /// given): how many there are, and the `limit` of them after the first `offset`.
     pub fn page(
