@@ -20,6 +20,15 @@ pub(super) fn changes(uri: &str) -> bool {
 /// Most resources one `subscriptions/listen` stream may follow.
 pub(super) const MAX_LISTEN_URIS: usize = 1000;
 
+/// A resource read's answer: `value` as pretty JSON.
+fn json_contents<T: Serialize>(value: &T, uri: String) -> ReadResourceResponse {
+    ReadResourceResult::new(vec![
+        ResourceContents::text(serde_json::to_string_pretty(value).unwrap_or_default(), uri)
+            .with_mime_type("application/json"),
+    ])
+    .into()
+}
+
 /// The resource templates.
 pub(super) fn resource_templates() -> ListResourceTemplatesResult {
     ListResourceTemplatesResult::with_all_items(vec![
@@ -92,14 +101,7 @@ impl ParleyServer {
                 })
                 .await
                 .map_err(|e| ErrorData::resource_not_found(e, None))?;
-            return Ok(ReadResourceResult::new(vec![
-                ResourceContents::text(
-                    serde_json::to_string_pretty(&status).unwrap_or_default(),
-                    request.uri,
-                )
-                .with_mime_type("application/json"),
-            ])
-            .into());
+            return Ok(json_contents(&status, request.uri));
         }
         if let Some(id) = uri.strip_prefix(GRANT_SCHEME) {
             let grant = self
@@ -110,14 +112,7 @@ impl ParleyServer {
                 })
                 .await
                 .map_err(|e| ErrorData::resource_not_found(e, None))?;
-            return Ok(ReadResourceResult::new(vec![
-                ResourceContents::text(
-                    serde_json::to_string_pretty(&grant).unwrap_or_default(),
-                    request.uri,
-                )
-                .with_mime_type("application/json"),
-            ])
-            .into());
+            return Ok(json_contents(&grant, request.uri));
         }
         let table = uri
             .strip_prefix(CONTRACT_SCHEME)
