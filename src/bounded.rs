@@ -1160,7 +1160,11 @@ mod tests {
     use std::sync::Arc;
 
     async fn run(sql: &str) -> Result<Vec<Vec<serde_json::Value>>, String> {
-        let engine = Engine::new(&QueryLimits::default(), "parley").unwrap();
+        let engine = Engine::new(
+            &QueryLimits::default(),
+            crate::query::Naming::Single("parley".into()),
+        )
+        .unwrap();
         run_on(&engine, 10_000, sql).await
     }
 
@@ -1174,7 +1178,7 @@ mod tests {
         let batch =
             RecordBatch::try_from_iter([("id", Arc::new(Int64Array::from(ids)) as ArrayRef)])
                 .unwrap();
-        let prepared = prepare(sql, engine.limits(), "parley").map_err(|e| e.to_string())?;
+        let prepared = prepare(sql, engine.limits(), engine.naming()).map_err(|e| e.to_string())?;
         let tables = vec![ReadableTable {
             name: TableName::parse("s.t").unwrap(),
             source: TableSource::Rows(batch),
@@ -1183,7 +1187,6 @@ mod tests {
             prepared,
             tables,
             engine,
-            "parley",
             10,
             tokio_util::sync::CancellationToken::new(),
         )
@@ -1228,7 +1231,7 @@ mod tests {
             memory_bytes: 256 << 20,
             ..QueryLimits::default()
         };
-        Engine::new(&limits, "parley").unwrap()
+        Engine::new(&limits, crate::query::Naming::Single("parley".into())).unwrap()
     }
 
     #[tokio::test]

@@ -14,8 +14,12 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Principal the local (stdio) caller acts as. Env: `PARLEY_PRINCIPAL`. Default: `analyst`.
     pub principal: String,
-    /// Name of the Iceberg catalog (the `catalog_name` column of the SQL catalog). Default: `parley`.
+    /// Name of the embedded Iceberg SQL catalog (the `catalog_name` column of its SQLite file), used when no
+    /// `[[catalogs]]` are configured. Default: `parley`.
     pub catalog_name: String,
+    /// The catalogs Parley governs. None: the embedded SQL catalog in the data dir (the demo lakehouse). With
+    /// one, agents name tables `namespace.table`; with several, `catalog.namespace.table`.
+    pub catalogs: Vec<CatalogSettings>,
     /// Bounds applied to every `query` call.
     pub query: QueryLimits,
     /// Page size of `list_tables` when the caller gives none. Default: 50.
@@ -29,6 +33,94 @@ pub struct Config {
     pub auth: AuthSettings,
     /// Access negotiation.
     pub negotiation: NegotiationSettings,
+}
+
+/// One catalog Parley governs (`[[catalogs]]` in parley.toml).
+///
+/// Every key besides `name` and `type` is a catalog property, named as Iceberg's own clients name them so a
+/// user copies them from a Spark or pyiceberg configuration: for `rest`, `uri`, `warehouse`, `credential`
+/// (`client_id:client_secret`, OAuth2 client credentials), `token`, `scope`, `oauth2-server-uri`, `audience`,
+/// `resource`, `prefix`, `header.<name>` and storage properties (`s3.*`, `client.*`); for `sql`, `uri` (a
+/// `sqlite:` URL) and `warehouse`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogSettings {
+    /// The catalog's name: the first part of table names when several catalogs are configured.
+    pub name: String,
+    /// `rest` (an Iceberg REST catalog) or `sql` (an Iceberg SQL catalog on SQLite).
+    #[serde(rename = "type")]
+    pub kind: CatalogKind,
+    /// Catalog properties.
+    #[serde(flatten)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// The kinds of catalog Parley reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatalogKind {
+    /// An Iceberg REST catalog (Lakekeeper, Polaris, Gravitino, Nessie, Unity, S3 Tables, ...).
+    Rest,
+    /// An Iceberg SQL catalog on SQLite (pyiceberg's `SqlCatalog`), like the embedded one.
+    Sql,
+}
+
+impl CatalogSettings {
+    /// Properties a catalog of this kind understands, exactly or by prefix; a key outside them is refused, so a
+    /// typo (`credentials`) is said at start-up rather than ignored.
+    fn check(&self) -> Result<(), String> {
+        const REST: [&str; 10] = [
+            "uri",
+            "warehouse",
+            "credential",
+            "token",
+            "scope",
+            "oauth2-server-uri",
+            "audience",
+            "resource",
+            "prefix",
+            "disable-header-redaction",
+        ];
+        const REST_PREFIXES: [&str; 5] = ["header.", "s3.", "client.", "gcs.", "adls."];
+        const SQL: [&str; 2] = ["uri", "warehouse"];
+        let name_ok = !self.name.is_empty()
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !name_ok {
+            return Err(format!(
+                "catalog name {:?} must be non-empty ASCII letters, digits, '_' or '-' (it becomes the first part \
+                 of table names)",
+                self.name
+            ));
+        }
+        let (known, prefixes): (&[&str], &[&str]) = match self.kind {
+            CatalogKind::Rest => (&REST, &REST_PREFIXES),
+            CatalogKind::Sql => (&SQL, &[]),
+        };
+        for key in self.properties.keys() {
+            if !known.contains(&key.as_str()) && !prefixes.iter().any(|p| key.starts_with(p)) {
+                let mut all: Vec<String> = known.iter().map(|k| k.to_string()).collect();
+                all.extend(prefixes.iter().map(|p| format!("{p}*")));
+                return Err(format!(
+                    "catalog {:?}: unknown property {key:?}; a {} catalog takes {}",
+                    self.name,
+                    match self.kind {
+                        CatalogKind::Rest => "rest",
+                        CatalogKind::Sql => "sql",
+                    },
+                    all.join(", ")
+                ));
+            }
+        }
+        if self.kind == CatalogKind::Rest && !self.properties.contains_key("uri") {
+            return Err(format!(
+                "catalog {:?}: a rest catalog needs `uri`, the catalog's base URL (without /v1)",
+                self.name
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Access-negotiation settings.
@@ -182,6 +274,7 @@ impl Default for Config {
         Config {
             principal: "analyst".to_string(),
             catalog_name: "parley".to_string(),
+            catalogs: Vec::new(),
             query: QueryLimits::default(),
             list_page_size: 50,
             catalog_cache_ttl_ms: 2000,
@@ -246,15 +339,37 @@ impl Config {
                     path: path.clone(),
                     source,
                 })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
                     path: path.clone(),
                     message: e.to_string(),
-                })?
+                })?;
+                config
+                    .check_catalogs()
+                    .map_err(|message| ConfigError::Parse {
+                        path: path.clone(),
+                        message,
+                    })?;
+                config
             }
             None => Config::default(),
         };
         config.apply_env(|k| std::env::var(k).ok())?;
         Ok(config)
+    }
+
+    /// Refuses catalogs that cannot work: unknown properties, a REST catalog without `uri`, two with one name.
+    pub fn check_catalogs(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        for catalog in &self.catalogs {
+            catalog.check()?;
+            if !names.insert(catalog.name.as_str()) {
+                return Err(format!(
+                    "two [[catalogs]] are named {:?}; names must be unique",
+                    catalog.name
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Applies `PARLEY_*` overrides read through `get` (a function so tests need not touch the process env).
@@ -368,5 +483,52 @@ mod tests {
     fn unknown_config_key_is_rejected() {
         let err = toml::from_str::<Config>("princpal = \"x\"").unwrap_err();
         assert!(err.to_string().contains("princpal"), "{err}");
+    }
+
+    #[test]
+    fn catalogs_take_iceberg_property_names_and_refuse_typos() {
+        let config: Config = toml::from_str(
+            r#"
+            [[catalogs]]
+            name = "lake"
+            type = "rest"
+            uri = "http://127.0.0.1:8181"
+            credential = "parley:secret"
+            "header.X-Iceberg-Access-Delegation" = "vended-credentials"
+
+            [[catalogs]]
+            name = "local"
+            type = "sql"
+            "#,
+        )
+        .unwrap();
+        config.check_catalogs().unwrap();
+        assert_eq!(config.catalogs[0].kind, CatalogKind::Rest);
+        assert_eq!(config.catalogs[0].properties["credential"], "parley:secret");
+        assert_eq!(config.catalogs[1].kind, CatalogKind::Sql);
+
+        let refused = |text: &str| {
+            toml::from_str::<Config>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.check_catalogs())
+                .unwrap_err()
+        };
+        let typo = refused(
+            "[[catalogs]]\nname = \"l\"\ntype = \"rest\"\nuri = \"http://x\"\ncredentials = \"a:b\"",
+        );
+        assert!(
+            typo.contains("unknown property \"credentials\"") && typo.contains("credential,"),
+            "{typo}"
+        );
+        let no_uri = refused("[[catalogs]]\nname = \"l\"\ntype = \"rest\"");
+        assert!(no_uri.contains("needs `uri`"), "{no_uri}");
+        let twice = refused(
+            "[[catalogs]]\nname = \"l\"\ntype = \"sql\"\n[[catalogs]]\nname = \"l\"\ntype = \"sql\"",
+        );
+        assert!(twice.contains("unique"), "{twice}");
+        let dotted = refused("[[catalogs]]\nname = \"a.b\"\ntype = \"sql\"");
+        assert!(dotted.contains("first part"), "{dotted}");
+        let kind = refused("[[catalogs]]\nname = \"a\"\ntype = \"glue\"");
+        assert!(kind.contains("glue"), "{kind}");
     }
 }

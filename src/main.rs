@@ -15,7 +15,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio_util::sync::CancellationToken;
 
 use parley::audit::FileAuditLog;
-use parley::catalog::{Lakehouse, open_sql_catalog};
+use parley::catalog::Lakehouse;
 use parley::config::Config;
 use parley::contracts::ContractStore;
 use parley::demo::{DataDir, InitOutcome};
@@ -516,14 +516,23 @@ fn token_validator(dir: &DataDir, config: &Config, dev_issuer: bool) -> Result<J
 /// Builds the shared application state from the data dir (creating the demo lakehouse when it is new). On
 /// HTTP (`authenticated`), callers are who their tokens say and nobody else.
 async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result<Arc<App>> {
-    match parley::demo::ensure(dir, &config.catalog_name, false).await? {
-        InitOutcome::Created => {
-            tracing::info!(data_dir = %dir.root.display(), "created the demo lakehouse")
+    if config.catalogs.is_empty() {
+        match parley::demo::ensure(dir, &config.catalog_name, false).await? {
+            InitOutcome::Created => {
+                tracing::info!(data_dir = %dir.root.display(), "created the demo lakehouse")
+            }
+            InitOutcome::Repaired => {
+                tracing::info!(data_dir = %dir.root.display(), "repaired the demo lakehouse")
+            }
+            _ => {}
         }
-        InitOutcome::Repaired => {
-            tracing::info!(data_dir = %dir.root.display(), "repaired the demo lakehouse")
-        }
-        _ => {}
+    } else if !dir.policy().join("policy.cedar").exists() {
+        bail!(
+            "parley.toml names catalogs but {} holds no policy yet: run `parley init --data-dir {}` once to write \
+             a starter policy and draft contracts for their tables",
+            dir.root.display(),
+            dir.root.display()
+        );
     }
     let policy = Arc::new(
         ReloadablePolicy::load(&dir.policy()).with_context(|| {
@@ -545,7 +554,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         Some(&dir.audit_anchor()),
     )?);
     let contracts = ContractStore::load(&dir.contracts());
-    let catalog = open_sql_catalog(&dir.catalog_db(), &dir.warehouse(), &config.catalog_name)
+    let opened = parley::catalog::open::open(&config, dir)
         .await
         .context("cannot open the Iceberg catalog")?;
     tracing::info!(
@@ -554,29 +563,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         audit = %audit.path().display(),
         "parley ready"
     );
-    // A lakehouse that shows nothing says why in the log: a catalog name that matches no table, or a principal
-    // the policy does not know.
-    if catalog
-        .list_namespaces(None)
-        .await
-        .is_ok_and(|namespaces| namespaces.is_empty())
-    {
-        let names = parley::catalog::sql_catalog_names(&dir.catalog_db()).await;
-        if names.is_empty() {
-            tracing::warn!(
-                catalog = %config.catalog_name,
-                "the Iceberg catalog holds no tables: agents will see an empty lakehouse"
-            );
-        } else {
-            tracing::warn!(
-                catalog = %config.catalog_name,
-                found = %names.join(", "),
-                "catalog_name matches no namespace in {}; it holds tables under other catalog names: set \
-                 catalog_name in parley.toml to one of them",
-                dir.catalog_db().display()
-            );
-        }
-    }
+    check_catalogs(&config, dir, &opened).await;
     if !authenticated && !policy.knows(&config.principal) {
         tracing::warn!(
             principal = %config.principal,
@@ -591,7 +578,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
     );
     let purposes = parley::negotiation::Purposes::load(&dir.policy().join("purposes.yaml"))
         .map_err(|e| anyhow::anyhow!("cannot load the purpose registry: {e}"))?;
-    let engine = parley::query::Engine::new(&config.query, &config.catalog_name)?;
+    let engine = parley::query::Engine::new(&config.query, opened.naming.clone())?;
     let cache_ttl = std::time::Duration::from_millis(config.catalog_cache_ttl_ms);
     Ok(Arc::new(App {
         discovery: Default::default(),
@@ -606,8 +593,41 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         audit: parley::audit::reader::AuditReader::new(&dir.audit_log()),
         identity,
         gate: Gate::new(policy, audit),
-        lakehouse: Lakehouse::new(catalog, contracts).with_cache_ttl(cache_ttl),
+        lakehouse: Lakehouse::new(opened.catalog, contracts).with_cache_ttl(cache_ttl),
     }))
+}
+
+/// Asks each catalog once at start-up, so a lakehouse that will look empty says why in the log: a catalog that
+/// cannot be reached or refuses Parley's credentials, one that holds nothing, or an embedded catalog name that
+/// matches none of its SQLite file's catalogs. The server starts anyway: a catalog that comes back is served.
+async fn check_catalogs(config: &Config, dir: &DataDir, opened: &parley::catalog::open::Opened) {
+    for (settings, catalog) in &opened.members {
+        match parley::catalog::open::probe(settings, catalog.as_ref()).await {
+            Err(e) => tracing::error!("{e}; agents will not see its tables until it answers"),
+            Ok(0) => {
+                let names = if config.catalogs.is_empty() {
+                    parley::catalog::sql_catalog_names(&dir.catalog_db()).await
+                } else {
+                    Vec::new()
+                };
+                if names.is_empty() {
+                    tracing::warn!(
+                        catalog = %settings.name,
+                        "the Iceberg catalog holds no namespaces: agents will see no tables from it"
+                    );
+                } else {
+                    tracing::warn!(
+                        catalog = %settings.name,
+                        found = %names.join(", "),
+                        "catalog_name matches no namespace in {}; it holds tables under other catalog names: set \
+                         catalog_name in parley.toml to one of them",
+                        dir.catalog_db().display()
+                    );
+                }
+            }
+            Ok(n) => tracing::info!(catalog = %settings.name, namespaces = n, "catalog answered"),
+        }
+    }
 }
 
 /// Reloads the policy on SIGHUP and when its files change (checked every 2 s). A reload that fails is logged

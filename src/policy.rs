@@ -463,20 +463,9 @@ impl CedarPolicy {
         entities.push(Entity::new_no_attrs(lakehouse.clone(), HashSet::new()));
         let resource_uid = match resource {
             Resource::Lakehouse => lakehouse,
-            Resource::Namespace(ns) => {
-                let ns_uid = uid("Namespace", ns);
-                entities.push(Entity::new_no_attrs(
-                    ns_uid.clone(),
-                    HashSet::from([lakehouse]),
-                ));
-                ns_uid
-            }
+            Resource::Namespace(ns) => namespace_entities(ns, lakehouse, &mut entities),
             Resource::Table(t) => {
-                let ns_uid = uid("Namespace", &t.namespace);
-                entities.push(Entity::new_no_attrs(
-                    ns_uid.clone(),
-                    HashSet::from([lakehouse]),
-                ));
+                let ns_uid = namespace_entities(&t.namespace, lakehouse, &mut entities);
                 let table_uid = uid("Table", &t.qualified_name());
                 let set = |items: &[String]| {
                     RestrictedExpression::new_set(
@@ -764,6 +753,19 @@ impl Directory for ReloadablePolicy {
     }
 }
 
+/// Pushes the entities of namespace `ns` (dot-joined) and its ancestors — `a.b.c` in `a.b` in `a` in the
+/// lakehouse — and returns the uid of `ns` itself.
+fn namespace_entities(ns: &str, lakehouse: EntityUid, entities: &mut Vec<Entity>) -> EntityUid {
+    let levels: Vec<&str> = ns.split('.').collect();
+    let mut parent = lakehouse;
+    for depth in 1..=levels.len() {
+        let here = uid("Namespace", &levels[..depth].join("."));
+        entities.push(Entity::new_no_attrs(here.clone(), HashSet::from([parent])));
+        parent = here;
+    }
+    parent
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -968,6 +970,29 @@ mod tests {
             !p.authorize(&m, Action::Query, &customers, &grant(&[], &["email"]))
                 .allowed()
         );
+    }
+
+    #[test]
+    fn a_nested_namespace_is_in_its_parents() {
+        // With several catalogs the catalog is a table's first namespace level: a policy on it covers the lot.
+        let p = CedarPolicy::from_texts(
+            r#"permit (principal, action == Parley::Action::"discover", resource in Parley::Namespace::"lake");"#,
+            Path::new("policy.cedar"),
+            "[]",
+            Path::new("entities.json"),
+        )
+        .unwrap();
+        let who = Principal::new("a", vec![]);
+        let discover = |resource: &Resource| {
+            p.authorize(&who, Action::Discover, resource, &RequestContext::default())
+                .allowed()
+        };
+        assert!(discover(&table("lake.sales", "orders", "o", false)));
+        assert!(discover(&table("lake.sales.eu", "orders", "o", false)));
+        assert!(discover(&Resource::Namespace("lake.sales".into())));
+        assert!(!discover(&table("local.sales", "orders", "o", false)));
+        // A namespace merely starting with the same letters is not inside it.
+        assert!(!discover(&table("lakehouse.sales", "orders", "o", false)));
     }
 
     #[test]

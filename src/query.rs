@@ -38,6 +38,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::TableName;
+pub use crate::catalog::open::Naming;
 use crate::config::QueryLimits;
 pub use crate::governed::{ColumnMask, Governance};
 
@@ -78,11 +79,7 @@ pub struct Prepared {
 }
 
 /// Parses `sql`, refuses everything but a single query, and lists the tables it references.
-pub fn prepare(
-    sql: &str,
-    limits: &QueryLimits,
-    catalog_name: &str,
-) -> Result<Prepared, QueryError> {
+pub fn prepare(sql: &str, limits: &QueryLimits, naming: &Naming) -> Result<Prepared, QueryError> {
     if sql.len() > limits.max_sql_bytes {
         return Err(QueryError::NotAllowed(format!(
             "the SQL text is {} bytes; the limit is {} bytes",
@@ -142,7 +139,7 @@ pub fn prepare(
         .map_err(|e| QueryError::Syntax(strip_df(&e)))?;
     let mut tables = Vec::new();
     for r in refs {
-        let name = table_name_of(&r, catalog_name)?;
+        let name = table_name_of(&r, naming)?;
         if !tables.contains(&name) {
             tables.push(name);
         }
@@ -210,27 +207,81 @@ fn statement_kind(s: &SqlStatement) -> String {
     }
 }
 
-fn table_name_of(r: &TableReference, catalog_name: &str) -> Result<TableName, QueryError> {
-    let hint = "name tables as namespace.table (e.g. sales.orders); list_tables shows them";
-    match r {
-        TableReference::Bare { table } => Err(QueryError::Plan(format!(
-            "{table:?} is not a table you can query: {hint}. Table functions and files are not available."
+fn table_name_of(r: &TableReference, naming: &Naming) -> Result<TableName, QueryError> {
+    let levels = |schema: &str| schema.split('.').map(str::to_string).collect::<Vec<_>>();
+    match (r, naming) {
+        (TableReference::Bare { table }, _) => Err(QueryError::Plan(format!(
+            "{table:?} is not a table you can query: {}. Table functions and files are not available.",
+            naming_hint(naming)
         ))),
-        TableReference::Partial { schema, table } => Ok(TableName {
-            namespace: schema.split('.').map(str::to_string).collect(),
+        (TableReference::Partial { schema, table }, Naming::Single(_)) => Ok(TableName {
+            namespace: levels(schema),
             name: table.to_string(),
         }),
-        TableReference::Full {
-            catalog,
-            schema,
-            table,
-        } if catalog.as_ref() == catalog_name => Ok(TableName {
-            namespace: schema.split('.').map(str::to_string).collect(),
+        (
+            TableReference::Full {
+                catalog,
+                schema,
+                table,
+            },
+            Naming::Single(only),
+        ) if catalog.as_ref() == only => Ok(TableName {
+            namespace: levels(schema),
             name: table.to_string(),
         }),
-        TableReference::Full { catalog, .. } => Err(QueryError::Plan(format!(
-            "unknown catalog {catalog:?}: the only catalog is {catalog_name:?}; {hint}"
+        // With several catalogs, a quoted `"lake.sales".orders` names the catalog too.
+        (TableReference::Partial { schema, table }, Naming::Federated(catalogs))
+            if levels(schema).len() > 1 && catalogs.contains(&levels(schema)[0]) =>
+        {
+            Ok(TableName {
+                namespace: levels(schema),
+                name: table.to_string(),
+            })
+        }
+        (TableReference::Partial { schema, table }, Naming::Federated(_)) => Err(QueryError::Plan(
+            format!("{schema}.{table} names no catalog: {}", naming_hint(naming)),
+        )),
+        (
+            TableReference::Full {
+                catalog,
+                schema,
+                table,
+            },
+            Naming::Federated(catalogs),
+        ) if catalogs.iter().any(|c| c == catalog.as_ref()) => {
+            let mut namespace = vec![catalog.to_string()];
+            namespace.extend(levels(schema));
+            Ok(TableName {
+                namespace,
+                name: table.to_string(),
+            })
+        }
+        (TableReference::Full { catalog, .. }, _) => Err(QueryError::Plan(format!(
+            "unknown catalog {catalog:?}; {}",
+            naming_hint(naming)
         ))),
+    }
+}
+
+/// How to name tables, for errors.
+fn naming_hint(naming: &Naming) -> String {
+    match naming {
+        Naming::Single(_) => {
+            "name tables as namespace.table (e.g. sales.orders); list_tables shows them".to_string()
+        }
+        Naming::Federated(catalogs) => format!(
+            "name tables as catalog.namespace.table, the catalog being one of {}; list_tables shows them",
+            catalogs.join(", ")
+        ),
+    }
+}
+
+/// The DataFusion catalog and schema a table is registered under, so agents' SQL resolves the names
+/// [`table_name_of`] reads.
+fn place(naming: &Naming, name: &TableName) -> (String, String) {
+    match (naming, name.namespace.split_first()) {
+        (Naming::Federated(_), Some((catalog, rest))) => (catalog.clone(), rest.join(".")),
+        _ => (naming.default_catalog(), name.namespace_str()),
     }
 }
 
@@ -315,6 +366,7 @@ pub struct QueryResult {
 /// once: each query clones it and gets a catalog list of its own, so no query sees another's tables.
 pub struct Engine {
     limits: QueryLimits,
+    naming: Naming,
     base: SessionState,
     /// One permit per query allowed to run at once (`max_concurrent`); a query holds its permit until its work on
     /// the query runtime has ended, not just until its caller gave up on it.
@@ -376,9 +428,9 @@ impl Drop for AbortOnDrop {
 }
 
 impl Engine {
-    /// An engine with `limits` whose queries name tables under `catalog_name`; the memory pool is
+    /// An engine with `limits` whose queries name tables as `naming` says; the memory pool is
     /// `limits.memory_bytes`, shared by concurrent queries.
-    pub fn new(limits: &QueryLimits, catalog_name: &str) -> Result<Engine, QueryError> {
+    pub fn new(limits: &QueryLimits, naming: Naming) -> Result<Engine, QueryError> {
         let pool = TrackConsumersPool::new(
             GreedyMemoryPool::new(limits.memory_bytes),
             NonZeroUsize::MIN.saturating_add(4),
@@ -399,7 +451,7 @@ impl Engine {
             .with_information_schema(false)
             .with_target_partitions(limits.target_partitions.max(1))
             .with_create_default_catalog_and_schema(false)
-            .with_default_catalog_and_schema(catalog_name, "public");
+            .with_default_catalog_and_schema(naming.default_catalog(), "public");
         // Table functions (generate_series, range) and external-table factories are dropped: an agent's SQL can
         // reach nothing but the tables a query registers. `with_table_functions` must come after the defaults.
         let mut base = SessionStateBuilder::new()
@@ -427,6 +479,7 @@ impl Engine {
         .map_err(|e| QueryError::Execution(e.to_string()))?;
         Ok(Engine {
             limits: limits.clone(),
+            naming,
             base,
             slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
             runtime: QueryRuntime::new().map_err(|e| QueryError::Execution(e.to_string()))?,
@@ -437,6 +490,11 @@ impl Engine {
     pub fn limits(&self) -> &QueryLimits {
         &self.limits
     }
+
+    /// How queries name tables.
+    pub fn naming(&self) -> &Naming {
+        &self.naming
+    }
 }
 
 /// Runs a prepared query over exactly `tables`, within the engine's limits, returning at most `max_rows` rows.
@@ -444,7 +502,6 @@ pub async fn execute(
     prepared: Prepared,
     tables: Vec<ReadableTable>,
     engine: &Engine,
-    catalog_name: &str,
     max_rows: usize,
     cancel: CancellationToken,
 ) -> Result<QueryResult, QueryError> {
@@ -457,7 +514,7 @@ pub async fn execute(
         _ = tokio::time::sleep_until(deadline) => return Err(QueryError::Timeout(limits.timeout_ms)),
         _ = cancel.cancelled() => return Err(QueryError::Cancelled),
     };
-    let (ctx, snapshots) = session(tables, engine, catalog_name).await?;
+    let (ctx, snapshots) = session(tables, engine).await?;
     // Whatever ends this call — its result, a time limit, cancellation, the caller going away — stops the query's
     // work: operators that compute long between yields check this flag (see `bounded`), since tasks a plan spawned
     // can outlive the stream that was dropped.
@@ -682,16 +739,18 @@ fn float(v: f64) -> Value {
 async fn session(
     tables: Vec<ReadableTable>,
     engine: &Engine,
-    catalog_name: &str,
 ) -> Result<(SessionContext, Vec<SnapshotRead>), QueryError> {
     let internal = |e: &dyn std::fmt::Display| QueryError::Execution(e.to_string());
     let mut state = engine.base.clone();
     // The clone shares the base's catalog list: replace it, so this query's tables stay this query's.
     state.register_catalog_list(Arc::new(MemoryCatalogProviderList::new()));
     let ctx = SessionContext::new_with_state(state);
-    let catalog = Arc::new(MemoryCatalogProvider::new());
-    let mut schemas: HashMap<String, Arc<MemorySchemaProvider>> = HashMap::new();
-    schemas.insert("public".to_string(), Arc::new(MemorySchemaProvider::new()));
+    // (catalog, schema) → the schema's tables; the default catalog always has the (empty) default schema.
+    let mut schemas: HashMap<(String, String), Arc<MemorySchemaProvider>> = HashMap::new();
+    schemas.insert(
+        (engine.naming.default_catalog(), "public".to_string()),
+        Arc::new(MemorySchemaProvider::new()),
+    );
     let mut snapshots = Vec::new();
     for t in tables {
         let provider: Arc<dyn datafusion::catalog::TableProvider> = match t.source {
@@ -719,18 +778,23 @@ async fn session(
             ),
         };
         let schema = schemas
-            .entry(t.name.namespace_str())
+            .entry(place(&engine.naming, &t.name))
             .or_insert_with(|| Arc::new(MemorySchemaProvider::new()));
         schema
             .register_table(t.name.name.clone(), provider)
             .map_err(|e| internal(&e))?;
     }
-    for (name, schema) in schemas {
-        catalog
+    let mut catalogs: HashMap<String, Arc<MemoryCatalogProvider>> = HashMap::new();
+    for ((catalog, name), schema) in schemas {
+        catalogs
+            .entry(catalog)
+            .or_insert_with(|| Arc::new(MemoryCatalogProvider::new()))
             .register_schema(&name, schema)
             .map_err(|e| internal(&e))?;
     }
-    ctx.register_catalog(catalog_name, catalog);
+    for (name, catalog) in catalogs {
+        ctx.register_catalog(name, catalog);
+    }
     Ok((ctx, snapshots))
 }
 
@@ -780,7 +844,7 @@ mod tests {
     #[tokio::test]
     async fn each_query_sees_only_its_own_tables() {
         use datafusion::arrow::array::{ArrayRef, Int64Array};
-        let engine = Engine::new(&QueryLimits::default(), "parley").unwrap();
+        let engine = Engine::new(&QueryLimits::default(), Naming::Single("parley".into())).unwrap();
         let batch =
             RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![1])) as ArrayRef)])
                 .unwrap();
@@ -788,12 +852,8 @@ mod tests {
             name: TableName::parse(name).unwrap(),
             source: TableSource::Rows(batch.clone()),
         };
-        let (a, _) = session(vec![table("s.secret")], &engine, "parley")
-            .await
-            .unwrap();
-        let (b, _) = session(vec![table("s.public")], &engine, "parley")
-            .await
-            .unwrap();
+        let (a, _) = session(vec![table("s.secret")], &engine).await.unwrap();
+        let (b, _) = session(vec![table("s.public")], &engine).await.unwrap();
         assert!(a.sql("SELECT x FROM s.secret").await.is_ok());
         assert!(b.sql("SELECT x FROM s.public").await.is_ok());
         // The sessions start from one shared base state; neither may see the other's tables, and the base none.
@@ -809,20 +869,12 @@ mod tests {
         name: &str,
         source: TableSource,
     ) -> Result<QueryResult, QueryError> {
-        let prepared = prepare(sql, &engine.limits, "parley").unwrap();
+        let prepared = prepare(sql, &engine.limits, &engine.naming).unwrap();
         let tables = vec![ReadableTable {
             name: TableName::parse(name).unwrap(),
             source,
         }];
-        execute(
-            prepared,
-            tables,
-            engine,
-            "parley",
-            10,
-            CancellationToken::new(),
-        )
-        .await
+        execute(prepared, tables, engine, 10, CancellationToken::new()).await
     }
 
     #[tokio::test]
@@ -833,7 +885,7 @@ mod tests {
             timeout_ms: 300,
             ..QueryLimits::default()
         };
-        let engine = Engine::new(&limits, "parley").unwrap();
+        let engine = Engine::new(&limits, Naming::Single("parley".into())).unwrap();
         let batch =
             RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![7])) as ArrayRef)])
                 .unwrap();
@@ -914,7 +966,7 @@ mod tests {
             salt: "salt".into(),
         };
         let limits = QueryLimits::default();
-        let engine = Engine::new(&limits, "parley").unwrap();
+        let engine = Engine::new(&limits, Naming::Single("parley".into())).unwrap();
         let run = |sql: &'static str, source| run_one(&engine, sql, "s.people", source);
         // Ungoverned, `min` of a string longer than Iceberg's 16-character bounds is the value, not the bound.
         let r = run(
@@ -955,7 +1007,11 @@ mod tests {
     }
 
     fn refused(sql: &str) -> String {
-        match prepare(sql, &QueryLimits::default(), "parley") {
+        match prepare(
+            sql,
+            &QueryLimits::default(),
+            &Naming::Single("parley".into()),
+        ) {
             Err(e) => e.to_string(),
             Ok(p) => panic!("{sql} was accepted: {:?}", p.tables),
         }
@@ -989,7 +1045,7 @@ mod tests {
             "WITH x AS (SELECT * FROM sales.orders) SELECT * FROM x JOIN parley.sales.customers c ON true \
              WHERE EXISTS (SELECT 1 FROM ops.shipments)",
             &QueryLimits::default(),
-            "parley",
+            &Naming::Single("parley".into()),
         )
         .unwrap();
         let names: Vec<String> = p.tables.iter().map(|t| t.to_string()).collect();
@@ -1000,5 +1056,52 @@ mod tests {
         assert!(refused("SELECT * FROM generate_series(1, 10)").contains("not a table"));
         assert!(refused("SELECT * FROM other.sales.orders").contains("unknown catalog"));
         assert!(refused("SELEC 1").contains("invalid SQL"));
+    }
+
+    #[tokio::test]
+    async fn with_several_catalogs_tables_are_named_by_catalog_first() {
+        let naming = Naming::Federated(vec!["lake".into(), "local".into()]);
+        let limits = QueryLimits::default();
+        let p = prepare(
+            "SELECT * FROM lake.sales.orders o JOIN \"local.ops\".shipments s ON true",
+            &limits,
+            &naming,
+        )
+        .unwrap();
+        let mut names: Vec<String> = p.tables.iter().map(|t| t.to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["lake.sales.orders", "local.ops.shipments"]);
+        let refused = |sql: &str| prepare(sql, &limits, &naming).unwrap_err().to_string();
+        let partial = refused("SELECT * FROM sales.orders");
+        assert!(
+            partial.contains("names no catalog") && partial.contains("lake, local"),
+            "{partial}"
+        );
+        assert!(refused("SELECT * FROM other.sales.orders").contains("unknown catalog"));
+        // Each table resolves under its own catalog in the session.
+        let engine = Engine::new(&limits, naming.clone()).unwrap();
+        let batch = RecordBatch::try_from_iter([(
+            "x",
+            Arc::new(datafusion::arrow::array::Int64Array::from(vec![7]))
+                as datafusion::arrow::array::ArrayRef,
+        )])
+        .unwrap();
+        let tables = ["lake.sales.orders", "local.sales.orders"]
+            .iter()
+            .map(|n| ReadableTable {
+                name: TableName::parse(n).unwrap(),
+                source: TableSource::Rows(batch.clone()),
+            })
+            .collect();
+        let prepared = prepare(
+            "SELECT a.x + b.x AS s FROM lake.sales.orders a, local.sales.orders b",
+            &limits,
+            &naming,
+        )
+        .unwrap();
+        let result = execute(prepared, tables, &engine, 10, CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(result.rows[0][0], serde_json::json!(14));
     }
 }

@@ -267,22 +267,12 @@ fn outcome(r: Result<crate::query::QueryResult, QueryError>) -> Result<Vec<Strin
 }
 
 async fn run(engine: &Engine, sql: &str, source: TableSource) -> Result<Vec<String>, String> {
-    let prepared = prepare(sql, engine.limits(), "parley").map_err(|e| e.to_string())?;
+    let prepared = prepare(sql, engine.limits(), engine.naming()).map_err(|e| e.to_string())?;
     let tables = vec![ReadableTable {
         name: TableName::parse("sales.customers").unwrap(),
         source,
     }];
-    outcome(
-        execute(
-            prepared,
-            tables,
-            engine,
-            "parley",
-            1000,
-            CancellationToken::new(),
-        )
-        .await,
-    )
+    outcome(execute(prepared, tables, engine, 1000, CancellationToken::new()).await)
 }
 
 /// Text no answer under the grant may contain: the excluded rows' secrets and the ungranted column.
@@ -329,7 +319,7 @@ async fn answers_under_a_grant_equal_answers_on_the_granted_copy() {
         target_partitions: 1,
         ..QueryLimits::default()
     };
-    let engine = Engine::new(&limits, "parley").unwrap();
+    let engine = Engine::new(&limits, crate::query::Naming::Single("parley".into())).unwrap();
     let mut rng = fastrand::Rng::with_seed(2026);
     let (mut failing, mut differing) = (0, Vec::new());
     for _ in 0..QUERIES {
@@ -367,7 +357,11 @@ async fn a_predicate_that_fails_only_on_excluded_rows_answers_nothing_about_them
     let rows = customers(300);
     let dir = tempfile::tempdir().unwrap();
     let table = table_of(&rows, dir.path()).await;
-    let engine = Engine::new(&QueryLimits::default(), "parley").unwrap();
+    let engine = Engine::new(
+        &QueryLimits::default(),
+        crate::query::Naming::Single("parley".into()),
+    )
+    .unwrap();
     let governed = || TableSource::Governed(table.clone(), governance());
     let excluded = rows
         .iter()

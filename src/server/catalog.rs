@@ -539,9 +539,10 @@ impl ParleyServer {
             .is_ok_and(|all| all.is_empty())
         {
             Some(format!(
-                "The catalog {:?} holds no tables at all. If tables were expected, the server's operator should \
-                 check `catalog_name` in parley.toml: the server's log names the catalogs its SQL catalog holds.",
-                self.app.config.catalog_name
+                "The catalog {} holds no tables at all. If tables were expected, the server's operator should \
+                 check the catalog settings in parley.toml (`catalog_name`, or `[[catalogs]]`): the server's log \
+                 says what it found at start-up.",
+                self.app.engine.naming().catalogs().join(", ")
             ))
         } else if checked.principal_unknown() {
             Some(format!(

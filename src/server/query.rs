@@ -171,7 +171,6 @@ impl ParleyServer {
         progress: &Progress,
     ) -> Result<QueryResult, ToolError> {
         let limits = &self.app.config.query;
-        let catalog_name = &self.app.config.catalog_name;
         checked.usage.sql = Some(args.sql.clone());
         let max_rows = match args.max_rows {
             None => limits.default_rows,
@@ -188,8 +187,8 @@ impl ParleyServer {
             }
             Some(n) => n as usize,
         };
-        let prepared =
-            crate::query::prepare(&args.sql, limits, catalog_name).map_err(query_error)?;
+        let prepared = crate::query::prepare(&args.sql, limits, self.app.engine.naming())
+            .map_err(query_error)?;
         for t in &prepared.tables {
             checked.name_resource(&t.to_string());
         }
@@ -269,16 +268,9 @@ impl ParleyServer {
             return Err(ToolError::Limit(format!("quota exceeded: {why}")));
         }
         progress.report(2, 3, "running the query".to_string()).await;
-        let result = crate::query::execute(
-            prepared,
-            readable,
-            &self.app.engine,
-            catalog_name,
-            max_rows,
-            cancel,
-        )
-        .await
-        .map_err(query_error)?;
+        let result = crate::query::execute(prepared, readable, &self.app.engine, max_rows, cancel)
+            .await
+            .map_err(query_error)?;
         if let Some(g) = &grant {
             // A revocation acknowledged while the query ran wins: no rows leave after it.
             let usage = match self.flows().end_query(g, result.row_count as u64).await? {

@@ -19,6 +19,9 @@ use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableIdent};
 use iceberg_catalog_sql::{SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlCatalogBuilder};
 
 use crate::contracts::{ContractStore, LoadedContract, table_facts};
+
+pub mod federation;
+pub mod open;
 use crate::policy::TableFacts;
 
 /// A table name as agents write it: `namespace.table` (nested namespaces dot-joined).
@@ -121,16 +124,79 @@ impl PartialEq<str> for TableName {
     }
 }
 
-/// Failure to reach or read the catalog. It is the server's fault, not the agent's.
+/// Failure to reach or read a catalog. Its text is what the agent is told (short, no response bodies or
+/// headers); the full detail goes to the server's log when the error is made.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
+    /// The table or namespace is gone (dropped after it was listed).
+    #[error("the catalog no longer has this table")]
+    NotFound,
+    /// The catalog refuses Parley's own identity access to this object (HTTP 403).
+    #[error(
+        "the catalog denied access (403 Forbidden: {0}); the catalog's own permissions decide this, ask its \
+         administrator"
+    )]
+    Denied(String),
+    /// The catalog cannot be reached or refuses Parley's credentials.
+    #[error("the catalog is unavailable ({0}); this is a server problem, retrying later may help")]
+    Unavailable(String),
     #[error("catalog error: {0}")]
     Backend(String),
 }
 
 impl From<iceberg::Error> for CatalogError {
     fn from(e: iceberg::Error) -> Self {
-        CatalogError::Backend(e.to_string())
+        let error = classify(&e);
+        tracing::warn!("catalog call failed: {e}");
+        error
+    }
+}
+
+/// Maps an error of the `iceberg` crate (SQL or REST catalog, storage) to what an agent may be told: the REST
+/// spec's status codes become not found / denied / unavailable; bodies and headers stay in the log.
+fn classify(e: &iceberg::Error) -> CatalogError {
+    use iceberg::ErrorKind;
+    match e.kind() {
+        ErrorKind::TableNotFound | ErrorKind::NamespaceNotFound => return CatalogError::NotFound,
+        _ => {}
+    }
+    let text = e.to_string();
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|code| code.parse::<u16>().ok());
+    // The REST spec's error model: `{"error": {"message": ..., "type": ..., "code": ...}}`.
+    let message = text
+        .split("\"message\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .map(str::to_string);
+    match status {
+        Some(404) => CatalogError::NotFound,
+        Some(403) => CatalogError::Denied(message.unwrap_or_else(|| "no reason given".to_string())),
+        Some(401) => CatalogError::Unavailable(
+            "it refused Parley's credentials (401 Unauthorized): check the catalog's `credential` or `token` in \
+             parley.toml"
+                .to_string(),
+        ),
+        Some(code) if code >= 500 => CatalogError::Unavailable(format!("it answered HTTP {code}")),
+        Some(code) => CatalogError::Backend(format!(
+            "HTTP {code}{}",
+            message.map(|m| format!(": {m}")).unwrap_or_default()
+        )),
+        None if text.contains("Failed to parse response") && text.contains("token") => {
+            // An IdP's RFC 6749 error body (`{"error":"invalid_client"}`) is not the REST error model.
+            CatalogError::Unavailable(
+                "its token endpoint refused Parley's client credentials: check `credential` (client_id:secret), \
+                 `scope` and `oauth2-server-uri` in parley.toml"
+                    .to_string(),
+            )
+        }
+        None if text.contains("error sending request") || text.contains("Connection refused") => {
+            CatalogError::Unavailable("it cannot be reached".to_string())
+        }
+        None => CatalogError::Backend(e.message().to_string()),
     }
 }
 
