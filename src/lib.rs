@@ -19,6 +19,7 @@ pub mod gate;
 pub mod governed;
 pub mod http;
 pub mod identity;
+pub mod init;
 pub mod jsonrpc;
 pub mod negotiation;
 pub mod policy;

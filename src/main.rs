@@ -80,7 +80,9 @@ enum Command {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
-    /// Create (or repair) the demo lakehouse in the data dir without serving.
+    /// Prepare the data dir without serving: with no catalogs configured, create (or repair) the demo
+    /// lakehouse; for the catalogs parley.toml names (or a SQL catalog already in the data dir), write a starter
+    /// policy and a draft contract per table, reading the catalogs only.
     Init {
         /// Rebuild the demo tables and contracts even if the data dir is complete (policy and audit are kept).
         #[arg(long)]
@@ -332,8 +334,22 @@ async fn run() -> Result<()> {
             println!("{tables} tables written to {}", dir.root.display());
             Ok(())
         }
+        Command::Init { force } if !config.catalogs.is_empty() => {
+            if force {
+                bail!(
+                    "--force rebuilds the demo lakehouse; parley.toml names catalogs, which `init` only reads"
+                );
+            }
+            report_prepared(&dir, parley::init::prepare_existing(&config, &dir).await?);
+            Ok(())
+        }
         Command::Init { force } => {
             let outcome = parley::demo::ensure(&dir, &config.catalog_name, force).await?;
+            if outcome == InitOutcome::External {
+                // A SQL catalog someone else wrote (e.g. pyiceberg's SqlCatalog): prepare it like a configured one.
+                report_prepared(&dir, parley::init::prepare_existing(&config, &dir).await?);
+                return Ok(());
+            }
             let what = match outcome {
                 InitOutcome::Created => "created the demo lakehouse in",
                 InitOutcome::Repaired => "rebuilt the demo lakehouse in",
@@ -595,6 +611,30 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         gate: Gate::new(policy, audit),
         lakehouse: Lakehouse::new(opened.catalog, contracts).with_cache_ttl(cache_ttl),
     }))
+}
+
+/// Prints what `parley init` did to an existing lakehouse and what to do next.
+fn report_prepared(dir: &DataDir, prepared: parley::init::Prepared) {
+    for path in &prepared.policy_files {
+        println!("wrote {}", path.display());
+    }
+    for (table, path) in &prepared.drafted {
+        println!("drafted the contract of {table}: {}", path.display());
+    }
+    for (table, why) in &prepared.unreadable {
+        println!("could not read {table} (no draft written): {why}");
+    }
+    println!(
+        "{} tables: {} draft contracts written, {} already had a contract. Next: classify each column in the \
+         drafts under {} (and set status: active), check them with `parley contract validate {}`, then run \
+         `parley serve --data-dir {}`.",
+        prepared.tables,
+        prepared.drafted.len(),
+        prepared.had_contract,
+        dir.contracts().display(),
+        dir.contracts().display(),
+        dir.root.display()
+    );
 }
 
 /// Asks each catalog once at start-up, so a lakehouse that will look empty says why in the log: a catalog that
