@@ -53,10 +53,6 @@ pub struct Prepared {
 pub async fn prepare_existing(config: &Config, dir: &DataDir) -> Result<Prepared> {
     std::fs::create_dir_all(&dir.root)
         .with_context(|| format!("cannot create data dir {}", dir.root.display()))?;
-    let mut prepared = Prepared {
-        policy_files: write_starter_policy(config, dir)?,
-        ..Prepared::default()
-    };
     let opened = crate::catalog::open::open(config, dir)
         .await
         .context("cannot open the Iceberg catalog")?;
@@ -65,6 +61,11 @@ pub async fn prepare_existing(config: &Config, dir: &DataDir) -> Result<Prepared
             .await
             .map_err(anyhow::Error::msg)?;
     }
+    // Only once every catalog answered: a wrong URL or credential writes nothing.
+    let mut prepared = Prepared {
+        policy_files: write_starter_policy(config, dir)?,
+        ..Prepared::default()
+    };
     let lakehouse = Lakehouse::new(opened.catalog, ContractStore::load(&dir.contracts()));
     let tables = lakehouse
         .list_tables()

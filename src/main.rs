@@ -346,8 +346,25 @@ async fn run() -> Result<()> {
         Command::Init { force } => {
             let outcome = parley::demo::ensure(&dir, &config.catalog_name, force).await?;
             if outcome == InitOutcome::External {
-                // A SQL catalog someone else wrote (e.g. pyiceberg's SqlCatalog): prepare it like a configured one.
-                report_prepared(&dir, parley::init::prepare_existing(&config, &dir).await?);
+                // A SQL catalog someone else wrote (e.g. pyiceberg's SqlCatalog): prepare it like a configured one,
+                // opening its file read-only.
+                println!(
+                    "left alone the existing (non-demo) lakehouse in {}",
+                    dir.root.display()
+                );
+                let mut read_only = config.clone();
+                read_only.catalogs = parley::catalog::open::effective(&config, &dir);
+                for c in &mut read_only.catalogs {
+                    if let Some(uri) = c.properties.get_mut("uri") {
+                        *uri = uri.replace("mode=rwc", "mode=ro");
+                    }
+                }
+                match parley::init::prepare_existing(&read_only, &dir).await {
+                    Ok(prepared) => report_prepared(&dir, prepared),
+                    Err(e) => eprintln!(
+                        "could not read its catalog to draft contracts ({e:#}); nothing was written"
+                    ),
+                }
                 return Ok(());
             }
             let what = match outcome {

@@ -229,15 +229,6 @@ fn table_name_of(r: &TableReference, naming: &Naming) -> Result<TableName, Query
             namespace: levels(schema),
             name: table.to_string(),
         }),
-        // With several catalogs, a quoted `"lake.sales".orders` names the catalog too.
-        (TableReference::Partial { schema, table }, Naming::Federated(catalogs))
-            if levels(schema).len() > 1 && catalogs.contains(&levels(schema)[0]) =>
-        {
-            Ok(TableName {
-                namespace: levels(schema),
-                name: table.to_string(),
-            })
-        }
         (TableReference::Partial { schema, table }, Naming::Federated(_)) => Err(QueryError::Plan(
             format!("{schema}.{table} names no catalog: {}", naming_hint(naming)),
         )),
@@ -270,7 +261,8 @@ fn naming_hint(naming: &Naming) -> String {
             "name tables as namespace.table (e.g. sales.orders); list_tables shows them".to_string()
         }
         Naming::Federated(catalogs) => format!(
-            "name tables as catalog.namespace.table, the catalog being one of {}; list_tables shows them",
+            "name tables as catalog.namespace.table (a nested namespace quoted: lake.\"sales.eu\".orders), the \
+             catalog being one of {}; list_tables shows them",
             catalogs.join(", ")
         ),
     }
@@ -1063,14 +1055,14 @@ mod tests {
         let naming = Naming::Federated(vec!["lake".into(), "local".into()]);
         let limits = QueryLimits::default();
         let p = prepare(
-            "SELECT * FROM lake.sales.orders o JOIN \"local.ops\".shipments s ON true",
+            "SELECT * FROM lake.sales.orders o JOIN local.\"ops.eu\".shipments s ON true",
             &limits,
             &naming,
         )
         .unwrap();
         let mut names: Vec<String> = p.tables.iter().map(|t| t.to_string()).collect();
         names.sort();
-        assert_eq!(names, ["lake.sales.orders", "local.ops.shipments"]);
+        assert_eq!(names, ["lake.sales.orders", "local.ops.eu.shipments"]);
         let refused = |sql: &str| prepare(sql, &limits, &naming).unwrap_err().to_string();
         let partial = refused("SELECT * FROM sales.orders");
         assert!(

@@ -94,7 +94,12 @@ fn only_the_gate_asks_the_policy() {
 #[test]
 fn no_unwrap_and_only_invariant_expects_outside_tests() {
     // Set-up code run by the operator, not by agent input: the CLI, the demo lakehouse and benchmark data.
-    let setup = ["src/main.rs", "src/demo.rs", "src/benchdata.rs"];
+    let setup = [
+        "src/main.rs",
+        "src/demo.rs",
+        "src/benchdata.rs",
+        "src/init.rs",
+    ];
     // Each `expect` left states an invariant no input can break, and why.
     let invariants = [
         // The record batch is built from the same (name, type, array) triples as its schema.

@@ -64,15 +64,17 @@ impl Federation {
     }
 }
 
-fn prefixed(catalog: &str, ns: &NamespaceIdent) -> NamespaceIdent {
+fn prefixed(catalog: &str, ns: &NamespaceIdent) -> Result<NamespaceIdent> {
     let mut levels = vec![catalog.to_string()];
     levels.extend(ns.as_ref().iter().cloned());
-    // Non-empty by construction.
-    NamespaceIdent::from_vec(levels).expect("a prefixed namespace has levels")
+    NamespaceIdent::from_vec(levels)
 }
 
-fn prefixed_table(catalog: &str, table: &TableIdent) -> TableIdent {
-    TableIdent::new(prefixed(catalog, table.namespace()), table.name.clone())
+fn prefixed_table(catalog: &str, table: &TableIdent) -> Result<TableIdent> {
+    Ok(TableIdent::new(
+        prefixed(catalog, table.namespace())?,
+        table.name.clone(),
+    ))
 }
 
 /// The table as loaded, named as the federation names it.
@@ -80,8 +82,10 @@ fn renamed(catalog: &str, table: Table) -> Result<Table> {
     let mut builder = Table::builder()
         .file_io(table.file_io().clone())
         .metadata(table.metadata_ref())
-        .identifier(prefixed_table(catalog, table.identifier()))
-        .readonly(table.readonly());
+        .identifier(prefixed_table(catalog, table.identifier())?)
+        .readonly(table.readonly())
+        // The member's own runtime is not readable from outside the crate; loads run on the same runtime.
+        .runtime(iceberg::Runtime::try_current()?);
     if let Some(location) = table.metadata_location() {
         builder = builder.metadata_location(location);
     }
@@ -130,12 +134,12 @@ impl Catalog for Federation {
                 .collect());
         };
         let (name, catalog, inner) = self.route(parent).ok_or_else(|| no_namespace(parent))?;
-        Ok(catalog
+        catalog
             .list_namespaces(inner.as_ref())
             .await?
             .iter()
             .map(|ns| prefixed(name, ns))
-            .collect())
+            .collect()
     }
 
     async fn create_namespace(
@@ -147,7 +151,7 @@ impl Catalog for Federation {
             Some((name, catalog, Some(inner))) => {
                 let created = catalog.create_namespace(&inner, properties).await?;
                 Ok(Namespace::with_properties(
-                    prefixed(name, created.name()),
+                    prefixed(name, created.name())?,
                     created.properties().clone(),
                 ))
             }
@@ -161,7 +165,7 @@ impl Catalog for Federation {
             Some((name, catalog, Some(inner))) => {
                 let found = catalog.get_namespace(&inner).await?;
                 Ok(Namespace::with_properties(
-                    prefixed(name, found.name()),
+                    prefixed(name, found.name())?,
                     found.properties().clone(),
                 ))
             }
@@ -200,12 +204,12 @@ impl Catalog for Federation {
 
     async fn list_tables(&self, namespace: &NamespaceIdent) -> Result<Vec<TableIdent>> {
         match self.route(namespace) {
-            Some((name, catalog, Some(inner))) => Ok(catalog
+            Some((name, catalog, Some(inner))) => catalog
                 .list_tables(&inner)
                 .await?
                 .iter()
                 .map(|t| prefixed_table(name, t))
-                .collect()),
+                .collect(),
             Some((_, _, None)) => Ok(Vec::new()),
             None => Err(no_namespace(namespace)),
         }

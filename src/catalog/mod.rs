@@ -161,11 +161,22 @@ fn classify(e: &iceberg::Error) -> CatalogError {
         _ => {}
     }
     let text = e.to_string();
-    let status = text
-        .split("status: ")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|code| code.parse::<u16>().ok());
+    // iceberg-catalog-rest puts the HTTP status in the error's context as `status: 403 Forbidden` or
+    // `code: 401 Unauthorized`.
+    let status = ["status: ", "code: "].iter().find_map(|key| {
+        text.split(key)
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|code| code.parse::<u16>().ok())
+    });
+    // A failure at the token endpoint (client credentials): the catalog never saw a request.
+    if text.contains("operation: auth") {
+        return CatalogError::Unavailable(format!(
+            "its token endpoint refused Parley's client credentials{}: check `credential` (client_id:secret), \
+             `scope` and `oauth2-server-uri` of the catalog in parley.toml",
+            status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
+        ));
+    }
     // The REST spec's error model: `{"error": {"message": ..., "type": ..., "code": ...}}`.
     let message = text
         .split("\"message\":\"")
@@ -185,14 +196,6 @@ fn classify(e: &iceberg::Error) -> CatalogError {
             "HTTP {code}{}",
             message.map(|m| format!(": {m}")).unwrap_or_default()
         )),
-        None if text.contains("Failed to parse response") && text.contains("token") => {
-            // An IdP's RFC 6749 error body (`{"error":"invalid_client"}`) is not the REST error model.
-            CatalogError::Unavailable(
-                "its token endpoint refused Parley's client credentials: check `credential` (client_id:secret), \
-                 `scope` and `oauth2-server-uri` in parley.toml"
-                    .to_string(),
-            )
-        }
         None if text.contains("error sending request") || text.contains("Connection refused") => {
             CatalogError::Unavailable("it cannot be reached".to_string())
         }
@@ -491,7 +494,11 @@ impl Lakehouse {
         );
         tokio::spawn(async move {
             let loaded = match table.ident() {
-                Ok(ident) => catalog.load_table(&ident).await.map_err(CatalogError::from),
+                Ok(ident) => catalog
+                    .load_table(&ident)
+                    .await
+                    .map_err(CatalogError::from)
+                    .and_then(read_current_schema),
                 Err(e) => Err(e),
             };
             match loaded {
@@ -515,7 +522,7 @@ impl Lakehouse {
         {
             return Ok(t);
         }
-        let loaded = self.catalog.load_table(&table.ident()?).await?;
+        let loaded = read_current_schema(self.catalog.load_table(&table.ident()?).await?)?;
         if !self.cache_ttl.is_zero() {
             self.tables
                 .insert(table.clone(), (Instant::now(), loaded.clone()));
@@ -527,6 +534,48 @@ impl Lakehouse {
     pub fn contract(&self, table: &TableName) -> Option<&LoadedContract> {
         self.contracts.get(&table.to_string())
     }
+}
+
+/// The table as its current state is read: its current snapshot under the table's current schema.
+///
+/// A schema change (rename, added column) makes a new current schema without a new snapshot, so the current
+/// snapshot still names the schema it was written under; iceberg-rust 0.10 plans a scan with the snapshot's
+/// schema while its DataFusion providers expose the current one, and a renamed or added column then "does not
+/// exist". Iceberg's own rule (Java `TableScan`) reads the current snapshot with the current schema — files are
+/// projected by field id, so renamed columns resolve and added ones read as null. Older snapshots keep theirs.
+fn read_current_schema(table: Table) -> Result<Table, CatalogError> {
+    let meta = table.metadata();
+    let current_schema = meta.current_schema_id();
+    let Some(snapshot) = meta.current_snapshot() else {
+        return Ok(table);
+    };
+    if snapshot.schema_id().is_none_or(|id| id == current_schema) {
+        return Ok(table);
+    }
+    let current_id = snapshot.snapshot_id();
+    let internal = |e: &dyn fmt::Display| {
+        CatalogError::Backend(format!("cannot read the table's metadata: {e}"))
+    };
+    let mut value = serde_json::to_value(meta).map_err(|e| internal(&e))?;
+    if let Some(snapshots) = value.get_mut("snapshots").and_then(|s| s.as_array_mut()) {
+        for s in snapshots {
+            if s.get("snapshot-id").and_then(|v| v.as_i64()) == Some(current_id) {
+                s["schema-id"] = serde_json::json!(current_schema);
+            }
+        }
+    }
+    let metadata: iceberg::spec::TableMetadata =
+        serde_json::from_value(value).map_err(|e| internal(&e))?;
+    let mut builder = Table::builder()
+        .file_io(table.file_io().clone())
+        .metadata(metadata)
+        .identifier(table.identifier().clone())
+        .readonly(true)
+        .runtime(iceberg::Runtime::try_current()?);
+    if let Some(location) = table.metadata_location() {
+        builder = builder.metadata_location(location);
+    }
+    Ok(builder.build()?)
 }
 
 #[cfg(test)]

@@ -542,7 +542,14 @@ impl ParleyServer {
                 "The catalog {} holds no tables at all. If tables were expected, the server's operator should \
                  check the catalog settings in parley.toml (`catalog_name`, or `[[catalogs]]`): the server's log \
                  says what it found at start-up.",
-                self.app.engine.naming().catalogs().join(", ")
+                self.app
+                    .engine
+                    .naming()
+                    .catalogs()
+                    .iter()
+                    .map(|c| format!("{c:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         } else if checked.principal_unknown() {
             Some(format!(

@@ -1,0 +1,285 @@
+"""Parley over a lakehouse it did not create: an Iceberg REST catalog (Apache Iceberg's own handlers, the fixture
+in tests/iceberg-rest-fixture) and a pyiceberg SQL catalog, federated as `lake` and `local`.
+
+pyiceberg writes the tables (appends, a copy-on-write delete, a renamed and an added column, a nested namespace);
+the REST catalog hides `hr.*` from Parley's service account. Then, through the Python MCP SDK over stdio:
+  1. `parley init` drafts a contract per table Parley's account can see, and a starter policy;
+  2. the default principal discovers every visible table and reads its draft contract; queries wait for
+     classification; the hidden table answers exactly like a missing one, in every tool;
+  3. once an owner classifies the columns, query results equal pyiceberg's own reading, across both catalogs;
+  4. a wrong client secret is said in the log and in the agent's error, without a response body or secret.
+
+Usage: python tests/rest_catalog.py path/to/parley
+"""
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+
+import pyarrow as pa
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from pyiceberg.catalog import load_catalog
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.expressions import EqualTo
+from pyiceberg.types import StringType
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURE = os.path.join(HERE, "iceberg-rest-fixture", "run.sh")
+SECRET = "parley-secret-7f3a"
+
+
+def start_fixture(warehouse: str, auth: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        ["bash", FIXTURE, "0", f"file://{warehouse}", "--auth", auth, "--prefix", "wh1", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http://127.0.0.1:"):
+        proc.kill()
+        raise SystemExit(f"the REST fixture did not start (got {url!r}); needs Java 17")
+    return proc, url
+
+
+def write_tables(url: str, sql_dir: str) -> dict:
+    """Writes the tables as another engine would; returns the ground truth Parley must match."""
+    admin = load_catalog("admin", type="rest", uri=url, credential="admin:admin-secret")
+    for ns in ["sales", "sales.eu", "hr"]:
+        admin.create_namespace(tuple(ns.split(".")))
+    schema = pa.schema(
+        [
+            pa.field("order_id", pa.int64(), nullable=False),
+            pa.field("customer", pa.string()),
+            pa.field("amount", pa.float64()),
+            pa.field("placed_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+    orders = admin.create_table("sales.orders", schema=schema)
+
+    def batch(start: int, end: int) -> pa.Table:
+        ids = list(range(start, end))
+        return pa.Table.from_pylist(
+            [
+                {
+                    "order_id": i,
+                    "customer": f"c{i % 37}",
+                    "amount": float(i % 101) + 0.25,
+                    "placed_at": datetime(2026, 1 + i % 12, 1 + i % 28, tzinfo=timezone.utc),
+                }
+                for i in ids
+            ],
+            schema=schema,
+        )
+
+    orders.append(batch(0, 3000))
+    orders.append(batch(3000, 5000))
+    orders.delete(EqualTo("customer", "c5"))  # copy-on-write: rewritten files
+    with orders.update_schema() as update:
+        update.rename_column("customer", "customer_id")
+        update.add_column("channel", StringType())
+    eu = admin.create_table("sales.eu.orders", schema=schema)
+    eu.append(batch(0, 100))
+    hr = admin.create_table("hr.salaries", schema=pa.schema([pa.field("salary", pa.int64())]))
+    hr.append(pa.Table.from_pylist([{"salary": 1}]))
+
+    local = SqlCatalog("local", uri=f"sqlite:///{sql_dir}/catalog.db", warehouse=f"file://{sql_dir}/wh")
+    local.create_namespace("ops")
+    ship_schema = pa.schema([pa.field("order_id", pa.int64()), pa.field("carrier", pa.string())])
+    shipments = local.create_table("ops.shipments", schema=ship_schema)
+    shipments.append(
+        pa.Table.from_pylist(
+            [{"order_id": i, "carrier": ["dhl", "ups"][i % 2]} for i in range(0, 5000, 3)], schema=ship_schema
+        )
+    )
+
+    # Ground truth, read back through pyiceberg (Parley's service account sees what admin sees here, minus hr).
+    truth = admin.load_table("sales.orders").scan().to_arrow()
+    ships = local.load_table("ops.shipments").scan().to_arrow()
+    shipped = set(ships.column("order_id").to_pylist())
+    rows = truth.to_pylist()
+    return {
+        "count": len(rows),
+        "sum": round(sum(r["amount"] for r in rows), 2),
+        "customers": len({r["customer_id"] for r in rows}),
+        "null_channel": sum(1 for r in rows if r["channel"] is None),
+        "joined": sum(1 for r in rows if r["order_id"] in shipped),
+        "eu": admin.load_table("sales.eu.orders").scan().to_arrow().num_rows,
+    }
+
+
+async def session_calls(binary: str, data_dir: str, calls: list, principal: str = "analyst") -> list:
+    params = StdioServerParameters(
+        command=binary,
+        args=["serve", "--data-dir", data_dir, "--principal", principal],
+        env={**os.environ, "PARLEY_LOG": "warn", "PARLEY_CATALOG_CACHE_TTL_MS": "0"},
+    )
+    out = []
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            for tool, args in calls:
+                out.append(await session.call_tool(tool, args))
+    return out
+
+
+def text(result) -> str:
+    return "".join(c.text for c in result.content if getattr(c, "text", None))
+
+
+def check(cond: bool, what: str) -> None:
+    if not cond:
+        raise SystemExit(f"FAILED: {what}")
+    print(f"ok: {what}")
+
+
+def main() -> None:
+    binary = os.path.abspath(sys.argv[1])
+    tmp = tempfile.mkdtemp(prefix="parley-rest-")
+    warehouse, sql_dir, data_dir = (os.path.join(tmp, d) for d in ("rest-wh", "sql", "data"))
+    for d in (warehouse, sql_dir, data_dir):
+        os.makedirs(d)
+    auth = os.path.join(tmp, "auth.json")
+    with open(auth, "w") as f:
+        json.dump(
+            {
+                "principals": [
+                    {"name": "admin", "client_id": "admin", "client_secret": "admin-secret",
+                     "tokens": ["admin-token"], "admin": True},
+                    {"name": "parley", "client_id": "parley", "client_secret": SECRET,
+                     "namespaces": ["sales", "sales.eu"], "tables": ["sales.*"], "read_only": True},
+                ]
+            },
+            f,
+        )
+    fixture, url = start_fixture(warehouse, auth)
+    try:
+        truth = write_tables(url, sql_dir)
+        print(f"pyiceberg truth: {truth}")
+
+        def write_config(secret: str) -> None:
+            with open(os.path.join(data_dir, "parley.toml"), "w") as f:
+                f.write(
+                    f'[[catalogs]]\nname = "lake"\ntype = "rest"\nuri = "{url}"\ncredential = "parley:{secret}"\n'
+                    f'scope = "catalog"\n\n'
+                    f'[[catalogs]]\nname = "local"\ntype = "sql"\nuri = "sqlite:{sql_dir}/catalog.db"\n'
+                    f'warehouse = "file://{sql_dir}/wh"\n'
+                )
+
+        write_config(SECRET)
+        # Serving before init says what to do.
+        r = subprocess.run([binary, "serve", "--data-dir", data_dir], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, timeout=60)
+        check(r.returncode != 0 and "parley init" in r.stderr, "serve before init says to run `parley init`")
+
+        # 1. init drafts contracts for the visible tables only, never touching the catalogs.
+        r = subprocess.run([binary, "init", "--data-dir", data_dir], capture_output=True, text=True, timeout=120)
+        print(r.stdout, r.stderr)
+        check(r.returncode == 0, "parley init succeeds")
+        drafted = set(re.findall(r"drafted the contract of (\S+):", r.stdout))
+        check(drafted == {"lake.sales.orders", "lake.sales.eu.orders", "local.ops.shipments"},
+              f"init drafts exactly the visible tables ({sorted(drafted)})")
+        check(os.path.exists(os.path.join(data_dir, "policy", "policy.cedar")), "init writes a starter policy")
+        again = subprocess.run([binary, "init", "--data-dir", data_dir], capture_output=True, text=True, timeout=120)
+        check("0 draft contracts written, 3 already had a contract" in again.stdout, "a second init changes nothing")
+        validate = subprocess.run([binary, "contract", "validate", os.path.join(data_dir, "contracts")],
+                                  capture_output=True, text=True)
+        check(validate.returncode == 0, f"the drafts validate: {validate.stdout.strip()[:200]}")
+
+        # 2. Discovery and contracts at once; queries wait for classification; the hidden table is a missing one.
+        results = asyncio.run(session_calls(binary, data_dir, [
+            ("list_tables", {}),
+            ("get_contract", {"table": "lake.sales.orders"}),
+            ("query", {"sql": "SELECT count(*) FROM lake.sales.orders"}),
+            ("describe_table", {"table": "lake.hr.salaries"}),
+            ("describe_table", {"table": "lake.hr.nonexistent"}),
+            ("query", {"sql": "SELECT * FROM lake.hr.salaries"}),
+            ("query", {"sql": "SELECT * FROM lake.hr.nonexistent"}),
+            ("get_contract", {"table": "lake.hr.salaries"}),
+            ("get_contract", {"table": "lake.hr.nonexistent"}),
+            ("query", {"sql": "SELECT count(*) FROM sales.orders"}),
+        ]))
+        listed = {t["table"] for t in results[0].structured_content["tables"]}
+        check(listed == {"lake.sales.orders", "lake.sales.eu.orders", "local.ops.shipments"},
+              f"list_tables shows the visible tables of both catalogs ({sorted(listed)})")
+        contract = text(results[1])
+        check(not results[1].is_error and "draft" in contract and "customer_id" in contract,
+              "the draft contract is readable, with the evolved schema")
+        check(results[2].is_error and "denied" in text(results[2]).lower(), "queries wait for classification")
+        for hidden, missing, tool in [(3, 4, "describe_table"), (5, 6, "query"), (7, 8, "get_contract")]:
+            a = text(results[hidden]).replace("salaries", "X")
+            b = text(results[missing]).replace("nonexistent", "X")
+            check(results[hidden].is_error and a == b, f"{tool}: a table the catalog hides answers like a missing one")
+        check(results[9].is_error and "names no catalog" in text(results[9]), "a name without its catalog says so")
+
+        # 3. An owner classifies the columns; results equal pyiceberg's.
+        contracts = os.path.join(data_dir, "contracts")
+        for root, _dirs, files in os.walk(contracts):
+            for name in files:
+                path = os.path.join(root, name)
+                with open(path) as f:
+                    yaml = f.read()
+                yaml = yaml.replace("required: false\n", "required: false\n    classification: internal\n")
+                yaml = yaml.replace("required: true\n", "required: true\n    classification: internal\n")
+                yaml = yaml.replace("status: draft", "status: active")
+                with open(path, "w") as f:
+                    f.write(yaml)
+        results = asyncio.run(session_calls(binary, data_dir, [
+            ("query", {"sql": "SELECT count(*) AS n, round(sum(amount), 2) AS s, count(DISTINCT customer_id) AS c, "
+                              "count(*) FILTER (WHERE channel IS NULL) AS nc FROM lake.sales.orders"}),
+            ("query", {"sql": "SELECT count(*) FROM lake.sales.orders o JOIN local.ops.shipments s "
+                              "ON o.order_id = s.order_id"}),
+            ("query", {"sql": 'SELECT count(*) FROM lake."sales.eu".orders'}),
+            ("describe_table", {"table": "lake.sales.orders"}),
+        ]))
+        for r in results:
+            if r.is_error:
+                raise SystemExit(f"FAILED: {text(r)}")
+        n, s, c, nc = results[0].structured_content["rows"][0]
+        check((n, round(float(s), 2), c, nc) == (truth["count"], truth["sum"], truth["customers"],
+                                                  truth["null_channel"]),
+              f"count/sum/distinct/nulls equal pyiceberg's ({n}, {s}, {c}, {nc})")
+        check(results[1].structured_content["rows"][0][0] == truth["joined"],
+              "a join across the REST and the SQL catalog equals pyiceberg's")
+        check(results[2].structured_content["rows"][0][0] == truth["eu"], "a nested namespace is queryable")
+        check("channel" in text(results[3]), "describe_table shows the evolved schema")
+
+        # 4. A wrong secret: said at start-up and to the agent, without the secret or a response body.
+        write_config("wrong-secret")
+        params_log = os.path.join(tmp, "serve.log")
+
+        async def broken() -> str:
+            with open(params_log, "w") as log:
+                params = StdioServerParameters(
+                    command=binary, args=["serve", "--data-dir", data_dir],
+                    env={**os.environ, "PARLEY_LOG": "warn", "PARLEY_CATALOG_CACHE_TTL_MS": "0"},
+                )
+                async with stdio_client(params, errlog=log) as (read, write):
+                    async with ClientSession(read, write) as session:
+                        await session.initialize()
+                        r = await session.call_tool("describe_table", {"table": "lake.sales.orders"})
+                        return text(r)
+
+        agent_text = asyncio.run(broken())
+        with open(params_log) as f:
+            log = f.read()
+        errors = [line for line in log.splitlines() if " ERROR " in line]
+        check(any('catalog "lake"' in line and "credential" in line for line in errors),
+              "the start-up error names the catalog and its credential")
+        check(SECRET not in log and "wrong-secret" not in log, "the log holds no secret")
+        check("credential" in agent_text and "wrong-secret" not in agent_text and "{" not in agent_text,
+              f"the agent is told the catalog refused Parley's credentials: {agent_text[:160]}")
+    finally:
+        fixture.kill()
+        fixture.wait()
+    print("rest catalog: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
