@@ -384,7 +384,7 @@ pub fn table_facts(namespace: &str, name: &str, contract: Option<&Contract>) -> 
 /// All contracts under a directory, keyed by `namespace.table`.
 #[derive(Debug, Default)]
 pub struct ContractStore {
-    by_table: BTreeMap<String, LoadedContract>,
+    by_table: BTreeMap<String, std::sync::Arc<LoadedContract>>,
     /// Contracts that failed to load, with the reason; reported, never used.
     pub rejected: Vec<String>,
 }
@@ -402,7 +402,7 @@ impl ContractStore {
                 Ok((key, contract, yaml)) => {
                     store
                         .by_table
-                        .insert(key, LoadedContract { contract, yaml });
+                        .insert(key, std::sync::Arc::new(LoadedContract { contract, yaml }));
                 }
                 Err(e) => {
                     tracing::warn!("{e}");
@@ -413,9 +413,19 @@ impl ContractStore {
         store
     }
 
+    /// How many contracts loaded.
+    pub fn len(&self) -> usize {
+        self.by_table.len()
+    }
+
+    /// Whether no contract loaded.
+    pub fn is_empty(&self) -> bool {
+        self.by_table.is_empty()
+    }
+
     /// The contract of `namespace.table`.
-    pub fn get(&self, qualified: &str) -> Option<&LoadedContract> {
-        self.by_table.get(qualified)
+    pub fn get(&self, qualified: &str) -> Option<std::sync::Arc<LoadedContract>> {
+        self.by_table.get(qualified).cloned()
     }
 }
 
@@ -477,7 +487,7 @@ fn table_key_from_path(root: &Path, path: &Path) -> String {
         .join(".")
 }
 
-fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
+pub(crate) fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

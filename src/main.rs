@@ -469,11 +469,11 @@ async fn policy_check(
         parley::policy::Resource::Namespace(resource.to_string())
     } else {
         let table = parley::catalog::TableName::parse(resource).map_err(anyhow::Error::msg)?;
-        let contracts = ContractStore::load(&dir.contracts());
+        let loaded = ContractStore::load(&dir.contracts()).get(&table.to_string());
         parley::policy::Resource::Table(parley::contracts::table_facts(
             &table.namespace_str(),
             &table.name,
-            contracts.get(&table.to_string()).map(|c| &c.contract),
+            loaded.as_deref().map(|c| &c.contract),
         ))
     };
     let who = Principal::new(principal, policy.groups_of(principal));
@@ -575,7 +575,6 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
             )
         })?,
     );
-    watch_policy(policy.clone());
     let identity: Identity = if authenticated {
         Arc::new(Anonymous)
     } else {
@@ -586,7 +585,6 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         config.audit.rotate_bytes,
         Some(&dir.audit_anchor()),
     )?);
-    let contracts = ContractStore::load(&dir.contracts());
     let opened = parley::catalog::open::open(&config, dir)
         .await
         .context("cannot open the Iceberg catalog")?;
@@ -613,7 +611,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         .map_err(|e| anyhow::anyhow!("cannot load the purpose registry: {e}"))?;
     let engine = parley::query::Engine::new(&config.query, opened.naming.clone())?;
     let cache_ttl = std::time::Duration::from_millis(config.catalog_cache_ttl_ms);
-    Ok(Arc::new(App {
+    let app = Arc::new(App {
         discovery: Default::default(),
         grants_hint: parley::server::grants_hint(),
         engine,
@@ -625,9 +623,13 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         config,
         audit: parley::audit::reader::AuditReader::new(&dir.audit_log()),
         identity,
-        gate: Gate::new(policy, audit),
-        lakehouse: Lakehouse::new(opened.catalog, contracts).with_cache_ttl(cache_ttl),
-    }))
+        gate: Gate::new(policy.clone(), audit),
+        lakehouse: Lakehouse::new(opened.catalog, ContractStore::default())
+            .with_contracts_dir(&dir.contracts())
+            .with_cache_ttl(cache_ttl),
+    });
+    watch_files(policy, app.clone());
+    Ok(app)
 }
 
 /// Prints what `parley init` did to an existing lakehouse and what to do next.
@@ -687,9 +689,10 @@ async fn check_catalogs(config: &Config, dir: &DataDir, opened: &parley::catalog
     }
 }
 
-/// Reloads the policy on SIGHUP and when its files change (checked every 2 s). A reload that fails is logged
-/// and the previous policy stays in force.
-fn watch_policy(policy: Arc<ReloadablePolicy>) {
+/// Reloads the policy and the contracts on SIGHUP and when their files change (checked every 2 s). A policy
+/// reload that fails is logged and the previous policy stays in force; a contract that no longer loads is logged
+/// and its table counts as unclassified, as at start-up.
+fn watch_files(policy: Arc<ReloadablePolicy>, app: Arc<App>) {
     tokio::spawn(async move {
         #[cfg(unix)]
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -714,6 +717,17 @@ fn watch_policy(policy: Arc<ReloadablePolicy>) {
                 Ok(true) => tracing::info!("policy reloaded"),
                 Ok(false) => {}
                 Err(e) => tracing::error!("policy reload failed, keeping the previous policy: {e}"),
+            }
+            if let Some((loaded, refused)) = app.lakehouse.reload_contracts(forced) {
+                if refused == 0 {
+                    tracing::info!(contracts = loaded, "contracts reloaded");
+                } else {
+                    tracing::warn!(
+                        contracts = loaded,
+                        refused,
+                        "contracts reloaded; the refused ones (named above) leave their tables unclassified"
+                    );
+                }
             }
         }
     });

@@ -238,3 +238,74 @@ async fn a_policy_edit_changes_what_list_tables_shows_without_a_restart() {
     }
     client.cancel().await.unwrap();
 }
+
+/// Contracts reload while serving, like policies: classifying a column as personal data stops analysts' queries
+/// and shows in `list_tables` within seconds; a contract edited into an invalid one leaves its table unclassified
+/// (as at start-up), and fixing it brings the table back.
+#[tokio::test]
+async fn contract_edits_apply_while_serving() {
+    let lake = Lake::new();
+    let client = lake.connect("analyst", &[]).await;
+    let sql = json!({"sql": "SELECT count(*) FROM sales.products"});
+    assert_eq!(
+        ok(&call(&client, "query", sql.clone()).await)["rows"][0][0],
+        500
+    );
+
+    let path = lake.path().join("contracts/sales/products.yaml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let pii = original.replacen(
+        "        description: Product name.",
+        "        description: Product name.\n        tags: [pii]",
+        1,
+    );
+    assert_ne!(pii, original);
+    std::fs::write(&path, &pii).unwrap();
+    let pii_listed = |list: &serde_json::Value| {
+        list["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == "sales.products")
+            .map(|t| t["contains_pii"] == true)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = call(&client, "query", sql.clone()).await;
+        if r.is_error == Some(true) {
+            assert!(err(&r).contains("denied"), "{}", err(&r));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reclassified contract was not reloaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let list = ok(&call(&client, "list_tables", json!({})).await);
+    assert_eq!(pii_listed(&list), Some(true), "{list}");
+
+    // An invalid edit: the table counts as unclassified (personal data assumed), still denied.
+    std::fs::write(&path, "apiVersion: v3.2.0\nkind: DataContract\n").unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let r = call(&client, "query", sql.clone()).await;
+    assert!(err(&r).contains("denied"), "{}", err(&r));
+
+    // Fixed: queries work again.
+    std::fs::write(&path, &original).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = call(&client, "query", sql.clone()).await;
+        if r.is_error != Some(true) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restored contract was not reloaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let list = ok(&call(&client, "list_tables", json!({})).await);
+    assert_eq!(pii_listed(&list), Some(false), "{list}");
+    client.cancel().await.unwrap();
+}

@@ -210,7 +210,12 @@ fn classify(e: &iceberg::Error) -> CatalogError {
 /// new snapshot is seen at most `cache_ttl` after its commit.
 pub struct Lakehouse {
     catalog: Arc<dyn Catalog>,
-    contracts: ContractStore,
+    /// The contracts in force; replaced whole by [`Lakehouse::reload_contracts`].
+    contracts: std::sync::RwLock<Arc<ContractStore>>,
+    /// Where the contracts are read from, when they can be reloaded; with the stamp of the files last read.
+    contracts_dir: Option<(std::path::PathBuf, Mutex<ContractsStamp>)>,
+    /// Bumped on every reload, so caches of what contracts decide (discovery) start over.
+    contracts_version: std::sync::atomic::AtomicU64,
     cache_ttl: Duration,
     names: Arc<NamesSlot>,
     /// A background refresh of `names` is running.
@@ -279,7 +284,9 @@ impl Lakehouse {
     pub fn new(catalog: Arc<dyn Catalog>, contracts: ContractStore) -> Lakehouse {
         Lakehouse {
             catalog,
-            contracts,
+            contracts: std::sync::RwLock::new(Arc::new(contracts)),
+            contracts_dir: None,
+            contracts_version: std::sync::atomic::AtomicU64::new(0),
             cache_ttl: Duration::ZERO,
             names: Arc::new(Mutex::new(None)),
             refreshing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -287,6 +294,50 @@ impl Lakehouse {
             tables: moka::sync::Cache::new(MAX_CACHED_TABLES),
             reloading: Arc::new(Mutex::new(std::collections::HashSet::new())),
         }
+    }
+
+    /// Reads the contracts from `dir` (`<dir>/<namespace>/<table>.yaml`), now and on [`Lakehouse::reload_contracts`].
+    pub fn with_contracts_dir(mut self, dir: &Path) -> Lakehouse {
+        let stamp = ContractsStamp::of(dir);
+        *self
+            .contracts
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(ContractStore::load(dir));
+        self.contracts_dir = Some((dir.to_path_buf(), Mutex::new(stamp)));
+        self
+    }
+
+    /// Reloads the contracts when their files changed (or always, with `force`): a new set replaces the old one
+    /// whole, so a call sees either. A contract that no longer loads is logged and its table counts as
+    /// unclassified, exactly as at start-up. `Some((loaded, rejected))` when a reload happened.
+    pub fn reload_contracts(&self, force: bool) -> Option<(usize, usize)> {
+        let (dir, stamp) = self.contracts_dir.as_ref()?;
+        let now = ContractsStamp::of(dir);
+        {
+            let mut last = stamp
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !force && *last == now {
+                return None;
+            }
+            *last = now;
+        }
+        let store = ContractStore::load(dir);
+        let counts = (store.len(), store.rejected.len());
+        *self
+            .contracts
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(store);
+        self.contracts_version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Some(counts)
+    }
+
+    /// Changes with every contracts reload.
+    pub fn contracts_version(&self) -> u64 {
+        self.contracts_version
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Reuses the table list and loaded tables for `ttl` (zero: ask the catalog every time).
@@ -434,10 +485,11 @@ impl Lakehouse {
 
     /// Policy facts of a table known to exist (e.g. from [`Lakehouse::list_tables`]).
     pub fn facts_of_listed(&self, table: &TableName) -> TableFacts {
+        let contract = self.contract(table);
         table_facts(
             &table.namespace_str(),
             &table.name,
-            self.contract(table).map(|c| &c.contract),
+            contract.as_deref().map(|c| &c.contract),
         )
     }
 
@@ -531,8 +583,33 @@ impl Lakehouse {
     }
 
     /// The table's contract, if it has a valid one.
-    pub fn contract(&self, table: &TableName) -> Option<&LoadedContract> {
-        self.contracts.get(&table.to_string())
+    pub fn contract(&self, table: &TableName) -> Option<Arc<LoadedContract>> {
+        self.contracts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&table.to_string())
+    }
+}
+
+/// What the contract files looked like when last read: each `.yaml` file's path, modification time and size.
+#[derive(PartialEq, Eq)]
+struct ContractsStamp(Vec<(std::path::PathBuf, Option<std::time::SystemTime>, u64)>);
+
+impl ContractsStamp {
+    fn of(dir: &Path) -> ContractsStamp {
+        let mut files = Vec::new();
+        crate::contracts::collect_yaml(dir, &mut files);
+        let mut stamp: Vec<_> = files
+            .into_iter()
+            .map(|path| {
+                let meta = std::fs::metadata(&path).ok();
+                let modified = meta.as_ref().and_then(|m| m.modified().ok());
+                let len = meta.map_or(0, |m| m.len());
+                (path, modified, len)
+            })
+            .collect();
+        stamp.sort();
+        ContractsStamp(stamp)
     }
 }
 

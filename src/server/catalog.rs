@@ -385,7 +385,8 @@ impl ParleyServer {
     ) -> Result<Arc<Discovered>, ToolError> {
         let lakehouse = &self.app.lakehouse;
         let names = lakehouse.list_tables().await.map_err(internal)?;
-        let policy_version = checked.policy_version();
+        // Discovery depends on the policy and on the contracts (owners, tags, classifications).
+        let policy_version = (checked.policy_version(), lakehouse.contracts_version());
         let cache = &self.app.discovery;
         if let Some(hit) = cache.get(checked, &names, policy_version) {
             return Ok(hit);
@@ -398,7 +399,8 @@ impl ParleyServer {
             }
             let table = name.to_string();
             let mut haystack = table.clone();
-            let contract = lakehouse.contract(name).map(|c| &c.contract);
+            let loaded = lakehouse.contract(name);
+            let contract = loaded.as_deref().map(|c| &c.contract);
             if let Some(c) = contract {
                 let purpose = c.description.as_ref().and_then(|d| d.purpose.as_deref());
                 for text in purpose
@@ -578,7 +580,8 @@ impl ParleyServer {
             .await?;
         let lakehouse = &self.app.lakehouse;
         let table = lakehouse.load(&name).await.map_err(internal)?;
-        let contract = lakehouse.contract(&name).map(|c| &c.contract);
+        let loaded = lakehouse.contract(&name);
+        let contract = loaded.as_deref().map(|c| &c.contract);
         let meta = table.metadata();
         let schema = meta.current_schema();
         let columns = schema
