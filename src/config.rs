@@ -49,9 +49,46 @@ pub struct CatalogSettings {
     /// `rest` (an Iceberg REST catalog) or `sql` (an Iceberg SQL catalog on SQLite).
     #[serde(rename = "type")]
     pub kind: CatalogKind,
+    /// The catalog's own permission service, asked for every agent action on its tables besides Parley's policy
+    /// (`[catalogs.authorization]`). None: only Parley's service account's view of the catalog applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<CatalogAuthorization>,
     /// Catalog properties.
     #[serde(flatten)]
     pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// A catalog's permission service (`[catalogs.authorization]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CatalogAuthorization {
+    /// `lakekeeper`: Lakekeeper's `POST /management/v1/action/batch-check`.
+    #[serde(rename = "type")]
+    pub kind: AuthorizationKind,
+    /// Base URL of the management API, e.g. `https://lakekeeper.example.com/management` (requests go to
+    /// `<management-uri>/v1/action/batch-check`).
+    pub management_uri: String,
+    /// The Lakekeeper warehouse (a UUID) the catalog's `warehouse` names.
+    pub warehouse_id: String,
+    /// How long an answer is reused, in milliseconds. Default: 5000.
+    #[serde(default = "default_authorization_cache_ms")]
+    pub cache_ms: u64,
+    /// Catalog user id of each Parley principal, e.g. `analyst = "oidc~4f2c..."`; a principal not listed is
+    /// `oidc~<principal id>` (an HTTP agent's id is its token's subject, as Lakekeeper names OIDC users).
+    #[serde(default)]
+    pub identities: std::collections::BTreeMap<String, String>,
+}
+
+fn default_authorization_cache_ms() -> u64 {
+    5000
+}
+
+/// Permission services Parley asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthorizationKind {
+    /// Lakekeeper (OpenFGA or Cedar behind it).
+    Lakekeeper,
 }
 
 /// The kinds of catalog Parley reaches.
@@ -504,6 +541,7 @@ mod tests {
         .unwrap();
         config.check_catalogs().unwrap();
         assert_eq!(config.catalogs[0].kind, CatalogKind::Rest);
+        assert_eq!(config.catalogs[0].authorization, None);
         assert_eq!(config.catalogs[0].properties["credential"], "parley:secret");
         assert_eq!(config.catalogs[1].kind, CatalogKind::Sql);
 
@@ -530,5 +568,32 @@ mod tests {
         assert!(dotted.contains("first part"), "{dotted}");
         let kind = refused("[[catalogs]]\nname = \"a\"\ntype = \"glue\"");
         assert!(kind.contains("glue"), "{kind}");
+
+        // The catalog's permission service, a table of its own (not a catalog property).
+        let config: Config = toml::from_str(
+            r#"
+            [[catalogs]]
+            name = "lake"
+            type = "rest"
+            uri = "http://127.0.0.1:8181/catalog"
+            [catalogs.authorization]
+            type = "lakekeeper"
+            management-uri = "http://127.0.0.1:8181/management"
+            warehouse-id = "9f2a6c1e-0000-4000-8000-000000000001"
+            [catalogs.authorization.identities]
+            analyst = "oidc~a1b2"
+            "#,
+        )
+        .unwrap();
+        config.check_catalogs().unwrap();
+        let authz = config.catalogs[0].authorization.as_ref().unwrap();
+        assert_eq!(authz.kind, AuthorizationKind::Lakekeeper);
+        assert_eq!(authz.cache_ms, 5000);
+        assert_eq!(authz.identities["analyst"], "oidc~a1b2");
+        assert!(!config.catalogs[0].properties.contains_key("authorization"));
+        let typo = refused(
+            "[[catalogs]]\nname = \"l\"\ntype = \"rest\"\nuri = \"http://x\"\n[catalogs.authorization]\ntype = \"lakekeeper\"\nmanagement-url = \"x\"\nwarehouse-id = \"w\"",
+        );
+        assert!(typo.contains("management-url"), "{typo}");
     }
 }

@@ -610,6 +610,10 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
     let purposes = parley::negotiation::Purposes::load(&dir.policy().join("purposes.yaml"))
         .map_err(|e| anyhow::anyhow!("cannot load the purpose registry: {e}"))?;
     let engine = parley::query::Engine::new(&config.query, opened.naming.clone())?;
+    let authz = parley::catalog::authz::CatalogAuthz::new(
+        &parley::catalog::open::effective(&config, dir),
+        &opened.naming,
+    );
     let cache_ttl = std::time::Duration::from_millis(config.catalog_cache_ttl_ms);
     let app = Arc::new(App {
         discovery: Default::default(),
@@ -625,6 +629,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         identity,
         gate: Gate::new(policy.clone(), audit),
         lakehouse: Lakehouse::new(opened.catalog, ContractStore::default())
+            .with_authz(authz)
             .with_contracts_dir(&dir.contracts())
             .with_cache_ttl(cache_ttl),
     });

@@ -46,6 +46,7 @@ use discovery::{Discoverable, Discovered, MAX_DISCOVERY_ENTRIES};
 pub use notify::Sessions;
 use resources::{MAX_LISTEN_URIS, changes, resource_templates};
 
+use crate::catalog::authz::CatalogAction;
 use crate::catalog::{Lakehouse, TableName};
 use crate::config::Config;
 use crate::gate::{Checked, Gate, ToolError};
@@ -136,6 +137,18 @@ fn parse_args<T: serde::de::DeserializeOwned>(args: JsonObject) -> Result<T, Too
 
 fn internal(e: impl std::fmt::Display) -> ToolError {
     ToolError::Internal(e.to_string())
+}
+
+impl From<crate::catalog::CatalogError> for ToolError {
+    fn from(e: crate::catalog::CatalogError) -> ToolError {
+        match e {
+            crate::catalog::CatalogError::Denied(_) => ToolError::Denied {
+                reason: e.to_string(),
+                next_step: "Ask the catalog's administrator for access.".to_string(),
+            },
+            other => ToolError::Internal(other.to_string()),
+        }
+    }
 }
 
 /// The reply of a tool whose text is its result as pretty JSON.

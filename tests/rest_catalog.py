@@ -7,18 +7,26 @@ the REST catalog hides `hr.*` from Parley's service account. Then, through the P
   2. the default principal discovers every visible table and reads its draft contract; queries wait for
      classification; the hidden table answers exactly like a missing one, in every tool;
   3. once an owner classifies the columns, query results equal pyiceberg's own reading, across both catalogs;
-  4. a wrong client secret is said in the log and in the agent's error, without a response body or secret.
+  4. with Lakekeeper-style catalog authorization (`[catalogs.authorization]`, a batch-check service on loopback
+     speaking Lakekeeper's management API shapes, which checks Parley's service token against the REST
+     catalog), both the catalog and Parley's policy must allow: a table the catalog does not list for a
+     principal is a missing table, one it lists without read_data is denied by the catalog, the audit record
+     names the catalog's decision, and an unreachable permission service fails closed;
+  5. a wrong client secret is said in the log and in the agent's error, without a response body or secret.
 
 Usage: python tests/rest_catalog.py path/to/parley
 """
 
 import asyncio
+import http.server
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import threading
+import urllib.request
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -46,6 +54,45 @@ def start_fixture(warehouse: str, auth: str) -> tuple[subprocess.Popen, str]:
         proc.kill()
         raise SystemExit(f"the REST fixture did not start (got {url!r}); needs Java 17")
     return proc, url
+
+
+class BatchCheck(http.server.BaseHTTPRequestHandler):
+    """Lakekeeper's `POST /management/v1/action/batch-check` (request and answer shapes from its OpenAPI)."""
+
+    catalog_url = ""
+    grants: dict = {}
+    requests: list = []
+
+    def do_POST(self):
+        if self.path != "/management/v1/action/batch-check":
+            self.send_error(404)
+            return
+        token = self.headers.get("Authorization", "")
+        # Parley's service token must be one the REST catalog accepts.
+        probe = urllib.request.Request(f"{self.catalog_url}/v1/config", headers={"Authorization": token})
+        try:
+            urllib.request.urlopen(probe, timeout=5)
+        except Exception:
+            self.send_error(401)
+            return
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        BatchCheck.requests.append(body)
+        results = []
+        for i, check in enumerate(body["checks"]):
+            user = check["identity"]["user"]
+            op = check["operation"]["table"]
+            table = ".".join(op["namespace"] + [op["table"]])
+            allowed = op["action"] in self.grants.get(user, {}).get(table, set())
+            results.append({"id": check.get("id", str(i)), "allowed": allowed})
+        answer = json.dumps({"results": results}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args):
+        pass
 
 
 def write_tables(url: str, sql_dir: str) -> dict:
@@ -250,7 +297,73 @@ def main() -> None:
         check(results[2].structured_content["rows"][0][0] == truth["eu"], "a nested namespace is queryable")
         check("channel" in text(results[3]), "describe_table shows the evolved schema")
 
-        # 4. A wrong secret: said at start-up and to the agent, without the secret or a response body.
+        # 4. The catalog's own authorization in the path (Lakekeeper batch-check), both must allow.
+        BatchCheck.catalog_url = url
+        BatchCheck.grants = {
+            "oidc~a1b2": {
+                "sales.orders": {"include_in_list", "get_metadata", "read_data"},
+                "sales.eu.orders": {"include_in_list", "get_metadata"},
+            },
+        }
+        checker = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BatchCheck)
+        threading.Thread(target=checker.serve_forever, daemon=True).start()
+        config_path = os.path.join(data_dir, "parley.toml")
+        with open(config_path) as f:
+            plain_config = f.read()
+        lake_end = plain_config.index("[[catalogs]]", 1)
+        with open(config_path, "w") as f:
+            f.write(
+                plain_config[:lake_end]
+                + "[catalogs.authorization]\ntype = \"lakekeeper\"\n"
+                + f'management-uri = "http://127.0.0.1:{checker.server_port}/management"\n'
+                + 'warehouse-id = "9f2a6c1e-0000-4000-8000-000000000001"\ncache-ms = 0\n'
+                + '[catalogs.authorization.identities]\nanalyst = "oidc~a1b2"\n\n'
+                + plain_config[lake_end:]
+            )
+        before = len(BatchCheck.requests)
+        results = asyncio.run(session_calls(binary, data_dir, [
+            ("list_tables", {}),
+            ("query", {"sql": "SELECT count(*) FROM lake.sales.orders"}),
+            ("query", {"sql": 'SELECT count(*) FROM lake."sales.eu".orders'}),
+        ]))
+        listed = {t["table"] for t in results[0].structured_content["tables"]}
+        check(listed == {"lake.sales.orders", "lake.sales.eu.orders", "local.ops.shipments"},
+              f"the catalog lists both lake tables for analyst ({sorted(listed)})")
+        check(not results[1].is_error and results[1].structured_content["rows"][0][0] == truth["count"],
+              "read_data allowed by the catalog and the policy: the query runs")
+        check(results[2].is_error and "catalog's own permissions" in text(results[2]),
+              f"listed without read_data: denied by the catalog ({text(results[2])[:100]})")
+        listing = BatchCheck.requests[before]
+        check(len(listing["checks"]) == 2 and {c["identity"]["user"] for c in listing["checks"]} == {"oidc~a1b2"},
+              "one batch-check for the whole listing, for the mapped catalog user")
+        with open(os.path.join(data_dir, "audit", "audit.jsonl")) as f:
+            records = [json.loads(line) for line in f]
+        denied = [r for r in records if r.get("tool") == "query" and r["decision"] == "denied"][-1]
+        check("Lakekeeper batch-check" in denied["reason"] and "refuses oidc~a1b2" in denied["reason"],
+              "the audit record names the catalog's decision")
+
+        results = asyncio.run(session_calls(binary, data_dir, [
+            ("list_tables", {}),
+            ("describe_table", {"table": "lake.sales.orders"}),
+            ("describe_table", {"table": "lake.sales.nonexistent"}),
+        ], principal="data-owner"))
+        listed = {t["table"] for t in results[0].structured_content["tables"]}
+        check(listed == {"local.ops.shipments"}, f"a principal the catalog grants nothing sees only the other catalog ({sorted(listed)})")
+        check(text(results[1]).replace("orders", "X") == text(results[2]).replace("nonexistent", "X"),
+              "a table the catalog does not list for the principal answers like a missing one")
+
+        checker.shutdown()
+        checker.server_close()
+        results = asyncio.run(session_calls(binary, data_dir, [
+            ("list_tables", {}),
+            ("query", {"sql": "SELECT count(*) FROM lake.sales.orders"}),
+        ]))
+        check(all(r.is_error and "fails closed" in text(r) for r in results),
+              f"an unreachable permission service fails closed, said in the error ({text(results[0])[:120]})")
+        with open(config_path, "w") as f:
+            f.write(plain_config)
+
+        # 5. A wrong secret: said at start-up and to the agent, without the secret or a response body.
         write_config("wrong-secret")
         params_log = os.path.join(tmp, "serve.log")
 

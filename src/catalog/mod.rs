@@ -20,6 +20,7 @@ use iceberg_catalog_sql::{SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlC
 
 use crate::contracts::{ContractStore, LoadedContract, table_facts};
 
+pub mod authz;
 pub mod federation;
 pub mod open;
 use crate::policy::TableFacts;
@@ -138,7 +139,7 @@ pub enum CatalogError {
     )]
     Denied(String),
     /// The catalog cannot be reached or refuses Parley's credentials.
-    #[error("the catalog is unavailable ({0}); this is a server problem, retrying later may help")]
+    #[error("the catalog is unavailable ({0})")]
     Unavailable(String),
     #[error("catalog error: {0}")]
     Backend(String),
@@ -216,6 +217,8 @@ pub struct Lakehouse {
     contracts_dir: Option<(std::path::PathBuf, Mutex<ContractsStamp>)>,
     /// Bumped on every reload, so caches of what contracts decide (discovery) start over.
     contracts_version: std::sync::atomic::AtomicU64,
+    /// The catalogs' own permission services, asked for every agent besides the policy.
+    authz: authz::CatalogAuthz,
     cache_ttl: Duration,
     names: Arc<NamesSlot>,
     /// A background refresh of `names` is running.
@@ -287,6 +290,7 @@ impl Lakehouse {
             contracts: std::sync::RwLock::new(Arc::new(contracts)),
             contracts_dir: None,
             contracts_version: std::sync::atomic::AtomicU64::new(0),
+            authz: authz::CatalogAuthz::default(),
             cache_ttl: Duration::ZERO,
             names: Arc::new(Mutex::new(None)),
             refreshing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -332,6 +336,17 @@ impl Lakehouse {
         self.contracts_version
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Some(counts)
+    }
+
+    /// Asks the catalogs' own permission services (`[catalogs.authorization]`) besides Parley's policy.
+    pub fn with_authz(mut self, authz: authz::CatalogAuthz) -> Lakehouse {
+        self.authz = authz;
+        self
+    }
+
+    /// The catalogs' permission services.
+    pub fn authz(&self) -> &authz::CatalogAuthz {
+        &self.authz
     }
 
     /// Changes with every contracts reload.

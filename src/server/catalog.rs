@@ -368,12 +368,93 @@ impl ParleyServer {
     ) -> Result<TableName, ToolError> {
         let parsed = TableName::parse(name).ok();
         let facts = match &parsed {
-            Some(t) => self.app.lakehouse.facts(t).await.map_err(internal)?,
+            Some(t) => self.facts_for(checked, t).await?,
             None => None,
         };
         checked.require_table(name, facts, action, next_step)?;
         // require_table only succeeds for a table that exists, hence one whose name parsed.
-        parsed.ok_or_else(|| internal("table name did not parse"))
+        let table = parsed.ok_or_else(|| internal("table name did not parse"))?;
+        if action == Action::Query {
+            self.require_catalog_read(checked, &table).await?;
+        }
+        Ok(table)
+    }
+
+    /// The table's policy facts, or `None` when it does not exist — or when the catalog's own permission service
+    /// does not let the caller see it (so it is reported exactly like a missing table; the audit record names the
+    /// catalog's refusal).
+    pub(super) async fn facts_for(
+        &self,
+        checked: &mut Checked<'_>,
+        table: &TableName,
+    ) -> Result<Option<crate::policy::TableFacts>, ToolError> {
+        let lakehouse = &self.app.lakehouse;
+        let Some(facts) = lakehouse.facts(table).await.map_err(ToolError::from)? else {
+            return Ok(None);
+        };
+        let authz = lakehouse.authz();
+        if authz.is_empty() {
+            return Ok(Some(facts));
+        }
+        let allowed = authz
+            .allowed(
+                checked.principal(),
+                std::slice::from_ref(table),
+                &[CatalogAction::IncludeInList, CatalogAction::GetMetadata],
+            )
+            .await
+            .map_err(ToolError::from)?
+            .first()
+            .copied()
+            .unwrap_or(false);
+        if let Some(why) = authz.describe(checked.principal(), table, allowed) {
+            checked.note(
+                Action::Discover,
+                &table.to_string(),
+                format!("{why} get_metadata"),
+            );
+        }
+        Ok(allowed.then_some(facts))
+    }
+
+    /// Requires the catalog's `read_data` on `table` for the caller, when its catalog has a permission service.
+    pub(super) async fn require_catalog_read(
+        &self,
+        checked: &mut Checked<'_>,
+        table: &TableName,
+    ) -> Result<(), ToolError> {
+        let authz = self.app.lakehouse.authz();
+        if authz.is_empty() {
+            return Ok(());
+        }
+        let allowed = authz
+            .allowed(
+                checked.principal(),
+                std::slice::from_ref(table),
+                &[CatalogAction::ReadData],
+            )
+            .await
+            .map_err(ToolError::from)?
+            .first()
+            .copied()
+            .unwrap_or(false);
+        let Some(why) = authz.describe(checked.principal(), table, allowed) else {
+            return Ok(());
+        };
+        checked.note(
+            Action::Query,
+            &table.to_string(),
+            format!("{why} read_data"),
+        );
+        if allowed {
+            Ok(())
+        } else {
+            Err(ToolError::Denied {
+                reason: format!("the catalog's own permissions do not let you read {table}'s data"),
+                next_step: "Ask the catalog's administrator for read access to this table."
+                    .to_string(),
+            })
+        }
     }
 
     /// The tables the caller may discover, with their policy resource and search text, sorted by name. Built once
@@ -385,8 +466,13 @@ impl ParleyServer {
     ) -> Result<Arc<Discovered>, ToolError> {
         let lakehouse = &self.app.lakehouse;
         let names = lakehouse.list_tables().await.map_err(internal)?;
-        // Discovery depends on the policy and on the contracts (owners, tags, classifications).
-        let policy_version = (checked.policy_version(), lakehouse.contracts_version());
+        // Discovery depends on the policy, the contracts (owners, tags, classifications) and what the catalogs'
+        // permission services answered (reused for their cache period).
+        let policy_version = (
+            checked.policy_version(),
+            lakehouse.contracts_version(),
+            lakehouse.authz().epoch(),
+        );
         let cache = &self.app.discovery;
         if let Some(hit) = cache.get(checked, &names, policy_version) {
             return Ok(hit);
@@ -437,6 +523,21 @@ impl ParleyServer {
                 },
                 haystack,
             ));
+        }
+        if !lakehouse.authz().is_empty() {
+            // Both must allow: of what the policy lets the caller discover, only what the catalog lists for them.
+            let tables: Vec<TableName> = visible.iter().map(|(d, _)| d.name.clone()).collect();
+            let allowed = lakehouse
+                .authz()
+                .allowed(
+                    checked.principal(),
+                    &tables,
+                    &[CatalogAction::IncludeInList],
+                )
+                .await
+                .map_err(ToolError::from)?;
+            let mut allowed = allowed.into_iter();
+            visible.retain(|_| allowed.next().unwrap_or(false));
         }
         let visible = Arc::new(Discovered::new(visible));
         cache.put(checked, names, policy_version, visible.clone());

@@ -142,8 +142,8 @@ impl Default for DiscoveryCache {
 struct DiscoveryEntry {
     principal: Principal,
     purpose: Option<String>,
-    /// Versions of the policy and the contracts it was computed under.
-    policy_version: (u64, u64),
+    /// Versions of the policy, the contracts and the catalogs' answers it was computed under.
+    policy_version: (u64, u64, u64),
     names: Arc<Vec<TableName>>,
     discovered: Arc<Discovered>,
 }
@@ -156,7 +156,7 @@ impl DiscoveryCache {
         &self,
         checked: &Checked<'_>,
         names: &Arc<Vec<TableName>>,
-        policy_version: (u64, u64),
+        policy_version: (u64, u64, u64),
     ) -> Option<Arc<Discovered>> {
         let e = self.entries.get(checked.principal_id())?;
         (e.policy_version == policy_version
@@ -170,7 +170,7 @@ impl DiscoveryCache {
         &self,
         checked: &Checked<'_>,
         names: Arc<Vec<TableName>>,
-        policy_version: (u64, u64),
+        policy_version: (u64, u64, u64),
         discovered: Arc<Discovered>,
     ) {
         self.entries.insert(

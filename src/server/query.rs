@@ -216,7 +216,7 @@ impl ParleyServer {
                 // grant's terms in its context: a forbid wins over any grant.
                 let parsed = TableName::parse(&shown).ok();
                 let facts = match &parsed {
-                    Some(t) => self.app.lakehouse.facts(t).await.map_err(internal)?,
+                    Some(t) => self.facts_for(checked, t).await?,
                     None => None,
                 };
                 checked.require_table_under(
@@ -228,6 +228,7 @@ impl ParleyServer {
                     g.terms().policy_context(&shown, g.id()),
                 )?;
                 let name = parsed.ok_or_else(|| internal("table name did not parse"))?;
+                self.require_catalog_read(checked, &name).await?;
                 checked.note(
                     Action::Query,
                     &shown,

@@ -61,23 +61,40 @@ impl ParleyServer {
             .app
             .gate
             .run(&principal, "resources/list", None, async |c| {
-                let mut out = Vec::new();
+                let mut shown = Vec::new();
                 for name in lakehouse.list_tables().await.map_err(internal)?.iter() {
                     let resource = Resource::Table(lakehouse.facts_of_listed(name));
                     let visible = c.peek(Action::Discover, &resource).allowed()
                         && c.peek(Action::ReadContract, &resource).allowed();
                     if visible && lakehouse.contract(name).is_some() {
-                        out.push(
-                            McpResource::new(
-                                format!("{CONTRACT_SCHEME}{}/{}", name.namespace_str(), name.name),
-                                format!("{name} contract"),
-                            )
-                            .with_description(format!("ODCS v3 data contract of {name}"))
-                            .with_mime_type("application/yaml"),
-                        );
+                        shown.push(name.clone());
                     }
                 }
-                Ok(out)
+                // The catalog's own permissions too: only tables it lists for the caller.
+                if !lakehouse.authz().is_empty() {
+                    let allowed = lakehouse
+                        .authz()
+                        .allowed(
+                            c.principal(),
+                            &shown,
+                            &[crate::catalog::authz::CatalogAction::IncludeInList],
+                        )
+                        .await
+                        .map_err(ToolError::from)?;
+                    let mut allowed = allowed.into_iter();
+                    shown.retain(|_| allowed.next().unwrap_or(false));
+                }
+                Ok(shown
+                    .iter()
+                    .map(|name| {
+                        McpResource::new(
+                            format!("{CONTRACT_SCHEME}{}/{}", name.namespace_str(), name.name),
+                            format!("{name} contract"),
+                        )
+                        .with_description(format!("ODCS v3 data contract of {name}"))
+                        .with_mime_type("application/yaml")
+                    })
+                    .collect::<Vec<_>>())
             })
             .await
             .map_err(|e| ErrorData::internal_error(e, None))?;

@@ -1,0 +1,383 @@
+//! The catalog's own authorization, asked for every agent action besides Parley's policy: both must allow.
+//!
+//! Today one permission service: Lakekeeper's `POST /management/v1/action/batch-check`, asked with Parley's own
+//! service token (never an agent's) for the agent's catalog user id — `oidc~<subject>` for an HTTP agent, or the
+//! id `identities` maps a principal to. One request covers a whole page of tables; answers are reused for a short,
+//! configured time in a bounded cache.
+//!
+//! Invariant: fail closed. When the permission service cannot be asked, nothing of its catalog is shown or read,
+//! and the agent is told the catalog's permission service is unavailable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{CatalogError, TableName};
+use crate::config::{AuthorizationKind, CatalogAuthorization, CatalogSettings};
+use crate::identity::Principal;
+use crate::query::Naming;
+
+/// What the catalog is asked about a table (Lakekeeper's table actions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CatalogAction {
+    /// The table may appear in listings.
+    IncludeInList,
+    /// Its metadata (schema, snapshots) may be read.
+    GetMetadata,
+    /// Its data may be read.
+    ReadData,
+}
+
+impl CatalogAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            CatalogAction::IncludeInList => "include_in_list",
+            CatalogAction::GetMetadata => "get_metadata",
+            CatalogAction::ReadData => "read_data",
+        }
+    }
+}
+
+/// The permission services of the configured catalogs, by catalog.
+#[derive(Default)]
+pub struct CatalogAuthz {
+    /// `(catalog name or None for the only catalog, service)`.
+    members: Vec<(Option<String>, Arc<Lakekeeper>)>,
+}
+
+impl CatalogAuthz {
+    /// The permission services `catalogs` configure; `naming` says how table names carry the catalog.
+    pub fn new(catalogs: &[CatalogSettings], naming: &Naming) -> CatalogAuthz {
+        let members = catalogs
+            .iter()
+            .filter_map(|c| {
+                let settings = c.authorization.as_ref()?;
+                let prefix = match naming {
+                    Naming::Single(_) => None,
+                    Naming::Federated(_) => Some(c.name.clone()),
+                };
+                Some((prefix, Arc::new(Lakekeeper::new(c, settings))))
+            })
+            .collect();
+        CatalogAuthz { members }
+    }
+
+    /// Whether any catalog has a permission service.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Changes every cache period, so caches of what the catalogs answered (discovery) start over then.
+    pub fn epoch(&self) -> u64 {
+        static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+        let period = self
+            .members
+            .iter()
+            .map(|(_, m)| m.cache_for)
+            .min()
+            .unwrap_or(Duration::MAX)
+            .max(Duration::from_millis(1));
+        (START.elapsed().as_millis() / period.as_millis()) as u64
+    }
+
+    /// For each table, whether the catalog allows `principal` every one of `actions` on it (tables of catalogs
+    /// without a permission service: yes). An error when a permission service cannot be asked.
+    pub async fn allowed(
+        &self,
+        principal: &Principal,
+        tables: &[TableName],
+        actions: &[CatalogAction],
+    ) -> Result<Vec<bool>, CatalogError> {
+        let mut out = vec![true; tables.len()];
+        for (prefix, service) in &self.members {
+            // The tables of this catalog, named as the catalog names them.
+            let mine: Vec<(usize, TableName)> = tables
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| match prefix {
+                    None => Some((i, t.clone())),
+                    Some(p) if t.namespace.len() > 1 && &t.namespace[0] == p => Some((
+                        i,
+                        TableName {
+                            namespace: t.namespace[1..].to_vec(),
+                            name: t.name.clone(),
+                        },
+                    )),
+                    Some(_) => None,
+                })
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let names: Vec<TableName> = mine.iter().map(|(_, t)| t.clone()).collect();
+            let answers = service.check(principal, &names, actions).await?;
+            for ((i, _), allowed) in mine.iter().zip(answers) {
+                out[*i] &= allowed;
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the audit record says about the catalog's part in a decision on `table`.
+    pub fn describe(
+        &self,
+        principal: &Principal,
+        table: &TableName,
+        allowed: bool,
+    ) -> Option<String> {
+        let (prefix, service) = self.members.iter().find(|(p, _)| match p {
+            None => true,
+            Some(p) => table.namespace.first() == Some(p),
+        })?;
+        Some(format!(
+            "catalog{} (Lakekeeper batch-check) {} {}",
+            prefix.as_ref().map(|p| format!(" {p}")).unwrap_or_default(),
+            if allowed { "allows" } else { "refuses" },
+            service.user_id(principal)
+        ))
+    }
+}
+
+/// Lakekeeper's permission checks.
+pub struct Lakekeeper {
+    endpoint: String,
+    warehouse_id: String,
+    identities: std::collections::BTreeMap<String, String>,
+    cache_for: Duration,
+    token: ServiceToken,
+    client: reqwest::Client,
+    /// `(user id, table, action)` → allowed.
+    answers: moka::sync::Cache<(String, TableName, CatalogAction), bool>,
+}
+
+/// Checks per batch-check request.
+const BATCH: usize = 1000;
+
+impl Lakekeeper {
+    fn new(catalog: &CatalogSettings, settings: &CatalogAuthorization) -> Lakekeeper {
+        let AuthorizationKind::Lakekeeper = settings.kind;
+        let cache_for = Duration::from_millis(settings.cache_ms);
+        Lakekeeper {
+            endpoint: format!(
+                "{}/v1/action/batch-check",
+                settings.management_uri.trim_end_matches('/')
+            ),
+            warehouse_id: settings.warehouse_id.clone(),
+            identities: settings.identities.clone(),
+            cache_for,
+            token: ServiceToken::new(catalog),
+            client: http_client(),
+            answers: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(cache_for.max(Duration::from_millis(1)))
+                .build(),
+        }
+    }
+
+    /// The catalog user id of `principal`.
+    fn user_id(&self, principal: &Principal) -> String {
+        self.identities
+            .get(&principal.id)
+            .cloned()
+            .unwrap_or_else(|| format!("oidc~{}", principal.id))
+    }
+
+    async fn check(
+        &self,
+        principal: &Principal,
+        tables: &[TableName],
+        actions: &[CatalogAction],
+    ) -> Result<Vec<bool>, CatalogError> {
+        let user = self.user_id(principal);
+        let mut known: HashMap<(usize, CatalogAction), bool> = HashMap::new();
+        let mut ask: Vec<(usize, CatalogAction)> = Vec::new();
+        for (i, t) in tables.iter().enumerate() {
+            for &a in actions {
+                match (self.cache_for > Duration::ZERO)
+                    .then(|| self.answers.get(&(user.clone(), t.clone(), a)))
+                    .flatten()
+                {
+                    Some(v) => {
+                        known.insert((i, a), v);
+                    }
+                    None => ask.push((i, a)),
+                }
+            }
+        }
+        for chunk in ask.chunks(BATCH) {
+            let checks: Vec<Value> = chunk
+                .iter()
+                .enumerate()
+                .map(|(n, (i, a))| {
+                    json!({
+                        "id": n.to_string(),
+                        "identity": {"user": user},
+                        "operation": {"table": {
+                            "action": a.as_str(),
+                            "namespace": tables[*i].namespace,
+                            "table": tables[*i].name,
+                            "warehouse-id": self.warehouse_id,
+                        }},
+                    })
+                })
+                .collect();
+            let results = self.batch_check(checks).await?;
+            for (n, (i, a)) in chunk.iter().enumerate() {
+                // A check the answer does not mention is not allowed.
+                let allowed = results.get(&n.to_string()).copied().unwrap_or(false);
+                known.insert((*i, *a), allowed);
+                if self.cache_for > Duration::ZERO {
+                    self.answers
+                        .insert((user.clone(), tables[*i].clone(), *a), allowed);
+                }
+            }
+        }
+        Ok((0..tables.len())
+            .map(|i| actions.iter().all(|a| known.get(&(i, *a)) == Some(&true)))
+            .collect())
+    }
+
+    async fn batch_check(&self, checks: Vec<Value>) -> Result<HashMap<String, bool>, CatalogError> {
+        let unavailable = |why: String| {
+            tracing::warn!(endpoint = %self.endpoint, "catalog permission check failed: {why}");
+            CatalogError::Unavailable(
+                "its permission service could not be asked, and Parley fails closed: nothing of this catalog is \
+                 shown or read until it answers"
+                    .to_string(),
+            )
+        };
+        let token = self.token.get(&self.client).await.map_err(unavailable)?;
+        let mut request = self
+            .client
+            .post(&self.endpoint)
+            .json(&json!({"checks": checks, "error-on-not-found": false}));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(unavailable(format!("HTTP {status}")));
+        }
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let results = body
+            .get("results")
+            .and_then(Value::as_array)
+            .ok_or_else(|| unavailable("the answer has no `results`".to_string()))?;
+        Ok(results
+            .iter()
+            .filter_map(|r| {
+                let id = match r.get("id")? {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                Some((id, r.get("allowed")?.as_bool()?))
+            })
+            .collect())
+    }
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTP client builds")
+}
+
+/// Parley's own token for a catalog's services: the catalog's static `token`, or one obtained with its
+/// `credential` (OAuth2 client credentials) at `oauth2-server-uri` (else `<uri>/v1/oauth/tokens`), kept until
+/// shortly before it expires.
+struct ServiceToken {
+    token: Option<String>,
+    client_credentials: Option<(String, String, String, Option<String>)>,
+    current: tokio::sync::Mutex<Option<(String, Instant)>>,
+}
+
+impl ServiceToken {
+    fn new(catalog: &CatalogSettings) -> ServiceToken {
+        let p = &catalog.properties;
+        let client_credentials = p.get("credential").map(|cred| {
+            let (id, secret) = cred.split_once(':').unwrap_or(("", cred));
+            let endpoint = p.get("oauth2-server-uri").cloned().unwrap_or_else(|| {
+                format!(
+                    "{}/v1/oauth/tokens",
+                    p.get("uri").map_or("", |u| u.trim_end_matches('/'))
+                )
+            });
+            (
+                endpoint,
+                id.to_string(),
+                secret.to_string(),
+                p.get("scope").cloned(),
+            )
+        });
+        ServiceToken {
+            token: p.get("token").cloned(),
+            client_credentials,
+            current: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn get(&self, client: &reqwest::Client) -> Result<Option<String>, String> {
+        if let Some(token) = &self.token {
+            return Ok(Some(token.clone()));
+        }
+        let Some((endpoint, id, secret, scope)) = &self.client_credentials else {
+            return Ok(None);
+        };
+        let mut current = self.current.lock().await;
+        if let Some((token, until)) = &*current
+            && Instant::now() < *until
+        {
+            return Ok(Some(token.clone()));
+        }
+        let mut form = vec![
+            ("grant_type", "client_credentials".to_string()),
+            ("client_id", id.clone()),
+            ("client_secret", secret.clone()),
+        ];
+        if let Some(scope) = scope {
+            form.push(("scope", scope.clone()));
+        }
+        let response = client
+            .post(endpoint)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| format!("token endpoint {endpoint}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!(
+                "token endpoint {endpoint} refused Parley's client credentials (HTTP {})",
+                response.status()
+            ));
+        }
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| format!("token endpoint {endpoint}: {e}"))?;
+        let token = body
+            .get("access_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("token endpoint {endpoint} sent no access_token"))?
+            .to_string();
+        let lifetime = body
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(300);
+        // Renewed a minute early (or at half its life when it is short).
+        let margin = (lifetime / 2).min(60);
+        *current = Some((
+            token.clone(),
+            Instant::now() + Duration::from_secs(lifetime - margin),
+        ));
+        Ok(Some(token))
+    }
+}
