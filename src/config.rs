@@ -41,7 +41,7 @@ pub struct Config {
 /// user copies them from a Spark or pyiceberg configuration: for `rest`, `uri`, `warehouse`, `credential`
 /// (`client_id:client_secret`, OAuth2 client credentials), `token`, `scope`, `oauth2-server-uri`, `audience`,
 /// `resource`, `prefix`, `header.<name>` and storage properties (`s3.*`, `client.*`); for `sql`, `uri` (a
-/// `sqlite:` URL) and `warehouse`.
+/// `sqlite:` URL), `warehouse` and storage properties.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CatalogSettings {
     /// The catalog's name: the first part of table names when several catalogs are configured.
@@ -119,6 +119,7 @@ impl CatalogSettings {
         ];
         const REST_PREFIXES: [&str; 5] = ["header.", "s3.", "client.", "gcs.", "adls."];
         const SQL: [&str; 2] = ["uri", "warehouse"];
+        const STORAGE_PREFIXES: [&str; 4] = ["s3.", "client.", "gcs.", "adls."];
         let name_ok = !self.name.is_empty()
             && self
                 .name
@@ -133,7 +134,7 @@ impl CatalogSettings {
         }
         let (known, prefixes): (&[&str], &[&str]) = match self.kind {
             CatalogKind::Rest => (&REST, &REST_PREFIXES),
-            CatalogKind::Sql => (&SQL, &[]),
+            CatalogKind::Sql => (&SQL, &STORAGE_PREFIXES),
         };
         for key in self.properties.keys() {
             if !known.contains(&key.as_str()) && !prefixes.iter().any(|p| key.starts_with(p)) {

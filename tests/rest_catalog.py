@@ -1,5 +1,6 @@
 """Parley over a lakehouse it did not create: an Iceberg REST catalog (Apache Iceberg's own handlers, the fixture
-in tests/iceberg-rest-fixture) and a pyiceberg SQL catalog, federated as `lake` and `local`.
+in tests/iceberg-rest-fixture), a pyiceberg SQL catalog on local files and one whose warehouse is in S3 (moto's S3
+API on loopback), federated as `lake`, `local` and `objects`.
 
 pyiceberg writes the tables (appends, a copy-on-write delete, a renamed and an added column, a nested namespace);
 the REST catalog hides `hr.*` from Parley's service account. Then, through the Python MCP SDK over stdio:
@@ -95,7 +96,40 @@ class BatchCheck(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def write_tables(url: str, sql_dir: str) -> dict:
+def start_s3() -> tuple[subprocess.Popen, str]:
+    """moto's S3 API on a free loopback port, with an empty bucket `lake`."""
+    import socket
+
+    import boto3
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except Exception:
+            import time
+
+            time.sleep(0.1)
+    boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+        region_name="us-east-1",
+    ).create_bucket(Bucket="lake")
+    return proc, endpoint
+
+
+S3_PROPS = {"s3.access-key-id": "testing", "s3.secret-access-key": "testing", "s3.region": "us-east-1"}
+
+
+def write_tables(url: str, sql_dir: str, s3: str) -> dict:
     """Writes the tables as another engine would; returns the ground truth Parley must match."""
     admin = load_catalog("admin", type="rest", uri=url, credential="admin:admin-secret")
     for ns in ["sales", "sales.eu", "hr"]:
@@ -146,6 +180,18 @@ def write_tables(url: str, sql_dir: str) -> dict:
         )
     )
 
+    objects = SqlCatalog(
+        "objects", uri=f"sqlite:///{sql_dir}/objects.db", warehouse="s3://lake/wh",
+        **{"s3.endpoint": s3, **S3_PROPS},
+    )
+    objects.create_namespace("web")
+    ev_schema = pa.schema([pa.field("id", pa.int64()), pa.field("kind", pa.string())])
+    events = objects.create_table("web.events", schema=ev_schema)
+    events.append(pa.Table.from_pylist([{"id": i, "kind": ["view", "click"][i % 2]} for i in range(777)],
+                                       schema=ev_schema))
+    events.append(pa.Table.from_pylist([{"id": i, "kind": "buy"} for i in range(777, 800)], schema=ev_schema))
+    assert events.metadata_location.startswith("s3://lake/"), events.metadata_location
+
     # Ground truth, read back through pyiceberg (Parley's service account sees what admin sees here, minus hr).
     truth = admin.load_table("sales.orders").scan().to_arrow()
     ships = local.load_table("ops.shipments").scan().to_arrow()
@@ -158,6 +204,9 @@ def write_tables(url: str, sql_dir: str) -> dict:
         "null_channel": sum(1 for r in rows if r["channel"] is None),
         "joined": sum(1 for r in rows if r["order_id"] in shipped),
         "eu": admin.load_table("sales.eu.orders").scan().to_arrow().num_rows,
+        "buys": sum(1 for k in objects.load_table("web.events").scan().to_arrow().column("kind").to_pylist()
+                    if k == "buy"),
+        "events": objects.load_table("web.events").scan().to_arrow().num_rows,
     }
 
 
@@ -206,8 +255,9 @@ def main() -> None:
             f,
         )
     fixture, url = start_fixture(warehouse, auth)
+    s3_server, s3 = start_s3()
     try:
-        truth = write_tables(url, sql_dir)
+        truth = write_tables(url, sql_dir, s3)
         print(f"pyiceberg truth: {truth}")
 
         def write_config(secret: str) -> None:
@@ -216,7 +266,10 @@ def main() -> None:
                     f'[[catalogs]]\nname = "lake"\ntype = "rest"\nuri = "{url}"\ncredential = "parley:{secret}"\n'
                     f'scope = "catalog"\n\n'
                     f'[[catalogs]]\nname = "local"\ntype = "sql"\nuri = "sqlite:{sql_dir}/catalog.db"\n'
-                    f'warehouse = "file://{sql_dir}/wh"\n'
+                    f'warehouse = "file://{sql_dir}/wh"\n\n'
+                    f'[[catalogs]]\nname = "objects"\ntype = "sql"\nuri = "sqlite:{sql_dir}/objects.db"\n'
+                    f'warehouse = "s3://lake/wh"\n"s3.endpoint" = "{s3}"\n"s3.path-style-access" = "true"\n'
+                    + "".join(f'"{k}" = "{v}"\n' for k, v in S3_PROPS.items())
                 )
 
         write_config(SECRET)
@@ -230,11 +283,11 @@ def main() -> None:
         print(r.stdout, r.stderr)
         check(r.returncode == 0, "parley init succeeds")
         drafted = set(re.findall(r"drafted the contract of (\S+):", r.stdout))
-        check(drafted == {"lake.sales.orders", "lake.sales.eu.orders", "local.ops.shipments"},
+        check(drafted == {"lake.sales.orders", "lake.sales.eu.orders", "local.ops.shipments", "objects.web.events"},
               f"init drafts exactly the visible tables ({sorted(drafted)})")
         check(os.path.exists(os.path.join(data_dir, "policy", "policy.cedar")), "init writes a starter policy")
         again = subprocess.run([binary, "init", "--data-dir", data_dir], capture_output=True, text=True, timeout=120)
-        check("0 draft contracts written, 3 already had a contract" in again.stdout, "a second init changes nothing")
+        check("0 draft contracts written, 4 already had a contract" in again.stdout, "a second init changes nothing")
         validate = subprocess.run([binary, "contract", "validate", os.path.join(data_dir, "contracts")],
                                   capture_output=True, text=True)
         check(validate.returncode == 0, f"the drafts validate: {validate.stdout.strip()[:200]}")
@@ -253,8 +306,8 @@ def main() -> None:
             ("query", {"sql": "SELECT count(*) FROM sales.orders"}),
         ]))
         listed = {t["table"] for t in results[0].structured_content["tables"]}
-        check(listed == {"lake.sales.orders", "lake.sales.eu.orders", "local.ops.shipments"},
-              f"list_tables shows the visible tables of both catalogs ({sorted(listed)})")
+        check(listed == {"lake.sales.orders", "lake.sales.eu.orders", "local.ops.shipments", "objects.web.events"},
+              f"list_tables shows the visible tables of every catalog ({sorted(listed)})")
         contract = text(results[1])
         check(not results[1].is_error and "draft" in contract and "customer_id" in contract,
               "the draft contract is readable, with the evolved schema")
@@ -284,6 +337,7 @@ def main() -> None:
                               "ON o.order_id = s.order_id"}),
             ("query", {"sql": 'SELECT count(*) FROM lake."sales.eu".orders'}),
             ("describe_table", {"table": "lake.sales.orders"}),
+            ("query", {"sql": "SELECT count(*), count(*) FILTER (WHERE kind = 'buy') FROM objects.web.events"}),
         ]))
         for r in results:
             if r.is_error:
@@ -296,6 +350,8 @@ def main() -> None:
               "a join across the REST and the SQL catalog equals pyiceberg's")
         check(results[2].structured_content["rows"][0][0] == truth["eu"], "a nested namespace is queryable")
         check("channel" in text(results[3]), "describe_table shows the evolved schema")
+        check(results[4].structured_content["rows"][0] == [truth["events"], truth["buys"]],
+              "a table whose files are in S3 (moto) reads as pyiceberg reads it")
 
         # 4. The catalog's own authorization in the path (Lakekeeper batch-check), both must allow.
         BatchCheck.catalog_url = url
@@ -327,7 +383,7 @@ def main() -> None:
             ("query", {"sql": 'SELECT count(*) FROM lake."sales.eu".orders'}),
         ]))
         listed = {t["table"] for t in results[0].structured_content["tables"]}
-        check(listed == {"lake.sales.orders", "lake.sales.eu.orders", "local.ops.shipments"},
+        check(listed == {"lake.sales.orders", "lake.sales.eu.orders", "local.ops.shipments", "objects.web.events"},
               f"the catalog lists both lake tables for analyst ({sorted(listed)})")
         check(not results[1].is_error and results[1].structured_content["rows"][0][0] == truth["count"],
               "read_data allowed by the catalog and the policy: the query runs")
@@ -348,7 +404,7 @@ def main() -> None:
             ("describe_table", {"table": "lake.sales.nonexistent"}),
         ], principal="data-owner"))
         listed = {t["table"] for t in results[0].structured_content["tables"]}
-        check(listed == {"local.ops.shipments"}, f"a principal the catalog grants nothing sees only the other catalog ({sorted(listed)})")
+        check(listed == {"local.ops.shipments", "objects.web.events"}, f"a principal the catalog grants nothing sees only the other catalog ({sorted(listed)})")
         check(text(results[1]).replace("orders", "X") == text(results[2]).replace("nonexistent", "X"),
               "a table the catalog does not list for the principal answers like a missing one")
 
@@ -391,6 +447,8 @@ def main() -> None:
     finally:
         fixture.kill()
         fixture.wait()
+        s3_server.kill()
+        s3_server.wait()
     print("rest catalog: all checks passed")
 
 

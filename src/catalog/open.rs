@@ -3,10 +3,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use iceberg::io::LocalFsStorageFactory;
 use iceberg::{Catalog, CatalogBuilder};
 use iceberg_catalog_rest::RestCatalogBuilder;
 use iceberg_catalog_sql::{SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlCatalogBuilder};
+use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
 
 use super::CatalogError;
 use super::federation::Federation;
@@ -74,6 +74,13 @@ pub fn effective(config: &Config, dir: &DataDir) -> Vec<CatalogSettings> {
     }]
 }
 
+/// Where table files are read: local files, S3 and S3-compatible stores (the scheme of each path decides), with
+/// the catalog's storage properties (`s3.endpoint`, `s3.region`, `s3.access-key-id`, `s3.path-style-access`, ...)
+/// merged with what a REST catalog's `/v1/config` and each table's load answer (vended credentials).
+fn storage() -> Arc<dyn iceberg::io::StorageFactory> {
+    Arc::new(OpenDalResolvingStorageFactory::new())
+}
+
 /// Opens one catalog. REST catalogs are reached lazily (their `/v1/config` on first use); see [`probe`].
 pub async fn open_one(
     settings: &CatalogSettings,
@@ -90,14 +97,14 @@ pub async fn open_one(
                 .entry(SQL_CATALOG_PROP_WAREHOUSE.to_string())
                 .or_insert_with(|| format!("file://{}", dir.warehouse().display()));
             let catalog = SqlCatalogBuilder::default()
-                .with_storage_factory(Arc::new(LocalFsStorageFactory))
+                .with_storage_factory(storage())
                 .load(&settings.name, props)
                 .await?;
             Ok(Arc::new(catalog))
         }
         CatalogKind::Rest => {
             let catalog = RestCatalogBuilder::default()
-                .with_storage_factory(Arc::new(LocalFsStorageFactory))
+                .with_storage_factory(storage())
                 .load(&settings.name, props)
                 .await?;
             Ok(Arc::new(catalog))
