@@ -62,21 +62,62 @@ pub struct CatalogSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct CatalogAuthorization {
-    /// `lakekeeper`: Lakekeeper's `POST /management/v1/action/batch-check`.
+    /// `lakekeeper`: Lakekeeper's `POST /management/v1/action/batch-check`, asked with Parley's own token.
+    /// `token-exchange`: the catalog itself, asked with a token for the agent obtained by OAuth 2.0 Token
+    /// Exchange (RFC 8693) of the agent's verified token (HTTP agents only).
     #[serde(rename = "type")]
     pub kind: AuthorizationKind,
-    /// Base URL of the management API, e.g. `https://lakekeeper.example.com/management` (requests go to
-    /// `<management-uri>/v1/action/batch-check`).
-    pub management_uri: String,
-    /// The Lakekeeper warehouse (a UUID) the catalog's `warehouse` names.
-    pub warehouse_id: String,
+    /// Lakekeeper: base URL of the management API, e.g. `https://lakekeeper.example.com/management` (requests go
+    /// to `<management-uri>/v1/action/batch-check`).
+    pub management_uri: Option<String>,
+    /// Lakekeeper: the warehouse (a UUID) the catalog's `warehouse` names.
+    pub warehouse_id: Option<String>,
+    /// Token exchange: the token endpoint. Default: the catalog's `oauth2-server-uri`, else
+    /// `<uri>/v1/oauth/tokens`.
+    pub token_endpoint: Option<String>,
+    /// Token exchange: the `audience` asked for (the catalog). Default: none.
+    pub audience: Option<String>,
     /// How long an answer is reused, in milliseconds. Default: 5000.
     #[serde(default = "default_authorization_cache_ms")]
     pub cache_ms: u64,
-    /// Catalog user id of each Parley principal, e.g. `analyst = "oidc~4f2c..."`; a principal not listed is
-    /// `oidc~<principal id>` (an HTTP agent's id is its token's subject, as Lakekeeper names OIDC users).
+    /// Lakekeeper: catalog user id of each Parley principal, e.g. `analyst = "oidc~4f2c..."`; a principal not
+    /// listed is `oidc~<principal id>` (an HTTP agent's id is its token's subject, as Lakekeeper names OIDC users).
     #[serde(default)]
     pub identities: std::collections::BTreeMap<String, String>,
+}
+
+impl CatalogAuthorization {
+    fn check(&self, catalog: &CatalogSettings) -> Result<(), String> {
+        let missing = |key: &str| {
+            format!(
+                "catalog {:?}: [catalogs.authorization] of type {} needs `{key}`",
+                catalog.name,
+                match self.kind {
+                    AuthorizationKind::Lakekeeper => "lakekeeper",
+                    AuthorizationKind::TokenExchange => "token-exchange",
+                }
+            )
+        };
+        match self.kind {
+            AuthorizationKind::Lakekeeper => {
+                if self.management_uri.is_none() {
+                    return Err(missing("management-uri"));
+                }
+                if self.warehouse_id.is_none() {
+                    return Err(missing("warehouse-id"));
+                }
+            }
+            AuthorizationKind::TokenExchange => {
+                if catalog.kind != CatalogKind::Rest {
+                    return Err(format!(
+                        "catalog {:?}: token exchange asks the catalog itself, so it needs a rest catalog",
+                        catalog.name
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_authorization_cache_ms() -> u64 {
@@ -85,10 +126,12 @@ fn default_authorization_cache_ms() -> u64 {
 
 /// Permission services Parley asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum AuthorizationKind {
     /// Lakekeeper (OpenFGA or Cedar behind it).
     Lakekeeper,
+    /// The catalog, with a token per agent from OAuth 2.0 Token Exchange.
+    TokenExchange,
 }
 
 /// The kinds of catalog Parley reaches.
@@ -150,6 +193,9 @@ impl CatalogSettings {
                     all.join(", ")
                 ));
             }
+        }
+        if let Some(authorization) = &self.authorization {
+            authorization.check(self)?;
         }
         if self.kind == CatalogKind::Rest && !self.properties.contains_key("uri") {
             return Err(format!(
@@ -596,5 +642,21 @@ mod tests {
             "[[catalogs]]\nname = \"l\"\ntype = \"rest\"\nuri = \"http://x\"\n[catalogs.authorization]\ntype = \"lakekeeper\"\nmanagement-url = \"x\"\nwarehouse-id = \"w\"",
         );
         assert!(typo.contains("management-url"), "{typo}");
+        let no_uri = refused(
+            "[[catalogs]]\nname = \"l\"\ntype = \"rest\"\nuri = \"http://x\"\n[catalogs.authorization]\ntype = \"lakekeeper\"\nwarehouse-id = \"w\"",
+        );
+        assert!(no_uri.contains("needs `management-uri`"), "{no_uri}");
+        let sql = refused(
+            "[[catalogs]]\nname = \"l\"\ntype = \"sql\"\n[catalogs.authorization]\ntype = \"token-exchange\"",
+        );
+        assert!(sql.contains("needs a rest catalog"), "{sql}");
+        let exchange: Config = toml::from_str(
+            "[[catalogs]]\nname = \"l\"\ntype = \"rest\"\nuri = \"http://x\"\n[catalogs.authorization]\ntype = \"token-exchange\"\naudience = \"cat\"",
+        )
+        .unwrap();
+        exchange.check_catalogs().unwrap();
+        let a = exchange.catalogs[0].authorization.as_ref().unwrap();
+        assert_eq!(a.kind, AuthorizationKind::TokenExchange);
+        assert_eq!(a.audience.as_deref(), Some("cat"));
     }
 }

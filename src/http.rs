@@ -40,6 +40,8 @@ pub struct HttpAuth {
     metadata: serde_json::Value,
     /// Session id → principal id that opened it, in opening order.
     sessions: Mutex<(HashMap<String, String>, std::collections::VecDeque<String>)>,
+    /// Where verified tokens are kept for token exchange, when a catalog needs them.
+    subject_tokens: Option<Arc<crate::identity::SubjectTokens>>,
 }
 
 impl HttpAuth {
@@ -72,7 +74,17 @@ impl HttpAuth {
             metadata_url: format!("{base}/.well-known/oauth-protected-resource"),
             metadata,
             sessions: Mutex::new((HashMap::new(), std::collections::VecDeque::new())),
+            subject_tokens: None,
         }
+    }
+
+    /// Keeps each principal's latest verified token in `tokens`, for catalogs that exchange it (RFC 8693).
+    pub fn with_subject_tokens(
+        mut self,
+        tokens: Option<Arc<crate::identity::SubjectTokens>>,
+    ) -> HttpAuth {
+        self.subject_tokens = tokens;
+        self
     }
 
     fn challenge(&self, status: StatusCode, error: Option<(&str, String)>) -> Response {
@@ -168,6 +180,9 @@ async fn authenticate(
         }
     };
     let principal: Principal = authenticated.principal;
+    if let Some(tokens) = &auth.subject_tokens {
+        tokens.remember(&principal.id, token);
+    }
     let session = request
         .headers()
         .get(SESSION_HEADER)

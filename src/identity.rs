@@ -673,3 +673,59 @@ mod tests {
         );
     }
 }
+
+/// The latest verified bearer token of each HTTP principal, kept only when a catalog authorizes per agent by
+/// OAuth 2.0 Token Exchange (RFC 8693), which needs it as `subject_token`. It leaves the process only in such an
+/// exchange, at the token endpoint the operator configured — never to the catalog itself, never in a log.
+pub struct SubjectTokens {
+    tokens: moka::sync::Cache<String, SubjectToken>,
+}
+
+/// A verified agent token; its `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct SubjectToken(String);
+
+impl std::fmt::Debug for SubjectToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SubjectToken(…)")
+    }
+}
+
+impl SubjectToken {
+    /// The token text, for the exchange request only.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for SubjectTokens {
+    fn default() -> Self {
+        SubjectTokens {
+            // As long as a verified token is remembered by the validator: a principal who stopped calling is
+            // forgotten.
+            tokens: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+        }
+    }
+}
+
+impl SubjectTokens {
+    /// Remembers `token`, just verified, as `principal`'s.
+    pub fn remember(&self, principal: &str, token: &str) {
+        if self
+            .tokens
+            .get(principal)
+            .is_none_or(|known| known.0 != token)
+        {
+            self.tokens
+                .insert(principal.to_string(), SubjectToken(token.to_string()));
+        }
+    }
+
+    /// `principal`'s latest verified token, if it called over HTTP lately.
+    pub fn get(&self, principal: &str) -> Option<SubjectToken> {
+        self.tokens.get(principal)
+    }
+}

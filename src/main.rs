@@ -835,6 +835,7 @@ async fn serve_http(
     } else {
         StreamableHttpServerConfig::default().disable_allowed_hosts()
     };
+    let subject_tokens = app.lakehouse.authz().subject_tokens();
     let service = StreamableHttpService::new(
         move || Ok(ParleyServer::new(app.clone())),
         Arc::new(LocalSessionManager::default()),
@@ -845,9 +846,10 @@ async fn serve_http(
         .with_context(|| format!("cannot listen on {addr}"))?;
     let resource = format!("http://{}/mcp", listener.local_addr()?);
     let router = match validator {
-        Some(validator) => {
-            parley::http::router(service, Arc::new(HttpAuth::new(validator, &resource)))
-        }
+        Some(validator) => parley::http::router(
+            service,
+            Arc::new(HttpAuth::new(validator, &resource).with_subject_tokens(subject_tokens)),
+        ),
         None => parley::http::local_router(service),
     };
     tracing::info!(url = %format!("http://{}/mcp", listener.local_addr()?), "serving MCP over streamable HTTP");

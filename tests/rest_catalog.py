@@ -13,7 +13,11 @@ the REST catalog hides `hr.*` from Parley's service account. Then, through the P
      catalog), both the catalog and Parley's policy must allow: a table the catalog does not list for a
      principal is a missing table, one it lists without read_data is denied by the catalog, the audit record
      names the catalog's decision, and an unreachable permission service fails closed;
-  5. a wrong client secret is said in the log and in the agent's error, without a response body or secret.
+  5. with per-agent authorization by OAuth 2.0 Token Exchange (`type = "token-exchange"`), HTTP agents see and
+     read what the catalog lets *them* see: Parley exchanges each agent's verified JWT at the catalog's token
+     endpoint (the fixture maps it to its own principal) and asks the catalog as that agent; an agent the
+     catalog does not know sees nothing of it; a stdio principal (no token) neither;
+  6. a wrong client secret is said in the log and in the agent's error, without a response body or secret.
 
 Usage: python tests/rest_catalog.py path/to/parley
 """
@@ -210,6 +214,29 @@ def write_tables(url: str, sql_dir: str, s3: str) -> dict:
     }
 
 
+async def http_calls(url: str, token: str, calls: list) -> list:
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    out = []
+    client = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+    async with client, streamable_http_client(url, http_client=client) as streams:
+        read, write = streams[0], streams[1]
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            for tool, args in calls:
+                out.append(await session.call_tool(tool, args))
+    return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 async def session_calls(binary: str, data_dir: str, calls: list, principal: str = "analyst") -> list:
     params = StdioServerParameters(
         command=binary,
@@ -241,11 +268,22 @@ def main() -> None:
     warehouse, sql_dir, data_dir = (os.path.join(tmp, d) for d in ("rest-wh", "sql", "data"))
     for d in (warehouse, sql_dir, data_dir):
         os.makedirs(d)
+    # Agents' tokens from Parley's dev issuer (as an IdP would issue them). The catalog knows alice's token (as a
+    # catalog behind the same IdP would) and lets her see sales.orders only.
+    def mint(principal: str) -> str:
+        return subprocess.run(
+            [binary, "token", "--data-dir", data_dir, "--principal", principal, "--groups", "analysts"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+
+    alice_jwt, bob_jwt = mint("alice"), mint("bob")
     auth = os.path.join(tmp, "auth.json")
     with open(auth, "w") as f:
         json.dump(
             {
                 "principals": [
+                    {"name": "alice", "client_id": "alice", "client_secret": "alice-secret", "tokens": [alice_jwt],
+                     "namespaces": ["sales"], "tables": ["sales.orders"], "read_only": True},
                     {"name": "admin", "client_id": "admin", "client_secret": "admin-secret",
                      "tokens": ["admin-token"], "admin": True},
                     {"name": "parley", "client_id": "parley", "client_secret": SECRET,
@@ -395,7 +433,7 @@ def main() -> None:
         with open(os.path.join(data_dir, "audit", "audit.jsonl")) as f:
             records = [json.loads(line) for line in f]
         denied = [r for r in records if r.get("tool") == "query" and r["decision"] == "denied"][-1]
-        check("Lakekeeper batch-check" in denied["reason"] and "refuses oidc~a1b2" in denied["reason"],
+        check("(Lakekeeper batch-check) for oidc~a1b2 refuses" in denied["reason"],
               "the audit record names the catalog's decision")
 
         results = asyncio.run(session_calls(binary, data_dir, [
@@ -419,7 +457,58 @@ def main() -> None:
         with open(config_path, "w") as f:
             f.write(plain_config)
 
-        # 5. A wrong secret: said at start-up and to the agent, without the secret or a response body.
+        # 5. Token exchange: each HTTP agent sees what the catalog lets them see.
+        lake_end = plain_config.index("[[catalogs]]", 1)
+        with open(config_path, "w") as f:
+            f.write(
+                plain_config[:lake_end]
+                + '[catalogs.authorization]\ntype = "token-exchange"\ncache-ms = 0\n\n'
+                + plain_config[lake_end:]
+            )
+        port = free_port()
+        server = subprocess.Popen(
+            [binary, "serve", "--data-dir", data_dir, "--http", f"127.0.0.1:{port}", "--dev-issuer"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PARLEY_LOG": "info", "PARLEY_CATALOG_CACHE_TTL_MS": "0"},
+        )
+        try:
+            for line in server.stderr:
+                if "serving MCP over streamable HTTP" in line:
+                    break
+            mcp_url = f"http://127.0.0.1:{port}/mcp"
+            calls = [
+                ("list_tables", {}),
+                ("describe_table", {"table": "lake.sales.eu.orders"}),
+                ("describe_table", {"table": "lake.sales.nonexistent"}),
+                ("query", {"sql": "SELECT count(*) FROM lake.sales.orders"}),
+            ]
+            alice = asyncio.run(http_calls(mcp_url, alice_jwt, calls))
+            bob = asyncio.run(http_calls(mcp_url, bob_jwt, calls))
+        finally:
+            server.terminate()
+            server_log = server.stderr.read()
+            server.wait()
+        check(alice_jwt not in server_log and alice_jwt.split(".")[2] not in server_log,
+              "the agent's token never appears in the server's log")
+        listed = {t["table"] for t in alice[0].structured_content["tables"]}
+        check(listed == {"lake.sales.orders", "local.ops.shipments", "objects.web.events"},
+              f"alice sees the lake tables the catalog shows her, by her exchanged token ({sorted(listed)})")
+        check(text(alice[1]).replace("eu.orders", "X") == text(alice[2]).replace("nonexistent", "X"),
+              "a lake table the catalog hides from alice answers like a missing one")
+        check(not alice[3].is_error and alice[3].structured_content["rows"][0][0] == truth["count"],
+              "alice queries the table the catalog lets her read")
+        listed = {t["table"] for t in bob[0].structured_content["tables"]}
+        check(listed == {"local.ops.shipments", "objects.web.events"},
+              f"an agent whose token the catalog does not accept sees nothing of it ({sorted(listed)})")
+        check(bob[3].is_error and "not found" in text(bob[3]), "and cannot query it")
+        results = asyncio.run(session_calls(binary, data_dir, [("list_tables", {})]))
+        listed = {t["table"] for t in results[0].structured_content["tables"]}
+        check(not any(t.startswith("lake.") for t in listed),
+              f"a stdio principal has no token to exchange and sees nothing of that catalog ({sorted(listed)})")
+        with open(config_path, "w") as f:
+            f.write(plain_config)
+
+        # 6. A wrong secret: said at start-up and to the agent, without the secret or a response body.
         write_config("wrong-secret")
         params_log = os.path.join(tmp, "serve.log")
 

@@ -1,9 +1,15 @@
 //! The catalog's own authorization, asked for every agent action besides Parley's policy: both must allow.
 //!
-//! Today one permission service: Lakekeeper's `POST /management/v1/action/batch-check`, asked with Parley's own
-//! service token (never an agent's) for the agent's catalog user id — `oidc~<subject>` for an HTTP agent, or the
-//! id `identities` maps a principal to. One request covers a whole page of tables; answers are reused for a short,
-//! configured time in a bounded cache.
+//! Two kinds of permission service:
+//! - Lakekeeper's `POST /management/v1/action/batch-check`, asked with Parley's own service token (never an
+//!   agent's) for the agent's catalog user id — `oidc~<subject>` for an HTTP agent, or the id `identities` maps a
+//!   principal to. One request covers a whole page of tables.
+//! - The REST catalog itself, asked as the agent with a token from OAuth 2.0 Token Exchange (RFC 8693): the
+//!   agent's verified token as `subject_token`, Parley as the authenticated client and actor, the catalog as
+//!   audience; the exchanged token is kept per agent token until it expires. A table the catalog does not list
+//!   for the agent is not theirs to see; one it will not load for them is not theirs to read.
+//!
+//! Answers are reused for a short, configured time in bounded caches.
 //!
 //! Invariant: fail closed. When the permission service cannot be asked, nothing of its catalog is shown or read,
 //! and the agent is told the catalog's permission service is unavailable.
@@ -16,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::{CatalogError, TableName};
 use crate::config::{AuthorizationKind, CatalogAuthorization, CatalogSettings};
-use crate::identity::Principal;
+use crate::identity::{Principal, SubjectTokens};
 use crate::query::Naming;
 
 /// What the catalog is asked about a table (Lakekeeper's table actions).
@@ -44,12 +50,58 @@ impl CatalogAction {
 #[derive(Default)]
 pub struct CatalogAuthz {
     /// `(catalog name or None for the only catalog, service)`.
-    members: Vec<(Option<String>, Arc<Lakekeeper>)>,
+    members: Vec<(Option<String>, Service)>,
+    /// Verified agent tokens, when a catalog exchanges them.
+    subject_tokens: Option<Arc<SubjectTokens>>,
+}
+
+/// One catalog's permission service.
+enum Service {
+    Lakekeeper(Lakekeeper),
+    TokenExchange(TokenExchange),
+}
+
+impl Service {
+    fn cache_for(&self) -> Duration {
+        match self {
+            Service::Lakekeeper(l) => l.cache_for,
+            Service::TokenExchange(t) => t.cache_for,
+        }
+    }
+
+    async fn check(
+        &self,
+        principal: &Principal,
+        tables: &[TableName],
+        actions: &[CatalogAction],
+    ) -> Result<Vec<bool>, CatalogError> {
+        match self {
+            Service::Lakekeeper(l) => l.check(principal, tables, actions).await,
+            Service::TokenExchange(t) => t.check(principal, tables, actions).await,
+        }
+    }
+
+    fn describe(&self, principal: &Principal) -> String {
+        match self {
+            Service::Lakekeeper(l) => {
+                format!("(Lakekeeper batch-check) for {}", l.user_id(principal))
+            }
+            Service::TokenExchange(_) => {
+                format!("(asked as {} with an exchanged token)", principal.id)
+            }
+        }
+    }
 }
 
 impl CatalogAuthz {
     /// The permission services `catalogs` configure; `naming` says how table names carry the catalog.
     pub fn new(catalogs: &[CatalogSettings], naming: &Naming) -> CatalogAuthz {
+        let needs_tokens = catalogs.iter().any(|c| {
+            c.authorization
+                .as_ref()
+                .is_some_and(|a| a.kind == AuthorizationKind::TokenExchange)
+        });
+        let subject_tokens = needs_tokens.then(|| Arc::new(SubjectTokens::default()));
         let members = catalogs
             .iter()
             .filter_map(|c| {
@@ -58,10 +110,25 @@ impl CatalogAuthz {
                     Naming::Single(_) => None,
                     Naming::Federated(_) => Some(c.name.clone()),
                 };
-                Some((prefix, Arc::new(Lakekeeper::new(c, settings))))
+                let service = match (settings.kind, &subject_tokens) {
+                    (AuthorizationKind::TokenExchange, Some(tokens)) => {
+                        Service::TokenExchange(TokenExchange::new(c, settings, tokens.clone()))
+                    }
+                    _ => Service::Lakekeeper(Lakekeeper::new(c, settings)),
+                };
+                Some((prefix, service))
             })
             .collect();
-        CatalogAuthz { members }
+        CatalogAuthz {
+            members,
+            subject_tokens,
+        }
+    }
+
+    /// Where the HTTP layer keeps verified agent tokens for token exchange; `None` when no catalog needs them
+    /// (then no token is kept at all).
+    pub fn subject_tokens(&self) -> Option<Arc<SubjectTokens>> {
+        self.subject_tokens.clone()
     }
 
     /// Whether any catalog has a permission service.
@@ -75,7 +142,7 @@ impl CatalogAuthz {
         let period = self
             .members
             .iter()
-            .map(|(_, m)| m.cache_for)
+            .map(|(_, m)| m.cache_for())
             .min()
             .unwrap_or(Duration::MAX)
             .max(Duration::from_millis(1));
@@ -132,10 +199,10 @@ impl CatalogAuthz {
             Some(p) => table.namespace.first() == Some(p),
         })?;
         Some(format!(
-            "catalog{} (Lakekeeper batch-check) {} {}",
+            "catalog{} {} {}",
             prefix.as_ref().map(|p| format!(" {p}")).unwrap_or_default(),
+            service.describe(principal),
             if allowed { "allows" } else { "refuses" },
-            service.user_id(principal)
         ))
     }
 }
@@ -157,14 +224,17 @@ const BATCH: usize = 1000;
 
 impl Lakekeeper {
     fn new(catalog: &CatalogSettings, settings: &CatalogAuthorization) -> Lakekeeper {
-        let AuthorizationKind::Lakekeeper = settings.kind;
         let cache_for = Duration::from_millis(settings.cache_ms);
         Lakekeeper {
             endpoint: format!(
                 "{}/v1/action/batch-check",
-                settings.management_uri.trim_end_matches('/')
+                settings
+                    .management_uri
+                    .as_deref()
+                    .unwrap_or_default()
+                    .trim_end_matches('/')
             ),
-            warehouse_id: settings.warehouse_id.clone(),
+            warehouse_id: settings.warehouse_id.clone().unwrap_or_default(),
             identities: settings.identities.clone(),
             cache_for,
             token: ServiceToken::new(catalog),
@@ -379,5 +449,249 @@ impl ServiceToken {
             Instant::now() + Duration::from_secs(lifetime - margin),
         ));
         Ok(Some(token))
+    }
+}
+
+/// The REST catalog asked as the agent, with a token from OAuth 2.0 Token Exchange (RFC 8693).
+struct TokenExchange {
+    /// The catalog's settings without Parley's own credentials: an agent's catalog client gets only its token.
+    agent_properties: HashMap<String, String>,
+    name: String,
+    endpoint: String,
+    audience: Option<String>,
+    scope: Option<String>,
+    /// Parley's client credentials at the token endpoint (it is the client, and the actor).
+    client: Option<(String, String)>,
+    actor: ServiceToken,
+    tokens: Arc<SubjectTokens>,
+    cache_for: Duration,
+    http: reqwest::Client,
+    /// SHA-256 of the agent's token → the agent's catalog client and until when its token holds (`None`: the
+    /// token endpoint refused to exchange it — the catalog does not know this agent).
+    agents: moka::sync::Cache<[u8; 32], (AgentCatalog, Instant)>,
+    /// `(principal, table, action)` → allowed.
+    answers: moka::sync::Cache<(String, TableName, CatalogAction), bool>,
+}
+
+/// An agent's own client of the catalog (`None`: the catalog does not know the agent).
+type AgentCatalog = Option<Arc<dyn iceberg::Catalog>>;
+
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+impl TokenExchange {
+    fn new(
+        catalog: &CatalogSettings,
+        settings: &CatalogAuthorization,
+        tokens: Arc<SubjectTokens>,
+    ) -> TokenExchange {
+        let p = &catalog.properties;
+        let endpoint = settings
+            .token_endpoint
+            .clone()
+            .or_else(|| p.get("oauth2-server-uri").cloned())
+            .unwrap_or_else(|| {
+                format!(
+                    "{}/v1/oauth/tokens",
+                    p.get("uri").map_or("", |u| u.trim_end_matches('/'))
+                )
+            });
+        let client = p.get("credential").map(|cred| {
+            let (id, secret) = cred.split_once(':').unwrap_or(("", cred));
+            (id.to_string(), secret.to_string())
+        });
+        let agent_properties = p
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "credential"
+                        | "token"
+                        | "oauth2-server-uri"
+                        | "scope"
+                        | "audience"
+                        | "resource"
+                )
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let cache_for = Duration::from_millis(settings.cache_ms);
+        TokenExchange {
+            agent_properties,
+            name: catalog.name.clone(),
+            endpoint,
+            audience: settings.audience.clone(),
+            scope: p.get("scope").cloned(),
+            client,
+            actor: ServiceToken::new(catalog),
+            tokens,
+            cache_for,
+            http: http_client(),
+            agents: moka::sync::Cache::new(10_000),
+            answers: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(cache_for.max(Duration::from_millis(1)))
+                .build(),
+        }
+    }
+
+    /// The agent's catalog client, exchanging their token when there is none yet or it expired. `None` when the
+    /// token endpoint refuses to exchange it.
+    async fn agent_catalog(
+        &self,
+        subject: &crate::identity::SubjectToken,
+    ) -> Result<AgentCatalog, CatalogError> {
+        use sha2::Digest as _;
+        let key: [u8; 32] = sha2::Sha256::digest(subject.expose().as_bytes()).into();
+        if let Some((catalog, until)) = self.agents.get(&key)
+            && Instant::now() < until
+        {
+            return Ok(catalog);
+        }
+        let unavailable = |why: String| {
+            tracing::warn!(endpoint = %self.endpoint, "token exchange failed: {why}");
+            CatalogError::Unavailable(
+                "its token endpoint could not exchange your token, and Parley fails closed: nothing of this \
+                 catalog is shown or read until it answers"
+                    .to_string(),
+            )
+        };
+        let mut form = vec![
+            ("grant_type", TOKEN_EXCHANGE.to_string()),
+            ("subject_token", subject.expose().to_string()),
+            ("subject_token_type", ACCESS_TOKEN.to_string()),
+            ("requested_token_type", ACCESS_TOKEN.to_string()),
+        ];
+        if let Some(audience) = &self.audience {
+            form.push(("audience", audience.clone()));
+        }
+        if let Some(scope) = &self.scope {
+            form.push(("scope", scope.clone()));
+        }
+        // Parley is the actor: its own token, obtained with its client credentials.
+        if let Some(actor) = self.actor.get(&self.http).await.map_err(unavailable)? {
+            form.push(("actor_token", actor));
+            form.push(("actor_token_type", ACCESS_TOKEN.to_string()));
+        }
+        let mut request = self.http.post(&self.endpoint).form(&form);
+        if let Some((id, secret)) = &self.client {
+            request = request.basic_auth(id, Some(secret));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_client_error() {
+            // RFC 8693 §2.2.2 / RFC 6749 §5.2: the subject token is not one the catalog accepts for anyone.
+            let error = body
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("?")
+                .to_string();
+            tracing::info!(
+                catalog = %self.name,
+                %error,
+                "the token endpoint refused to exchange an agent's token; the catalog shows that agent nothing"
+            );
+            self.agents
+                .insert(key, (None, Instant::now() + self.cache_for));
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(unavailable(format!("HTTP {status}")));
+        }
+        let token = body
+            .get("access_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| unavailable("the answer has no access_token".to_string()))?;
+        let lifetime = body
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(300);
+        let mut props = self.agent_properties.clone();
+        props.insert("token".to_string(), token.to_string());
+        let settings = CatalogSettings {
+            name: self.name.clone(),
+            kind: crate::config::CatalogKind::Rest,
+            authorization: None,
+            properties: props.into_iter().collect(),
+        };
+        let catalog = super::open::open_rest(&settings).await?;
+        let until = Instant::now() + Duration::from_secs(lifetime - (lifetime / 2).min(60));
+        self.agents.insert(key, (Some(catalog.clone()), until));
+        Ok(Some(catalog))
+    }
+
+    async fn check(
+        &self,
+        principal: &Principal,
+        tables: &[TableName],
+        actions: &[CatalogAction],
+    ) -> Result<Vec<bool>, CatalogError> {
+        // A local (stdio) principal, or one that has not called over HTTP lately, has no token to exchange.
+        let Some(subject) = self.tokens.get(&principal.id) else {
+            return Ok(vec![false; tables.len()]);
+        };
+        let mut out = Vec::with_capacity(tables.len());
+        let mut listed: HashMap<Vec<String>, std::collections::HashSet<String>> = HashMap::new();
+        let mut catalog: Option<AgentCatalog> = None;
+        for table in tables {
+            let mut allowed = true;
+            for &action in actions {
+                let key = (principal.id.clone(), table.clone(), action);
+                if self.cache_for > Duration::ZERO
+                    && let Some(v) = self.answers.get(&key)
+                {
+                    allowed &= v;
+                    continue;
+                }
+                if catalog.is_none() {
+                    catalog = Some(self.agent_catalog(&subject).await?);
+                }
+                let Some(Some(agent)) = &catalog else {
+                    allowed = false;
+                    continue;
+                };
+                let ident = iceberg::TableIdent::new(
+                    iceberg::NamespaceIdent::from_vec(table.namespace.clone())?,
+                    table.name.clone(),
+                );
+                let v = match action {
+                    CatalogAction::IncludeInList => {
+                        if !listed.contains_key(&table.namespace) {
+                            let names = match agent.list_tables(ident.namespace()).await {
+                                Ok(found) => found.iter().map(|t| t.name().to_string()).collect(),
+                                Err(e) => match CatalogError::from(e) {
+                                    CatalogError::NotFound | CatalogError::Denied(_) => {
+                                        Default::default()
+                                    }
+                                    other => return Err(other),
+                                },
+                            };
+                            listed.insert(table.namespace.clone(), names);
+                        }
+                        listed[&table.namespace].contains(&table.name)
+                    }
+                    // The REST protocol has one permission for both: loading the table as the agent.
+                    CatalogAction::GetMetadata | CatalogAction::ReadData => {
+                        match agent.table_exists(&ident).await {
+                            Ok(exists) => exists,
+                            Err(e) => match CatalogError::from(e) {
+                                CatalogError::NotFound | CatalogError::Denied(_) => false,
+                                other => return Err(other),
+                            },
+                        }
+                    }
+                };
+                if self.cache_for > Duration::ZERO {
+                    self.answers.insert(key, v);
+                }
+                allowed &= v;
+            }
+            out.push(allowed);
+        }
+        Ok(out)
     }
 }

@@ -102,14 +102,18 @@ pub async fn open_one(
                 .await?;
             Ok(Arc::new(catalog))
         }
-        CatalogKind::Rest => {
-            let catalog = RestCatalogBuilder::default()
-                .with_storage_factory(storage())
-                .load(&settings.name, props)
-                .await?;
-            Ok(Arc::new(catalog))
-        }
+        CatalogKind::Rest => open_rest(settings).await,
     }
+}
+
+/// Opens a REST catalog with `settings.properties`.
+pub async fn open_rest(settings: &CatalogSettings) -> Result<Arc<dyn Catalog>, CatalogError> {
+    let props: HashMap<String, String> = settings.properties.clone().into_iter().collect();
+    let catalog = RestCatalogBuilder::default()
+        .with_storage_factory(storage())
+        .load(&settings.name, props)
+        .await?;
+    Ok(Arc::new(catalog))
 }
 
 /// Opens the catalogs in effect (see [`effective`]); several are federated under their names.
