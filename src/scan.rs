@@ -4,9 +4,9 @@
 //! iceberg-datafusion's `IcebergTableScan` reads a whole table as one stream (one output partition) and decodes it
 //! through iceberg-rust's reader, so a query's scan runs on one core; DataFusion's Parquet scan splits files into
 //! byte ranges over all partitions and prunes row groups and pages with statistics. [`provider`] uses the latter
-//! when it reads exactly what Iceberg would — data files without delete files, written under the table's only
-//! schema (no evolution, so column names mean the same field ids in every file) — and falls back to
-//! iceberg-datafusion otherwise. The benchmark (`BENCHMARKS.md`) measures the difference.
+//! when it reads exactly what Iceberg would — data files without delete files, under schemas in which a column
+//! name always meant the same field id (added, dropped or promoted columns are fine; see [`read_by_name`]) — and
+//! falls back to iceberg-datafusion otherwise. The benchmark (`BENCHMARKS.md`) measures the difference.
 //!
 //! Invariant: the files read are exactly the data files of the table's current snapshot as iceberg-rust plans
 //! them; nothing here lists a directory or takes a path from a query.
@@ -40,8 +40,9 @@ use iceberg_datafusion::IcebergStaticTableProvider;
 /// A read-only provider for the current snapshot of `table`.
 pub async fn provider(table: Table) -> Result<Arc<dyn TableProvider>, String> {
     let meta = table.metadata();
-    let one_schema = meta.schemas_iter().count() == 1;
-    if one_schema && let Some(snapshot_id) = meta.current_snapshot_id() {
+    if read_by_name(meta)
+        && let Some(snapshot_id) = meta.current_snapshot_id()
+    {
         let tasks = table
             .scan()
             .snapshot_id(snapshot_id)
@@ -95,6 +96,32 @@ pub async fn provider(table: Table) -> Result<Arc<dyn TableProvider>, String> {
             .await
             .map_err(|e| e.to_string())?,
     ))
+}
+
+/// Whether every data file of the table reads correctly by column name under the current schema — how
+/// DataFusion's Parquet scan matches file columns to table columns (Iceberg matches by field id). True when no
+/// schema the table ever had names a field differently from the current schema, no dropped column's name was
+/// given to another field, and no nested type changed: then top-level columns were only added (absent from older
+/// files: read as null), dropped (ignored) or promoted (cast), exactly as Iceberg reads them. A rename or a
+/// reused name sends the table to iceberg-rust's field-id reader instead.
+pub(crate) fn read_by_name(meta: &iceberg::spec::TableMetadata) -> bool {
+    let current = meta.current_schema();
+    meta.schemas_iter().all(|old| {
+        let top_level = |id: i32| old.as_struct().fields().iter().any(|f| f.id == id);
+        let names_agree = old.field_id_to_name_map().iter().all(|(id, name)| {
+            match current.name_by_field_id(*id) {
+                Some(now) => now == name,
+                None => top_level(*id) && current.field_id_by_name(name).is_none(),
+            }
+        });
+        let nested_unchanged = old.as_struct().fields().iter().all(|f| {
+            f.field_type.is_primitive()
+                || current
+                    .field_by_id(f.id)
+                    .is_none_or(|now| now.field_type == f.field_type)
+        });
+        names_agree && nested_unchanged
+    })
 }
 
 /// What the snapshot's manifests say of its size, for the optimizer (join order, build sides): the exact row
@@ -494,6 +521,96 @@ mod tests {
             .list_entries();
         assert_eq!(cached.len(), 1, "{cached:?}");
         assert!(cached.values().all(|e| e.hits >= 1), "{cached:?}");
+    }
+
+    /// Reads `sql` over `t` through a provider, as text.
+    async fn answer(provider: Arc<dyn TableProvider>, sql: &str) -> String {
+        let ctx = SessionContext::new();
+        ctx.register_table("t", provider).unwrap();
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn an_added_column_keeps_the_parallel_scan_and_reads_as_iceberg_does() {
+        use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog_in(&dir).await;
+        let table = table_of_longs(catalog.as_ref(), "e").await;
+        let table = commit(catalog.as_ref(), table, (1..=100).collect()).await;
+        let tx = Transaction::new(&table);
+        let tx = tx
+            .update_schema()
+            .add_column(AddColumn::optional(
+                "tag",
+                Type::Primitive(PrimitiveType::String),
+            ))
+            .apply(tx)
+            .unwrap();
+        let table = tx.commit(catalog.as_ref()).await.unwrap();
+        let (sender, rx) = tokio::sync::mpsc::channel(1);
+        sender
+            .send(Ok(vec![
+                Arc::new(Int64Array::from((101..=150).collect::<Vec<i64>>())) as ArrayRef,
+                Arc::new(datafusion::arrow::array::StringArray::from_iter(
+                    (101..=150).map(|i| (i % 3 != 0).then(|| format!("t{}", i % 4))),
+                )) as ArrayRef,
+            ]))
+            .await
+            .unwrap();
+        drop(sender);
+        let table = append(catalog.as_ref(), table, 1024, rx).await.unwrap();
+        assert!(read_by_name(table.metadata()));
+        let fast = provider(table.clone()).await.unwrap();
+        assert!(
+            fast.as_any().downcast_ref::<SnapshotFiles>().is_some(),
+            "an added column keeps the parallel scan"
+        );
+        // Differential: the same answers as iceberg-rust's own field-id reader.
+        let reference: Arc<dyn TableProvider> = Arc::new(
+            IcebergStaticTableProvider::try_new_from_table(table.clone())
+                .await
+                .unwrap(),
+        );
+        for sql in [
+            "SELECT count(*), count(tag), sum(n), min(tag), max(tag) FROM t",
+            "SELECT tag, count(*) AS c, sum(n) AS s FROM t GROUP BY tag ORDER BY tag NULLS FIRST",
+            "SELECT n, tag FROM t WHERE tag IS NULL AND n > 95 ORDER BY n",
+            "SELECT n FROM t WHERE tag = 't1' ORDER BY n LIMIT 5",
+        ] {
+            assert_eq!(
+                answer(fast.clone(), sql).await,
+                answer(reference.clone(), sql).await,
+                "{sql}"
+            );
+        }
+
+        // A dropped column whose name goes to a new field: files must be read by field id.
+        let tx = Transaction::new(&table);
+        let tx = tx.update_schema().delete_column("tag").apply(tx).unwrap();
+        let table = tx.commit(catalog.as_ref()).await.unwrap();
+        let tx = Transaction::new(&table);
+        let tx = tx
+            .update_schema()
+            .add_column(AddColumn::optional(
+                "tag",
+                Type::Primitive(PrimitiveType::String),
+            ))
+            .apply(tx)
+            .unwrap();
+        let table = tx.commit(catalog.as_ref()).await.unwrap();
+        assert!(!read_by_name(table.metadata()));
+        // As the lakehouse loads it: the current snapshot under the current schema.
+        let table = crate::catalog::read_current_schema(table).unwrap();
+        let slow = provider(table).await.unwrap();
+        assert!(slow.as_any().downcast_ref::<SnapshotFiles>().is_none());
+        let text = answer(slow, "SELECT count(*) AS n, count(tag) AS tags FROM t").await;
+        assert!(
+            text.contains("| 150 | 0    |"),
+            "the old tag values do not show under the new tag: {text}"
+        );
     }
 
     #[tokio::test]

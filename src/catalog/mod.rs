@@ -635,7 +635,7 @@ impl ContractsStamp {
 /// schema while its DataFusion providers expose the current one, and a renamed or added column then "does not
 /// exist". Iceberg's own rule (Java `TableScan`) reads the current snapshot with the current schema — files are
 /// projected by field id, so renamed columns resolve and added ones read as null. Older snapshots keep theirs.
-fn read_current_schema(table: Table) -> Result<Table, CatalogError> {
+pub(crate) fn read_current_schema(table: Table) -> Result<Table, CatalogError> {
     let meta = table.metadata();
     let current_schema = meta.current_schema_id();
     let Some(snapshot) = meta.current_snapshot() else {
