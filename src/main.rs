@@ -630,6 +630,10 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         gate: Gate::new(policy.clone(), audit),
         lakehouse: Lakehouse::new(opened.catalog, ContractStore::default())
             .with_authz(authz)
+            .with_federated(matches!(
+                opened.naming,
+                parley::catalog::open::Naming::Federated(_)
+            ))
             .with_contracts_dir(&dir.contracts())
             .with_cache_ttl(cache_ttl),
     });

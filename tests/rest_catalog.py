@@ -521,10 +521,14 @@ def main() -> None:
                 async with stdio_client(params, errlog=log) as (read, write):
                     async with ClientSession(read, write) as session:
                         await session.initialize()
+                        listed = await session.call_tool("list_tables", {})
                         r = await session.call_tool("describe_table", {"table": "lake.sales.orders"})
-                        return text(r)
+                        return listed, text(r)
 
-        agent_text = asyncio.run(broken())
+        listed, agent_text = asyncio.run(broken())
+        names = {t["table"] for t in listed.structured_content["tables"]}
+        check(names == {"local.ops.shipments", "objects.web.events"},
+              f"a catalog that refuses Parley hides no other catalog ({sorted(names)})")
         with open(params_log) as f:
             log = f.read()
         errors = [line for line in log.splitlines() if " ERROR " in line]

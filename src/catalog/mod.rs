@@ -219,6 +219,10 @@ pub struct Lakehouse {
     contracts_version: std::sync::atomic::AtomicU64,
     /// The catalogs' own permission services, asked for every agent besides the policy.
     authz: authz::CatalogAuthz,
+    /// Several catalogs under their names (see [`federation`]): one that fails to list hides no other.
+    federated: bool,
+    /// Catalogs the last listing could not reach, with why: their tables are unavailable, not missing.
+    down: Arc<Mutex<HashMap<String, String>>>,
     cache_ttl: Duration,
     names: Arc<NamesSlot>,
     /// A background refresh of `names` is running.
@@ -291,6 +295,8 @@ impl Lakehouse {
             contracts_dir: None,
             contracts_version: std::sync::atomic::AtomicU64::new(0),
             authz: authz::CatalogAuthz::default(),
+            federated: false,
+            down: Default::default(),
             cache_ttl: Duration::ZERO,
             names: Arc::new(Mutex::new(None)),
             refreshing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -344,6 +350,12 @@ impl Lakehouse {
         self
     }
 
+    /// Marks `catalog` as a [`federation::Federation`], whose catalogs are listed apart.
+    pub fn with_federated(mut self, federated: bool) -> Lakehouse {
+        self.federated = federated;
+        self
+    }
+
     /// The catalogs' permission services.
     pub fn authz(&self) -> &authz::CatalogAuthz {
         &self.authz
@@ -393,14 +405,25 @@ impl Lakehouse {
             Some((at, names)) if at.elapsed() < fresh_for => return Ok(names.clone()),
             Some((_, names)) if !self.cache_ttl.is_zero() => {
                 if !self.refreshing.swap(true, Ordering::AcqRel) {
-                    let (catalog, slot, flag, cost) = (
+                    let (catalog, slot, flag, cost, federated, before, down) = (
                         self.catalog.clone(),
                         self.names.clone(),
                         self.refreshing.clone(),
                         self.listing_micros.clone(),
+                        self.federated,
+                        names.clone(),
+                        self.down.clone(),
                     );
                     tokio::spawn(async move {
-                        match timed_list_all(catalog.as_ref(), &cost).await {
+                        match timed_list_all(
+                            catalog.as_ref(),
+                            &cost,
+                            federated,
+                            Some(&before),
+                            &down,
+                        )
+                        .await
+                        {
                             Ok(fresh) => {
                                 store_names(&slot, fresh);
                             }
@@ -413,7 +436,15 @@ impl Lakehouse {
             }
             _ => {}
         }
-        let fresh = timed_list_all(self.catalog.as_ref(), &self.listing_micros).await?;
+        let before = previous.map(|(_, names)| names);
+        let fresh = timed_list_all(
+            self.catalog.as_ref(),
+            &self.listing_micros,
+            self.federated,
+            before.as_deref().map(|v| v.as_slice()),
+            &self.down,
+        )
+        .await?;
         Ok(store_names(&self.names, fresh))
     }
 }
@@ -425,9 +456,12 @@ const LISTING_COST_FACTOR: u32 = 20;
 async fn timed_list_all(
     catalog: &dyn Catalog,
     cost: &std::sync::atomic::AtomicU64,
+    federated: bool,
+    previous: Option<&[TableName]>,
+    down: &Mutex<HashMap<String, String>>,
 ) -> Result<Vec<TableName>, CatalogError> {
     let started = Instant::now();
-    let names = list_all(catalog).await?;
+    let names = list_all(catalog, federated, previous, down).await?;
     cost.store(
         started.elapsed().as_micros() as u64,
         std::sync::atomic::Ordering::Relaxed,
@@ -448,32 +482,96 @@ fn store_names(slot: &NamesSlot, fresh: Vec<TableName>) -> Arc<Vec<TableName>> {
     names
 }
 
-/// Every table of `catalog`, sorted, across nested namespaces.
-async fn list_all(catalog: &dyn Catalog) -> Result<Vec<TableName>, CatalogError> {
-    {
-        let mut out = Vec::new();
-        let mut pending: Vec<Option<NamespaceIdent>> = vec![None];
-        let mut seen = std::collections::HashSet::new();
-        while let Some(parent) = pending.pop() {
-            for ns in catalog.list_namespaces(parent.as_ref()).await? {
-                if !seen.insert(ns.clone()) {
-                    continue;
+/// Every table of `catalog`, sorted, across nested namespaces. With several catalogs (`federated`), one that
+/// cannot be listed does not hide the others: its tables keep their `previous` listing (or are absent if it never
+/// answered) and the failure is logged.
+async fn list_all(
+    catalog: &dyn Catalog,
+    federated: bool,
+    previous: Option<&[TableName]>,
+    down: &Mutex<HashMap<String, String>>,
+) -> Result<Vec<TableName>, CatalogError> {
+    let mut out = Vec::new();
+    let mut failed = HashMap::new();
+    if federated {
+        for member in catalog.list_namespaces(None).await? {
+            match list_under(catalog, Some(member.clone())).await {
+                Ok(names) => out.extend(names),
+                Err(e) => {
+                    let name = member.as_ref().first().cloned().unwrap_or_default();
+                    tracing::warn!(
+                        catalog = %name,
+                        "listing this catalog failed; the other catalogs are served, and its tables keep their \
+                         last listing: {e}"
+                    );
+                    let why = match e {
+                        CatalogError::Unavailable(why) => why,
+                        other => other.to_string(),
+                    };
+                    failed.insert(name.clone(), why);
+                    out.extend(
+                        previous
+                            .unwrap_or_default()
+                            .iter()
+                            .filter(|t| t.namespace.first() == Some(&name))
+                            .cloned(),
+                    );
                 }
-                for t in catalog.list_tables(&ns).await? {
-                    out.push(TableName::from_ident(&t));
-                }
-                pending.push(Some(ns));
             }
         }
-        out.sort();
-        out.dedup();
-        Ok(out)
+    } else {
+        out = list_under(catalog, None).await?;
     }
+    *down
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = failed;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The tables in and below `root` (the whole catalog for `None`).
+async fn list_under(
+    catalog: &dyn Catalog,
+    root: Option<NamespaceIdent>,
+) -> Result<Vec<TableName>, CatalogError> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    if let Some(root) = &root {
+        for t in catalog.list_tables(root).await? {
+            out.push(TableName::from_ident(&t));
+        }
+    }
+    let mut pending: Vec<Option<NamespaceIdent>> = vec![root];
+    while let Some(parent) = pending.pop() {
+        for ns in catalog.list_namespaces(parent.as_ref()).await? {
+            if !seen.insert(ns.clone()) {
+                continue;
+            }
+            for t in catalog.list_tables(&ns).await? {
+                out.push(TableName::from_ident(&t));
+            }
+            pending.push(Some(ns));
+        }
+    }
+    Ok(out)
 }
 
 impl Lakehouse {
     /// Whether the table exists.
     pub async fn exists(&self, table: &TableName) -> Result<bool, CatalogError> {
+        if let Some(first) = table.namespace.first()
+            && let Some(why) = self
+                .down
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(first)
+        {
+            // Its catalog could not be listed: whether the table exists is unknown, so it is not "missing".
+            return Err(CatalogError::Unavailable(format!(
+                "catalog {first} could not be listed: {why}"
+            )));
+        }
         let fresh_for = self.names_fresh_for();
         if let Some((at, names)) = &*self
             .names
@@ -673,6 +771,72 @@ pub(crate) fn read_current_schema(table: Table) -> Result<Table, CatalogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_catalog_that_cannot_be_listed_hides_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = open_sql_catalog(&dir.path().join("c.db"), &dir.path().join("w"), "t")
+            .await
+            .unwrap();
+        let ns = NamespaceIdent::new("ns".to_string());
+        local.create_namespace(&ns, HashMap::new()).await.unwrap();
+        let schema = iceberg::spec::Schema::builder()
+            .with_fields(vec![Arc::new(iceberg::spec::NestedField::required(
+                1,
+                "id",
+                iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::Long),
+            ))])
+            .build()
+            .unwrap();
+        local
+            .create_table(
+                &ns,
+                iceberg::TableCreation::builder()
+                    .name("a".to_string())
+                    .schema(schema)
+                    .build(),
+            )
+            .await
+            .unwrap();
+        // Nothing listens on port 1.
+        let down = open::open_rest(&crate::config::CatalogSettings {
+            name: "down".into(),
+            kind: crate::config::CatalogKind::Rest,
+            authorization: None,
+            properties: [("uri".to_string(), "http://127.0.0.1:1".to_string())].into(),
+        })
+        .await
+        .unwrap();
+        let federation = Arc::new(federation::Federation::new(vec![
+            ("up".to_string(), local),
+            ("down".to_string(), down),
+        ]));
+        let lakehouse =
+            Lakehouse::new(federation.clone(), ContractStore::default()).with_federated(true);
+        let names = lakehouse.list_tables().await.unwrap();
+        assert_eq!(
+            names.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["up.ns.a"]
+        );
+        // A table of the catalog that is down is unavailable, not missing; the others answer as usual.
+        let err = lakehouse
+            .exists(&TableName::parse("down.ns.x").unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, CatalogError::Unavailable(why) if why.contains("catalog down")),
+            "{err}"
+        );
+        assert!(
+            lakehouse
+                .exists(&TableName::parse("up.ns.a").unwrap())
+                .await
+                .unwrap()
+        );
+        // Not federated, the same failure is the listing's failure.
+        let strict = Lakehouse::new(federation, ContractStore::default());
+        assert!(strict.list_tables().await.is_err());
+    }
 
     #[tokio::test]
     async fn the_table_list_is_reused_for_the_ttl_only() {
