@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use iceberg::spec::{NestedField, PrimitiveType, Type};
+use iceberg::spec::{NestedField, Type};
 use serde_json::{Value, json};
 
 use crate::catalog::{Lakehouse, TableName};
@@ -201,7 +201,7 @@ pub fn draft_contract(table: &TableName, fields: &[std::sync::Arc<NestedField>])
 fn property(field: &NestedField) -> Value {
     let mut p = json!({
         "name": field.name,
-        "logicalType": logical_type(&field.field_type),
+        "logicalType": crate::compat::logical_type(&field.field_type),
         "physicalType": field.field_type.to_string(),
         "required": field.required,
     });
@@ -220,35 +220,10 @@ fn property(field: &NestedField) -> Value {
     p
 }
 
-/// ODCS logical type of an Iceberg type.
-fn logical_type(t: &Type) -> &'static str {
-    match t {
-        Type::Primitive(p) => match p {
-            PrimitiveType::Boolean => "boolean",
-            PrimitiveType::Int | PrimitiveType::Long => "integer",
-            PrimitiveType::Float | PrimitiveType::Double | PrimitiveType::Decimal { .. } => {
-                "number"
-            }
-            PrimitiveType::Date => "date",
-            PrimitiveType::Time => "time",
-            PrimitiveType::Timestamp
-            | PrimitiveType::Timestamptz
-            | PrimitiveType::TimestampNs
-            | PrimitiveType::TimestamptzNs => "timestamp",
-            PrimitiveType::String
-            | PrimitiveType::Uuid
-            | PrimitiveType::Fixed(_)
-            | PrimitiveType::Binary => "string",
-        },
-        Type::Struct(_) | Type::Map(_) => "object",
-        Type::List(_) => "array",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iceberg::spec::{ListType, StructType};
+    use iceberg::spec::{ListType, PrimitiveType, StructType};
     use std::sync::Arc;
 
     #[test]

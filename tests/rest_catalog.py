@@ -391,6 +391,21 @@ def main() -> None:
         check(results[4].structured_content["rows"][0] == [truth["events"], truth["buys"]],
               "a table whose files are in S3 (moto) reads as pyiceberg reads it")
 
+        # A change made behind the contract's back (straight to the catalog): the table is flagged, the broken
+        # promise named column by column.
+        admin = load_catalog("admin2", type="rest", uri=url, credential="admin:admin-secret")
+        with admin.load_table("sales.orders").update_schema() as update:
+            update.delete_column("channel")
+        results = asyncio.run(session_calls(binary, data_dir, [
+            ("list_tables", {}),
+            ("describe_table", {"table": "lake.sales.orders"}),
+        ]))
+        flagged = {t["table"] for t in results[0].structured_content["tables"] if t.get("contract_drift")}
+        check(flagged == {"lake.sales.orders"}, f"list_tables flags the table that left its contract ({flagged})")
+        drift = results[1].structured_content.get("contract_drift", [])
+        check([d["column"] for d in drift] == ["channel"] and "no longer has it" in drift[0]["change"],
+              f"describe_table names the broken promise: {drift}")
+
         # 4. The catalog's own authorization in the path (Lakekeeper batch-check), both must allow.
         BatchCheck.catalog_url = url
         BatchCheck.grants = {

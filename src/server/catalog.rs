@@ -48,6 +48,10 @@ pub struct TableSummary {
     /// are what agents page through most, so entries carry no empty fields.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grant_ids: Vec<String>,
+    /// The table's schema no longer keeps its contract's promises (a column gone, a type or nullability changed
+    /// behind the contract's back): `describe_table` says which. Absent when it keeps them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub contract_drift: bool,
 }
 
 /// Result of `list_tables`.
@@ -146,6 +150,11 @@ pub struct DescribeTableResult {
     pub can_query: bool,
     /// Version of the contract the classifications come from.
     pub contract_version: Option<String>,
+    /// Promises of the contract the table's current schema no longer keeps, column by column (empty: it keeps
+    /// them all). Queries written from the contract may fail on these columns; the owner should fix the table or
+    /// publish a new contract version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contract_drift: Vec<crate::compat::SchemaChange>,
 }
 
 /// A column's terms in a contract.
@@ -513,6 +522,7 @@ impl ParleyServer {
                 contains_pii: facts.contains_pii,
                 can_query: false,
                 grant_ids: Vec::new(),
+                contract_drift: false,
             };
             visible.push((
                 Discoverable {
@@ -614,7 +624,9 @@ impl ParleyServer {
         let live_grants: Vec<&crate::negotiation::Grant> =
             grants.iter().filter(|g| g.is_live(now)).collect();
         let rows = lakehouse
-            .inspect_listed(page.iter().map(|d| &d.name), row_count)
+            .inspect_listed(page.iter().map(|d| &d.name), |t| {
+                (row_count(t), t.metadata().current_schema().clone())
+            })
             .await;
         let mut tables = Vec::with_capacity(page.len());
         for (d, rows) in page.into_iter().zip(rows) {
@@ -627,10 +639,18 @@ impl ParleyServer {
                 .filter(|g| g.terms().covers(&entry.table))
                 .map(|g| g.id().to_string())
                 .collect();
-            entry.row_count = rows.unwrap_or_else(|e| {
-                tracing::warn!(table = %d.name, "cannot load table metadata: {e}");
-                None
-            });
+            match rows {
+                Ok((rows, schema)) => {
+                    entry.row_count = rows;
+                    entry.contract_drift = lakehouse.contract(&d.name).is_some_and(|c| {
+                        !crate::compat::contract_drift(&c.contract, &schema).is_empty()
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(table = %d.name, "cannot load table metadata: {e}");
+                    entry.row_count = None;
+                }
+            }
             tables.push(entry);
         }
         let next = offset + tables.len();
@@ -737,6 +757,9 @@ impl ParleyServer {
                 .peek(Action::Query, &Resource::Table(facts))
                 .allowed(),
             contract_version: contract.map(|c| c.version.clone()),
+            contract_drift: contract
+                .map(|c| crate::compat::contract_drift(c, schema))
+                .unwrap_or_default(),
         })
     }
 

@@ -213,6 +213,7 @@ mod tests {
                 contains_pii: false,
                 can_query: false,
                 grant_ids: vec![],
+                contract_drift: false,
             },
             can_query: OnceLock::new(),
         }
