@@ -141,13 +141,72 @@ impl HttpAuth {
     }
 }
 
-/// The middleware in front of `/mcp`.
-async fn authenticate(
+/// `routes` (the Iceberg REST endpoint) behind the same bearer-token validation as `/mcp`: a missing, invalid or
+/// expired token is answered 401 in the Iceberg REST error model; the verified `Principal` rides in the request
+/// extensions, and the token goes no further.
+pub fn protect_iceberg(routes: Router, auth: Arc<HttpAuth>) -> Router {
+    routes.layer(axum::middleware::from_fn_with_state(auth, bearer_only))
+}
+
+async fn bearer_only(
     State(auth): State<Arc<HttpAuth>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let token = request
+    let refused = |status: StatusCode, kind: &str, message: String| {
+        let mut response = (
+            status,
+            axum::Json(
+                json!({"error": {"message": message, "type": kind, "code": status.as_u16()}}),
+            ),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED
+            && let Ok(value) = format!("Bearer resource_metadata=\"{}\"", auth.metadata_url).parse()
+        {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+        response
+    };
+    let Some(token) = bearer(&request) else {
+        return refused(
+            StatusCode::UNAUTHORIZED,
+            "NotAuthorizedException",
+            "send the same bearer token as for /mcp (Authorization: Bearer ...)".to_string(),
+        );
+    };
+    let principal = match auth.validator.validate(&token).await {
+        Ok(a) => a.principal,
+        Err(e @ AuthError::Unavailable(_)) => {
+            tracing::error!("{e}");
+            return refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailableException",
+                e.to_string(),
+            );
+        }
+        Err(e) => {
+            tracing::info!("rejected a bearer token: {e}");
+            return refused(
+                StatusCode::UNAUTHORIZED,
+                "NotAuthorizedException",
+                e.to_string(),
+            );
+        }
+    };
+    if let Some(tokens) = &auth.subject_tokens {
+        tokens.remember(&principal.id, &token);
+    }
+    request.headers_mut().remove(header::AUTHORIZATION);
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+/// The bearer token of `request`, if it sends one.
+fn bearer(request: &Request) -> Option<String> {
+    request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -155,11 +214,20 @@ async fn authenticate(
             let (scheme, rest) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         })
-        .filter(|t| !t.is_empty());
-    let Some(token) = token else {
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
+/// The middleware in front of `/mcp`.
+async fn authenticate(
+    State(auth): State<Arc<HttpAuth>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = bearer(&request) else {
         return auth.challenge(StatusCode::UNAUTHORIZED, None);
     };
-    let authenticated = match auth.validator.validate(token).await {
+    let authenticated = match auth.validator.validate(&token).await {
         Ok(a) => a,
         Err(AuthError::InsufficientScope(scopes)) => {
             return auth.challenge(
@@ -181,7 +249,7 @@ async fn authenticate(
     };
     let principal: Principal = authenticated.principal;
     if let Some(tokens) = &auth.subject_tokens {
-        tokens.remember(&principal.id, token);
+        tokens.remember(&principal.id, &token);
     }
     let session = request
         .headers()

@@ -840,6 +840,7 @@ async fn serve_http(
         StreamableHttpServerConfig::default().disable_allowed_hosts()
     };
     let subject_tokens = app.lakehouse.authz().subject_tokens();
+    let iceberg = parley::server::iceberg_router(app.clone());
     let service = StreamableHttpService::new(
         move || Ok(ParleyServer::new(app.clone())),
         Arc::new(LocalSessionManager::default()),
@@ -850,10 +851,12 @@ async fn serve_http(
         .with_context(|| format!("cannot listen on {addr}"))?;
     let resource = format!("http://{}/mcp", listener.local_addr()?);
     let router = match validator {
-        Some(validator) => parley::http::router(
-            service,
-            Arc::new(HttpAuth::new(validator, &resource).with_subject_tokens(subject_tokens)),
-        ),
+        Some(validator) => {
+            let auth =
+                Arc::new(HttpAuth::new(validator, &resource).with_subject_tokens(subject_tokens));
+            parley::http::router(service, auth.clone())
+                .merge(parley::http::protect_iceberg(iceberg, auth))
+        }
         None => parley::http::local_router(service),
     };
     tracing::info!(url = %format!("http://{}/mcp", listener.local_addr()?), "serving MCP over streamable HTTP");

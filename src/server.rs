@@ -33,6 +33,7 @@ mod access;
 mod catalog;
 mod discovery;
 mod elicit;
+mod iceberg_rest;
 mod negotiate;
 mod notify;
 mod owner;
@@ -40,6 +41,8 @@ mod prompts;
 mod query;
 mod resources;
 pub mod stdio;
+
+pub use iceberg_rest::router as iceberg_router;
 
 pub use discovery::DiscoveryCache;
 use discovery::{Discoverable, Discovered, MAX_DISCOVERY_ENTRIES};
