@@ -237,6 +237,206 @@ pub fn bounded_functions(
         .collect()
 }
 
+/// Aggregates whose state is one value that grows with every row (`string_agg`, `array_agg`): DataFusion
+/// charges their state to the pool only after a batch was added, and a growing value reallocates to twice its
+/// capacity first, so two partial aggregates can overshoot the pool by several times its size before either is
+/// stopped. [`BoundedAggregate`] refuses a batch whose growth the pool has no room for, before it is added.
+const GROWING_AGGREGATES: [&str; 2] = ["string_agg", "array_agg"];
+
+/// [`GROWING_AGGREGATES`] present in `functions`, wrapped to check growth against the pool first.
+pub fn bounded_aggregates(
+    functions: &std::collections::HashMap<String, Arc<datafusion::logical_expr::AggregateUDF>>,
+    charge: &Charge,
+) -> Vec<Arc<datafusion::logical_expr::AggregateUDF>> {
+    GROWING_AGGREGATES
+        .iter()
+        .filter_map(|name| {
+            let inner = functions.get(*name)?.clone();
+            Some(Arc::new(
+                datafusion::logical_expr::AggregateUDF::new_from_impl(BoundedAggregate {
+                    inner,
+                    charge: charge.clone(),
+                }),
+            ))
+        })
+        .collect()
+}
+
+/// An aggregate whose accumulators check each batch's growth against the pool before adding it.
+#[derive(Debug)]
+pub struct BoundedAggregate {
+    inner: Arc<datafusion::logical_expr::AggregateUDF>,
+    charge: Charge,
+}
+
+impl PartialEq for BoundedAggregate {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner == other.inner
+    }
+}
+impl Eq for BoundedAggregate {}
+impl Hash for BoundedAggregate {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.inner.hash(state);
+    }
+}
+
+impl BoundedAggregate {
+    fn wrap(
+        &self,
+        inner: Arc<datafusion::logical_expr::AggregateUDF>,
+    ) -> Arc<datafusion::logical_expr::AggregateUDF> {
+        Arc::new(datafusion::logical_expr::AggregateUDF::new_from_impl(
+            BoundedAggregate {
+                inner,
+                charge: self.charge.clone(),
+            },
+        ))
+    }
+}
+
+impl datafusion::logical_expr::AggregateUDFImpl for BoundedAggregate {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+    fn return_field(&self, arg_fields: &[FieldRef]) -> Result<FieldRef> {
+        self.inner.return_field(arg_fields)
+    }
+    fn is_nullable(&self) -> bool {
+        self.inner.is_nullable()
+    }
+    fn accumulator(
+        &self,
+        acc_args: datafusion::logical_expr::function::AccumulatorArgs,
+    ) -> Result<Box<dyn datafusion::logical_expr::Accumulator>> {
+        Ok(Box::new(BoundedAccumulator {
+            inner: self.inner.accumulator(acc_args)?,
+            charge: self.charge.clone(),
+            name: self.inner.name().to_string(),
+        }))
+    }
+    fn state_fields(
+        &self,
+        args: datafusion::logical_expr::function::StateFieldsArgs,
+    ) -> Result<Vec<FieldRef>> {
+        self.inner.state_fields(args)
+    }
+    fn with_beneficial_ordering(
+        self: Arc<Self>,
+        beneficial_ordering: bool,
+    ) -> Result<Option<Arc<dyn datafusion::logical_expr::AggregateUDFImpl>>> {
+        let inner = self
+            .inner
+            .as_ref()
+            .clone()
+            .with_beneficial_ordering(beneficial_ordering)?;
+        Ok(inner.map(|inner| {
+            Arc::new(BoundedAggregate {
+                inner: Arc::new(inner),
+                charge: self.charge.clone(),
+            }) as Arc<dyn datafusion::logical_expr::AggregateUDFImpl>
+        }))
+    }
+    fn order_sensitivity(&self) -> datafusion::logical_expr::utils::AggregateOrderSensitivity {
+        self.inner.order_sensitivity()
+    }
+    fn reverse_expr(&self) -> datafusion::logical_expr::ReversedUDAF {
+        match self.inner.reverse_udf() {
+            datafusion::logical_expr::ReversedUDAF::Reversed(udf) => {
+                datafusion::logical_expr::ReversedUDAF::Reversed(self.wrap(udf))
+            }
+            other => other,
+        }
+    }
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.coerce_types(arg_types)
+    }
+    fn supports_null_handling_clause(&self) -> bool {
+        self.inner.supports_null_handling_clause()
+    }
+    fn supports_within_group_clause(&self) -> bool {
+        self.inner.supports_within_group_clause()
+    }
+    fn default_value(&self, data_type: &DataType) -> Result<ScalarValue> {
+        self.inner.default_value(data_type)
+    }
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        self.inner.documentation()
+    }
+}
+
+/// See [`BoundedAggregate`].
+#[derive(Debug)]
+struct BoundedAccumulator {
+    inner: Box<dyn datafusion::logical_expr::Accumulator>,
+    charge: Charge,
+    name: String,
+}
+
+impl BoundedAccumulator {
+    /// Refuses adding `values` when the state could grow (to twice its size, as a growing value reallocates)
+    /// past what the pool has left.
+    fn check(&self, values: &[ArrayRef]) -> Result<()> {
+        let incoming: usize = values.iter().map(|a| a.get_array_memory_size()).sum();
+        if incoming == 0 {
+            return Ok(());
+        }
+        let current = self.inner.size();
+        let projected = current
+            .saturating_add(incoming)
+            .max(current.saturating_mul(2));
+        let growth = projected.saturating_sub(current) as i64;
+        let available = self.charge.available();
+        if growth > available {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "{} would build a value of about {projected} bytes, more than the query memory pool has left \
+                 ({} bytes); aggregate fewer or shorter values",
+                self.name,
+                available.max(0)
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl datafusion::logical_expr::Accumulator for BoundedAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.check(values)?;
+        self.inner.update_batch(values)
+    }
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        self.inner.evaluate()
+    }
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        self.inner.state()
+    }
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        self.check(states)?;
+        self.inner.merge_batch(states)
+    }
+    fn retract_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.inner.retract_batch(values)
+    }
+    fn supports_retract_batch(&self) -> bool {
+        self.inner.supports_retract_batch()
+    }
+}
+
 /// The values of an integer argument, row by row (`None` for NULL or a non-integer argument).
 fn integers(arg: &ColumnarValue, rows: usize) -> Result<Vec<Option<i64>>> {
     let array = arg.to_array(rows.max(1))?;
@@ -1222,6 +1422,33 @@ mod tests {
         assert_eq!(
             run("SELECT count(*) FROM s.t a JOIN s.t b ON a.id < b.id AND b.id < 100").await,
             Ok(vec![vec![4950.into()]])
+        );
+    }
+
+    #[tokio::test]
+    async fn growing_aggregates_are_refused_before_they_outgrow_the_pool() {
+        let engine = small_engine();
+        // 10,000 × 10,000 rows of 1 KB each: about 100 GB if nothing stopped it.
+        for sql in [
+            "SELECT length(string_agg(repeat('x', 1000), ',')) FROM s.t a CROSS JOIN s.t b",
+            "SELECT cardinality(array_agg(repeat('x', 1000))) FROM s.t a CROSS JOIN s.t b",
+        ] {
+            let e = run_on(&engine, 10_000, sql).await.expect_err(sql);
+            assert!(
+                e.contains("would build a value")
+                    && e.contains("more than the query memory pool has left"),
+                "{sql}: {e}"
+            );
+        }
+        // Within the pool they answer as before (ordered, too).
+        assert_eq!(
+            run_on(
+                &engine,
+                5,
+                "SELECT string_agg(CAST(id AS VARCHAR), ',' ORDER BY id DESC), cardinality(array_agg(id)) FROM s.t"
+            )
+            .await,
+            Ok(vec![vec!["4,3,2,1,0".into(), 5.into()]])
         );
     }
 

@@ -459,6 +459,10 @@ impl Engine {
             .build();
         // Functions that can build values far larger than their input are refused before they allocate, and what
         // they build is charged to the memory pool; `||` becomes such a function (see `bounded`).
+        for f in crate::bounded::bounded_aggregates(base.aggregate_functions(), &charge) {
+            datafusion::execution::FunctionRegistry::register_udaf(&mut base, f)
+                .map_err(|e| QueryError::Execution(e.to_string()))?;
+        }
         let bounded = crate::bounded::bounded_functions(base.scalar_functions(), &charge);
         for f in &bounded {
             datafusion::execution::FunctionRegistry::register_udf(&mut base, f.clone())
