@@ -87,6 +87,20 @@ enum Command {
         /// Rebuild the demo tables and contracts even if the data dir is complete (policy and audit are kept).
         #[arg(long)]
         force: bool,
+        /// Serve this catalog: its name (the first part of table names when several are configured). Written to
+        /// `<data dir>/parley.toml` as a `[[catalogs]]` entry, then prepared like one configured there.
+        #[arg(long, requires = "uri")]
+        catalog: Option<String>,
+        /// The catalog's type with `--catalog`: rest or sql.
+        #[arg(long = "type", default_value = "rest", requires = "catalog")]
+        kind: String,
+        /// The catalog's `uri` with `--catalog` (a REST base URL, or a `sqlite:` URL).
+        #[arg(long, requires = "catalog")]
+        uri: Option<String>,
+        /// More catalog properties with `--catalog`, Iceberg's names: `--property warehouse=analytics
+        /// --property credential=id:secret`.
+        #[arg(long = "property", value_name = "KEY=VALUE", requires = "catalog")]
+        properties: Vec<String>,
     },
     /// Audit log tools.
     Audit {
@@ -334,7 +348,25 @@ async fn run() -> Result<()> {
             println!("{tables} tables written to {}", dir.root.display());
             Ok(())
         }
-        Command::Init { force } if !config.catalogs.is_empty() => {
+        Command::Init {
+            catalog: Some(name),
+            kind,
+            uri,
+            properties,
+            ..
+        } => {
+            let settings = catalog_from_flags(&name, &kind, uri, &properties)?;
+            let path = cli
+                .config
+                .clone()
+                .unwrap_or_else(|| dir.root.join("parley.toml"));
+            add_catalog_to_config(&path, &settings)?;
+            println!("added catalog {name:?} to {}", path.display());
+            let config = Config::load(&dir.root, cli.config.as_deref())?;
+            report_prepared(&dir, parley::init::prepare_existing(&config, &dir).await?);
+            Ok(())
+        }
+        Command::Init { force, .. } if !config.catalogs.is_empty() => {
             if force {
                 bail!(
                     "--force rebuilds the demo lakehouse; parley.toml names catalogs, which `init` only reads"
@@ -343,7 +375,7 @@ async fn run() -> Result<()> {
             report_prepared(&dir, parley::init::prepare_existing(&config, &dir).await?);
             Ok(())
         }
-        Command::Init { force } => {
+        Command::Init { force, .. } => {
             let outcome = parley::demo::ensure(&dir, &config.catalog_name, force).await?;
             if outcome == InitOutcome::External {
                 // A SQL catalog someone else wrote (e.g. pyiceberg's SqlCatalog): prepare it like a configured one,
@@ -639,6 +671,79 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
     });
     watch_files(policy, app.clone());
     Ok(app)
+}
+
+/// A `[[catalogs]]` entry from `parley init --catalog` flags, checked as parley.toml's entries are.
+fn catalog_from_flags(
+    name: &str,
+    kind: &str,
+    uri: Option<String>,
+    properties: &[String],
+) -> Result<parley::config::CatalogSettings> {
+    let kind = match kind {
+        "rest" => parley::config::CatalogKind::Rest,
+        "sql" => parley::config::CatalogKind::Sql,
+        other => bail!("unknown catalog type {other:?}; use rest or sql"),
+    };
+    let mut props = std::collections::BTreeMap::new();
+    if let Some(uri) = uri {
+        props.insert("uri".to_string(), uri);
+    }
+    for p in properties {
+        let Some((key, value)) = p.split_once('=') else {
+            bail!("--property {p:?} is not KEY=VALUE (e.g. --property warehouse=analytics)");
+        };
+        props.insert(key.trim().to_string(), value.to_string());
+    }
+    let settings = parley::config::CatalogSettings {
+        name: name.to_string(),
+        kind,
+        authorization: None,
+        properties: props,
+    };
+    let probe = Config {
+        catalogs: vec![settings.clone()],
+        ..Config::default()
+    };
+    probe.check_catalogs().map_err(anyhow::Error::msg)?;
+    Ok(settings)
+}
+
+/// Appends `settings` as a `[[catalogs]]` entry to the config file at `path` (created if missing), refusing a
+/// name the file already uses.
+fn add_catalog_to_config(path: &Path, settings: &parley::config::CatalogSettings) -> Result<()> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let current: Config = toml::from_str(&existing)
+        .with_context(|| format!("{} is not a valid Parley config", path.display()))?;
+    if current.catalogs.iter().any(|c| c.name == settings.name) {
+        bail!(
+            "{} already names a catalog {:?}; edit it there",
+            path.display(),
+            settings.name
+        );
+    }
+    #[derive(serde::Serialize)]
+    struct Entry<'a> {
+        catalogs: [&'a parley::config::CatalogSettings; 1],
+    }
+    let entry = toml::to_string(&Entry {
+        catalogs: [settings],
+    })?;
+    let mut text = existing;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push('\n');
+    text.push_str(&entry);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 /// Prints what `parley init` did to an existing lakehouse and what to do next.

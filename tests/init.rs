@@ -156,3 +156,90 @@ async fn an_empty_lakehouse_says_why() {
     assert!(r.get("empty_because").is_none(), "{r}");
     client.cancel().await.unwrap();
 }
+
+/// `parley init --catalog` records a catalog given on the command line in parley.toml and prepares it: a draft
+/// contract per table, the catalog itself untouched; the same name twice, or a malformed property, is refused.
+#[tokio::test]
+async fn init_takes_a_catalog_from_the_command_line() {
+    let other = tempfile::tempdir().unwrap();
+    let catalog = parley::catalog::open_sql_catalog(
+        &other.path().join("c.db"),
+        &other.path().join("w"),
+        "ext",
+    )
+    .await
+    .unwrap();
+    let ns = iceberg::NamespaceIdent::new("web".to_string());
+    catalog
+        .create_namespace(&ns, std::collections::HashMap::new())
+        .await
+        .unwrap();
+    let schema = iceberg::spec::Schema::builder()
+        .with_fields(vec![std::sync::Arc::new(
+            iceberg::spec::NestedField::required(
+                1,
+                "id",
+                iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::Long),
+            ),
+        )])
+        .build()
+        .unwrap();
+    catalog
+        .create_table(
+            &ns,
+            iceberg::TableCreation::builder()
+                .name("events".to_string())
+                .schema(schema)
+                .build(),
+        )
+        .await
+        .unwrap();
+    let before = std::fs::read(other.path().join("c.db")).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["init", "--data-dir"])
+            .arg(dir.path())
+            .args(["--catalog", "ext", "--type", "sql", "--uri"])
+            .arg(format!("sqlite:{}", other.path().join("c.db").display()))
+            .arg("--property")
+            .arg(format!(
+                "warehouse=file://{}",
+                other.path().join("w").display()
+            ))
+            .args(extra)
+            .env("PARLEY_LOG", "warn");
+        cmd.output().unwrap()
+    };
+    let out = run(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("added catalog \"ext\""), "{stdout}");
+    assert!(
+        stdout.contains("drafted the contract of web.events"),
+        "{stdout}"
+    );
+    assert!(dir.path().join("contracts/web/events.yaml").exists());
+    let config = std::fs::read_to_string(dir.path().join("parley.toml")).unwrap();
+    assert!(
+        config.contains("[[catalogs]]") && config.contains("name = \"ext\""),
+        "{config}"
+    );
+    assert_eq!(
+        std::fs::read(other.path().join("c.db")).unwrap(),
+        before,
+        "the catalog is only read"
+    );
+
+    let again = run(&[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already names a catalog \"ext\""));
+    let bad = run(&["--property", "credentials"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not KEY=VALUE"));
+}

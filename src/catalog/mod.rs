@@ -772,6 +772,18 @@ pub(crate) fn read_current_schema(table: Table) -> Result<Table, CatalogError> {
 mod tests {
     use super::*;
 
+    /// A schema of one required long column `id`.
+    fn id_schema() -> iceberg::spec::Schema {
+        iceberg::spec::Schema::builder()
+            .with_fields(vec![Arc::new(iceberg::spec::NestedField::required(
+                1,
+                "id",
+                iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::Long),
+            ))])
+            .build()
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_catalog_that_cannot_be_listed_hides_no_other() {
         let dir = tempfile::tempdir().unwrap();
@@ -780,14 +792,7 @@ mod tests {
             .unwrap();
         let ns = NamespaceIdent::new("ns".to_string());
         local.create_namespace(&ns, HashMap::new()).await.unwrap();
-        let schema = iceberg::spec::Schema::builder()
-            .with_fields(vec![Arc::new(iceberg::spec::NestedField::required(
-                1,
-                "id",
-                iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::Long),
-            ))])
-            .build()
-            .unwrap();
+        let schema = id_schema();
         local
             .create_table(
                 &ns,
@@ -849,16 +854,7 @@ mod tests {
         let create = |name: &str| {
             iceberg::TableCreation::builder()
                 .name(name.to_string())
-                .schema(
-                    iceberg::spec::Schema::builder()
-                        .with_fields(vec![Arc::new(iceberg::spec::NestedField::required(
-                            1,
-                            "id",
-                            iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::Long),
-                        ))])
-                        .build()
-                        .unwrap(),
-                )
+                .schema(id_schema())
                 .build()
         };
         catalog.create_table(&ns, create("a")).await.unwrap();
@@ -902,14 +898,7 @@ mod tests {
             .unwrap();
         let ns = NamespaceIdent::new("ns".to_string());
         catalog.create_namespace(&ns, HashMap::new()).await.unwrap();
-        let schema = iceberg::spec::Schema::builder()
-            .with_fields(vec![Arc::new(iceberg::spec::NestedField::required(
-                1,
-                "id",
-                iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::Long),
-            ))])
-            .build()
-            .unwrap();
+        let schema = id_schema();
         let creation = iceberg::TableCreation::builder()
             .name("a".to_string())
             .schema(schema)

@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -125,10 +125,6 @@ async fn gated(
     }
 }
 
-fn principal(parts: &axum::http::request::Parts) -> Option<Principal> {
-    parts.extensions.get::<Principal>().cloned()
-}
-
 async fn config() -> Response {
     axum::Json(json!({"defaults": {}, "overrides": {}})).into_response()
 }
@@ -174,16 +170,8 @@ struct ParentQuery {
 async fn namespaces(
     State(app): State<Arc<App>>,
     Query(query): Query<ParentQuery>,
-    request: axum::extract::Request,
+    Extension(who): Extension<Principal>,
 ) -> Response {
-    let (parts, _) = request.into_parts();
-    let Some(who) = principal(&parts) else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "NotAuthorizedException",
-            "no verified caller",
-        );
-    };
     let server = ParleyServer::new(app.clone());
     let parent: Vec<String> = query
         .parent
@@ -215,17 +203,10 @@ async fn namespaces(
 async fn namespace(
     State(app): State<Arc<App>>,
     Path(namespace): Path<String>,
-    request: axum::extract::Request,
+    Extension(who): Extension<Principal>,
+    method: Method,
 ) -> Response {
-    let (parts, _) = request.into_parts();
-    let Some(who) = principal(&parts) else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "NotAuthorizedException",
-            "no verified caller",
-        );
-    };
-    let head = parts.method == Method::HEAD;
+    let head = method == Method::HEAD;
     let levels: Vec<String> = namespace.split(SEPARATOR).map(str::to_string).collect();
     let server = ParleyServer::new(app.clone());
     gated(&app, &who, "iceberg:loadNamespace", async |checked| {
@@ -249,16 +230,8 @@ async fn namespace(
 async fn tables(
     State(app): State<Arc<App>>,
     Path(namespace): Path<String>,
-    request: axum::extract::Request,
+    Extension(who): Extension<Principal>,
 ) -> Response {
-    let (parts, _) = request.into_parts();
-    let Some(who) = principal(&parts) else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "NotAuthorizedException",
-            "no verified caller",
-        );
-    };
     let levels: Vec<String> = namespace.split(SEPARATOR).map(str::to_string).collect();
     let server = ParleyServer::new(app.clone());
     gated(&app, &who, "iceberg:listTables", async |checked| {
@@ -287,17 +260,10 @@ async fn tables(
 async fn load(
     State(app): State<Arc<App>>,
     Path((namespace, table)): Path<(String, String)>,
-    request: axum::extract::Request,
+    Extension(who): Extension<Principal>,
+    method: Method,
 ) -> Response {
-    let (parts, _) = request.into_parts();
-    let Some(who) = principal(&parts) else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "NotAuthorizedException",
-            "no verified caller",
-        );
-    };
-    let head = parts.method == Method::HEAD;
+    let head = method == Method::HEAD;
     let name = TableName {
         namespace: namespace.split(SEPARATOR).map(str::to_string).collect(),
         name: table,
