@@ -181,6 +181,24 @@ impl Checked<'_> {
             .authorize(self.principal, action, resource, &context)
     }
 
+    /// [`Checked::peek_under`] as the policy applies to `principal` instead of the caller (an approver's changed
+    /// terms are checked for the requester who will use them); records nothing.
+    pub fn peek_under_as(
+        &self,
+        principal: &Principal,
+        action: Action,
+        resource: &Resource,
+        grant: GrantContext,
+    ) -> Decision {
+        let context = RequestContext {
+            grant: Some(grant),
+            ..self.context.clone()
+        };
+        self.gate
+            .policy
+            .authorize(principal, action, resource, &context)
+    }
+
     /// [`Checked::require_table`] for an action under a grant: discovery is decided as usual, then `action` with
     /// the grant's terms for this table in `context.grant`. A grant is never a way around the policy: a forbid
     /// still wins, and some permit must allow the action under the grant.

@@ -882,6 +882,7 @@ mod tests {
                 values: vec!["DE".to_string()],
             }),
             created_at: Utc::now(),
+            requester_groups: Vec::new(),
         }
     }
 

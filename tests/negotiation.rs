@@ -1240,3 +1240,49 @@ async fn owners_narrow_terms_into_a_counter_offer() {
     analyst.cancel().await.unwrap();
     owner.cancel().await.unwrap();
 }
+
+/// An approver's changed terms are checked against the policy as it applies to the requester, who will query
+/// under them — not as it applies to the approver.
+#[tokio::test]
+async fn an_approvers_counter_offer_is_checked_for_the_requester() {
+    let lake = Lake::new();
+    let policy = lake.path().join("policy/policy.cedar");
+    let mut text = std::fs::read_to_string(&policy).unwrap();
+    text.push_str(
+        "\n@id(\"analyst-no-row-filtered-grants\")\nforbid (principal == Parley::User::\"analyst\", action == \
+         Parley::Action::\"query\", resource is Parley::Table)\nwhen { context has grant && context.grant.row_filter };\n",
+    );
+    std::fs::write(&policy, text).unwrap();
+    let analyst = lake.connect("analyst", &[]).await;
+    let owner = lake.connect("sales-owner", &[]).await;
+    let p = request(
+        &analyst,
+        json!({"tables": ["sales.orders"], "purpose": "pricing_research"}),
+    )
+    .await;
+    assert_eq!(p["status"], "pending", "{p:#}");
+    // Fine for the approver (who owns the table), but the requester could never query under a row filter.
+    let e = err(&call(
+        &owner,
+        "decide_request",
+        json!({"request_id": p["request_id"], "approve": true, "reason": "EUR only",
+               "row_filter": {"column": "currency", "values": ["EUR"]}}),
+    )
+    .await);
+    assert!(
+        e.contains("would not let the requester query")
+            && e.contains("analyst-no-row-filtered-grants"),
+        "{e}"
+    );
+    // Narrowed in a way the requester's policy allows, it becomes a counter-offer.
+    let r = ok(&call(
+        &owner,
+        "decide_request",
+        json!({"request_id": p["request_id"], "approve": true, "reason": "no gifts flag",
+               "columns": ["order_id", "order_date", "total_amount"]}),
+    )
+    .await);
+    assert!(r.to_string().contains("counter"), "{r}");
+    analyst.cancel().await.unwrap();
+    owner.cancel().await.unwrap();
+}

@@ -814,6 +814,7 @@ mod tests {
             duration_days: 7,
             row_scope: None,
             created_at: Utc::now(),
+            requester_groups: Vec::new(),
         }
     }
 

@@ -101,6 +101,11 @@ pub struct AccessRequest {
     pub row_scope: Option<RowScope>,
     /// When the request was made.
     pub created_at: DateTime<Utc>,
+    /// The requester's groups when they asked, so an approver's changed terms are checked against the policy as
+    /// it applies to the requester (a request stored before this was kept has none: the policy's directory then
+    /// decides the requester's groups).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requester_groups: Vec<String>,
 }
 
 /// How a granted column is masked. The query engine builds the expression; this names the transformation.
@@ -1157,6 +1162,7 @@ mod tests {
             duration_days: days,
             row_scope: None,
             created_at: now(),
+            requester_groups: Vec::new(),
         }
     }
 

@@ -373,6 +373,7 @@ mod tests {
             duration_days: 30,
             row_scope: None,
             created_at: now,
+            requester_groups: Vec::new(),
         };
         let terms = Terms {
             tables: request.tables.clone(),
@@ -475,6 +476,7 @@ mod tests {
             duration_days: 7,
             row_scope: None,
             created_at: now,
+            requester_groups: Vec::new(),
         }
     }
 

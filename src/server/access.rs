@@ -90,6 +90,8 @@ pub(super) fn grant_view(g: &Grant, now: chrono::DateTime<Utc>) -> GrantView {
 pub(super) struct GatePolicy<'c> {
     pub(super) checked: &'c Checked<'c>,
     pub(super) facts: &'c [(String, crate::policy::TableFacts)],
+    /// Whose queries the terms are for, when not the caller's (an approver offering changed terms).
+    pub(super) requester: Option<&'c crate::identity::Principal>,
 }
 
 /// A list of grants.
@@ -212,11 +214,15 @@ impl ParleyServer {
 impl TermsPolicy for GatePolicy<'_> {
     fn refusal(&self, terms: &negotiation::Terms) -> Option<String> {
         self.facts.iter().find_map(|(table, f)| {
-            let d = self.checked.peek_under(
-                Action::Query,
-                &Resource::Table(f.clone()),
-                terms.policy_context(table, ""),
-            );
+            let resource = Resource::Table(f.clone());
+            let context = terms.policy_context(table, "");
+            let d = match self.requester {
+                Some(requester) => {
+                    self.checked
+                        .peek_under_as(requester, Action::Query, &resource, context)
+                }
+                None => self.checked.peek_under(Action::Query, &resource, context),
+            };
             (!d.allowed()).then(|| format!("{table}: {}", d.reason()))
         })
     }

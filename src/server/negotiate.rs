@@ -422,6 +422,7 @@ impl ParleyServer {
             duration_days: args.duration_days.unwrap_or(30),
             row_scope: args.row_scope,
             created_at: Utc::now(),
+            requester_groups: checked.principal().groups.clone(),
         };
         let refs: Vec<(&str, &crate::contracts::Contract)> =
             contracts.iter().map(|(t, c)| (t.as_str(), c)).collect();
@@ -432,6 +433,7 @@ impl ParleyServer {
         let policy = GatePolicy {
             checked,
             facts: &facts_of,
+            requester: None,
         };
         // A grant that a person must first acknowledge waits as an offer until they do.
         let Requested { outcome, grant } = self

@@ -440,9 +440,18 @@ impl ParleyServer {
             .iter()
             .map(|t| (t.to_string(), self.app.lakehouse.facts_of_listed(t)))
             .collect();
+        // Checked as the policy applies to the requester, who will query under these terms (a request stored
+        // before requesters' groups were kept is checked as before, for the approver).
+        let requester = (!request.requester_groups.is_empty()).then(|| {
+            crate::identity::Principal::new(
+                request.principal.clone(),
+                request.requester_groups.clone(),
+            )
+        });
         let policy = GatePolicy {
             checked,
             facts: &facts,
+            requester: requester.as_ref(),
         };
         if let Some(why) = policy.refusal(&terms) {
             return Err(ToolError::BadRequest(format!(
