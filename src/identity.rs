@@ -565,16 +565,26 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 1h or 7d"))?;
     let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        "" => {
+            return Err(format!(
+                "{text:?} has no unit: write it as 90s, 30m, 1h or 7d"
+            ));
+        }
         _ => {
             return Err(format!(
                 "{text:?} is not a duration like 90s, 30m, 1h or 7d"
             ));
         }
     };
+    if secs == 0 {
+        return Err(format!(
+            "{text:?} is no time at all: a token must live at least a second (e.g. 30m)"
+        ));
+    }
     Ok(Duration::from_secs(secs))
 }
 
@@ -661,6 +671,9 @@ mod tests {
         assert_eq!(strings(claim(&c, "scope")), ["x", "y"]);
         assert_eq!(parse_ttl("1h").unwrap(), Duration::from_secs(3600));
         assert!(parse_ttl("soon").is_err());
+        assert!(parse_ttl("5").unwrap_err().contains("no unit"));
+        assert!(parse_ttl("0s").unwrap_err().contains("at least a second"));
+        assert_eq!(parse_ttl("90s").unwrap(), Duration::from_secs(90));
         assert!(
             JwtValidator::new(
                 AuthSettings {

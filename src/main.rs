@@ -54,7 +54,7 @@ enum Command {
     /// Serve MCP over stdio (default) or streamable HTTP; creates the demo lakehouse on first run.
     Serve {
         /// Serve streamable HTTP at this address (path /mcp) instead of stdio, e.g. 127.0.0.1:8765.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_listen_address)]
         http: Option<SocketAddr>,
         /// Principal the caller acts as on stdio [env: PARLEY_PRINCIPAL; default: analyst]. Over HTTP the
         /// principal comes from each request's bearer token; with --http and --principal both given, HTTP is
@@ -194,7 +194,8 @@ enum PolicyCommand {
         /// Principal id.
         #[arg(long)]
         principal: String,
-        /// Action: discover, read_contract, query, request_access, review_requests, decide_request, admin.
+        /// Action: discover, read_contract, query, request_access, review_requests, decide_request, read_audit,
+        /// admin.
         #[arg(long)]
         action: String,
         /// Table as namespace.table, a namespace, or * for the whole lakehouse.
@@ -411,6 +412,7 @@ async fn run() -> Result<()> {
         Command::Audit {
             command: AuditCommand::Tail { lines },
         } => {
+            require_audit_log(&dir)?;
             let records = parley::audit::read_all(&dir.audit_log())?;
             for r in records.iter().skip(records.len().saturating_sub(lines)) {
                 println!("{}", serde_json::to_string(r)?);
@@ -426,6 +428,7 @@ async fn run() -> Result<()> {
                     decision,
                 },
         } => {
+            require_audit_log(&dir)?;
             for r in parley::audit::read_all(&dir.audit_log())? {
                 let e = &r.entry;
                 let keep = principal.as_ref().is_none_or(|p| &e.principal == p)
@@ -482,7 +485,14 @@ async fn run() -> Result<()> {
                     resource,
                     purpose,
                 },
-        } => policy_check(&dir, &principal, &action, &resource, purpose).await,
+        } => match policy_check(&dir, &principal, &action, &resource, purpose).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Exit 2, apart from a decision's deny (1).
+                eprintln!("Error: {e:#}");
+                std::process::exit(2);
+            }
+        },
     }
 }
 
@@ -523,6 +533,10 @@ async fn policy_check(
         if d.allowed() { "ALLOW" } else { "DENY" },
         d.reason()
     );
+    if !d.allowed() {
+        // Scripts test the decision by the exit status: 0 allow, 1 deny (2: the check itself failed).
+        std::process::exit(1);
+    }
     Ok(())
 }
 
@@ -671,6 +685,32 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
     });
     watch_files(policy, app.clone());
     Ok(app)
+}
+
+/// Refuses to read an audit log that is not there: a mistyped `--data-dir` would otherwise print nothing and
+/// succeed.
+fn require_audit_log(dir: &DataDir) -> Result<()> {
+    if !dir.audit_log().exists() {
+        bail!(
+            "no audit log at {}: is --data-dir (or PARLEY_HOME) the data dir the server uses?",
+            dir.audit_log().display()
+        );
+    }
+    Ok(())
+}
+
+/// `--http`'s address: an IP address and port. A host name is refused with the address to use instead, so the
+/// address served is exactly the one named (and a loopback check means what it says).
+fn parse_listen_address(text: &str) -> std::result::Result<SocketAddr, String> {
+    text.parse().map_err(|_| match text.rsplit_once(':') {
+        Some((host, port)) if host.eq_ignore_ascii_case("localhost") => format!(
+            "{text:?} names a host: use an IP address, 127.0.0.1:{port} (or [::1]:{port})"
+        ),
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => format!(
+            "{text:?} names a host: use an IP address and port, e.g. 127.0.0.1:{port} or 0.0.0.0:{port}"
+        ),
+        _ => format!("{text:?} is not an address and port, e.g. 127.0.0.1:8765"),
+    })
 }
 
 /// A `[[catalogs]]` entry from `parley init --catalog` flags, checked as parley.toml's entries are.

@@ -50,10 +50,13 @@ async fn policy_check_prints_the_decision_and_why() {
         text.starts_with("DENY: forbidden by no-pii-for-marketing"),
         "{text}"
     );
+    // Scripts read the decision from the exit status: 1 deny, 0 allow, 2 a check that could not be made.
+    assert_eq!(out.status.code(), Some(1));
     let out = check("analyst", "query", "sales.orders")
         .output()
         .await
         .unwrap();
+    assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.starts_with("ALLOW: permitted by analysts-query-non-pii"),
@@ -70,8 +73,41 @@ async fn policy_check_prints_the_decision_and_why() {
         .output()
         .await
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown action \"fly\""));
+}
+
+/// Operator commands on a data dir that is not one say so instead of succeeding with nothing: the audit tools,
+/// and `--http` with a host name instead of an address.
+#[tokio::test]
+async fn operator_commands_name_a_wrong_data_dir_or_address() {
+    let missing = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["audit", "tail"],
+        vec!["audit", "search", "--principal", "analyst"],
+        vec!["audit", "verify"],
+    ] {
+        let out = std::process::Command::new(crate::util::BIN)
+            .args(&args)
+            .arg("--data-dir")
+            .arg(missing.path().join("nope"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no audit log at"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = std::process::Command::new(crate::util::BIN)
+        .args(["serve", "--http", "localhost:8765", "--data-dir"])
+        .arg(missing.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("use an IP address, 127.0.0.1:8765"), "{err}");
 }
 
 #[tokio::test]
