@@ -550,6 +550,16 @@ mod tests {
     fn example_config_parses_to_the_defaults() {
         let example: Config = toml::from_str(include_str!("../examples/parley.toml")).unwrap();
         let default = Config::default();
+        // Every key the example sets is the default (compared as TOML, field by field).
+        assert_eq!(
+            toml::to_string(&example.auth).unwrap(),
+            toml::to_string(&default.auth).unwrap()
+        );
+        assert_eq!(example.audit.rotate_bytes, default.audit.rotate_bytes);
+        assert_eq!(example.catalog_cache_ttl_ms, default.catalog_cache_ttl_ms);
+        assert_eq!(example.list_page_size, default.list_page_size);
+        assert_eq!(example.catalog_name, default.catalog_name);
+        assert_eq!(example.catalogs, default.catalogs);
         assert_eq!(example.principal, default.principal);
         assert_eq!(example.query.max_rows, default.query.max_rows);
         assert_eq!(example.query.memory_bytes, default.query.memory_bytes);

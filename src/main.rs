@@ -944,6 +944,16 @@ async fn shutdown_signal() {
 }
 
 async fn serve_stdio(app: Arc<App>) -> Result<()> {
+    use std::io::IsTerminal as _;
+    if std::io::stdin().is_terminal() {
+        // Someone ran `parley serve` by hand: nothing will happen until an MCP client speaks on stdin.
+        eprintln!(
+            "parley is waiting for an MCP client on stdin (JSON-RPC, one message per line). Connect a client \
+             instead of typing: e.g. `claude mcp add parley -- parley serve`, the MCP Inspector \
+             (`npx @modelcontextprotocol/inspector parley serve`), or serve HTTP with \
+             `parley serve --http 127.0.0.1:8765 --principal analyst`. Ctrl-C stops it."
+        );
+    }
     let server = ParleyServer::new(app);
     // Parley's own line framing, so a line that does not parse is answered rather than dropped.
     let service = match stdio_pipes() {
