@@ -233,6 +233,92 @@ pub fn contract_drift(contract: &Contract, schema: &Schema) -> Vec<SchemaChange>
     out
 }
 
+/// What a new version of a contract changes for its consumers, column by column: a column removed, its logical
+/// type changed, made never-null, or its classification changed is breaking (datacontract-cli's former rule table,
+/// the reference API-NOTES names); a column added or a classification first given is compatible.
+pub fn contract_changes(old: &Contract, new: &Contract) -> Vec<SchemaChange> {
+    let mut out = Vec::new();
+    for before in old.columns() {
+        let Some(after) = new.column(&before.name) else {
+            out.push(change(
+                Impact::Breaking,
+                &before.name,
+                "removed from the contract".to_string(),
+            ));
+            continue;
+        };
+        if before.logical_type.as_deref().map(str::to_lowercase)
+            != after.logical_type.as_deref().map(str::to_lowercase)
+        {
+            out.push(change(
+                Impact::Breaking,
+                &before.name,
+                format!(
+                    "logical type changed from {} to {}",
+                    before.logical_type.as_deref().unwrap_or("none"),
+                    after.logical_type.as_deref().unwrap_or("none")
+                ),
+            ));
+        }
+        if !before.required && after.required {
+            out.push(change(
+                Impact::Breaking,
+                &before.name,
+                "now promised never null (writers must change)".to_string(),
+            ));
+        }
+        if before.required && !after.required {
+            out.push(change(
+                Impact::Breaking,
+                &before.name,
+                "no longer promised never null (readers may see nulls)".to_string(),
+            ));
+        }
+        match (&before.classification, &after.classification) {
+            (Some(a), Some(b)) if !a.eq_ignore_ascii_case(b) => out.push(change(
+                Impact::Breaking,
+                &before.name,
+                format!("classification changed from {a} to {b}"),
+            )),
+            (Some(a), None) => out.push(change(
+                Impact::Breaking,
+                &before.name,
+                format!("classification {a} removed"),
+            )),
+            (None, Some(b)) => out.push(change(
+                Impact::Compatible,
+                &before.name,
+                format!("classified {b}"),
+            )),
+            _ => {}
+        }
+    }
+    for after in new.columns() {
+        if old.column(&after.name).is_none() {
+            out.push(change(
+                Impact::Compatible,
+                &after.name,
+                format!(
+                    "added ({})",
+                    after.logical_type.as_deref().unwrap_or("no logical type")
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// The major part of a semantic version (`2` of `2.1.0`), if it has one.
+pub fn major_version(version: &str) -> Option<u64> {
+    version
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -418,6 +504,53 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("o", Impact::Compatible), ("r", Impact::Breaking)]
         );
+    }
+
+    #[test]
+    fn contract_versions_are_diffed_column_by_column() {
+        let yaml = include_str!("../examples/contracts/sales/products.yaml");
+        let old = crate::contracts::parse(yaml, std::path::Path::new("a.yaml")).unwrap();
+        assert_eq!(contract_changes(&old, &old), []);
+        let edited = yaml
+            .replace(
+                "      - name: in_stock\n        logicalType: boolean",
+                "      - name: in_stock\n        logicalType: string",
+            )
+            .replacen(
+                "        classification: public\n        description: Product name.",
+                "        classification: restricted\n        description: Product name.",
+                1,
+            );
+        let edited = edited.replace(
+            "      - name: launched_on\n        logicalType: date\n        physicalType: date\n        required: true\n        classification: public\n        description: Date the product was launched.\n",
+            "      - name: weight_kg\n        logicalType: number\n        physicalType: double\n",
+        );
+        let new = crate::contracts::parse(&edited, std::path::Path::new("b.yaml")).unwrap();
+        let got: Vec<(String, Impact)> = contract_changes(&old, &new)
+            .into_iter()
+            .map(|c| (format!("{}: {}", c.column, c.change), c.impact))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "name: classification changed from public to restricted".to_string(),
+                    Impact::Breaking
+                ),
+                (
+                    "in_stock: logical type changed from boolean to string".to_string(),
+                    Impact::Breaking
+                ),
+                (
+                    "launched_on: removed from the contract".to_string(),
+                    Impact::Breaking
+                ),
+                ("weight_kg: added (number)".to_string(), Impact::Compatible),
+            ]
+        );
+        assert_eq!(major_version("2.0.0"), Some(2));
+        assert_eq!(major_version("v3.1"), Some(3));
+        assert_eq!(major_version("draft"), None);
     }
 
     #[test]

@@ -133,6 +133,14 @@ enum ContractCommand {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// What a new version of a contract changes for its consumers, column by column (breaking or compatible);
+    /// exits with status 1 when a breaking change comes without a new major version.
+    Diff {
+        /// The contract in force.
+        old: PathBuf,
+        /// The new version.
+        new: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -293,6 +301,57 @@ async fn run() -> Result<()> {
                 issuer.mint(&principal, &groups, &scopes, ttl, &config.auth.audience)?
             );
             Ok(())
+        }
+        Command::Contract {
+            command: ContractCommand::Diff { old, new },
+        } => {
+            let read = |path: &Path| -> Result<parley::contracts::Contract> {
+                let yaml = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                Ok(parley::contracts::parse(&yaml, path)?)
+            };
+            let (before, after) = (read(&old)?, read(&new)?);
+            let changes = parley::compat::contract_changes(&before, &after);
+            for c in &changes {
+                let impact = match c.impact {
+                    parley::compat::Impact::Breaking => "breaking  ",
+                    parley::compat::Impact::Compatible => "compatible",
+                };
+                println!("{impact} {}: {}", c.column, c.change);
+            }
+            let breaking = changes
+                .iter()
+                .any(|c| c.impact == parley::compat::Impact::Breaking);
+            let (from, to) = (
+                parley::compat::major_version(&before.version),
+                parley::compat::major_version(&after.version),
+            );
+            match (breaking, from, to) {
+                (false, ..) => {
+                    println!(
+                        "{} change(s), none breaking: {} → {} may be a minor version",
+                        changes.len(),
+                        before.version,
+                        after.version
+                    );
+                    Ok(())
+                }
+                (true, Some(a), Some(b)) if b > a => {
+                    println!(
+                        "breaking changes under a new major version ({} → {}): consumers must be told before it \
+                         takes effect",
+                        before.version, after.version
+                    );
+                    Ok(())
+                }
+                (true, ..) => {
+                    println!(
+                        "breaking changes need a new major version: {} → {} does not raise it",
+                        before.version, after.version
+                    );
+                    std::process::exit(1);
+                }
+            }
         }
         Command::Contract {
             command: ContractCommand::Validate { paths },

@@ -64,3 +64,52 @@ fn the_examples_pass_and_a_broken_contract_is_refused_with_the_servers_message()
     assert_ne!(code, 0, "{text}");
     assert!(text.contains("no contract files"), "{text}");
 }
+
+/// `parley contract diff OLD NEW`: each change breaking or compatible; breaking changes need a new major version.
+#[test]
+fn contract_diff_names_breaking_changes_and_demands_a_major_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/contracts/sales/products.yaml");
+    let text = std::fs::read_to_string(&old).unwrap();
+    let dropped = text.replace(
+        "      - name: launched_on\n        logicalType: date\n        physicalType: date\n        required: true\n        classification: public\n        description: Date the product was launched.\n",
+        "",
+    );
+    assert_ne!(dropped, text);
+    let diff = |new_text: &str| {
+        let new = dir.path().join("new.yaml");
+        std::fs::write(&new, new_text).unwrap();
+        let out = Command::new(BIN)
+            .args(["contract", "diff"])
+            .arg(&old)
+            .arg(&new)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    // The same major version (2.0.0 → 2.1.0) with a column dropped: refused.
+    let (code, out) = diff(&dropped.replace("version: 2.0.0", "version: 2.1.0"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("breaking   launched_on: removed from the contract"),
+        "{out}"
+    );
+    assert!(out.contains("need a new major version"), "{out}");
+    // Under 3.0.0 it may be published (consumers are told).
+    let (code, out) = diff(&dropped.replace("version: 2.0.0", "version: 3.0.0"));
+    assert_eq!(code, 0, "{out}");
+    // A compatible change needs no new major version.
+    let added = text.replace(
+        "team:\n",
+        "      - name: color\n        logicalType: string\n        physicalType: string\nteam:\n",
+    );
+    assert_ne!(added, text);
+    let (code, out) = diff(&added.replace("version: 2.0.0", "version: 2.0.1"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("compatible color: added (string)"), "{out}");
+    assert!(out.contains("1 change(s), none breaking"), "{out}");
+}
