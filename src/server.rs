@@ -154,6 +154,55 @@ impl From<crate::catalog::CatalogError> for ToolError {
     }
 }
 
+/// Tool schemas without schemars' integer formats (`uint64`, `int32`, ...): they are no JSON Schema formats, and
+/// clients that validate formats (the MCP Inspector, ajv) warn on each. The type (`integer`) and `minimum` stay.
+fn plain_number_formats(mut router: ToolRouter<ParleyServer>) -> ToolRouter<ParleyServer> {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let numeric = map.get("format").and_then(|f| f.as_str()).is_some_and(|f| {
+                    matches!(
+                        f,
+                        "int8"
+                            | "int16"
+                            | "int32"
+                            | "int64"
+                            | "int128"
+                            | "uint"
+                            | "uint8"
+                            | "uint16"
+                            | "uint32"
+                            | "uint64"
+                            | "uint128"
+                            | "float"
+                            | "double"
+                    )
+                });
+                if numeric {
+                    map.remove("format");
+                }
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let strip_object = |schema: &mut std::sync::Arc<JsonObject>| {
+        let mut value = serde_json::Value::Object(schema.as_ref().clone());
+        strip(&mut value);
+        if let serde_json::Value::Object(map) = value {
+            *schema = std::sync::Arc::new(map);
+        }
+    };
+    for route in router.map.values_mut() {
+        strip_object(&mut route.attr.input_schema);
+        if let Some(output) = route.attr.output_schema.as_mut() {
+            strip_object(output);
+        }
+    }
+    router
+}
+
 /// The reply of a tool whose text is its result as pretty JSON.
 fn json_reply<T: Serialize>(value: T) -> CallToolResult {
     let text = serde_json::to_string_pretty(&value).unwrap_or_default();
@@ -240,10 +289,12 @@ impl ParleyServer {
         ParleyServer {
             app,
             session: Arc::default(),
-            tool_router: Self::catalog_router()
-                + Self::query_router()
-                + Self::negotiate_router()
-                + Self::owner_router(),
+            tool_router: plain_number_formats(
+                Self::catalog_router()
+                    + Self::query_router()
+                    + Self::negotiate_router()
+                    + Self::owner_router(),
+            ),
             prompt_router: Self::prompt_router(),
         }
     }

@@ -14,6 +14,22 @@ async fn tools_are_listed_with_schemas_descriptions_and_annotations() {
         "parley"
     );
     let tools = client.list_all_tools().await.unwrap();
+    // Only formats JSON Schema defines: clients that validate formats warn on schemars' `uint64` and the like.
+    let schemas = serde_json::to_string(&tools).unwrap();
+    for unknown in [
+        "\"uint",
+        "\"int8\"",
+        "\"int16\"",
+        "\"int32\"",
+        "\"int64\"",
+        "\"double\"",
+        "\"float\"",
+    ] {
+        assert!(
+            !schemas.contains(&format!("\"format\":{unknown}")),
+            "a tool schema uses format {unknown}"
+        );
+    }
     let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
     names.sort();
     let mut documented: Vec<String> =
