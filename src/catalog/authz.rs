@@ -362,6 +362,25 @@ fn http_client() -> reqwest::Client {
         .expect("HTTP client builds")
 }
 
+/// The catalog's OAuth2 token endpoint, as Iceberg's REST clients find it: `oauth2-server-uri`, else
+/// `<uri>/v1/oauth/tokens`.
+fn token_endpoint(catalog: &CatalogSettings) -> String {
+    let p = &catalog.properties;
+    p.get("oauth2-server-uri").cloned().unwrap_or_else(|| {
+        format!(
+            "{}/v1/oauth/tokens",
+            p.get("uri").map_or("", |u| u.trim_end_matches('/'))
+        )
+    })
+}
+
+/// Parley's client credentials at the catalog (`credential = "client_id:secret"`, or a bare secret).
+fn client_credential(catalog: &CatalogSettings) -> Option<(String, String)> {
+    let cred = catalog.properties.get("credential")?;
+    let (id, secret) = cred.split_once(':').unwrap_or(("", cred));
+    Some((id.to_string(), secret.to_string()))
+}
+
 /// Parley's own token for a catalog's services: the catalog's static `token`, or one obtained with its
 /// `credential` (OAuth2 client credentials) at `oauth2-server-uri` (else `<uri>/v1/oauth/tokens`), kept until
 /// shortly before it expires.
@@ -374,21 +393,8 @@ struct ServiceToken {
 impl ServiceToken {
     fn new(catalog: &CatalogSettings) -> ServiceToken {
         let p = &catalog.properties;
-        let client_credentials = p.get("credential").map(|cred| {
-            let (id, secret) = cred.split_once(':').unwrap_or(("", cred));
-            let endpoint = p.get("oauth2-server-uri").cloned().unwrap_or_else(|| {
-                format!(
-                    "{}/v1/oauth/tokens",
-                    p.get("uri").map_or("", |u| u.trim_end_matches('/'))
-                )
-            });
-            (
-                endpoint,
-                id.to_string(),
-                secret.to_string(),
-                p.get("scope").cloned(),
-            )
-        });
+        let client_credentials = client_credential(catalog)
+            .map(|(id, secret)| (token_endpoint(catalog), id, secret, p.get("scope").cloned()));
         ServiceToken {
             token: p.get("token").cloned(),
             client_credentials,
@@ -489,17 +495,8 @@ impl TokenExchange {
         let endpoint = settings
             .token_endpoint
             .clone()
-            .or_else(|| p.get("oauth2-server-uri").cloned())
-            .unwrap_or_else(|| {
-                format!(
-                    "{}/v1/oauth/tokens",
-                    p.get("uri").map_or("", |u| u.trim_end_matches('/'))
-                )
-            });
-        let client = p.get("credential").map(|cred| {
-            let (id, secret) = cred.split_once(':').unwrap_or(("", cred));
-            (id.to_string(), secret.to_string())
-        });
+            .unwrap_or_else(|| token_endpoint(catalog));
+        let client = client_credential(catalog);
         let agent_properties = p
             .iter()
             .filter(|(k, _)| {
