@@ -1,12 +1,17 @@
-//! How a query reads an Iceberg table: the files of its snapshot, planned by iceberg-rust, scanned by DataFusion's
-//! own Parquet reader.
+//! How a query reads an Iceberg table: the files of its snapshot, planned by iceberg-rust, scanned over all of the
+//! engine's partitions.
 //!
-//! iceberg-datafusion's `IcebergTableScan` reads a whole table as one stream (one output partition) and decodes it
-//! through iceberg-rust's reader, so a query's scan runs on one core; DataFusion's Parquet scan splits files into
-//! byte ranges over all partitions and prunes row groups and pages with statistics. [`provider`] uses the latter
-//! when it reads exactly what Iceberg would — data files without delete files, under schemas in which a column
-//! name always meant the same field id (added, dropped or promoted columns are fine; see [`read_by_name`]) — and
-//! falls back to iceberg-datafusion otherwise. The benchmark (`BENCHMARKS.md`) measures the difference.
+//! iceberg-datafusion's `IcebergTableScan` reads a whole table as one stream (one output partition), so a query's
+//! scan runs on one core. [`provider`] reads every snapshot over all partitions instead, in one of two ways:
+//! - DataFusion's own Parquet scan (splits files into byte ranges, prunes row groups and pages with statistics,
+//!   strings as views) when that reads exactly what Iceberg would: local Parquet data files without delete
+//!   files, under schemas in which a column name always meant the same field id (added, dropped or promoted
+//!   columns are fine; see [`read_by_name`]);
+//! - otherwise (renamed or reused column names, position or equality delete files, object storage, vended
+//!   credentials) iceberg-rust's own reader, which matches columns by field id and applies delete files, with
+//!   the planned files spread over the partitions (`IcebergFiles`).
+//!
+//! The benchmark (`BENCHMARKS.md`) measures the difference.
 //!
 //! Invariant: the files read are exactly the data files of the table's current snapshot as iceberg-rust plans
 //! them; nothing here lists a directory or takes a path from a query.
@@ -18,6 +23,7 @@ use std::sync::{Arc, LazyLock};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, SchemaRef as ArrowSchemaRef, TimeUnit};
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::DataFusionError;
 use datafusion::common::ScalarValue;
 use datafusion::common::stats::Precision;
 use datafusion::common::{DFSchema, Result as DfResult, Statistics};
@@ -27,75 +33,92 @@ use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFacto
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
 use futures::TryStreamExt;
-use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::arrow::{ArrowReader, ArrowReaderBuilder, schema_to_arrow_schema};
 use iceberg::scan::FileScanTask;
 use iceberg::spec::DataFileFormat;
 use iceberg::table::Table;
 use iceberg_datafusion::IcebergStaticTableProvider;
+use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
 
 /// A read-only provider for the current snapshot of `table`.
 pub async fn provider(table: Table) -> Result<Arc<dyn TableProvider>, String> {
     let meta = table.metadata();
-    if read_by_name(meta)
-        && let Some(snapshot_id) = meta.current_snapshot_id()
-    {
-        let tasks = table
-            .scan()
-            .snapshot_id(snapshot_id)
-            .build()
-            .map_err(|e| e.to_string())?
-            .plan_files()
-            .await
-            .map_err(|e| e.to_string())?
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|e| e.to_string())?;
-        let plain = tasks
-            .iter()
-            .all(|t| t.deletes.is_empty() && t.data_file_format == DataFileFormat::Parquet);
-        let local = tasks
-            .iter()
-            .all(|t| t.data_file_path.starts_with("file://"));
-        if plain && local {
-            // Strings and binaries as views, as DataFusion reads its own Parquet tables: decoded without copying
-            // each value into one buffer, and compared, hashed and grouped on the inlined prefix.
-            let schema = Arc::new(transform_schema_to_view(
-                &schema_to_arrow_schema(meta.current_schema()).map_err(|e| e.to_string())?,
-            ));
-            let per_file = file_statistics(&table, &schema).await;
-            let mut files = Vec::with_capacity(tasks.len());
-            let mut known = Vec::with_capacity(tasks.len());
-            for t in &tasks {
-                let path = t.data_file_path.strip_prefix("file://").unwrap_or_default();
-                let mut file = PartitionedFile::new(path.to_string(), t.file_size_in_bytes);
-                if let Some(stats) = per_file.get(&t.data_file_path) {
-                    known.push(stats.clone());
-                    file = file.with_statistics(stats.clone());
-                }
-                files.push(file);
+    let Some(snapshot_id) = meta.current_snapshot_id() else {
+        // No snapshot: an empty table, read as iceberg-datafusion reads it.
+        return Ok(Arc::new(
+            IcebergStaticTableProvider::try_new_from_table(table)
+                .await
+                .map_err(|e| e.to_string())?,
+        ));
+    };
+    let tasks = table
+        .scan()
+        .snapshot_id(snapshot_id)
+        .build()
+        .map_err(|e| e.to_string())?
+        .plan_files()
+        .await
+        .map_err(|e| e.to_string())?
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|e| e.to_string())?;
+    let plain = tasks
+        .iter()
+        .all(|t| t.deletes.is_empty() && t.data_file_format == DataFileFormat::Parquet);
+    let local = tasks
+        .iter()
+        .all(|t| t.data_file_path.starts_with("file://"));
+    if read_by_name(meta) && plain && local {
+        // Strings and binaries as views, as DataFusion reads its own Parquet tables: decoded without copying
+        // each value into one buffer, and compared, hashed and grouped on the inlined prefix.
+        let schema = Arc::new(transform_schema_to_view(
+            &schema_to_arrow_schema(meta.current_schema()).map_err(|e| e.to_string())?,
+        ));
+        let per_file = file_statistics(&table, &schema).await;
+        let mut files = Vec::with_capacity(tasks.len());
+        let mut known = Vec::with_capacity(tasks.len());
+        for t in &tasks {
+            let path = t.data_file_path.strip_prefix("file://").unwrap_or_default();
+            let mut file = PartitionedFile::new(path.to_string(), t.file_size_in_bytes);
+            if let Some(stats) = per_file.get(&t.data_file_path) {
+                known.push(stats.clone());
+                file = file.with_statistics(stats.clone());
             }
-            let statistics = if known.len() == tasks.len() && !known.is_empty() {
-                Statistics::try_merge_iter(known.iter().map(|s| s.as_ref()), &schema)
-                    .unwrap_or_else(|_| snapshot_statistics(&schema, &tasks))
-            } else {
-                snapshot_statistics(&schema, &tasks)
-            };
-            return Ok(Arc::new(SnapshotFiles {
-                schema,
-                files,
-                statistics,
-            }));
+            files.push(file);
         }
+        let statistics = if known.len() == tasks.len() && !known.is_empty() {
+            Statistics::try_merge_iter(known.iter().map(|s| s.as_ref()), &schema)
+                .unwrap_or_else(|_| snapshot_statistics(&schema, &tasks))
+        } else {
+            snapshot_statistics(&schema, &tasks)
+        };
+        return Ok(Arc::new(SnapshotFiles {
+            schema,
+            files,
+            statistics,
+        }));
     }
-    Ok(Arc::new(
-        IcebergStaticTableProvider::try_new_from_table(table)
-            .await
-            .map_err(|e| e.to_string())?,
-    ))
+    // Everything else (renamed or reused column names, delete files, object storage): iceberg-rust's own reader,
+    // which matches columns by field id and applies delete files, run over all partitions.
+    let schema = schema_to_arrow_schema(meta.current_schema()).map_err(|e| e.to_string())?;
+    let schema = Arc::new(schema);
+    let statistics = snapshot_statistics(&schema, &tasks);
+    Ok(Arc::new(IcebergFiles {
+        table,
+        snapshot_id,
+        schema,
+        statistics,
+    }))
 }
 
 /// Whether every data file of the table reads correctly by column name under the current schema — how
@@ -126,13 +149,19 @@ pub(crate) fn read_by_name(meta: &iceberg::spec::TableMetadata) -> bool {
 
 /// What the snapshot's manifests say of its size, for the optimizer (join order, build sides): the exact row
 /// count (each data file's `record_count`) and the bytes of its files (compressed, all columns: a relative
-/// measure, hence inexact). DataFusion's own Parquet tables read the same from the files' footers.
+/// measure, hence inexact). DataFusion's own Parquet tables read the same from the files' footers. With delete
+/// files the rows are an upper bound: inexact, so the optimizer never answers `count(*)` from them.
 fn snapshot_statistics(schema: &ArrowSchemaRef, tasks: &[FileScanTask]) -> Statistics {
     let rows: Option<u64> = tasks.iter().map(|t| t.record_count).sum();
     let bytes: u64 = tasks.iter().map(|t| t.file_size_in_bytes).sum();
+    let deletes = tasks.iter().any(|t| !t.deletes.is_empty());
     let mut statistics = Statistics::new_unknown(schema);
     if let Some(rows) = rows.and_then(|r| usize::try_from(r).ok()) {
-        statistics.num_rows = Precision::Exact(rows);
+        statistics.num_rows = if deletes {
+            Precision::Inexact(rows)
+        } else {
+            Precision::Exact(rows)
+        };
     }
     if let Ok(bytes) = usize::try_from(bytes) {
         statistics.total_byte_size = Precision::Inexact(bytes);
@@ -335,25 +364,224 @@ impl TableProvider for SnapshotFiles {
     }
 }
 
+/// A snapshot read by iceberg-rust's reader (see [`provider`]): its files planned per query with the query's
+/// columns and filters (pruning files and row groups by Iceberg's metrics), spread over the engine's partitions.
+#[derive(Debug)]
+struct IcebergFiles {
+    table: Table,
+    snapshot_id: i64,
+    schema: ArrowSchemaRef,
+    statistics: Statistics,
+}
+
+#[async_trait]
+impl TableProvider for IcebergFiles {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> ArrowSchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        Some(self.statistics.clone())
+    }
+
+    /// Filters prune files and row groups and filter rows in the reader; DataFusion still applies them.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        let builder = self.table.scan().snapshot_id(self.snapshot_id);
+        let mut builder = match projection {
+            Some(_) => builder.select(schema.fields().iter().map(|f| f.name().clone())),
+            None => builder.select_all(),
+        };
+        if let Some(predicate) = convert_filters_to_predicate(filters) {
+            builder = builder.with_filter(predicate);
+        }
+        let tasks: Vec<FileScanTask> = builder
+            .build()
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .plan_files()
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .try_collect()
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let runtime =
+            iceberg::Runtime::try_current().map_err(|e| DataFusionError::External(Box::new(e)))?;
+        // One reader for all partitions, each reading its files one at a time (the partitions are the
+        // parallelism); a batch size like the engine's.
+        let reader = ArrowReaderBuilder::new(self.table.file_io().clone(), runtime)
+            .with_data_file_concurrency_limit(1)
+            .with_batch_size(state.config().batch_size())
+            .with_row_group_filtering_enabled(true)
+            .with_row_selection_enabled(true)
+            .build();
+        let groups = balanced(
+            tasks,
+            |t| t.file_size_in_bytes,
+            state.config().target_partitions(),
+        );
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(groups.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Ok(Arc::new(IcebergTasksExec {
+            reader,
+            groups,
+            schema,
+            limit,
+            properties,
+        }))
+    }
+}
+
+/// Reads groups of planned Iceberg file scan tasks, one group per output partition.
+struct IcebergTasksExec {
+    reader: ArrowReader,
+    groups: Vec<Vec<FileScanTask>>,
+    schema: ArrowSchemaRef,
+    limit: Option<usize>,
+    properties: Arc<PlanProperties>,
+}
+
+impl std::fmt::Debug for IcebergTasksExec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IcebergTasksExec")
+            .field(
+                "files",
+                &self.groups.iter().map(Vec::len).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl DisplayAs for IcebergTasksExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let files: usize = self.groups.iter().map(Vec::len).sum();
+        write!(
+            f,
+            "IcebergTasksExec: files={files}, partitions={}",
+            self.groups.len()
+        )?;
+        if let Some(limit) = self.limit {
+            write!(f, ", limit={limit}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for IcebergTasksExec {
+    fn name(&self) -> &str {
+        "IcebergTasksExec"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let tasks = self.groups.get(partition).cloned().unwrap_or_default();
+        let tasks: iceberg::scan::FileScanTaskStream =
+            Box::pin(futures::stream::iter(tasks.into_iter().map(Ok)));
+        let stream = self
+            .reader
+            .clone()
+            .read(tasks)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .stream()
+            .map_err(|e| DataFusionError::External(Box::new(e)));
+        // Each partition stops at the limit; the engine's own limit above cuts the union.
+        let mut remaining = self.limit.unwrap_or(usize::MAX);
+        let limited = stream.try_filter_map(move |batch| {
+            let out = if remaining == 0 {
+                None
+            } else if batch.num_rows() <= remaining {
+                remaining -= batch.num_rows();
+                Some(batch)
+            } else {
+                let cut = batch.slice(0, remaining);
+                remaining = 0;
+                Some(cut)
+            };
+            futures::future::ready(Ok(out))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            limited,
+        )))
+    }
+}
+
+/// Items spread over at most `partitions` groups of about equal size (largest first, each to the lightest group).
+fn balanced<T: Clone>(items: Vec<T>, size: impl Fn(&T) -> u64, partitions: usize) -> Vec<Vec<T>> {
+    let count = partitions.clamp(1, items.len().max(1));
+    let mut groups: Vec<(u64, Vec<T>)> = vec![(0, Vec::new()); count];
+    let mut by_size = items;
+    by_size.sort_by_key(|t| std::cmp::Reverse(size(t)));
+    for item in by_size {
+        if let Some(lightest) = groups.iter_mut().min_by_key(|(bytes, _)| *bytes) {
+            lightest.0 += size(&item);
+            lightest.1.push(item);
+        }
+    }
+    groups
+        .into_iter()
+        .filter(|(_, items)| !items.is_empty())
+        .map(|(_, items)| items)
+        .collect()
+}
+
 /// The files spread over at most `partitions` groups of about equal bytes (largest file first, each to the
 /// lightest group), as DataFusion's listing tables do. A group is a partition, and each partition has batches in
 /// flight: one group per file made a table of 35 small files hold 35 partitions' batches at once. DataFusion's
 /// optimizer still splits large files into byte ranges across partitions.
 fn file_groups(files: &[PartitionedFile], partitions: usize) -> Vec<FileGroup> {
-    let count = partitions.clamp(1, files.len().max(1));
-    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); count];
-    let mut by_size: Vec<&PartitionedFile> = files.iter().collect();
-    by_size.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
-    for file in by_size {
-        if let Some(lightest) = groups.iter_mut().min_by_key(|(bytes, _)| *bytes) {
-            lightest.0 += file.object_meta.size;
-            lightest.1.push(file.clone());
-        }
-    }
-    groups
+    balanced(files.to_vec(), |f| f.object_meta.size, partitions)
         .into_iter()
-        .filter(|(_, files)| !files.is_empty())
-        .map(|(_, files)| FileGroup::new(files))
+        .map(FileGroup::new)
         .collect()
 }
 
@@ -604,13 +832,63 @@ mod tests {
         assert!(!read_by_name(table.metadata()));
         // As the lakehouse loads it: the current snapshot under the current schema.
         let table = crate::catalog::read_current_schema(table).unwrap();
-        let slow = provider(table).await.unwrap();
-        assert!(slow.as_any().downcast_ref::<SnapshotFiles>().is_none());
-        let text = answer(slow, "SELECT count(*) AS n, count(tag) AS tags FROM t").await;
+        let (sender, rx) = tokio::sync::mpsc::channel(1);
+        sender
+            .send(Ok(vec![
+                Arc::new(Int64Array::from((151..=160).collect::<Vec<i64>>())) as ArrayRef,
+                Arc::new(datafusion::arrow::array::StringArray::from_iter(
+                    (151..=160).map(|i| (i % 2 == 0).then(|| format!("u{i}"))),
+                )) as ArrayRef,
+            ]))
+            .await
+            .unwrap();
+        drop(sender);
+        let table = append(catalog.as_ref(), table, 1024, rx).await.unwrap();
+        let by_id = provider(table.clone()).await.unwrap();
+        assert!(by_id.as_any().downcast_ref::<IcebergFiles>().is_some());
+        let text = answer(
+            by_id.clone(),
+            "SELECT count(*) AS n, count(tag) AS tags FROM t",
+        )
+        .await;
         assert!(
-            text.contains("| 150 | 0    |"),
-            "the old tag values do not show under the new tag: {text}"
+            text.contains("| 160 | 5    |"),
+            "the old tag values do not show under the new tag, the new ones do: {text}"
         );
+        // Over several partitions, the same answers as iceberg-datafusion's single stream.
+        let ctx = datafusion::prelude::SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new().with_target_partitions(3),
+        );
+        ctx.register_table("t", by_id.clone()).unwrap();
+        let plan = ctx
+            .sql("SELECT n FROM t")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        assert_eq!(
+            plan.properties().output_partitioning().partition_count(),
+            3,
+            "three files over three partitions"
+        );
+        let reference: Arc<dyn TableProvider> = Arc::new(
+            IcebergStaticTableProvider::try_new_from_table(table)
+                .await
+                .unwrap(),
+        );
+        for sql in [
+            "SELECT count(*), count(tag), sum(n), min(n), max(n) FROM t",
+            "SELECT n, tag FROM t WHERE n > 95 AND n < 105 ORDER BY n",
+            "SELECT n FROM t WHERE n >= 150 ORDER BY n DESC LIMIT 3",
+            "SELECT count(*) FROM t WHERE tag IS NULL",
+        ] {
+            assert_eq!(
+                answer(by_id.clone(), sql).await,
+                answer(reference.clone(), sql).await,
+                "{sql}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -2,8 +2,10 @@
 in tests/iceberg-rest-fixture), a pyiceberg SQL catalog on local files and one whose warehouse is in S3 (moto's S3
 API on loopback), federated as `lake`, `local` and `objects`.
 
-pyiceberg writes the tables (appends, a copy-on-write delete, a renamed and an added column, a nested namespace);
-the REST catalog hides `hr.*` from Parley's service account. Then, through the Python MCP SDK over stdio:
+pyiceberg writes the tables (appends, a copy-on-write delete, a renamed and an added column, a nested namespace)
+and DuckDB deletes rows through the REST catalog (position delete files); `sales.orders` keeps its data files in
+S3, which Parley reads only with the credentials the catalog vends per table; the catalog's tokens expire after
+TOKEN_TTL seconds, so Parley must renew its own; the REST catalog hides `hr.*` from Parley's service account. Then, through the Python MCP SDK over stdio:
   1. `parley init` drafts a contract per table Parley's account can see, and a starter policy;
   2. the default principal discovers every visible table and reads its draft contract; queries wait for
      classification; the hidden table answers exactly like a missing one, in every tool;
@@ -45,11 +47,15 @@ from pyiceberg.types import StringType
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, "iceberg-rest-fixture", "run.sh")
 SECRET = "parley-secret-7f3a"
+TOKEN_TTL = 5
 
 
-def start_fixture(warehouse: str, auth: str) -> tuple[subprocess.Popen, str]:
+def start_fixture(warehouse: str, auth: str, vend: str) -> tuple[subprocess.Popen, str]:
+    # Issued tokens live TOKEN_TTL seconds (Parley must renew them); table loads that ask for vended credentials
+    # get the storage properties in `vend`.
     proc = subprocess.Popen(
-        ["bash", FIXTURE, "0", f"file://{warehouse}", "--auth", auth, "--prefix", "wh1", "--quiet"],
+        ["bash", FIXTURE, "0", f"file://{warehouse}", "--auth", auth, "--prefix", "wh1", "--quiet",
+         "--token-ttl", str(TOKEN_TTL), "--vend", vend],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -133,9 +139,33 @@ def start_s3() -> tuple[subprocess.Popen, str]:
 S3_PROPS = {"s3.access-key-id": "testing", "s3.secret-access-key": "testing", "s3.region": "us-east-1"}
 
 
+def duckdb_with_iceberg():
+    """DuckDB with its iceberg extension (offline, from the PyPI extension packages)."""
+    import glob
+
+    import duckdb
+    import duckdb_extension_avro
+    import duckdb_extension_httpfs
+    import duckdb_extension_iceberg
+
+    con = duckdb.connect()
+    for module, name in [(duckdb_extension_httpfs, "httpfs"), (duckdb_extension_avro, "avro"),
+                         (duckdb_extension_iceberg, "iceberg")]:
+        root = os.path.dirname(module.__file__)
+        ext = glob.glob(os.path.join(root, "extensions", "*", f"{name}.duckdb_extension"))
+        assert ext, f"no {name} extension under {root}"
+        con.execute(f"LOAD '{ext[0]}'")
+    return con
+
+
 def write_tables(url: str, sql_dir: str, s3: str) -> dict:
-    """Writes the tables as another engine would; returns the ground truth Parley must match."""
-    admin = load_catalog("admin", type="rest", uri=url, credential="admin:admin-secret")
+    """Writes the tables as other engines would; returns the ground truth Parley must match.
+
+    `sales.orders` keeps its data files in S3 (`write.data.path`): Parley's configuration of the REST catalog
+    has no S3 settings, so it reads them only with the credentials the catalog vends per table. DuckDB deletes
+    rows through the REST catalog (merge-on-read: position delete files) in `sales.orders` and
+    `sales.eu.orders`."""
+    admin = load_catalog("admin", type="rest", uri=url, token="admin-token", **{"s3.endpoint": s3, **S3_PROPS})
     for ns in ["sales", "sales.eu", "hr"]:
         admin.create_namespace(tuple(ns.split(".")))
     schema = pa.schema(
@@ -146,7 +176,8 @@ def write_tables(url: str, sql_dir: str, s3: str) -> dict:
             pa.field("placed_at", pa.timestamp("us", tz="UTC")),
         ]
     )
-    orders = admin.create_table("sales.orders", schema=schema)
+    orders = admin.create_table("sales.orders", schema=schema,
+                                properties={"write.data.path": "s3://lake/rest/sales/orders/data"})
 
     def batch(start: int, end: int) -> pa.Table:
         ids = list(range(start, end))
@@ -171,6 +202,15 @@ def write_tables(url: str, sql_dir: str, s3: str) -> dict:
         update.add_column("channel", StringType())
     eu = admin.create_table("sales.eu.orders", schema=schema)
     eu.append(batch(0, 100))
+    count_before_deletes = admin.load_table("sales.orders").scan().to_arrow().num_rows
+    con = duckdb_with_iceberg()
+    con.execute("CREATE SECRET rest (TYPE ICEBERG, TOKEN 'admin-token')")
+    con.execute(f"ATTACH '' AS rest (TYPE ICEBERG, ENDPOINT '{url}', SECRET rest)")
+    con.execute('DELETE FROM rest.sales.orders WHERE order_id % 7 = 0')
+    con.execute('DELETE FROM rest."sales.eu".orders WHERE order_id % 10 = 3')
+    con.close()
+    deletes = [t for t in admin.load_table("sales.orders").scan().plan_files() if t.delete_files]
+    assert deletes and deletes[0].file.file_path.startswith("s3://lake/rest/"), "DuckDB wrote position deletes"
     hr = admin.create_table("hr.salaries", schema=pa.schema([pa.field("salary", pa.int64())]))
     hr.append(pa.Table.from_pylist([{"salary": 1}]))
 
@@ -203,6 +243,7 @@ def write_tables(url: str, sql_dir: str, s3: str) -> dict:
     rows = truth.to_pylist()
     return {
         "count": len(rows),
+        "count_before_deletes": count_before_deletes,
         "sum": round(sum(r["amount"] for r in rows), 2),
         "customers": len({r["customer_id"] for r in rows}),
         "null_channel": sum(1 for r in rows if r["channel"] is None),
@@ -248,6 +289,9 @@ async def session_calls(binary: str, data_dir: str, calls: list, principal: str 
         async with ClientSession(read, write) as session:
             await session.initialize()
             for tool, args in calls:
+                if tool == "pause":
+                    await asyncio.sleep(args)
+                    continue
                 out.append(await session.call_tool(tool, args))
     return out
 
@@ -292,8 +336,11 @@ def main() -> None:
             },
             f,
         )
-    fixture, url = start_fixture(warehouse, auth)
     s3_server, s3 = start_s3()
+    vend = os.path.join(tmp, "vend.json")
+    with open(vend, "w") as f:
+        json.dump({"s3.endpoint": s3, "s3.path-style-access": "true", **S3_PROPS}, f)
+    fixture, url = start_fixture(warehouse, auth, vend)
     try:
         truth = write_tables(url, sql_dir, s3)
         print(f"pyiceberg truth: {truth}")
@@ -390,6 +437,17 @@ def main() -> None:
         check("channel" in text(results[3]), "describe_table shows the evolved schema")
         check(results[4].structured_content["rows"][0] == [truth["events"], truth["buys"]],
               "a table whose files are in S3 (moto) reads as pyiceberg reads it")
+        check(results[0].structured_content["rows"][0][0] == truth["count"] and truth["count_before_deletes"]
+              > truth["count"], "position deletes written by DuckDB in S3 files, read with vended credentials")
+
+        # The catalog's tokens expire (the fixture issues them for TOKEN_TTL seconds): Parley renews its own.
+        results = asyncio.run(session_calls(binary, data_dir, [
+            ("query", {"sql": "SELECT count(*) FROM lake.sales.orders"}),
+            ("pause", TOKEN_TTL + 1),
+            ("query", {"sql": "SELECT count(*) FROM lake.sales.orders"}),
+        ]))
+        check(not results[1].is_error and results[1].structured_content["rows"][0][0] == truth["count"],
+              f"after the catalog's token expired, Parley renews it and reads on ({text(results[1])[:120]})")
 
         # A change made behind the contract's back (straight to the catalog): the table is flagged, the broken
         # promise named column by column.

@@ -21,8 +21,10 @@ use iceberg_catalog_sql::{SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlC
 use crate::contracts::{ContractStore, LoadedContract, table_facts};
 
 pub mod authz;
+pub mod commit;
 pub mod federation;
 pub mod open;
+pub mod refresh;
 use crate::policy::TableFacts;
 
 /// A table name as agents write it: `namespace.table` (nested namespaces dot-joined).
@@ -153,6 +155,18 @@ impl From<iceberg::Error> for CatalogError {
     }
 }
 
+/// The HTTP status of a REST catalog's answer that an error of iceberg-catalog-rest reports: it puts it in the
+/// error's context as `status: 403 Forbidden` or `code: 401 Unauthorized`.
+pub(crate) fn http_status(e: &iceberg::Error) -> Option<u16> {
+    let text = e.to_string();
+    ["status: ", "code: "].iter().find_map(|key| {
+        text.split(key)
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|code| code.parse::<u16>().ok())
+    })
+}
+
 /// Maps an error of the `iceberg` crate (SQL or REST catalog, storage) to what an agent may be told: the REST
 /// spec's status codes become not found / denied / unavailable; bodies and headers stay in the log.
 fn classify(e: &iceberg::Error) -> CatalogError {
@@ -162,14 +176,7 @@ fn classify(e: &iceberg::Error) -> CatalogError {
         _ => {}
     }
     let text = e.to_string();
-    // iceberg-catalog-rest puts the HTTP status in the error's context as `status: 403 Forbidden` or
-    // `code: 401 Unauthorized`.
-    let status = ["status: ", "code: "].iter().find_map(|key| {
-        text.split(key)
-            .nth(1)
-            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|code| code.parse::<u16>().ok())
-    });
+    let status = http_status(e);
     // A failure at the token endpoint (client credentials): the catalog never saw a request.
     if text.contains("operation: auth") {
         return CatalogError::Unavailable(format!(
@@ -224,6 +231,8 @@ pub struct Lakehouse {
     /// Catalogs the last listing could not reach, with why: their tables are unavailable, not missing.
     down: Arc<Mutex<HashMap<String, String>>>,
     cache_ttl: Duration,
+    /// Each catalog's settings, for landing commits.
+    members: Vec<crate::config::CatalogSettings>,
     names: Arc<NamesSlot>,
     /// A background refresh of `names` is running.
     refreshing: Arc<std::sync::atomic::AtomicBool>,
@@ -303,6 +312,7 @@ impl Lakehouse {
             listing_micros: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             tables: moka::sync::Cache::new(MAX_CACHED_TABLES),
             reloading: Arc::new(Mutex::new(std::collections::HashSet::new())),
+            members: Vec::new(),
         }
     }
 
@@ -693,6 +703,51 @@ impl Lakehouse {
                 .insert(table.clone(), (Instant::now(), loaded.clone()));
         }
         Ok(loaded)
+    }
+
+    /// The catalogs' settings (`open::effective`), for landing commits (see [`commit`]).
+    pub fn with_members(mut self, members: Vec<crate::config::CatalogSettings>) -> Lakehouse {
+        self.members = members;
+        self
+    }
+
+    /// The table's metadata exactly as its catalog holds it now (no cache, no reading adjustments): what a
+    /// commit is staged on.
+    pub async fn load_for_commit(&self, table: &TableName) -> Result<Table, CatalogError> {
+        Ok(self.catalog.load_table(&table.ident()?).await?)
+    }
+
+    /// Lands `staged` as the next metadata of `table` (staged on `current`; see [`commit::land`]) and forgets
+    /// the cached table. Returns the new metadata location.
+    pub async fn land(
+        &self,
+        table: &TableName,
+        current: &Table,
+        staged: &iceberg::spec::TableMetadata,
+    ) -> Result<String, commit::CommitError> {
+        let (settings, ident) = if self.federated {
+            let catalog = table.namespace.first().cloned().unwrap_or_default();
+            let settings = self.members.iter().find(|m| m.name == catalog);
+            let ident = TableIdent::new(
+                NamespaceIdent::from_vec(table.namespace[1..].to_vec())
+                    .map_err(|e| commit::CommitError::Failed(e.to_string()))?,
+                table.name.clone(),
+            );
+            (settings, ident)
+        } else {
+            (
+                self.members.first(),
+                table
+                    .ident()
+                    .map_err(|e| commit::CommitError::Failed(e.to_string()))?,
+            )
+        };
+        let settings = settings.ok_or_else(|| {
+            commit::CommitError::Unsupported(format!("no catalog serves {table}"))
+        })?;
+        let landed = commit::land(settings, &ident, current, staged).await;
+        self.tables.invalidate(table);
+        landed
     }
 
     /// The table's contract, if it has a valid one.

@@ -106,14 +106,35 @@ pub async fn open_one(
     }
 }
 
-/// Opens a REST catalog with `settings.properties`.
+/// The request header asking a REST catalog to vend storage credentials with each table it loads.
+const ACCESS_DELEGATION: &str = "header.X-Iceberg-Access-Delegation";
+
+/// Opens a REST catalog with `settings.properties`. Like pyiceberg, Parley asks for vended credentials
+/// (`X-Iceberg-Access-Delegation: vended-credentials`) unless `header.X-Iceberg-Access-Delegation` is set (an
+/// empty value sends no such header): a catalog that vends them answers each table load with storage
+/// properties for that table (keys, session token, endpoint), which its reads then use, renewed with each load.
+/// With a client credential, the catalog's token is renewed when it expires (see [`super::refresh`]).
 pub async fn open_rest(settings: &CatalogSettings) -> Result<Arc<dyn Catalog>, CatalogError> {
-    let props: HashMap<String, String> = settings.properties.clone().into_iter().collect();
+    let mut props: HashMap<String, String> = settings.properties.clone().into_iter().collect();
+    match props.get(ACCESS_DELEGATION).map(String::as_str) {
+        None => {
+            props.insert(ACCESS_DELEGATION.into(), "vended-credentials".into());
+        }
+        Some("") => {
+            props.remove(ACCESS_DELEGATION);
+        }
+        Some(_) => {}
+    }
+    let renewable = props.contains_key("credential") && !props.contains_key("token");
     let catalog = RestCatalogBuilder::default()
         .with_storage_factory(storage())
         .load(&settings.name, props)
         .await?;
-    Ok(Arc::new(catalog))
+    Ok(if renewable {
+        Arc::new(super::refresh::Refreshing::new(catalog))
+    } else {
+        Arc::new(catalog)
+    })
 }
 
 /// Opens the catalogs in effect (see [`effective`]); several are federated under their names.

@@ -1,0 +1,129 @@
+//! Commits that pass through Parley: an engine's table update (the Iceberg REST `updateTable` request: the
+//! requirements it asserts and the updates it makes) staged against the table's current metadata, so what it
+//! changes can be checked against the table's contract before anything is written; then landed in the catalog.
+//!
+//! Landing writes the new metadata file next to the current one and swaps the catalog's pointer only if it still
+//! names the metadata the commit was staged on — the optimistic concurrency every Iceberg catalog uses. It is
+//! done here for SQL catalogs (iceberg-rust does not let a commit be built from a REST request's parts);
+//! commits to tables of REST catalogs are refused until they can be forwarded.
+//!
+//! Invariant: nothing is written unless every requirement holds against the metadata the commit was staged on,
+//! and the pointer moves only from that metadata.
+
+use std::str::FromStr;
+
+use iceberg::spec::TableMetadata;
+use iceberg::table::Table;
+use iceberg::{MetadataLocation, TableRequirement, TableUpdate};
+use serde::Deserialize;
+
+use crate::config::{CatalogKind, CatalogSettings};
+
+/// The body of an Iceberg REST `updateTable` request (`POST .../tables/{table}`).
+#[derive(Debug, Deserialize)]
+pub struct UpdateTableRequest {
+    /// What the writer assumed of the table (its current schema, snapshot, ...).
+    #[serde(default)]
+    pub requirements: Vec<TableRequirement>,
+    /// What it changes.
+    #[serde(default)]
+    pub updates: Vec<TableUpdate>,
+}
+
+/// Why a commit did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// A requirement does not hold: the table changed since the writer read it (retry on fresh metadata).
+    #[error("the table changed since it was read ({0}); reload the table and retry the commit")]
+    Conflict(String),
+    /// The updates cannot apply (an invalid schema, a missing field id, ...).
+    #[error("the commit cannot apply: {0}")]
+    Invalid(String),
+    /// This catalog's commits cannot pass through Parley.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Writing the metadata or moving the pointer failed.
+    #[error("the commit could not be written: {0}")]
+    Failed(String),
+}
+
+/// The metadata `request` makes of `current`'s, without writing anything.
+pub fn stage(current: &Table, request: &UpdateTableRequest) -> Result<TableMetadata, CommitError> {
+    for requirement in &request.requirements {
+        requirement
+            .check(Some(current.metadata()))
+            .map_err(|e| CommitError::Conflict(e.message().to_string()))?;
+    }
+    let mut builder = current
+        .metadata()
+        .clone()
+        .into_builder(current.metadata_location().map(str::to_string));
+    for update in request.updates.iter().cloned() {
+        builder = update
+            .apply(builder)
+            .map_err(|e| CommitError::Invalid(e.message().to_string()))?;
+    }
+    Ok(builder
+        .build()
+        .map_err(|e| CommitError::Invalid(e.message().to_string()))?
+        .metadata)
+}
+
+/// Writes `staged` as `current`'s next metadata file and points the catalog at it, if the catalog still points
+/// at `current`'s. `ident` is the table's name in its own catalog (without a federation's catalog level).
+/// Returns the new metadata location.
+pub async fn land(
+    settings: &CatalogSettings,
+    ident: &iceberg::TableIdent,
+    current: &Table,
+    staged: &TableMetadata,
+) -> Result<String, CommitError> {
+    if settings.kind != CatalogKind::Sql {
+        return Err(CommitError::Unsupported(format!(
+            "commits through Parley reach SQL catalogs only so far; catalog {:?} is a REST catalog: commit to \
+             it directly (Parley then checks the change against the contract as drift)",
+            settings.name
+        )));
+    }
+    let uri = settings
+        .properties
+        .get(iceberg_catalog_sql::SQL_CATALOG_PROP_URI)
+        .ok_or_else(|| CommitError::Failed("the SQL catalog has no uri".into()))?;
+    let old = current
+        .metadata_location()
+        .ok_or_else(|| CommitError::Failed("the table has no metadata location".into()))?;
+    let next = MetadataLocation::from_str(old)
+        .map_err(|e| CommitError::Failed(e.to_string()))?
+        .with_next_version()
+        .with_new_metadata(staged);
+    staged
+        .write_to(current.file_io(), &next)
+        .await
+        .map_err(|e| CommitError::Failed(e.to_string()))?;
+    let next = next.to_string();
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(uri)
+        .map_err(|e| CommitError::Failed(format!("the SQL catalog's uri: {e}")))?;
+    let mut conn = sqlx::ConnectOptions::connect(&options)
+        .await
+        .map_err(|e| CommitError::Failed(format!("the SQL catalog: {e}")))?;
+    let moved = sqlx::query(
+        "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
+         WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? \
+           AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = ?",
+    )
+    .bind(&next)
+    .bind(old)
+    .bind(&settings.name)
+    .bind(ident.namespace().join("."))
+    .bind(ident.name())
+    .bind(old)
+    .execute(&mut conn)
+    .await
+    .map_err(|e| CommitError::Failed(format!("the SQL catalog: {e}")))?;
+    if moved.rows_affected() == 0 {
+        return Err(CommitError::Conflict(
+            "another commit landed first".to_string(),
+        ));
+    }
+    Ok(next)
+}
