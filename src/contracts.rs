@@ -281,7 +281,31 @@ pub struct LoadedContract {
     pub yaml: String,
 }
 
+/// The SLA property by which a contract promises its consumers a stable schema: `schemaStability: stable`.
+pub const SCHEMA_STABILITY: &str = "schemaStability";
+
 impl Contract {
+    /// Where the contract promises a stable schema — the SLA property `schemaStability` with value `stable`
+    /// (`slaProperties: [{property: schemaStability, value: stable}]`) — as the clause a refusal names; `None`
+    /// when it promises none. Under that promise, a change that breaks a column consumers use (drop, rename,
+    /// narrowing, optional to required) does not land while they depend on it.
+    pub fn stable_schema_clause(&self) -> Option<String> {
+        self.sla_properties
+            .iter()
+            .find(|s| {
+                s.property == SCHEMA_STABILITY
+                    && s.value
+                        .as_str()
+                        .is_some_and(|v| v.eq_ignore_ascii_case("stable"))
+            })
+            .map(|_| {
+                format!(
+                    "slaProperties.{SCHEMA_STABILITY} = stable (contract {} v{})",
+                    self.id, self.version
+                )
+            })
+    }
+
     /// Values of a list-valued custom property, e.g. `allowedPurposes`.
     pub fn custom_list(&self, key: &str) -> Vec<String> {
         self.custom_properties
@@ -507,6 +531,26 @@ pub(crate) fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stable_schema_is_promised_by_the_sla_property() {
+        let orders = parse(
+            include_str!("../examples/contracts/sales/orders.yaml"),
+            Path::new("orders.yaml"),
+        )
+        .unwrap();
+        let clause = orders.stable_schema_clause().unwrap();
+        assert!(
+            clause.contains("slaProperties.schemaStability = stable"),
+            "{clause}"
+        );
+        let products = parse(
+            include_str!("../examples/contracts/sales/products.yaml"),
+            Path::new("products.yaml"),
+        )
+        .unwrap();
+        assert_eq!(products.stable_schema_clause(), None);
+    }
 
     const CUSTOMERS: &str = include_str!("../examples/contracts/sales/customers.yaml");
 

@@ -39,6 +39,9 @@ pub enum ToolError {
     /// The request itself is wrong (bad SQL, bad argument).
     #[error("{0}")]
     BadRequest(String),
+    /// The change conflicts with what the table promises or with its current state (a commit).
+    #[error("{0}")]
+    Conflict(String),
     /// A limit (time, memory, size) stopped the call.
     #[error("{0}")]
     Limit(String),
@@ -53,7 +56,9 @@ pub enum ToolError {
 impl ToolError {
     fn decision(&self) -> &'static str {
         match self {
-            ToolError::TableNotFound { .. } | ToolError::Denied { .. } => "denied",
+            ToolError::TableNotFound { .. } | ToolError::Denied { .. } | ToolError::Conflict(_) => {
+                "denied"
+            }
             _ => "error",
         }
     }

@@ -720,6 +720,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         &opened.naming,
     );
     let cache_ttl = std::time::Duration::from_millis(config.catalog_cache_ttl_ms);
+    let members = parley::catalog::open::effective(&config, dir);
     let app = Arc::new(App {
         discovery: Default::default(),
         grants_hint: parley::server::grants_hint(),
@@ -740,6 +741,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
                 parley::catalog::open::Naming::Federated(_)
             ))
             .with_contracts_dir(&dir.contracts())
+            .with_members(members)
             .with_cache_ttl(cache_ttl),
     });
     watch_files(policy, app.clone());

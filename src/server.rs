@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 mod access;
 mod catalog;
+mod commits;
 mod discovery;
 mod elicit;
 mod iceberg_rest;

@@ -824,6 +824,29 @@ impl NegotiationStore for SqliteStore {
         Some(self.grant_writes.load(std::sync::atomic::Ordering::Acquire))
     }
 
+    async fn note_contract_change(
+        &self,
+        grant_id: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db("noting a contract change"))?;
+        append_event(
+            &mut conn,
+            grant_id,
+            EventKind::ContractChange,
+            None,
+            actor,
+            reason,
+            &ts(Utc::now()),
+        )
+        .await
+    }
+
     async fn events(&self, subject_id: &str) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query::<Sqlite>(&numbered("SELECT subject_id, seq, occurred_at, kind, state, actor, reason FROM negotiation_events \
              WHERE subject_id = ? ORDER BY seq"))

@@ -1,13 +1,21 @@
-"""Parley's Iceberg REST endpoint (`/iceberg`), read side, through pyiceberg's own REST client.
+"""Parley's Iceberg REST endpoint (`/iceberg`) through pyiceberg's own REST client: reads, and commits checked
+against the table's contract.
 
 On the demo lakehouse, served over HTTP with dev-issuer tokens, pyiceberg pointed at Parley sees exactly what the
 principal may discover, reads exactly what the policy lets it query without a grant (answers equal pyiceberg's
 direct reading of the SQL catalog), gets a 403 for what it may only discover, a 404 identical to a missing table
-for what it may not discover, 401 without a token, and no writes; every request leaves an audit record.
+for what it may not discover, 401 without a token; every request leaves an audit record.
+
+Commits: `sales.orders`' contract promises a stable schema. Its owner adds an optional column (lands; the holder of
+a live grant is told, in `my_notices`); dropping a contracted column the analyst reads and holds a grant on is
+refused with 409 naming the clause, the column, the consumer and the grant, and nothing changes; dropping the new
+column (which the contract does not promise) lands; non-owners cannot commit. pyiceberg reading the SQL catalog
+directly sees exactly the landed changes.
 
 Usage: python tests/iceberg_endpoint.py path/to/parley
 """
 
+import asyncio
 import json
 import os
 import socket
@@ -19,7 +27,23 @@ import urllib.request
 
 from pyiceberg.catalog import load_catalog
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.exceptions import ForbiddenError, NoSuchNamespaceError, NoSuchTableError
+from pyiceberg.exceptions import CommitFailedException, ForbiddenError, NoSuchNamespaceError, NoSuchTableError
+from pyiceberg.types import StringType
+
+
+async def mcp_calls(url: str, token: str, calls: list) -> list:
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    out = []
+    client = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+    async with client, streamable_http_client(url, http_client=client) as streams:
+        async with ClientSession(streams[0], streams[1]) as session:
+            await session.initialize()
+            for tool, args in calls:
+                out.append(await session.call_tool(tool, args))
+    return out
 
 
 def check(cond: bool, what: str) -> None:
@@ -47,7 +71,7 @@ def main() -> None:
             capture_output=True, text=True, check=True,
         ).stdout.strip()
 
-    analyst, marketing = mint("analyst"), mint("marketing-agent")
+    analyst, marketing, owner = mint("analyst"), mint("marketing-agent"), mint("sales-owner")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -95,6 +119,39 @@ def main() -> None:
         products = mk.load_table("sales.products").scan().to_arrow()
         check(products.num_rows == 500, "marketing reads sales.products, which it may query")
 
+        # Commits, checked against sales.orders' contract (it promises a stable schema).
+        mcp_url = f"http://127.0.0.1:{port}/mcp"
+        granted = asyncio.run(mcp_calls(mcp_url, analyst, [("request_access", {
+            "tables": ["sales.orders"], "columns": ["order_id", "status", "total_amount"],
+            "purpose": "revenue_reporting"})]))[0].structured_content
+        grant_id = granted.get("grant_id")
+        check(granted.get("status") == "granted" and grant_id,
+              f"analyst holds a live grant on sales.orders ({json.dumps(granted)[:160]})")
+        fields = lambda: [f.name for f in direct.load_table("sales.orders").schema().fields]  # noqa: E731
+        own = load_catalog("as-owner", type="rest", uri=uri, token=owner)
+        with own.load_table("sales.orders").update_schema() as update:
+            update.add_column("gift_note", StringType())
+        check("gift_note" in fields(), "the owner adds an optional column: it lands, as pyiceberg reads it directly")
+        before = fields()
+        e = raised(lambda: own.load_table("sales.orders").update_schema().delete_column("status").commit())
+        message = str(e)
+        check(isinstance(e, CommitFailedException) and "schemaStability" in message and "status" in message
+              and "analyst" in message and grant_id in message,
+              f"dropping a contracted column consumers use is refused (409) with clause, column, consumer and grant: "
+              f"{message}")
+        check(fields() == before, "a refused commit changes nothing")
+        e = raised(lambda: cat.load_table("sales.orders").update_schema().add_column("x", StringType()).commit())
+        check(isinstance(e, ForbiddenError), f"an analyst cannot commit ({type(e).__name__})")
+        e = raised(lambda: mk.load_table("sales.products").update_schema().add_column("x", StringType()).commit())
+        check(isinstance(e, ForbiddenError), f"marketing cannot commit to a table it may read ({type(e).__name__})")
+        with own.load_table("sales.orders").update_schema() as update:
+            update.delete_column("gift_note")
+        check("gift_note" not in fields(), "dropping a column the contract does not promise lands")
+        notices = asyncio.run(mcp_calls(mcp_url, analyst, [("my_notices", {})]))[0].structured_content["notices"]
+        changes = [n for n in notices if n.get("kind") == "contract_change"]
+        check(any("gift_note: added" in n["reason"] and "compatible" in n["reason"] for n in changes),
+              f"the grant holder is told of the landed changes ({[n['reason'][:80] for n in changes]})")
+
         request = urllib.request.Request(f"{uri}/v1/config")
         try:
             urllib.request.urlopen(request, timeout=5)
@@ -116,6 +173,10 @@ def main() -> None:
           and ("analyst", "sales.customers", "denied") in decisions
           and ("marketing-agent", "ops.shipments", "denied") in decisions,
           f"every load is audited with its decision ({len(loads)} records)")
+    commits = [r for r in records if r["tool"] == "iceberg:updateTable"]
+    check([r["decision"] for r in commits if r["principal"] == "sales-owner"] == ["allowed", "denied", "allowed"]
+          and "schemaStability" in commits[1]["reason"],
+          f"every commit is audited with its decision and the contract clause ({len(commits)} records)")
     print("iceberg endpoint: all checks passed")
 
 

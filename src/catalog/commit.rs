@@ -127,3 +127,107 @@ pub async fn land(
     }
     Ok(next)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use iceberg::spec::{NestedField, PrimitiveType, Type};
+    use iceberg::{NamespaceIdent, TableIdent};
+
+    use super::*;
+    use crate::catalog::open_sql_catalog;
+    use crate::demo::{TableLayout, create_table};
+
+    /// An updateTable body as pyiceberg sends it: add an optional string column `note` (id 2) to a table whose
+    /// current schema is `schema_id` with `last_column_id` 1.
+    fn add_note(schema_id: i32) -> UpdateTableRequest {
+        serde_json::from_value(serde_json::json!({
+            "requirements": [
+                {"type": "assert-current-schema-id", "current-schema-id": schema_id},
+                {"type": "assert-last-assigned-field-id", "last-assigned-field-id": 1}
+            ],
+            "updates": [
+                {"action": "add-schema", "last-column-id": 2, "schema": {
+                    "type": "struct", "schema-id": schema_id + 1, "fields": [
+                        {"id": 1, "name": "n", "required": true, "type": "long"},
+                        {"id": 2, "name": "note", "required": false, "type": "string"}
+                    ]}},
+                {"action": "set-current-schema", "schema-id": -1}
+            ]
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_commit_lands_only_on_the_metadata_it_was_staged_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, wh) = (dir.path().join("c.db"), dir.path().join("w"));
+        let catalog = open_sql_catalog(&db, &wh, "t").await.unwrap();
+        let ns = NamespaceIdent::new("ns".to_string());
+        catalog.create_namespace(&ns, HashMap::new()).await.unwrap();
+        let layout = TableLayout {
+            namespace: "ns",
+            name: "e",
+            fields: vec![NestedField::required(
+                1,
+                "n",
+                Type::Primitive(PrimitiveType::Long),
+            )],
+            partition: None,
+            properties: vec![],
+        };
+        let table = create_table(catalog.as_ref(), layout).await.unwrap();
+        let ident = TableIdent::new(ns, "e".to_string());
+        let settings = CatalogSettings {
+            name: "t".to_string(),
+            kind: CatalogKind::Sql,
+            authorization: None,
+            properties: [(
+                iceberg_catalog_sql::SQL_CATALOG_PROP_URI.to_string(),
+                format!("sqlite:{}", db.display()),
+            )]
+            .into(),
+        };
+        let schema_id = table.metadata().current_schema_id();
+
+        // A requirement that does not hold: nothing staged.
+        let stale = stage(&table, &add_note(schema_id + 7));
+        assert!(matches!(stale, Err(CommitError::Conflict(_))), "{stale:?}");
+
+        let staged = stage(&table, &add_note(schema_id)).unwrap();
+        assert!(staged.current_schema().field_by_name("note").is_some());
+        let location = land(&settings, &ident, &table, &staged).await.unwrap();
+        let now = catalog.load_table(&ident).await.unwrap();
+        assert_eq!(now.metadata_location(), Some(location.as_str()));
+        assert!(
+            now.metadata()
+                .current_schema()
+                .field_by_name("note")
+                .is_some()
+        );
+
+        // A second commit staged on the old metadata: the pointer moved, so it does not land.
+        let again = land(&settings, &ident, &table, &staged).await;
+        assert!(matches!(again, Err(CommitError::Conflict(_))), "{again:?}");
+        assert_eq!(
+            catalog
+                .load_table(&ident)
+                .await
+                .unwrap()
+                .metadata_location(),
+            Some(location.as_str())
+        );
+
+        // REST catalogs are refused, saying what to do.
+        let rest = CatalogSettings {
+            kind: CatalogKind::Rest,
+            ..settings
+        };
+        let refused = land(&rest, &ident, &now, &staged).await;
+        assert!(
+            matches!(&refused, Err(CommitError::Unsupported(m)) if m.contains("commit to it directly")),
+            "{refused:?}"
+        );
+    }
+}

@@ -41,16 +41,19 @@ pub enum EventKind {
     Granted,
     /// A grant was revoked.
     Revoked,
+    /// The table a grant covers changed, or its contract did: what changed and what to do.
+    ContractChange,
 }
 
 impl EventKind {
-    /// Stable name: `requested`, `state_changed`, `granted`, `revoked`.
+    /// Stable name: `requested`, `state_changed`, `granted`, `revoked`, `contract_change`.
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Requested => "requested",
             EventKind::StateChanged => "state_changed",
             EventKind::Granted => "granted",
             EventKind::Revoked => "revoked",
+            EventKind::ContractChange => "contract_change",
         }
     }
 }
@@ -63,6 +66,7 @@ impl FromStr for EventKind {
             EventKind::StateChanged,
             EventKind::Granted,
             EventKind::Revoked,
+            EventKind::ContractChange,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -262,6 +266,15 @@ pub trait NegotiationStore: Send + Sync {
 
     /// The history of a request or grant, oldest first.
     async fn events(&self, subject_id: &str) -> Result<Vec<Event>, StoreError>;
+
+    /// Adds a `contract_change` event to a grant's history (its holder's notices): `actor` changed the table or
+    /// its contract, `reason` says what and what to do.
+    async fn note_contract_change(
+        &self,
+        grant_id: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), StoreError>;
 
     /// A counter that changes after every grant this process saves or revokes through the store, so callers may
     /// reuse a principal's grant list while it stands still; `None` when the store cannot tell (never cache).

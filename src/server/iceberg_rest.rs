@@ -1,5 +1,6 @@
 //! The Iceberg REST catalog protocol in front of the catalogs Parley governs (`/iceberg/v1/...` on the HTTP
-//! listener, behind the same bearer-token identity as `/mcp`), read side: config, namespaces, tables, table loads.
+//! listener, behind the same bearer-token identity as `/mcp`): config, namespaces, tables, table loads, and table
+//! commits checked against the table's contract (`commits`).
 //! pyiceberg, DuckDB, Spark or Trino pointed at it see exactly the tables the principal may discover, and load
 //! (read) exactly those the policy lets them query without a grant's restrictions — a grant's masks and row
 //! filters cannot be enforced on files an engine reads itself, so tables open to a caller only under a grant stay
@@ -7,7 +8,8 @@
 //!
 //! Invariants: every request passes the gate and leaves one audit record; a table the caller may not discover is
 //! a 404 `NoSuchTableException` exactly like a missing one (and an empty namespace like a missing namespace);
-//! commits are refused (this endpoint is read-only until commits are checked against contracts).
+//! a commit lands only through `commits` (the table's owners, checked against its contract); other writes are
+//! refused.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -44,7 +46,7 @@ pub fn router(app: Arc<App>) -> axum::Router {
         )
         .route(
             "/iceberg/v1/namespaces/{namespace}/tables/{table}",
-            get(load).head(load).fallback(read_only),
+            get(load).head(load).post(commit).fallback(read_only),
         )
         .fallback(not_served)
         .with_state(app)
@@ -81,12 +83,15 @@ fn no_namespace(namespace: &str) -> Response {
 fn tool_error(e: &ToolError) -> Response {
     match e {
         ToolError::TableNotFound { table } => no_table(table),
-        ToolError::Denied { reason, .. } => {
-            error(StatusCode::FORBIDDEN, "ForbiddenException", reason.clone())
-        }
+        ToolError::Denied { reason, next_step } => error(
+            StatusCode::FORBIDDEN,
+            "ForbiddenException",
+            format!("{reason}. {next_step}"),
+        ),
         ToolError::BadRequest(m) => {
             error(StatusCode::BAD_REQUEST, "BadRequestException", m.clone())
         }
+        ToolError::Conflict(m) => error(StatusCode::CONFLICT, "CommitFailedException", m.clone()),
         other => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailableException",
@@ -298,6 +303,26 @@ async fn load(
             "config": {},
         }))
         .into_response())
+    })
+    .await
+}
+
+/// `updateTable`: a commit to one table, by its owners, checked against its contract (see `commits`).
+async fn commit(
+    State(app): State<Arc<App>>,
+    Path((namespace, table)): Path<(String, String)>,
+    Extension(who): Extension<Principal>,
+    body: axum::body::Bytes,
+) -> Response {
+    let name = TableName {
+        namespace: namespace.split(SEPARATOR).map(str::to_string).collect(),
+        name: table,
+    };
+    let shown = name.to_string();
+    let server = ParleyServer::new(app.clone());
+    gated(&app, &who, "iceberg:updateTable", async |checked| {
+        let answer = server.do_commit(checked, &shown, &body).await?;
+        Ok(axum::Json(answer).into_response())
     })
     .await
 }

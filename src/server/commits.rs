@@ -1,0 +1,283 @@
+//! Commits through Parley's Iceberg REST endpoint, checked against the table's data contract before they land.
+//!
+//! A commit (an engine's `updateTable`: pyiceberg, Spark, Trino pointed at `/iceberg/v1`) is staged on the table's
+//! current metadata, and its schema change classified by Iceberg's rules (`compat::schema_changes`). When the
+//! table's contract promises a stable schema (`slaProperties: schemaStability: stable`) and the change breaks a
+//! column that consumers depend on — a live grant covering it, or a principal whose query read the table within
+//! [`CONSUMER_WINDOW_DAYS`] — the commit is refused (409 `CommitFailedException`) naming the clause, the columns,
+//! the consumers and how to proceed. Otherwise it lands, and the holders of live grants on the table get a notice
+//! (`my_notices`, pushed to their sessions) saying what changed.
+//!
+//! Invariants: only the table's owners (the policy's `decide_request` on it) commit through Parley; every commit,
+//! landed or refused, leaves one audit record naming the changes; a refused commit writes nothing.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use super::notify::Notice;
+use super::{ParleyServer, ToolError};
+use crate::catalog::TableName;
+use crate::catalog::commit::{self, CommitError, UpdateTableRequest};
+use crate::compat::{Impact, SchemaChange};
+use crate::gate::Checked;
+use crate::policy::Action;
+
+/// How far back a query makes its principal a consumer of the table it read.
+pub const CONSUMER_WINDOW_DAYS: i64 = 30;
+
+/// Who depends on a table's columns.
+struct Consumers {
+    /// Live grants covering an affected column: (grant id, holder).
+    grants: Vec<(String, String)>,
+    /// Principals whose queries read the table within the window.
+    readers: BTreeSet<String>,
+}
+
+impl Consumers {
+    fn principals(&self) -> BTreeSet<&str> {
+        self.grants
+            .iter()
+            .map(|(_, p)| p.as_str())
+            .chain(self.readers.iter().map(String::as_str))
+            .collect()
+    }
+}
+
+fn commit_error(e: CommitError) -> ToolError {
+    match e {
+        CommitError::Conflict(_) => ToolError::Conflict(e.to_string()),
+        CommitError::Invalid(_) => ToolError::BadRequest(e.to_string()),
+        CommitError::Unsupported(m) => ToolError::BadRequest(m),
+        CommitError::Failed(m) => ToolError::Internal(m),
+    }
+}
+
+impl ParleyServer {
+    /// Stages, checks and lands one commit to the table the caller names `shown`; answers the Iceberg REST
+    /// `LoadTableResult` of the new metadata.
+    pub(super) async fn do_commit(
+        &self,
+        checked: &mut Checked<'_>,
+        shown: &str,
+        body: &[u8],
+    ) -> Result<Value, ToolError> {
+        let name = self
+            .table_for(
+                checked,
+                shown,
+                Action::DecideRequest,
+                "Only the table's owners commit changes to it through Parley.",
+            )
+            .await?;
+        let request: UpdateTableRequest = serde_json::from_slice(body).map_err(|e| {
+            ToolError::BadRequest(format!(
+                "not an Iceberg updateTable request ({{\"requirements\": [...], \"updates\": [...]}}): {e}"
+            ))
+        })?;
+        let lakehouse = &self.app.lakehouse;
+        let current = lakehouse
+            .load_for_commit(&name)
+            .await
+            .map_err(ToolError::from)?;
+        let staged = commit::stage(&current, &request).map_err(commit_error)?;
+        let changes = crate::compat::schema_changes(
+            current.metadata().current_schema(),
+            staged.current_schema(),
+        );
+        let contract = lakehouse.contract(&name);
+        // Breaking by Iceberg's rules, on a column the contract in force promises: a column the contract does
+        // not name is not its business (a new contract version that drops a column releases it).
+        let promised: BTreeSet<&str> = contract
+            .iter()
+            .flat_map(|c| c.contract.columns().map(|p| p.name.as_str()))
+            .collect();
+        let breaking: Vec<&SchemaChange> = changes
+            .iter()
+            .filter(|c| c.impact == Impact::Breaking && promised.contains(c.column.as_str()))
+            .collect();
+        let columns: BTreeSet<&str> = changes.iter().map(|c| c.column.as_str()).collect();
+        let consumers = self
+            .consumers(
+                &name,
+                &breaking_or_all(&breaking, &columns),
+                checked.principal_id(),
+            )
+            .await?;
+        let clause = contract
+            .as_ref()
+            .and_then(|c| c.contract.stable_schema_clause());
+        if let Some(clause) = &clause
+            && !breaking.is_empty()
+            && !consumers.principals().is_empty()
+        {
+            let what = describe(&breaking);
+            let who = consumers.principals();
+            let grants = if consumers.grants.is_empty() {
+                String::new()
+            } else {
+                let ids: Vec<&str> = consumers.grants.iter().map(|(id, _)| id.as_str()).collect();
+                format!("; grants {}", ids.join(", "))
+            };
+            let message = format!(
+                "commit refused by the data contract of {name}: {clause} promises a stable schema, and this \
+                 commit makes breaking changes ({what}) that {} consumer(s) depend on (live grants and reads in \
+                 the last {CONSUMER_WINDOW_DAYS} days: {}{grants}). To proceed, publish a new major version of \
+                 the contract with an effective date at least its notice period away and commit after that \
+                 date, or make the change compatible (add a new optional column instead of changing this one).",
+                who.len(),
+                who.iter().copied().collect::<Vec<_>>().join(", "),
+            );
+            checked.note(Action::DecideRequest, &name.to_string(), message.clone());
+            return Err(ToolError::Conflict(message));
+        }
+        let location = lakehouse
+            .land(&name, &current, &staged)
+            .await
+            .map_err(commit_error)?;
+        let summary = if changes.is_empty() {
+            "no schema change".to_string()
+        } else {
+            describe(&changes.iter().collect::<Vec<_>>())
+        };
+        checked.note(
+            Action::DecideRequest,
+            &name.to_string(),
+            format!("commit landed on {name}: {summary}"),
+        );
+        if !changes.is_empty() {
+            // Told as Iceberg sees it: dropping a column the contract never promised still breaks a query
+            // that names it.
+            let breaks: Vec<&SchemaChange> = changes
+                .iter()
+                .filter(|c| c.impact == Impact::Breaking)
+                .collect();
+            self.tell_consumers(&name, checked.principal_id(), &summary, &breaks)
+                .await;
+        }
+        let metadata =
+            serde_json::to_value(&staged).map_err(|e| ToolError::Internal(e.to_string()))?;
+        Ok(json!({"metadata-location": location, "metadata": metadata, "config": {}}))
+    }
+
+    /// The consumers of `columns` of `table` other than `committer`: live grants covering one of them, and
+    /// principals who read the table in the last [`CONSUMER_WINDOW_DAYS`] days.
+    async fn consumers(
+        &self,
+        table: &TableName,
+        columns: &BTreeSet<&str>,
+        committer: &str,
+    ) -> Result<Consumers, ToolError> {
+        let now = self.app.clock.now();
+        let prefix = format!("{table}.");
+        let grants = self
+            .app
+            .store
+            .grants_for_table(&table.to_string())
+            .await
+            .map_err(Self::store_error)?
+            .into_iter()
+            .filter(|g| g.is_live(now) && g.principal() != committer)
+            .filter(|g| {
+                // Granted columns are qualified, `namespace.table.column`.
+                let terms = g.terms();
+                terms.columns.is_empty()
+                    || terms.columns.iter().any(|c| {
+                        c.strip_prefix(prefix.as_str())
+                            .is_some_and(|c| columns.contains(c))
+                    })
+            })
+            .map(|g| (g.id().to_string(), g.principal().to_string()))
+            .collect();
+        let shown = table.to_string();
+        let since = now - chrono::TimeDelta::days(CONSUMER_WINDOW_DAYS);
+        let (records, _) = self
+            .app
+            .audit
+            .records(|resource| crate::audit::AuditResource::parse(resource).names_any(&shown))
+            .map_err(|e| ToolError::Internal(format!("reading the audit log: {e}")))?;
+        let readers = records
+            .into_iter()
+            .filter(|r| {
+                matches!(r.entry.tool.as_str(), "query" | "iceberg:loadTable")
+                    && r.entry.decision == "allowed"
+                    && r.entry.principal != committer
+            })
+            .filter(|r| chrono::DateTime::parse_from_rfc3339(&r.time).is_ok_and(|t| t >= since))
+            .map(|r| r.entry.principal)
+            .collect();
+        Ok(Consumers { grants, readers })
+    }
+
+    /// Tells every holder of a live grant on `table` what a landed commit changed (their notices, and their
+    /// connected sessions at once). A failure to record a notice is logged; the commit stands.
+    async fn tell_consumers(
+        &self,
+        table: &TableName,
+        actor: &str,
+        summary: &str,
+        breaking: &[&SchemaChange],
+    ) {
+        let now = self.app.clock.now();
+        let Ok(grants) = self.app.store.grants_for_table(&table.to_string()).await else {
+            tracing::warn!(%table, "cannot read the grants to notify of a commit");
+            return;
+        };
+        let kind = if breaking.is_empty() {
+            "compatible"
+        } else {
+            "breaking"
+        };
+        let reason = format!(
+            "{table} changed ({kind}): {summary}. {}",
+            if breaking.is_empty() {
+                "Queries under this grant keep working; describe_table shows the new schema."
+            } else {
+                "Queries naming the changed columns may fail; describe_table shows the new schema."
+            }
+        );
+        for grant in grants.into_iter().filter(|g| g.is_live(now)) {
+            if let Err(e) = self
+                .app
+                .store
+                .note_contract_change(grant.id(), actor, &reason)
+                .await
+            {
+                tracing::warn!(grant = grant.id(), "cannot record a commit notice: {e}");
+                continue;
+            }
+            self.app.sessions.push(Notice {
+                principal: grant.principal().to_string(),
+                resource: format!("grant://{}", grant.id()),
+                data: json!({
+                    "kind": "contract_change",
+                    "grant_id": grant.id(),
+                    "table": table.to_string(),
+                    "change": kind,
+                    "reason": reason,
+                }),
+            });
+        }
+    }
+}
+
+/// The columns whose consumers count: those of breaking changes, or every changed column when none breaks.
+fn breaking_or_all<'a>(
+    breaking: &[&'a SchemaChange],
+    all: &BTreeSet<&'a str>,
+) -> BTreeSet<&'a str> {
+    if breaking.is_empty() {
+        all.clone()
+    } else {
+        breaking.iter().map(|c| c.column.as_str()).collect()
+    }
+}
+
+/// `column: change; ...`.
+fn describe(changes: &[&SchemaChange]) -> String {
+    changes
+        .iter()
+        .map(|c| format!("{}: {}", c.column, c.change))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
