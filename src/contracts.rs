@@ -306,6 +306,37 @@ impl Contract {
             })
     }
 
+    /// When this version takes effect: its [`EFFECTIVE_FROM`] custom property (RFC 3339, or a date meaning its
+    /// midnight UTC).
+    pub fn effective_from(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let text = self
+            .custom_properties
+            .iter()
+            .find(|c| c.property == EFFECTIVE_FROM)?
+            .value
+            .as_str()?;
+        parse_instant(text)
+    }
+
+    /// Days of notice consumers get before a breaking version takes effect: the SLA property [`NOTICE_PERIOD`]
+    /// (in days; `unit: w` weeks), else [`DEFAULT_NOTICE_DAYS`].
+    pub fn notice_days(&self) -> i64 {
+        self.sla_properties
+            .iter()
+            .find(|s| s.property == NOTICE_PERIOD)
+            .and_then(|s| {
+                let n = s
+                    .value
+                    .as_i64()
+                    .or_else(|| s.value.as_str()?.parse().ok())?;
+                Some(match s.unit.as_deref() {
+                    Some("w" | "week" | "weeks") => n * 7,
+                    _ => n,
+                })
+            })
+            .unwrap_or(DEFAULT_NOTICE_DAYS)
+    }
+
     /// Values of a list-valued custom property, e.g. `allowedPurposes`.
     pub fn custom_list(&self, key: &str) -> Vec<String> {
         self.custom_properties
@@ -405,10 +436,30 @@ pub fn table_facts(namespace: &str, name: &str, contract: Option<&Contract>) -> 
     }
 }
 
-/// All contracts under a directory, keyed by `namespace.table`.
+/// The custom property that dates a contract version: it is in force from this instant (RFC 3339) on, until a
+/// later version's. A contract without it is in force from the start. `parley contract publish` writes it.
+pub const EFFECTIVE_FROM: &str = "effectiveFrom";
+
+/// The SLA property giving how many days ahead consumers are told of a breaking version (`unit: d`).
+pub const NOTICE_PERIOD: &str = "noticePeriod";
+
+/// The notice period when a contract names none.
+pub const DEFAULT_NOTICE_DAYS: i64 = 30;
+
+/// One version of a table's contract and when it takes effect.
+#[derive(Debug, Clone)]
+pub struct Version {
+    /// In force from (None: always).
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// The contract.
+    pub loaded: std::sync::Arc<LoadedContract>,
+}
+
+/// All contracts under a directory, keyed by `namespace.table`; a table may have several versions, each in force
+/// from its [`EFFECTIVE_FROM`] date.
 #[derive(Debug, Default)]
 pub struct ContractStore {
-    by_table: BTreeMap<String, std::sync::Arc<LoadedContract>>,
+    by_table: BTreeMap<String, Vec<Version>>,
     /// Contracts that failed to load, with the reason; reported, never used.
     pub rejected: Vec<String>,
 }
@@ -424,9 +475,14 @@ impl ContractStore {
         for path in files {
             match read_contract(dir, &path) {
                 Ok((key, contract, yaml)) => {
-                    store
-                        .by_table
-                        .insert(key, std::sync::Arc::new(LoadedContract { contract, yaml }));
+                    let from = contract.effective_from();
+                    let versions = store.by_table.entry(key).or_default();
+                    versions.push(Version {
+                        from,
+                        loaded: std::sync::Arc::new(LoadedContract { contract, yaml }),
+                    });
+                    // Undated first (the later file wins among them, as before), then by date.
+                    versions.sort_by_key(|v| v.from);
                 }
                 Err(e) => {
                     tracing::warn!("{e}");
@@ -447,10 +503,42 @@ impl ContractStore {
         self.by_table.is_empty()
     }
 
-    /// The contract of `namespace.table`.
+    /// The contract of `namespace.table` in force now (system clock).
     pub fn get(&self, qualified: &str) -> Option<std::sync::Arc<LoadedContract>> {
-        self.by_table.get(qualified).cloned()
+        self.get_at(qualified, chrono::Utc::now())
     }
+
+    /// The contract of `namespace.table` in force at `now`: the latest version whose date has come.
+    pub fn get_at(
+        &self,
+        qualified: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<std::sync::Arc<LoadedContract>> {
+        self.by_table
+            .get(qualified)?
+            .iter()
+            .rev()
+            .find(|v| v.from.is_none_or(|from| from <= now))
+            .map(|v| v.loaded.clone())
+    }
+
+    /// Every version of `namespace.table`'s contract, oldest first.
+    pub fn versions(&self, qualified: &str) -> &[Version] {
+        self.by_table.get(qualified).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// An instant as RFC 3339, or a date (`2027-01-15`) meaning its midnight UTC.
+pub fn parse_instant(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .ok()?
+                .and_hms_opt(0, 0, 0)
+                .map(|t| t.and_utc())
+        })
 }
 
 /// Reads and validates one contract file under `root` as the server does: the table it governs (its first
@@ -505,10 +593,22 @@ pub fn validate(path: &Path) -> Vec<Validated> {
 
 fn table_key_from_path(root: &Path, path: &Path) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path).with_extension("");
-    rel.components()
+    let mut parts: Vec<String> = rel
+        .components()
         .map(|c| c.as_os_str().to_string_lossy().to_string())
-        .collect::<Vec<_>>()
-        .join(".")
+        .collect();
+    // `<table>@<version>.yaml`: a published version of `<table>`'s contract.
+    if let Some(last) = parts.last_mut()
+        && let Some((table, _version)) = last.split_once('@')
+    {
+        *last = table.to_string();
+    }
+    parts.join(".")
+}
+
+/// The table a contract names: its first `schema[].physicalName`.
+pub fn table_of(contract: &Contract) -> Option<String> {
+    contract.schema.iter().find_map(|s| s.physical_name.clone())
 }
 
 pub(crate) fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -531,6 +631,55 @@ pub(crate) fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_in_force_is_the_latest_whose_date_has_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let sales = dir.path().join("sales");
+        std::fs::create_dir_all(&sales).unwrap();
+        let v1 = include_str!("../examples/contracts/sales/orders.yaml");
+        std::fs::write(sales.join("orders.yaml"), v1).unwrap();
+        let dated = |version: &str, from: &str| {
+            v1.replace("version: 1.2.0", &format!("version: {version}"))
+                .replace(
+                    "customProperties:\n",
+                    &format!(
+                        "customProperties:\n  - property: effectiveFrom\n    value: \"{from}\"\n"
+                    ),
+                )
+        };
+        std::fs::write(
+            sales.join("orders@2.0.0.yaml"),
+            dated("2.0.0", "2027-03-01"),
+        )
+        .unwrap();
+        std::fs::write(
+            sales.join("orders@1.3.0.yaml"),
+            dated("1.3.0", "2027-01-01T12:00:00Z"),
+        )
+        .unwrap();
+        let store = ContractStore::load(dir.path());
+        assert!(store.rejected.is_empty(), "{:?}", store.rejected);
+        let at = |t: &str| {
+            store
+                .get_at("sales.orders", parse_instant(t).unwrap())
+                .unwrap()
+                .contract
+                .version
+                .clone()
+        };
+        assert_eq!(at("2026-12-31"), "1.2.0");
+        assert_eq!(at("2027-01-01T12:00:00Z"), "1.3.0");
+        assert_eq!(at("2027-02-28T23:59:59Z"), "1.3.0");
+        assert_eq!(at("2027-03-01"), "2.0.0");
+        let versions: Vec<&str> = store
+            .versions("sales.orders")
+            .iter()
+            .map(|v| v.loaded.contract.version.as_str())
+            .collect();
+        assert_eq!(versions, ["1.2.0", "1.3.0", "2.0.0"]);
+        assert_eq!(store.len(), 1, "versions of one table are one contract");
+    }
 
     #[test]
     fn a_stable_schema_is_promised_by_the_sla_property() {

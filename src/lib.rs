@@ -24,6 +24,7 @@ pub mod init;
 pub mod jsonrpc;
 pub mod negotiation;
 pub mod policy;
+pub mod publish;
 pub mod query;
 pub mod scan;
 pub mod server;

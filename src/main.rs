@@ -133,6 +133,18 @@ enum ContractCommand {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Publish a new version of a table's contract into the data dir: checked against the version in force
+    /// (breaking changes need a new major version and --effective at least the contract's notice period away,
+    /// `slaProperties: noticePeriod` days, 30 without one), written as <table>@<version>.yaml with its
+    /// effectiveFrom, announced to the holders of live grants (their my_notices). A serving Parley reloads it;
+    /// the old version stays in force until the date. Exits with status 1 when the version is refused.
+    Publish {
+        /// The new contract version (ODCS YAML naming its table in schema[].physicalName).
+        file: PathBuf,
+        /// When it takes effect: RFC 3339 or YYYY-MM-DD (midnight UTC) [default: now].
+        #[arg(long)]
+        effective: Option<String>,
+    },
     /// What a new version of a contract changes for its consumers, column by column (breaking or compatible);
     /// exits with status 1 when a breaking change comes without a new major version.
     Diff {
@@ -301,6 +313,44 @@ async fn run() -> Result<()> {
                 issuer.mint(&principal, &groups, &scopes, ttl, &config.auth.audience)?
             );
             Ok(())
+        }
+        Command::Contract {
+            command: ContractCommand::Publish { file, effective },
+        } => {
+            let effective = match effective {
+                None => None,
+                Some(text) => Some(parley::contracts::parse_instant(&text).ok_or_else(|| {
+                    anyhow::anyhow!("--effective {text:?}: use RFC 3339 or YYYY-MM-DD")
+                })?),
+            };
+            let now = parley::clock::Clock::from_env().now();
+            match parley::publish::publish(&dir, &file, effective, now).await {
+                Ok(p) => {
+                    for c in &p.changes {
+                        println!("{:?} {}: {}", c.impact, c.column, c.change);
+                    }
+                    println!(
+                        "published {} v{}{} at {}, in force from {}",
+                        p.table,
+                        p.version,
+                        p.replaces
+                            .as_deref()
+                            .map(|v| format!(" (replacing v{v})"))
+                            .unwrap_or_default(),
+                        p.path.display(),
+                        p.effective.format("%Y-%m-%dT%H:%M:%SZ")
+                    );
+                    println!("{} grant holder(s) told", p.told.len());
+                    for (grant, holder) in &p.under_old {
+                        println!("made under the old version: {grant} ({holder})");
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("refused: {e}");
+                    std::process::exit(1);
+                }
+            }
         }
         Command::Contract {
             command: ContractCommand::Diff { old, new },
@@ -742,6 +792,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
             ))
             .with_contracts_dir(&dir.contracts())
             .with_members(members)
+            .with_clock(parley::clock::Clock::from_env())
             .with_cache_ttl(cache_ttl),
     });
     watch_files(policy, app.clone());

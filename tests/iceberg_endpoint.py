@@ -72,13 +72,17 @@ def main() -> None:
         ).stdout.strip()
 
     analyst, marketing, owner = mint("analyst"), mint("marketing-agent"), mint("sales-owner")
+    # The server's clock, moved forward by a test instead of waiting out a notice period.
+    clock = os.path.join(data_dir, "clock-offset")
+    with open(clock, "w") as f:
+        f.write("0")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen(
         [binary, "serve", "--data-dir", data_dir, "--http", f"127.0.0.1:{port}", "--dev-issuer"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PARLEY_LOG": "info"},
+        env={**os.environ, "PARLEY_LOG": "info", "PARLEY_CLOCK_FILE": clock},
     )
     try:
         for line in server.stderr:
@@ -147,10 +151,65 @@ def main() -> None:
         with own.load_table("sales.orders").update_schema() as update:
             update.delete_column("gift_note")
         check("gift_note" not in fields(), "dropping a column the contract does not promise lands")
+        # A new contract version without `status`: breaking, so it needs a new major version and the notice period.
+        import time
+
+        import yaml
+
+        with open(os.path.join(data_dir, "contracts", "sales", "orders.yaml")) as f:
+            v2 = yaml.safe_load(f)
+        v2["version"] = "2.0.0"
+        for obj in v2["schema"]:
+            obj["properties"] = [p for p in obj["properties"] if p["name"] != "status"]
+        v2_path = os.path.join(data_dir, "orders-v2.yaml")
+        with open(v2_path, "w") as f:
+            yaml.safe_dump(v2, f, sort_keys=False)
+        publish = lambda *extra: subprocess.run(  # noqa: E731
+            [binary, "contract", "publish", v2_path, "--data-dir", data_dir, *extra],
+            capture_output=True, text=True, env={**os.environ, "PARLEY_CLOCK_FILE": clock})
+        r = publish()
+        check(r.returncode == 1 and "notice period (30 days)" in r.stderr and "--effective" in r.stderr,
+              f"a breaking version without a date is refused, saying when it may take effect ({r.stderr.strip()[:160]})")
+        v1 = dict(v2, version="1.9.0")
+        with open(v2_path + ".minor", "w") as f:
+            yaml.safe_dump(v1, f, sort_keys=False)
+        r = subprocess.run([binary, "contract", "publish", v2_path + ".minor", "--data-dir", data_dir],
+                           capture_output=True, text=True)
+        check(r.returncode == 1 and "new major version" in r.stderr, "a breaking version needs a new major version")
+        from datetime import datetime, timedelta, timezone
+
+        effective = (datetime.now(timezone.utc) + timedelta(days=31)).strftime("%Y-%m-%d")
+        r = publish("--effective", effective)
+        check(r.returncode == 0 and "1 grant holder(s) told" in r.stdout
+              and f"made under the old version: {grant_id} (analyst)" in r.stdout,
+              f"v2 is published, its grant holders told, the grants under v1 listed: {r.stdout.strip()}")
+        for _ in range(50):  # the server reloads contract files within seconds
+            c = asyncio.run(mcp_calls(mcp_url, analyst, [("get_contract", {"table": "sales.orders"})]))[0]
+            if any(v["state"] == "pending" for v in c.structured_content["versions"]):
+                break
+            time.sleep(0.2)
+        versions = {v["version"]: v["state"] for v in c.structured_content["versions"]}
+        check(versions == {"1.2.0": "in_force", "2.0.0": "pending"} and "Pending: v2.0.0" in c.content[0].text,
+              f"get_contract shows the version in force and the pending one ({versions})")
+        e = raised(lambda: own.load_table("sales.orders").update_schema().delete_column("status").commit())
+        check(isinstance(e, CommitFailedException) and "v1.2.0" in str(e),
+              "until v2's date the old promise holds: the drop is still refused")
+        with open(clock, "w") as f:
+            f.write(str(32 * 86400))
+        c = asyncio.run(mcp_calls(mcp_url, analyst, [("get_contract", {"table": "sales.orders"})]))[0]
+        check(c.structured_content["version"] == "2.0.0", "after its date v2 is in force")
+        with own.load_table("sales.orders").update_schema() as update:
+            update.delete_column("status")
+        check("status" not in fields(), "after v2's date the drop lands (pyiceberg reads the table without it)")
+        with open(clock, "w") as f:
+            f.write("0")
+
         notices = asyncio.run(mcp_calls(mcp_url, analyst, [("my_notices", {})]))[0].structured_content["notices"]
         changes = [n for n in notices if n.get("kind") == "contract_change"]
         check(any("gift_note: added" in n["reason"] and "compatible" in n["reason"] for n in changes),
               f"the grant holder is told of the landed changes ({[n['reason'][:80] for n in changes]})")
+        check(any("contract v2.0.0 of sales.orders takes effect" in n["reason"] for n in changes),
+              "the grant holder is told of the new contract version and its date")
 
         request = urllib.request.Request(f"{uri}/v1/config")
         try:
@@ -174,7 +233,8 @@ def main() -> None:
           and ("marketing-agent", "ops.shipments", "denied") in decisions,
           f"every load is audited with its decision ({len(loads)} records)")
     commits = [r for r in records if r["tool"] == "iceberg:updateTable"]
-    check([r["decision"] for r in commits if r["principal"] == "sales-owner"] == ["allowed", "denied", "allowed"]
+    check([r["decision"] for r in commits if r["principal"] == "sales-owner"]
+          == ["allowed", "denied", "allowed", "denied", "allowed"]
           and "schemaStability" in commits[1]["reason"],
           f"every commit is audited with its decision and the contract clause ({len(commits)} records)")
     print("iceberg endpoint: all checks passed")

@@ -233,6 +233,8 @@ pub struct Lakehouse {
     cache_ttl: Duration,
     /// Each catalog's settings, for landing commits.
     members: Vec<crate::config::CatalogSettings>,
+    /// Decides which contract version is in force.
+    clock: crate::clock::Clock,
     names: Arc<NamesSlot>,
     /// A background refresh of `names` is running.
     refreshing: Arc<std::sync::atomic::AtomicBool>,
@@ -313,6 +315,7 @@ impl Lakehouse {
             tables: moka::sync::Cache::new(MAX_CACHED_TABLES),
             reloading: Arc::new(Mutex::new(std::collections::HashSet::new())),
             members: Vec::new(),
+            clock: crate::clock::Clock::system(),
         }
     }
 
@@ -750,12 +753,27 @@ impl Lakehouse {
         landed
     }
 
-    /// The table's contract, if it has a valid one.
+    /// The table's contract in force now (the lakehouse's clock), if it has a valid one.
     pub fn contract(&self, table: &TableName) -> Option<Arc<LoadedContract>> {
         self.contracts
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&table.to_string())
+            .get_at(&table.to_string(), self.clock.now())
+    }
+
+    /// Every version of the table's contract, oldest first, with when each takes effect.
+    pub fn contract_versions(&self, table: &TableName) -> Vec<crate::contracts::Version> {
+        self.contracts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .versions(&table.to_string())
+            .to_vec()
+    }
+
+    /// The clock that decides which contract version is in force (a test's moved clock, see `clock`).
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> Lakehouse {
+        self.clock = clock;
+        self
     }
 }
 

@@ -225,8 +225,21 @@ pub struct ContractResult {
     pub roles: Vec<ApproverRole>,
     /// Price, e.g. `0.5 EUR per 1000 rows`.
     pub price: Option<String>,
+    /// Every version of the contract, oldest first: which is in force, which are pending and from when.
+    pub versions: Vec<ContractVersion>,
     /// The whole contract, ODCS v3 YAML.
     pub yaml: String,
+}
+
+/// One version of a table's contract.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ContractVersion {
+    /// Contract version.
+    pub version: String,
+    /// In force from (RFC 3339); absent: from the start.
+    pub effective_from: Option<String>,
+    /// `in_force`, `pending` (takes effect later) or `superseded`.
+    pub state: String,
 }
 
 // ---- replies --------------------------------------------------------------------------------------------------
@@ -316,12 +329,25 @@ pub(super) fn describe_reply(r: DescribeTableResult) -> CallToolResult {
 
 /// `get_contract`'s reply.
 pub(super) fn contract_reply(r: ContractResult) -> CallToolResult {
+    let pending: Vec<String> = r
+        .versions
+        .iter()
+        .filter(|v| v.state == "pending")
+        .map(|v| {
+            format!(
+                "Pending: v{} takes effect {}.\n",
+                v.version,
+                v.effective_from.as_deref().unwrap_or("-")
+            )
+        })
+        .collect();
     let text = format!(
-        "Contract {} v{} for {} (owner {}).\nPurpose: {}\nUsage: {}\nLimitations: {}\nAllowed purposes: {}\nProhibited purposes: {}\nPII columns: {}\n\n{}",
+        "Contract {} v{} for {} (owner {}).\n{}Purpose: {}\nUsage: {}\nLimitations: {}\nAllowed purposes: {}\nProhibited purposes: {}\nPII columns: {}\n\n{}",
         r.contract_id,
         r.version,
         r.table,
         r.owner.as_deref().unwrap_or("unknown"),
+        pending.concat(),
         r.purpose.as_deref().unwrap_or("-"),
         r.usage.as_deref().unwrap_or("-"),
         r.limitations.as_deref().unwrap_or("-"),
@@ -831,6 +857,24 @@ impl ParleyServer {
                     p.price_unit.as_deref().unwrap_or("unit")
                 )
             }),
+            versions: {
+                let versions = self.app.lakehouse.contract_versions(&name);
+                versions
+                    .iter()
+                    .map(|v| ContractVersion {
+                        version: v.loaded.contract.version.clone(),
+                        effective_from: v.from.map(|t| t.to_rfc3339()),
+                        state: if std::sync::Arc::ptr_eq(&v.loaded, &loaded) {
+                            "in_force"
+                        } else if v.from.is_some_and(|f| f > self.app.clock.now()) {
+                            "pending"
+                        } else {
+                            "superseded"
+                        }
+                        .to_string(),
+                    })
+                    .collect()
+            },
             yaml: loaded.yaml.clone(),
         })
     }

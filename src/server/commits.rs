@@ -123,11 +123,26 @@ impl ParleyServer {
                 "commit refused by the data contract of {name}: {clause} promises a stable schema, and this \
                  commit makes breaking changes ({what}) that {} consumer(s) depend on (live grants and reads in \
                  the last {CONSUMER_WINDOW_DAYS} days: {}{grants}). To proceed, publish a new major version of \
-                 the contract with an effective date at least its notice period away and commit after that \
+                 the contract that no longer promises these columns, with an effective date at least its \
+                 notice period away (`parley contract publish NEW.yaml --effective DATE`), and commit after that \
                  date, or make the change compatible (add a new optional column instead of changing this one).",
                 who.len(),
                 who.iter().copied().collect::<Vec<_>>().join(", "),
             );
+            let now = self.app.clock.now();
+            let pending: Vec<String> = lakehouse
+                .contract_versions(&name)
+                .iter()
+                .filter_map(|v| {
+                    let from = v.from.filter(|f| *f > now)?;
+                    Some(format!(
+                        " Version {} of the contract is pending: it takes effect {}.",
+                        v.loaded.contract.version,
+                        from.to_rfc3339()
+                    ))
+                })
+                .collect();
+            let message = message + &pending.concat();
             checked.note(Action::DecideRequest, &name.to_string(), message.clone());
             return Err(ToolError::Conflict(message));
         }
