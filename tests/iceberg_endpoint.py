@@ -9,8 +9,11 @@ for what it may not discover, 401 without a token; every request leaves an audit
 Commits: `sales.orders`' contract promises a stable schema. Its owner adds an optional column (lands; the holder of
 a live grant is told, in `my_notices`); dropping a contracted column the analyst reads and holds a grant on is
 refused with 409 naming the clause, the column, the consumer and the grant, and nothing changes; dropping the new
-column (which the contract does not promise) lands; non-owners cannot commit. pyiceberg reading the SQL catalog
-directly sees exactly the landed changes.
+column (which the contract does not promise) lands; non-owners cannot commit. A breaking contract v2 needs a new
+major version and the notice period; until its date the drop is still refused, after it (the server's clock moved,
+no sleeps) it lands. A change made straight to the catalog is flagged as drift and the grant holder told.
+pyiceberg reading the SQL catalog directly sees exactly the landed changes; DuckDB attaches the endpoint with a
+token and sees what the principal may see.
 
 Usage: python tests/iceberg_endpoint.py path/to/parley
 """
@@ -123,6 +126,33 @@ def main() -> None:
         products = mk.load_table("sales.products").scan().to_arrow()
         check(products.num_rows == 500, "marketing reads sales.products, which it may query")
 
+        # DuckDB's iceberg extension attaches Parley's endpoint with a principal's token.
+        def duckdb_as(token: str):
+            import glob
+
+            import duckdb
+            import duckdb_extension_avro
+            import duckdb_extension_httpfs
+            import duckdb_extension_iceberg
+
+            con = duckdb.connect()
+            for module, ext in [(duckdb_extension_httpfs, "httpfs"), (duckdb_extension_avro, "avro"),
+                                (duckdb_extension_iceberg, "iceberg")]:
+                root = os.path.dirname(module.__file__)
+                con.execute(f"LOAD '{glob.glob(os.path.join(root, 'extensions', '*', f'{ext}.duckdb_extension'))[0]}'")
+            con.execute(f"CREATE SECRET parley (TYPE ICEBERG, TOKEN '{token}')")
+            con.execute(f"ATTACH '' AS parley (TYPE ICEBERG, ENDPOINT '{uri}', SECRET parley)")
+            return con
+
+        n, total = duckdb_as(analyst).execute("SELECT count(*), sum(total_amount) FROM parley.sales.orders").fetchone()
+        check(n == truth.num_rows and float(total) == float(sum(truth.column("total_amount").to_pylist())),
+              f"DuckDB attaches Parley's endpoint as analyst and reads sales.orders as pyiceberg does ({n} rows)")
+        duck = duckdb_as(marketing)
+        e = raised(lambda: duck.execute("SELECT count(*) FROM parley.ops.shipments").fetchall())
+        check(e is not None and "does not exist" in str(e), f"DuckDB as marketing cannot see ops.shipments ({e})")
+        check(duck.execute("SELECT count(*) FROM parley.sales.products").fetchone()[0] == 500,
+              "DuckDB as marketing reads sales.products, which it may query")
+
         # Commits, checked against sales.orders' contract (it promises a stable schema).
         mcp_url = f"http://127.0.0.1:{port}/mcp"
         granted = asyncio.run(mcp_calls(mcp_url, analyst, [("request_access", {
@@ -203,6 +233,21 @@ def main() -> None:
         check("status" not in fields(), "after v2's date the drop lands (pyiceberg reads the table without it)")
         with open(clock, "w") as f:
             f.write("0")
+
+        # A change behind Parley's back (pyiceberg straight to the SQL catalog) drops a column contract v1 (in force
+        # again with the clock back) promises: seen as drift on the next load, and the grant holder is told.
+        with direct.load_table("sales.orders").update_schema() as update:
+            update.delete_column("channel")
+        d = asyncio.run(mcp_calls(mcp_url, analyst, [("describe_table", {"table": "sales.orders"})]))[0]
+        drift = {x["column"] for x in d.structured_content["contract_drift"]}
+        check({"channel", "status"} <= drift, f"describe_table flags the drift ({sorted(drift)})")
+        for _ in range(50):  # told on a task of its own
+            notices = asyncio.run(mcp_calls(mcp_url, analyst, [("my_notices", {})]))[0].structured_content["notices"]
+            if any("changed outside Parley" in n.get("reason", "") for n in notices):
+                break
+            time.sleep(0.2)
+        check(any("changed outside Parley" in n.get("reason", "") and "channel" in n["reason"] for n in notices),
+              "the grant holder is told of the drift")
 
         notices = asyncio.run(mcp_calls(mcp_url, analyst, [("my_notices", {})]))[0].structured_content["notices"]
         changes = [n for n in notices if n.get("kind") == "contract_change"]

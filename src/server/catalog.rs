@@ -668,9 +668,19 @@ impl ParleyServer {
             match rows {
                 Ok((rows, schema)) => {
                     entry.row_count = rows;
-                    entry.contract_drift = lakehouse.contract(&d.name).is_some_and(|c| {
-                        !crate::compat::contract_drift(&c.contract, &schema).is_empty()
-                    });
+                    if let Some(c) = lakehouse.contract(&d.name) {
+                        let drift = crate::compat::contract_drift(&c.contract, &schema);
+                        entry.contract_drift = !drift.is_empty();
+                        if !drift.is_empty() {
+                            self.announce_drift(
+                                checked,
+                                &d.name,
+                                None,
+                                &c.contract.version,
+                                &drift,
+                            );
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(table = %d.name, "cannot load table metadata: {e}");
@@ -767,6 +777,20 @@ impl ParleyServer {
         let mut snapshots: Vec<SnapshotInfo> = meta.snapshots().map(|s| snapshot_info(s)).collect();
         snapshots.sort_by_key(|s| (s.committed_at.clone(), s.snapshot_id));
         let facts = lakehouse.facts_of_listed(&name);
+        let drift = contract
+            .map(|c| crate::compat::contract_drift(c, schema))
+            .unwrap_or_default();
+        if let Some(c) = contract
+            && !drift.is_empty()
+        {
+            self.announce_drift(
+                checked,
+                &name,
+                table.metadata_location(),
+                &c.version,
+                &drift,
+            );
+        }
         Ok(DescribeTableResult {
             table: name.to_string(),
             description: contract
@@ -783,9 +807,7 @@ impl ParleyServer {
                 .peek(Action::Query, &Resource::Table(facts))
                 .allowed(),
             contract_version: contract.map(|c| c.version.clone()),
-            contract_drift: contract
-                .map(|c| crate::compat::contract_drift(c, schema))
-                .unwrap_or_default(),
+            contract_drift: drift,
         })
     }
 

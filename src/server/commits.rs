@@ -11,7 +11,8 @@
 //! Invariants: only the table's owners (the policy's `decide_request` on it) commit through Parley; every commit,
 //! landed or refused, leaves one audit record naming the changes; a refused commit writes nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use serde_json::{Value, json};
 
@@ -22,6 +23,11 @@ use crate::catalog::commit::{self, CommitError, UpdateTableRequest};
 use crate::compat::{Impact, SchemaChange};
 use crate::gate::Checked;
 use crate::policy::Action;
+
+/// Drift already announced: (table, metadata location, contract version). Per process: a restart announces a
+/// drift that is still there once more.
+static ANNOUNCED: LazyLock<Mutex<HashSet<(String, String, String)>>> =
+    LazyLock::new(Default::default);
 
 /// How far back a query makes its principal a consumer of the table it read.
 pub const CONSUMER_WINDOW_DAYS: i64 = 30;
@@ -295,4 +301,71 @@ fn describe(changes: &[&SchemaChange]) -> String {
         .map(|c| format!("{}: {}", c.column, c.change))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+impl ParleyServer {
+    /// A table that no longer keeps its contract (a change that bypassed Parley, seen when its metadata is
+    /// loaded): the holders of live grants on it are told once per table state (their notices, their sessions at
+    /// once), and the caller's audit record notes it, where the table's owners read it. Runs on a task of its
+    /// own: the answer that found the drift does not wait.
+    pub(super) fn announce_drift(
+        &self,
+        checked: &mut Checked<'_>,
+        table: &TableName,
+        metadata_location: Option<&str>,
+        contract_version: &str,
+        drift: &[SchemaChange],
+    ) {
+        let key = (
+            table.to_string(),
+            metadata_location.unwrap_or_default().to_string(),
+            contract_version.to_string(),
+        );
+        if !ANNOUNCED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key)
+        {
+            return;
+        }
+        let what = describe(&drift.iter().collect::<Vec<_>>());
+        checked.note(
+            Action::Discover,
+            &table.to_string(),
+            format!("{table} no longer keeps contract v{contract_version}: {what}"),
+        );
+        let app: Arc<super::App> = self.app.clone();
+        let table = table.clone();
+        let reason = format!(
+            "{table} no longer keeps its contract (v{contract_version}), changed outside Parley: {what}. Queries \
+             naming these columns may fail; the table's owners are told."
+        );
+        tokio::spawn(async move {
+            let now = app.clock.now();
+            let Ok(grants) = app.store.grants_for_table(&table.to_string()).await else {
+                return;
+            };
+            for grant in grants.into_iter().filter(|g| g.is_live(now)) {
+                if let Err(e) = app
+                    .store
+                    .note_contract_change(grant.id(), "parley:drift", &reason)
+                    .await
+                {
+                    tracing::warn!(grant = grant.id(), "cannot record a drift notice: {e}");
+                    continue;
+                }
+                app.sessions.push(Notice {
+                    principal: grant.principal().to_string(),
+                    resource: format!("grant://{}", grant.id()),
+                    data: json!({
+                        "kind": "contract_change",
+                        "grant_id": grant.id(),
+                        "table": table.to_string(),
+                        "change": "drift",
+                        "reason": reason,
+                    }),
+                });
+            }
+        });
+    }
 }
