@@ -8,9 +8,9 @@
 
 pyiceberg writes the same rows into each (ROWS orders, three appends). Each lakehouse gets `parley init` and an
 owner's classification, then one MCP session per lakehouse (stdio, the Python MCP SDK) answers the same calls in
-turn, interleaved, SAMPLES times; the table and listing caches are off (`PARLEY_CATALOG_CACHE_TTL_MS=0`), so every
-call asks the catalog, as the first call after a commit does. Reports p50/p90 per call and the ratio to the
-embedded catalog.
+turn, interleaved, SAMPLES times: once with the table and listing caches off (`PARLEY_CATALOG_CACHE_TTL_MS=0`,
+every call asks the catalog, as the first call after a commit does), once with the default caches. Reports p50/p90
+per call and the ratio to the embedded catalog.
 
 Usage: python benches/catalogs.py path/to/parley OUT_DIR [--rows N] [--samples N]
 Needs Java 17 (the fixture) and the packages of tests/interop-requirements.txt.
@@ -35,9 +35,12 @@ from mcp import ClientSession, StdioServerParameters  # noqa: E402
 from mcp.client.stdio import stdio_client  # noqa: E402
 from pyiceberg.catalog import load_catalog  # noqa: E402
 from pyiceberg.catalog.sql import SqlCatalog  # noqa: E402
-from rest_catalog import S3_PROPS, start_s3  # noqa: E402
+from rest_catalog import S3_PROPS, classify, start_s3  # noqa: E402
 
 FIXTURE = os.path.join(HERE, "..", "tests", "iceberg-rest-fixture", "run.sh")
+# Table and listing caches: off (every call asks the catalog, as the first call after a commit does), and the
+# default `catalog_cache_ttl_ms` (what a session sees in steady state).
+MODES = [("caches off (every call asks the catalog)", "0"), ("default caches", None)]
 SECRET = "bench-secret"
 
 CALLS = [
@@ -67,19 +70,6 @@ def write(catalog, name: str, rows: int, properties: dict) -> None:
     step = rows // 3 + 1
     for start in range(0, rows, step):
         table.append(orders(start, min(rows, start + step)))
-
-
-def classify(data_dir: str) -> None:
-    """The owner's step after `parley init`: every column internal, the contract active."""
-    for root, _dirs, files in os.walk(os.path.join(data_dir, "contracts")):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path) as f:
-                text = f.read()
-            text = text.replace("required: false\n", "required: false\n    classification: internal\n")
-            text = text.replace("required: true\n", "required: true\n    classification: internal\n")
-            with open(path, "w") as f:
-                f.write(text.replace("status: draft", "status: active"))
 
 
 def pct(values: list, q: float) -> float:
@@ -138,6 +128,10 @@ def main() -> None:
             batch = orders(start, min(a.rows, start + step))
             t.append(batch)
             t2.append(batch)
+        # The embedded catalog named as `parley serve` names it with no configuration (same SQL catalog code path).
+        with open(os.path.join(emb, "parley.toml"), "w") as f:
+            f.write(f'[[catalogs]]\nname = "parley"\ntype = "sql"\nuri = "sqlite:{emb}/catalog.db"\n'
+                    f'warehouse = "file://{emb}/warehouse"\n')
         for lake, client in (("rest", "parley"), ("rest+s3", "parley-s3")):
             with open(os.path.join(dirs[lake], "parley.toml"), "w") as f:
                 f.write(f'[[catalogs]]\nname = "parley"\ntype = "rest"\nuri = "{url}"\n'
@@ -148,17 +142,18 @@ def main() -> None:
                 raise SystemExit(f"init {lake}: {r.stdout}{r.stderr}")
             classify(d)
         # The S3 copy is `bench.orders_s3` of the same REST catalog, seen by its own client identity.
-        times = asyncio.run(run_with_names(binary, dirs, a.samples, {"rest+s3"}))
+        runs = {mode: asyncio.run(run_with_names(binary, dirs, a.samples, {"rest+s3"}, ttl))
+                for mode, ttl in MODES}
     finally:
         fixture.terminate()
         s3_server.terminate()
         fixture.wait()
         s3_server.wait()
-    report(times, dirs, a)
+    report(runs, dirs, a)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def run_with_names(binary: str, dirs: dict, samples: int, s3_lakes: set) -> dict:
+async def run_with_names(binary: str, dirs: dict, samples: int, s3_lakes: set, ttl_ms) -> dict:
     """The calls, interleaved over one session per lakehouse; `bench.orders` is `bench.orders_s3` in `s3_lakes`."""
     from contextlib import AsyncExitStack
 
@@ -174,7 +169,8 @@ async def run_with_names(binary: str, dirs: dict, samples: int, s3_lakes: set) -
         for lake, data_dir in dirs.items():
             params = StdioServerParameters(
                 command=binary, args=["serve", "--data-dir", data_dir, "--principal", "analyst"],
-                env={**os.environ, "PARLEY_LOG": "warn", "PARLEY_CATALOG_CACHE_TTL_MS": "0"},
+                env={**os.environ, "PARLEY_LOG": "warn",
+                     **({} if ttl_ms is None else {"PARLEY_CATALOG_CACHE_TTL_MS": ttl_ms})},
             )
             read, write_ = await stack.enter_async_context(stdio_client(params))
             session = await stack.enter_async_context(ClientSession(read, write_))
@@ -194,28 +190,34 @@ async def run_with_names(binary: str, dirs: dict, samples: int, s3_lakes: set) -
     return times
 
 
-def report(times: dict, dirs: dict, a) -> None:
+def report(runs: dict, dirs: dict, a) -> None:
     lines = [
         f"Parley over three catalogs, same table ({a.rows:,} rows, three appends, written by pyiceberg), "
-        f"{a.samples} samples each, interleaved; caches off (every call asks the catalog). p50 (p90) in ms; "
+        f"{a.samples} samples per call and catalog, interleaved, over MCP stdio (Python SDK). p50 (p90) in ms; "
         "ratio = p50 / embedded p50.",
-        "",
-        "| call | embedded (SQL catalog, local files) | REST catalog, local files | ratio | "
-        "REST catalog, S3 (vended credentials) | ratio |",
-        "|---|---|---|---|---|---|",
     ]
     out = {}
-    for label, _, _ in CALLS:
-        row = [label]
-        base = statistics.median(times[("embedded", label)])
-        for lake in dirs:
-            v = times[(lake, label)]
-            p50, p90 = statistics.median(v), pct(v, 0.9)
-            out[f"{lake} {label}"] = {"p50_ms": p50, "p90_ms": p90}
-            row.append(f"{p50:.1f} ({p90:.1f})")
-            if lake != "embedded":
-                row.append(f"{p50 / base:.2f}×")
-        lines.append("| " + " | ".join(row) + " |")
+    for mode, _ in MODES:
+        times = runs[mode]
+        lines += [
+            "",
+            f"**{mode}**",
+            "",
+            "| call | embedded (SQL catalog, local files) | REST catalog, local files | ratio | "
+            "REST catalog, S3 (vended credentials) | ratio |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label, _, _ in CALLS:
+            row = [label]
+            base = statistics.median(times[("embedded", label)])
+            for lake in dirs:
+                v = times[(lake, label)]
+                p50, p90 = statistics.median(v), pct(v, 0.9)
+                out[f"{mode} / {lake} / {label}"] = {"p50_ms": p50, "p90_ms": p90}
+                row.append(f"{p50:.1f} ({p90:.1f})")
+                if lake != "embedded":
+                    row.append(f"{p50 / base:.2f}×")
+            lines.append("| " + " | ".join(row) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
     with open(os.path.join(a.out, "catalogs.md"), "w") as f:

@@ -296,6 +296,19 @@ async def session_calls(binary: str, data_dir: str, calls: list, principal: str 
     return out
 
 
+def classify(data_dir: str) -> None:
+    """The owner's step after `parley init`: every drafted column classified internal, the contracts active."""
+    for root, _dirs, files in os.walk(os.path.join(data_dir, "contracts")):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path) as f:
+                yaml = f.read()
+            yaml = yaml.replace("required: false\n", "required: false\n    classification: internal\n")
+            yaml = yaml.replace("required: true\n", "required: true\n    classification: internal\n")
+            with open(path, "w") as f:
+                f.write(yaml.replace("status: draft", "status: active"))
+
+
 def text(result) -> str:
     return "".join(c.text for c in result.content if getattr(c, "text", None))
 
@@ -404,17 +417,7 @@ def main() -> None:
         check(results[9].is_error and "names no catalog" in text(results[9]), "a name without its catalog says so")
 
         # 3. An owner classifies the columns; results equal pyiceberg's.
-        contracts = os.path.join(data_dir, "contracts")
-        for root, _dirs, files in os.walk(contracts):
-            for name in files:
-                path = os.path.join(root, name)
-                with open(path) as f:
-                    yaml = f.read()
-                yaml = yaml.replace("required: false\n", "required: false\n    classification: internal\n")
-                yaml = yaml.replace("required: true\n", "required: true\n    classification: internal\n")
-                yaml = yaml.replace("status: draft", "status: active")
-                with open(path, "w") as f:
-                    f.write(yaml)
+        classify(data_dir)
         results = asyncio.run(session_calls(binary, data_dir, [
             ("query", {"sql": "SELECT count(*) AS n, round(sum(amount), 2) AS s, count(DISTINCT customer_id) AS c, "
                               "count(*) FILTER (WHERE channel IS NULL) AS nc FROM lake.sales.orders"}),

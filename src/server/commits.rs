@@ -257,28 +257,7 @@ impl ParleyServer {
                 "Queries naming the changed columns may fail; describe_table shows the new schema."
             }
         );
-        for grant in grants.into_iter().filter(|g| g.is_live(now)) {
-            if let Err(e) = self
-                .app
-                .store
-                .note_contract_change(grant.id(), actor, &reason)
-                .await
-            {
-                tracing::warn!(grant = grant.id(), "cannot record a commit notice: {e}");
-                continue;
-            }
-            self.app.sessions.push(Notice {
-                principal: grant.principal().to_string(),
-                resource: format!("grant://{}", grant.id()),
-                data: json!({
-                    "kind": "contract_change",
-                    "grant_id": grant.id(),
-                    "table": table.to_string(),
-                    "change": kind,
-                    "reason": reason,
-                }),
-            });
-        }
+        tell(&self.app, grants, now, actor, table, kind, &reason).await;
     }
 }
 
@@ -345,27 +324,41 @@ impl ParleyServer {
             let Ok(grants) = app.store.grants_for_table(&table.to_string()).await else {
                 return;
             };
-            for grant in grants.into_iter().filter(|g| g.is_live(now)) {
-                if let Err(e) = app
-                    .store
-                    .note_contract_change(grant.id(), "parley:drift", &reason)
-                    .await
-                {
-                    tracing::warn!(grant = grant.id(), "cannot record a drift notice: {e}");
-                    continue;
-                }
-                app.sessions.push(Notice {
-                    principal: grant.principal().to_string(),
-                    resource: format!("grant://{}", grant.id()),
-                    data: json!({
-                        "kind": "contract_change",
-                        "grant_id": grant.id(),
-                        "table": table.to_string(),
-                        "change": "drift",
-                        "reason": reason,
-                    }),
-                });
-            }
+            tell(&app, grants, now, "parley:drift", &table, "drift", &reason).await;
+        });
+    }
+}
+
+/// Records a `contract_change` event (`actor`, `reason`) on each of `grants` live at `now` — its holder's notices
+/// — and pushes it to the holder's sessions. A notice that cannot be recorded is logged and skipped.
+async fn tell(
+    app: &super::App,
+    grants: Vec<crate::negotiation::Grant>,
+    now: chrono::DateTime<chrono::Utc>,
+    actor: &str,
+    table: &TableName,
+    change: &str,
+    reason: &str,
+) {
+    for grant in grants.into_iter().filter(|g| g.is_live(now)) {
+        if let Err(e) = app
+            .store
+            .note_contract_change(grant.id(), actor, reason)
+            .await
+        {
+            tracing::warn!(grant = grant.id(), "cannot record a contract notice: {e}");
+            continue;
+        }
+        app.sessions.push(Notice {
+            principal: grant.principal().to_string(),
+            resource: format!("grant://{}", grant.id()),
+            data: json!({
+                "kind": "contract_change",
+                "grant_id": grant.id(),
+                "table": table.to_string(),
+                "change": change,
+                "reason": reason,
+            }),
         });
     }
 }
