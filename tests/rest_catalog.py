@@ -19,7 +19,9 @@ TOKEN_TTL seconds, so Parley must renew its own; the REST catalog hides `hr.*` f
      read what the catalog lets *them* see: Parley exchanges each agent's verified JWT at the catalog's token
      endpoint (the fixture maps it to its own principal) and asks the catalog as that agent; an agent the
      catalog does not know sees nothing of it; a stdio principal (no token) neither;
-  6. a wrong client secret is said in the log and in the agent's error, without a response body or secret.
+  6. a wrong client secret is said in the log and in the agent's error, without a response body or secret;
+  7. (run before 6) an owner commits through Parley's /iceberg to the REST catalog: a compatible change lands in
+     the catalog, a breaking one to a contracted column an analyst reads is refused and never reaches it.
 
 Usage: python tests/rest_catalog.py path/to/parley
 """
@@ -343,8 +345,9 @@ def main() -> None:
                      "namespaces": ["sales"], "tables": ["sales.orders"], "read_only": True},
                     {"name": "admin", "client_id": "admin", "client_secret": "admin-secret",
                      "tokens": ["admin-token"], "admin": True},
+                    # Parley's service account: it reads, and lands the commits owners make through Parley.
                     {"name": "parley", "client_id": "parley", "client_secret": SECRET,
-                     "namespaces": ["sales", "sales.eu"], "tables": ["sales.*"], "read_only": True},
+                     "namespaces": ["sales", "sales.eu"], "tables": ["sales.*"], "read_only": False},
                 ]
             },
             f,
@@ -583,6 +586,53 @@ def main() -> None:
               f"a stdio principal has no token to exchange and sees nothing of that catalog ({sorted(listed)})")
         with open(config_path, "w") as f:
             f.write(plain_config)
+
+        # 7. Commits through Parley's /iceberg to a table of the REST catalog: checked against its contract, then
+        # sent on to the catalog with Parley's credentials.
+        import yaml
+
+        from pyiceberg.exceptions import CommitFailedException
+
+        write_config(SECRET)
+        path = os.path.join(data_dir, "contracts", "lake", "sales", "orders.yaml")
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+        doc["team"] = {"name": "lake-owners"}
+        doc.setdefault("slaProperties", []).append({"property": "schemaStability", "value": "stable"})
+        with open(path, "w") as f:
+            yaml.safe_dump(doc, f, sort_keys=False)
+        carol = subprocess.run(
+            [binary, "token", "--data-dir", data_dir, "--principal", "carol", "--groups", "lake-owners"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        port = free_port()
+        server = subprocess.Popen(
+            [binary, "serve", "--data-dir", data_dir, "--http", f"127.0.0.1:{port}", "--dev-issuer"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PARLEY_LOG": "info", "PARLEY_CATALOG_CACHE_TTL_MS": "0"},
+        )
+        try:
+            for line in server.stderr:
+                if "serving MCP over streamable HTTP" in line:
+                    break
+            own = load_catalog("own", type="rest", uri=f"http://127.0.0.1:{port}/iceberg", token=carol)
+            with own.load_table(("lake", "sales", "orders")).update_schema() as update:
+                update.add_column("note", StringType())
+            straight = load_catalog("admin3", type="rest", uri=url, token="admin-token")
+            names = lambda: [f.name for f in straight.load_table("sales.orders").schema().fields]  # noqa: E731
+            check("note" in names(), "an owner's compatible commit through Parley lands in the REST catalog")
+            try:
+                own.load_table(("lake", "sales", "orders")).update_schema().delete_column("amount").commit()
+                refused = None
+            except CommitFailedException as e:
+                refused = str(e)
+            check(refused is not None and "schemaStability" in refused and "analyst" in refused
+                  and "amount" in names(),
+                  f"dropping a contracted column an analyst reads is refused before it reaches the catalog: {refused}")
+        finally:
+            server.terminate()
+            server.stderr.read()
+            server.wait()
 
         # 6. A wrong secret: said at start-up and to the agent, without the secret or a response body.
         write_config("wrong-secret")

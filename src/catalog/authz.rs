@@ -384,14 +384,14 @@ fn client_credential(catalog: &CatalogSettings) -> Option<(String, String)> {
 /// Parley's own token for a catalog's services: the catalog's static `token`, or one obtained with its
 /// `credential` (OAuth2 client credentials) at `oauth2-server-uri` (else `<uri>/v1/oauth/tokens`), kept until
 /// shortly before it expires.
-struct ServiceToken {
+pub(crate) struct ServiceToken {
     token: Option<String>,
     client_credentials: Option<(String, String, String, Option<String>)>,
     current: tokio::sync::Mutex<Option<(String, Instant)>>,
 }
 
 impl ServiceToken {
-    fn new(catalog: &CatalogSettings) -> ServiceToken {
+    pub(crate) fn new(catalog: &CatalogSettings) -> ServiceToken {
         let p = &catalog.properties;
         let client_credentials = client_credential(catalog)
             .map(|(id, secret)| (token_endpoint(catalog), id, secret, p.get("scope").cloned()));
@@ -402,7 +402,7 @@ impl ServiceToken {
         }
     }
 
-    async fn get(&self, client: &reqwest::Client) -> Result<Option<String>, String> {
+    pub(crate) async fn get(&self, client: &reqwest::Client) -> Result<Option<String>, String> {
         if let Some(token) = &self.token {
             return Ok(Some(token.clone()));
         }

@@ -2,10 +2,11 @@
 //! requirements it asserts and the updates it makes) staged against the table's current metadata, so what it
 //! changes can be checked against the table's contract before anything is written; then landed in the catalog.
 //!
-//! Landing writes the new metadata file next to the current one and swaps the catalog's pointer only if it still
-//! names the metadata the commit was staged on — the optimistic concurrency every Iceberg catalog uses. It is
-//! done here for SQL catalogs (iceberg-rust does not let a commit be built from a REST request's parts);
-//! commits to tables of REST catalogs are refused until they can be forwarded.
+//! Landing in a SQL catalog writes the new metadata file next to the current one and swaps the catalog's pointer
+//! only if it still names the metadata the commit was staged on — the optimistic concurrency every Iceberg
+//! catalog uses. In a REST catalog, the request itself (the writer's requirements and updates, unchanged) is
+//! sent to the catalog's own `updateTable` with Parley's service credentials (iceberg-rust does not let a commit
+//! be built from a REST request's parts), so the catalog checks the requirements again and applies it.
 //!
 //! Invariant: nothing is written unless every requirement holds against the metadata the commit was staged on,
 //! and the pointer moves only from that metadata.
@@ -77,13 +78,10 @@ pub async fn land(
     ident: &iceberg::TableIdent,
     current: &Table,
     staged: &TableMetadata,
+    request: &[u8],
 ) -> Result<String, CommitError> {
-    if settings.kind != CatalogKind::Sql {
-        return Err(CommitError::Unsupported(format!(
-            "commits through Parley reach SQL catalogs only so far; catalog {:?} is a REST catalog: commit to \
-             it directly (Parley then checks the change against the contract as drift)",
-            settings.name
-        )));
+    if settings.kind == CatalogKind::Rest {
+        return land_rest(settings, ident, request).await;
     }
     let uri = settings
         .properties
@@ -126,6 +124,94 @@ pub async fn land(
         ));
     }
     Ok(next)
+}
+
+/// Sends the writer's `updateTable` request to a REST catalog as Parley (its `token`, or one for its
+/// `credential`), at the catalog's prefix (`/v1/config`'s `overrides.prefix`). Returns the new metadata location.
+async fn land_rest(
+    settings: &CatalogSettings,
+    ident: &iceberg::TableIdent,
+    request: &[u8],
+) -> Result<String, CommitError> {
+    let props = &settings.properties;
+    let failed = |e: String| CommitError::Failed(format!("catalog {:?}: {e}", settings.name));
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    let token = super::authz::ServiceToken::new(settings)
+        .get(&client)
+        .await
+        .map_err(failed)?;
+    let uri = props
+        .get("uri")
+        .ok_or_else(|| failed("no uri".to_string()))?
+        .trim_end_matches('/');
+    let headers = |mut req: reqwest::RequestBuilder| {
+        if let Some(token) = &token {
+            req = req.bearer_auth(token);
+        }
+        for (key, value) in props {
+            if let Some(name) = key.strip_prefix("header.")
+                && !value.is_empty()
+            {
+                req = req.header(name, value);
+            }
+        }
+        req
+    };
+    let mut config = headers(client.get(format!("{uri}/v1/config")));
+    if let Some(warehouse) = props.get("warehouse") {
+        config = config.query(&[("warehouse", warehouse)]);
+    }
+    let config: serde_json::Value = config
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| failed(format!("/v1/config: {e}")))?
+        .json()
+        .await
+        .map_err(|e| failed(format!("/v1/config: {e}")))?;
+    let prefix = config["overrides"]["prefix"]
+        .as_str()
+        .or_else(|| props.get("prefix").map(String::as_str))
+        .unwrap_or_default()
+        .to_string();
+    let mut url = reqwest::Url::parse(uri).map_err(|e| failed(format!("uri: {e}")))?;
+    {
+        let mut path = url
+            .path_segments_mut()
+            .map_err(|()| failed("uri cannot be a base".to_string()))?;
+        path.pop_if_empty().push("v1");
+        path.extend(prefix.split('/').filter(|p| !p.is_empty()));
+        path.push("namespaces")
+            .push(&ident.namespace().join("\u{1f}"))
+            .push("tables")
+            .push(ident.name());
+    }
+    let response = headers(client.post(url))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(request.to_vec())
+        .send()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if status.is_success() {
+        return body["metadata-location"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| failed("the answer has no metadata-location".to_string()));
+    }
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or("no message")
+        .to_string();
+    Err(match status.as_u16() {
+        409 => CommitError::Conflict(message),
+        400 | 422 => CommitError::Invalid(message),
+        code => failed(format!("HTTP {code}: {message}")),
+    })
 }
 
 #[cfg(test)]
@@ -197,7 +283,7 @@ mod tests {
 
         let staged = stage(&table, &add_note(schema_id)).unwrap();
         assert!(staged.current_schema().field_by_name("note").is_some());
-        let location = land(&settings, &ident, &table, &staged).await.unwrap();
+        let location = land(&settings, &ident, &table, &staged, b"").await.unwrap();
         let now = catalog.load_table(&ident).await.unwrap();
         assert_eq!(now.metadata_location(), Some(location.as_str()));
         assert!(
@@ -208,7 +294,7 @@ mod tests {
         );
 
         // A second commit staged on the old metadata: the pointer moved, so it does not land.
-        let again = land(&settings, &ident, &table, &staged).await;
+        let again = land(&settings, &ident, &table, &staged, b"").await;
         assert!(matches!(again, Err(CommitError::Conflict(_))), "{again:?}");
         assert_eq!(
             catalog
@@ -217,17 +303,6 @@ mod tests {
                 .unwrap()
                 .metadata_location(),
             Some(location.as_str())
-        );
-
-        // REST catalogs are refused, saying what to do.
-        let rest = CatalogSettings {
-            kind: CatalogKind::Rest,
-            ..settings
-        };
-        let refused = land(&rest, &ident, &now, &staged).await;
-        assert!(
-            matches!(&refused, Err(CommitError::Unsupported(m)) if m.contains("commit to it directly")),
-            "{refused:?}"
         );
     }
 }

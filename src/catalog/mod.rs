@@ -727,6 +727,7 @@ impl Lakehouse {
         table: &TableName,
         current: &Table,
         staged: &iceberg::spec::TableMetadata,
+        request: &[u8],
     ) -> Result<String, commit::CommitError> {
         let (settings, ident) = if self.federated {
             let catalog = table.namespace.first().cloned().unwrap_or_default();
@@ -748,7 +749,7 @@ impl Lakehouse {
         let settings = settings.ok_or_else(|| {
             commit::CommitError::Unsupported(format!("no catalog serves {table}"))
         })?;
-        let landed = commit::land(settings, &ident, current, staged).await;
+        let landed = commit::land(settings, &ident, current, staged, request).await;
         self.tables.invalidate(table);
         landed
     }

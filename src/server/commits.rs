@@ -153,7 +153,7 @@ impl ParleyServer {
             return Err(ToolError::Conflict(message));
         }
         let location = lakehouse
-            .land(&name, &current, &staged)
+            .land(&name, &current, &staged, body)
             .await
             .map_err(commit_error)?;
         let summary = if changes.is_empty() {
