@@ -522,6 +522,25 @@ impl ContractStore {
             .map(|v| v.loaded.clone())
     }
 
+    /// The tables whose contract versions differ between `self` and `other` (added, removed or edited).
+    pub fn changed_tables(&self, other: &ContractStore) -> Vec<String> {
+        let texts = |store: &ContractStore, table: &str| -> Vec<String> {
+            store
+                .versions(table)
+                .iter()
+                .map(|v| v.loaded.yaml.clone())
+                .collect()
+        };
+        self.by_table
+            .keys()
+            .chain(other.by_table.keys())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|t| texts(self, t) != texts(other, t))
+            .cloned()
+            .collect()
+    }
+
     /// Every version of `namespace.table`'s contract, oldest first.
     pub fn versions(&self, qualified: &str) -> &[Version] {
         self.by_table.get(qualified).map_or(&[], Vec::as_slice)

@@ -984,7 +984,9 @@ fn watch_files(policy: Arc<ReloadablePolicy>, app: Arc<App>) {
                 Ok(false) => {}
                 Err(e) => tracing::error!("policy reload failed, keeping the previous policy: {e}"),
             }
-            if let Some((loaded, refused)) = app.lakehouse.reload_contracts(forced) {
+            if let Some((loaded, refused, changed)) = app.lakehouse.reload_contracts(forced) {
+                // Subscribers of a changed table's `contract://` resource hear that it changed.
+                app.sessions.contracts_changed(&changed);
                 if refused == 0 {
                     tracing::info!(contracts = loaded, "contracts reloaded");
                 } else {

@@ -400,13 +400,34 @@ impl ServerHandler for ParleyServer {
         request: SubscribeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        if let Some(rest) = request.uri.strip_prefix(resources::CONTRACT_SCHEME) {
+            // A contract changes when an owner publishes a version: followed by those who may read it, and
+            // answered like a read for the rest (a table the caller may not discover is a missing one).
+            let table = rest.replace('/', ".");
+            let principal = self.principal(&ctx);
+            self.app
+                .gate
+                .run(&principal, "resources/subscribe", None, async |c| {
+                    self.do_get_contract(c, &table).await.map(|_| ())
+                })
+                .await
+                .map_err(|e| ErrorData::resource_not_found(e, None))?;
+            if !self.session.subscribe(&request.uri) {
+                return Err(ErrorData::invalid_params(
+                    "this session holds the most subscriptions allowed; unsubscribe from some first",
+                    None,
+                ));
+            }
+            return Ok(());
+        }
         self.audited(&ctx, "resources/subscribe", &request.uri)
             .await?;
         if !changes(&request.uri) {
             return Err(ErrorData::invalid_params(
                 format!(
-                    "{} never changes; subscribe to request://{{request_id}} (an owner decides) or \
-                     grant://{{grant_id}} (an owner revokes)",
+                    "{} never changes; subscribe to request://{{request_id}} (an owner decides), \
+                     grant://{{grant_id}} (an owner revokes) or contract://{{namespace}}/{{table}} (an owner \
+                     publishes a version)",
                     request.uri
                 ),
                 None,

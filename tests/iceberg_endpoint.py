@@ -49,6 +49,34 @@ async def mcp_calls(url: str, token: str, calls: list) -> list:
     return out
 
 
+async def watch(url: str, token: str, uri: str, act) -> tuple:
+    """Subscribes to `uri` in a session of its own, runs `act` (blocking) and returns (its result, the resource
+    updates the session heard within 10 s)."""
+    from mcp import ClientSession, types
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    updates = []
+
+    async def handler(message) -> None:
+        # The notification itself, or wrapped in a ServerNotification (older SDKs).
+        note = getattr(message, "root", message)
+        if isinstance(note, types.ResourceUpdatedNotification):
+            updates.append(str(note.params.uri))
+
+    client = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+    async with client, streamable_http_client(url, http_client=client) as streams:
+        async with ClientSession(streams[0], streams[1], message_handler=handler) as session:
+            await session.initialize()
+            await session.subscribe_resource(uri)
+            result = await asyncio.to_thread(act)
+            for _ in range(50):
+                if updates:
+                    break
+                await asyncio.sleep(0.2)
+    return result, updates
+
+
 def check(cond: bool, what: str) -> None:
     if not cond:
         raise SystemExit(f"FAILED: {what}")
@@ -209,10 +237,13 @@ def main() -> None:
         from datetime import datetime, timedelta, timezone
 
         effective = (datetime.now(timezone.utc) + timedelta(days=31)).strftime("%Y-%m-%d")
-        r = publish("--effective", effective)
+        r, updates = asyncio.run(watch(mcp_url, analyst, "contract://sales/orders",
+                                       lambda: publish("--effective", effective)))
         check(r.returncode == 0 and "1 grant holder(s) told" in r.stdout
               and f"made under the old version: {grant_id} (analyst)" in r.stdout,
               f"v2 is published, its grant holders told, the grants under v1 listed: {r.stdout.strip()}")
+        check(updates == ["contract://sales/orders"],
+              f"a session subscribed to the contract resource hears that it changed ({updates})")
         for _ in range(50):  # the server reloads contract files within seconds
             c = asyncio.run(mcp_calls(mcp_url, analyst, [("get_contract", {"table": "sales.orders"})]))[0]
             if any(v["state"] == "pending" for v in c.structured_content["versions"]):

@@ -112,8 +112,18 @@ async fn owners_decisions_reach_the_requesters_connected_sessions() {
         .subscribe(SubscribeRequestParams::new(request_uri.clone()))
         .await
         .unwrap();
-    let e = analyst
+    // A contract changes when a version is published: followed like a read of it.
+    analyst
         .subscribe(SubscribeRequestParams::new("contract://sales/orders"))
+        .await
+        .unwrap();
+    let hidden = analyst
+        .subscribe(SubscribeRequestParams::new("contract://sales/nonexistent"))
+        .await
+        .unwrap_err();
+    assert!(hidden.to_string().contains("not found"), "{hidden}");
+    let e = analyst
+        .subscribe(SubscribeRequestParams::new("audit://sales/orders"))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("never changes"), "{e}");

@@ -333,8 +333,8 @@ impl Lakehouse {
 
     /// Reloads the contracts when their files changed (or always, with `force`): a new set replaces the old one
     /// whole, so a call sees either. A contract that no longer loads is logged and its table counts as
-    /// unclassified, exactly as at start-up. `Some((loaded, rejected))` when a reload happened.
-    pub fn reload_contracts(&self, force: bool) -> Option<(usize, usize)> {
+    /// unclassified, exactly as at start-up. `Some((loaded, rejected, changed tables))` when a reload happened.
+    pub fn reload_contracts(&self, force: bool) -> Option<(usize, usize, Vec<TableName>)> {
         let (dir, stamp) = self.contracts_dir.as_ref()?;
         let now = ContractsStamp::of(dir);
         {
@@ -347,14 +347,21 @@ impl Lakehouse {
             *last = now;
         }
         let store = ContractStore::load(dir);
-        let counts = (store.len(), store.rejected.len());
-        *self
+        let (loaded, rejected) = (store.len(), store.rejected.len());
+        let mut current = self
             .contracts
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(store);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = current
+            .changed_tables(&store)
+            .iter()
+            .filter_map(|t| TableName::parse(t).ok())
+            .collect();
+        *current = Arc::new(store);
+        drop(current);
         self.contracts_version
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Some(counts)
+        Some((loaded, rejected, changed))
     }
 
     /// Asks the catalogs' own permission services (`[catalogs.authorization]`) besides Parley's policy.

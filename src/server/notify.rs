@@ -205,6 +205,72 @@ impl Sessions {
     }
 }
 
+impl Sessions {
+    /// Tells every session subscribed to the `contract://` resource of one of `tables` that it changed (a new
+    /// or edited contract version), on a task of its own.
+    pub fn contracts_changed(&self, tables: &[crate::catalog::TableName]) {
+        if tables.is_empty() {
+            return;
+        }
+        let uris: BTreeSet<String> = tables
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}{}/{}",
+                    super::resources::CONTRACT_SCHEME,
+                    t.namespace_str(),
+                    t.name
+                )
+            })
+            .collect();
+        let channels: Vec<(String, Channel)> = lock(&self.by_principal)
+            .iter()
+            .flat_map(|(p, list)| {
+                list.iter()
+                    .filter(|c| !c.closed())
+                    .map(|c| (p.clone(), c.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if channels.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            for (principal, channel) in channels {
+                for uri in &uris {
+                    let notice = Notice {
+                        principal: principal.clone(),
+                        resource: uri.clone(),
+                        data: Value::Null,
+                    };
+                    if let Err(e) = send_update(&channel, &notice).await {
+                        tracing::debug!(%principal, "a session could not take a resource update: {e}");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Only the resource update of `notice` (no log message), to a channel subscribed to its resource.
+async fn send_update(channel: &Channel, notice: &Notice) -> Result<(), String> {
+    match channel {
+        Channel::Session(session) => match session.peer.get() {
+            Some(peer) if session.subscribed(&notice.resource) => peer
+                .notify_resource_updated(ResourceUpdatedNotificationParam::new(
+                    notice.resource.clone(),
+                ))
+                .await
+                .map_err(|e| e.to_string()),
+            _ => Ok(()),
+        },
+        Channel::Listen(..) => send(channel, notice).await,
+    }
+}
+
 async fn send(channel: &Channel, notice: &Notice) -> Result<(), String> {
     match channel {
         Channel::Session(session) => {
