@@ -170,6 +170,55 @@ pub fn schema_changes(old: &Schema, new: &Schema) -> Vec<SchemaChange> {
     out
 }
 
+/// How the default partition spec changed from `old` to `new`, by source column: a partition field added or
+/// removed (or its transform changed). Compatible: a query's answer never depends on partitioning, only its cost
+/// — consumers are told, nothing is refused. Contracts document no access patterns yet that a change could break.
+pub fn partition_changes(
+    old: &iceberg::spec::TableMetadata,
+    new: &iceberg::spec::TableMetadata,
+) -> Vec<SchemaChange> {
+    let fields = |m: &iceberg::spec::TableMetadata| -> Vec<(String, String)> {
+        m.default_partition_spec()
+            .fields()
+            .iter()
+            .map(|f| {
+                let column = m
+                    .current_schema()
+                    .name_by_field_id(f.source_id)
+                    .map(str::to_string)
+                    .or_else(|| {
+                        old.current_schema()
+                            .name_by_field_id(f.source_id)
+                            .map(str::to_string)
+                    })
+                    .unwrap_or_else(|| format!("field {}", f.source_id));
+                (column, f.transform.to_string())
+            })
+            .collect()
+    };
+    let (before, after) = (fields(old), fields(new));
+    let mut out = Vec::new();
+    for (column, transform) in &before {
+        if !after.contains(&(column.clone(), transform.clone())) {
+            out.push(change(
+                Impact::Compatible,
+                column,
+                format!("no longer partitions the table ({transform}); queries filtering on it may read more"),
+            ));
+        }
+    }
+    for (column, transform) in &after {
+        if !before.contains(&(column.clone(), transform.clone())) {
+            out.push(change(
+                Impact::Compatible,
+                column,
+                format!("now partitions the table ({transform})"),
+            ));
+        }
+    }
+    out
+}
+
 /// ODCS logical type of an Iceberg type.
 pub fn logical_type(t: &Type) -> &'static str {
     match t {

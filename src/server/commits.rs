@@ -87,10 +87,14 @@ impl ParleyServer {
             .await
             .map_err(ToolError::from)?;
         let staged = commit::stage(&current, &request).map_err(commit_error)?;
-        let changes = crate::compat::schema_changes(
+        let mut changes = crate::compat::schema_changes(
             current.metadata().current_schema(),
             staged.current_schema(),
         );
+        changes.extend(crate::compat::partition_changes(
+            current.metadata(),
+            &staged,
+        ));
         let contract = lakehouse.contract(&name);
         // Breaking by Iceberg's rules, on a column the contract in force promises: a column the contract does
         // not name is not its business (a new contract version that drops a column releases it).
