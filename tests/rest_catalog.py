@@ -54,10 +54,10 @@ TOKEN_TTL = 5
 
 def start_fixture(warehouse: str, auth: str, vend: str) -> tuple[subprocess.Popen, str]:
     # Issued tokens live TOKEN_TTL seconds (Parley must renew them); table loads that ask for vended credentials
-    # get the storage properties in `vend`.
+    # get the storage properties in `vend`; lists come one entry per page (Parley must follow next-page-token).
     proc = subprocess.Popen(
         ["bash", FIXTURE, "0", f"file://{warehouse}", "--auth", auth, "--prefix", "wh1", "--quiet",
-         "--token-ttl", str(TOKEN_TTL), "--vend", vend],
+         "--token-ttl", str(TOKEN_TTL), "--vend", vend, "--page-size", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
