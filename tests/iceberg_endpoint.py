@@ -213,6 +213,39 @@ def main() -> None:
         with own.load_table("sales.orders").update_schema() as update:
             update.delete_column("gift_note")
         check("gift_note" not in fields(), "dropping a column the contract does not promise lands")
+        # Data through Parley: an append lands; a snapshot that points at another table's files (or climbs out of
+        # the table's location with `..`) is refused, so no owner can serve another table's data under its grants.
+        products = direct.load_table("sales.products").scan().to_arrow().num_rows
+        t = own.load_table("sales.products")
+        t.append(t.scan(limit=10).to_arrow())
+        check(direct.load_table("sales.products").scan().to_arrow().num_rows == products + 10,
+              "an owner's append through Parley lands (its files are the table's own)")
+        before_rows = direct.load_table("sales.orders").scan().to_arrow().num_rows
+        orders_meta = direct.load_table("sales.orders").metadata
+        foreign = direct.load_table("sales.customers").metadata.current_snapshot().manifest_list
+        climbing = orders_meta.location.rstrip("/") + "/../customers/" + foreign.split("/customers/", 1)[1]
+        for manifest_list in (foreign, climbing):
+            body = json.dumps({"requirements": [], "updates": [
+                {"action": "add-snapshot", "snapshot": {
+                    "snapshot-id": 4242424242, "parent-snapshot-id": orders_meta.current_snapshot_id,
+                    "sequence-number": orders_meta.last_sequence_number + 1,
+                    "timestamp-ms": orders_meta.last_updated_ms + 1, "manifest-list": manifest_list,
+                    "summary": {"operation": "append"}, "schema-id": orders_meta.current_schema_id}},
+                {"action": "set-snapshot-ref", "ref-name": "main", "type": "branch", "snapshot-id": 4242424242},
+            ]}).encode()
+            request = urllib.request.Request(f"{uri}/v1/namespaces/sales/tables/orders", data=body, method="POST",
+                                             headers={"Authorization": f"Bearer {owner}",
+                                                      "Content-Type": "application/json"})
+            try:
+                urllib.request.urlopen(request, timeout=30)
+                status, answer = 200, ""
+            except urllib.error.HTTPError as err:
+                status, answer = err.code, err.read().decode()
+            check(status == 400 and "outside the table's location" in answer,
+                  f"a snapshot of another table's files is refused ({status}: {answer[:140]})")
+        check(direct.load_table("sales.orders").scan().to_arrow().num_rows == before_rows,
+              "and nothing changed")
+
         # A new contract version without `status`: breaking, so it needs a new major version and the notice period.
         import time
 
@@ -316,7 +349,7 @@ def main() -> None:
           f"every load is audited with its decision ({len(loads)} records)")
     commits = [r for r in records if r["tool"] == "iceberg:updateTable"]
     check([r["decision"] for r in commits if r["principal"] == "sales-owner"]
-          == ["allowed", "allowed", "denied", "allowed", "denied", "allowed"]
+          == ["allowed", "allowed", "denied", "allowed", "allowed", "error", "error", "denied", "allowed"]
           and "schemaStability" in commits[2]["reason"],
           f"every commit is audited with its decision and the contract clause ({len(commits)} records)")
     print("iceberg endpoint: all checks passed")

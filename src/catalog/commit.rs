@@ -70,6 +70,103 @@ pub fn stage(current: &Table, request: &UpdateTableRequest) -> Result<TableMetad
         .metadata)
 }
 
+/// Refuses what a commit through Parley may not do: point the table at files outside its own location. A new
+/// snapshot's manifest list, manifests and data and delete files must all lie under the table's location (or its
+/// `write.data.path` / `write.metadata.path`), without `..` segments — otherwise an owner of one table could
+/// make Parley, reading with its own storage credentials, serve another table's files under this table's grants.
+/// Moving the table (`set-location`), encryption keys and statistics files are not accepted here.
+pub async fn check_files(
+    current: &Table,
+    staged: &TableMetadata,
+    request: &UpdateTableRequest,
+) -> Result<(), CommitError> {
+    let mut roots = vec![
+        current
+            .metadata()
+            .location()
+            .trim_end_matches('/')
+            .to_string(),
+    ];
+    for key in ["write.data.path", "write.metadata.path"] {
+        if let Some(path) = current.metadata().properties().get(key) {
+            roots.push(path.trim_end_matches('/').to_string());
+        }
+    }
+    let inside = |path: &str| {
+        !path.split('/').any(|segment| segment == "..")
+            && roots.iter().any(|root| {
+                path.strip_prefix(root.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+    };
+    let outside = |what: &str, path: &str| {
+        CommitError::Invalid(format!(
+            "{what} {path} lies outside the table's location ({}): commits through Parley may reference only \
+             the table's own files",
+            roots.join(", ")
+        ))
+    };
+    let mut snapshots = Vec::new();
+    for update in &request.updates {
+        match update {
+            TableUpdate::AddSnapshot { snapshot } => snapshots.push(snapshot.snapshot_id()),
+            TableUpdate::SetLocation { .. }
+            | TableUpdate::AddEncryptionKey { .. }
+            | TableUpdate::RemoveEncryptionKey { .. }
+            | TableUpdate::SetStatistics { .. }
+            | TableUpdate::SetPartitionStatistics { .. } => {
+                return Err(CommitError::Invalid(format!(
+                    "{} is not accepted through Parley; make this change in the catalog directly",
+                    serde_json::to_value(update)
+                        .ok()
+                        .and_then(|v| v["action"].as_str().map(str::to_string))
+                        .unwrap_or_else(|| "this update".to_string())
+                )));
+            }
+            _ => {}
+        }
+    }
+    if snapshots.is_empty() {
+        return Ok(());
+    }
+    let table = Table::builder()
+        .identifier(current.identifier().clone())
+        .file_io(current.file_io().clone())
+        .metadata(staged.clone())
+        .readonly(true)
+        .runtime(iceberg::Runtime::try_current().map_err(|e| CommitError::Failed(e.to_string()))?)
+        .build()
+        .map_err(|e| CommitError::Failed(e.to_string()))?;
+    for id in snapshots {
+        let Some(snapshot) = staged.snapshot_by_id(id) else {
+            continue;
+        };
+        if !inside(snapshot.manifest_list()) {
+            return Err(outside("the manifest list", snapshot.manifest_list()));
+        }
+        let list = table
+            .manifest_list_reader(snapshot)
+            .load()
+            .await
+            .map_err(|e| CommitError::Invalid(format!("the new snapshot's manifest list: {e}")))?;
+        for manifest in list.entries() {
+            if !inside(&manifest.manifest_path) {
+                return Err(outside("the manifest", &manifest.manifest_path));
+            }
+            let entries = manifest.load_manifest(table.file_io()).await.map_err(|e| {
+                CommitError::Invalid(format!("manifest {}: {e}", manifest.manifest_path))
+            })?;
+            for entry in entries.entries() {
+                let path = entry.data_file().file_path();
+                if !inside(path) {
+                    return Err(outside("the file", path));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes `staged` as `current`'s next metadata file and points the catalog at it, if the catalog still points
 /// at `current`'s. `ident` is the table's name in its own catalog (without a federation's catalog level).
 /// Returns the new metadata location.

@@ -87,6 +87,9 @@ impl ParleyServer {
             .await
             .map_err(ToolError::from)?;
         let staged = commit::stage(&current, &request).map_err(commit_error)?;
+        commit::check_files(&current, &staged, &request)
+            .await
+            .map_err(commit_error)?;
         let mut changes = crate::compat::schema_changes(
             current.metadata().current_schema(),
             staged.current_schema(),
