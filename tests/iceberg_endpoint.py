@@ -245,6 +245,10 @@ def main() -> None:
                   f"a snapshot of another table's files is refused ({status}: {answer[:140]})")
         check(direct.load_table("sales.orders").scan().to_arrow().num_rows == before_rows,
               "and nothing changed")
+        e = raised(lambda: own.load_table("sales.orders").transaction().set_properties(
+            {"write.data.path": foreign.split("/metadata/")[0] + "/data"}).commit_transaction())
+        check(e is not None and "may not be changed through Parley" in str(e),
+              f"nor can an owner move where the table's files may lie ({str(e)[:120]})")
 
         # A new contract version without `status`: breaking, so it needs a new major version and the notice period.
         import time
@@ -349,7 +353,7 @@ def main() -> None:
           f"every load is audited with its decision ({len(loads)} records)")
     commits = [r for r in records if r["tool"] == "iceberg:updateTable"]
     check([r["decision"] for r in commits if r["principal"] == "sales-owner"]
-          == ["allowed", "allowed", "denied", "allowed", "allowed", "error", "error", "denied", "allowed"]
+          == ["allowed", "allowed", "denied", "allowed", "allowed", "error", "error", "error", "denied", "allowed"]
           and "schemaStability" in commits[2]["reason"],
           f"every commit is audited with its decision and the contract clause ({len(commits)} records)")
     print("iceberg endpoint: all checks passed")

@@ -74,7 +74,8 @@ pub fn stage(current: &Table, request: &UpdateTableRequest) -> Result<TableMetad
 /// snapshot's manifest list, manifests and data and delete files must all lie under the table's location (or its
 /// `write.data.path` / `write.metadata.path`), without `..` segments — otherwise an owner of one table could
 /// make Parley, reading with its own storage credentials, serve another table's files under this table's grants.
-/// Moving the table (`set-location`), encryption keys and statistics files are not accepted here.
+/// Moving the table (`set-location`), setting the properties that say where its files lie, encryption keys and
+/// statistics files are not accepted here.
 pub async fn check_files(
     current: &Table,
     staged: &TableMetadata,
@@ -110,6 +111,20 @@ pub async fn check_files(
     for update in &request.updates {
         match update {
             TableUpdate::AddSnapshot { snapshot } => snapshots.push(snapshot.snapshot_id()),
+            // Where the table's files may lie is the catalog's to say: through Parley a commit could first widen
+            // it (`write.data.path` = another table's folder) and then name that table's files.
+            TableUpdate::SetProperties { updates } if updates.keys().any(|k| locates(k)) => {
+                return Err(CommitError::Invalid(format!(
+                    "{} may not be changed through Parley (it says where the table's files lie); set it in the \
+                     catalog directly",
+                    updates
+                        .keys()
+                        .filter(|k| locates(k))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
             TableUpdate::SetLocation { .. }
             | TableUpdate::AddEncryptionKey { .. }
             | TableUpdate::RemoveEncryptionKey { .. }
@@ -165,6 +180,12 @@ pub async fn check_files(
         }
     }
     Ok(())
+}
+
+/// Whether a table property says where the table's files lie (`write.data.path`, `write.metadata.path`,
+/// `write.object-storage.path`, ...).
+fn locates(key: &str) -> bool {
+    key.starts_with("write.") && (key.ends_with(".path") || key.ends_with("location"))
 }
 
 /// Writes `staged` as `current`'s next metadata file and points the catalog at it, if the catalog still points
