@@ -21,7 +21,7 @@ use serde::Deserialize;
 use crate::config::{CatalogKind, CatalogSettings};
 
 /// The body of an Iceberg REST `updateTable` request (`POST .../tables/{table}`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 pub struct UpdateTableRequest {
     /// What the writer assumed of the table (its current schema, snapshot, ...).
     #[serde(default)]
@@ -196,7 +196,7 @@ pub async fn land(
     ident: &iceberg::TableIdent,
     current: &Table,
     staged: &TableMetadata,
-    request: &[u8],
+    request: &UpdateTableRequest,
 ) -> Result<String, CommitError> {
     if settings.kind == CatalogKind::Rest {
         return land_rest(settings, ident, request).await;
@@ -244,13 +244,15 @@ pub async fn land(
     Ok(next)
 }
 
-/// Sends the writer's `updateTable` request to a REST catalog as Parley (its `token`, or one for its
+/// Sends the writer's `updateTable` request — as parsed and checked here, not the bytes received, so the catalog
+/// applies exactly what was checked — to a REST catalog as Parley (its `token`, or one for its
 /// `credential`), at the catalog's prefix (`/v1/config`'s `overrides.prefix`). Returns the new metadata location.
 async fn land_rest(
     settings: &CatalogSettings,
     ident: &iceberg::TableIdent,
-    request: &[u8],
+    request: &UpdateTableRequest,
 ) -> Result<String, CommitError> {
+    let body = serde_json::to_vec(request).map_err(|e| CommitError::Failed(e.to_string()))?;
     let props = &settings.properties;
     let failed = |e: String| CommitError::Failed(format!("catalog {:?}: {e}", settings.name));
     let client = reqwest::Client::builder()
@@ -309,7 +311,7 @@ async fn land_rest(
     }
     let response = headers(client.post(url))
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(request.to_vec())
+        .body(body)
         .send()
         .await
         .map_err(|e| failed(e.to_string()))?;
@@ -401,7 +403,9 @@ mod tests {
 
         let staged = stage(&table, &add_note(schema_id)).unwrap();
         assert!(staged.current_schema().field_by_name("note").is_some());
-        let location = land(&settings, &ident, &table, &staged, b"").await.unwrap();
+        let location = land(&settings, &ident, &table, &staged, &add_note(schema_id))
+            .await
+            .unwrap();
         let now = catalog.load_table(&ident).await.unwrap();
         assert_eq!(now.metadata_location(), Some(location.as_str()));
         assert!(
@@ -412,7 +416,7 @@ mod tests {
         );
 
         // A second commit staged on the old metadata: the pointer moved, so it does not land.
-        let again = land(&settings, &ident, &table, &staged, b"").await;
+        let again = land(&settings, &ident, &table, &staged, &add_note(schema_id)).await;
         assert!(matches!(again, Err(CommitError::Conflict(_))), "{again:?}");
         assert_eq!(
             catalog

@@ -734,7 +734,7 @@ impl Lakehouse {
         table: &TableName,
         current: &Table,
         staged: &iceberg::spec::TableMetadata,
-        request: &[u8],
+        request: &commit::UpdateTableRequest,
     ) -> Result<String, commit::CommitError> {
         let (settings, ident) = if self.federated {
             let catalog = table.namespace.first().cloned().unwrap_or_default();

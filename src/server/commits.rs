@@ -160,7 +160,7 @@ impl ParleyServer {
             return Err(ToolError::Conflict(message));
         }
         let location = lakehouse
-            .land(&name, &current, &staged, body)
+            .land(&name, &current, &staged, &request)
             .await
             .map_err(commit_error)?;
         let summary = if changes.is_empty() {
