@@ -276,6 +276,20 @@ async def http_calls(url: str, token: str, calls: list) -> list:
     return out
 
 
+def serve_http(binary: str, data_dir: str) -> tuple[subprocess.Popen, int]:
+    """`parley serve --http` with the dev issuer on a free port, once it listens; its stderr stays readable."""
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, "serve", "--data-dir", data_dir, "--http", f"127.0.0.1:{port}", "--dev-issuer"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PARLEY_LOG": "info", "PARLEY_CATALOG_CACHE_TTL_MS": "0"},
+    )
+    for line in server.stderr:
+        if "serving MCP over streamable HTTP" in line:
+            break
+    return server, port
+
+
 def free_port() -> int:
     import socket
 
@@ -550,16 +564,8 @@ def main() -> None:
                 + '[catalogs.authorization]\ntype = "token-exchange"\ncache-ms = 0\n\n'
                 + plain_config[lake_end:]
             )
-        port = free_port()
-        server = subprocess.Popen(
-            [binary, "serve", "--data-dir", data_dir, "--http", f"127.0.0.1:{port}", "--dev-issuer"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PARLEY_LOG": "info", "PARLEY_CATALOG_CACHE_TTL_MS": "0"},
-        )
+        server, port = serve_http(binary, data_dir)
         try:
-            for line in server.stderr:
-                if "serving MCP over streamable HTTP" in line:
-                    break
             mcp_url = f"http://127.0.0.1:{port}/mcp"
             calls = [
                 ("list_tables", {}),
@@ -611,16 +617,8 @@ def main() -> None:
             [binary, "token", "--data-dir", data_dir, "--principal", "carol", "--groups", "lake-owners"],
             capture_output=True, text=True, check=True,
         ).stdout.strip()
-        port = free_port()
-        server = subprocess.Popen(
-            [binary, "serve", "--data-dir", data_dir, "--http", f"127.0.0.1:{port}", "--dev-issuer"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PARLEY_LOG": "info", "PARLEY_CATALOG_CACHE_TTL_MS": "0"},
-        )
+        server, port = serve_http(binary, data_dir)
         try:
-            for line in server.stderr:
-                if "serving MCP over streamable HTTP" in line:
-                    break
             own = load_catalog("own", type="rest", uri=f"http://127.0.0.1:{port}/iceberg", token=carol)
             with own.load_table(("lake", "sales", "orders")).update_schema() as update:
                 update.add_column("note", StringType())
