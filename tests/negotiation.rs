@@ -23,6 +23,46 @@ fn is_hex64(v: &Value) -> bool {
 }
 
 #[tokio::test]
+async fn purpose_picks_the_widest_live_grant_and_a_failure_names_the_grant_used() {
+    let lake = Lake::new();
+    let analyst = lake.connect("analyst", &[]).await;
+    let narrow = request(
+        &analyst,
+        json!({"tables": ["sales.customers"], "columns": ["customer_id", "country"],
+               "purpose": "churn_analysis", "duration_days": 7}),
+    )
+    .await;
+    assert_eq!(narrow["status"], "granted", "{narrow:#}");
+    let wide = request(
+        &analyst,
+        json!({"tables": ["sales.customers"], "columns": ["customer_id", "country", "segment"],
+               "purpose": "churn_analysis", "duration_days": 7}),
+    )
+    .await;
+    assert_eq!(wide["status"], "granted", "{wide:#}");
+    let wide_id = wide["grant_id"].as_str().unwrap();
+    // `segment` is only in the newer, wider grant: the purpose alone picks it, not the older narrow one.
+    let q = ok(&call(
+        &analyst,
+        "query",
+        json!({"sql": "SELECT count(DISTINCT segment) FROM sales.customers", "purpose": "churn_analysis"}),
+    )
+    .await);
+    assert!(q["rows"][0][0].as_i64().unwrap() > 0, "{q:#}");
+    // A column in neither: the error names the grant the query ran under and how to choose another.
+    let e = err(&call(
+        &analyst,
+        "query",
+        json!({"sql": "SELECT email FROM sales.customers", "purpose": "churn_analysis"}),
+    )
+    .await);
+    assert!(
+        e.contains(wide_id) && e.contains("grant_id") && e.contains("sales.customers.segment"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
 async fn granted_counter_offer_and_denied_outcomes() {
     let lake = Lake::new();
     let analyst = lake.connect("analyst", &[]).await;

@@ -15,7 +15,7 @@ pub struct QueryArgs {
     #[serde(default)]
     pub max_rows: Option<u32>,
     /// Why you run this query (recorded in the audit log). With no `grant_id`, it selects your live grant for
-    /// that purpose, if any.
+    /// that purpose, if any (of several, the widest).
     #[serde(default)]
     pub purpose: Option<String>,
     /// A grant from `request_access` / `my_grants`: its tables are seen as the grant allows (columns, masks,
@@ -271,7 +271,22 @@ impl ParleyServer {
         progress.report(2, 3, "running the query".to_string()).await;
         let result = crate::query::execute(prepared, readable, &self.app.engine, max_rows, cancel)
             .await
-            .map_err(query_error)?;
+            .map_err(query_error)
+            .map_err(|e| match (e, &grant) {
+                // A query the grant's view cannot answer (a column outside it): say which grant it ran under.
+                (ToolError::BadRequest(m), Some(g)) => ToolError::BadRequest(format!(
+                    "{m} (the query ran under your grant {} for purpose {}, which shows {}; my_grants lists your \
+                     grants: pass grant_id to choose one, or request_access for more)",
+                    g.id(),
+                    g.terms().purpose,
+                    if g.terms().columns.is_empty() {
+                        "all columns".to_string()
+                    } else {
+                        g.terms().columns.join(", ")
+                    }
+                )),
+                (e, _) => e,
+            })?;
         if let Some(g) = &grant {
             // A revocation acknowledged while the query ran wins: no rows leave after it.
             let usage = match self.flows().end_query(g, result.row_count as u64).await? {
@@ -356,10 +371,23 @@ impl ParleyServer {
                 .grants_for_principal(me)
                 .await
                 .map_err(internal)?;
+            // Of several, the one covering most of the query's tables, then the widest (all columns, else the
+            // most), then the newest: an older, narrower grant for the same purpose never shadows a wider one.
             let found = grants
                 .into_iter()
                 .filter(|g| g.is_live(now) && g.terms().purpose.eq_ignore_ascii_case(p))
-                .find(|g| tables.iter().any(|t| g.terms().covers(&t.to_string())));
+                .filter(|g| tables.iter().any(|t| g.terms().covers(&t.to_string())))
+                .max_by_key(|g| {
+                    let covered = tables
+                        .iter()
+                        .filter(|t| g.terms().covers(&t.to_string()))
+                        .count();
+                    let width = match g.terms().columns.len() {
+                        0 => usize::MAX,
+                        n => n,
+                    };
+                    (covered, width, g.created_at())
+                });
             if let Some(why) = found.as_ref().and_then(|g| g.quota_exhausted()) {
                 return Err(ToolError::Limit(format!("quota exceeded: {why}")));
             }
