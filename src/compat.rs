@@ -32,6 +32,15 @@ pub struct SchemaChange {
     pub change: String,
 }
 
+/// Changes in words for messages and notices: `column: change; ...`.
+pub fn describe<'a>(changes: impl IntoIterator<Item = &'a SchemaChange>) -> String {
+    changes
+        .into_iter()
+        .map(|c| format!("{}: {}", c.column, c.change))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn change(impact: Impact, column: &str, text: String) -> SchemaChange {
     SchemaChange {
         impact,

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::compat::{Impact, SchemaChange, contract_changes, major_version};
+use crate::compat::{Impact, SchemaChange, contract_changes, describe, major_version};
 use crate::contracts::{ContractStore, EFFECTIVE_FROM, parse, table_of};
 use crate::demo::DataDir;
 use crate::negotiation::store::NegotiationStore;
@@ -197,12 +197,4 @@ fn with_effective_from(yaml: &str, at: DateTime<Utc>) -> Result<String, String> 
     );
     items.push(Value::Mapping(entry));
     serde_yaml_ng::to_string(&doc).map_err(|e| e.to_string())
-}
-
-fn describe(changes: &[SchemaChange]) -> String {
-    changes
-        .iter()
-        .map(|c| format!("{}: {}", c.column, c.change))
-        .collect::<Vec<_>>()
-        .join("; ")
 }

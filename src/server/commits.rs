@@ -20,7 +20,7 @@ use super::notify::Notice;
 use super::{ParleyServer, ToolError};
 use crate::catalog::TableName;
 use crate::catalog::commit::{self, CommitError, UpdateTableRequest};
-use crate::compat::{Impact, SchemaChange};
+use crate::compat::{Impact, SchemaChange, describe};
 use crate::gate::Checked;
 use crate::policy::Action;
 
@@ -36,7 +36,7 @@ pub const CONSUMER_WINDOW_DAYS: i64 = 30;
 struct Consumers {
     /// Live grants covering an affected column: (grant id, holder).
     grants: Vec<(String, String)>,
-    /// Principals whose queries read the table within the window.
+    /// Principals who read the table within the window.
     readers: BTreeSet<String>,
 }
 
@@ -109,22 +109,25 @@ impl ParleyServer {
             .iter()
             .filter(|c| c.impact == Impact::Breaking && promised.contains(c.column.as_str()))
             .collect();
-        let columns: BTreeSet<&str> = changes.iter().map(|c| c.column.as_str()).collect();
-        let consumers = self
-            .consumers(
-                &name,
-                &breaking_or_all(&breaking, &columns),
-                checked.principal_id(),
-            )
-            .await?;
         let clause = contract
             .as_ref()
             .and_then(|c| c.contract.stable_schema_clause());
-        if let Some(clause) = &clause
-            && !breaking.is_empty()
+        // Consumers matter only to a breaking change under the promise: only then are grants and the audit log
+        // read.
+        let consumers = match &clause {
+            Some(_) if !breaking.is_empty() => {
+                let columns: BTreeSet<&str> = breaking.iter().map(|c| c.column.as_str()).collect();
+                Some(
+                    self.consumers(&name, &columns, checked.principal_id())
+                        .await?,
+                )
+            }
+            _ => None,
+        };
+        if let (Some(clause), Some(consumers)) = (&clause, &consumers)
             && !consumers.principals().is_empty()
         {
-            let what = describe(&breaking);
+            let what = describe(breaking.iter().copied());
             let who = consumers.principals();
             let grants = if consumers.grants.is_empty() {
                 String::new()
@@ -166,7 +169,7 @@ impl ParleyServer {
         let summary = if changes.is_empty() {
             "no schema change".to_string()
         } else {
-            describe(&changes.iter().collect::<Vec<_>>())
+            describe(&changes)
         };
         checked.note(
             Action::DecideRequest,
@@ -176,11 +179,8 @@ impl ParleyServer {
         if !changes.is_empty() {
             // Told as Iceberg sees it: dropping a column the contract never promised still breaks a query
             // that names it.
-            let breaks: Vec<&SchemaChange> = changes
-                .iter()
-                .filter(|c| c.impact == Impact::Breaking)
-                .collect();
-            self.tell_consumers(&name, checked.principal_id(), &summary, &breaks)
+            let breaks = changes.iter().any(|c| c.impact == Impact::Breaking);
+            self.tell_consumers(&name, checked.principal_id(), &summary, breaks)
                 .await;
         }
         let metadata =
@@ -239,54 +239,23 @@ impl ParleyServer {
 
     /// Tells every holder of a live grant on `table` what a landed commit changed (their notices, and their
     /// connected sessions at once). A failure to record a notice is logged; the commit stands.
-    async fn tell_consumers(
-        &self,
-        table: &TableName,
-        actor: &str,
-        summary: &str,
-        breaking: &[&SchemaChange],
-    ) {
+    async fn tell_consumers(&self, table: &TableName, actor: &str, summary: &str, breaking: bool) {
         let now = self.app.clock.now();
         let Ok(grants) = self.app.store.grants_for_table(&table.to_string()).await else {
             tracing::warn!(%table, "cannot read the grants to notify of a commit");
             return;
         };
-        let kind = if breaking.is_empty() {
-            "compatible"
-        } else {
-            "breaking"
-        };
+        let kind = if breaking { "breaking" } else { "compatible" };
         let reason = format!(
             "{table} changed ({kind}): {summary}. {}",
-            if breaking.is_empty() {
-                "Queries under this grant keep working; describe_table shows the new schema."
-            } else {
+            if breaking {
                 "Queries naming the changed columns may fail; describe_table shows the new schema."
+            } else {
+                "Queries under this grant keep working; describe_table shows the new schema."
             }
         );
         tell(&self.app, grants, now, actor, table, kind, &reason).await;
     }
-}
-
-/// The columns whose consumers count: those of breaking changes, or every changed column when none breaks.
-fn breaking_or_all<'a>(
-    breaking: &[&'a SchemaChange],
-    all: &BTreeSet<&'a str>,
-) -> BTreeSet<&'a str> {
-    if breaking.is_empty() {
-        all.clone()
-    } else {
-        breaking.iter().map(|c| c.column.as_str()).collect()
-    }
-}
-
-/// `column: change; ...`.
-fn describe(changes: &[&SchemaChange]) -> String {
-    changes
-        .iter()
-        .map(|c| format!("{}: {}", c.column, c.change))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 impl ParleyServer {
@@ -314,7 +283,7 @@ impl ParleyServer {
         {
             return;
         }
-        let what = describe(&drift.iter().collect::<Vec<_>>());
+        let what = describe(drift);
         checked.note(
             Action::Discover,
             &table.to_string(),
