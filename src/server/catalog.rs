@@ -672,13 +672,7 @@ impl ParleyServer {
                         let drift = crate::compat::contract_drift(&c.contract, &schema);
                         entry.contract_drift = !drift.is_empty();
                         if !drift.is_empty() {
-                            self.announce_drift(
-                                checked,
-                                &d.name,
-                                None,
-                                &c.contract.version,
-                                &drift,
-                            );
+                            self.announce_drift(checked, &d.name, &c.contract.version, &drift);
                         }
                     }
                 }
@@ -783,13 +777,7 @@ impl ParleyServer {
         if let Some(c) = contract
             && !drift.is_empty()
         {
-            self.announce_drift(
-                checked,
-                &name,
-                table.metadata_location(),
-                &c.version,
-                &drift,
-            );
+            self.announce_drift(checked, &name, &c.version, &drift);
         }
         Ok(DescribeTableResult {
             table: name.to_string(),

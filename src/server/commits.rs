@@ -24,8 +24,8 @@ use crate::compat::{Impact, SchemaChange, describe};
 use crate::gate::Checked;
 use crate::policy::Action;
 
-/// Drift already announced: (table, metadata location, contract version). Per process: a restart announces a
-/// drift that is still there once more.
+/// Drift already announced: (table, contract version, the drift in words) — whichever tool finds it. Per process:
+/// a restart announces a drift that is still there once more.
 static ANNOUNCED: LazyLock<Mutex<HashSet<(String, String, String)>>> =
     LazyLock::new(Default::default);
 
@@ -260,21 +260,21 @@ impl ParleyServer {
 
 impl ParleyServer {
     /// A table that no longer keeps its contract (a change that bypassed Parley, seen when its metadata is
-    /// loaded): the holders of live grants on it are told once per table state (their notices, their sessions at
+    /// loaded): the holders of live grants on it are told once per drift (their notices, their sessions at
     /// once), and the caller's audit record notes it, where the table's owners read it. Runs on a task of its
     /// own: the answer that found the drift does not wait.
     pub(super) fn announce_drift(
         &self,
         checked: &mut Checked<'_>,
         table: &TableName,
-        metadata_location: Option<&str>,
         contract_version: &str,
         drift: &[SchemaChange],
     ) {
+        let what = describe(drift);
         let key = (
             table.to_string(),
-            metadata_location.unwrap_or_default().to_string(),
             contract_version.to_string(),
+            what.clone(),
         );
         if !ANNOUNCED
             .lock()
@@ -283,7 +283,6 @@ impl ParleyServer {
         {
             return;
         }
-        let what = describe(drift);
         checked.note(
             Action::Discover,
             &table.to_string(),
