@@ -59,6 +59,8 @@ fn policy_bench() -> (f64, f64, f64) {
         contains_pii: false,
         classifications: vec!["internal".into(), "confidential".into()],
         pii_columns: vec![],
+        quality: "pass".into(),
+        quality_breaches: vec![],
     });
     let ctx = RequestContext::default();
     const N: usize = 20_000;

@@ -105,6 +105,9 @@ pub struct SchemaObject {
     /// Columns.
     #[serde(default)]
     pub properties: Vec<Property>,
+    /// Table-level quality rules (row count, custom SQL, rules over `arguments.properties`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quality: Vec<crate::quality::QualityRule>,
 }
 
 /// A column in the contract.
@@ -134,6 +137,9 @@ pub struct Property {
     /// Description.
     #[serde(default)]
     pub description: Option<String>,
+    /// Quality rules on this column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quality: Vec<crate::quality::QualityRule>,
 }
 
 /// Owning team.
@@ -393,6 +399,9 @@ impl Property {
     }
 }
 
+/// The `quality` fact of a table no quality report speaks for.
+pub const UNCHECKED: &str = "unchecked";
+
 /// Policy facts for a table: from its contract, or the restrictive defaults of an unclassified table.
 pub fn table_facts(namespace: &str, name: &str, contract: Option<&Contract>) -> TableFacts {
     match contract {
@@ -422,6 +431,8 @@ pub fn table_facts(namespace: &str, name: &str, contract: Option<&Contract>) -> 
                     .filter(|p| p.is_pii())
                     .map(|p| p.name.clone())
                     .collect(),
+                quality: UNCHECKED.to_string(),
+                quality_breaches: vec![],
             }
         }
         None => TableFacts {
@@ -432,6 +443,8 @@ pub fn table_facts(namespace: &str, name: &str, contract: Option<&Contract>) -> 
             contains_pii: true,
             classifications: vec![UNCLASSIFIED.to_string()],
             pii_columns: vec![],
+            quality: UNCHECKED.to_string(),
+            quality_breaches: vec![],
         },
     }
 }

@@ -275,6 +275,14 @@ impl Gate {
         Gate { policy, audit }
     }
 
+    /// Whether the policy allows `principal` `action` on `resource` — for addressing notices (who owns a table),
+    /// never for deciding a call, which goes through [`Gate::run`].
+    pub fn may(&self, principal: &Principal, action: Action, resource: &Resource) -> bool {
+        self.policy
+            .authorize(principal, action, resource, &RequestContext::default())
+            .allowed()
+    }
+
     /// Runs one call: `body` decides (through [`Checked`]) and acts; then one audit record is made durable;
     /// then the result (or the agent-facing error text) is returned.
     pub async fn run<T>(

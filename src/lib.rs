@@ -25,6 +25,7 @@ pub mod jsonrpc;
 pub mod negotiation;
 pub mod policy;
 pub mod publish;
+pub mod quality;
 pub mod query;
 pub mod scan;
 pub mod server;

@@ -778,6 +778,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         purposes,
         mask_secret: mask_secret(dir)?,
         sessions: Default::default(),
+        monitor: Default::default(),
         clock: parley::clock::Clock::from_env(),
         store,
         config,

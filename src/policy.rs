@@ -101,6 +101,11 @@ pub struct TableFacts {
     pub classifications: Vec<String>,
     /// Columns that are personal data: tagged `pii`, classified restricted/pii/sensitive, or unclassified.
     pub pii_columns: Vec<String>,
+    /// The contract's quality rules and freshness SLA on the newest evaluated snapshot: `unchecked` (nothing
+    /// evaluated yet, or nothing to evaluate), `pass` or `breach`.
+    pub quality: String,
+    /// What that snapshot breaches: failing rules by name, and `freshness` when stale.
+    pub quality_breaches: Vec<String>,
 }
 
 impl TableFacts {
@@ -486,6 +491,11 @@ impl CedarPolicy {
                     ),
                     ("classifications".to_string(), set(&t.classifications)),
                     ("pii_columns".to_string(), set(&t.pii_columns)),
+                    (
+                        "quality".to_string(),
+                        RestrictedExpression::new_string(t.quality.clone()),
+                    ),
+                    ("quality_breaches".to_string(), set(&t.quality_breaches)),
                 ]);
                 let entity = Entity::new(table_uid.clone(), attrs, HashSet::from([ns_uid]))
                     .map_err(|e| e.to_string())?;
@@ -789,6 +799,8 @@ mod tests {
             contains_pii: pii,
             classifications: vec!["internal".into()],
             pii_columns: if pii { vec!["email".into()] } else { vec![] },
+            quality: "unchecked".into(),
+            quality_breaches: vec![],
         })
     }
 

@@ -40,9 +40,12 @@ pub struct Published {
     pub told: Vec<(String, String)>,
     /// Live grants made under the replaced version: (grant id, holder).
     pub under_old: Vec<(String, String)>,
+    /// The notice grant holders got.
+    pub reason: String,
 }
 
-/// Publishes the contract in `file` into `dir` (see the module); `now` is the clock's reading.
+/// Publishes the contract in `file` into `dir` (see the module); `now` is the clock's reading. Grant holders are
+/// told through the data dir's negotiation store, when it exists.
 pub async fn publish(
     dir: &DataDir,
     file: &Path,
@@ -51,14 +54,52 @@ pub async fn publish(
 ) -> Result<Published, String> {
     let yaml = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let new = parse(&yaml, file).map_err(|e| e.to_string())?;
+    let state = dir.root.join("state.db");
+    let store = if state.exists() {
+        Some(
+            crate::store::SqliteStore::open(&state)
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        None
+    };
+    let published = publish_text(
+        &dir.contracts(),
+        &yaml,
+        file,
+        effective,
+        now,
+        store.as_ref().map(|s| s as &dyn NegotiationStore),
+        "parley contract publish",
+    )
+    .await;
+    if let Some(store) = store {
+        store.close().await;
+    }
+    published
+}
+
+/// Publishes the contract `yaml` (read from `source`, for messages) into the contracts folder `contracts`, on
+/// behalf of `actor`; the holders of live grants on its table get a notice in `grants` (see the module).
+pub async fn publish_text(
+    contracts: &Path,
+    yaml: &str,
+    source: &Path,
+    effective: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    grants: Option<&dyn NegotiationStore>,
+    actor: &str,
+) -> Result<Published, String> {
+    let file = source;
+    let new = parse(yaml, file).map_err(|e| e.to_string())?;
     let table = table_of(&new).ok_or_else(|| {
         format!(
             "{}: name the table the contract governs in schema[].physicalName (namespace.table)",
             file.display()
         )
     })?;
-    let store = ContractStore::load(&dir.contracts());
+    let store = ContractStore::load(contracts);
     if store
         .versions(&table)
         .iter()
@@ -105,12 +146,12 @@ pub async fn publish(
         }
         _ => effective.unwrap_or(now),
     };
-    let dated = with_effective_from(&yaml, effective)?;
+    let dated = with_effective_from(yaml, effective)?;
     let (namespace, name) = table.rsplit_once('.').unwrap_or(("", table.as_str()));
     let folder = namespace
         .split('.')
         .filter(|p| !p.is_empty())
-        .fold(dir.contracts(), |p, part| p.join(part));
+        .fold(contracts.to_path_buf(), |p, part| p.join(part));
     std::fs::create_dir_all(&folder)
         .map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
     let path = folder.join(format!("{name}@{}.yaml", new.version));
@@ -120,37 +161,38 @@ pub async fn publish(
 
     let mut told = Vec::new();
     let mut under_old = Vec::new();
-    let state = dir.root.join("state.db");
-    if state.exists() {
-        let grants_store = crate::store::SqliteStore::open(&state)
-            .await
-            .map_err(|e| e.to_string())?;
+    let what = if changes.is_empty() {
+        "no column changes".to_string()
+    } else {
+        describe(&changes)
+    };
+    let reason = format!(
+        "contract v{} of {table} takes effect {}{}: {what}. {}",
+        new.version,
+        effective.format("%Y-%m-%dT%H:%M:%SZ"),
+        old.as_ref()
+            .map(|o| format!(" (replacing v{})", o.contract.version))
+            .unwrap_or_default(),
+        if breaking {
+            "Queries naming the changed columns may stop working then: adapt them before that date, and \
+             read the new version with get_contract."
+        } else {
+            "Nothing you use changes in a breaking way."
+        }
+    );
+    if let Some(grants_store) = grants {
         let grants = grants_store
             .grants_for_table(&table)
             .await
             .map_err(|e| e.to_string())?;
-        let what = if changes.is_empty() {
-            "no column changes".to_string()
-        } else {
-            describe(&changes)
-        };
-        let reason = format!(
-            "contract v{} of {table} takes effect {}{}: {what}. {}",
-            new.version,
-            effective.format("%Y-%m-%dT%H:%M:%SZ"),
-            old.as_ref()
-                .map(|o| format!(" (replacing v{})", o.contract.version))
-                .unwrap_or_default(),
-            if breaking {
-                "Queries naming the changed columns may stop working then: adapt them before that date, and \
-                 read the new version with get_contract."
-            } else {
-                "Nothing you use changes in a breaking way."
-            }
-        );
         for grant in grants.iter().filter(|g| g.is_live(now)) {
             grants_store
-                .note_contract_change(grant.id(), "parley contract publish", &reason)
+                .note(
+                    grant.id(),
+                    crate::negotiation::store::EventKind::ContractChange,
+                    actor,
+                    &reason,
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             told.push((grant.id().to_string(), grant.principal().to_string()));
@@ -161,7 +203,6 @@ pub async fn publish(
                 under_old.push((grant.id().to_string(), grant.principal().to_string()));
             }
         }
-        grants_store.close().await;
     }
     Ok(Published {
         table,
@@ -172,6 +213,7 @@ pub async fn publish(
         changes,
         told,
         under_old,
+        reason,
     })
 }
 

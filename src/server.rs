@@ -39,6 +39,7 @@ mod negotiate;
 mod notify;
 mod owner;
 mod prompts;
+mod quality;
 mod query;
 mod resources;
 pub mod stdio;
@@ -90,7 +91,11 @@ pub struct App {
     pub sessions: Sessions,
     /// The wall clock that decides whether grants and offers are in their term (settable by tests).
     pub clock: crate::clock::Clock,
+    /// Quality evaluations running, breaches told.
+    pub monitor: QualityMonitor,
 }
+
+pub use quality::Monitor as QualityMonitor;
 
 /// See [`App::grants_hint`]: per principal, bounded (least recently used leave first).
 pub type GrantsHint =
@@ -321,7 +326,7 @@ impl ParleyServer {
     /// those clients hear of decisions through `subscriptions/listen`.
     fn attach_session(&self, principal: &Principal, peer: &Peer<RoleServer>) {
         if peer.peer_info().is_some() {
-            self.app.sessions.attach(&principal.id, &self.session, peer);
+            self.app.sessions.attach(principal, &self.session, peer);
         }
     }
 

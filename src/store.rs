@@ -824,27 +824,34 @@ impl NegotiationStore for SqliteStore {
         Some(self.grant_writes.load(std::sync::atomic::Ordering::Acquire))
     }
 
-    async fn note_contract_change(
+    async fn note(
         &self,
-        grant_id: &str,
+        subject_id: &str,
+        kind: EventKind,
         actor: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(db("noting a contract change"))?;
+        let mut conn = self.pool.acquire().await.map_err(db("noting a notice"))?;
         append_event(
             &mut conn,
-            grant_id,
-            EventKind::ContractChange,
+            subject_id,
+            kind,
             None,
             actor,
             reason,
             &ts(Utc::now()),
         )
         .await
+    }
+
+    async fn table_subjects(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query_scalar::<Sqlite, String>(
+            "SELECT DISTINCT subject_id FROM negotiation_events WHERE subject_id LIKE 'table:%' ORDER BY subject_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading table notices"))?;
+        Ok(rows)
     }
 
     async fn events(&self, subject_id: &str) -> Result<Vec<Event>, StoreError> {

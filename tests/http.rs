@@ -81,7 +81,7 @@ async fn tools_work_over_streamable_http_on_two_protocol_versions() {
     let token = dev_token(&lake, "ops-owner", &["analysts", "ops-owners"]);
 
     let client = connect_http((), &url, &token).await.unwrap();
-    assert_eq!(client.list_all_tools().await.unwrap().len(), 14);
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 15);
     let q = ok(&call(
         &client,
         "query",

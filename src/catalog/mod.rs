@@ -245,6 +245,8 @@ pub struct Lakehouse {
     tables: moka::sync::Cache<TableName, (Instant, Table)>,
     /// Tables being reloaded in the background by [`Lakehouse::inspect_listed`].
     reloading: Arc<Mutex<std::collections::HashSet<TableName>>>,
+    /// The newest quality report of each evaluated table (see [`crate::quality`]), for its policy facts.
+    quality: Mutex<HashMap<TableName, Arc<crate::quality::Report>>>,
 }
 
 /// The cached table list and when it was read.
@@ -316,7 +318,32 @@ impl Lakehouse {
             reloading: Arc::new(Mutex::new(std::collections::HashSet::new())),
             members: Vec::new(),
             clock: crate::clock::Clock::system(),
+            quality: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records `report` as `table`'s newest quality report. When what the table breaches changes, the facts of
+    /// cached discovery start over (as after a contract reload), so policies on quality see the new state.
+    pub fn record_quality(&self, table: &TableName, report: Arc<crate::quality::Report>) {
+        let now = self.clock.now();
+        let before = self
+            .quality
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(table.clone(), report.clone());
+        if before.is_none_or(|b| b.breaches(now) != report.breaches(now)) {
+            self.contracts_version
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
+    /// `table`'s newest quality report, if one was made.
+    pub fn quality(&self, table: &TableName) -> Option<Arc<crate::quality::Report>> {
+        self.quality
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(table)
+            .cloned()
     }
 
     /// Reads the contracts from `dir` (`<dir>/<namespace>/<table>.yaml`), now and on [`Lakehouse::reload_contracts`].
@@ -329,6 +356,11 @@ impl Lakehouse {
             Arc::new(ContractStore::load(dir));
         self.contracts_dir = Some((dir.to_path_buf(), Mutex::new(stamp)));
         self
+    }
+
+    /// The folder contract files are read from, when they are read from one.
+    pub fn contracts_dir(&self) -> Option<&Path> {
+        self.contracts_dir.as_ref().map(|(d, _)| d.as_path())
     }
 
     /// Reloads the contracts when their files changed (or always, with `force`): a new set replaces the old one
@@ -619,11 +651,26 @@ impl Lakehouse {
     /// Policy facts of a table known to exist (e.g. from [`Lakehouse::list_tables`]).
     pub fn facts_of_listed(&self, table: &TableName) -> TableFacts {
         let contract = self.contract(table);
-        table_facts(
+        let mut facts = table_facts(
             &table.namespace_str(),
             &table.name,
             contract.as_deref().map(|c| &c.contract),
-        )
+        );
+        // The quality of the newest evaluated snapshot, when it was judged by the contract in force.
+        if let Some(c) = &contract
+            && let Some(report) = self.quality(table)
+            && report.contract_version == c.contract.version
+        {
+            let breaches = report.breaches(self.clock.now());
+            facts.quality = if breaches.is_empty() {
+                "pass"
+            } else {
+                "breach"
+            }
+            .to_string();
+            facts.quality_breaches = breaches;
+        }
+        facts
     }
 
     /// Applies `f` to each table's cached metadata in place (no clone), for listings: one lock for the page. Past

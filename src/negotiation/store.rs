@@ -43,10 +43,20 @@ pub enum EventKind {
     Revoked,
     /// The table a grant covers changed, or its contract did: what changed and what to do.
     ContractChange,
+    /// The table breaches its contract's quality rules or freshness promise.
+    Quality,
 }
 
+/// The subject under which a table's owners get notices: `table:<namespace>.<table>`.
+pub fn table_subject(table: &str) -> String {
+    format!("{TABLE_SUBJECT}{table}")
+}
+
+/// The prefix of [`table_subject`]s.
+pub const TABLE_SUBJECT: &str = "table:";
+
 impl EventKind {
-    /// Stable name: `requested`, `state_changed`, `granted`, `revoked`, `contract_change`.
+    /// Stable name: `requested`, `state_changed`, `granted`, `revoked`, `contract_change`, `quality`.
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Requested => "requested",
@@ -54,6 +64,7 @@ impl EventKind {
             EventKind::Granted => "granted",
             EventKind::Revoked => "revoked",
             EventKind::ContractChange => "contract_change",
+            EventKind::Quality => "quality",
         }
     }
 }
@@ -67,6 +78,7 @@ impl FromStr for EventKind {
             EventKind::Granted,
             EventKind::Revoked,
             EventKind::ContractChange,
+            EventKind::Quality,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -267,14 +279,19 @@ pub trait NegotiationStore: Send + Sync {
     /// The history of a request or grant, oldest first.
     async fn events(&self, subject_id: &str) -> Result<Vec<Event>, StoreError>;
 
-    /// Adds a `contract_change` event to a grant's history (its holder's notices): `actor` changed the table or
-    /// its contract, `reason` says what and what to do.
-    async fn note_contract_change(
+    /// Adds a notice event (`contract_change` or `quality`) to a subject's history: a grant's (its holder's
+    /// notices) or a table's, [`table_subject`] (its owners' notices). `actor` changed the table or its contract,
+    /// or found it breaching; `reason` says what and what to do.
+    async fn note(
         &self,
-        grant_id: &str,
+        subject_id: &str,
+        kind: EventKind,
         actor: &str,
         reason: &str,
     ) -> Result<(), StoreError>;
+
+    /// The table subjects ([`table_subject`]) that have notices.
+    async fn table_subjects(&self) -> Result<Vec<String>, StoreError>;
 
     /// A counter that changes after every grant this process saves or revokes through the store, so callers may
     /// reuse a principal's grant list while it stands still; `None` when the store cannot tell (never cache).

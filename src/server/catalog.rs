@@ -155,6 +155,10 @@ pub struct DescribeTableResult {
     /// publish a new contract version.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contract_drift: Vec<crate::compat::SchemaChange>,
+    /// The contract's quality rules and freshness promise, computed on the current snapshot (absent when the
+    /// contract has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<super::quality::QualityView>,
 }
 
 /// A column's terms in a contract.
@@ -227,6 +231,10 @@ pub struct ContractResult {
     pub price: Option<String>,
     /// Every version of the contract, oldest first: which is in force, which are pending and from when.
     pub versions: Vec<ContractVersion>,
+    /// The quality rules and freshness promise, computed on the table's current snapshot (absent when the
+    /// contract has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<super::quality::QualityView>,
     /// The whole contract, ODCS v3 YAML.
     pub yaml: String,
 }
@@ -240,6 +248,68 @@ pub struct ContractVersion {
     pub effective_from: Option<String>,
     /// `in_force`, `pending` (takes effect later) or `superseded`.
     pub state: String,
+}
+
+/// How long `describe_table` and `get_contract` wait for a new snapshot's quality evaluation before answering
+/// `evaluating`.
+const QUALITY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The quality lines of a reply: the state, then each rule that did not pass.
+fn quality_text(q: &super::quality::QualityView) -> String {
+    use crate::quality::Status;
+    let mut text = format!("quality: {}", q.state);
+    if !q.breaches.is_empty() {
+        text.push_str(&format!(" ({})", q.breaches.join(", ")));
+    }
+    if let Some(r) = &q.report {
+        text.push_str(&format!(
+            " — contract v{} on snapshot {}",
+            r.contract_version,
+            r.snapshot_id.map_or("none".to_string(), |s| s.to_string())
+        ));
+        for c in r.checks.iter().filter(|c| c.status != Status::Pass) {
+            text.push_str(&format!(
+                "\n  - {} [{}]{}{}",
+                c.rule,
+                serde_json::to_value(c.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                c.measured
+                    .as_ref()
+                    .map(|m| format!(" measured {m}"))
+                    .unwrap_or_default(),
+                c.detail
+                    .as_ref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            ));
+        }
+        if let Some(f) = &r.freshness {
+            let verdict = if f.detail.is_some() {
+                "not measured"
+            } else if q.breaches.iter().any(|b| b == "freshness") {
+                "stale"
+            } else {
+                "fresh"
+            };
+            text.push_str(&format!(
+                "\n  - freshness within {}{} [{verdict}]{}",
+                f.promise,
+                f.element
+                    .as_ref()
+                    .map(|e| format!(" of {e}"))
+                    .unwrap_or_default(),
+                match (&f.latest, &f.detail) {
+                    (_, Some(d)) => format!(": {d}"),
+                    (Some(l), None) => format!(", newest {l}"),
+                    (None, None) => String::new(),
+                }
+            ));
+        }
+    }
+    text.push('\n');
+    text
 }
 
 // ---- replies --------------------------------------------------------------------------------------------------
@@ -324,6 +394,9 @@ pub(super) fn describe_reply(r: DescribeTableResult) -> CallToolResult {
             r.snapshots.len()
         ));
     }
+    if let Some(q) = &r.quality {
+        text.push_str(&quality_text(q));
+    }
     respond(&r, text)
 }
 
@@ -342,12 +415,13 @@ pub(super) fn contract_reply(r: ContractResult) -> CallToolResult {
         })
         .collect();
     let text = format!(
-        "Contract {} v{} for {} (owner {}).\n{}Purpose: {}\nUsage: {}\nLimitations: {}\nAllowed purposes: {}\nProhibited purposes: {}\nPII columns: {}\n\n{}",
+        "Contract {} v{} for {} (owner {}).\n{}{}Purpose: {}\nUsage: {}\nLimitations: {}\nAllowed purposes: {}\nProhibited purposes: {}\nPII columns: {}\n\n{}",
         r.contract_id,
         r.version,
         r.table,
         r.owner.as_deref().unwrap_or("unknown"),
         pending.concat(),
+        r.quality.as_ref().map(quality_text).unwrap_or_default(),
         r.purpose.as_deref().unwrap_or("-"),
         r.usage.as_deref().unwrap_or("-"),
         r.limitations.as_deref().unwrap_or("-"),
@@ -770,6 +844,13 @@ impl ParleyServer {
             .collect();
         let mut snapshots: Vec<SnapshotInfo> = meta.snapshots().map(|s| snapshot_info(s)).collect();
         snapshots.sort_by_key(|s| (s.committed_at.clone(), s.snapshot_id));
+        let owner = checked
+            .peek(
+                Action::DecideRequest,
+                &Resource::Table(lakehouse.facts_of_listed(&name)),
+            )
+            .allowed();
+        let quality = self.quality_of(&name, &table, QUALITY_WAIT, owner).await;
         let facts = lakehouse.facts_of_listed(&name);
         let drift = contract
             .map(|c| crate::compat::contract_drift(c, schema))
@@ -796,6 +877,7 @@ impl ParleyServer {
                 .allowed(),
             contract_version: contract.map(|c| c.version.clone()),
             contract_drift: drift,
+            quality,
         })
     }
 
@@ -818,9 +900,20 @@ impl ParleyServer {
                  Ask the table's owner to publish one."
             )));
         };
+        let owner = checked
+            .peek(
+                Action::DecideRequest,
+                &Resource::Table(self.app.lakehouse.facts_of_listed(&name)),
+            )
+            .allowed();
+        let quality = match self.app.lakehouse.load(&name).await {
+            Ok(table) => self.quality_of(&name, &table, QUALITY_WAIT, owner).await,
+            Err(_) => None,
+        };
         let c = &loaded.contract;
         let d = c.description.clone().unwrap_or_default();
         Ok(ContractResult {
+            quality,
             table: name.to_string(),
             contract_id: c.id.clone(),
             version: c.version.clone(),

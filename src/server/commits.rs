@@ -22,6 +22,7 @@ use crate::catalog::TableName;
 use crate::catalog::commit::{self, CommitError, UpdateTableRequest};
 use crate::compat::{Impact, SchemaChange, describe};
 use crate::gate::Checked;
+use crate::negotiation::store::{EventKind, table_subject};
 use crate::policy::Action;
 
 /// Drift already announced: (table, contract version, the drift in words) — whichever tool finds it. Per process:
@@ -183,6 +184,11 @@ impl ParleyServer {
             self.tell_consumers(&name, checked.principal_id(), &summary, breaks)
                 .await;
         }
+        // The new snapshot is checked against the contract's quality rules now, not when a reader first meets it.
+        if let Ok(table) = lakehouse.load(&name).await {
+            self.quality_of(&name, &table, std::time::Duration::ZERO, true)
+                .await;
+        }
         let metadata =
             serde_json::to_value(&staged).map_err(|e| ToolError::Internal(e.to_string()))?;
         Ok(json!({"metadata-location": location, "metadata": metadata, "config": {}}))
@@ -240,11 +246,6 @@ impl ParleyServer {
     /// Tells every holder of a live grant on `table` what a landed commit changed (their notices, and their
     /// connected sessions at once). A failure to record a notice is logged; the commit stands.
     async fn tell_consumers(&self, table: &TableName, actor: &str, summary: &str, breaking: bool) {
-        let now = self.app.clock.now();
-        let Ok(grants) = self.app.store.grants_for_table(&table.to_string()).await else {
-            tracing::warn!(%table, "cannot read the grants to notify of a commit");
-            return;
-        };
         let kind = if breaking { "breaking" } else { "compatible" };
         let reason = format!(
             "{table} changed ({kind}): {summary}. {}",
@@ -254,7 +255,16 @@ impl ParleyServer {
                 "Queries under this grant keep working; describe_table shows the new schema."
             }
         );
-        tell(&self.app, grants, now, actor, table, kind, &reason).await;
+        tell(
+            &self.app,
+            table,
+            EventKind::ContractChange,
+            kind,
+            actor,
+            &reason,
+            false,
+        )
+        .await;
     }
 }
 
@@ -292,48 +302,92 @@ impl ParleyServer {
         let table = table.clone();
         let reason = format!(
             "{table} no longer keeps its contract (v{contract_version}), changed outside Parley: {what}. Queries \
-             naming these columns may fail; the table's owners are told."
+             naming these columns may fail; the table's owners are told (their my_notices)."
         );
         tokio::spawn(async move {
-            let now = app.clock.now();
-            let Ok(grants) = app.store.grants_for_table(&table.to_string()).await else {
-                return;
-            };
-            tell(&app, grants, now, "parley:drift", &table, "drift", &reason).await;
+            tell(
+                &app,
+                &table,
+                EventKind::ContractChange,
+                "drift",
+                "parley:drift",
+                &reason,
+                true,
+            )
+            .await;
         });
     }
 }
 
-/// Records a `contract_change` event (`actor`, `reason`) on each of `grants` live at `now` — its holder's notices
-/// — and pushes it to the holder's sessions. A notice that cannot be recorded is logged and skipped.
-async fn tell(
+/// Tells `table`'s consumers of a change (`kind`; `change` names it in pushed notices: compatible, breaking,
+/// drift, quality): an event (`actor`, `reason`) on each grant live now — its holder's notices — pushed to the
+/// holder's sessions; and, with `owners`, an event on the table's subject (its owners' notices), pushed to the
+/// connected principals who own it (the policy's `decide_request`). A notice that cannot be recorded is logged
+/// and skipped.
+pub(super) async fn tell(
     app: &super::App,
-    grants: Vec<crate::negotiation::Grant>,
-    now: chrono::DateTime<chrono::Utc>,
-    actor: &str,
     table: &TableName,
+    kind: EventKind,
     change: &str,
+    actor: &str,
     reason: &str,
+    owners: bool,
 ) {
+    let now = app.clock.now();
+    let grants = match app.store.grants_for_table(&table.to_string()).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(%table, "cannot read the grants to notify: {e}");
+            vec![]
+        }
+    };
     for grant in grants.into_iter().filter(|g| g.is_live(now)) {
-        if let Err(e) = app
-            .store
-            .note_contract_change(grant.id(), actor, reason)
-            .await
-        {
-            tracing::warn!(grant = grant.id(), "cannot record a contract notice: {e}");
+        if let Err(e) = app.store.note(grant.id(), kind, actor, reason).await {
+            tracing::warn!(grant = grant.id(), "cannot record a notice: {e}");
             continue;
         }
         app.sessions.push(Notice {
             principal: grant.principal().to_string(),
             resource: format!("grant://{}", grant.id()),
             data: json!({
-                "kind": "contract_change",
+                "kind": kind.as_str(),
                 "grant_id": grant.id(),
                 "table": table.to_string(),
                 "change": change,
                 "reason": reason,
             }),
         });
+    }
+    if !owners {
+        return;
+    }
+    if let Err(e) = app
+        .store
+        .note(&table_subject(&table.to_string()), kind, actor, reason)
+        .await
+    {
+        tracing::warn!(%table, "cannot record the owners' notice: {e}");
+        return;
+    }
+    let facts = crate::policy::Resource::Table(app.lakehouse.facts_of_listed(table));
+    for owner in app.sessions.connected() {
+        if app.gate.may(&owner, Action::DecideRequest, &facts) {
+            app.sessions.push(Notice {
+                principal: owner.id.clone(),
+                resource: format!(
+                    "{}{}/{}",
+                    super::resources::CONTRACT_SCHEME,
+                    table.namespace_str(),
+                    table.name
+                ),
+                data: json!({
+                    "kind": kind.as_str(),
+                    "table": table.to_string(),
+                    "change": change,
+                    "reason": reason,
+                    "to": "owner",
+                }),
+            });
+        }
     }
 }

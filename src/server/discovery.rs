@@ -202,6 +202,8 @@ mod tests {
                 contains_pii: false,
                 classifications: vec![],
                 pii_columns: vec![],
+                quality: "unchecked".into(),
+                quality_breaches: vec![],
             }),
             summary: TableSummary {
                 table: format!("{namespace}.{name}"),

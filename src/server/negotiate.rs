@@ -22,6 +22,7 @@ use crate::catalog::TableName;
 use crate::config::SelfApproval;
 use crate::gate::{Checked, ToolError};
 use crate::negotiation::service::Requested;
+use crate::negotiation::store::EventKind;
 use crate::negotiation::{self, AccessRequest, Grant, OdrlKind, Outcome, RowScope, State};
 use crate::policy::{Action, Resource};
 
@@ -790,10 +791,30 @@ impl ParleyServer {
                 .into_iter()
                 .map(|g| g.id().to_string()),
         );
+        // Tables the caller owns (the policy's decide_request) whose owners were told something.
+        for subject in store.table_subjects().await.map_err(Self::store_error)? {
+            let Some(table) = subject
+                .strip_prefix(crate::negotiation::store::TABLE_SUBJECT)
+                .and_then(|t| TableName::parse(t).ok())
+            else {
+                continue;
+            };
+            let facts = self.app.lakehouse.facts_of_listed(&table);
+            if checked
+                .peek(Action::DecideRequest, &Resource::Table(facts))
+                .allowed()
+            {
+                subjects.push(subject);
+            }
+        }
         let mut notices = Vec::new();
         for id in subjects {
             for e in store.events(&id).await.map_err(Self::store_error)? {
-                if e.actor != me && e.actor != "parley" {
+                // Parley's own automatic steps of the caller's negotiation echo the caller; what Parley found
+                // about a table (drift, quality) is news.
+                let echo = e.actor == "parley"
+                    && !matches!(e.kind, EventKind::ContractChange | EventKind::Quality);
+                if e.actor != me && !echo {
                     notices.push(json!(e));
                 }
             }

@@ -132,17 +132,26 @@ pub(super) struct Notice {
 #[derive(Default, Clone)]
 pub struct Sessions {
     by_principal: Arc<Mutex<HashMap<String, Vec<Channel>>>>,
+    /// Who each attached principal is (groups, attributes), for notices addressed to a role, e.g. a table's
+    /// owners.
+    who: Arc<Mutex<HashMap<String, crate::identity::Principal>>>,
     next_listen: Arc<AtomicU64>,
 }
 
 impl Sessions {
     /// Remembers `session` (talking through `peer`) as one of `principal`'s live sessions; once per session.
-    pub(super) fn attach(&self, principal: &str, session: &Arc<Session>, peer: &Peer<RoleServer>) {
+    pub(super) fn attach(
+        &self,
+        principal: &crate::identity::Principal,
+        session: &Arc<Session>,
+        peer: &Peer<RoleServer>,
+    ) {
         if session.peer.set(peer.clone()).is_err() {
             return;
         }
+        lock(&self.who).insert(principal.id.clone(), principal.clone());
         let mut map = lock(&self.by_principal);
-        let list = map.entry(principal.to_string()).or_default();
+        let list = map.entry(principal.id.clone()).or_default();
         list.retain(|c| !c.closed());
         list.push(Channel::Session(session.clone()));
     }
@@ -174,6 +183,18 @@ impl Sessions {
                 map.remove(principal);
             }
         }
+    }
+
+    /// The principals with a live session, as they were when they attached.
+    pub(super) fn connected(&self) -> Vec<crate::identity::Principal> {
+        let live: Vec<String> = lock(&self.by_principal)
+            .iter()
+            .filter(|(_, list)| list.iter().any(|c| !c.closed()))
+            .map(|(p, _)| p.clone())
+            .collect();
+        let mut who = lock(&self.who);
+        who.retain(|id, _| live.contains(id));
+        who.values().cloned().collect()
     }
 
     /// How many live channels `principal` has (for tests and logs).

@@ -68,6 +68,48 @@ pub struct RevokeArgs {
     pub reason: String,
 }
 
+/// Arguments of `publish_contract`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishArgs {
+    /// The new contract version, ODCS v3 YAML; its `schema[].physicalName` names the table.
+    pub contract: String,
+    /// When it takes effect: RFC 3339 or `YYYY-MM-DD` (midnight UTC); now when omitted.
+    #[serde(default)]
+    pub effective_from: Option<String>,
+}
+
+/// A grant and its holder.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HeldGrant {
+    /// Grant id.
+    pub grant_id: String,
+    /// Who holds it.
+    pub holder: String,
+}
+
+/// Result of `publish_contract`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PublishResult {
+    /// `namespace.table`.
+    pub table: String,
+    /// The version published.
+    pub version: String,
+    /// The version in force it replaces, if any.
+    pub replaces: Option<String>,
+    /// When it takes effect (RFC 3339).
+    pub effective_from: String,
+    /// What it changes, column by column.
+    pub changes: Vec<crate::compat::SchemaChange>,
+    /// Grant holders told.
+    pub told: Vec<HeldGrant>,
+    /// Live grants made under the version it replaces.
+    pub grants_under_old_version: Vec<HeldGrant>,
+}
+
+/// Most bytes of contract YAML `publish_contract` takes.
+const MAX_CONTRACT_BYTES: usize = 1 << 20;
+
 /// How an approver tightens the proposed terms when approving.
 #[derive(Debug, Default)]
 pub(super) struct Tightening {
@@ -629,6 +671,108 @@ impl ParleyServer {
 
     /// An owner's decision, once audited: its notice goes to the requester's live sessions on a task of its own
     /// (never before the record is durable), and the caller gets the decision.
+    /// Publishes a contract version for an owner of its table (see `publish::publish_text`), reloads the contracts
+    /// so it shows at once, and returns the notices owed to the grant holders (pushed once this is audited).
+    pub(super) async fn do_publish(
+        &self,
+        checked: &mut Checked<'_>,
+        args: PublishArgs,
+    ) -> Result<(PublishResult, Vec<Notice>), ToolError> {
+        if args.contract.len() > MAX_CONTRACT_BYTES {
+            return Err(ToolError::BadRequest(format!(
+                "the contract is {} bytes; at most {MAX_CONTRACT_BYTES} are taken",
+                args.contract.len()
+            )));
+        }
+        let source = std::path::Path::new("contract");
+        let parsed = crate::contracts::parse(&args.contract, source)
+            .map_err(|e| ToolError::BadRequest(format!("{e}. Fix the YAML and publish again.")))?;
+        let table = crate::contracts::table_of(&parsed).ok_or_else(|| {
+            ToolError::BadRequest(
+                "name the table the contract governs in schema[].physicalName (namespace.table)"
+                    .into(),
+            )
+        })?;
+        let name = self
+            .table_for(
+                checked,
+                &table,
+                Action::DecideRequest,
+                "Only the table's owners publish its contract.",
+            )
+            .await?;
+        let effective = match &args.effective_from {
+            None => None,
+            Some(text) => Some(crate::contracts::parse_instant(text).ok_or_else(|| {
+                ToolError::BadRequest(format!(
+                    "effective_from {text:?} is not a date: use RFC 3339 (2027-02-01T00:00:00Z) or YYYY-MM-DD"
+                ))
+            })?),
+        };
+        let lakehouse = &self.app.lakehouse;
+        let dir = lakehouse.contracts_dir().ok_or_else(|| {
+            ToolError::BadRequest("this server reads no contract folder to publish into".into())
+        })?;
+        let p = crate::publish::publish_text(
+            dir,
+            &args.contract,
+            source,
+            effective,
+            self.app.clock.now(),
+            Some(&*self.app.store),
+            checked.principal_id(),
+        )
+        .await
+        .map_err(|e| ToolError::BadRequest(format!("not published: {e}")))?;
+        checked.note(
+            Action::DecideRequest,
+            &name.to_string(),
+            format!(
+                "published contract v{} of {name}, in force from {}",
+                p.version,
+                p.effective.to_rfc3339()
+            ),
+        );
+        if let Some((_, _, changed)) = lakehouse.reload_contracts(true) {
+            self.app.sessions.contracts_changed(&changed);
+        }
+        let notices = p
+            .told
+            .iter()
+            .map(|(grant, holder)| Notice {
+                principal: holder.clone(),
+                resource: format!("grant://{grant}"),
+                data: json!({
+                    "kind": "contract_change",
+                    "grant_id": grant,
+                    "table": p.table,
+                    "change": "contract_version",
+                    "reason": p.reason,
+                }),
+            })
+            .collect();
+        let held = |list: &[(String, String)]| {
+            list.iter()
+                .map(|(g, h)| HeldGrant {
+                    grant_id: g.clone(),
+                    holder: h.clone(),
+                })
+                .collect()
+        };
+        Ok((
+            PublishResult {
+                table: p.table.clone(),
+                version: p.version.clone(),
+                replaces: p.replaces.clone(),
+                effective_from: p.effective.to_rfc3339(),
+                changes: p.changes.clone(),
+                told: held(&p.told),
+                grants_under_old_version: held(&p.under_old),
+            },
+            notices,
+        ))
+    }
+
     fn delivered(&self, decided: Decided) -> CallToolResult {
         if let Some(notice) = decided.notice {
             self.app.sessions.push(notice);
@@ -729,5 +873,49 @@ impl ParleyServer {
             )
             .await?;
         Ok(self.delivered(decided))
+    }
+
+    #[tool(
+        description = include_str!("../../tools/publish_contract.md"),
+        input_schema = schema_for_type::<PublishArgs>(),
+        output_schema = schema_for_output::<PublishResult>(),
+        annotations(title = "Publish a contract version", read_only_hint = false, destructive_hint = false, open_world_hint = false)
+    )]
+    async fn publish_contract(
+        &self,
+        args: JsonObject,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        let (result, notices) = self
+            .gated(
+                &ctx,
+                "publish_contract",
+                None,
+                args,
+                async |c, a| self.do_publish(c, a).await,
+                |d| d,
+            )
+            .await?;
+        for notice in notices {
+            self.app.sessions.push(notice);
+        }
+        let text = format!(
+            "Published {} v{}{}, in force from {}. {} grant holder(s) told.{}",
+            result.table,
+            result.version,
+            result
+                .replaces
+                .as_deref()
+                .map(|v| format!(" (replacing v{v})"))
+                .unwrap_or_default(),
+            result.effective_from,
+            result.told.len(),
+            if result.changes.is_empty() {
+                String::new()
+            } else {
+                format!(" Changes: {}.", crate::compat::describe(&result.changes))
+            }
+        );
+        Ok(super::respond(&result, text))
     }
 }

@@ -240,6 +240,7 @@ impl ParleyServer {
                     ),
                 );
                 let table = self.app.lakehouse.load(&name).await.map_err(internal)?;
+                self.note_snapshot(&name, &table).await;
                 readable.push(ReadableTable {
                     name,
                     source: TableSource::Governed(
@@ -254,6 +255,7 @@ impl ParleyServer {
                 .table_for(checked, &shown, Action::Query, &next_step)
                 .await?;
             let table = self.app.lakehouse.load(&name).await.map_err(internal)?;
+            self.note_snapshot(&name, &table).await;
             readable.push(ReadableTable {
                 name,
                 source: TableSource::Iceberg(table),
