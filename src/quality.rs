@@ -26,6 +26,9 @@ use crate::catalog::open::Naming;
 use crate::contracts::Contract;
 use crate::query::{Engine, ReadableTable, TableSource};
 
+/// What a non-owner reads in place of why a rule could not be evaluated.
+pub const WHY_FOR_OWNERS: &str = "could not be evaluated; the table's owners see why";
+
 /// Most rules evaluated per table; later ones are reported as not run.
 pub const MAX_RULES: usize = 64;
 
@@ -202,14 +205,21 @@ impl Report {
         out
     }
 
-    /// The report as a non-owner sees it: verdicts, without measured values.
+    /// The report as a non-owner sees it: verdicts, without measured values — nor the reasons a rule could not be
+    /// evaluated, which may quote the data (an engine's cast error names the value).
     pub fn redacted(&self) -> Report {
         let mut r = self.clone();
         for c in &mut r.checks {
             c.measured = None;
+            if c.status == Status::Error {
+                c.detail = Some(WHY_FOR_OWNERS.to_string());
+            }
         }
         if let Some(f) = &mut r.freshness {
             f.latest = None;
+            if f.detail.is_some() {
+                f.detail = Some(WHY_FOR_OWNERS.to_string());
+            }
         }
         r
     }

@@ -70,6 +70,79 @@ pub enum QueryError {
     Execution(String),
 }
 
+/// The column names a query's text mentions, for attributing its reads to columns (`commits`' consumers).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ColumnsNamed {
+    /// Every identifier the query uses as a column (the last part of a compound one), lower-cased.
+    pub names: std::collections::BTreeSet<String>,
+    /// The query selects `*` or `t.*` somewhere: it reads every column.
+    pub wildcard: bool,
+}
+
+impl ColumnsNamed {
+    /// Whether the query may read `column`.
+    pub fn reads(&self, column: &str) -> bool {
+        self.wildcard || self.names.contains(&column.to_lowercase())
+    }
+}
+
+/// The columns `sql` names, or `None` when it does not parse (a reader of unknown columns reads them all).
+/// Over-approximates: a name is counted for every table, and aliases count as names.
+pub fn columns_named(sql: &str) -> Option<ColumnsNamed> {
+    use datafusion::sql::sqlparser::ast::{Expr, Query, SelectItem, SetExpr, Visit, Visitor};
+    use std::ops::ControlFlow;
+
+    struct Collect(ColumnsNamed);
+    fn wildcards(body: &SetExpr) -> bool {
+        match body {
+            SetExpr::Select(select) => select.projection.iter().any(|item| {
+                matches!(
+                    item,
+                    SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+                )
+            }),
+            SetExpr::SetOperation { left, right, .. } => wildcards(left) || wildcards(right),
+            SetExpr::Query(q) => wildcards(&q.body),
+            // VALUES, TABLE t and the like read whole rows.
+            SetExpr::Table(_) => true,
+            _ => false,
+        }
+    }
+    impl Visitor for Collect {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            self.0.wildcard |= wildcards(&query.body);
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::Identifier(ident) => {
+                    self.0.names.insert(ident.value.to_lowercase());
+                }
+                Expr::CompoundIdentifier(parts) => {
+                    if let Some(last) = parts.last() {
+                        self.0.names.insert(last.value.to_lowercase());
+                    }
+                }
+                Expr::QualifiedWildcard(..) | Expr::Wildcard(_) => self.0.wildcard = true,
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let statements = DFParser::parse_sql(sql).ok()?;
+    let mut collect = Collect(ColumnsNamed::default());
+    for statement in &statements {
+        match statement {
+            Statement::Statement(s) => {
+                let _ = s.visit(&mut collect);
+            }
+            _ => return None,
+        }
+    }
+    Some(collect.0)
+}
+
 /// A parsed query and the tables it names.
 #[derive(Debug)]
 pub struct Prepared {
@@ -836,6 +909,42 @@ fn classify(e: DataFusionError, limits: &QueryLimits) -> QueryError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn columns_named_by_a_query() {
+        let names = |sql: &str| {
+            let c = columns_named(sql).unwrap();
+            (
+                c.names.into_iter().collect::<Vec<_>>().join(","),
+                c.wildcard,
+            )
+        };
+        assert_eq!(
+            names("SELECT count(*) FROM sales.orders"),
+            (String::new(), false)
+        );
+        assert_eq!(
+            names(
+                "SELECT o.Status, sum(total_amount) FROM sales.orders o WHERE channel = 'web' GROUP BY 1"
+            ),
+            ("channel,status,total_amount".to_string(), false)
+        );
+        assert!(names("SELECT * FROM sales.orders").1);
+        assert!(names("SELECT o.* FROM sales.orders o").1);
+        assert!(names("WITH x AS (SELECT * FROM sales.orders) SELECT order_id FROM x").1);
+        assert!(names("SELECT 1 FROM t WHERE id IN (SELECT * FROM sales.orders)").1);
+        assert!(names("SELECT a FROM t UNION ALL SELECT * FROM sales.orders").1);
+        assert_eq!(
+            names("SELECT x FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.\"Gift\" = t.y)").0,
+            "gift,x,y"
+        );
+        assert!(columns_named("SELEC nonsense").is_none());
+        assert!(
+            columns_named("SELECT status FROM t")
+                .unwrap()
+                .reads("STATUS")
+        );
+    }
 
     #[tokio::test]
     async fn each_query_sees_only_its_own_tables() {

@@ -310,8 +310,12 @@ def main() -> None:
         # again with the clock back) promises: seen as drift on the next load, and the grant holder is told.
         with direct.load_table("sales.orders").update_schema() as update:
             update.delete_column("channel")
-        d = asyncio.run(mcp_calls(mcp_url, analyst, [("describe_table", {"table": "sales.orders"})]))[0]
-        drift = {x["column"] for x in d.structured_content["contract_drift"]}
+        for _ in range(50):  # seen once the table's cached metadata is older than catalog_cache_ttl_ms (2 s)
+            d = asyncio.run(mcp_calls(mcp_url, analyst, [("describe_table", {"table": "sales.orders"})]))[0]
+            drift = {x["column"] for x in d.structured_content["contract_drift"]}
+            if "channel" in drift:
+                break
+            time.sleep(0.2)
         check({"channel", "status"} <= drift, f"describe_table flags the drift ({sorted(drift)})")
         for _ in range(50):  # told on a task of its own
             notices = asyncio.run(mcp_calls(mcp_url, analyst, [("my_notices", {})]))[0].structured_content["notices"]

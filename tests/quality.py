@@ -80,7 +80,8 @@ def main() -> None:
     check(r.returncode == 0, f"the contract with every kind of rule validates against ODCS ({r.stdout.strip()})")
     with open(os.path.join(data_dir, "policy", "policy.cedar"), "a") as f:
         f.write('\n@id("no-queries-on-negative-totals")\nforbid (principal, action == Parley::Action::"query", '
-                'resource is Parley::Table)\nwhen { resource.quality_breaches.contains("no_negative_totals") };\n')
+                'resource is Parley::Table)\nwhen { resource.quality_breaches.contains("no_negative_totals") }\n'
+                'unless { principal in resource.owner };\n')
 
     def mint(principal: str) -> str:
         return subprocess.run([binary, "token", "--data-dir", data_dir, "--principal", principal],
@@ -175,6 +176,9 @@ def main() -> None:
         check({c["name"]: c["status"] for c in a["report"]["checks"]} == verdicts
               and all("measured" not in c for c in a["report"]["checks"]) and "latest" not in a["report"]["freshness"],
               "the analyst sees the same verdicts and no measured value")
+        check({c["name"]: c.get("detail") for c in a["report"]["checks"]}["reads_elsewhere"]
+              == "could not be evaluated; the table's owners see why",
+              "nor why a rule failed to run (an engine error may quote the data)")
         c = call(analyst, "get_contract", {"table": "sales.orders"}).structured_content["quality"]
         check(c["state"] == "breach" and c["breaches"] == a["breaches"], "get_contract shows the same quality")
 
@@ -201,6 +205,9 @@ def main() -> None:
         n = call(analyst, "query", {"sql": "SELECT count(*) AS n FROM sales.orders"})
         check(not n.is_error and n.structured_content["rows"][0][0] == want["rows"],
               "the analyst queries sales.orders while no negative total breaches the contract")
+        n = call(mint("marketing-agent"), "query",
+                 {"sql": "SELECT o.channel, count(*) AS n FROM sales.orders o GROUP BY 1"})
+        check(not n.is_error, "marketing queries sales.orders, naming the channel column")
 
         # The owner appends a negative amount through Parley: the new snapshot breaks the SQL rule.
         own = load_catalog("as-owner", type="rest", uri=f"http://127.0.0.1:{port}/iceberg", token=owner)
@@ -244,6 +251,23 @@ def main() -> None:
         p = call(owner, "publish_contract", {"contract": yaml.safe_dump(breaking, sort_keys=False)})
         check(p.is_error and "new major version" in p.content[0].text,
               f"a breaking version without a new major version is refused ({p.content[0].text[:120]})")
+
+        # Consumers per column, from grants and from the columns queries named (the audit log): dropping `channel`
+        # (marketing's query names it) is refused naming marketing; dropping `is_gift`, which no grant covers and
+        # no query named (the analyst's count(*) names none), lands though the contract promises it.
+        from pyiceberg.exceptions import CommitFailedException
+
+        try:
+            own.load_table("sales.orders").update_schema().delete_column("channel").commit()
+            refused = None
+        except CommitFailedException as err:
+            refused = str(err)
+        check(refused is not None and "marketing-agent" in refused and "analyst" not in refused,
+              f"dropping a column one query named is refused naming that reader only ({refused})")
+        with own.load_table("sales.orders").update_schema() as update:
+            update.delete_column("is_gift")
+        check("is_gift" not in [f.name for f in direct.load_table("sales.orders").schema().fields],
+              "dropping a contracted column no consumer reads lands")
     finally:
         server.terminate()
         server.stderr.read()

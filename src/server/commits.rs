@@ -141,7 +141,7 @@ impl ParleyServer {
                  commit makes breaking changes ({what}) that {} consumer(s) depend on (live grants and reads in \
                  the last {CONSUMER_WINDOW_DAYS} days: {}{grants}). To proceed, publish a new major version of \
                  the contract that no longer promises these columns, with an effective date at least its \
-                 notice period away (`parley contract publish NEW.yaml --effective DATE`), and commit after that \
+                 notice period away (the MCP tool `publish_contract`, or `parley contract publish NEW.yaml --effective DATE`), and commit after that \
                  date, or make the change compatible (add a new optional column instead of changing this one).",
                 who.len(),
                 who.iter().copied().collect::<Vec<_>>().join(", "),
@@ -195,7 +195,8 @@ impl ParleyServer {
     }
 
     /// The consumers of `columns` of `table` other than `committer`: live grants covering one of them, and
-    /// principals who read the table in the last [`CONSUMER_WINDOW_DAYS`] days.
+    /// principals who read one of them in the last [`CONSUMER_WINDOW_DAYS`] days (a query naming it or `*`, an
+    /// engine's table load).
     async fn consumers(
         &self,
         table: &TableName,
@@ -238,6 +239,13 @@ impl ParleyServer {
                     && r.entry.principal != committer
             })
             .filter(|r| chrono::DateTime::parse_from_rfc3339(&r.time).is_ok_and(|t| t >= since))
+            // A query depends on the columns its SQL names (all of them through `*`, or when its text cannot be
+            // read); an engine's table load reads them all.
+            .filter(|r| match (r.entry.tool.as_str(), &r.entry.sql) {
+                ("query", Some(sql)) => crate::query::columns_named(sql)
+                    .is_none_or(|named| columns.iter().any(|c| named.reads(c))),
+                _ => true,
+            })
             .map(|r| r.entry.principal)
             .collect();
         Ok(Consumers { grants, readers })

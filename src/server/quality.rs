@@ -30,6 +30,9 @@ type Pending = tokio::sync::watch::Receiver<Option<Arc<Report>>>;
 /// A breach told: the table, its snapshot, what it breaches.
 type Told = (TableName, Option<i64>, Vec<String>);
 
+/// Most breaches remembered as told.
+const MAX_TOLD: usize = 100_000;
+
 /// Evaluations running and breaches told.
 #[derive(Default)]
 pub struct Monitor {
@@ -179,10 +182,18 @@ impl ParleyServer {
 /// Tells the consumers and owners of `table` what its snapshot breaches, once per snapshot and set of breaches.
 async fn announce(app: &super::App, name: &TableName, report: &Report) {
     let breaches = report.breaches(app.clock.now());
-    if breaches.is_empty()
-        || !lock(&app.monitor.told).insert((name.clone(), report.snapshot_id, breaches.clone()))
-    {
+    if breaches.is_empty() {
         return;
+    }
+    {
+        let mut told = lock(&app.monitor.told);
+        if told.len() >= MAX_TOLD {
+            // Bounded: a breach still there may be told once more.
+            told.clear();
+        }
+        if !told.insert((name.clone(), report.snapshot_id, breaches.clone())) {
+            return;
+        }
     }
     let reason = format!(
         "{name} breaches its contract (v{}) at snapshot {}: {}. Results may be incomplete or stale; \
