@@ -33,6 +33,10 @@ pub struct Config {
     pub auth: AuthSettings,
     /// Access negotiation.
     pub negotiation: NegotiationSettings,
+    /// List each tool's output schema in `tools/list` (for clients that validate or generate types from it). Off by
+    /// default: they are two thirds of the list's bytes, which every agent pays in context before its first call;
+    /// structured results are returned either way. Default: false.
+    pub output_schemas: bool,
 }
 
 /// One catalog Parley governs (`[[catalogs]]` in parley.toml).
@@ -365,6 +369,7 @@ impl Default for Config {
             audit: AuditSettings::default(),
             auth: AuthSettings::default(),
             negotiation: NegotiationSettings::default(),
+            output_schemas: false,
         }
     }
 }
@@ -558,6 +563,7 @@ mod tests {
         assert_eq!(example.audit.rotate_bytes, default.audit.rotate_bytes);
         assert_eq!(example.catalog_cache_ttl_ms, default.catalog_cache_ttl_ms);
         assert_eq!(example.list_page_size, default.list_page_size);
+        assert_eq!(example.output_schemas, default.output_schemas);
         assert_eq!(example.catalog_name, default.catalog_name);
         assert_eq!(example.catalogs, default.catalogs);
         assert_eq!(example.principal, default.principal);

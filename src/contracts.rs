@@ -554,6 +554,11 @@ impl ContractStore {
             .collect()
     }
 
+    /// The tables that have a contract, `namespace.table`.
+    pub fn tables(&self) -> impl Iterator<Item = &str> {
+        self.by_table.keys().map(String::as_str)
+    }
+
     /// Every version of `namespace.table`'s contract, oldest first.
     pub fn versions(&self, qualified: &str) -> &[Version] {
         self.by_table.get(qualified).map_or(&[], Vec::as_slice)

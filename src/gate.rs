@@ -275,6 +275,11 @@ impl Gate {
         Gate { policy, audit }
     }
 
+    /// The version of the policy in force.
+    pub fn policy_version(&self) -> u64 {
+        self.policy.version()
+    }
+
     /// Whether the policy allows `principal` `action` on `resource` — for addressing notices (who owns a table),
     /// never for deciding a call, which goes through [`Gate::run`].
     pub fn may(&self, principal: &Principal, action: Action, resource: &Resource) -> bool {

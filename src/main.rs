@@ -779,6 +779,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         mask_secret: mask_secret(dir)?,
         sessions: Default::default(),
         monitor: Default::default(),
+        owners: parley::server::owners_cache(),
         clock: parley::clock::Clock::from_env(),
         store,
         config,
@@ -980,12 +981,17 @@ fn watch_files(policy: Arc<ReloadablePolicy>, app: Arc<App>) {
             } else {
                 policy.reload_if_changed()
             };
+            let mut changed_any = false;
             match result {
-                Ok(true) => tracing::info!("policy reloaded"),
+                Ok(true) => {
+                    tracing::info!("policy reloaded");
+                    changed_any = true;
+                }
                 Ok(false) => {}
                 Err(e) => tracing::error!("policy reload failed, keeping the previous policy: {e}"),
             }
             if let Some((loaded, refused, changed)) = app.lakehouse.reload_contracts(forced) {
+                changed_any = true;
                 // Subscribers of a changed table's `contract://` resource hear that it changed.
                 app.sessions.contracts_changed(&changed);
                 if refused == 0 {
@@ -997,6 +1003,10 @@ fn watch_files(policy: Arc<ReloadablePolicy>, app: Arc<App>) {
                         "contracts reloaded; the refused ones (named above) leave their tables unclassified"
                     );
                 }
+            }
+            if changed_any {
+                // Who owns a table may have changed: sessions whose tool list no longer fits are told.
+                app.sessions.refresh_tool_lists(|p| app.owns_a_table(p));
             }
         }
     });

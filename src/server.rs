@@ -93,6 +93,8 @@ pub struct App {
     pub clock: crate::clock::Clock,
     /// Quality evaluations running, breaches told.
     pub monitor: QualityMonitor,
+    /// Whether a principal owns a table, per policy version and contract set (see [`App::owns_a_table`]).
+    pub owners: moka::sync::Cache<String, bool>,
 }
 
 pub use quality::Monitor as QualityMonitor;
@@ -100,6 +102,11 @@ pub use quality::Monitor as QualityMonitor;
 /// See [`App::grants_hint`]: per principal, bounded (least recently used leave first).
 pub type GrantsHint =
     moka::sync::Cache<String, (std::time::Instant, u64, Arc<Vec<crate::negotiation::Grant>>)>;
+
+/// An empty cache for [`App::owners`], for [`MAX_DISCOVERY_ENTRIES`] principals.
+pub fn owners_cache() -> moka::sync::Cache<String, bool> {
+    moka::sync::Cache::new(MAX_DISCOVERY_ENTRIES)
+}
 
 /// An empty [`GrantsHint`] for [`MAX_DISCOVERY_ENTRIES`] principals.
 pub fn grants_hint() -> GrantsHint {
@@ -289,6 +296,45 @@ impl ParleyServer {
     }
 }
 
+impl App {
+    /// Whether `principal` owns a table — may `decide_request` on the lakehouse or on a table with a contract —
+    /// remembered per principal, policy version and contract set.
+    pub fn owns_a_table(&self, principal: &crate::identity::Principal) -> bool {
+        let app = self;
+        let key = format!(
+            "{}|{}|{principal:?}",
+            app.gate.policy_version(),
+            app.lakehouse.contracts_version()
+        );
+        if let Some(owner) = app.owners.get(&key) {
+            return owner;
+        }
+        let owner = app
+            .gate
+            .may(principal, Action::DecideRequest, &Resource::Lakehouse)
+            || app.lakehouse.contracts().tables().any(|t| {
+                crate::catalog::TableName::parse(t).is_ok_and(|name| {
+                    app.gate.may(
+                        principal,
+                        Action::DecideRequest,
+                        &Resource::Table(app.lakehouse.facts_of_listed(&name)),
+                    )
+                })
+            });
+        app.owners.insert(key, owner);
+        owner
+    }
+}
+
+/// The tools only a table's owners can use; listed to principals who own a table.
+pub const OWNER_TOOLS: [&str; 5] = [
+    "review_requests",
+    "decide_request",
+    "revoke_grant",
+    "table_consumers",
+    "publish_contract",
+];
+
 impl ParleyServer {
     /// A server over the shared application state.
     pub fn new(app: Arc<App>) -> ParleyServer {
@@ -361,6 +407,7 @@ impl ServerHandler for ParleyServer {
             ServerCapabilities::builder()
                 .enable_logging()
                 .enable_tools()
+                .enable_tool_list_changed()
                 .enable_resources()
                 .enable_resources_subscribe()
                 .enable_prompts()
@@ -373,6 +420,44 @@ impl ServerHandler for ParleyServer {
              learn their columns with describe_table, read their data contract with get_contract (its usage terms \
              bind you), then run read-only SQL with query. Every call is authorized by policy and audited.",
         )
+    }
+
+    /// The tools the caller can use: owners' tools only for a principal who owns a table (the policy's
+    /// `decide_request` on one), and output schemas only when configured (`output_schemas`), so an agent's context
+    /// holds what it can act on. A session is told (`notifications/tools/list_changed`) when its list changes.
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, ErrorData> {
+        let principal = self.principal(&ctx);
+        let owner = self.app.owns_a_table(&principal);
+        self.session.listed_as_owner(owner);
+        let full = self.app.config.output_schemas;
+        let tools = self
+            .tool_router
+            .list_all()
+            .into_iter()
+            .filter(|t| owner || !OWNER_TOOLS.contains(&t.name.as_ref()))
+            .map(|mut t| {
+                if !full {
+                    t.output_schema = None;
+                }
+                t
+            })
+            .collect();
+        let hints = ctx
+            .protocol_version()
+            .is_some_and(|v| v >= rmcp::model::ProtocolVersion::V_2026_07_28);
+        Ok(rmcp::model::ListToolsResult {
+            result_type: Some(rmcp::model::ResultType::COMPLETE),
+            tools,
+            meta: None,
+            next_cursor: None,
+            ttl_ms: hints.then_some(0),
+            // Per principal: never served to another user from a cache.
+            cache_scope: hints.then_some(rmcp::model::CacheScope::Private),
+        })
     }
 
     async fn list_resources(

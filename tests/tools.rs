@@ -7,7 +7,9 @@ use crate::util::{Lake, call, err, ok, text};
 #[tokio::test]
 async fn tools_are_listed_with_schemas_descriptions_and_annotations() {
     let lake = Lake::new();
-    let client = lake.connect("analyst", &[]).await;
+    std::fs::write(lake.path().join("parley.toml"), "output_schemas = true\n").unwrap();
+    // An owner: every tool is listed to principals who own a table.
+    let client = lake.connect("sales-owner", &[]).await;
     let info = client.peer_info().expect("server info");
     assert_eq!(
         info.server_info.as_ref().expect("server info").name,
@@ -102,6 +104,84 @@ async fn tools_are_listed_with_schemas_descriptions_and_annotations() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(required, json!(["sql"]));
+    client.cancel().await.unwrap();
+}
+
+/// An agent pays for the tool list in context before its first call (issue 15): an analyst, who owns no table,
+/// is listed neither the owners' tools nor output schemas (off by default), within 3,000 tokens (12,000 bytes at
+/// the ~4 bytes per token of JSON); when a policy change makes it an owner, its session is told the list changed
+/// and the next list has the owners' tools.
+#[tokio::test]
+async fn an_analyst_lists_what_it_can_use_within_a_small_context() {
+    use rmcp::ServiceExt;
+    use rmcp::service::NotificationContext;
+    use rmcp::transport::ConfigureCommandExt;
+    use rmcp::{ClientHandler, RoleClient};
+
+    #[derive(Clone)]
+    struct Ears(tokio::sync::mpsc::UnboundedSender<()>);
+    impl ClientHandler for Ears {
+        async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+            let _ = self.0.send(());
+        }
+    }
+
+    let lake = Lake::new();
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let transport = rmcp::transport::TokioChildProcess::builder(lake.command().configure(|cmd| {
+        cmd.args(["serve", "--principal", "analyst"]);
+    }))
+    .stderr(std::process::Stdio::inherit())
+    .spawn()
+    .unwrap()
+    .0;
+    let client = Ears(tx).serve(transport).await.unwrap();
+    let tools = client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    for owners_only in [
+        "review_requests",
+        "decide_request",
+        "revoke_grant",
+        "table_consumers",
+        "publish_contract",
+    ] {
+        assert!(
+            !names.contains(&owners_only),
+            "analyst is listed {owners_only}"
+        );
+    }
+    assert!(names.contains(&"query") && names.contains(&"request_access"));
+    assert!(tools.iter().all(|t| t.output_schema.is_none()));
+    let bytes = serde_json::to_string(&tools).unwrap().len();
+    assert!(
+        bytes <= 12_000,
+        "the analyst's tools/list is {bytes} bytes (~{} tokens)",
+        bytes / 4
+    );
+    // Structured results still come back without a listed schema.
+    let r = call(&client, "list_tables", json!({})).await;
+    assert!(r.structured_content.is_some());
+
+    // The policy makes the analyst an owner of ops.*: told at the next reload (within ~2 s).
+    let policy = lake.path().join("policy").join("policy.cedar");
+    let mut text = std::fs::read_to_string(&policy).unwrap();
+    text.push_str(
+        "\n@id(\"analyst-owns-ops\")\npermit (principal == Parley::User::\"analyst\", action == \
+         Parley::Action::\"decide_request\", resource in Parley::Namespace::\"ops\");\n",
+    );
+    std::fs::write(&policy, text).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(20), heard.recv())
+        .await
+        .expect("tools/list_changed within 20 s")
+        .unwrap();
+    let names: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(names.iter().any(|n| n == "decide_request"), "{names:?}");
     client.cancel().await.unwrap();
 }
 

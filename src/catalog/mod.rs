@@ -358,6 +358,14 @@ impl Lakehouse {
         self
     }
 
+    /// The contracts in force now (a snapshot: a reload replaces it whole).
+    pub fn contracts(&self) -> Arc<ContractStore> {
+        self.contracts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// The folder contract files are read from, when they are read from one.
     pub fn contracts_dir(&self) -> Option<&Path> {
         self.contracts_dir.as_ref().map(|(d, _)| d.as_path())

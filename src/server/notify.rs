@@ -55,9 +55,16 @@ pub(super) struct Session {
     peer: OnceLock<Peer<RoleServer>>,
     subscriptions: Mutex<BTreeSet<String>>,
     level: Mutex<Option<LoggingLevel>>,
+    /// Whether the session's last `tools/list` included the owners' tools.
+    listed_owner: Mutex<Option<bool>>,
 }
 
 impl Session {
+    /// Records what the session's tool list was last built for.
+    pub(super) fn listed_as_owner(&self, owner: bool) {
+        *lock(&self.listed_owner) = Some(owner);
+    }
+
     /// Records `logging/setLevel`.
     pub(super) fn set_level(&self, level: LoggingLevel) {
         *lock(&self.level) = Some(level);
@@ -185,8 +192,42 @@ impl Sessions {
         }
     }
 
+    /// Tells each live session whose last tool list no longer fits its principal (`owns` a table or not, after a
+    /// policy or contract change) that its tools changed (`notifications/tools/list_changed`), on a task of its
+    /// own.
+    pub fn refresh_tool_lists(&self, owns: impl Fn(&crate::identity::Principal) -> bool) {
+        let mut stale = Vec::new();
+        for principal in self.connected() {
+            let owner = owns(&principal);
+            if let Some(list) = lock(&self.by_principal).get(&principal.id) {
+                for c in list {
+                    if let Channel::Session(s) = c
+                        && lock(&s.listed_owner).is_some_and(|listed| listed != owner)
+                        && let Some(peer) = s.peer.get()
+                    {
+                        *lock(&s.listed_owner) = None;
+                        stale.push(peer.clone());
+                    }
+                }
+            }
+        }
+        if stale.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            for peer in stale {
+                if let Err(e) = peer.notify_tool_list_changed().await {
+                    tracing::debug!("a session could not take tools/list_changed: {e}");
+                }
+            }
+        });
+    }
+
     /// The principals with a live session, as they were when they attached.
-    pub(super) fn connected(&self) -> Vec<crate::identity::Principal> {
+    pub fn connected(&self) -> Vec<crate::identity::Principal> {
         let live: Vec<String> = lock(&self.by_principal)
             .iter()
             .filter(|(_, list)| list.iter().any(|c| !c.closed()))

@@ -735,6 +735,9 @@ impl ParleyServer {
         );
         if let Some((_, _, changed)) = lakehouse.reload_contracts(true) {
             self.app.sessions.contracts_changed(&changed);
+            self.app
+                .sessions
+                .refresh_tool_lists(|p| self.app.owns_a_table(p));
         }
         let notices = p
             .told
