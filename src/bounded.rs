@@ -1388,6 +1388,7 @@ mod tests {
             tables,
             engine,
             10,
+            usize::MAX,
             tokio_util::sync::CancellationToken::new(),
         )
         .await

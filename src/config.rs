@@ -337,8 +337,13 @@ pub struct QueryLimits {
     pub default_rows: usize,
     /// Largest `max_rows` a caller may ask for. Env: `PARLEY_QUERY_MAX_ROWS`. Default: 10000.
     pub max_rows: usize,
-    /// Largest serialized result (JSON bytes of the rows). Env: `PARLEY_QUERY_MAX_RESULT_BYTES`. Default: 4 MiB.
+    /// Largest reply a caller may ask for with `max_bytes`, in bytes: the rows appear twice in a reply (a table
+    /// in its text for the model, JSON in its structured content), so each copy gets half. Env:
+    /// `PARLEY_QUERY_MAX_RESULT_BYTES`. Default: 4 MiB.
     pub max_result_bytes: usize,
+    /// The reply's byte budget when the caller gives no `max_bytes` (8 KiB is ~2,000 tokens of context). Env:
+    /// `PARLEY_QUERY_DEFAULT_REPLY_BYTES`. Default: 8192.
+    pub default_reply_bytes: usize,
     /// Wall-clock limit of one query in milliseconds. Env: `PARLEY_QUERY_TIMEOUT_MS`. Default: 30000.
     pub timeout_ms: u64,
     /// DataFusion memory pool in bytes (sorts, joins, aggregates), shared by all queries running at once: a query
@@ -380,6 +385,7 @@ impl Default for QueryLimits {
             default_rows: 1000,
             max_rows: 10_000,
             max_result_bytes: 4 * 1024 * 1024,
+            default_reply_bytes: 8192,
             timeout_ms: 30_000,
             memory_bytes: 1024 * 1024 * 1024,
             spill_to_disk: false,
@@ -505,6 +511,11 @@ impl Config {
             &get,
             &mut q.max_result_bytes,
         )?;
+        num(
+            "PARLEY_QUERY_DEFAULT_REPLY_BYTES",
+            &get,
+            &mut q.default_reply_bytes,
+        )?;
         num("PARLEY_QUERY_TIMEOUT_MS", &get, &mut q.timeout_ms)?;
         num("PARLEY_QUERY_MEMORY_BYTES", &get, &mut q.memory_bytes)?;
         num("PARLEY_QUERY_SPILL", &get, &mut q.spill_to_disk)?;
@@ -572,6 +583,10 @@ mod tests {
         assert_eq!(
             example.query.max_result_bytes,
             default.query.max_result_bytes
+        );
+        assert_eq!(
+            example.query.default_reply_bytes,
+            default.query.default_reply_bytes
         );
         assert_eq!(
             example.negotiation.self_approval,

@@ -788,6 +788,7 @@ async fn run(
         }],
         engine,
         2,
+        64 * 1024,
         tokio_util::sync::CancellationToken::new(),
     )
     .await

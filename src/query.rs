@@ -410,7 +410,7 @@ pub struct QueryResult {
     pub row_count: usize,
     /// True when a cap cut the result.
     pub truncated: bool,
-    /// Which cap cut it: `max_rows` or `max_result_bytes`.
+    /// Which cap cut it: `max_rows` or `max_bytes` (the reply's byte budget).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub truncated_by: Option<String>,
     /// Rows the full result has, when known.
@@ -566,12 +566,14 @@ impl Engine {
     }
 }
 
-/// Runs a prepared query over exactly `tables`, within the engine's limits, returning at most `max_rows` rows.
+/// Runs a prepared query over exactly `tables`, within the engine's limits, returning at most `max_rows` rows and
+/// `max_bytes` bytes of rows as JSON (never more than the engine's `max_result_bytes`).
 pub async fn execute(
     prepared: Prepared,
     tables: Vec<ReadableTable>,
     engine: &Engine,
     max_rows: usize,
+    max_bytes: usize,
     cancel: CancellationToken,
 ) -> Result<QueryResult, QueryError> {
     let limits = &engine.limits;
@@ -713,7 +715,7 @@ pub async fn execute(
             &batch,
             &mut out,
             max_rows,
-            limits.max_result_bytes,
+            max_bytes.min(limits.max_result_bytes),
             &mut total,
         )?;
     }
@@ -768,7 +770,7 @@ fn append_rows(
         let size = serde_json::to_string(&values).map(|s| s.len()).unwrap_or(0) + 1;
         if out.result_bytes + size > max_bytes {
             out.truncated = true;
-            out.truncated_by = Some("max_result_bytes".to_string());
+            out.truncated_by = Some("max_bytes".to_string());
             continue;
         }
         out.result_bytes += size;
@@ -979,7 +981,15 @@ mod tests {
             name: TableName::parse(name).unwrap(),
             source,
         }];
-        execute(prepared, tables, engine, 10, CancellationToken::new()).await
+        execute(
+            prepared,
+            tables,
+            engine,
+            10,
+            usize::MAX,
+            CancellationToken::new(),
+        )
+        .await
     }
 
     #[tokio::test]
@@ -1204,9 +1214,16 @@ mod tests {
             &naming,
         )
         .unwrap();
-        let result = execute(prepared, tables, &engine, 10, CancellationToken::new())
-            .await
-            .unwrap();
+        let result = execute(
+            prepared,
+            tables,
+            &engine,
+            10,
+            usize::MAX,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!(result.rows[0][0], serde_json::json!(14));
     }
 }

@@ -385,7 +385,9 @@ class Suite:
     async def query(
         self, cls: str, name: str, client: Parley, sql: str, grant: str | None = None, **kw: Any
     ) -> Answer:
-        args: dict[str, Any] = {"sql": sql, "max_rows": kw.pop("max_rows", 10000)}
+        # The whole result, as far as the server's ceilings go (the default reply budget is ~2,000 tokens).
+        args: dict[str, Any] = {"sql": sql, "max_rows": kw.pop("max_rows", 10000),
+                                "max_bytes": kw.pop("max_bytes", 4 * 1024 * 1024)}
         if grant:
             args["grant_id"] = grant
         return await self.call(cls, name, client, "query", args, **kw)

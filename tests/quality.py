@@ -139,7 +139,7 @@ def main() -> None:
         check(granted.get("status") == "granted", "analyst holds a live grant on sales.orders")
 
         want = truth()
-        d = call(owner, "describe_table", {"table": "sales.orders"})
+        d = call(owner, "describe_table", {"table": "sales.orders", "full": True})
         q = d.structured_content["quality"]
         checks = {c["name"]: c for c in q["report"]["checks"]}
         measured = {name: checks[name].get("measured") for name in checks}
@@ -172,7 +172,7 @@ def main() -> None:
         check("quality: breach" in d.content[0].text and "tiny_table" not in d.content[0].text.split("quality:")[0],
               "describe_table's text says so")
 
-        a = call(analyst, "describe_table", {"table": "sales.orders"}).structured_content["quality"]
+        a = call(analyst, "describe_table", {"table": "sales.orders", "full": True}).structured_content["quality"]
         check({c["name"]: c["status"] for c in a["report"]["checks"]} == verdicts
               and all("measured" not in c for c in a["report"]["checks"]) and "latest" not in a["report"]["freshness"],
               "the analyst sees the same verdicts and no measured value")
@@ -198,7 +198,7 @@ def main() -> None:
         age = (time.time() - want["newest"].timestamp())
         with open(clock, "w") as f:
             f.write(str(10 * 86400 - age + 3600))
-        a = call(analyst, "describe_table", {"table": "sales.orders"}).structured_content["quality"]
+        a = call(analyst, "describe_table", {"table": "sales.orders", "full": True}).structured_content["quality"]
         check("freshness" in a["breaches"], f"an hour past the promise the table is stale ({a['breaches']})")
         check(notices(owner, "quality", "freshness"), "and the owner is told")
 
@@ -219,7 +219,7 @@ def main() -> None:
         t.append(row)
         want = truth()
         check(want["no_negative_totals"] == 1, "pyiceberg reads the appended negative amount")
-        q = call(owner, "describe_table", {"table": "sales.orders"}).structured_content["quality"]
+        q = call(owner, "describe_table", {"table": "sales.orders", "full": True}).structured_content["quality"]
         checks = {c["name"]: c for c in q["report"]["checks"]}
         check(q["report"]["snapshot_id"] == direct.load_table("sales.orders").metadata.current_snapshot_id
               and checks["no_negative_totals"]["status"] == "fail" and checks["no_negative_totals"]["measured"] == 1

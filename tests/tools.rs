@@ -288,8 +288,16 @@ async fn analyst_lists_discovers_and_queries() {
     assert_eq!(email["pii"], true);
     assert_eq!(c["can_query"], false);
 
-    // get_contract: terms and the YAML.
-    let k = ok(&call(&client, "get_contract", json!({"table": "sales.customers"})).await);
+    // get_contract: the terms; the YAML only in the full form (a summary by default keeps the answer small).
+    let summary = call(&client, "get_contract", json!({"table": "sales.customers"})).await;
+    assert!(ok(&summary).get("yaml").is_none());
+    assert!(text(&summary).contains("full: true"), "{}", text(&summary));
+    let k = ok(&call(
+        &client,
+        "get_contract",
+        json!({"table": "sales.customers", "full": true}),
+    )
+    .await);
     assert_eq!(k["contract_id"], "urn:parley:demo:sales:customers");
     assert!(
         k["allowed_purposes"]

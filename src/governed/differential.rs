@@ -272,7 +272,17 @@ async fn run(engine: &Engine, sql: &str, source: TableSource) -> Result<Vec<Stri
         name: TableName::parse("sales.customers").unwrap(),
         source,
     }];
-    outcome(execute(prepared, tables, engine, 1000, CancellationToken::new()).await)
+    outcome(
+        execute(
+            prepared,
+            tables,
+            engine,
+            1000,
+            usize::MAX,
+            CancellationToken::new(),
+        )
+        .await,
+    )
 }
 
 /// Text no answer under the grant may contain: the excluded rows' secrets and the ungranted column.

@@ -78,6 +78,20 @@ pub struct TableArgs {
     pub table: String,
 }
 
+/// Arguments of `describe_table` and `get_contract`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DetailArgs {
+    /// `namespace.table`, e.g. `sales.orders`.
+    pub table: String,
+    /// The full form: every snapshot, every quality rule, the contract's YAML (default: a summary).
+    #[serde(default)]
+    pub full: bool,
+}
+
+/// Snapshots a summary shows, newest last.
+const SUMMARY_SNAPSHOTS: usize = 5;
+
 /// A column of a table.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ColumnInfo {
@@ -142,8 +156,10 @@ pub struct DescribeTableResult {
     pub partition_spec: Vec<PartitionInfo>,
     /// The snapshot queries read now.
     pub current_snapshot: Option<SnapshotInfo>,
-    /// All snapshots, oldest first.
+    /// Snapshots, oldest first: the newest few unless `full` (see `snapshot_count`).
     pub snapshots: Vec<SnapshotInfo>,
+    /// How many snapshots the table has.
+    pub snapshot_count: usize,
     /// Rows in the current snapshot.
     pub row_count: Option<u64>,
     /// Whether you may query it now.
@@ -235,8 +251,9 @@ pub struct ContractResult {
     /// contract has none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quality: Option<super::quality::QualityView>,
-    /// The whole contract, ODCS v3 YAML.
-    pub yaml: String,
+    /// The whole contract, ODCS v3 YAML (with `full`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub yaml: Option<String>,
 }
 
 /// One version of a table's contract.
@@ -389,9 +406,7 @@ pub(super) fn describe_reply(r: DescribeTableResult) -> CallToolResult {
     if let Some(s) = &r.current_snapshot {
         text.push_str(&format!(
             "current snapshot {} committed {}; {} snapshots in history\n",
-            s.snapshot_id,
-            s.committed_at,
-            r.snapshots.len()
+            s.snapshot_id, s.committed_at, r.snapshot_count
         ));
     }
     if let Some(q) = &r.quality {
@@ -433,7 +448,13 @@ pub(super) fn contract_reply(r: ContractResult) -> CallToolResult {
             .map(|c| c.name.as_str())
             .collect::<Vec<_>>()
             .join(", "),
-        r.yaml
+        r.yaml.clone().unwrap_or_else(|| {
+            let (ns, t) = r.table.rsplit_once('.').unwrap_or(("", r.table.as_str()));
+            format!(
+                "The whole contract (ODCS YAML, every rule and SLA): get_contract with full: true, or the resource \
+                 contract://{ns}/{t}."
+            )
+        })
     );
     respond(&r, text)
 }
@@ -798,7 +819,7 @@ impl ParleyServer {
     pub(super) async fn do_describe(
         &self,
         checked: &mut Checked<'_>,
-        args: TableArgs,
+        args: DetailArgs,
     ) -> Result<DescribeTableResult, ToolError> {
         let name = self
             .table_for(checked, &args.table, Action::Discover, "")
@@ -844,13 +865,20 @@ impl ParleyServer {
             .collect();
         let mut snapshots: Vec<SnapshotInfo> = meta.snapshots().map(|s| snapshot_info(s)).collect();
         snapshots.sort_by_key(|s| (s.committed_at.clone(), s.snapshot_id));
+        let snapshot_count = snapshots.len();
+        if !args.full {
+            snapshots.drain(..snapshot_count.saturating_sub(SUMMARY_SNAPSHOTS));
+        }
         let owner = checked
             .peek(
                 Action::DecideRequest,
                 &Resource::Table(lakehouse.facts_of_listed(&name)),
             )
             .allowed();
-        let quality = self.quality_of(&name, &table, QUALITY_WAIT, owner).await;
+        let quality = self
+            .quality_of(&name, &table, QUALITY_WAIT, owner)
+            .await
+            .map(|q| if args.full { q } else { q.summary() });
         let facts = lakehouse.facts_of_listed(&name);
         let drift = contract
             .map(|c| crate::compat::contract_drift(c, schema))
@@ -871,6 +899,7 @@ impl ParleyServer {
             partition_spec,
             current_snapshot: meta.current_snapshot().map(|s| snapshot_info(s)),
             snapshots,
+            snapshot_count,
             row_count: row_count(&table),
             can_query: checked
                 .peek(Action::Query, &Resource::Table(facts))
@@ -978,7 +1007,7 @@ impl ParleyServer {
                     })
                     .collect()
             },
-            yaml: loaded.yaml.clone(),
+            yaml: Some(loaded.yaml.clone()),
         })
     }
 }
@@ -1009,7 +1038,7 @@ impl ParleyServer {
 
     #[tool(
         description = include_str!("../../tools/describe_table.md"),
-        input_schema = schema_for_type::<TableArgs>(),
+        input_schema = schema_for_type::<DetailArgs>(),
         output_schema = schema_for_output::<DescribeTableResult>(),
         annotations(title = "Describe a table", read_only_hint = true, open_world_hint = false)
     )]
@@ -1031,7 +1060,7 @@ impl ParleyServer {
 
     #[tool(
         description = include_str!("../../tools/get_contract.md"),
-        input_schema = schema_for_type::<TableArgs>(),
+        input_schema = schema_for_type::<DetailArgs>(),
         output_schema = schema_for_output::<ContractResult>(),
         annotations(title = "Read a data contract", read_only_hint = true, open_world_hint = false)
     )]
@@ -1045,7 +1074,14 @@ impl ParleyServer {
             "get_contract",
             None,
             args,
-            async |c, a: TableArgs| self.do_get_contract(c, &a.table).await,
+            async |c, a: DetailArgs| {
+                let mut r = self.do_get_contract(c, &a.table).await?;
+                if !a.full {
+                    r.yaml = None;
+                    r.quality = r.quality.map(|q| q.summary());
+                }
+                Ok(r)
+            },
             contract_reply,
         )
         .await

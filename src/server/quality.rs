@@ -58,6 +58,17 @@ pub struct QualityView {
     pub report: Option<Report>,
 }
 
+impl QualityView {
+    /// The summary form: only the rules that did not pass (and the freshness promise).
+    pub fn summary(mut self) -> QualityView {
+        if let Some(r) = &mut self.report {
+            r.checks
+                .retain(|c| c.status != crate::quality::Status::Pass);
+        }
+        self
+    }
+}
+
 impl ParleyServer {
     /// The quality of `table` as loaded, by the contract in force: its report when this snapshot was already
     /// evaluated, else an evaluation started (or joined) and awaited at most `wait`. `None` when the contract has

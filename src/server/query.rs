@@ -22,7 +22,13 @@ pub struct QueryArgs {
     /// rows).
     #[serde(default)]
     pub grant_id: Option<String>,
+    /// Most bytes of reply (default 8192, ~2,000 tokens; up to the server's ceiling).
+    #[serde(default)]
+    pub max_bytes: Option<u32>,
 }
+
+/// What a reply spends besides its rows (column names, the summary line, structured fields).
+const REPLY_OVERHEAD: usize = 1536;
 
 /// Renders query rows as a compact tab-separated table for the model.
 pub(super) fn query_text(r: &QueryResult) -> String {
@@ -58,8 +64,13 @@ pub(super) fn query_text(r: &QueryResult) -> String {
         if r.row_count == 1 { "" } else { "s" },
         match (r.truncated, r.total_rows) {
             (true, Some(t)) => format!(
-                ", truncated by {} of {t} total",
-                r.truncated_by.as_deref().unwrap_or("a cap")
+                ", truncated by {} of {t} total{}",
+                r.truncated_by.as_deref().unwrap_or("a cap"),
+                if r.truncated_by.as_deref() == Some("max_bytes") {
+                    " — aggregate or filter, or pass a larger max_bytes"
+                } else {
+                    ""
+                }
             ),
             (true, None) => format!(
                 ", truncated by {}; total unknown",
@@ -187,6 +198,24 @@ impl ParleyServer {
             }
             Some(n) => n as usize,
         };
+        let reply_bytes = match args.max_bytes {
+            None => limits.default_reply_bytes,
+            Some(n) if (n as usize) < 2 * REPLY_OVERHEAD => {
+                return Err(ToolError::BadRequest(format!(
+                    "max_bytes {n} leaves no room for rows; give at least {}",
+                    2 * REPLY_OVERHEAD
+                )));
+            }
+            Some(n) if n as usize > limits.max_result_bytes => {
+                return Err(ToolError::BadRequest(format!(
+                    "max_bytes {n} is above this server's ceiling of {}; aggregate in SQL or ask for fewer rows",
+                    limits.max_result_bytes
+                )));
+            }
+            Some(n) => n as usize,
+        };
+        // The rows appear twice in the reply (the text's table and the structured JSON): each copy gets half.
+        let row_bytes = reply_bytes.saturating_sub(REPLY_OVERHEAD) / 2;
         let prepared = crate::query::prepare(&args.sql, limits, self.app.engine.naming())
             .map_err(query_error)?;
         for t in &prepared.tables {
@@ -271,7 +300,14 @@ impl ParleyServer {
             return Err(ToolError::Limit(format!("quota exceeded: {why}")));
         }
         progress.report(2, 3, "running the query".to_string()).await;
-        let result = crate::query::execute(prepared, readable, &self.app.engine, max_rows, cancel)
+        let result = crate::query::execute(
+            prepared,
+            readable,
+            &self.app.engine,
+            max_rows,
+            row_bytes,
+            cancel,
+        )
             .await
             .map_err(query_error)
             .map_err(|e| match (e, &grant) {

@@ -144,7 +144,9 @@ impl ParleyServer {
                         "unknown resource {uri}; resources are contract://{{namespace}}/{{table}}"
                     )));
                 }
-                self.do_get_contract(c, &table).await.map(|r| r.yaml)
+                self.do_get_contract(c, &table)
+                    .await
+                    .map(|r| r.yaml.unwrap_or_default())
             })
             .await
             .map_err(|e| ErrorData::resource_not_found(e, None))?;
