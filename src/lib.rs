@@ -20,6 +20,7 @@ pub mod gate;
 pub mod governed;
 pub mod http;
 pub mod identity;
+pub mod ids;
 pub mod init;
 pub mod jsonrpc;
 pub mod negotiation;

@@ -170,7 +170,9 @@ impl Freshness {
 /// A snapshot's quality against the contract in force: the computed part, cached by snapshot id.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Report {
-    /// Snapshot evaluated (absent: the table has none).
+    /// Snapshot evaluated, a decimal string (absent: the table has none).
+    #[serde(serialize_with = "crate::ids::opt_string")]
+    #[schemars(with = "Option<String>")]
     pub snapshot_id: Option<i64>,
     /// Contract version whose rules were evaluated.
     pub contract_version: String,

@@ -382,7 +382,9 @@ pub struct Column {
 pub struct SnapshotRead {
     /// `namespace.table`.
     pub table: String,
-    /// Snapshot id read (absent for a table with no snapshot yet).
+    /// Snapshot id read, a decimal string (absent for a table with no snapshot yet).
+    #[serde(serialize_with = "crate::ids::opt_string")]
+    #[schemars(with = "Option<String>")]
     pub snapshot_id: Option<i64>,
 }
 

@@ -1097,7 +1097,7 @@ async def class3_statements(s: Suite, analyst: Parley, grant: str, scratch: str)
     s.check(
         "query reads pyiceberg's current snapshot",
         cls,
-        canonical(a.rows) == [[t.n_orders]] and [x.get("snapshot_id") for x in snapshots] == [current],
+        canonical(a.rows) == [[t.n_orders]] and [int(x.get("snapshot_id")) for x in snapshots] == [current],
         a.brief(),
     )
     a = await s.query(
@@ -1111,7 +1111,7 @@ async def class3_statements(s: Suite, analyst: Parley, grant: str, scratch: str)
     s.check(
         "governed query reads the current snapshot",
         cls,
-        [x.get("snapshot_id") for x in (a.data or {}).get("snapshots", [])] == [t.customers_snapshot],
+        [int(x.get("snapshot_id")) for x in (a.data or {}).get("snapshots", [])] == [t.customers_snapshot],
         a.brief(),
     )
     for name in ("copy1.csv", "copy2.parquet", "copy3.csv"):

@@ -61,7 +61,7 @@ def main() -> None:
         warehouse=f"file://{data_dir}/warehouse",
     )
     table = catalog.load_table("sales.orders")
-    assert table.current_snapshot().snapshot_id == snapshot_id, "same current snapshot"
+    assert str(table.current_snapshot().snapshot_id) == snapshot_id, "same current snapshot (ids are strings)"
     arrow = table.scan(selected_fields=("order_id", "total_amount")).to_arrow()
     py_count = arrow.num_rows
     py_sum = sum((v for v in arrow.column("total_amount").to_pylist()), decimal.Decimal(0))

@@ -221,7 +221,7 @@ def main() -> None:
         check(want["no_negative_totals"] == 1, "pyiceberg reads the appended negative amount")
         q = call(owner, "describe_table", {"table": "sales.orders", "full": True}).structured_content["quality"]
         checks = {c["name"]: c for c in q["report"]["checks"]}
-        check(q["report"]["snapshot_id"] == direct.load_table("sales.orders").metadata.current_snapshot_id
+        check(q["report"]["snapshot_id"] == str(direct.load_table("sales.orders").metadata.current_snapshot_id)
               and checks["no_negative_totals"]["status"] == "fail" and checks["no_negative_totals"]["measured"] == 1
               and checks["rowCount must be > 100000"]["measured"] == want["rows"],
               f"the new snapshot is evaluated: no_negative_totals fails ({checks['no_negative_totals']})")

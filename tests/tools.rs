@@ -252,7 +252,8 @@ async fn analyst_lists_discovers_and_queries() {
     assert_eq!(none["total"], 0, "{none:#}");
 
     // describe_table: schema, partitioning, snapshots, classifications.
-    let d = ok(&call(&client, "describe_table", json!({"table": "sales.orders"})).await);
+    let describe = call(&client, "describe_table", json!({"table": "sales.orders"})).await;
+    let d = ok(&describe);
     let cols = d["columns"].as_array().unwrap();
     assert_eq!(cols.len(), 10);
     let col = |n: &str| cols.iter().find(|c| c["name"] == n).cloned().unwrap();
@@ -272,6 +273,9 @@ async fn analyst_lists_discovers_and_queries() {
         snaps[1]["snapshot_id"]
     );
     assert_eq!(d["row_count"], 120_000);
+    // 64-bit ids as strings: a JavaScript client would round them as numbers (issue 15).
+    let id = d["current_snapshot"]["snapshot_id"].as_str().unwrap();
+    assert!(id.parse::<i64>().is_ok() && text(&describe).contains(id));
     let c = ok(&call(
         &client,
         "describe_table",

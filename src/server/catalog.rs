@@ -125,9 +125,13 @@ pub struct PartitionInfo {
 /// A snapshot of a table.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct SnapshotInfo {
-    /// Snapshot id.
+    /// Snapshot id, a decimal string (ids use 64 bits; JavaScript numbers keep 53).
+    #[serde(serialize_with = "crate::ids::string")]
+    #[schemars(with = "String")]
     pub snapshot_id: i64,
-    /// Parent snapshot id.
+    /// Parent snapshot id, a decimal string.
+    #[serde(serialize_with = "crate::ids::opt_string")]
+    #[schemars(with = "Option<String>")]
     pub parent_id: Option<i64>,
     /// Commit time, RFC 3339.
     pub committed_at: String,
