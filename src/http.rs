@@ -56,19 +56,25 @@ impl HttpAuth {
             .trim_end_matches('/')
             .trim_end_matches("/mcp")
             .to_string();
-        let servers = if settings.authorization_servers.is_empty() {
+        let mut servers = if settings.authorization_servers.is_empty() {
             settings.issuer.iter().cloned().collect::<Vec<_>>()
         } else {
             settings.authorization_servers.clone()
         };
-        let metadata = json!({
+        // RFC 9728 names authorization servers by their issuer URL. The dev issuer (`parley token`) has none — it
+        // is no OAuth server a client could go to — so it is not named: the metadata then says only where the
+        // resource is and how to present a token.
+        servers.retain(|s| s.starts_with("https://") || s.starts_with("http://"));
+        let mut metadata = json!({
             "resource": resource,
-            "authorization_servers": servers,
             "bearer_methods_supported": ["header"],
             "scopes_supported": settings.required_scopes,
             "resource_name": "Parley",
             "resource_documentation": "https://modelcontextprotocol.io/",
         });
+        if !servers.is_empty() {
+            metadata["authorization_servers"] = json!(servers);
+        }
         HttpAuth {
             validator,
             metadata_url: format!("{base}/.well-known/oauth-protected-resource"),

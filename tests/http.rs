@@ -74,6 +74,40 @@ pub async fn start(lake: &Lake, extra: &[&str]) -> (tokio::process::Child, Strin
     (child, url)
 }
 
+/// The dev issuer is no OAuth authorization server: the protected-resource metadata does not name one (it named
+/// `parley-dev`, which clients took for an issuer URL), and a 401 still points at the metadata.
+#[tokio::test]
+async fn dev_issuer_metadata_names_no_authorization_server() {
+    let lake = Lake::new();
+    let (mut child, url) = start(&lake, &["--dev-issuer"]).await;
+    let base = url.trim_end_matches("/mcp");
+    let meta: serde_json::Value =
+        reqwest::get(format!("{base}/.well-known/oauth-protected-resource"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(meta["resource"], url.as_str());
+    assert!(meta.get("authorization_servers").is_none(), "{meta}");
+    let r = reqwest::Client::new()
+        .post(&url)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.contains("/.well-known/oauth-protected-resource"),
+        "{challenge}"
+    );
+    child.kill().await.unwrap();
+}
+
 #[tokio::test]
 async fn tools_work_over_streamable_http_on_two_protocol_versions() {
     let lake = Lake::new();
