@@ -323,6 +323,29 @@ async fn analyst_lists_discovers_and_queries() {
     );
     assert_eq!(k["price"], "0.5 EUR per 1000 rows");
 
+    // A lookup by key decodes the key first and the other columns only for the matching rows (late
+    // materialization): the same rows as a filter that cannot be pushed down.
+    for key in [4242, 1, 119_999, -5] {
+        let pushed = ok(&call(
+            &client,
+            "query",
+            json!({"sql": format!("SELECT * FROM sales.orders WHERE order_id = {key}")}),
+        )
+        .await);
+        let plain = ok(&call(
+            &client,
+            "query",
+            json!({"sql": format!("SELECT * FROM sales.orders WHERE order_id + 0 = {key}")}),
+        )
+        .await);
+        assert_eq!(pushed["rows"], plain["rows"], "order {key}");
+        assert_eq!(
+            pushed["row_count"],
+            if key > 0 { 1 } else { 0 },
+            "order {key}"
+        );
+    }
+
     // query: counts and sums that must agree with each other and with the data.
     let q = ok(&call(
         &client,
