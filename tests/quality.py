@@ -66,6 +66,11 @@ def main() -> None:
          "query": "SELECT count(*) FROM ${table} WHERE total_amount < 0", "mustBe": 0},
         {"type": "sql", "name": "reads_elsewhere", "query": "SELECT count(*) FROM sales.customers", "mustBe": 0},
         {"type": "text", "name": "reviewed", "description": "Reviewed by finance each quarter."},
+        # Rules are SQL the server runs: they get an agent's read-only checks, whoever wrote the contract.
+        {"type": "sql", "name": "drops", "query": "DROP TABLE ${table}", "mustBe": 0},
+        {"type": "sql", "name": "two_statements", "query": "SELECT 0; DROP TABLE ${table}", "mustBe": 0},
+        {"type": "sql", "name": "reads_a_file", "query": "SELECT count(*) FROM '/etc/passwd'", "mustBe": 0},
+        {"type": "sql", "name": "reads_the_audit_log", "query": "SELECT count(*) FROM parley.audit_log", "mustBe": 0},
     ]
     for p in orders["properties"]:
         if p["name"] == "channel":
@@ -160,8 +165,12 @@ def main() -> None:
             "currency_present": "pass" if want["currency_present"] == 0 else "fail",
             "no_negative_totals": "pass" if want["no_negative_totals"] == 0 else "fail",
             "reads_elsewhere": "error", "reviewed": "not_run", "channel_known": "pass",
+            "drops": "error", "two_statements": "error", "reads_a_file": "error", "reads_the_audit_log": "error",
         }
         check(verdicts == expected, f"the verdicts are ODCS's operators on those values ({verdicts})")
+        for name in ["drops", "two_statements", "reads_a_file", "reads_the_audit_log"]:
+            print(f"   {name}: {checks[name]['detail'][:100]}")
+        check(direct.load_table("sales.orders") is not None, "and the table is still there")
         check("only its own table" in checks["reads_elsewhere"]["detail"],
               f"a rule reading another table is an error, not a pass ({checks['reads_elsewhere']['detail']})")
         fresh = q["report"]["freshness"]
