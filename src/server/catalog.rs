@@ -611,6 +611,7 @@ impl ParleyServer {
         if let Some(hit) = cache.get(checked, &names, policy_version) {
             return Ok(hit);
         }
+        let started = std::time::Instant::now();
         let mut visible = Vec::new();
         for name in names.iter() {
             let resource = Resource::Table(lakehouse.facts_of_listed(name));
@@ -674,7 +675,15 @@ impl ParleyServer {
             let mut allowed = allowed.into_iter();
             visible.retain(|_| allowed.next().unwrap_or(false));
         }
+        let discoverable = visible.len();
         let visible = Arc::new(Discovered::new(visible));
+        tracing::debug!(
+            principal = checked.principal_id(),
+            tables = names.len(),
+            discoverable,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "built a discovery index"
+        );
         cache.put(checked, names, policy_version, visible.clone());
         Ok(visible)
     }
