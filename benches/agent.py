@@ -36,6 +36,9 @@ from pyiceberg.schema import Schema
 from pyiceberg.transforms import MonthTransform
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from rest_catalog import classify  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from catalogs import pct  # noqa: E402
 from pyiceberg.types import (BooleanType, DateType, DecimalType, IntegerType, LongType, NestedField, StringType,
                              TimestamptzType)
 
@@ -185,11 +188,6 @@ def canonical(rows) -> list:
                 pass
         return s
     return [[cell(v) for v in row] for row in rows]
-
-
-def pct(values: list, q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def main() -> None:

@@ -486,36 +486,11 @@ impl ContractStore {
         collect_yaml(dir, &mut files);
         files.sort();
         // Reading, parsing and validating are independent per file: spread over the cores (100,000 contracts took
-        // ~8 s on one), then kept in file order, so which version wins does not depend on the threads.
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(files.len().div_ceil(256).max(1));
-        let chunk = files.len().div_ceil(threads).max(1);
-        let read: Vec<Result<(String, Contract, String), ContractError>> =
-            std::thread::scope(|scope| {
-                let workers: Vec<_> = files
-                    .chunks(chunk)
-                    .map(|part| {
-                        scope.spawn(move || {
-                            part.iter()
-                                .map(|path| read_contract(dir, path))
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                workers
-                    .into_iter()
-                    .flat_map(|w| {
-                        w.join().unwrap_or_else(|_| {
-                            // Their tables then count as unclassified, the restrictive default.
-                            tracing::error!(
-                                "a thread loading contracts panicked; its contracts are not used"
-                            );
-                            Vec::new()
-                        })
-                    })
-                    .collect()
-            });
+        // ~8 s on one), then kept in file order, so which version wins does not depend on the threads. A thread that
+        // panics leaves its tables unclassified, the restrictive default.
+        let read = crate::parallel::filter_map_chunks(&files, 256, "loading contracts", |path| {
+            Some(read_contract(dir, path))
+        });
         for result in read {
             match result {
                 Ok((key, contract, yaml)) => {

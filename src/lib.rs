@@ -24,6 +24,7 @@ pub mod ids;
 pub mod init;
 pub mod jsonrpc;
 pub mod negotiation;
+pub mod parallel;
 pub mod policy;
 pub mod publish;
 pub mod quality;

@@ -77,6 +77,26 @@ async def watch(url: str, token: str, uri: str, act) -> tuple:
     return result, updates
 
 
+def serve_http(binary: str, data_dir: str) -> tuple:
+    """`parley serve` over HTTP with the dev issuer on a free loopback port, once it serves; with the file of the
+    server's clock offset (seconds), which a test moves forward instead of waiting. Returns (process, port, clock)."""
+    clock = os.path.join(data_dir, "clock-offset")
+    with open(clock, "w") as f:
+        f.write("0")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [binary, "serve", "--data-dir", data_dir, "--http", f"127.0.0.1:{port}", "--dev-issuer"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PARLEY_LOG": "info", "PARLEY_CLOCK_FILE": clock},
+    )
+    for line in server.stderr:
+        if "serving MCP over streamable HTTP" in line:
+            break
+    return server, port, clock
+
+
 def check(cond: bool, what: str) -> None:
     if not cond:
         raise SystemExit(f"FAILED: {what}")
@@ -103,22 +123,8 @@ def main() -> None:
         ).stdout.strip()
 
     analyst, marketing, owner = mint("analyst"), mint("marketing-agent"), mint("sales-owner")
-    # The server's clock, moved forward by a test instead of waiting out a notice period.
-    clock = os.path.join(data_dir, "clock-offset")
-    with open(clock, "w") as f:
-        f.write("0")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [binary, "serve", "--data-dir", data_dir, "--http", f"127.0.0.1:{port}", "--dev-issuer"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PARLEY_LOG": "info", "PARLEY_CLOCK_FILE": clock},
-    )
+    server, port, clock = serve_http(binary, data_dir)
     try:
-        for line in server.stderr:
-            if "serving MCP over streamable HTTP" in line:
-                break
         uri = f"http://127.0.0.1:{port}/iceberg"
         direct = SqlCatalog("parley", uri=f"sqlite:///{data_dir}/catalog.db", warehouse=f"file://{data_dir}/warehouse")
 

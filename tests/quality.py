@@ -21,7 +21,6 @@ Usage: python tests/quality.py path/to/parley
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from pyiceberg.catalog import load_catalog
 from pyiceberg.catalog.sql import SqlCatalog
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from iceberg_endpoint import check, mcp_calls  # noqa: E402
+from iceberg_endpoint import check, mcp_calls, serve_http  # noqa: E402
 
 
 def main() -> None:
@@ -93,21 +92,8 @@ def main() -> None:
                               capture_output=True, text=True, check=True).stdout.strip()
 
     analyst, owner = mint("analyst"), mint("sales-owner")
-    clock = os.path.join(data_dir, "clock-offset")
-    with open(clock, "w") as f:
-        f.write("0")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [binary, "serve", "--data-dir", data_dir, "--http", f"127.0.0.1:{port}", "--dev-issuer"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PARLEY_LOG": "info", "PARLEY_CLOCK_FILE": clock},
-    )
+    server, port, clock = serve_http(binary, data_dir)
     try:
-        for line in server.stderr:
-            if "serving MCP over streamable HTTP" in line:
-                break
         mcp = f"http://127.0.0.1:{port}/mcp"
         call = lambda token, tool, args: asyncio.run(mcp_calls(mcp, token, [(tool, args)]))[0]  # noqa: E731
 

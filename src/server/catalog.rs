@@ -614,39 +614,15 @@ impl ParleyServer {
         let started = std::time::Instant::now();
         // Facts and the policy's decision per table are independent: on all cores (a Cedar decision is tens of
         // microseconds, 100,000 tables take seconds on one), then gathered in the list's order.
-        let names_ref: &[TableName] = &names;
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(names_ref.len().div_ceil(1024).max(1));
-        let chunk = names_ref.len().div_ceil(threads).max(1);
-        let decided: Vec<(&TableName, Resource)> = std::thread::scope(|scope| {
-            let workers: Vec<_> = names_ref
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .filter_map(|name| {
-                                let resource = Resource::Table(lakehouse.facts_of_listed(name));
-                                checked
-                                    .peek(Action::Discover, &resource)
-                                    .allowed()
-                                    .then_some((name, resource))
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| {
-                    w.join().unwrap_or_else(|_| {
-                        // Fails closed: those tables are not listed this time.
-                        tracing::error!("a thread deciding discovery panicked; its tables are not listed");
-                        Vec::new()
-                    })
-                })
-                .collect()
-        });
+        // A thread that panics fails closed: its tables are not listed this time.
+        let decided =
+            crate::parallel::filter_map_chunks(&names, 1024, "deciding discovery", |name| {
+                let resource = Resource::Table(lakehouse.facts_of_listed(name));
+                checked
+                    .peek(Action::Discover, &resource)
+                    .allowed()
+                    .then_some((name, resource))
+            });
         let mut visible = Vec::new();
         for (name, resource) in decided {
             let table = name.to_string();
