@@ -797,6 +797,20 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
             .with_clock(parley::clock::Clock::from_env())
             .with_cache_ttl(cache_ttl),
     });
+    // The contracts are read on a thread of their own: `initialize` is answered at once, and a call that needs
+    // them waits for this first read.
+    let loader = app.clone();
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        if let Some((loaded, refused)) = loader.lakehouse.ensure_contracts() {
+            tracing::info!(
+                contracts = loaded,
+                refused,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "contracts loaded"
+            );
+        }
+    });
     watch_files(policy, app.clone());
     Ok(app)
 }

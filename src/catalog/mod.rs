@@ -247,6 +247,8 @@ pub struct Lakehouse {
     reloading: Arc<Mutex<std::collections::HashSet<TableName>>>,
     /// The newest quality report of each evaluated table (see [`crate::quality`]), for its policy facts.
     quality: Mutex<HashMap<TableName, Arc<crate::quality::Report>>>,
+    /// Set once the contract files were first read (see [`Lakehouse::ensure_contracts`]).
+    contracts_loaded: std::sync::OnceLock<()>,
 }
 
 /// The cached table list and when it was read.
@@ -319,6 +321,7 @@ impl Lakehouse {
             members: Vec::new(),
             clock: crate::clock::Clock::system(),
             quality: Mutex::new(HashMap::new()),
+            contracts_loaded: std::sync::OnceLock::new(),
         }
     }
 
@@ -347,23 +350,47 @@ impl Lakehouse {
     }
 
     /// Reads the contracts from `dir` (`<dir>/<namespace>/<table>.yaml`), now and on [`Lakehouse::reload_contracts`].
+    /// They are first read by [`Lakehouse::ensure_contracts`] — by the server on a thread of its own at start-up,
+    /// so `initialize` does not wait for 100,000 files to be parsed and validated; a call that needs a contract
+    /// before then waits for that first read (never answers from an empty set).
     pub fn with_contracts_dir(mut self, dir: &Path) -> Lakehouse {
-        let stamp = ContractsStamp::of(dir);
-        *self
-            .contracts
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Arc::new(ContractStore::load(dir));
-        self.contracts_dir = Some((dir.to_path_buf(), Mutex::new(stamp)));
+        self.contracts_dir = Some((dir.to_path_buf(), Mutex::new(ContractsStamp(Vec::new()))));
         self
+    }
+
+    /// Reads the contract files the first time it is called (every later call, and every reader meanwhile, waits
+    /// for that read to finish); `Some((contracts loaded, refused))` for the call that read them.
+    pub fn ensure_contracts(&self) -> Option<(usize, usize)> {
+        let mut first = None;
+        self.contracts_loaded.get_or_init(|| {
+            if let Some((dir, stamp)) = &self.contracts_dir {
+                *stamp
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = ContractsStamp::of(dir);
+                let store = ContractStore::load(dir);
+                first = Some((store.len(), store.rejected.len()));
+                *self
+                    .contracts
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(store);
+                self.contracts_version
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        });
+        first
+    }
+
+    /// The contract set in force, once first read.
+    fn store(&self) -> std::sync::RwLockReadGuard<'_, Arc<ContractStore>> {
+        self.ensure_contracts();
+        self.contracts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The contracts in force now (a snapshot: a reload replaces it whole).
     pub fn contracts(&self) -> Arc<ContractStore> {
-        self.contracts
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.store().clone()
     }
 
     /// The folder contract files are read from, when they are read from one.
@@ -375,6 +402,8 @@ impl Lakehouse {
     /// whole, so a call sees either. A contract that no longer loads is logged and its table counts as
     /// unclassified, exactly as at start-up. `Some((loaded, rejected, changed tables))` when a reload happened.
     pub fn reload_contracts(&self, force: bool) -> Option<(usize, usize, Vec<TableName>)> {
+        // Before the first read there is nothing to reload: that read takes the files as they are then.
+        self.contracts_loaded.get()?;
         let (dir, stamp) = self.contracts_dir.as_ref()?;
         let now = ContractsStamp::of(dir);
         {
@@ -423,6 +452,8 @@ impl Lakehouse {
 
     /// Changes with every contracts reload.
     pub fn contracts_version(&self) -> u64 {
+        // What is keyed on it is built from the contracts: never from the set before the first read.
+        self.ensure_contracts();
         self.contracts_version
             .load(std::sync::atomic::Ordering::Acquire)
     }
@@ -908,19 +939,12 @@ impl Lakehouse {
 
     /// The table's contract in force now (the lakehouse's clock), if it has a valid one.
     pub fn contract(&self, table: &TableName) -> Option<Arc<LoadedContract>> {
-        self.contracts
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_at(&table.to_string(), self.clock.now())
+        self.store().get_at(&table.to_string(), self.clock.now())
     }
 
     /// Every version of the table's contract, oldest first, with when each takes effect.
     pub fn contract_versions(&self, table: &TableName) -> Vec<crate::contracts::Version> {
-        self.contracts
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .versions(&table.to_string())
-            .to_vec()
+        self.store().versions(&table.to_string()).to_vec()
     }
 
     /// The clock that decides which contract version is in force (a test's moved clock, see `clock`).
