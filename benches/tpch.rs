@@ -445,10 +445,20 @@ async fn latency(a: &Args) -> Result<(Vec<Value>, Value)> {
 /// Parley's `query` tool; the time is the client's round trip.
 async fn run_parley(client: &Client, sql: &str) -> Result<(f64, u64)> {
     let started = Instant::now();
-    let r = call(client, "query", json!({"sql": sql, "max_rows": 1000})).await?;
+    // The whole result, as the other engines return it: the reply budget at the server's ceiling (the default
+    // budget keeps an agent's context small and would cut Q10's 20 wide rows).
+    let r = call(
+        client,
+        "query",
+        json!({"sql": sql, "max_rows": 1000, "max_bytes": 4 * 1024 * 1024}),
+    )
+    .await?;
     let ms = started.elapsed().as_secs_f64() * 1e3;
     if r["truncated"].as_bool() == Some(true) {
-        bail!("result truncated by the row cap; the comparison would be unfair");
+        bail!(
+            "result truncated by {}; the comparison would be unfair",
+            r["truncated_by"]
+        );
     }
     Ok((ms, r["row_count"].as_u64().unwrap_or(0)))
 }
