@@ -342,10 +342,11 @@ fn offending(metric: &str, rule: &QualityRule, col: &str) -> Result<String, Stri
             }
             if let Some(p) = arg(rule, "pattern") {
                 let p = p
-                    .as_str()
-                    .ok_or("arguments.pattern must be a string")?
-                    .replace('\'', "''");
-                bad.push(format!("NOT regexp_like(CAST({col} AS VARCHAR), '{p}')"));
+                    .is_string()
+                    .then(|| literal(p))
+                    .flatten()
+                    .ok_or("arguments.pattern must be a string")?;
+                bad.push(format!("NOT regexp_like(CAST({col} AS VARCHAR), {p})"));
             }
             if bad.is_empty() {
                 return Err(
@@ -436,10 +437,7 @@ fn number(v: &Value) -> Option<f64> {
 fn same(measured: &Value, expected: &Value) -> bool {
     match (number(measured), number(expected)) {
         (Some(a), Some(b)) => a == b,
-        _ => match (measured, expected) {
-            (Value::String(a), Value::String(b)) => a == b,
-            (a, b) => a == b,
-        },
+        _ => measured == expected,
     }
 }
 

@@ -300,28 +300,27 @@ impl App {
     /// Whether `principal` owns a table — may `decide_request` on the lakehouse or on a table with a contract —
     /// remembered per principal, policy version and contract set.
     pub fn owns_a_table(&self, principal: &crate::identity::Principal) -> bool {
-        let app = self;
         let key = format!(
             "{}|{}|{principal:?}",
-            app.gate.policy_version(),
-            app.lakehouse.contracts_version()
+            self.gate.policy_version(),
+            self.lakehouse.contracts_version()
         );
-        if let Some(owner) = app.owners.get(&key) {
+        if let Some(owner) = self.owners.get(&key) {
             return owner;
         }
-        let owner = app
+        let owner = self
             .gate
             .may(principal, Action::DecideRequest, &Resource::Lakehouse)
-            || app.lakehouse.contracts().tables().any(|t| {
+            || self.lakehouse.contracts().tables().any(|t| {
                 crate::catalog::TableName::parse(t).is_ok_and(|name| {
-                    app.gate.may(
+                    self.gate.may(
                         principal,
                         Action::DecideRequest,
-                        &Resource::Table(app.lakehouse.facts_of_listed(&name)),
+                        &Resource::Table(self.lakehouse.facts_of_listed(&name)),
                     )
                 })
             });
-        app.owners.insert(key, owner);
+        self.owners.insert(key, owner);
         owner
     }
 }

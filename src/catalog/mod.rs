@@ -598,26 +598,10 @@ async fn list_all(
     if federated {
         for member in catalog.list_namespaces(None).await? {
             let name = member.as_ref().first().cloned().unwrap_or_default();
-            let listed = match sql.iter().find(|l| l.name == name) {
-                Some(listing) => match list_sql(listing).await {
-                    Ok(tables) => Ok(tables
-                        .into_iter()
-                        .map(|mut t| {
-                            t.namespace.insert(0, name.clone());
-                            t
-                        })
-                        .collect()),
-                    Err(why) => {
-                        tracing::debug!(catalog = %name, "listing in one query failed, namespace by namespace: {why}");
-                        list_under(catalog, Some(member.clone())).await
-                    }
-                },
-                None => list_under(catalog, Some(member.clone())).await,
-            };
-            match listed {
+            let listing = sql.iter().find(|l| l.name == name);
+            match list_catalog(catalog, Some(member.clone()), listing).await {
                 Ok(names) => out.extend(names),
                 Err(e) => {
-                    let name = member.as_ref().first().cloned().unwrap_or_default();
                     tracing::warn!(
                         catalog = %name,
                         "listing this catalog failed; the other catalogs are served, and its tables keep their \
@@ -639,16 +623,7 @@ async fn list_all(
             }
         }
     } else {
-        out = match sql.first() {
-            Some(listing) => match list_sql(listing).await {
-                Ok(tables) => tables,
-                Err(why) => {
-                    tracing::debug!("listing in one query failed, namespace by namespace: {why}");
-                    list_under(catalog, None).await?
-                }
-            },
-            None => list_under(catalog, None).await?,
-        };
+        out = list_catalog(catalog, None, sql.first()).await?;
     }
     *down
         .lock()
@@ -656,6 +631,33 @@ async fn list_all(
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// The tables of one catalog (`root`: its namespace in a federation, whose name then leads every table's
+/// namespace): in one query when it is a SQL catalog with a `listing`, else — or when that query fails — namespace
+/// by namespace.
+async fn list_catalog(
+    catalog: &dyn Catalog,
+    root: Option<NamespaceIdent>,
+    listing: Option<&SqlListing>,
+) -> Result<Vec<TableName>, CatalogError> {
+    if let Some(listing) = listing {
+        match list_sql(listing).await {
+            Ok(mut tables) => {
+                if let Some(root) = &root {
+                    for t in &mut tables {
+                        t.namespace.splice(0..0, root.as_ref().iter().cloned());
+                    }
+                }
+                return Ok(tables);
+            }
+            Err(why) => tracing::debug!(
+                catalog = %listing.name,
+                "listing in one query failed, namespace by namespace: {why}"
+            ),
+        }
+    }
+    list_under(catalog, root).await
 }
 
 /// A SQL catalog whose tables are listed with one query: its name and its database URL.

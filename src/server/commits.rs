@@ -186,8 +186,7 @@ impl ParleyServer {
         }
         // The new snapshot is checked against the contract's quality rules now, not when a reader first meets it.
         if let Ok(table) = lakehouse.load(&name).await {
-            self.quality_of(&name, &table, std::time::Duration::ZERO, true)
-                .await;
+            self.note_snapshot(&name, &table).await;
         }
         let metadata =
             serde_json::to_value(&staged).map_err(|e| ToolError::Internal(e.to_string()))?;

@@ -669,8 +669,6 @@ impl ParleyServer {
         })
     }
 
-    /// An owner's decision, once audited: its notice goes to the requester's live sessions on a task of its own
-    /// (never before the record is durable), and the caller gets the decision.
     /// Publishes a contract version for an owner of its table (see `publish::publish_text`), reloads the contracts
     /// so it shows at once, and returns the notices owed to the grant holders (pushed once this is audited).
     pub(super) async fn do_publish(
@@ -776,6 +774,8 @@ impl ParleyServer {
         ))
     }
 
+    /// An owner's decision, once audited: its notice goes to the requester's live sessions on a task of its own
+    /// (never before the record is durable), and the caller gets the decision.
     fn delivered(&self, decided: Decided) -> CallToolResult {
         if let Some(notice) = decided.notice {
             self.app.sessions.push(notice);

@@ -80,23 +80,52 @@ impl ParleyServer {
         wait: Duration,
         owner: bool,
     ) -> Option<QualityView> {
+        let (report, latest) = self.evaluated(name, table, wait).await?;
+        let now = self.app.clock.now();
+        let shown = report.as_ref().or(latest.as_ref());
+        let breaches = shown.map(|r| r.breaches(now)).unwrap_or_default();
+        let state = match (&report, breaches.is_empty()) {
+            (None, _) => "evaluating",
+            (Some(_), true) => "pass",
+            (Some(_), false) => "breach",
+        };
+        Some(QualityView {
+            state: state.to_string(),
+            breaches,
+            report: shown.map(|r| if owner { (**r).clone() } else { r.redacted() }),
+        })
+    }
+
+    /// A query met `table` at its snapshot: its quality is evaluated in the background if it was not yet, so the
+    /// table's facts (what policies on quality decide by) follow it; the query does not wait, and nothing is
+    /// rendered for it.
+    pub(super) async fn note_snapshot(&self, name: &TableName, table: &iceberg::table::Table) {
+        self.evaluated(name, table, Duration::ZERO).await;
+    }
+
+    /// `table`'s report for its snapshot under the contract in force — the cached one, or a new evaluation started
+    /// (or joined) and awaited at most `wait` (`None` when it has not ended) — with the newest report made before
+    /// it. A breach found in a finished report is told (freshness goes stale with time alone: told when seen).
+    /// `None` when the contract has nothing to evaluate.
+    async fn evaluated(
+        &self,
+        name: &TableName,
+        table: &iceberg::table::Table,
+        wait: Duration,
+    ) -> Option<(Option<Arc<Report>>, Option<Arc<Report>>)> {
         let app = &self.app;
         let contract = app.lakehouse.contract(name)?;
         if !crate::quality::has_rules(&contract.contract) {
             return None;
         }
-        let key: Key = (
-            table.metadata().current_snapshot_id(),
-            contract.contract.version.clone(),
-        );
+        let snapshot = table.metadata().current_snapshot_id();
         let latest = app.lakehouse.quality(name);
-        let done = latest
-            .as_ref()
-            .filter(|r| (r.snapshot_id, r.contract_version.clone()) == key)
-            .cloned();
-        let report = match done {
-            Some(r) => Some(r),
+        let report = match latest.as_ref().filter(|r| {
+            r.snapshot_id == snapshot && r.contract_version == contract.contract.version
+        }) {
+            Some(r) => Some(r.clone()),
             None => {
+                let key: Key = (snapshot, contract.contract.version.clone());
                 let mut rx = self.evaluate_in_background(name, table, key, contract);
                 match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
                     Ok(Ok(r)) => r.clone(),
@@ -104,38 +133,10 @@ impl ParleyServer {
                 }
             }
         };
-        let now = app.clock.now();
-        let view = |state: &str, r: Option<&Arc<Report>>| {
-            let breaches = r.map(|r| r.breaches(now)).unwrap_or_default();
-            QualityView {
-                state: if state.is_empty() {
-                    if breaches.is_empty() {
-                        "pass"
-                    } else {
-                        "breach"
-                    }
-                    .to_string()
-                } else {
-                    state.to_string()
-                },
-                breaches,
-                report: r.map(|r| if owner { (**r).clone() } else { r.redacted() }),
-            }
-        };
-        Some(match report {
-            Some(r) => {
-                // Freshness goes stale with time alone: a breach found now is told now.
-                announce(app, name, &r).await;
-                view("", Some(&r))
-            }
-            None => view("evaluating", latest.as_ref()),
-        })
-    }
-
-    /// A query met `table` at its snapshot: its quality is evaluated in the background if it was not yet, so the
-    /// table's facts (what policies on quality decide by) follow it; the query does not wait.
-    pub(super) async fn note_snapshot(&self, name: &TableName, table: &iceberg::table::Table) {
-        self.quality_of(name, table, Duration::ZERO, false).await;
+        if let Some(r) = &report {
+            announce(app, name, r).await;
+        }
+        Some((report, latest))
     }
 
     /// Starts evaluating `table` at its snapshot (unless the same evaluation runs): the report is recorded as the
