@@ -360,6 +360,11 @@ pub struct QueryLimits {
     pub max_concurrent: usize,
     /// Longest SQL text accepted, in bytes. Default: 100000.
     pub max_sql_bytes: usize,
+    /// Memory for key indexes, in bytes: per snapshot and column, which data files hold which values, built in
+    /// the background after the first lookup by key (`column = constant`) so later lookups open only the files
+    /// that may hold the key (8 bytes per distinct value per file; 0 turns them off). Env:
+    /// `PARLEY_QUERY_KEY_INDEX_BYTES`. Default: 256 MiB.
+    pub key_index_bytes: usize,
 }
 
 impl Default for Config {
@@ -393,6 +398,7 @@ impl Default for QueryLimits {
                 .map(|n| n.get())
                 .unwrap_or(2),
             max_sql_bytes: 100_000,
+            key_index_bytes: 256 * 1024 * 1024,
             max_concurrent: 2 * std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
@@ -518,6 +524,7 @@ impl Config {
         )?;
         num("PARLEY_QUERY_TIMEOUT_MS", &get, &mut q.timeout_ms)?;
         num("PARLEY_QUERY_MEMORY_BYTES", &get, &mut q.memory_bytes)?;
+        num("PARLEY_QUERY_KEY_INDEX_BYTES", &get, &mut q.key_index_bytes)?;
         num("PARLEY_QUERY_SPILL", &get, &mut q.spill_to_disk)?;
         num("PARLEY_QUERY_PARTITIONS", &get, &mut q.target_partitions)?;
         num("PARLEY_QUERY_MAX_CONCURRENT", &get, &mut q.max_concurrent)?;

@@ -23,6 +23,7 @@ pub mod identity;
 pub mod ids;
 pub mod init;
 pub mod jsonrpc;
+pub mod key_index;
 pub mod negotiation;
 pub mod parallel;
 pub mod policy;

@@ -518,7 +518,10 @@ impl Engine {
             .with_information_schema(false)
             .with_target_partitions(limits.target_partitions.max(1))
             .with_create_default_catalog_and_schema(false)
-            .with_default_catalog_and_schema(naming.default_catalog(), "public");
+            .with_default_catalog_and_schema(naming.default_catalog(), "public")
+            .with_extension(Arc::new(crate::key_index::KeyIndexes::new(
+                limits.key_index_bytes as u64,
+            )));
         // Table functions (generate_series, range) and external-table factories are dropped: an agent's SQL can
         // reach nothing but the tables a query registers. `with_table_functions` must come after the defaults.
         let mut base = SessionStateBuilder::new()
