@@ -15,7 +15,7 @@
 //! indexed), and a file that could not be read is always kept. A hash collision only keeps a file the filter then
 //! finds nothing in. The filter still runs on every row read.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use datafusion::arrow::array::{Array, ArrayRef};
@@ -32,17 +32,24 @@ static HASHER: LazyLock<ahash::RandomState> = LazyLock::new(ahash::RandomState::
 /// (snapshot, column name, column type).
 type Key = (String, String, DataType);
 
-/// Each file's sorted, distinct value hashes, in the snapshot's file order; `None` for a file that could not be
-/// read (always kept).
+/// Each file's sorted, distinct value hashes, by path (a snapshot's files are planned in no fixed order); `None`
+/// for a file that could not be read (always kept).
 #[derive(Debug)]
-struct FileHashes(Vec<Option<Box<[u64]>>>);
+struct FileHashes(HashMap<String, Option<Box<[u64]>>>);
 
 impl FileHashes {
     fn bytes(&self) -> u64 {
         self.0
             .iter()
-            .map(|f| f.as_ref().map_or(0, |h| h.len() as u64 * 8) + 16)
+            .map(|(path, f)| f.as_ref().map_or(0, |h| h.len() as u64 * 8) + path.len() as u64 + 48)
             .sum()
+    }
+
+    /// Whether the file at `path` may hold a value hashing to `probe` (a file the index does not know may).
+    fn may_hold(&self, path: &str, probe: u64) -> bool {
+        self.0
+            .get(path)
+            .is_none_or(|f| f.as_ref().is_none_or(|h| h.binary_search(&probe).is_ok()))
     }
 }
 
@@ -108,10 +115,10 @@ impl KeyIndexes {
         );
         if let Some(index) = self.inner.built.get(&key) {
             return Some(
-                index
-                    .0
+                snapshot
+                    .files
                     .iter()
-                    .map(|f| f.as_ref().is_none_or(|h| h.binary_search(&probe).is_ok()))
+                    .map(|path| index.may_hold(path, probe))
                     .collect(),
             );
         }
@@ -250,7 +257,7 @@ fn build(files: &[String], column: &str, data_type: &DataType) -> Option<FileHas
         })
     });
     // A chunk whose thread panicked is missing: no index rather than a wrong one.
-    (hashes.len() == files.len()).then_some(FileHashes(hashes))
+    (hashes.len() == files.len()).then(|| FileHashes(files.iter().cloned().zip(hashes).collect()))
 }
 
 /// One file's sorted distinct hashes of `column`, or `None` when the file has no such column (an added column
@@ -340,5 +347,82 @@ mod tests {
         )));
         assert!(!super::indexable(&DataType::Float64));
         assert!(!super::indexable(&DataType::Boolean));
+    }
+
+    /// Writes `values` of one long column `k` to a Parquet file in `dir`.
+    fn parquet(dir: &std::path::Path, name: &str, values: Vec<Option<i64>>) -> String {
+        use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+        let path = dir.join(name);
+        let batch = RecordBatch::try_from_iter([(
+            "k",
+            std::sync::Arc::new(Int64Array::from(values)) as ArrayRef,
+        )])
+        .unwrap();
+        let file = std::fs::File::create(&path).unwrap();
+        let mut w =
+            datafusion::parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    #[tokio::test]
+    async fn files_are_found_by_path_whatever_order_a_scan_lists_them_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = parquet(dir.path(), "a.parquet", vec![Some(1), Some(5), None]);
+        let b = parquet(dir.path(), "b.parquet", vec![Some(2), Some(5)]);
+        let gone = dir
+            .path()
+            .join("gone.parquet")
+            .to_string_lossy()
+            .into_owned();
+        let indexes = super::KeyIndexes::new(1 << 20);
+        let long = DataType::Int64;
+        let key = |k: i64| ScalarValue::Int64(Some(k));
+        let files: std::sync::Arc<[String]> = vec![a.clone(), b.clone(), gone.clone()].into();
+        let snapshot = super::Snapshot {
+            id: "s1",
+            files: &files,
+            rows: Some(5),
+        };
+        assert_eq!(indexes.files_for(&snapshot, "k", &long, &key(1)), None);
+        indexes.settle().await;
+        assert_eq!(
+            indexes.files_for(&snapshot, "k", &long, &key(1)),
+            Some(vec![true, false, true]),
+            "a holds 1; a file that cannot be read is always kept"
+        );
+        // The same snapshot planned in another order.
+        let reordered: std::sync::Arc<[String]> = vec![gone, b, a].into();
+        let snapshot = super::Snapshot {
+            id: "s1",
+            files: &reordered,
+            rows: Some(5),
+        };
+        assert_eq!(
+            indexes.files_for(&snapshot, "k", &long, &key(2)),
+            Some(vec![true, true, false])
+        );
+        assert_eq!(
+            indexes.files_for(&snapshot, "k", &long, &key(5)),
+            Some(vec![true, true, true])
+        );
+        assert_eq!(
+            indexes.files_for(&snapshot, "k", &long, &key(3)),
+            Some(vec![true, false, false])
+        );
+        // NULL equals nothing: no probe; a column of another type is another index; no rows known, no index.
+        assert_eq!(
+            indexes.files_for(&snapshot, "k", &long, &ScalarValue::Int64(None)),
+            None
+        );
+        let unknown = super::Snapshot {
+            id: "s2",
+            files: &reordered,
+            rows: None,
+        };
+        assert_eq!(indexes.files_for(&unknown, "k", &long, &key(1)), None);
+        indexes.settle().await;
+        assert_eq!(indexes.files_for(&unknown, "k", &long, &key(1)), None);
     }
 }
