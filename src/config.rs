@@ -365,6 +365,11 @@ pub struct QueryLimits {
     /// that may hold the key (8 bytes per distinct value per file; 0 turns them off). Env:
     /// `PARLEY_QUERY_KEY_INDEX_BYTES`. Default: 256 MiB.
     pub key_index_bytes: usize,
+    /// Memory for decoded columns, in bytes: a data file's columns, once a scan has read them, are loaded into
+    /// memory in the background, and later scans that need only cached columns read memory instead of Parquet
+    /// (data files never change; least recently used columns leave first; 0 turns it off). Env:
+    /// `PARLEY_QUERY_CACHE_BYTES`. Default: 512 MiB.
+    pub cache_bytes: usize,
 }
 
 impl Default for Config {
@@ -399,6 +404,7 @@ impl Default for QueryLimits {
                 .unwrap_or(2),
             max_sql_bytes: 100_000,
             key_index_bytes: 256 * 1024 * 1024,
+            cache_bytes: 512 * 1024 * 1024,
             max_concurrent: 2 * std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),

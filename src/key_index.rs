@@ -63,12 +63,67 @@ pub struct KeyIndexes {
 struct Inner {
     budget: u64,
     built: moka::sync::Cache<Key, Arc<FileHashes>>,
-    /// Being built: never started twice at once.
-    building: Mutex<HashSet<Key>>,
     /// Not to be built: too large for the budget, or unreadable.
     refused: moka::sync::Cache<Key, ()>,
-    /// One build at a time: a build reads a column of every file, on all cores.
-    gate: tokio::sync::Semaphore,
+    builds: Jobs<Key>,
+}
+
+/// Background work on immutable files: one job at a time (a job reads many files, on all cores), never two jobs
+/// on one key at once.
+#[derive(Debug)]
+pub(crate) struct Jobs<K> {
+    running: Arc<Mutex<HashSet<K>>>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl<K> Default for Jobs<K> {
+    fn default() -> Self {
+        Jobs {
+            running: Arc::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone + Send + 'static> Jobs<K> {
+    /// Runs `work` on a blocking thread when no other job runs, unless a job on one of `keys` is under way or
+    /// there is no runtime; returns whether it was started.
+    pub(crate) fn spawn(&self, keys: Vec<K>, work: impl FnOnce() + Send + 'static) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            if keys.iter().any(|k| running.contains(k)) {
+                return false;
+            }
+            running.extend(keys.iter().cloned());
+        }
+        let (running, gate) = (self.running.clone(), self.gate.clone());
+        runtime.spawn(async move {
+            if let Ok(_turn) = gate.acquire().await {
+                let _ = tokio::task::spawn_blocking(work).await;
+            }
+            let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
+            for k in &keys {
+                running.remove(k);
+            }
+        });
+        true
+    }
+
+    /// Waits until no job runs (tests).
+    #[cfg(test)]
+    pub(crate) async fn settle(&self) {
+        while !self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// What a scan asks of an index: `files` (local paths, in order) of `snapshot` holding `rows` rows in all.
@@ -88,9 +143,8 @@ impl KeyIndexes {
                     .max_capacity(budget)
                     .weigher(|_, v: &Arc<FileHashes>| u32::try_from(v.bytes()).unwrap_or(u32::MAX))
                     .build(),
-                building: Mutex::new(HashSet::new()),
                 refused: moka::sync::Cache::new(10_000),
-                gate: tokio::sync::Semaphore::new(1),
+                builds: Jobs::default(),
             }),
         }
     }
@@ -128,9 +182,6 @@ impl KeyIndexes {
 
     /// Starts building the index `key` in the background, unless it was started before or cannot fit.
     fn start(&self, key: Key, snapshot: &Snapshot) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         if self.inner.refused.contains_key(&key) {
             return;
         }
@@ -147,52 +198,34 @@ impl KeyIndexes {
             self.inner.refused.insert(key, ());
             return;
         }
-        if !self.building().insert(key.clone()) {
-            return;
-        }
         let this = self.clone();
         let files = snapshot.files.clone();
-        runtime.spawn(async move {
-            let Ok(_turn) = this.inner.gate.acquire().await else {
-                this.building().remove(&key);
-                return;
-            };
-            let (column, data_type) = (key.1.clone(), key.2.clone());
-            let built =
-                tokio::task::spawn_blocking(move || build(&files, &column, &data_type)).await;
-            match built {
-                Ok(Some(index)) if index.bytes() <= this.inner.budget => {
+        self.inner.builds.spawn(vec![key.clone()], move || {
+            let started = std::time::Instant::now();
+            match build(&files, &key.1, &key.2) {
+                Some(index) if index.bytes() <= this.inner.budget => {
                     tracing::debug!(
-                        "key index on {} of {}: {} bytes",
+                        "key index on {} of {}: {} bytes in {} ms",
                         key.1,
                         key.0,
-                        index.bytes()
+                        index.bytes(),
+                        started.elapsed().as_millis()
                     );
-                    this.inner.built.insert(key.clone(), Arc::new(index));
+                    this.inner.built.insert(key, Arc::new(index));
                 }
                 // Too large, or a build that failed: not tried again for this snapshot.
                 _ => {
                     tracing::debug!("no key index on {} of {}", key.1, key.0);
-                    this.inner.refused.insert(key.clone(), ());
+                    this.inner.refused.insert(key, ());
                 }
             }
-            this.building().remove(&key);
         });
-    }
-
-    fn building(&self) -> std::sync::MutexGuard<'_, HashSet<Key>> {
-        self.inner
-            .building
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Waits until no index is being built (tests).
     #[cfg(test)]
     pub(crate) async fn settle(&self) {
-        while !self.building().is_empty() {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        self.inner.builds.settle().await;
     }
 }
 

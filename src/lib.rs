@@ -12,6 +12,7 @@ pub mod benchdata;
 pub mod bounded;
 pub mod catalog;
 pub mod clock;
+pub mod column_cache;
 pub mod compat;
 pub mod config;
 pub mod contracts;

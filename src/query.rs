@@ -521,6 +521,9 @@ impl Engine {
             .with_default_catalog_and_schema(naming.default_catalog(), "public")
             .with_extension(Arc::new(crate::key_index::KeyIndexes::new(
                 limits.key_index_bytes as u64,
+            )))
+            .with_extension(Arc::new(crate::column_cache::ColumnCache::new(
+                limits.cache_bytes as u64,
             )));
         // Table functions (generate_series, range) and external-table factories are dropped: an agent's SQL can
         // reach nothing but the tables a query registers. `with_table_functions` must come after the defaults.

@@ -318,15 +318,11 @@ struct SnapshotFiles {
 }
 
 impl SnapshotFiles {
-    /// The files a scan with `filters` must open, with their statistics: all of them, or — for a lookup by key
+    /// The files a scan with `filters` must open (indices into `files`), with their statistics: all of them, or — for a lookup by key
     /// (`column = constant`) once the engine has built that column's key index ([`crate::key_index`]) — those
     /// that may hold the key.
-    fn files_for(
-        &self,
-        state: &dyn Session,
-        filters: &[Expr],
-    ) -> (Vec<PartitionedFile>, Statistics) {
-        let all = || (self.files.clone(), self.statistics.clone());
+    fn files_for(&self, state: &dyn Session, filters: &[Expr]) -> (Vec<usize>, Statistics) {
+        let all = || ((0..self.files.len()).collect(), self.statistics.clone());
         let Some(indexes) = state
             .config()
             .get_extension::<crate::key_index::KeyIndexes>()
@@ -353,16 +349,10 @@ impl SnapshotFiles {
         let Some(keep) = keep else {
             return all();
         };
-        let files: Vec<PartitionedFile> = self
-            .files
-            .iter()
-            .zip(&keep)
-            .filter(|(_, k)| **k)
-            .map(|(f, _)| f.clone())
-            .collect();
+        let files: Vec<usize> = (0..self.files.len()).filter(|&i| keep[i]).collect();
         let known: Vec<&Statistics> = files
             .iter()
-            .filter_map(|f| f.statistics.as_deref())
+            .filter_map(|&i| self.files[i].statistics.as_deref())
             .collect();
         let statistics = if known.len() == files.len() && !known.is_empty() {
             Statistics::try_merge_iter(known, &self.schema)
@@ -432,6 +422,51 @@ impl TableProvider for SnapshotFiles {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let (kept, statistics) = self.files_for(state, filters);
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        if kept.is_empty() {
+            // No file holds the key.
+            return Ok(Arc::new(datafusion::physical_plan::empty::EmptyExec::new(
+                schema,
+            )));
+        }
+        if let Some(cache) = state
+            .config()
+            .get_extension::<crate::column_cache::ColumnCache>()
+        {
+            let files: Vec<crate::column_cache::File> = kept
+                .iter()
+                .map(|&i| crate::column_cache::File {
+                    path: &self.paths[i],
+                    rows: self.files[i]
+                        .statistics
+                        .as_ref()
+                        .and_then(|s| s.num_rows.get_value().map(|n| *n as u64)),
+                })
+                .collect();
+            if let Some(batches) = cache.batches(&files, &schema, state.config().batch_size()) {
+                // Every column of every file in memory: no Parquet to read. Filters still apply above.
+                let partitions = balanced(
+                    batches,
+                    |b| b.iter().map(|b| b.num_rows() as u64).sum(),
+                    state.config().target_partitions(),
+                )
+                .into_iter()
+                .map(|files| files.into_iter().flatten().collect::<Vec<_>>())
+                .collect::<Vec<_>>();
+                let source = datafusion::datasource::memory::MemorySourceConfig::try_new(
+                    &partitions,
+                    schema,
+                    None,
+                )?
+                .with_limit(limit);
+                return Ok(DataSourceExec::from_data_source(source));
+            }
+        }
+        let files: Vec<PartitionedFile> = kept.iter().map(|&i| self.files[i].clone()).collect();
         // Footers and page indexes parsed once per file and kept in the engine's metadata cache (bounded, 50 MB by
         // default), as DataFusion's own Parquet tables do: data files never change under a path in Iceberg.
         let runtime = state.runtime_env();
@@ -451,17 +486,6 @@ impl TableProvider for SnapshotFiles {
         if let Some(predicate) = conjunction(filters.iter().cloned()) {
             let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
-        }
-        let (files, statistics) = self.files_for(state, filters);
-        if files.is_empty() {
-            // No file holds the key.
-            let schema = match projection {
-                Some(p) => Arc::new(self.schema.project(p)?),
-                None => self.schema.clone(),
-            };
-            return Ok(Arc::new(datafusion::physical_plan::empty::EmptyExec::new(
-                schema,
-            )));
         }
         let groups = file_groups(&files, state.config().target_partitions());
         let config =
@@ -1018,13 +1042,21 @@ mod tests {
         assert!(!read.iter().any(|n| [3, 5, 7].contains(n)), "{read:?}");
     }
 
+    /// Reads `sql` over `t` through a provider, as text; the same again with a column cache, read from Parquet
+    /// and then from memory, must answer alike.
     async fn answer(provider: Arc<dyn TableProvider>, sql: &str) -> String {
         let ctx = SessionContext::new();
-        ctx.register_table("t", provider).unwrap();
-        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string()
+        ctx.register_table("t", provider.clone()).unwrap();
+        let expected = answer_in(&ctx, sql).await;
+        let cache = crate::column_cache::ColumnCache::new(1 << 24);
+        let cached = SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new().with_extension(Arc::new(cache.clone())),
+        );
+        cached.register_table("t", provider).unwrap();
+        assert_eq!(answer_in(&cached, sql).await, expected, "{sql}");
+        cache.settle().await;
+        assert_eq!(answer_in(&cached, sql).await, expected, "{sql}, cached");
+        expected
     }
 
     #[tokio::test]
@@ -1258,6 +1290,104 @@ mod tests {
         files_planned(&ctx, "SELECT n FROM t WHERE n = 42").await;
         off.settle().await;
         assert_eq!(files_planned(&ctx, "SELECT n FROM t WHERE n = 42").await, 5);
+    }
+
+    #[tokio::test]
+    async fn scans_read_cached_columns_from_memory_and_answer_as_parquet_does() {
+        use crate::column_cache::ColumnCache;
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog_in(&dir).await;
+        let mut table = table_of_longs(catalog.as_ref(), "t").await;
+        for i in 0..4 {
+            table = commit(
+                catalog.as_ref(),
+                table,
+                (0..500).map(|j| 8 * j + i).collect(),
+            )
+            .await;
+        }
+        let engine = |cache: Option<&ColumnCache>| {
+            // Small batches: a cached file is handed over in several slices.
+            let mut config = datafusion::prelude::SessionConfig::new().with_batch_size(128);
+            if let Some(c) = cache {
+                config = config.with_extension(Arc::new(c.clone()));
+            }
+            SessionContext::new_with_config(config)
+        };
+        let in_memory = |ctx: SessionContext| async move {
+            let plan = ctx
+                .sql("SELECT n FROM t WHERE n > 100")
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            let text = datafusion::physical_plan::displayable(plan.as_ref())
+                .indent(true)
+                .to_string();
+            assert!(
+                text.contains("partition_sizes") != text.contains(".parquet"),
+                "{text}"
+            );
+            text.contains("partition_sizes")
+        };
+        let cache = ColumnCache::new(1 << 20);
+        let plain = engine(None);
+        plain
+            .register_table("t", provider(table.clone()).await.unwrap())
+            .unwrap();
+        let ctx = engine(Some(&cache));
+        ctx.register_table("t", provider(table.clone()).await.unwrap())
+            .unwrap();
+        let queries = [
+            "SELECT sum(n) AS s, count(*) AS c, min(n) AS lo, max(n) AS hi FROM t WHERE n > 100",
+            "SELECT n FROM t ORDER BY n DESC LIMIT 5",
+            "SELECT n FROM t WHERE n = 42",
+            "SELECT n % 8 AS file, count(*) AS c FROM t GROUP BY n % 8 ORDER BY file",
+            "SELECT count(*) AS c FROM t",
+        ];
+        // The first scan reads Parquet and starts loading; later ones read memory; answers never change.
+        assert!(!in_memory(ctx.clone()).await);
+        cache.settle().await;
+        assert!(in_memory(ctx.clone()).await);
+        for sql in queries {
+            assert_eq!(
+                answer_in(&ctx, sql).await,
+                answer_in(&plain, sql).await,
+                "{sql}"
+            );
+        }
+        // A new file is not cached yet: the scan reads Parquet until it is.
+        let table = commit(catalog.as_ref(), table, vec![42, 4001]).await;
+        let (ctx, plain) = (engine(Some(&cache)), engine(None));
+        ctx.register_table("t", provider(table.clone()).await.unwrap())
+            .unwrap();
+        plain
+            .register_table("t", provider(table).await.unwrap())
+            .unwrap();
+        assert!(!in_memory(ctx.clone()).await);
+        cache.settle().await;
+        assert!(in_memory(ctx.clone()).await);
+        for sql in queries {
+            assert_eq!(
+                answer_in(&ctx, sql).await,
+                answer_in(&plain, sql).await,
+                "{sql}"
+            );
+        }
+        // No budget, no cache; a table larger than the budget is not loaded.
+        for budget in [0, 1000] {
+            let small = ColumnCache::new(budget);
+            let ctx = engine(Some(&small));
+            ctx.register_table(
+                "t",
+                provider(table_of_reread(&catalog).await).await.unwrap(),
+            )
+            .unwrap();
+            assert!(!in_memory(ctx.clone()).await);
+            small.settle().await;
+            assert!(!in_memory(ctx.clone()).await);
+        }
     }
 
     async fn table_of_reread(catalog: &Arc<dyn Catalog>) -> Table {
