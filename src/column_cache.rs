@@ -122,7 +122,13 @@ impl ColumnCache {
             .iter()
             .map(|(path, _)| rows.get(path.as_str()).copied().flatten())
             .try_fold(0u64, |sum, r| Some(sum + r? * width));
-        if estimate.is_none_or(|bytes| bytes > self.inner.budget) {
+        // A load must fit the free space, or be small (an eighth of the budget): scans whose columns together
+        // exceed the budget then keep what is cached instead of evicting each other's columns on every query.
+        let free = self
+            .inner
+            .budget
+            .saturating_sub(self.inner.columns.weighted_size());
+        if estimate.is_none_or(|bytes| bytes > free && bytes > self.inner.budget / 8) {
             tracing::debug!("columns not cached: they could exceed query.cache_bytes");
             return;
         }
