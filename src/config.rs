@@ -368,7 +368,8 @@ pub struct QueryLimits {
     /// Memory for decoded columns, in bytes: a data file's columns, once a scan has read them, are loaded into
     /// memory in the background, and later scans that need only cached columns read memory instead of Parquet
     /// (data files never change; least recently used columns leave first; 0 turns it off). Env:
-    /// `PARLEY_QUERY_CACHE_BYTES`. Default: 512 MiB.
+    /// `PARLEY_QUERY_CACHE_BYTES`. Default: an eighth of the memory this process may use (the machine's, or its
+    /// cgroup's limit when lower), at least 256 MiB.
     pub cache_bytes: usize,
 }
 
@@ -404,12 +405,33 @@ impl Default for QueryLimits {
                 .unwrap_or(2),
             max_sql_bytes: 100_000,
             key_index_bytes: 256 * 1024 * 1024,
-            cache_bytes: 512 * 1024 * 1024,
+            cache_bytes: usable_memory().map_or(512 << 20, |bytes| (bytes / 8).max(256 << 20)),
             max_concurrent: 2 * std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
         }
     }
+}
+
+/// The memory this process may use, in bytes: the machine's (`/proc/meminfo`), or its cgroup's limit when lower
+/// (containers); `None` where neither can be read.
+fn usable_memory() -> Option<usize> {
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+            kib.checked_mul(1024)
+        })?;
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|path| std::fs::read_to_string(path).ok())
+    .filter_map(|text| text.trim().parse::<usize>().ok())
+    .min();
+    Some(cgroup.map_or(machine, |limit| limit.min(machine)))
 }
 
 /// A configuration that could not be loaded: says which file or variable and why.
