@@ -318,11 +318,11 @@ struct SnapshotFiles {
 }
 
 impl SnapshotFiles {
-    /// The files a scan with `filters` must open (indices into `files`), with their statistics: all of them, or — for a lookup by key
+    /// The files a scan with `filters` must open (indices into `files`): all of them, or — for a lookup by key
     /// (`column = constant`) once the engine has built that column's key index ([`crate::key_index`]) — those
     /// that may hold the key.
-    fn files_for(&self, state: &dyn Session, filters: &[Expr]) -> (Vec<usize>, Statistics) {
-        let all = || ((0..self.files.len()).collect(), self.statistics.clone());
+    fn files_for(&self, state: &dyn Session, filters: &[Expr]) -> Vec<usize> {
+        let all = || (0..self.files.len()).collect();
         let Some(indexes) = state
             .config()
             .get_extension::<crate::key_index::KeyIndexes>()
@@ -346,21 +346,28 @@ impl SnapshotFiles {
                 });
             }
         }
-        let Some(keep) = keep else {
-            return all();
-        };
-        let files: Vec<usize> = (0..self.files.len()).filter(|&i| keep[i]).collect();
-        let known: Vec<&Statistics> = files
+        match keep {
+            Some(keep) => (0..self.files.len()).filter(|&i| keep[i]).collect(),
+            None => all(),
+        }
+    }
+
+    /// The statistics of the files `kept`: the snapshot's when all are kept, else the files' merged (inexact when
+    /// a file has none).
+    fn statistics_of(&self, kept: &[usize]) -> Statistics {
+        if kept.len() == self.files.len() {
+            return self.statistics.clone();
+        }
+        let known: Vec<&Statistics> = kept
             .iter()
             .filter_map(|&i| self.files[i].statistics.as_deref())
             .collect();
-        let statistics = if known.len() == files.len() && !known.is_empty() {
+        if known.len() == kept.len() && !known.is_empty() {
             Statistics::try_merge_iter(known, &self.schema)
                 .unwrap_or_else(|_| self.statistics.clone().to_inexact())
         } else {
             self.statistics.clone().to_inexact()
-        };
-        (files, statistics)
+        }
     }
 }
 
@@ -453,7 +460,7 @@ impl TableProvider for SnapshotFiles {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let (mut kept, mut statistics) = self.files_for(state, filters);
+        let mut kept = self.files_for(state, filters);
         let predicate = match conjunction(filters.iter().cloned()) {
             Some(predicate) => {
                 let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
@@ -464,12 +471,9 @@ impl TableProvider for SnapshotFiles {
         if let Some(predicate) = &predicate {
             // Files whose bounds rule the filter out are left out here (the Parquet scan would skip them unopened;
             // a scan from memory needs it done).
-            let before = kept.len();
             kept = self.pruned_by_statistics(predicate, kept);
-            if kept.len() < before {
-                statistics = statistics.to_inexact();
-            }
         }
+        let statistics = self.statistics_of(&kept);
         let schema = match projection {
             Some(p) => Arc::new(self.schema.project(p)?),
             None => self.schema.clone(),
@@ -510,7 +514,10 @@ impl TableProvider for SnapshotFiles {
                     None,
                 )?
                 .with_limit(limit);
-                return Ok(DataSourceExec::from_data_source(source));
+                return Ok(Arc::new(CachedColumnsExec {
+                    inner: DataSourceExec::from_data_source(source),
+                    statistics: statistics.project(projection),
+                }));
             }
         }
         let files: Vec<PartitionedFile> = kept.iter().map(|&i| self.files[i].clone()).collect();
@@ -542,6 +549,61 @@ impl TableProvider for SnapshotFiles {
                 .with_limit(limit)
                 .build();
         Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+/// A scan of cached columns (rows in memory), reporting the files' statistics from the manifests as the Parquet
+/// scan does, so that a query is planned alike (join sides, filter estimates) whichever way its table is read.
+#[derive(Debug)]
+struct CachedColumnsExec {
+    inner: Arc<dyn ExecutionPlan>,
+    statistics: Statistics,
+}
+
+impl DisplayAs for CachedColumnsExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "CachedColumnsExec: ")?;
+        self.inner.fmt_as(t, f)
+    }
+}
+
+impl ExecutionPlan for CachedColumnsExec {
+    fn name(&self) -> &str {
+        "CachedColumnsExec"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.inner.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        self.inner.execute(partition, context)
+    }
+
+    fn partition_statistics(&self, partition: Option<usize>) -> DfResult<Statistics> {
+        match partition {
+            None => Ok(self.statistics.clone()),
+            Some(_) => self.inner.partition_statistics(partition),
+        }
     }
 }
 
@@ -1405,6 +1467,21 @@ mod tests {
                 "{sql}"
             );
         }
+        // Planned with the manifests' statistics, as the Parquet scan is.
+        let scan = ctx
+            .sql("SELECT n FROM t")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        assert_eq!(scan.name(), "CachedColumnsExec");
+        let stats = scan.partition_statistics(None).unwrap();
+        assert_eq!(stats.num_rows, Precision::Exact(2000));
+        assert_eq!(
+            stats.column_statistics[0].max_value,
+            Precision::Exact(ScalarValue::Int64(Some(8 * 499 + 3)))
+        );
         // A new file is not cached yet: the scan reads Parquet until it is.
         let table = commit(catalog.as_ref(), table, vec![42, 4001]).await;
         let (ctx, plain) = (engine(Some(&cache)), engine(None));
