@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, new_null_array};
-use datafusion::arrow::compute::{cast, concat};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -30,6 +30,12 @@ type Key = (String, String, DataType);
 /// A column of a table: its name and type.
 type Column = (String, DataType);
 
+/// A cached column of one file, in chunks.
+type Chunks = Arc<[ArrayRef]>;
+
+/// Rows per cached chunk.
+const CHUNK_ROWS: usize = 8192;
+
 /// The column cache of an engine (a `SessionConfig` extension, found by [`crate::scan`]'s scans).
 #[derive(Debug, Clone)]
 pub struct ColumnCache {
@@ -39,7 +45,9 @@ pub struct ColumnCache {
 #[derive(Debug)]
 struct Inner {
     budget: u64,
-    columns: moka::sync::Cache<Key, ArrayRef>,
+    /// Each column as the file's rows in chunks of [`CHUNK_ROWS`], each chunk its own allocation: a batch handed
+    /// to a query holds (and is charged to the query's memory pool for) one chunk, not the whole column.
+    columns: moka::sync::Cache<Key, Chunks>,
     loads: Jobs<String>,
 }
 
@@ -57,8 +65,9 @@ impl ColumnCache {
                 budget,
                 columns: moka::sync::Cache::builder()
                     .max_capacity(budget)
-                    .weigher(|_, v: &ArrayRef| {
-                        u32::try_from(v.get_array_memory_size()).unwrap_or(u32::MAX)
+                    .weigher(|_, v: &Chunks| {
+                        let bytes: usize = v.iter().map(|c| c.get_array_memory_size()).sum();
+                        u32::try_from(bytes).unwrap_or(u32::MAX)
                     })
                     .build(),
                 loads: Jobs::default(),
@@ -164,40 +173,14 @@ impl ColumnCache {
     }
 }
 
-/// Scalar types, decoded the same way whichever reader decodes them.
+/// Scalar types, decoded the same way whichever reader decodes them: those a key index takes, and booleans and
+/// floats.
 fn cacheable(data_type: &DataType) -> bool {
-    use DataType::*;
-    matches!(
-        data_type,
-        Boolean
-            | Int8
-            | Int16
-            | Int32
-            | Int64
-            | UInt8
-            | UInt16
-            | UInt32
-            | UInt64
-            | Float16
-            | Float32
-            | Float64
-            | Decimal32(..)
-            | Decimal64(..)
-            | Decimal128(..)
-            | Decimal256(..)
-            | Date32
-            | Date64
-            | Time32(_)
-            | Time64(_)
-            | Timestamp(..)
-            | Utf8
-            | LargeUtf8
-            | Utf8View
-            | Binary
-            | LargeBinary
-            | BinaryView
-            | FixedSizeBinary(_)
-    )
+    crate::key_index::indexable(data_type)
+        || matches!(
+            data_type,
+            DataType::Boolean | DataType::Float16 | DataType::Float32 | DataType::Float64
+        )
 }
 
 /// Bytes a value of `data_type` takes in memory, about (views: 16 bytes, longer strings more).
@@ -205,29 +188,32 @@ fn value_width(data_type: &DataType) -> u64 {
     data_type.primitive_width().map_or(16, |w| w as u64).max(1)
 }
 
-/// One file's cached `columns` as batches of `schema` of at most `batch_size` rows (slices: no copy).
-fn slices(
-    schema: &SchemaRef,
-    columns: Vec<ArrayRef>,
-    batch_size: usize,
-) -> Option<Vec<RecordBatch>> {
-    let rows = columns.first()?.len();
+/// One file's cached `columns` as batches of `schema` of at most `batch_size` rows (slices of the chunks: no
+/// copy); `None` if the columns' chunks do not line up.
+fn slices(schema: &SchemaRef, columns: Vec<Chunks>, batch_size: usize) -> Option<Vec<RecordBatch>> {
+    let chunks = columns.first()?.len();
+    if columns.iter().any(|c| c.len() != chunks) {
+        return None;
+    }
     let step = batch_size.max(1);
-    (0..rows)
-        .step_by(step)
-        .map(|start| {
+    let mut out = Vec::new();
+    for k in 0..chunks {
+        let rows = columns[0][k].len();
+        if columns.iter().any(|c| c[k].len() != rows) {
+            return None;
+        }
+        for start in (0..rows).step_by(step) {
             let len = step.min(rows - start);
-            RecordBatch::try_new(
-                schema.clone(),
-                columns.iter().map(|c| c.slice(start, len)).collect(),
-            )
-            .ok()
-        })
-        .collect()
+            let arrays = columns.iter().map(|c| c[k].slice(start, len)).collect();
+            out.push(RecordBatch::try_new(schema.clone(), arrays).ok()?);
+        }
+    }
+    Some(out)
 }
 
-/// `columns` of the Parquet file at `path`, all rows, cast to their table types; a column the file lacks is nulls.
-fn file_columns(path: &str, columns: &[Column]) -> Result<Vec<(Column, ArrayRef)>, String> {
+/// `columns` of the Parquet file at `path`, all rows in chunks of [`CHUNK_ROWS`], cast to their table types; a
+/// column the file lacks is nulls.
+fn file_columns(path: &str, columns: &[Column]) -> Result<Vec<(Column, Chunks)>, String> {
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())?;
     let rows = usize::try_from(builder.metadata().file_metadata().num_rows())
@@ -245,39 +231,114 @@ fn file_columns(path: &str, columns: &[Column]) -> Result<Vec<(Column, ArrayRef)
     let mut present: Vec<usize> = roots.iter().flatten().copied().collect();
     present.sort_unstable();
     present.dedup();
-    let mask = ProjectionMask::roots(builder.parquet_schema(), present.iter().copied());
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(64 * 1024)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut parts: Vec<Vec<ArrayRef>> = vec![Vec::new(); present.len()];
-    for batch in reader {
-        let batch = batch.map_err(|e| e.to_string())?;
-        for (i, part) in parts.iter_mut().enumerate() {
-            part.push(batch.column(i).clone());
-        }
-    }
-    let mut out = Vec::with_capacity(columns.len());
-    for ((name, data_type), root) in columns.iter().zip(&roots) {
-        let array = match root {
-            None => new_null_array(data_type, rows),
-            Some(root) => {
-                let at = present.iter().position(|p| p == root).unwrap_or_default();
-                let parts: Vec<&dyn datafusion::arrow::array::Array> =
-                    parts[at].iter().map(|a| a.as_ref()).collect();
-                let whole = if parts.is_empty() {
-                    new_null_array(data_type, 0)
-                } else {
-                    concat(&parts).map_err(|e| e.to_string())?
-                };
-                cast(&whole, data_type).map_err(|e| e.to_string())?
+    let mut out: Vec<Vec<ArrayRef>> = vec![Vec::new(); columns.len()];
+    if present.is_empty() {
+        // No column in the file: all nulls, in chunks.
+        for start in (0..rows).step_by(CHUNK_ROWS) {
+            let len = CHUNK_ROWS.min(rows - start);
+            for (chunks, (_, data_type)) in out.iter_mut().zip(columns) {
+                chunks.push(new_null_array(data_type, len));
             }
-        };
-        if array.len() != rows {
-            return Err(format!("{name}: {} values for {rows} rows", array.len()));
         }
-        out.push(((name.clone(), data_type.clone()), array));
+    } else {
+        let mask = ProjectionMask::roots(builder.parquet_schema(), present.iter().copied());
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(CHUNK_ROWS)
+            .build()
+            .map_err(|e| e.to_string())?;
+        for batch in reader {
+            let batch = batch.map_err(|e| e.to_string())?;
+            for ((chunks, (_, data_type)), root) in out.iter_mut().zip(columns).zip(&roots) {
+                chunks.push(match root {
+                    None => new_null_array(data_type, batch.num_rows()),
+                    Some(root) => {
+                        let at = present.iter().position(|p| p == root).unwrap_or_default();
+                        cast(batch.column(at), data_type).map_err(|e| e.to_string())?
+                    }
+                });
+            }
+        }
     }
-    Ok(out)
+    columns
+        .iter()
+        .zip(out)
+        .map(|(column, chunks)| {
+            let total: usize = chunks.iter().map(|c| c.len()).sum();
+            if total != rows {
+                return Err(format!("{}: {total} values for {rows} rows", column.0));
+            }
+            Ok((column.clone(), Chunks::from(chunks)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn a_cached_batch_holds_one_chunk_not_the_whole_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.parquet");
+        let rows: usize = 100_000;
+        let batch = RecordBatch::try_from_iter([
+            (
+                "k",
+                Arc::new(Int64Array::from_iter_values(0..rows as i64)) as ArrayRef,
+            ),
+            (
+                "s",
+                Arc::new(StringArray::from_iter_values(
+                    (0..rows).map(|i| format!("a string longer than twelve bytes {i}")),
+                )) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let file = std::fs::File::create(&path).unwrap();
+        let mut w =
+            datafusion::parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let columns = [
+            ("k".to_string(), DataType::Int64),
+            ("s".to_string(), DataType::Utf8View),
+            ("absent".to_string(), DataType::Int32),
+        ];
+        let loaded = super::file_columns(path.to_str().unwrap(), &columns).unwrap();
+        let whole: usize = loaded[0].1.iter().map(|c| c.get_array_memory_size()).sum();
+        for (_, chunks) in &loaded {
+            assert_eq!(chunks.len(), rows.div_ceil(super::CHUNK_ROWS));
+            assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), rows);
+        }
+        assert_eq!(loaded[2].1[0].null_count(), super::CHUNK_ROWS);
+        let schema = Arc::new(Schema::new(
+            columns
+                .iter()
+                .map(|(n, t)| Field::new(n, t.clone(), true))
+                .collect::<Vec<_>>(),
+        ));
+        let batches =
+            super::slices(&schema, loaded.into_iter().map(|(_, c)| c).collect(), 1000).unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), rows);
+        assert!(batches.iter().all(|b| b.num_rows() <= 1000));
+        // What a query's memory pool is charged for a batch: about a chunk, a small part of the column.
+        let charged = batches[0].column(0).get_array_memory_size();
+        assert!(charged * 8 < whole, "{charged} of {whole}");
+        let values: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(values, (0..rows as i64).collect::<Vec<_>>());
+    }
 }

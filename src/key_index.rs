@@ -232,7 +232,7 @@ impl KeyIndexes {
 /// Types whose SQL equality is equality of the values' bits, so equal values hash alike: integers, decimals,
 /// dates, times, timestamps, strings and binaries. Not floats (`0.0 = -0.0`), not nested types, not booleans
 /// (two values: nothing to skip).
-fn indexable(data_type: &DataType) -> bool {
+pub(crate) fn indexable(data_type: &DataType) -> bool {
     use DataType::*;
     matches!(
         data_type,

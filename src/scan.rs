@@ -1314,22 +1314,27 @@ mod tests {
         text.matches(".parquet").count()
     }
 
-    #[tokio::test]
-    async fn a_lookup_by_key_opens_only_the_files_holding_the_key_once_indexed() {
-        use crate::key_index::KeyIndexes;
-        let dir = tempfile::tempdir().unwrap();
-        let catalog = catalog_in(&dir).await;
+    /// `ns.t` in four files whose bounds all overlap (keys interleaved, as shuffled keys are): file i holds 8j + i
+    /// for j < `rows`, so keys 8j + 4 .. 8j + 7 are in no file though within every file's bounds.
+    async fn interleaved(dir: &tempfile::TempDir, rows: i64) -> (Arc<dyn Catalog>, Table) {
+        let catalog = catalog_in(dir).await;
         let mut table = table_of_longs(catalog.as_ref(), "t").await;
-        // Four files whose bounds all overlap (keys interleaved, as shuffled keys are): file i holds 8j + i, so
-        // keys 8j + 4 .. 8j + 7 are in no file though within every file's bounds.
         for i in 0..4 {
             table = commit(
                 catalog.as_ref(),
                 table,
-                (0..50).map(|j| 8 * j + i).collect(),
+                (0..rows).map(|j| 8 * j + i).collect(),
             )
             .await;
         }
+        (catalog, table)
+    }
+
+    #[tokio::test]
+    async fn a_lookup_by_key_opens_only_the_files_holding_the_key_once_indexed() {
+        use crate::key_index::KeyIndexes;
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, table) = interleaved(&dir, 50).await;
         let indexes = KeyIndexes::new(1 << 20);
         let engine = |indexes: Option<&KeyIndexes>| {
             let mut config = datafusion::prelude::SessionConfig::new();
@@ -1406,16 +1411,7 @@ mod tests {
     async fn scans_read_cached_columns_from_memory_and_answer_as_parquet_does() {
         use crate::column_cache::ColumnCache;
         let dir = tempfile::tempdir().unwrap();
-        let catalog = catalog_in(&dir).await;
-        let mut table = table_of_longs(catalog.as_ref(), "t").await;
-        for i in 0..4 {
-            table = commit(
-                catalog.as_ref(),
-                table,
-                (0..500).map(|j| 8 * j + i).collect(),
-            )
-            .await;
-        }
+        let (catalog, table) = interleaved(&dir, 500).await;
         let engine = |cache: Option<&ColumnCache>| {
             // Small batches: a cached file is handed over in several slices.
             let mut config = datafusion::prelude::SessionConfig::new().with_batch_size(128);
