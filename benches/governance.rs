@@ -9,7 +9,9 @@
 //! - Audit reads: what `parley.audit_log` costs per query on a log of 200,000 records of which a caller may see
 //!   one table's (a tenth), once 100 records were appended since the last query — `AuditReader` (index brought up
 //!   to date, visible records read back and checked) against `audit::read_all` (read and verify the whole log,
-//!   decode every record), which is how every query read it before the index.
+//!   decode every record), which is how every query read it before the index; and the same indexed read when
+//!   the caller may see exactly 2,000 records of a 100,000- and a 400,000-record log (the peer is the smaller log:
+//!   a ratio near 1 means the read does not grow with the log).
 //!
 //! Run: `cargo bench --bench governance` (release build). Prints a markdown table.
 
@@ -199,6 +201,56 @@ async fn audit_read_bench(dir: &Path) -> (f64, f64) {
     (ms(index), ms(full))
 }
 
+/// Milliseconds per `parley.audit_log` read of a log of `records` records of which the caller may see exactly
+/// 2,000 (one table's), once 100 records were appended since the last read: the index's cost should not grow with
+/// the log.
+async fn audit_read_scaling(dir: &Path, records: u64) -> f64 {
+    use parley::audit::reader::AuditReader;
+    const VISIBLE: u64 = 2_000;
+    let path = dir.join(format!("audit-scaling-{records}.jsonl"));
+    let log = Arc::new(FileAuditLog::open(&path, 64 << 20).unwrap());
+    let step = records / VISIBLE;
+    let append = |from: u64, to: u64| {
+        let log = log.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for c in 0..32u64 {
+                let log = log.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in (from + c..to).step_by(32) {
+                        let mut e = entry(i);
+                        let table = if i < records && i % step == 0 {
+                            "hot.t".to_string()
+                        } else {
+                            format!("ns{}.t", i % 10)
+                        };
+                        e.resource = AuditResource::of(&[table]);
+                        log.append(e).await.unwrap();
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+    };
+    append(0, records).await;
+    let reader = AuditReader::new(&path);
+    let visible = |r: &str| r == "hot.t";
+    assert_eq!(reader.records(visible).unwrap().0.len() as u64, VISIBLE);
+    const ROUNDS: u64 = 5;
+    let mut took = Duration::ZERO;
+    for round in 0..ROUNDS {
+        let from = records + round * 100;
+        append(from, from + 100).await;
+        let t = Instant::now();
+        let (shown, _) = reader.records(visible).unwrap();
+        took += t.elapsed();
+        assert_eq!(shown.len() as u64, VISIBLE);
+    }
+    took.as_secs_f64() * 1000.0 / ROUNDS as f64
+}
+
 fn raw_fsync_bench(dir: &Path, n: usize) -> f64 {
     use std::io::Write;
     let line = serde_json::to_vec(&entry(0)).unwrap();
@@ -226,6 +278,8 @@ async fn main() {
     let single = audit_bench(dir.path(), 1, 2000).await;
     let many = audit_bench(dir.path(), 32, 200).await;
     let (indexed, full) = audit_read_bench(dir.path()).await;
+    let small = audit_read_scaling(dir.path(), 100_000).await;
+    let large = audit_read_scaling(dir.path(), 400_000).await;
     println!("| measure | Parley | peer | peer is | ratio Parley/peer |");
     println!("| --- | ---: | ---: | --- | ---: |");
     println!(
@@ -251,5 +305,9 @@ async fn main() {
     println!(
         "| `parley.audit_log` read, 200k records, one table of ten visible | {indexed:.1} ms | {full:.1} ms | reading and verifying the whole log per query (`read_all`) | {:.3} |",
         indexed / full
+    );
+    println!(
+        "| `parley.audit_log` read, 400k records, 2,000 visible | {large:.1} ms | {small:.1} ms | the same read of a 100k-record log | {:.2} |",
+        large / small
     );
 }
