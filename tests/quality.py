@@ -225,6 +225,8 @@ def main() -> None:
         text = n.content[0].text
         check(n.is_error and "no-queries-on-negative-totals" in text,
               f"the policy's forbid on that breach refuses the analyst's query ({text[:160]})")
+        check("quality checks currently fail" in text and "no_negative_totals" in text,
+              f"the refusal names the failing quality check as the way on ({text[-260:]})")
 
         # A new contract version published through MCP by the owner: the rule the table breaks is retired.
         contract["version"] = "1.3.0"

@@ -505,7 +505,11 @@ impl ParleyServer {
             Some(t) => self.facts_for(checked, t).await?,
             None => None,
         };
-        checked.require_table(name, facts, action, next_step)?;
+        let next_step = match action {
+            Action::Query => quality_hint(facts.as_ref(), next_step),
+            _ => next_step.to_string(),
+        };
+        checked.require_table(name, facts, action, &next_step)?;
         // require_table only succeeds for a table that exists, hence one whose name parsed.
         let table = parsed.ok_or_else(|| internal("table name did not parse"))?;
         if action == Action::Query {
@@ -1105,5 +1109,19 @@ impl ParleyServer {
             contract_reply,
         )
         .await
+    }
+}
+
+/// `next_step` after a refusal, led by the table's failing quality checks when it has any (a policy may refuse
+/// queries on a breaching table, and then no grant helps until its owner fixes the data). The checks' names are
+/// what `describe_table` shows anyone who may discover the table.
+pub(super) fn quality_hint(facts: Option<&crate::policy::TableFacts>, next_step: &str) -> String {
+    match facts {
+        Some(f) if f.quality == "breach" => format!(
+            "The table's quality checks currently fail ({}); a policy may refuse queries on it until they pass \
+             (describe_table shows them). Otherwise: {next_step}",
+            f.quality_breaches.join(", ")
+        ),
+        _ => next_step.to_string(),
     }
 }

@@ -248,12 +248,16 @@ impl ParleyServer {
                     Some(t) => self.facts_for(checked, t).await?,
                     None => None,
                 };
+                let next_step = super::catalog::quality_hint(
+                    facts.as_ref(),
+                    "the policy does not allow this query even under your grant; request_access to see \
+                     which terms it allows",
+                );
                 checked.require_table_under(
                     &shown,
                     facts,
                     Action::Query,
-                    "the policy does not allow this query even under your grant; request_access to see \
-                     which terms it allows",
+                    &next_step,
                     g.terms().policy_context(&shown, g.id()),
                 )?;
                 let name = parsed.ok_or_else(|| internal("table name did not parse"))?;
