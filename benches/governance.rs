@@ -147,6 +147,29 @@ async fn audit_bench(dir: &Path, clients: usize, per_client: usize) -> f64 {
     rate
 }
 
+/// Appends records `from..to` to `log` from 32 concurrent clients, record `i` naming the table `table(i)`.
+async fn append_range(
+    log: &Arc<FileAuditLog>,
+    from: u64,
+    to: u64,
+    table: impl Fn(u64) -> String + Send + Sync + Copy + 'static,
+) {
+    let mut tasks = Vec::new();
+    for c in 0..32u64 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (from + c..to).step_by(32) {
+                let mut e = entry(i);
+                e.resource = AuditResource::of(&[table(i)]);
+                log.append(e).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 /// Milliseconds per `parley.audit_log` read: (index, full read).
 async fn audit_read_bench(dir: &Path) -> (f64, f64) {
     use parley::audit::reader::AuditReader;
@@ -154,25 +177,7 @@ async fn audit_read_bench(dir: &Path) -> (f64, f64) {
     let path = dir.join("audit-read.jsonl");
     let log = Arc::new(FileAuditLog::open(&path, 64 << 20).unwrap());
     let table = |i: u64| format!("ns{}.t", i % 10);
-    let append = |from: u64, to: u64| {
-        let log = log.clone();
-        async move {
-            let mut tasks = Vec::new();
-            for c in 0..32u64 {
-                let log = log.clone();
-                tasks.push(tokio::spawn(async move {
-                    for i in (from + c..to).step_by(32) {
-                        let mut e = entry(i);
-                        e.resource = AuditResource::of(&[table(i)]);
-                        log.append(e).await.unwrap();
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await.unwrap();
-            }
-        }
-    };
+    let append = |from: u64, to: u64| append_range(&log, from, to, table);
     append(0, RECORDS).await;
     let reader = AuditReader::new(&path);
     let visible = |r: &str| r == "ns3.t";
@@ -210,30 +215,14 @@ async fn audit_read_scaling(dir: &Path, records: u64) -> f64 {
     let path = dir.join(format!("audit-scaling-{records}.jsonl"));
     let log = Arc::new(FileAuditLog::open(&path, 64 << 20).unwrap());
     let step = records / VISIBLE;
-    let append = |from: u64, to: u64| {
-        let log = log.clone();
-        async move {
-            let mut tasks = Vec::new();
-            for c in 0..32u64 {
-                let log = log.clone();
-                tasks.push(tokio::spawn(async move {
-                    for i in (from + c..to).step_by(32) {
-                        let mut e = entry(i);
-                        let table = if i < records && i % step == 0 {
-                            "hot.t".to_string()
-                        } else {
-                            format!("ns{}.t", i % 10)
-                        };
-                        e.resource = AuditResource::of(&[table]);
-                        log.append(e).await.unwrap();
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await.unwrap();
-            }
+    let table = move |i: u64| {
+        if i < records && i.is_multiple_of(step) {
+            "hot.t".to_string()
+        } else {
+            format!("ns{}.t", i % 10)
         }
     };
+    let append = |from: u64, to: u64| append_range(&log, from, to, table);
     append(0, records).await;
     let reader = AuditReader::new(&path);
     let visible = |r: &str| r == "hot.t";

@@ -49,6 +49,8 @@ struct Inner {
     /// to a query holds (and is charged to the query's memory pool for) one chunk, not the whole column.
     columns: moka::sync::Cache<Key, Chunks>,
     loads: Jobs<String>,
+    /// Files whose columns could not be loaded: read from Parquet, never tried again.
+    unreadable: moka::sync::Cache<String, ()>,
 }
 
 /// One data file a scan reads: its local path and row count (from the manifests).
@@ -63,13 +65,10 @@ impl ColumnCache {
         ColumnCache {
             inner: Arc::new(Inner {
                 budget,
-                columns: moka::sync::Cache::builder()
-                    .max_capacity(budget)
-                    .weigher(|_, v: &Chunks| {
-                        let bytes: usize = v.iter().map(|c| c.get_array_memory_size()).sum();
-                        u32::try_from(bytes).unwrap_or(u32::MAX)
-                    })
-                    .build(),
+                columns: crate::key_index::weighed_cache(budget, |v: &Chunks| {
+                    v.iter().map(|c| c.get_array_memory_size() as u64).sum()
+                }),
+                unreadable: moka::sync::Cache::new(10_000),
                 loads: Jobs::default(),
             }),
         }
@@ -107,14 +106,16 @@ impl ColumnCache {
             }
             if absent.is_empty() {
                 out.push(slices(schema, columns, batch_size)?);
-            } else {
+            } else if !self.inner.unreadable.contains_key(file.path) {
                 missing.push((file.path.to_string(), absent));
             }
         }
-        if missing.is_empty() {
+        if out.len() == files.len() {
             return Some(out);
         }
-        self.load(files, schema, missing);
+        if !missing.is_empty() {
+            self.load(files, schema, missing);
+        }
         None
     }
 
@@ -152,6 +153,7 @@ impl ColumnCache {
                     Ok(arrays) => Some((path.clone(), arrays)),
                     Err(e) => {
                         tracing::warn!("column cache: {path} is read from Parquet: {e}");
+                        this.inner.unreadable.insert(path.clone(), ());
                         None
                     }
                 },
@@ -279,6 +281,50 @@ mod tests {
 
     use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    #[tokio::test]
+    async fn a_file_that_cannot_be_loaded_is_read_from_parquet_and_not_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.parquet");
+        let batch = RecordBatch::try_from_iter([(
+            "k",
+            Arc::new(Int64Array::from_iter_values(0..10)) as ArrayRef,
+        )])
+        .unwrap();
+        let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(&path).unwrap(),
+            batch.schema(),
+            None,
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let good = path.to_string_lossy().into_owned();
+        let gone = dir
+            .path()
+            .join("gone.parquet")
+            .to_string_lossy()
+            .into_owned();
+        let files = [
+            super::File {
+                path: &good,
+                rows: Some(10),
+            },
+            super::File {
+                path: &gone,
+                rows: Some(10),
+            },
+        ];
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let cache = super::ColumnCache::new(1 << 20);
+        assert!(cache.batches(&files, &schema, 1024).is_none());
+        cache.settle().await;
+        // The readable file is cached, the other is not: the scan still needs Parquet, and no load is started.
+        assert!(cache.batches(&files[..1], &schema, 1024).is_some());
+        assert!(cache.inner.unreadable.contains_key(&gone));
+        assert!(cache.batches(&files, &schema, 1024).is_none());
+        assert!(cache.inner.loads.is_idle());
+    }
 
     #[test]
     fn a_cached_batch_holds_one_chunk_not_the_whole_column() {

@@ -68,6 +68,18 @@ struct Inner {
     builds: Jobs<Key>,
 }
 
+/// A cache of at most `budget` bytes, each value weighing `bytes(value)` (least recently used values leave first).
+pub(crate) fn weighed_cache<K, V>(budget: u64, bytes: fn(&V) -> u64) -> moka::sync::Cache<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    moka::sync::Cache::builder()
+        .max_capacity(budget)
+        .weigher(move |_, v: &V| u32::try_from(bytes(v)).unwrap_or(u32::MAX))
+        .build()
+}
+
 /// Background work on immutable files: one job at a time (a job reads many files, on all cores), never two jobs
 /// on one key at once.
 #[derive(Debug)]
@@ -87,15 +99,15 @@ impl<K> Default for Jobs<K> {
 
 impl<K: std::hash::Hash + Eq + Clone + Send + 'static> Jobs<K> {
     /// Runs `work` on a blocking thread when no other job runs, unless a job on one of `keys` is under way or
-    /// there is no runtime; returns whether it was started.
-    pub(crate) fn spawn(&self, keys: Vec<K>, work: impl FnOnce() + Send + 'static) -> bool {
+    /// there is no runtime.
+    pub(crate) fn spawn(&self, keys: Vec<K>, work: impl FnOnce() + Send + 'static) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return false;
+            return;
         };
         {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
             if keys.iter().any(|k| running.contains(k)) {
-                return false;
+                return;
             }
             running.extend(keys.iter().cloned());
         }
@@ -109,18 +121,21 @@ impl<K: std::hash::Hash + Eq + Clone + Send + 'static> Jobs<K> {
                 running.remove(k);
             }
         });
-        true
+    }
+
+    /// Whether no job runs (tests).
+    #[cfg(test)]
+    pub(crate) fn is_idle(&self) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     /// Waits until no job runs (tests).
     #[cfg(test)]
     pub(crate) async fn settle(&self) {
-        while !self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-        {
+        while !self.is_idle() {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
@@ -139,10 +154,7 @@ impl KeyIndexes {
         KeyIndexes {
             inner: Arc::new(Inner {
                 budget,
-                built: moka::sync::Cache::builder()
-                    .max_capacity(budget)
-                    .weigher(|_, v: &Arc<FileHashes>| u32::try_from(v.bytes()).unwrap_or(u32::MAX))
-                    .build(),
+                built: weighed_cache(budget, |v: &Arc<FileHashes>| v.bytes()),
                 refused: moka::sync::Cache::new(10_000),
                 builds: Jobs::default(),
             }),
