@@ -116,6 +116,16 @@ impl Checked<'_> {
         self.gate.policy.version()
     }
 
+    /// [`Checked::peek`] for work that outlives the call (a discovery index decided in the background): an owned
+    /// handle deciding for this caller and context; it records nothing.
+    pub fn peeker(&self) -> Peeker {
+        Peeker {
+            policy: self.gate.policy.clone(),
+            principal: self.principal.clone(),
+            context: self.context.clone(),
+        }
+    }
+
     /// Asks the policy without recording it as the call's decision (for filtering lists).
     pub fn peek(&self, action: Action, resource: &Resource) -> Decision {
         self.gate
@@ -260,6 +270,27 @@ impl Checked<'_> {
             unreachable!("built as a table above")
         };
         Ok(facts)
+    }
+}
+
+/// See [`Checked::peeker`].
+#[derive(Clone)]
+pub struct Peeker {
+    policy: Arc<dyn PolicyBackend>,
+    principal: Principal,
+    context: RequestContext,
+}
+
+impl Peeker {
+    /// Asks the policy as [`Checked::peek`] does.
+    pub fn peek(&self, action: Action, resource: &Resource) -> Decision {
+        self.policy
+            .authorize(&self.principal, action, resource, &self.context)
+    }
+
+    /// The principal it decides for.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
     }
 }
 

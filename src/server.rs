@@ -245,6 +245,8 @@ impl ParleyServer {
                 .discoverable(checked)
                 .await?
                 .namespaces()
+                .await?
+                .into_iter()
                 .map(str::to_string)
                 .collect(),
             (Reference::Resource(r), "table") if r.uri.starts_with("contract://") => {
@@ -255,7 +257,9 @@ impl ParleyServer {
                     .and_then(|a| a.get("namespace"))
                     .cloned();
                 let discovered = self.discoverable(checked).await?;
-                let (_, tables) = discovered.page(namespace.as_deref(), None, 0, usize::MAX);
+                let (_, tables) = discovered
+                    .page(namespace.as_deref(), None, 0, usize::MAX)
+                    .await?;
                 tables.iter().map(|t| t.name.name.clone()).collect()
             }
             _ => Vec::new(),

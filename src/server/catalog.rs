@@ -59,8 +59,11 @@ pub struct TableSummary {
 pub struct ListTablesResult {
     /// This page of tables.
     pub tables: Vec<TableSummary>,
-    /// Tables matching the filter across all pages.
-    pub total: usize,
+    /// Tables matching the filter across all pages; absent while the server is still deciding which tables of a
+    /// large catalog you may see (the first pages answer before every table is decided): page on with
+    /// `next_cursor`, and a later call says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<usize>,
     /// Pass as `cursor` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
@@ -339,12 +342,18 @@ fn quality_text(q: &super::quality::QualityView) -> String {
 pub(super) fn list_tables_reply(result: ListTablesResult) -> CallToolResult {
     use std::fmt::Write as _;
     let mut text = String::with_capacity(64 + 160 * result.tables.len());
-    let _ = writeln!(
-        text,
-        "{} table{} you can discover:",
-        result.total,
-        if result.total == 1 { "" } else { "s" }
-    );
+    let _ = match result.total {
+        Some(total) => writeln!(
+            text,
+            "{total} table{} you can discover:",
+            if total == 1 { "" } else { "s" }
+        ),
+        None => writeln!(
+            text,
+            "Tables you can discover (the server is still deciding which of this large catalog's tables you may \
+             see; the total follows on a later call):"
+        ),
+    };
     for t in &result.tables {
         let _ = write!(text, "- {} (", t.table);
         match t.row_count {
@@ -595,9 +604,10 @@ impl ParleyServer {
         }
     }
 
-    /// The tables the caller may discover, with their policy resource and search text, sorted by name. Built once
+    /// The tables the caller may discover, with their policy resource and search text, sorted by name. One index
     /// per principal, policy version and table list (see [`DiscoveryCache`]), so a page of `list_tables` on a
-    /// catalog of thousands of tables costs no policy evaluation per table.
+    /// catalog of thousands of tables costs no policy evaluation per table; its runs are decided as pages need
+    /// them and by one background task (see [`Discovered`]), so the first page does not wait for every table.
     pub(super) async fn discoverable(
         &self,
         checked: &Checked<'_>,
@@ -615,88 +625,16 @@ impl ParleyServer {
         if let Some(hit) = cache.get(checked, &names, policy_version) {
             return Ok(hit);
         }
-        let started = std::time::Instant::now();
-        // Facts and the policy's decision per table are independent: on all cores (a Cedar decision is tens of
-        // microseconds, 100,000 tables take seconds on one), then gathered in the list's order.
-        // A thread that panics fails closed: its tables are not listed this time.
-        let decided =
-            crate::parallel::filter_map_chunks(&names, 1024, "deciding discovery", |name| {
-                let resource = Resource::Table(lakehouse.facts_of_listed(name));
-                checked
-                    .peek(Action::Discover, &resource)
-                    .allowed()
-                    .then_some((name, resource))
-            });
-        let mut visible = Vec::new();
-        for (name, resource) in decided {
-            let table = name.to_string();
-            let mut haystack = table.clone();
-            let loaded = lakehouse.contract(name);
-            let contract = loaded.as_deref().map(|c| &c.contract);
-            if let Some(c) = contract {
-                let purpose = c.description.as_ref().and_then(|d| d.purpose.as_deref());
-                for text in purpose
-                    .into_iter()
-                    .chain(c.tags.iter().map(String::as_str))
-                    .chain(c.name.as_deref())
-                {
-                    haystack.push(' ');
-                    haystack.push_str(text);
-                }
-            }
-            let Resource::Table(facts) = &resource else {
-                continue;
-            };
-            let summary = TableSummary {
-                table,
-                namespace: name.namespace_str(),
-                description: contract
-                    .and_then(|c| c.description.as_ref())
-                    .and_then(|d| d.purpose.clone()),
-                owner: contract.and_then(|c| c.owner_group().map(str::to_string)),
-                tags: facts.tags.clone(),
-                row_count: None,
-                contains_pii: facts.contains_pii,
-                can_query: false,
-                grant_ids: Vec::new(),
-                contract_drift: false,
-            };
-            visible.push((
-                Discoverable {
-                    name: name.clone(),
-                    resource,
-                    summary,
-                    can_query: std::sync::OnceLock::new(),
-                },
-                haystack,
-            ));
-        }
-        if !lakehouse.authz().is_empty() {
-            // Both must allow: of what the policy lets the caller discover, only what the catalog lists for them.
-            let tables: Vec<TableName> = visible.iter().map(|(d, _)| d.name.clone()).collect();
-            let allowed = lakehouse
-                .authz()
-                .allowed(
-                    checked.principal(),
-                    &tables,
-                    &[CatalogAction::IncludeInList],
-                )
-                .await
-                .map_err(ToolError::from)?;
-            let mut allowed = allowed.into_iter();
-            visible.retain(|_| allowed.next().unwrap_or(false));
-        }
-        let discoverable = visible.len();
-        let visible = Arc::new(Discovered::new(visible));
-        tracing::debug!(
-            principal = checked.principal_id(),
-            tables = names.len(),
-            discoverable,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "built a discovery index"
-        );
-        cache.put(checked, names, policy_version, visible.clone());
-        Ok(visible)
+        let (app, peeker) = (self.app.clone(), checked.peeker());
+        let decide: discovery::Decide = Arc::new(move |names, range| {
+            let (app, peeker) = (app.clone(), peeker.clone());
+            Box::pin(decide_discovery(app, peeker, names, range))
+        });
+        let index = Arc::new(Discovered::new(names.clone(), decide));
+        cache.put(checked, names, policy_version, index.clone());
+        let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::spawn(Discovered::decide_rest(Arc::downgrade(&index), parallel));
+        Ok(index)
     }
 
     /// The caller's grants, to mark the tables they cover in `list_tables` (a hint: `query` always reads grants
@@ -758,12 +696,14 @@ impl ParleyServer {
         };
         let lakehouse = &self.app.lakehouse;
         let discovered = self.discoverable(checked).await?;
-        let (total, page) = discovered.page(
-            args.namespace.as_deref(),
-            args.filter.as_deref(),
-            offset,
-            page_size,
-        );
+        let (total, page) = discovered
+            .page(
+                args.namespace.as_deref(),
+                args.filter.as_deref(),
+                offset,
+                page_size,
+            )
+            .await?;
         let now = self.app.clock.now();
         let grants = self.grants_hint(checked.principal_id()).await?;
         let live_grants: Vec<&crate::negotiation::Grant> =
@@ -803,7 +743,7 @@ impl ParleyServer {
             tables.push(entry);
         }
         let next = offset + tables.len();
-        let empty_because = if total > 0 {
+        let empty_because = if total != Some(0) {
             None
         } else if lakehouse
             .list_tables()
@@ -835,7 +775,10 @@ impl ParleyServer {
         Ok(ListTablesResult {
             tables,
             total,
-            next_cursor: (next < total).then(|| format!("offset:{next}")),
+            // An unknown total is one with more after this page.
+            next_cursor: total
+                .is_none_or(|total| next < total)
+                .then(|| format!("offset:{next}")),
             empty_because,
         })
     }
@@ -1110,6 +1053,108 @@ impl ParleyServer {
         )
         .await
     }
+}
+
+/// Decides which of `names[range]` the principal `peeker` decides for may discover: the policy's decision on each
+/// table's facts (on a blocking thread: a Cedar decision is tens of microseconds), then, when the catalogs have
+/// permission services, theirs — both must allow. Each with its `list_tables` entry and search text.
+async fn decide_discovery(
+    app: Arc<App>,
+    peeker: crate::gate::Peeker,
+    names: Arc<Vec<TableName>>,
+    range: std::ops::Range<usize>,
+) -> Result<Vec<(usize, Discoverable, String)>, ToolError> {
+    let started = std::time::Instant::now();
+    let policy = {
+        let (app, names, range, peeker) =
+            (app.clone(), names.clone(), range.clone(), peeker.clone());
+        tokio::task::spawn_blocking(move || {
+            decide_by_policy(&app.lakehouse, &peeker, &names, range)
+        })
+    };
+    // A decision that panicked fails closed: the page fails, and a later one decides the run again.
+    let mut visible = policy
+        .await
+        .map_err(|e| internal(format!("deciding discovery failed: {e}")))?;
+    let authz = app.lakehouse.authz();
+    if !authz.is_empty() && !visible.is_empty() {
+        let tables: Vec<TableName> = visible.iter().map(|(_, d, _)| d.name.clone()).collect();
+        let allowed = authz
+            .allowed(peeker.principal(), &tables, &[CatalogAction::IncludeInList])
+            .await
+            .map_err(ToolError::from)?;
+        let mut allowed = allowed.into_iter();
+        visible.retain(|_| allowed.next().unwrap_or(false));
+    }
+    tracing::debug!(
+        principal = peeker.principal().id,
+        tables = range.len(),
+        from = range.start,
+        discoverable = visible.len(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "decided discovery of a run of tables"
+    );
+    Ok(visible)
+}
+
+/// The policy's half of [`decide_discovery`].
+fn decide_by_policy(
+    lakehouse: &crate::catalog::Lakehouse,
+    peeker: &crate::gate::Peeker,
+    names: &[TableName],
+    range: std::ops::Range<usize>,
+) -> Vec<(usize, Discoverable, String)> {
+    let mut visible = Vec::new();
+    for position in range {
+        let name = &names[position];
+        let resource = Resource::Table(lakehouse.facts_of_listed(name));
+        if !peeker.peek(Action::Discover, &resource).allowed() {
+            continue;
+        }
+        let table = name.to_string();
+        let mut haystack = table.clone();
+        let loaded = lakehouse.contract(name);
+        let contract = loaded.as_deref().map(|c| &c.contract);
+        if let Some(c) = contract {
+            let purpose = c.description.as_ref().and_then(|d| d.purpose.as_deref());
+            for text in purpose
+                .into_iter()
+                .chain(c.tags.iter().map(String::as_str))
+                .chain(c.name.as_deref())
+            {
+                haystack.push(' ');
+                haystack.push_str(text);
+            }
+        }
+        let Resource::Table(facts) = &resource else {
+            continue;
+        };
+        let summary = TableSummary {
+            table,
+            namespace: name.namespace_str(),
+            description: contract
+                .and_then(|c| c.description.as_ref())
+                .and_then(|d| d.purpose.clone()),
+            owner: contract.and_then(|c| c.owner_group().map(str::to_string)),
+            tags: facts.tags.clone(),
+            row_count: None,
+            contains_pii: facts.contains_pii,
+            can_query: false,
+            grant_ids: Vec::new(),
+            contract_drift: false,
+        };
+        visible.push((
+            position,
+            Discoverable {
+                name: name.clone(),
+                resource,
+                summary,
+                can_query: std::sync::OnceLock::new(),
+            },
+            haystack,
+        ));
+    }
+    visible
 }
 
 /// `next_step` after a refusal, led by the table's failing quality checks when it has any (a policy may refuse

@@ -1,13 +1,16 @@
-//! What each principal may discover, built once per policy version and table list and indexed for `list_tables`:
-//! a page is a slice of the sorted tables, and a text search scans one contiguous buffer (memchr's SIMD substring
-//! search) instead of following a pointer per table, which on a catalog of thousands of tables is what made
-//! listing cost a cache miss per table.
+//! What each principal may discover, indexed for `list_tables` and decided lazily: the catalog's sorted table list
+//! is cut into runs ("chunks"); a run's policy decisions are made the first time a page needs it (and by one
+//! background task that decides the rest in order), so the first page of a catalog of 100,000 tables waits for one
+//! run's decisions, not for 100,000. Within a decided run a page is a slice, and a text search scans one contiguous
+//! buffer (memchr's SIMD substring search) instead of following a pointer per table.
 
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
+use futures::future::BoxFuture;
+
 use crate::catalog::TableName;
-use crate::gate::Checked;
+use crate::gate::{Checked, ToolError};
 use crate::identity::Principal;
 use crate::policy::Resource;
 
@@ -25,101 +28,261 @@ pub struct Discoverable {
     pub can_query: OnceLock<bool>,
 }
 
-/// The tables a principal may discover, sorted by name, with their search text laid out for scanning.
+/// Decides which tables of a run of the listed names (`names[range]`) the principal may discover: each with its
+/// position in `names` and its search text (name, contract purpose, tags and title), in the names' order.
+pub type Decide = Arc<
+    dyn Fn(
+            Arc<Vec<TableName>>,
+            Range<usize>,
+        ) -> BoxFuture<'static, Result<Vec<(usize, Discoverable, String)>, ToolError>>
+        + Send
+        + Sync,
+>;
+
+/// Listed tables per run decided together: large enough that deciding a run is worth a task, small enough that a
+/// first page waits for little more than it shows.
+pub const CHUNK: usize = 512;
+
+/// The tables a principal may discover, sorted by name, decided run by run.
 pub struct Discovered {
-    tables: Vec<Discoverable>,
-    /// Each table's lower-cased search text, in table order, each followed by a newline (search texts hold none).
-    text: String,
-    /// Where each table's search text starts in `text`.
-    starts: Vec<usize>,
-    /// Runs of tables sharing a namespace (tables are sorted by namespace first), with the dot-joined namespace.
+    /// Every listed table, sorted (namespace first), discoverable or not.
+    names: Arc<Vec<TableName>>,
+    /// Runs of `names` sharing a namespace, with the dot-joined namespace.
     namespaces: Vec<(String, Range<usize>)>,
+    /// `names` in runs of `chunk`; each decided once.
+    chunks: Vec<tokio::sync::OnceCell<Chunk>>,
+    chunk: usize,
+    decide: Decide,
+}
+
+/// The discoverable tables of one run, with their search text laid out for scanning.
+struct Chunk {
+    /// Position of each table in `names`, ascending.
+    positions: Vec<usize>,
+    tables: Vec<Discoverable>,
+    /// Each table's search text, lowercased, newline-terminated, back to back.
+    text: String,
+    /// Where each table's text starts in `text`.
+    starts: Vec<usize>,
+}
+
+impl Chunk {
+    fn new(decided: Vec<(usize, Discoverable, String)>) -> Chunk {
+        let mut chunk = Chunk {
+            positions: Vec::with_capacity(decided.len()),
+            tables: Vec::with_capacity(decided.len()),
+            text: String::new(),
+            starts: Vec::with_capacity(decided.len()),
+        };
+        for (position, table, search) in decided {
+            chunk.positions.push(position);
+            chunk.starts.push(chunk.text.len());
+            chunk
+                .text
+                .push_str(&search.to_lowercase().replace('\n', " "));
+            chunk.text.push('\n');
+            chunk.tables.push(table);
+        }
+        chunk
+    }
+
+    /// The indexes of its tables whose positions fall in `range`.
+    fn within(&self, range: &Range<usize>) -> Range<usize> {
+        let lo = self.positions.partition_point(|&p| p < range.start);
+        let hi = self.positions.partition_point(|&p| p < range.end);
+        lo..hi.max(lo)
+    }
+
+    /// Its tables in `range` whose text the finder finds its needle in, in order.
+    fn matches<'c>(
+        &'c self,
+        range: &Range<usize>,
+        finder: &memchr::memmem::Finder<'_>,
+        mut hit: impl FnMut(&'c Discoverable),
+    ) {
+        let within = self.within(range);
+        if within.is_empty() {
+            return;
+        }
+        let from = self.starts[within.start];
+        let to = self
+            .starts
+            .get(within.end)
+            .copied()
+            .unwrap_or(self.text.len());
+        let mut last = None;
+        for at in finder.find_iter(&self.text.as_bytes()[from..to]) {
+            // The table whose text holds the match (a match never spans the newline after a text).
+            let i = self.starts.partition_point(|&s| s <= from + at) - 1;
+            if last != Some(i) {
+                last = Some(i);
+                hit(&self.tables[i]);
+            }
+        }
+    }
 }
 
 impl Discovered {
-    /// Indexes `tables` (sorted by name), each with its search text: name, contract purpose, tags and title.
-    pub fn new(tables: Vec<(Discoverable, String)>) -> Discovered {
-        let mut text = String::new();
-        let mut starts = Vec::with_capacity(tables.len());
+    /// An index over `names` (sorted), nothing decided yet: `decide` is called for each run of [`CHUNK`] names
+    /// the first time it is needed.
+    pub fn new(names: Arc<Vec<TableName>>, decide: Decide) -> Discovered {
+        Discovered::with_chunk(names, decide, CHUNK)
+    }
+
+    fn with_chunk(names: Arc<Vec<TableName>>, decide: Decide, chunk: usize) -> Discovered {
         let mut namespaces: Vec<(String, Range<usize>)> = Vec::new();
-        let mut out = Vec::with_capacity(tables.len());
-        for (i, (table, search)) in tables.into_iter().enumerate() {
-            starts.push(text.len());
-            text.push_str(&search.to_lowercase().replace('\n', " "));
-            text.push('\n');
+        for (i, name) in names.iter().enumerate() {
+            let ns = name.namespace_str();
             match namespaces.last_mut() {
-                Some((ns, run)) if *ns == table.summary.namespace => run.end = i + 1,
-                _ => namespaces.push((table.summary.namespace.clone(), i..i + 1)),
+                Some((last, run)) if *last == ns => run.end = i + 1,
+                _ => namespaces.push((ns, i..i + 1)),
             }
-            out.push(table);
         }
+        let chunk = chunk.max(1);
         Discovered {
-            tables: out,
-            text,
-            starts,
+            chunks: (0..names.len().div_ceil(chunk))
+                .map(|_| tokio::sync::OnceCell::new())
+                .collect(),
+            names,
             namespaces,
+            chunk,
+            decide,
         }
     }
 
-    /// The namespaces of the tables, sorted.
-    pub fn namespaces(&self) -> impl Iterator<Item = &str> {
-        self.namespaces.iter().map(|(ns, _)| ns.as_str())
+    /// Run `c`, deciding it now unless it was.
+    async fn chunk(&self, c: usize) -> Result<&Chunk, ToolError> {
+        self.chunks[c]
+            .get_or_try_init(|| async {
+                let range = c * self.chunk..((c + 1) * self.chunk).min(self.names.len());
+                Ok(Chunk::new((self.decide)(self.names.clone(), range).await?))
+            })
+            .await
+    }
+
+    /// Whether every run is decided.
+    pub fn complete(&self) -> bool {
+        self.chunks.iter().all(|c| c.initialized())
+    }
+
+    /// Decides the runs not decided yet, in order, `parallel` at a time, while the index is still in use (held
+    /// elsewhere than by `index`); stops at the first failure (a later page decides that run again).
+    pub async fn decide_rest(index: std::sync::Weak<Discovered>, parallel: usize) {
+        use futures::StreamExt as _;
+        let Some(runs) = index.upgrade().map(|d| d.chunks.len()) else {
+            return;
+        };
+        let mut decided = futures::stream::iter(0..runs)
+            .map(|c| {
+                let index = index.clone();
+                async move {
+                    let Some(d) = index.upgrade() else {
+                        return Ok(false);
+                    };
+                    d.chunk(c).await.map(|_| true)
+                }
+            })
+            .buffered(parallel.max(1));
+        while let Some(result) = decided.next().await {
+            match result {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!("deciding discovery in the background stopped: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Every table the principal may discover, deciding whatever was not decided yet.
+    pub async fn all(&self) -> Result<Vec<&Discoverable>, ToolError> {
+        let mut out = Vec::new();
+        for c in 0..self.chunks.len() {
+            out.extend(self.chunk(c).await?.tables.iter());
+        }
+        Ok(out)
+    }
+
+    /// The namespaces holding tables the principal may discover, sorted.
+    pub async fn namespaces(&self) -> Result<Vec<&str>, ToolError> {
+        let mut out: Vec<&str> = Vec::new();
+        for (ns, run) in &self.namespaces {
+            let (total, page) = self.page_of(run.clone(), None, 0, 1).await?;
+            if total.unwrap_or(page.len()) > 0 {
+                out.push(ns);
+            }
+        }
+        Ok(out)
     }
 
     /// The tables in `namespace` (when given) whose search text contains `filter` (case-insensitive, when
-    /// given): how many there are, and the `limit` of them after the first `offset`.
-    pub fn page(
+    /// given): the `limit` of them after the first `offset`, and how many there are — `None` when that is not
+    /// known yet: runs are decided only as far as this page and the next needs them (a background task decides
+    /// the rest), so the first pages of a large catalog answer before every table is decided.
+    pub async fn page(
         &self,
         namespace: Option<&str>,
         filter: Option<&str>,
         offset: usize,
         limit: usize,
-    ) -> (usize, Vec<&Discoverable>) {
-        let runs: Vec<Range<usize>> = match namespace {
-            None => std::iter::once(0..self.tables.len()).collect(),
+    ) -> Result<(Option<usize>, Vec<&Discoverable>), ToolError> {
+        let range = match namespace {
+            None => 0..self.names.len(),
             Some(ns) => self
                 .namespaces
                 .iter()
-                .filter(|(name, _)| name == ns)
-                .map(|(_, run)| run.clone())
-                .collect(),
+                .find(|(name, _)| name == ns)
+                .map_or(0..0, |(_, run)| run.clone()),
         };
-        let mut total = 0;
-        let mut page = Vec::with_capacity(limit.min(self.tables.len()));
-        // Every text contains the empty string.
-        match filter.filter(|f| !f.is_empty()).map(str::to_lowercase) {
-            // Runs are counted, not walked.
-            None => {
-                for run in runs {
-                    let skip = offset.saturating_sub(total).min(run.len());
-                    let room = limit - page.len();
-                    page.extend(self.tables[run.start + skip..run.end].iter().take(room));
-                    total += run.len();
-                }
-            }
-            // Search texts hold no newline, so such a filter matches nothing.
-            Some(needle) if needle.contains('\n') => {}
-            Some(needle) => {
-                let finder = memchr::memmem::Finder::new(needle.as_bytes());
-                for run in runs.into_iter().filter(|r| !r.is_empty()) {
-                    let from = self.starts[run.start];
-                    let to = self.starts.get(run.end).copied().unwrap_or(self.text.len());
-                    let mut last = None;
-                    for at in finder.find_iter(&self.text.as_bytes()[from..to]) {
-                        // The table whose text holds the match (a match never spans the newline after a text).
-                        let i = self.starts.partition_point(|&s| s <= from + at) - 1;
-                        if last != Some(i) {
-                            last = Some(i);
-                            if total >= offset && page.len() < limit {
-                                page.push(&self.tables[i]);
-                            }
-                            total += 1;
-                        }
-                    }
-                }
-            }
+        self.page_of(range, filter, offset, limit).await
+    }
+
+    async fn page_of(
+        &self,
+        range: Range<usize>,
+        filter: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Option<usize>, Vec<&Discoverable>), ToolError> {
+        let needle = filter.filter(|f| !f.is_empty()).map(str::to_lowercase);
+        // Search texts hold no newline, so such a filter matches nothing.
+        if needle.as_deref().is_some_and(|n| n.contains('\n')) || range.is_empty() {
+            return Ok((Some(0), Vec::new()));
         }
-        (total, page)
+        let finder = needle
+            .as_deref()
+            .map(|n| memchr::memmem::Finder::new(n.as_bytes()));
+        let mut total = 0;
+        let mut page = Vec::with_capacity(limit.min(range.len()));
+        let runs = range.start / self.chunk..range.end.div_ceil(self.chunk);
+        for c in runs {
+            // Enough for this page and to know another follows: runs not decided yet are left to the background.
+            if total > offset.saturating_add(limit) && !self.chunks[c].initialized() {
+                return Ok((None, page));
+            }
+            let chunk = self.chunk(c).await?;
+            let Some(finder) = &finder else {
+                // Counted, not walked.
+                let within = chunk.within(&range);
+                let skip = offset.saturating_sub(total).min(within.len());
+                let room = limit - page.len();
+                page.extend(
+                    chunk.tables[within.start + skip..within.end]
+                        .iter()
+                        .take(room),
+                );
+                total += within.len();
+                continue;
+            };
+            chunk.matches(&range, finder, |d| {
+                if total >= offset && page.len() < limit {
+                    page.push(d);
+                }
+                total += 1;
+            });
+        }
+        Ok((Some(total), page))
     }
 }
 
@@ -245,9 +408,40 @@ mod tests {
         (hits.len(), page)
     }
 
-    #[test]
-    fn pages_and_searches_agree_with_a_brute_force_scan() {
-        // Deterministic pseudo-random catalog: namespaces of varied sizes, texts with repeats, case and newlines.
+    /// A catalog of `tables` (namespace, name, search text, discoverable), sorted; the index over it decides by
+    /// the fourth field, counting the runs it decides.
+    fn index(
+        tables: &[(String, String, String, bool)],
+        chunk: usize,
+    ) -> (Discovered, Arc<std::sync::atomic::AtomicUsize>) {
+        let names: Arc<Vec<TableName>> = Arc::new(
+            tables
+                .iter()
+                .map(|(ns, name, _, _)| TableName::parse(&format!("{ns}.{name}")).unwrap())
+                .collect(),
+        );
+        let decided = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (rows, count) = (Arc::new(tables.to_vec()), decided.clone());
+        let decide: Decide = Arc::new(move |_names, range: Range<usize>| {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let rows = rows.clone();
+            Box::pin(async move {
+                Ok(range
+                    .filter(|&i| rows[i].3)
+                    .map(|i| {
+                        let (ns, name, text, _) = &rows[i];
+                        (i, table(ns, name), format!("{ns}.{name} {text}"))
+                    })
+                    .collect())
+            })
+        });
+        (Discovered::with_chunk(names, decide, chunk), decided)
+    }
+
+    #[tokio::test]
+    async fn pages_and_searches_agree_with_a_brute_force_scan_however_far_decided() {
+        // Deterministic pseudo-random catalog: namespaces of varied sizes, texts with repeats, case and newlines,
+        // some tables hidden from the principal.
         let words = [
             "Orders",
             "order",
@@ -270,18 +464,18 @@ mod tests {
         for ns in 0..7 {
             for t in 0..next(40) {
                 let text: Vec<&str> = (0..next(5)).map(|_| words[next(words.len())]).collect();
-                tables.push((format!("ns{ns}"), format!("t{t:03}"), text.join(" ")));
+                tables.push((
+                    format!("ns{ns}"),
+                    format!("t{t:03}"),
+                    text.join(" "),
+                    next(4) != 0,
+                ));
             }
         }
-        let index = Discovered::new(
-            tables
-                .iter()
-                .map(|(ns, name, text)| (table(ns, name), format!("{ns}.{name} {text}")))
-                .collect(),
-        );
         let texts: Vec<(String, String, String)> = tables
             .iter()
-            .map(|(ns, name, text)| (ns.clone(), name.clone(), format!("{ns}.{name} {text}")))
+            .filter(|t| t.3)
+            .map(|(ns, name, text, _)| (ns.clone(), name.clone(), format!("{ns}.{name} {text}")))
             .collect();
         let filters = [
             None,
@@ -297,18 +491,97 @@ mod tests {
             Some(""),
             Some("nothing"),
         ];
-        for namespace in [None, Some("ns0"), Some("ns3"), Some("ns9"), Some("")] {
-            for filter in filters {
-                for (offset, limit) in [(0, 50), (0, 1), (3, 2), (10, 7), (1000, 5)] {
-                    let (total, page) = index.page(namespace, filter, offset, limit);
-                    let got: Vec<String> = page.iter().map(|d| d.summary.table.clone()).collect();
-                    assert_eq!(
-                        (total, got),
-                        naive(&texts, namespace, filter, offset, limit),
-                        "namespace {namespace:?}, filter {filter:?}, offset {offset}, limit {limit}"
-                    );
+        for chunk in [1, 3, 16, 1000] {
+            // A fresh index per question, so each is asked of a partly decided index too; then one index asked
+            // everything in turn.
+            let (shared, _) = index(&tables, chunk);
+            for namespace in [None, Some("ns0"), Some("ns3"), Some("ns9"), Some("")] {
+                for filter in filters {
+                    for (offset, limit) in [(0, 50), (0, 1), (3, 2), (10, 7), (1000, 5)] {
+                        let (want_total, want) = naive(&texts, namespace, filter, offset, limit);
+                        let (fresh, _) = index(&tables, chunk);
+                        for index in [&fresh, &shared] {
+                            let (total, page) =
+                                index.page(namespace, filter, offset, limit).await.unwrap();
+                            let got: Vec<String> =
+                                page.iter().map(|d| d.summary.table.clone()).collect();
+                            let at = format!(
+                                "chunk {chunk}, namespace {namespace:?}, filter {filter:?}, offset {offset}, limit {limit}"
+                            );
+                            assert_eq!(got, want, "{at}");
+                            match total {
+                                Some(total) => assert_eq!(total, want_total, "{at}"),
+                                // Unknown only when more follow this page.
+                                None => assert!(want_total > offset + limit, "{at}"),
+                            }
+                        }
+                    }
                 }
             }
+            assert!(
+                shared.complete(),
+                "asking for every table decided every run"
+            );
         }
+    }
+
+    #[tokio::test]
+    async fn a_first_page_decides_only_the_runs_it_needs_and_the_rest_follows_in_the_background() {
+        let tables: Vec<(String, String, String, bool)> = (0..1000)
+            .map(|i| {
+                (
+                    format!("ns{:02}", i / 100),
+                    format!("t{i:04}"),
+                    String::new(),
+                    i % 2 == 0,
+                )
+            })
+            .collect();
+        let (index, decided) = index(&tables, 10);
+        let (total, page) = index.page(None, None, 0, 3).await.unwrap();
+        assert_eq!(total, None, "nothing past the first run is known");
+        let names: Vec<&str> = page.iter().map(|d| d.summary.table.as_str()).collect();
+        assert_eq!(names, ["ns00.t0000", "ns00.t0002", "ns00.t0004"]);
+        assert_eq!(decided.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(!index.complete());
+        // A page needing a namespace's every run decides only those, and knows the namespace's total.
+        let (total, page) = index.page(Some("ns05"), None, 0, 50).await.unwrap();
+        assert_eq!((total, page.len()), (Some(50), 50));
+        assert_eq!(page[0].summary.table, "ns05.t0500");
+        assert!(decided.load(std::sync::atomic::Ordering::Relaxed) <= 12);
+        let index = Arc::new(index);
+        Discovered::decide_rest(Arc::downgrade(&index), 2).await;
+        assert!(index.complete());
+        assert_eq!(
+            decided.load(std::sync::atomic::Ordering::Relaxed),
+            100,
+            "each run decided once"
+        );
+        let (total, _) = index.page(None, None, 0, 3).await.unwrap();
+        assert_eq!(total, Some(500));
+        assert_eq!(index.all().await.unwrap().len(), 500);
+        let namespaces = index.namespaces().await.unwrap();
+        assert_eq!(namespaces.len(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_run_that_fails_to_decide_fails_the_page_and_is_decided_again_later() {
+        let names = Arc::new(vec![TableName::parse("a.t").unwrap()]);
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = calls.clone();
+        let decide: Decide = Arc::new(move |_, _| {
+            let first = seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+            Box::pin(async move {
+                if first {
+                    Err(ToolError::Internal("catalog down".into()))
+                } else {
+                    Ok(vec![(0, table("a", "t"), "a.t".to_string())])
+                }
+            })
+        });
+        let index = Discovered::new(names, decide);
+        assert!(index.page(None, None, 0, 10).await.is_err());
+        let (total, page) = index.page(None, None, 0, 10).await.unwrap();
+        assert_eq!((total, page.len()), (Some(1), 1));
     }
 }

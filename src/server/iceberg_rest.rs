@@ -158,7 +158,7 @@ async fn visible_namespaces(
 ) -> Result<BTreeSet<Vec<String>>, ToolError> {
     let discovered = server.discoverable(checked).await?;
     let mut out = BTreeSet::new();
-    let (_, all) = discovered.page(None, None, 0, usize::MAX);
+    let all = discovered.all().await?;
     for d in all {
         for depth in 1..=d.name.namespace.len() {
             out.insert(d.name.namespace[..depth].to_vec());
@@ -243,7 +243,7 @@ async fn tables(
         let discovered = server.discoverable(checked).await?;
         let ns = levels.join(".");
         checked.note(Action::Discover, &ns, "tables of a namespace".to_string());
-        let (_, all) = discovered.page(None, None, 0, usize::MAX);
+        let all = discovered.all().await?;
         let mut any_below = false;
         let mut identifiers = Vec::new();
         for d in all {
