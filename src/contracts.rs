@@ -8,6 +8,7 @@
 //! as unclassified, which policies treat as containing PII.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -481,16 +482,44 @@ impl ContractStore {
     /// Loads `<dir>/<namespace>/<table>.yaml` files. The table is the contract's first `schema[].physicalName`
     /// when set, else the file's place in the tree. Invalid contracts are logged and listed in `rejected`.
     pub fn load(dir: &Path) -> ContractStore {
+        ContractStore::load_cached(dir, None)
+    }
+
+    /// [`ContractStore::load`], remembering validated contracts in `cache` (a file; see [`ValidatedCache`]): a
+    /// file whose exact text was validated before is read back from its typed form instead of parsed and
+    /// validated again. The cache is rewritten when this load validated anything new or dropped old texts.
+    pub fn load_cached(dir: &Path, cache: Option<&Path>) -> ContractStore {
         let mut store = ContractStore::default();
         let mut files = Vec::new();
         collect_yaml(dir, &mut files);
         files.sort();
+        let remembered = cache.map(ValidatedCache::read).unwrap_or_default();
         // Reading, parsing and validating are independent per file: spread over the cores (100,000 contracts took
         // ~8 s on one), then kept in file order, so which version wins does not depend on the threads. A thread that
         // panics leaves its tables unclassified, the restrictive default.
         let read = crate::parallel::filter_map_chunks(&files, 256, "loading contracts", |path| {
-            Some(read_contract(dir, path))
+            Some(read_contract_cached(dir, path, &remembered))
         });
+        // Remember what validated now, forget texts no file holds any more.
+        let mut known = std::collections::HashSet::new();
+        let mut new = Vec::new();
+        let read: Vec<_> = read
+            .into_iter()
+            .map(|result| {
+                result.map(|(key, contract, yaml, entry)| {
+                    match entry {
+                        Remembered::Known(digest) => _ = known.insert(digest),
+                        Remembered::New(digest, json) => new.push((digest, json)),
+                    }
+                    (key, contract, yaml)
+                })
+            })
+            .collect();
+        if let Some(path) = cache
+            && (!new.is_empty() || known.len() != remembered.entries.len())
+        {
+            remembered.write(path, &known, &new);
+        }
         for result in read {
             match result {
                 Ok((key, contract, yaml)) => {
@@ -592,12 +621,146 @@ fn read_contract(root: &Path, path: &Path) -> Result<(String, Contract, String),
         source,
     })?;
     let contract = parse(&yaml, path)?;
-    let key = contract
-        .schema
-        .iter()
-        .find_map(|s| s.physical_name.clone())
-        .unwrap_or_else(|| table_key_from_path(root, path));
+    let key = table_key(root, path, &contract);
     Ok((key, contract, yaml))
+}
+
+/// The table a contract file governs: its first `schema[].physicalName`, else its place under `root`.
+fn table_key(root: &Path, path: &Path, contract: &Contract) -> String {
+    table_of(contract).unwrap_or_else(|| table_key_from_path(root, path))
+}
+
+/// How a loaded contract stands in the [`ValidatedCache`].
+enum Remembered {
+    /// Its text was validated before (the digest of the text).
+    Known([u8; 32]),
+    /// Validated now: the digest and the typed form to remember.
+    New([u8; 32], String),
+}
+
+/// [`read_contract`], reading a text validated before back from `cache`.
+fn read_contract_cached(
+    root: &Path,
+    path: &Path,
+    cache: &ValidatedCache,
+) -> Result<(String, Contract, String, Remembered), ContractError> {
+    use sha2::Digest as _;
+    let yaml = std::fs::read_to_string(path).map_err(|source| ContractError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let digest: [u8; 32] = sha2::Sha256::digest(yaml.as_bytes()).into();
+    // A remembered form that no longer reads (a damaged cache) is validated again, as a new text is.
+    if let Some(contract) = cache
+        .get(&digest)
+        .and_then(|json| serde_json::from_str::<Contract>(json).ok())
+    {
+        let key = table_key(root, path, &contract);
+        return Ok((key, contract, yaml, Remembered::Known(digest)));
+    }
+    let contract = parse(&yaml, path)?;
+    let json = serde_json::to_string(&contract).map_err(|e| ContractError::Invalid {
+        path: path.to_path_buf(),
+        problems: vec![e.to_string()],
+    })?;
+    let key = table_key(root, path, &contract);
+    Ok((key, contract, yaml, Remembered::New(digest, json)))
+}
+
+/// Contracts validated before, by the SHA-256 of their exact text, in their typed form (JSON): reading one back
+/// costs a fraction of parsing its YAML and validating it against the ODCS schema. Valid only for the same
+/// schema and the same typed form — the file's first line names both (the ODCS schema's digest and that of
+/// [`Contract`]'s own JSON Schema), and a file with another first line is ignored whole. A contract that failed
+/// validation is never remembered (it is validated again on every load, and its message stays the server's own).
+/// The file is only ever replaced whole (written aside, then renamed), so a reader sees one complete version.
+#[derive(Default)]
+struct ValidatedCache {
+    /// The file's text.
+    text: String,
+    /// Where each remembered typed form is in `text`.
+    entries: std::collections::HashMap<[u8; 32], Range<usize>>,
+}
+
+impl ValidatedCache {
+    /// What the first line must say.
+    fn header() -> &'static str {
+        static HEADER: OnceLock<String> = OnceLock::new();
+        HEADER.get_or_init(|| {
+            use sha2::Digest as _;
+            let typed = serde_json::to_string(&schemars::schema_for!(Contract)).unwrap_or_default();
+            format!(
+                "parley validated contracts 1 odcs:{} typed:{}",
+                hex::encode(sha2::Sha256::digest(ODCS_SCHEMA.as_bytes())),
+                hex::encode(sha2::Sha256::digest(typed.as_bytes()))
+            )
+        })
+    }
+
+    /// The cache at `path`; empty when absent, unreadable or written for another schema or typed form.
+    fn read(path: &Path) -> ValidatedCache {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return ValidatedCache::default();
+        };
+        let mut entries = std::collections::HashMap::new();
+        let mut lines = text.split_inclusive('\n');
+        if lines.next().map(str::trim_end) != Some(ValidatedCache::header()) {
+            return ValidatedCache::default();
+        }
+        let base = text.as_ptr() as usize;
+        for line in lines {
+            let line = line.trim_end_matches('\n');
+            let Some((digest, json)) = line.split_once('\t') else {
+                continue;
+            };
+            let mut key = [0u8; 32];
+            if hex::decode_to_slice(digest, &mut key).is_ok() {
+                let start = json.as_ptr() as usize - base;
+                entries.insert(key, start..start + json.len());
+            }
+        }
+        ValidatedCache { text, entries }
+    }
+
+    /// The typed form remembered for the text with `digest`.
+    fn get(&self, digest: &[u8; 32]) -> Option<&str> {
+        self.entries
+            .get(digest)
+            .and_then(|range| self.text.get(range.clone()))
+    }
+
+    /// Replaces the cache at `path` with the entries of this one in `keep`, and `new`; a failure is logged (the
+    /// next load validates again).
+    fn write(
+        &self,
+        path: &Path,
+        keep: &std::collections::HashSet<[u8; 32]>,
+        new: &[([u8; 32], String)],
+    ) {
+        use std::io::Write as _;
+        let aside = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = (|| -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&aside)?);
+            writeln!(out, "{}", ValidatedCache::header())?;
+            let kept = keep
+                .iter()
+                .filter_map(|digest| Some((digest, self.get(digest)?)));
+            for (digest, json) in kept.chain(new.iter().map(|(d, json)| (d, json.as_str()))) {
+                writeln!(out, "{}\t{json}", hex::encode(digest))?;
+            }
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&aside, path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&aside);
+            tracing::warn!(
+                "cannot remember validated contracts in {}: {e} (the next start validates them again)",
+                path.display()
+            );
+        }
+    }
 }
 
 /// A contract file checked by [`validate`]: the table it would govern and the contract, or why the server would
@@ -654,13 +817,22 @@ pub fn table_of(contract: &Contract) -> Option<String> {
     contract.schema.iter().find_map(|s| s.physical_name.clone())
 }
 
+/// The `.yaml`/`.yml` files under `dir`, depth first with each directory's entries by name: in `Path` order, so
+/// sorting the result is cheap.
 pub(crate) fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    for entry in entries.flatten() {
+    let mut entries: Vec<std::fs::DirEntry> = entries.flatten().collect();
+    entries.sort_by_key(std::fs::DirEntry::file_name);
+    for entry in entries {
         let path = entry.path();
-        if path.is_dir() {
+        // The entry's own type costs no system call; a symbolic link is followed, as before.
+        let is_dir = match entry.file_type() {
+            Ok(t) if !t.is_symlink() => t.is_dir(),
+            _ => path.is_dir(),
+        };
+        if is_dir {
             collect_yaml(&path, out);
         } else if matches!(
             path.extension().and_then(|e| e.to_str()),
@@ -745,6 +917,128 @@ mod tests {
     }
 
     const CUSTOMERS: &str = include_str!("../examples/contracts/sales/customers.yaml");
+
+    /// A store's contents, comparable: per table, each version's text and typed form.
+    fn contents(store: &ContractStore) -> Vec<(String, Vec<(String, String)>)> {
+        store
+            .tables()
+            .map(|t| {
+                let versions = store
+                    .versions(t)
+                    .iter()
+                    .map(|v| {
+                        let typed = serde_json::to_string(&v.loaded.contract).unwrap();
+                        (v.loaded.yaml.clone(), typed)
+                    })
+                    .collect();
+                (t.to_string(), versions)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn validated_contracts_are_remembered_by_their_text_and_read_back_as_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let contracts = dir.path().join("contracts");
+        for (name, text) in crate::demo::CONTRACTS {
+            let path = contracts.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+        }
+        // One governed by its place in the tree (no physicalName), one that does not validate.
+        let (_, first) = crate::demo::CONTRACTS[0];
+        let unnamed: String = first
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("physicalName:"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::create_dir_all(contracts.join("extra")).unwrap();
+        std::fs::write(contracts.join("extra/unnamed.yaml"), &unnamed).unwrap();
+        std::fs::write(
+            contracts.join("extra/broken.yaml"),
+            format!("{first}\nfavouriteColour: blue\n"),
+        )
+        .unwrap();
+        let cache = dir.path().join("cache/validated");
+        let plain = ContractStore::load(&contracts);
+        assert_eq!(plain.rejected.len(), 1, "{:?}", plain.rejected);
+        assert!(plain.get("extra.unnamed").is_some());
+
+        // The first load validates and remembers; the second reads back; both load exactly what a plain load does.
+        for round in 0..2 {
+            let cached = ContractStore::load_cached(&contracts, Some(&cache));
+            assert_eq!(contents(&cached), contents(&plain), "round {round}");
+            assert_eq!(cached.rejected, plain.rejected, "round {round}");
+        }
+        let remembered = ValidatedCache::read(&cache);
+        assert_eq!(
+            remembered.entries.len(),
+            crate::demo::CONTRACTS.len() + 1,
+            "every valid text, never the invalid one"
+        );
+
+        // Read back, not validated again: a remembered typed form is what loads (the cache is trusted as the data
+        // dir is) ...
+        let text = std::fs::read_to_string(&cache).unwrap();
+        let digest = {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(unnamed.as_bytes()))
+        };
+        let (_, rest) = text.split_once(&format!("{digest}\t")).unwrap();
+        let json = rest.lines().next().unwrap();
+        let mut typed: serde_json::Value = serde_json::from_str(json).unwrap();
+        typed["version"] = "9.9.9-remembered".into();
+        std::fs::write(&cache, text.replace(json, &typed.to_string())).unwrap();
+        let store = ContractStore::load_cached(&contracts, Some(&cache));
+        assert_eq!(
+            store.get("extra.unnamed").unwrap().contract.version,
+            "9.9.9-remembered"
+        );
+
+        // ... but a file's new text is validated anew (here it no longer validates, and its old form is forgotten),
+        std::fs::write(
+            contracts.join("extra/unnamed.yaml"),
+            format!("{unnamed}\nfavouriteColour: blue\n"),
+        )
+        .unwrap();
+        let store = ContractStore::load_cached(&contracts, Some(&cache));
+        assert!(store.get("extra.unnamed").is_none());
+        assert_eq!(store.rejected.len(), 2);
+        assert_eq!(
+            ValidatedCache::read(&cache).entries.len(),
+            crate::demo::CONTRACTS.len()
+        );
+
+        // a damaged entry is validated again, and a cache for another schema or typed form is ignored whole.
+        let text = std::fs::read_to_string(&cache).unwrap();
+        let damaged: String = text
+            .lines()
+            .map(|l| match l.split_once('\t') {
+                Some((d, _)) => format!("{d}\t{{not json\n"),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(&cache, damaged).unwrap();
+        let store = ContractStore::load_cached(&contracts, Some(&cache));
+        assert_eq!(contents(&store).len(), contents(&plain).len() - 1);
+        let text = std::fs::read_to_string(&cache).unwrap();
+        std::fs::write(
+            &cache,
+            text.replacen(
+                "parley validated contracts 1",
+                "parley validated contracts 0",
+                1,
+            ),
+        )
+        .unwrap();
+        assert!(ValidatedCache::read(&cache).entries.is_empty());
+        let store = ContractStore::load_cached(&contracts, Some(&cache));
+        assert_eq!(store.len(), plain.len() - 1);
+        assert_eq!(
+            ValidatedCache::read(&cache).entries.len(),
+            crate::demo::CONTRACTS.len()
+        );
+    }
 
     #[test]
     fn every_demo_contract_validates_against_the_official_schema() {

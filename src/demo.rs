@@ -121,6 +121,10 @@ impl DataDir {
     pub fn contracts(&self) -> PathBuf {
         self.root.join("contracts")
     }
+    /// What the server may rebuild from the rest (validated contracts), kept across restarts.
+    pub fn cache(&self) -> PathBuf {
+        self.root.join("cache")
+    }
     /// Cedar policy and entities.
     pub fn policy(&self) -> PathBuf {
         self.root.join("policy")

@@ -793,6 +793,7 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
                 parley::catalog::open::Naming::Federated(_)
             ))
             .with_contracts_dir(&dir.contracts())
+            .with_contract_cache(&dir.cache().join("validated-contracts"))
             .with_members(members)
             .with_clock(parley::clock::Clock::from_env())
             .with_cache_ttl(cache_ttl),

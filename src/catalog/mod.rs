@@ -247,6 +247,8 @@ pub struct Lakehouse {
     reloading: Arc<Mutex<std::collections::HashSet<TableName>>>,
     /// The newest quality report of each evaluated table (see [`crate::quality`]), for its policy facts.
     quality: Mutex<HashMap<TableName, Arc<crate::quality::Report>>>,
+    /// Where validated contracts are remembered across restarts, if anywhere.
+    contract_cache: Option<std::path::PathBuf>,
     /// Set once the contract files were first read (see [`Lakehouse::ensure_contracts`]).
     contracts_loaded: std::sync::OnceLock<()>,
 }
@@ -321,6 +323,7 @@ impl Lakehouse {
             members: Vec::new(),
             clock: crate::clock::Clock::system(),
             quality: Mutex::new(HashMap::new()),
+            contract_cache: None,
             contracts_loaded: std::sync::OnceLock::new(),
         }
     }
@@ -358,6 +361,12 @@ impl Lakehouse {
         self
     }
 
+    /// Remembers validated contracts in the file `cache` across restarts (see [`ContractStore::load_cached`]).
+    pub fn with_contract_cache(mut self, cache: &Path) -> Lakehouse {
+        self.contract_cache = Some(cache.to_path_buf());
+        self
+    }
+
     /// Reads the contract files the first time it is called (every later call, and every reader meanwhile, waits
     /// for that read to finish); `Some((contracts loaded, refused))` for the call that read them.
     pub fn ensure_contracts(&self) -> Option<(usize, usize)> {
@@ -367,7 +376,7 @@ impl Lakehouse {
                 *stamp
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = ContractsStamp::of(dir);
-                let store = ContractStore::load(dir);
+                let store = ContractStore::load_cached(dir, self.contract_cache.as_deref());
                 first = Some((store.len(), store.rejected.len()));
                 *self
                     .contracts
@@ -415,7 +424,7 @@ impl Lakehouse {
             }
             *last = now;
         }
-        let store = ContractStore::load(dir);
+        let store = ContractStore::load_cached(dir, self.contract_cache.as_deref());
         let (loaded, rejected) = (store.len(), store.rejected.len());
         let mut current = self
             .contracts
