@@ -64,6 +64,63 @@ struct Chunk {
     text: String,
     /// Where each table's text starts in `text`.
     starts: Vec<usize>,
+    /// Which tables hold each three-byte sequence of their text, built by the first search of the run.
+    grams: OnceLock<Grams>,
+}
+
+/// For each three-byte sequence found in a run's search texts, the tables (indexes in the run, ascending) whose
+/// text holds it. A text holding a needle holds each of the needle's sequences, so a search of three bytes or more
+/// need only confirm the tables listed under the needle's rarest sequence, instead of scanning every text.
+struct Grams {
+    /// Sequences present, ascending.
+    keys: Vec<u32>,
+    /// `ids[offsets[k]..offsets[k + 1]]` hold `keys[k]`.
+    offsets: Vec<u32>,
+    ids: Vec<u16>,
+}
+
+fn gram(bytes: &[u8]) -> u32 {
+    u32::from(bytes[0]) << 16 | u32::from(bytes[1]) << 8 | u32::from(bytes[2])
+}
+
+impl Grams {
+    fn new(chunk: &Chunk) -> Grams {
+        let mut pairs: Vec<(u32, u16)> = Vec::new();
+        for i in 0..chunk.tables.len() {
+            let id = u16::try_from(i).expect("a run holds at most u16::MAX tables");
+            pairs.extend(
+                chunk
+                    .text_of(i)
+                    .as_bytes()
+                    .windows(3)
+                    .map(|w| (gram(w), id)),
+            );
+        }
+        pairs.sort_unstable();
+        pairs.dedup();
+        let mut grams = Grams {
+            keys: Vec::new(),
+            offsets: Vec::new(),
+            ids: Vec::with_capacity(pairs.len()),
+        };
+        for (key, id) in pairs {
+            if grams.keys.last() != Some(&key) {
+                grams.keys.push(key);
+                grams.offsets.push(grams.ids.len() as u32);
+            }
+            grams.ids.push(id);
+        }
+        grams.offsets.push(grams.ids.len() as u32);
+        grams
+    }
+
+    /// The tables whose text holds `key`.
+    fn holding(&self, key: u32) -> &[u16] {
+        match self.keys.binary_search(&key) {
+            Ok(k) => &self.ids[self.offsets[k] as usize..self.offsets[k + 1] as usize],
+            Err(_) => &[],
+        }
+    }
 }
 
 impl Chunk {
@@ -73,6 +130,7 @@ impl Chunk {
             tables: Vec::with_capacity(decided.len()),
             text: String::new(),
             starts: Vec::with_capacity(decided.len()),
+            grams: OnceLock::new(),
         };
         for (position, table, search) in decided {
             chunk.positions.push(position);
@@ -93,6 +151,12 @@ impl Chunk {
         lo..hi.max(lo)
     }
 
+    /// Table `i`'s search text, without its newline.
+    fn text_of(&self, i: usize) -> &str {
+        let end = self.starts.get(i + 1).copied().unwrap_or(self.text.len());
+        &self.text[self.starts[i]..end - 1]
+    }
+
     /// Its tables in `range` whose text the finder finds its needle in, in order.
     fn matches<'c>(
         &'c self,
@@ -102,6 +166,22 @@ impl Chunk {
     ) {
         let within = self.within(range);
         if within.is_empty() {
+            return;
+        }
+        let needle = finder.needle();
+        if needle.len() >= 3 {
+            let grams = self.grams.get_or_init(|| Grams::new(self));
+            let rarest = needle
+                .windows(3)
+                .map(|w| grams.holding(gram(w)))
+                .min_by_key(|ids| ids.len())
+                .unwrap_or_default();
+            for &id in rarest {
+                let i = usize::from(id);
+                if within.contains(&i) && finder.find(self.text_of(i).as_bytes()).is_some() {
+                    hit(&self.tables[i]);
+                }
+            }
             return;
         }
         let from = self.starts[within.start];
@@ -138,7 +218,8 @@ impl Discovered {
                 _ => namespaces.push((ns, i..i + 1)),
             }
         }
-        let chunk = chunk.max(1);
+        // Tables are numbered within a run as `u16` (see `Grams`).
+        let chunk = chunk.clamp(1, usize::from(u16::MAX));
         Discovered {
             chunks: (0..names.len().div_ceil(chunk))
                 .map(|_| tokio::sync::OnceCell::new())
@@ -487,7 +568,12 @@ mod tests {
             Some("ÜNÏ"),
             Some("a a"),
             Some("t01"),
+            Some("t0"),
+            Some("ab"),
+            Some("rev"),
             Some("ns3.t0"),
+            Some("orders order"),
+            Some("ïc"),
             Some(""),
             Some("nothing"),
         ];
