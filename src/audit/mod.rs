@@ -1013,6 +1013,9 @@ fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
 /// Most appends one group commit takes.
 const MAX_GROUP: usize = 4096;
 
+/// How long the audit writer waits idle before it signs a checkpoint of the head.
+const CHECKPOINT_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl Writer {
     fn run(&mut self, rx: std::sync::mpsc::Receiver<Job>) {
         let mut next: Option<Job> = None;
@@ -1062,19 +1065,25 @@ impl Writer {
                     }
                 }
             }
-            // A checkpoint after the replies, so it costs the callers nothing: whenever the writer is idle (at
-            // rest the newest checkpoint vouches for the newest record), and every CHECKPOINT_EVERY records
-            // under load.
+            // A checkpoint after the replies, so it costs the callers nothing: once the writer has been idle
+            // for CHECKPOINT_AFTER_IDLE (at rest the newest checkpoint vouches for the newest record), and every
+            // CHECKPOINT_EVERY records under load. Not at the first idle instant: an agent's next call usually
+            // follows its reply within milliseconds, and its record would wait behind the checkpoint's fsync.
             since_checkpoint += group_len;
-            match rx.try_recv() {
-                Ok(job) => {
+            let arrived = match rx.try_recv() {
+                Ok(job) => Some(job),
+                Err(_) => rx.recv_timeout(CHECKPOINT_AFTER_IDLE).ok(),
+            };
+            match arrived {
+                Some(job) => {
                     next = Some(job);
                     if since_checkpoint >= crate::anchor::CHECKPOINT_EVERY {
                         self.checkpoint();
                         since_checkpoint = 0;
                     }
                 }
-                Err(_) => {
+                // Idle (or every sender gone: the loop then ends, and checkpoints once more).
+                None => {
                     self.checkpoint();
                     since_checkpoint = 0;
                 }
