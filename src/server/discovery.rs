@@ -86,8 +86,8 @@ fn gram(bytes: &[u8]) -> u32 {
 impl Grams {
     fn new(chunk: &Chunk) -> Grams {
         let mut pairs: Vec<(u32, u16)> = Vec::new();
-        for i in 0..chunk.tables.len() {
-            let id = u16::try_from(i).expect("a run holds at most u16::MAX tables");
+        // A run holds at most u16::MAX tables (see `Discovered::with_chunk`).
+        for (id, i) in (0..=u16::MAX).zip(0..chunk.tables.len()) {
             pairs.extend(
                 chunk
                     .text_of(i)
