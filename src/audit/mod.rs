@@ -14,6 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -277,7 +278,12 @@ struct Job {
 pub struct FileAuditLog {
     path: PathBuf,
     /// Taken when the log is dropped, which ends the writer.
-    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    jobs: Option<std::sync::mpsc::Sender<Msg>>,
+    /// The writer's state: the writer thread commits what is queued; a caller who finds nothing queued and the
+    /// state free commits its own record (see `append`).
+    shared: Shared,
+    /// Records sent to the writer thread and not yet taken by it.
+    queued: Arc<AtomicUsize>,
     /// The writer thread, joined when the log is dropped (its last act is a checkpoint of the final head).
     writer: Option<std::thread::JoinHandle<()>>,
     /// The check of the whole chain that opening started (see [`check_in_background`]).
@@ -787,15 +793,22 @@ impl FileAuditLog {
             writer.commit(findings)?;
         }
         writer.checkpoint();
-        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
-        let writer = std::thread::Builder::new()
-            .name("parley-audit".to_string())
-            .spawn(move || writer.run(rx))
-            .map_err(io)?;
+        let (jobs, rx) = std::sync::mpsc::channel::<Msg>();
+        let shared: Shared = Arc::new(std::sync::Mutex::new(writer));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (shared, queued) = (shared.clone(), queued.clone());
+            std::thread::Builder::new()
+                .name("parley-audit".to_string())
+                .spawn(move || run(shared, rx, queued))
+                .map_err(io)?
+        };
         Ok(FileAuditLog {
             path: path.to_path_buf(),
             jobs: Some(jobs),
-            writer: Some(writer),
+            shared,
+            queued,
+            writer: Some(thread),
             check: std::sync::Mutex::new(Some(check)),
         })
     }
@@ -1016,42 +1029,68 @@ const MAX_GROUP: usize = 4096;
 /// How long the audit writer waits idle before it signs a checkpoint of the head.
 const CHECKPOINT_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(50);
 
-impl Writer {
-    fn run(&mut self, rx: std::sync::mpsc::Receiver<Job>) {
-        let mut next: Option<Job> = None;
-        let mut since_checkpoint: u64 = 0;
-        // Ends when every sender (the log) is dropped.
-        loop {
-            let first = match next.take() {
-                Some(job) => job,
-                None => match rx.recv() {
-                    Ok(job) => job,
-                    Err(_) => break,
-                },
-            };
-            let mut group = vec![first];
-            while group.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(job) => group.push(job),
-                    Err(_) => break,
-                }
+/// What the writer thread hears: a record to append, or that a caller appended `n` records itself.
+enum Msg {
+    Append(Box<Job>),
+    Committed(u64),
+}
+
+/// The writer's state, shared by the writer thread and callers that append themselves when it is idle (see
+/// [`FileAuditLog`]'s `append`).
+type Shared = Arc<std::sync::Mutex<Writer>>;
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Writer> {
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One commit, where a panic inside it does not end the writer or poison its lock: every later action would then
+/// wait for a record that is never written. Its callers get an error instead (their results are withheld, as for
+/// any failed write) and the log goes on with the next records.
+fn commit_guarded(writer: &mut Writer, entries: Vec<AuditEntry>) -> Result<u64, AuditError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.commit(entries)))
+        .unwrap_or_else(|_| {
+            Err(AuditError::Io {
+                path: writer.path.clone(),
+                source: std::io::Error::other("the audit writer failed while writing a record"),
+            })
+        })
+}
+
+/// The writer thread: group commits of what was queued, and checkpoints.
+fn run(shared: Shared, rx: std::sync::mpsc::Receiver<Msg>, queued: Arc<AtomicUsize>) {
+    let mut next: Option<Msg> = None;
+    let mut since_checkpoint: u64 = 0;
+    let mut group = Vec::new();
+    let take = |msg: Msg, group: &mut Vec<Job>, since: &mut u64| match msg {
+        Msg::Append(job) => {
+            queued.fetch_sub(1, Ordering::AcqRel);
+            group.push(*job);
+        }
+        Msg::Committed(n) => *since += n,
+    };
+    // Ends when every sender (the log) is dropped.
+    loop {
+        let first = match next.take() {
+            Some(msg) => msg,
+            None => match rx.recv() {
+                Ok(msg) => msg,
+                Err(_) => break,
+            },
+        };
+        take(first, &mut group, &mut since_checkpoint);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(msg) => take(msg, &mut group, &mut since_checkpoint),
+                Err(_) => break,
             }
-            let group_len = group.len() as u64;
+        }
+        if !group.is_empty() {
+            since_checkpoint += group.len() as u64;
             let (jobs, entries): (Vec<_>, Vec<_>) =
-                group.into_iter().map(|j| (j.done, j.entry)).unzip();
-            // A panic inside one commit must not end the writer: every later action would then wait for a record
-            // that is never written, and its result be withheld. The group's callers get an error instead (their
-            // results are withheld, as for any failed write) and the writer goes on with the next group.
-            let committed =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit(entries)))
-                    .unwrap_or_else(|_| {
-                        Err(AuditError::Io {
-                            path: self.path.clone(),
-                            source: std::io::Error::other(
-                                "the audit writer failed while writing a record",
-                            ),
-                        })
-                    });
+                group.drain(..).map(|j| (j.done, j.entry)).unzip();
+            let committed = commit_guarded(&mut lock(&shared), entries);
             match committed {
                 Ok(first_seq) => {
                     for (i, done) in jobs.into_iter().enumerate() {
@@ -1065,33 +1104,34 @@ impl Writer {
                     }
                 }
             }
-            // A checkpoint after the replies, so it costs the callers nothing: once the writer has been idle
-            // for CHECKPOINT_AFTER_IDLE (at rest the newest checkpoint vouches for the newest record), and every
-            // CHECKPOINT_EVERY records under load. Not at the first idle instant: an agent's next call usually
-            // follows its reply within milliseconds, and its record would wait behind the checkpoint's fsync.
-            since_checkpoint += group_len;
-            let arrived = match rx.try_recv() {
-                Ok(job) => Some(job),
-                Err(_) => rx.recv_timeout(CHECKPOINT_AFTER_IDLE).ok(),
-            };
-            match arrived {
-                Some(job) => {
-                    next = Some(job);
-                    if since_checkpoint >= crate::anchor::CHECKPOINT_EVERY {
-                        self.checkpoint();
-                        since_checkpoint = 0;
-                    }
-                }
-                // Idle (or every sender gone: the loop then ends, and checkpoints once more).
-                None => {
-                    self.checkpoint();
+        }
+        // A checkpoint after the replies, so it costs the callers nothing: once the log has been idle for
+        // CHECKPOINT_AFTER_IDLE (at rest the newest checkpoint vouches for the newest record), and every
+        // CHECKPOINT_EVERY records under load. Not at the first idle instant: an agent's next call usually
+        // follows its reply within milliseconds, and its record would wait behind the checkpoint's fsync.
+        let arrived = match rx.try_recv() {
+            Ok(msg) => Some(msg),
+            Err(_) => rx.recv_timeout(CHECKPOINT_AFTER_IDLE).ok(),
+        };
+        match arrived {
+            Some(msg) => {
+                next = Some(msg);
+                if since_checkpoint >= crate::anchor::CHECKPOINT_EVERY {
+                    lock(&shared).checkpoint();
                     since_checkpoint = 0;
                 }
             }
+            // Idle (or every sender gone: the loop then ends, and checkpoints once more).
+            None => {
+                lock(&shared).checkpoint();
+                since_checkpoint = 0;
+            }
         }
-        self.checkpoint();
     }
+    lock(&shared).checkpoint();
+}
 
+impl Writer {
     /// Signs a checkpoint of the chain's head (under the log's cross-process lock, so it is the true head); a
     /// failure is logged, never fails an action.
     fn checkpoint(&mut self) {
@@ -1275,16 +1315,41 @@ impl Drop for FileAuditLog {
 #[async_trait::async_trait]
 impl AuditSink for FileAuditLog {
     async fn append(&self, entry: AuditEntry) -> Result<u64, AuditError> {
-        let (done, wait) = tokio::sync::oneshot::channel();
         let gone = || AuditError::Io {
             path: self.path.clone(),
             source: std::io::Error::other("the audit writer has stopped"),
         };
-        self.jobs
-            .as_ref()
-            .ok_or_else(gone)?
-            .send(Job { entry, done })
-            .map_err(|_| gone())?;
+        let jobs = self.jobs.as_ref().ok_or_else(gone)?;
+        // When nothing is queued and no commit runs, the caller commits its own record, on its own thread:
+        // handing it to the writer thread and back costs two thread wake-ups, a fraction of a millisecond each
+        // once threads went idle — most of an idle agent's round trip. Under load records queue for the writer
+        // thread's group commits as before. Only on a multi-threaded runtime, whose worker can be lent to
+        // blocking work (`block_in_place`) while the record is written and synced.
+        let lendable = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if lendable
+            && self.queued.load(Ordering::Acquire) == 0
+            && let Ok(mut writer) = self.shared.try_lock()
+        {
+            let committed =
+                tokio::task::block_in_place(|| commit_guarded(&mut writer, vec![entry]));
+            drop(writer);
+            // The writer thread counts it towards its next checkpoint, and signs one when the log rests.
+            let _ = jobs.send(Msg::Committed(1));
+            if let Err(e) = &committed {
+                tracing::error!("audit write failed: {e}");
+            }
+            return committed;
+        }
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if jobs
+            .send(Msg::Append(Box::new(Job { entry, done })))
+            .is_err()
+        {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(gone());
+        }
         wait.await
             .map_err(|_| gone())?
             .map_err(|message| AuditError::Io {
@@ -1417,6 +1482,60 @@ mod tests {
         all.sort();
         assert_eq!(all, (1..=800).collect::<Vec<u64>>());
         assert_eq!(verify(&path, None).unwrap().count, 800);
+    }
+
+    /// On a multi-threaded runtime a caller who finds the writer idle commits its own record; under concurrency
+    /// records queue for the writer thread. Mixed, across two logs on one file (two processes) and rotations, the
+    /// chain stays one, every seq is handed out once, and the log at rest is checkpointed at its head.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn callers_appending_themselves_and_queued_records_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let anchors = dir.path().join("anchor");
+        let a = Arc::new(FileAuditLog::open_anchored(&path, 20_000, Some(&anchors)).unwrap());
+        let b = Arc::new(FileAuditLog::open_anchored(&path, 20_000, Some(&anchors)).unwrap());
+        // One at a time (the caller's own commits), then many at once (queued), then one at a time again.
+        let mut seqs = Vec::new();
+        for i in 0..20 {
+            seqs.push(a.append(entry(i)).await.unwrap());
+        }
+        let mut tasks = Vec::new();
+        for t in 0..8u64 {
+            let log = if t % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..40 {
+                    seqs.push(log.append(entry(t * 1000 + i)).await.unwrap());
+                }
+                seqs
+            }));
+        }
+        for t in tasks {
+            seqs.extend(t.await.unwrap());
+        }
+        for i in 0..20 {
+            seqs.push(b.append(entry(9000 + i)).await.unwrap());
+        }
+        seqs.sort();
+        assert_eq!(seqs, (1..=360).collect::<Vec<u64>>());
+        assert!(segments(&path).unwrap().len() > 2, "rotated");
+        assert_eq!(verify(&path, None).unwrap().count, 360);
+        // At rest, the newest checkpoint vouches for the head, though the last records never passed the
+        // writer thread.
+        let newest = || {
+            crate::anchor::Anchor::open(&anchors)
+                .unwrap()
+                .1
+                .last()
+                .map(|c| c.seq)
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while newest() != Some(360) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(newest(), Some(360));
+        drop((a, b));
+        assert_eq!(verify(&path, None).unwrap().count, 360);
     }
 
     #[tokio::test]
