@@ -1,0 +1,114 @@
+"""A trivial call's round trip over stdio, against this machine's own floor, measured in the same run.
+
+    python benches/roundtrip.py target/release/parley [--samples 50] [--gaps 0,0.02,0.1]
+
+Parley: `query` with `SELECT 1` over MCP stdio on a fresh demo data dir (the audit record is synced before the
+reply, as always). The floor: a 10-line Python server that reads a line, appends it to a file, `fdatasync`s it
+and writes it back — the least any server that makes a record durable before answering can do over a pipe on this
+machine. Both are called with each gap between calls (an agent's calls come back to back or after a pause; a
+machine at rest wakes threads and syncs files more slowly), samples interleaved between the two so both see the
+same machine. Prints p50/p90 per gap and the ratio of the p50s.
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+FLOOR = r"""
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+for line in sys.stdin.buffer:
+    os.write(fd, line)
+    os.fdatasync(fd)
+    sys.stdout.buffer.write(line)
+    sys.stdout.buffer.flush()
+"""
+
+
+class Parley:
+    def __init__(self, binary, data_dir):
+        self.p = subprocess.Popen(
+            [binary, "serve", "--data-dir", data_dir, "--principal", "analyst"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self.n = 0
+        self.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}})
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def send(self, message):
+        self.p.stdin.write((json.dumps(message) + "\n").encode())
+        self.p.stdin.flush()
+
+    def request(self, method, params):
+        self.n += 1
+        self.send({"jsonrpc": "2.0", "id": self.n, "method": method, "params": params})
+        while True:
+            line = self.p.stdout.readline()
+            if not line:
+                raise SystemExit("parley closed its output")
+            message = json.loads(line)
+            if message.get("id") == self.n:
+                return message
+
+    def call(self):
+        reply = self.request("tools/call", {"name": "query", "arguments": {"sql": "SELECT 1"}})
+        if reply.get("result", {}).get("isError") or "error" in reply:
+            raise SystemExit(f"SELECT 1 failed: {reply}")
+
+    def close(self):
+        self.p.stdin.close()
+        self.p.wait(timeout=30)
+
+
+class Floor:
+    def __init__(self, path):
+        self.p = subprocess.Popen([sys.executable, "-c", FLOOR, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def call(self):
+        self.p.stdin.write(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
+        self.p.stdin.flush()
+        self.p.stdout.readline()
+
+    def close(self):
+        self.p.stdin.close()
+        self.p.wait(timeout=30)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("binary")
+    ap.add_argument("--samples", type=int, default=50)
+    ap.add_argument("--gaps", default="0,0.02,0.1")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as data_dir, tempfile.TemporaryDirectory() as floor_dir:
+        parley = Parley(args.binary, data_dir)
+        floor = Floor(f"{floor_dir}/log")
+        print(f"| gap between calls | Parley p50 (p90) | floor p50 (p90) | ratio |")
+        print(f"| --- | ---: | ---: | ---: |")
+        for gap in [float(g) for g in args.gaps.split(",")]:
+            times = {"parley": [], "floor": []}
+            for i in range(10 + args.samples):
+                for name, server in (("parley", parley), ("floor", floor)):
+                    t = time.perf_counter()
+                    server.call()
+                    if i >= 10:
+                        times[name].append((time.perf_counter() - t) * 1000)
+                    if gap:
+                        time.sleep(gap)
+            p = {k: (statistics.median(v), sorted(v)[int(len(v) * 0.9)]) for k, v in times.items()}
+            print(
+                f"| {gap * 1000:.0f} ms | {p['parley'][0]:.2f} ms ({p['parley'][1]:.2f}) "
+                f"| {p['floor'][0]:.2f} ms ({p['floor'][1]:.2f}) | {p['parley'][0] / p['floor'][0]:.1f}x |"
+            )
+        parley.close()
+        floor.close()
+
+
+if __name__ == "__main__":
+    main()
