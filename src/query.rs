@@ -26,7 +26,7 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::{SessionState, SessionStateBuilder};
-use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{SQLOptions, SessionConfig};
 use datafusion::sql::TableReference;
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
@@ -593,15 +593,12 @@ pub async fn execute(
         _ = tokio::time::sleep_until(deadline) => return Err(QueryError::Timeout(limits.timeout_ms)),
         _ = cancel.cancelled() => return Err(QueryError::Cancelled),
     };
-    let (ctx, snapshots) = session(tables, engine).await?;
+    let (mut state, snapshots) = session(tables, engine).await?;
     // Whatever ends this call — its result, a time limit, cancellation, the caller going away — stops the query's
     // work: operators that compute long between yields check this flag (see `bounded`), since tasks a plan spawned
     // can outlive the stream that was dropped.
     let stopped = crate::bounded::QueryStop::default();
-    ctx.state_ref()
-        .write()
-        .config_mut()
-        .set_extension(Arc::new(stopped.clone()));
+    state.config_mut().set_extension(Arc::new(stopped.clone()));
     let _stop_on_return = stopped.guard();
     // Planning and execution run on the query runtime and hand batches over a channel; this task only waits, so
     // the time limit and cancellation below are observed on time however long an operator computes.
@@ -612,8 +609,8 @@ pub async fn execute(
     let task = engine.runtime.handle().spawn(async move {
         let _slot = slot;
         let limits = &task_limits;
-        let run = async {
-            let state = ctx.state();
+        // The query's own state, planned and executed without a copy (a copy clones every function registry).
+        let run = async move {
             let plan = state
                 .statement_to_plan(statement)
                 .await
@@ -634,21 +631,16 @@ pub async fn execute(
                     crate::bounded::MAX_LITERAL_BYTES
                 )));
             }
-            let state = {
-                let shared = ctx.state_ref();
-                let mut state = shared.write();
-                let options = state.config_mut().options_mut();
-                options.execution.batch_size =
-                    crate::bounded::batch_rows(literals, options.execution.batch_size);
-                state.clone()
-            };
+            let options = state.config_mut().options_mut();
+            options.execution.batch_size =
+                crate::bounded::batch_rows(literals, options.execution.batch_size);
             let physical = state
                 .query_planner()
                 .create_physical_plan(&optimized, &state)
                 .await
                 .map_err(|e| classify(e, limits))?;
-            datafusion::physical_plan::execute_stream(physical, ctx.task_ctx())
-                .map_err(|e| classify(e, limits))
+            let task = Arc::new(datafusion::execution::TaskContext::from(&state));
+            datafusion::physical_plan::execute_stream(physical, task).map_err(|e| classify(e, limits))
         };
         let mut stream = match run.await {
             Ok(stream) => stream,
@@ -814,16 +806,15 @@ fn float(v: f64) -> Value {
     serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
 }
 
-/// A fresh, locked-down session whose catalog holds only `tables`.
+/// A fresh, locked-down session state whose catalog holds only `tables`.
 async fn session(
     tables: Vec<ReadableTable>,
     engine: &Engine,
-) -> Result<(SessionContext, Vec<SnapshotRead>), QueryError> {
+) -> Result<(SessionState, Vec<SnapshotRead>), QueryError> {
     let internal = |e: &dyn std::fmt::Display| QueryError::Execution(e.to_string());
     let mut state = engine.base.clone();
     // The clone shares the base's catalog list: replace it, so this query's tables stay this query's.
     state.register_catalog_list(Arc::new(MemoryCatalogProviderList::new()));
-    let ctx = SessionContext::new_with_state(state);
     // (catalog, schema) → the schema's tables; the default catalog always has the (empty) default schema.
     let mut schemas: HashMap<(String, String), Arc<MemorySchemaProvider>> = HashMap::new();
     schemas.insert(
@@ -872,9 +863,9 @@ async fn session(
             .map_err(|e| internal(&e))?;
     }
     for (name, catalog) in catalogs {
-        ctx.register_catalog(name, catalog);
+        state.catalog_list().register_catalog(name, catalog);
     }
-    Ok((ctx, snapshots))
+    Ok((state, snapshots))
 }
 
 /// DataFusion's messages start with "Error during planning:" and similar; keep the useful part.
@@ -967,8 +958,9 @@ mod tests {
             name: TableName::parse(name).unwrap(),
             source: TableSource::Rows(batch.clone()),
         };
-        let (a, _) = session(vec![table("s.secret")], &engine).await.unwrap();
-        let (b, _) = session(vec![table("s.public")], &engine).await.unwrap();
+        let context = |(state, _)| datafusion::prelude::SessionContext::new_with_state(state);
+        let a = context(session(vec![table("s.secret")], &engine).await.unwrap());
+        let b = context(session(vec![table("s.public")], &engine).await.unwrap());
         assert!(a.sql("SELECT x FROM s.secret").await.is_ok());
         assert!(b.sql("SELECT x FROM s.public").await.is_ok());
         // The sessions start from one shared base state; neither may see the other's tables, and the base none.
