@@ -370,15 +370,26 @@ impl Discovered {
 /// Per principal, what it may discover, valid for one policy version and one table list (compared by pointer:
 /// the lakehouse hands out the same `Arc` while the list is unchanged).
 pub struct DiscoveryCache {
-    /// Bounded (least recently used principals leave first).
+    /// Bounded by the indexes' estimated size (least recently used principals leave first).
     entries: moka::sync::Cache<String, DiscoveryEntry>,
 }
 
+/// What an index is counted at per listed table, whether or not its run was decided yet: a decided entry with its
+/// listing fields and search text, and its share of the sequence index once searched, take ~1 KiB on the
+/// 100,000-table bench catalog.
+const BYTES_PER_TABLE: u64 = 1024;
+
+/// What every index is counted at besides its tables.
+const BYTES_PER_INDEX: u64 = 4096;
+
+/// The discovery indexes kept together, by their estimated size: a few principals' indexes of a 100,000-table
+/// catalog, or every principal's of a small one. An index that left is built again by the next call, which
+/// decides only the runs its page needs.
+pub const DISCOVERY_BYTES: u64 = 1 << 30;
+
 impl Default for DiscoveryCache {
     fn default() -> DiscoveryCache {
-        DiscoveryCache {
-            entries: moka::sync::Cache::new(MAX_DISCOVERY_ENTRIES),
-        }
+        DiscoveryCache::with_budget(DISCOVERY_BYTES)
     }
 }
 
@@ -392,10 +403,23 @@ struct DiscoveryEntry {
     discovered: Arc<Discovered>,
 }
 
-/// Principals kept.
+/// Principals kept by the small per-principal caches beside discovery (table ownership, grant hints).
 pub const MAX_DISCOVERY_ENTRIES: u64 = 1024;
 
 impl DiscoveryCache {
+    /// A cache keeping indexes of at most `bytes` together (estimated, see [`BYTES_PER_TABLE`]).
+    pub fn with_budget(bytes: u64) -> DiscoveryCache {
+        DiscoveryCache {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(bytes)
+                .weigher(|_, e: &DiscoveryEntry| {
+                    let bytes = (e.names.len() as u64).saturating_mul(BYTES_PER_TABLE);
+                    u32::try_from(bytes.saturating_add(BYTES_PER_INDEX)).unwrap_or(u32::MAX)
+                })
+                .build(),
+        }
+    }
+
     pub fn get(
         &self,
         checked: &Checked<'_>,
@@ -648,6 +672,38 @@ mod tests {
         assert_eq!(index.all().await.unwrap().len(), 500);
         let namespaces = index.namespaces().await.unwrap();
         assert_eq!(namespaces.len(), 10);
+    }
+
+    #[test]
+    fn indexes_are_kept_within_a_byte_budget_by_their_tables() {
+        let entry = |tables: usize| {
+            let names: Arc<Vec<TableName>> = Arc::new(
+                (0..tables)
+                    .map(|i| TableName::parse(&format!("ns.t{i}")).unwrap())
+                    .collect(),
+            );
+            let decide: Decide = Arc::new(|_, _| Box::pin(async { Ok(Vec::new()) }));
+            DiscoveryEntry {
+                principal: Principal::new("p", vec![]),
+                purpose: None,
+                policy_version: (1, 1, 1),
+                names: names.clone(),
+                discovered: Arc::new(Discovered::new(names, decide)),
+            }
+        };
+        // Room for two indexes of 1,000 tables, or for hundreds of a few tables each.
+        let cache = DiscoveryCache::with_budget(2 * (1000 * BYTES_PER_TABLE + BYTES_PER_INDEX));
+        for p in 0..3 {
+            cache.entries.insert(format!("large{p}"), entry(1000));
+        }
+        cache.entries.run_pending_tasks();
+        assert_eq!(cache.entries.entry_count(), 2);
+        let cache = DiscoveryCache::with_budget(2 * (1000 * BYTES_PER_TABLE + BYTES_PER_INDEX));
+        for p in 0..250 {
+            cache.entries.insert(format!("small{p}"), entry(3));
+        }
+        cache.entries.run_pending_tasks();
+        assert_eq!(cache.entries.entry_count(), 250);
     }
 
     #[tokio::test]
