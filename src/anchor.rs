@@ -14,7 +14,7 @@
 //! that bar.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
@@ -115,7 +115,7 @@ impl Anchor {
         let key_path = dir.join("ed25519.pem");
         let key = load_or_create_key(&key_path).map_err(|e| unusable(&key_path, e))?;
         let path = dir.join("checkpoints.jsonl");
-        let checkpoints = read(&path, &key.verifying_key())?;
+        let checkpoints = read_remembering(&path, &key, &dir.join(VERIFIED))?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -173,22 +173,36 @@ impl Anchor {
 
 /// The checkpoints in `path`, each verified against `key`. A torn last line (a crash mid-append) is skipped.
 pub fn read(path: &Path, key: &VerifyingKey) -> Result<Vec<Checkpoint>, AnchorError> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => {
-            return Err(AnchorError::Unusable {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            });
-        }
+    let Some(bytes) = read_bytes(path)? else {
+        return Ok(vec![]);
     };
-    let mut out = Vec::new();
-    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
-        let line = line.map_err(|e| AnchorError::Unusable {
+    parse(path, &bytes, 0, key)
+}
+
+fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>, AnchorError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(AnchorError::Unusable {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })?;
+        }),
+    }
+}
+
+/// The checkpoints in `bytes` (the file `path`), each verified against `key` — except those on lines that end
+/// within the first `trusted` bytes, already authenticated as a whole (see [`read_remembering`]).
+fn parse(
+    path: &Path,
+    bytes: &[u8],
+    trusted: usize,
+    key: &VerifyingKey,
+) -> Result<Vec<Checkpoint>, AnchorError> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let end = start + line.len();
+        start = end + 1;
         if line.is_empty() {
             continue;
         }
@@ -197,13 +211,84 @@ pub fn read(path: &Path, key: &VerifyingKey) -> Result<Vec<Checkpoint>, AnchorEr
             line: i + 1,
             key: hex::encode(key.to_bytes()),
         };
-        let checkpoint: Checkpoint = serde_json::from_slice(&line).map_err(|_| bad())?;
-        if !checkpoint.verify(key) {
+        let checkpoint: Checkpoint = serde_json::from_slice(line).map_err(|_| bad())?;
+        if end >= trusted && !checkpoint.verify(key) {
             return Err(bad());
         }
         out.push(checkpoint);
     }
     Ok(out)
+}
+
+/// The MAC of `data` remembered in [`VERIFIED`]: HMAC-SHA256 under a key derived from the secret audit key.
+fn prefix_mac(key: &SigningKey, data: &[u8]) -> Vec<u8> {
+    use hmac::Mac as _;
+    let derived: [u8; 32] = {
+        use sha2::Digest as _;
+        sha2::Sha256::new()
+            .chain_update(b"parley-audit-checkpoints-verified-v1\n")
+            .chain_update(key.to_bytes())
+            .finalize()
+            .into()
+    };
+    // HMAC takes a key of any length; were it refused, no tag would match and every line would be verified.
+    let Ok(mut m) = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&derived) else {
+        return Vec::new();
+    };
+    m.update(data);
+    m.finalize().into_bytes().to_vec()
+}
+
+/// Beside the checkpoints: how many of their first bytes were verified, and a MAC of those bytes under a key
+/// derived from the audit key.
+const VERIFIED: &str = "checkpoints.verified";
+
+/// [`read`] for the server, which holds the secret audit key: checkpoints whose signatures it verified before are
+/// not verified again (an Ed25519 verification each, ~60 µs — a server with a million checkpoints spent a minute
+/// at every start). What it verified is remembered in [`VERIFIED`] as a length and an HMAC-SHA256 of those bytes
+/// under a key derived from the secret key; at the next start, a prefix of that length with that MAC is
+/// authenticated as a whole, and only the lines after it are verified one by one. Whoever cannot sign checkpoints
+/// cannot make that MAC either, so an edited or inserted checkpoint anywhere is still refused as before (the MAC
+/// no longer matches, and every line is verified). `parley audit verify`, which holds only the public key, always
+/// verifies every signature ([`read`]).
+fn read_remembering(
+    path: &Path,
+    key: &SigningKey,
+    verified: &Path,
+) -> Result<Vec<Checkpoint>, AnchorError> {
+    let Some(bytes) = read_bytes(path)? else {
+        return Ok(vec![]);
+    };
+    let mac = |data: &[u8]| prefix_mac(key, data);
+    let trusted = std::fs::read_to_string(verified)
+        .ok()
+        .and_then(|text| {
+            let (len, tag) = text.trim().split_once(' ')?;
+            let len: usize = len.parse().ok()?;
+            let tag = hex::decode(tag).ok()?;
+            (len <= bytes.len() && mac(&bytes[..len]) == tag).then_some(len)
+        })
+        .unwrap_or(0);
+    let checkpoints = parse(path, &bytes, trusted, &key.verifying_key())?;
+    // Every complete line is verified now: remember them (written aside, then renamed; a failure only costs the
+    // next start the verifications).
+    let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if end > trusted {
+        let aside = verified.with_extension(format!("tmp{}", std::process::id()));
+        let written = std::fs::write(
+            &aside,
+            format!("{end} {}\n", hex::encode(mac(&bytes[..end]))),
+        )
+        .and_then(|()| std::fs::rename(&aside, verified));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&aside);
+            tracing::warn!(
+                "cannot remember verified checkpoints in {}: {e}",
+                verified.display()
+            );
+        }
+    }
+    Ok(checkpoints)
 }
 
 /// The public key of the audit key in `dir`, if one exists.
@@ -321,5 +406,68 @@ mod tests {
         let own = public_key(dir.path()).unwrap().unwrap();
         assert_eq!(read(&path, &own).unwrap().len(), 2);
         assert_eq!(parse_public_key(&hex::encode(own.to_bytes())).unwrap(), own);
+    }
+
+    #[test]
+    fn verified_checkpoints_are_remembered_under_the_secret_key_and_edits_still_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoints.jsonl");
+        let verified = dir.path().join(VERIFIED);
+        let (mut anchor, _) = Anchor::open(dir.path()).unwrap();
+        for seq in 1..=5 {
+            anchor.checkpoint(seq, &format!("h{seq}")).unwrap();
+        }
+        drop(anchor);
+        let own = public_key(dir.path()).unwrap().unwrap();
+        let all = read(&path, &own).unwrap();
+        // The first start verifies every line and remembers them; the next reads the same checkpoints back.
+        for _ in 0..2 {
+            let (_, found) = Anchor::open(dir.path()).unwrap();
+            assert_eq!(found, all);
+            let text = std::fs::read_to_string(&verified).unwrap();
+            assert!(text.starts_with(&format!("{} ", std::fs::metadata(&path).unwrap().len())));
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+
+        // Remembered lines are not verified again: a line whose signature was damaged under a valid MAC loads
+        // (only the secret key makes that MAC), while `audit verify`, holding the public key, still refuses it.
+        let damaged = text.replacen("\"signature\":\"", "\"signature\":\"00", 1);
+        std::fs::write(&path, &damaged).unwrap();
+        let key = load_or_create_key(&dir.path().join("ed25519.pem")).unwrap();
+        let mac = hex::encode(prefix_mac(&key, damaged.as_bytes()));
+        std::fs::write(&verified, format!("{} {mac}\n", damaged.len())).unwrap();
+        assert_eq!(Anchor::open(dir.path()).unwrap().1.len(), 5);
+        assert!(read(&path, &own).is_err());
+
+        // An edited line (same length) no longer matches the MAC: every line is verified, the edit refused.
+        std::fs::write(&path, &text).unwrap();
+        assert!(Anchor::open(dir.path()).is_ok());
+        std::fs::write(
+            &path,
+            text.replacen("\"hash\":\"h3\"", "\"hash\":\"h9\"", 1),
+        )
+        .unwrap();
+        assert!(matches!(
+            Anchor::open(dir.path()),
+            Err(AnchorError::BadSignature { line: 3, .. })
+        ));
+        // A forged MAC counts for nothing; a badly signed line after the remembered ones is refused.
+        std::fs::write(&path, &text).unwrap();
+        std::fs::write(&verified, format!("{} {}\n", text.len(), "ab".repeat(32))).unwrap();
+        assert_eq!(Anchor::open(dir.path()).unwrap().1, all);
+        let mut appended = text.clone();
+        appended.push_str(
+            &text
+                .lines()
+                .next()
+                .unwrap()
+                .replace("\"seq\":1", "\"seq\":6"),
+        );
+        appended.push('\n');
+        std::fs::write(&path, appended).unwrap();
+        assert!(matches!(
+            Anchor::open(dir.path()),
+            Err(AnchorError::BadSignature { line: 6, .. })
+        ));
     }
 }
