@@ -259,14 +259,13 @@ fn read_remembering(
     let Some(bytes) = read_bytes(path)? else {
         return Ok(vec![]);
     };
-    let mac = |data: &[u8]| prefix_mac(key, data);
     let trusted = std::fs::read_to_string(verified)
         .ok()
         .and_then(|text| {
             let (len, tag) = text.trim().split_once(' ')?;
             let len: usize = len.parse().ok()?;
             let tag = hex::decode(tag).ok()?;
-            (len <= bytes.len() && mac(&bytes[..len]) == tag).then_some(len)
+            (len <= bytes.len() && prefix_mac(key, &bytes[..len]) == tag).then_some(len)
         })
         .unwrap_or(0);
     let checkpoints = parse(path, &bytes, trusted, &key.verifying_key())?;
@@ -277,7 +276,7 @@ fn read_remembering(
         let aside = verified.with_extension(format!("tmp{}", std::process::id()));
         let written = std::fs::write(
             &aside,
-            format!("{end} {}\n", hex::encode(mac(&bytes[..end]))),
+            format!("{end} {}\n", hex::encode(prefix_mac(key, &bytes[..end]))),
         )
         .and_then(|()| std::fs::rename(&aside, verified));
         if let Err(e) = written {

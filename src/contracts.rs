@@ -498,7 +498,12 @@ impl ContractStore {
         // ~8 s on one), then kept in file order, so which version wins does not depend on the threads. A thread that
         // panics leaves its tables unclassified, the restrictive default.
         let read = crate::parallel::filter_map_chunks(&files, 256, "loading contracts", |path| {
-            Some(read_contract_cached(dir, path, &remembered))
+            Some(read_contract_cached(
+                dir,
+                path,
+                &remembered,
+                cache.is_some(),
+            ))
         });
         // Remember what validated now, forget texts no file holds any more.
         let mut known = std::collections::HashSet::new();
@@ -509,7 +514,8 @@ impl ContractStore {
                 result.map(|(key, contract, yaml, entry)| {
                     match entry {
                         Remembered::Known(digest) => _ = known.insert(digest),
-                        Remembered::New(digest, json) => new.push((digest, json)),
+                        Remembered::New(digest, Some(json)) => new.push((digest, json)),
+                        Remembered::New(_, None) => {}
                     }
                     (key, contract, yaml)
                 })
@@ -634,15 +640,17 @@ fn table_key(root: &Path, path: &Path, contract: &Contract) -> String {
 enum Remembered {
     /// Its text was validated before (the digest of the text).
     Known([u8; 32]),
-    /// Validated now: the digest and the typed form to remember.
-    New([u8; 32], String),
+    /// Validated now: the digest and, when remembering, the typed form to remember.
+    New([u8; 32], Option<String>),
 }
 
-/// [`read_contract`], reading a text validated before back from `cache`.
+/// [`read_contract`], reading a text validated before back from `cache`; with `remember`, a contract validated
+/// now comes with its typed form to remember (one that cannot be written is simply not remembered).
 fn read_contract_cached(
     root: &Path,
     path: &Path,
     cache: &ValidatedCache,
+    remember: bool,
 ) -> Result<(String, Contract, String, Remembered), ContractError> {
     use sha2::Digest as _;
     let yaml = std::fs::read_to_string(path).map_err(|source| ContractError::Read {
@@ -659,10 +667,9 @@ fn read_contract_cached(
         return Ok((key, contract, yaml, Remembered::Known(digest)));
     }
     let contract = parse(&yaml, path)?;
-    let json = serde_json::to_string(&contract).map_err(|e| ContractError::Invalid {
-        path: path.to_path_buf(),
-        problems: vec![e.to_string()],
-    })?;
+    let json = remember
+        .then(|| serde_json::to_string(&contract).ok())
+        .flatten();
     let key = table_key(root, path, &contract);
     Ok((key, contract, yaml, Remembered::New(digest, json)))
 }
@@ -824,7 +831,7 @@ pub(crate) fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
         return;
     };
     let mut entries: Vec<std::fs::DirEntry> = entries.flatten().collect();
-    entries.sort_by_key(std::fs::DirEntry::file_name);
+    entries.sort_by_cached_key(std::fs::DirEntry::file_name);
     for entry in entries {
         let path = entry.path();
         // The entry's own type costs no system call; a symbolic link is followed, as before.

@@ -210,8 +210,15 @@ impl Discovered {
     }
 
     fn with_chunk(names: Arc<Vec<TableName>>, decide: Decide, chunk: usize) -> Discovered {
+        // A namespace's text is made where the levels change, not for every table.
         let mut namespaces: Vec<(String, Range<usize>)> = Vec::new();
         for (i, name) in names.iter().enumerate() {
+            if let Some((_, run)) = namespaces.last_mut()
+                && names[run.end - 1].namespace == name.namespace
+            {
+                run.end = i + 1;
+                continue;
+            }
             let ns = name.namespace_str();
             match namespaces.last_mut() {
                 Some((last, run)) if *last == ns => run.end = i + 1,
@@ -289,8 +296,9 @@ impl Discovered {
     pub async fn namespaces(&self) -> Result<Vec<&str>, ToolError> {
         let mut out: Vec<&str> = Vec::new();
         for (ns, run) in &self.namespaces {
-            let (total, page) = self.page_of(run.clone(), None, 0, 1).await?;
-            if total.unwrap_or(page.len()) > 0 {
+            // A page of one is empty only once every run of the namespace was decided and held none.
+            let (_, page) = self.page_of(run.clone(), None, 0, 1).await?;
+            if !page.is_empty() {
                 out.push(ns);
             }
         }
