@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -465,8 +465,121 @@ pub const DEFAULT_NOTICE_DAYS: i64 = 30;
 pub struct Version {
     /// In force from (None: always).
     pub from: Option<chrono::DateTime<chrono::Utc>>,
-    /// The contract.
-    pub loaded: std::sync::Arc<LoadedContract>,
+    /// The SHA-256 of the contract's text.
+    digest: [u8; 32],
+    /// The contract, or how to read it when first asked for.
+    slot: Arc<Slot>,
+}
+
+impl Version {
+    /// A version read and validated now.
+    fn ready(
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        digest: [u8; 32],
+        loaded: LoadedContract,
+    ) -> Version {
+        Version {
+            from,
+            digest,
+            slot: Arc::new(Slot {
+                ready: OnceLock::from(Some(Arc::new(loaded))),
+                pending: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// A version remembered from an earlier load, read when first asked for.
+    fn pending(
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        digest: [u8; 32],
+        pending: Pending,
+    ) -> Version {
+        Version {
+            from,
+            digest,
+            slot: Arc::new(Slot {
+                ready: OnceLock::new(),
+                pending: Mutex::new(Some(pending)),
+            }),
+        }
+    }
+
+    /// The contract. `None` only for a remembered file whose text changed since the load checked it: it then
+    /// counts as refused until the next check of the contract files reads it again.
+    pub fn loaded(&self) -> Option<Arc<LoadedContract>> {
+        self.slot
+            .ready
+            .get_or_init(|| {
+                let pending = self
+                    .slot
+                    .pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()?;
+                pending.read(&self.digest).map(Arc::new)
+            })
+            .clone()
+    }
+
+    /// Whether the contract is still to be read (tests).
+    #[cfg(test)]
+    fn is_pending(&self) -> bool {
+        self.slot.ready.get().is_none()
+    }
+}
+
+/// A version's contract: read and validated, or still to be read from its [`Pending`] source.
+#[derive(Debug)]
+struct Slot {
+    ready: OnceLock<Option<Arc<LoadedContract>>>,
+    pending: Mutex<Option<Pending>>,
+}
+
+/// A contract file that an earlier load validated and that has not changed since (same size, modification and
+/// change times, inode and device; see [`FileIndex`]): its text is read, and its remembered typed form parsed,
+/// only when a call first needs the contract. The text read must still have the digest validated before;
+/// otherwise the version is left unread (refused) until the next check of the files, which sees the change.
+struct Pending {
+    path: PathBuf,
+    cache: Arc<ValidatedCache>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("path", &self.path).finish()
+    }
+}
+
+impl Pending {
+    fn read(&self, digest: &[u8; 32]) -> Option<LoadedContract> {
+        use sha2::Digest as _;
+        let yaml = match std::fs::read_to_string(&self.path) {
+            Ok(yaml) => yaml,
+            Err(e) => {
+                tracing::warn!("cannot read {}: {e}", self.path.display());
+                return None;
+            }
+        };
+        if sha2::Sha256::digest(yaml.as_bytes()).as_slice() != digest {
+            tracing::warn!(
+                "{} changed since the contract files were checked; it is read again at the next check",
+                self.path.display()
+            );
+            return None;
+        }
+        // The same text as validated before; a remembered form that no longer reads is validated again.
+        let contract = match self
+            .cache
+            .get(digest)
+            .and_then(|json| serde_json::from_str::<Contract>(json).ok())
+        {
+            Some(contract) => contract,
+            None => parse(&yaml, &self.path)
+                .map_err(|e| tracing::warn!("{e}"))
+                .ok()?,
+        };
+        Some(LoadedContract { contract, yaml })
+    }
 }
 
 /// All contracts under a directory, keyed by `namespace.table`; a table may have several versions, each in force
@@ -474,6 +587,8 @@ pub struct Version {
 #[derive(Debug, Default)]
 pub struct ContractStore {
     by_table: BTreeMap<String, Vec<Version>>,
+    /// The state of the files when they were read (see [`FilesState`]).
+    pub files: FilesState,
     /// Contracts that failed to load, with the reason; reported, never used.
     pub rejected: Vec<String>,
 }
@@ -487,37 +602,49 @@ impl ContractStore {
 
     /// [`ContractStore::load`], remembering validated contracts in `cache` (a file; see [`ValidatedCache`]): a
     /// file whose exact text was validated before is read back from its typed form instead of parsed and
-    /// validated again. The cache is rewritten when this load validated anything new or dropped old texts.
+    /// validated again. Beside it (`contract-files`, see [`FileIndex`]) each valid file's size, times, inode,
+    /// digest, table and date are remembered: a file unchanged since is not read at all until a call needs its
+    /// contract. Both are rewritten when this load found anything new or dropped anything old.
     pub fn load_cached(dir: &Path, cache: Option<&Path>) -> ContractStore {
         let mut store = ContractStore::default();
         let mut files = Vec::new();
         collect_yaml(dir, &mut files);
         files.sort();
-        let remembered = cache.map(ValidatedCache::read).unwrap_or_default();
+        let remembered = Arc::new(cache.map(ValidatedCache::read).unwrap_or_default());
+        let index_path = cache.map(|c| c.with_file_name(FileIndex::FILE));
+        let index = index_path
+            .as_deref()
+            .map(|p| FileIndex::read(p, dir))
+            .unwrap_or_default();
+        let checked_at = FileIndex::now_ns();
         // Reading, parsing and validating are independent per file: spread over the cores (100,000 contracts took
         // ~8 s on one), then kept in file order, so which version wins does not depend on the threads. A thread that
         // panics leaves its tables unclassified, the restrictive default.
         let read = crate::parallel::filter_map_chunks(&files, 256, "loading contracts", |path| {
-            Some(read_contract_cached(
-                dir,
-                path,
-                &remembered,
-                cache.is_some(),
-            ))
+            // The file's state is taken before its text: a change in between is seen by the next check.
+            let stamp = FileStamp::of(path);
+            let loaded = load_file(dir, path, stamp, &remembered, &index, cache.is_some());
+            Some(((path.clone(), stamp), loaded))
         });
         // Remember what validated now, forget texts no file holds any more.
         let mut known = std::collections::HashSet::new();
         let mut new = Vec::new();
+        let mut entries = Vec::new();
+        let mut unread = 0;
+        let mut state = Vec::with_capacity(read.len());
         let read: Vec<_> = read
             .into_iter()
-            .map(|result| {
-                result.map(|(key, contract, yaml, entry)| {
-                    match entry {
+            .map(|(stamp, result)| {
+                state.push(stamp);
+                result.map(|file| {
+                    match file.remembered {
                         Remembered::Known(digest) => _ = known.insert(digest),
                         Remembered::New(digest, Some(json)) => new.push((digest, json)),
                         Remembered::New(_, None) => {}
                     }
-                    (key, contract, yaml)
+                    unread += usize::from(file.unread);
+                    entries.extend(file.entry);
+                    (file.key, file.version)
                 })
             })
             .collect();
@@ -526,15 +653,17 @@ impl ContractStore {
         {
             remembered.write(path, &known, &new);
         }
+        if let Some(path) = index_path
+            && (unread != entries.len() || unread != index.entries.len())
+        {
+            FileIndex::write(&path, dir, checked_at, &entries);
+        }
+        store.files = FilesState(state);
         for result in read {
             match result {
-                Ok((key, contract, yaml)) => {
-                    let from = contract.effective_from();
+                Ok((key, version)) => {
                     let versions = store.by_table.entry(key).or_default();
-                    versions.push(Version {
-                        from,
-                        loaded: std::sync::Arc::new(LoadedContract { contract, yaml }),
-                    });
+                    versions.push(version);
                     // Undated first (the later file wins among them, as before), then by date.
                     versions.sort_by_key(|v| v.from);
                 }
@@ -572,18 +701,16 @@ impl ContractStore {
             .get(qualified)?
             .iter()
             .rev()
-            .find(|v| v.from.is_none_or(|from| from <= now))
-            .map(|v| v.loaded.clone())
+            .find(|v| v.from.is_none_or(|from| from <= now))?
+            // A version in force that can no longer be read leaves the table unclassified (the restrictive
+            // default) until the next check of the files, never an older version in force.
+            .loaded()
     }
 
     /// The tables whose contract versions differ between `self` and `other` (added, removed or edited).
     pub fn changed_tables(&self, other: &ContractStore) -> Vec<String> {
-        let texts = |store: &ContractStore, table: &str| -> Vec<String> {
-            store
-                .versions(table)
-                .iter()
-                .map(|v| v.loaded.yaml.clone())
-                .collect()
+        let texts = |store: &ContractStore, table: &str| -> Vec<[u8; 32]> {
+            store.versions(table).iter().map(|v| v.digest).collect()
         };
         self.by_table
             .keys()
@@ -672,6 +799,293 @@ fn read_contract_cached(
         .flatten();
     let key = table_key(root, path, &contract);
     Ok((key, contract, yaml, Remembered::New(digest, json)))
+}
+
+/// One contract file as [`ContractStore::load_cached`] found it.
+struct LoadedFile {
+    /// The table it governs.
+    key: String,
+    version: Version,
+    remembered: Remembered,
+    /// What to remember of the file for the next load (none for a file whose state could not be read).
+    entry: Option<(String, FileEntry)>,
+    /// Whether it was taken from the [`FileIndex`] unread.
+    unread: bool,
+}
+
+/// Loads one contract file: unread when the [`FileIndex`] vouches for it and its typed form is remembered, else
+/// read (and validated unless its text was validated before).
+fn load_file(
+    root: &Path,
+    path: &Path,
+    stamp: Option<FileStamp>,
+    cache: &Arc<ValidatedCache>,
+    index: &FileIndex,
+    remember: bool,
+) -> Result<LoadedFile, ContractError> {
+    let relative = path
+        .strip_prefix(root)
+        .ok()
+        .and_then(Path::to_str)
+        .filter(|p| !p.contains(['\t', '\n']))
+        .map(str::to_string);
+    if let (Some(stamp), Some(relative)) = (stamp, &relative)
+        && let Some(entry) = index.vouches(relative, &stamp)
+        && cache.entries.contains_key(&entry.digest)
+    {
+        return Ok(LoadedFile {
+            key: entry.key.clone(),
+            version: Version::pending(
+                entry.from,
+                entry.digest,
+                Pending {
+                    path: path.to_path_buf(),
+                    cache: cache.clone(),
+                },
+            ),
+            remembered: Remembered::Known(entry.digest),
+            entry: Some((relative.clone(), entry.clone())),
+            unread: true,
+        });
+    }
+    let (key, contract, yaml, remembered) = read_contract_cached(root, path, cache, remember)?;
+    let digest = match &remembered {
+        Remembered::Known(d) | Remembered::New(d, _) => *d,
+    };
+    let from = contract.effective_from();
+    let entry = stamp
+        .zip(relative)
+        .filter(|_| !key.contains(['\t', '\n']))
+        .map(|(stamp, relative)| {
+            let entry = FileEntry {
+                stamp,
+                digest,
+                key: key.clone(),
+                from,
+            };
+            (relative, entry)
+        });
+    Ok(LoadedFile {
+        key,
+        version: Version::ready(from, digest, LoadedContract { contract, yaml }),
+        remembered,
+        entry,
+        unread: false,
+    })
+}
+
+/// The state of every contract file under a folder, in path order: a check for edits compares two.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FilesState(Vec<(PathBuf, Option<FileStamp>)>);
+
+impl FilesState {
+    /// The files under `dir` as they are now.
+    pub fn of(dir: &Path) -> FilesState {
+        let mut files = Vec::new();
+        collect_yaml(dir, &mut files);
+        files.sort();
+        FilesState(
+            files
+                .into_iter()
+                .map(|path| {
+                    let stamp = FileStamp::of(&path);
+                    (path, stamp)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// What tells a file's content changed without reading it: its size, modification and change times (the change
+/// time cannot be set back from user space), inode and device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified_ns: i128,
+    changed_ns: i128,
+    inode: u64,
+    device: u64,
+}
+
+impl FileStamp {
+    /// The state of the file at `path` (links followed, as reading does); `None` where it cannot be told.
+    #[cfg(unix)]
+    fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(path).ok()?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Some(FileStamp {
+            len: meta.size(),
+            modified_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            changed_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            inode: meta.ino(),
+            device: meta.dev(),
+        })
+    }
+
+    /// Size and modification time only: enough to see edits, never enough for [`FileIndex`] to vouch.
+    #[cfg(not(unix))]
+    fn of(path: &Path) -> Option<FileStamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        let modified = meta
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
+        Some(FileStamp {
+            len: meta.len(),
+            modified_ns: modified.as_nanos() as i128,
+            changed_ns: 0,
+            inode: 0,
+            device: 0,
+        })
+    }
+}
+
+/// A remembered contract file: its state when read, the digest of the text it then held, the table it governs
+/// and the date its version takes effect.
+#[derive(Debug, Clone)]
+struct FileEntry {
+    stamp: FileStamp,
+    digest: [u8; 32],
+    key: String,
+    from: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The valid contract files of the last load (`<cache>/contract-files`), by path under the contracts folder: a
+/// file in exactly the remembered state holds the remembered text, so a restart need not read 100,000 files
+/// before it answers. A file modified within [`FileIndex::RACY_NS`] of the load that remembered it is never
+/// vouched for (a later write in the same clock tick would keep its modification time). The first line names
+/// the format and the contracts folder; another first line ignores the file whole. Trusted as the data dir is;
+/// written aside and renamed.
+#[derive(Default)]
+struct FileIndex {
+    /// When the load that wrote it began looking at the files, ns since the epoch.
+    checked_ns: i128,
+    entries: std::collections::HashMap<String, FileEntry>,
+}
+
+impl FileIndex {
+    const FILE: &str = "contract-files";
+    const RACY_NS: i128 = 2_000_000_000;
+
+    fn now_ns() -> i128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128)
+    }
+
+    fn header(dir: &Path) -> String {
+        format!("parley contract files 1 {}", dir.display())
+    }
+
+    /// The entry for `relative` when the file is in exactly its remembered state and was not written in the
+    /// moments before it was remembered.
+    fn vouches(&self, relative: &str, stamp: &FileStamp) -> Option<&FileEntry> {
+        let entry = self.entries.get(relative)?;
+        let settled = self.checked_ns - FileIndex::RACY_NS;
+        (cfg!(unix)
+            && entry.stamp == *stamp
+            && stamp.modified_ns < settled
+            && stamp.changed_ns < settled)
+            .then_some(entry)
+    }
+
+    /// The index at `path` for the contracts under `dir`; empty when absent, unreadable or for another folder.
+    fn read(path: &Path, dir: &Path) -> FileIndex {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return FileIndex::default();
+        };
+        let mut lines = text.lines();
+        let Some((checked, header)) = lines.next().and_then(|l| l.split_once(' ')) else {
+            return FileIndex::default();
+        };
+        let Ok(checked_ns) = checked.parse::<i128>() else {
+            return FileIndex::default();
+        };
+        if header != FileIndex::header(dir) {
+            return FileIndex::default();
+        }
+        let entries = lines
+            .filter_map(|line| {
+                let f: Vec<&str> = line.splitn(9, '\t').collect();
+                let [
+                    digest,
+                    len,
+                    modified,
+                    changed,
+                    inode,
+                    device,
+                    from,
+                    key,
+                    relative,
+                ] = f[..]
+                else {
+                    return None;
+                };
+                let mut d = [0u8; 32];
+                hex::decode_to_slice(digest, &mut d).ok()?;
+                let from = match from {
+                    "-" => None,
+                    t => Some(chrono::DateTime::parse_from_rfc3339(t).ok()?.to_utc()),
+                };
+                let entry = FileEntry {
+                    stamp: FileStamp {
+                        len: len.parse().ok()?,
+                        modified_ns: modified.parse().ok()?,
+                        changed_ns: changed.parse().ok()?,
+                        inode: inode.parse().ok()?,
+                        device: device.parse().ok()?,
+                    },
+                    digest: d,
+                    key: key.to_string(),
+                    from,
+                };
+                Some((relative.to_string(), entry))
+            })
+            .collect();
+        FileIndex {
+            checked_ns,
+            entries,
+        }
+    }
+
+    /// Replaces the index at `path`; a failure is logged (the next load reads every file).
+    fn write(path: &Path, dir: &Path, checked_ns: i128, entries: &[(String, FileEntry)]) {
+        use std::io::Write as _;
+        let aside = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = (|| -> std::io::Result<()> {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&aside)?);
+            writeln!(out, "{checked_ns} {}", FileIndex::header(dir))?;
+            for (relative, e) in entries {
+                let s = &e.stamp;
+                let from = e.from.map_or_else(|| "-".to_string(), |t| t.to_rfc3339());
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{from}\t{}\t{relative}",
+                    hex::encode(e.digest),
+                    s.len,
+                    s.modified_ns,
+                    s.changed_ns,
+                    s.inode,
+                    s.device,
+                    e.key
+                )?;
+            }
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&aside, path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&aside);
+            tracing::warn!(
+                "cannot remember the contract files in {}: {e} (the next start reads them all)",
+                path.display()
+            );
+        }
+    }
 }
 
 /// Contracts validated before, by the SHA-256 of their exact text, in their typed form (JSON): reading one back
@@ -894,10 +1308,10 @@ mod tests {
         assert_eq!(at("2027-01-01T12:00:00Z"), "1.3.0");
         assert_eq!(at("2027-02-28T23:59:59Z"), "1.3.0");
         assert_eq!(at("2027-03-01"), "2.0.0");
-        let versions: Vec<&str> = store
+        let versions: Vec<String> = store
             .versions("sales.orders")
             .iter()
-            .map(|v| v.loaded.contract.version.as_str())
+            .map(|v| v.loaded().unwrap().contract.version.clone())
             .collect();
         assert_eq!(versions, ["1.2.0", "1.3.0", "2.0.0"]);
         assert_eq!(store.len(), 1, "versions of one table are one contract");
@@ -934,8 +1348,8 @@ mod tests {
                     .versions(t)
                     .iter()
                     .map(|v| {
-                        let typed = serde_json::to_string(&v.loaded.contract).unwrap();
-                        (v.loaded.yaml.clone(), typed)
+                        let typed = serde_json::to_string(&v.loaded().unwrap().contract).unwrap();
+                        (v.loaded().unwrap().yaml.clone(), typed)
                     })
                     .collect();
                 (t.to_string(), versions)
@@ -1045,6 +1459,115 @@ mod tests {
             ValidatedCache::read(&cache).entries.len(),
             crate::demo::CONTRACTS.len()
         );
+    }
+
+    #[test]
+    fn unchanged_contract_files_are_read_only_when_a_contract_is_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let contracts = dir.path().join("contracts");
+        // Files last written an hour ago (a file written moments before a load is never vouched for).
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let write_aged = |path: &Path, text: &str| {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(an_hour_ago)
+                .unwrap();
+        };
+        for (name, text) in crate::demo::CONTRACTS {
+            write_aged(&contracts.join(name), text);
+        }
+        // A second version of the orders contract, in force since 2020.
+        let orders = crate::demo::CONTRACTS[1].1;
+        let in_force = orders.replace("version: 1.2.0", "version: 1.3.0").replace(
+            "customProperties:\n",
+            "customProperties:\n  - property: effectiveFrom\n    value: \"2020-01-01\"\n",
+        );
+        write_aged(&contracts.join("sales/orders@1.3.0.yaml"), &in_force);
+        let files = crate::demo::CONTRACTS.len() + 1;
+        // ... and whose change time (set by that write) has settled too.
+        std::thread::sleep(std::time::Duration::from_nanos(
+            FileIndex::RACY_NS as u64 + 100_000_000,
+        ));
+        let cache = dir.path().join("cache/validated");
+        let index = dir.path().join("cache").join(FileIndex::FILE);
+        let pending = |store: &ContractStore| -> Vec<bool> {
+            let tables: Vec<String> = store.tables().map(str::to_string).collect();
+            tables
+                .iter()
+                .flat_map(|t| store.versions(t).iter().map(Version::is_pending))
+                .collect()
+        };
+        let plain = ContractStore::load(&contracts);
+
+        // The first load reads every file; a restart reads none until a contract is asked for, and then loads
+        // exactly what a plain load does.
+        let first = ContractStore::load_cached(&contracts, Some(&cache));
+        assert!(pending(&first).iter().all(|p| !p));
+        let written = std::fs::read_to_string(&index).unwrap();
+        let restart = ContractStore::load_cached(&contracts, Some(&cache));
+        assert_eq!(pending(&restart).len(), files);
+        assert!(pending(&restart).iter().all(|p| *p), "nothing read");
+        assert_eq!(restart.len(), plain.len());
+        assert!(restart.get("sales.orders").is_some());
+        assert_eq!(
+            pending(&restart).iter().filter(|p| !**p).count(),
+            1,
+            "only the contract asked for was read"
+        );
+        assert_eq!(contents(&restart), contents(&plain));
+        assert_eq!(
+            std::fs::read_to_string(&index).unwrap(),
+            written,
+            "nothing changed: the index is not rewritten"
+        );
+
+        // An edit that keeps the size and the modification time is seen by its change time: a version taken as
+        // unchanged before the edit is refused when read (its text no longer has the digest validated), and the
+        // next load reads the new text.
+        let unread = ContractStore::load_cached(&contracts, Some(&cache));
+        let (name, text) = crate::demo::CONTRACTS[0];
+        let edited = text.replacen("version: 1.0.0", "version: 9.0.0", 1);
+        assert_eq!(edited.len(), text.len());
+        write_aged(&contracts.join(name), &edited);
+        assert!(unread.get("sales.customers").is_none(), "fails closed");
+        // A version in force that no longer reads leaves its table unclassified, not under the older version.
+        write_aged(
+            &contracts.join("sales/orders@1.3.0.yaml"),
+            &in_force.replace("version: 1.3.0", "version: 1.3.1"),
+        );
+        assert!(unread.get("sales.orders").is_none(), "no older version");
+        assert!(unread.get("sales.products").is_some());
+        let reloaded = ContractStore::load_cached(&contracts, Some(&cache));
+        assert_eq!(
+            reloaded.get("sales.customers").unwrap().contract.version,
+            "9.0.0"
+        );
+        assert_eq!(
+            reloaded.get("sales.orders").unwrap().contract.version,
+            "1.3.1"
+        );
+        assert_eq!(
+            reloaded.changed_tables(&first),
+            vec!["sales.customers".to_string(), "sales.orders".to_string()]
+        );
+
+        // A file written just now is read at every load until it has settled; a removed one is forgotten.
+        std::fs::write(contracts.join(name), text).unwrap();
+        std::fs::remove_file(contracts.join(crate::demo::CONTRACTS[2].0)).unwrap();
+        for _ in 0..2 {
+            let store = ContractStore::load_cached(&contracts, Some(&cache));
+            let customers = store.versions("sales.customers");
+            assert!(!customers[0].is_pending());
+            assert_eq!(customers[0].loaded().unwrap().contract.version, "1.0.0");
+            assert_eq!(store.len(), plain.len() - 1);
+        }
+        assert_eq!(FileIndex::read(&index, &contracts).entries.len(), files - 1);
+        // An index for another folder is ignored whole.
+        assert!(FileIndex::read(&index, dir.path()).entries.is_empty());
     }
 
     #[test]

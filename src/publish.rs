@@ -100,11 +100,10 @@ pub async fn publish_text(
         )
     })?;
     let store = ContractStore::load(contracts);
-    if store
-        .versions(&table)
-        .iter()
-        .any(|v| v.loaded.contract.version == new.version)
-    {
+    if store.versions(&table).iter().any(|v| {
+        v.loaded()
+            .is_some_and(|l| l.contract.version == new.version)
+    }) {
         return Err(format!(
             "{table} already has a contract version {}: give the new one a new version",
             new.version

@@ -221,7 +221,7 @@ pub struct Lakehouse {
     /// The contracts in force; replaced whole by [`Lakehouse::reload_contracts`].
     contracts: std::sync::RwLock<Arc<ContractStore>>,
     /// Where the contracts are read from, when they can be reloaded; with the stamp of the files last read.
-    contracts_dir: Option<(std::path::PathBuf, Mutex<ContractsStamp>)>,
+    contracts_dir: Option<(std::path::PathBuf, Mutex<crate::contracts::FilesState>)>,
     /// Bumped on every reload, so caches of what contracts decide (discovery) start over.
     contracts_version: std::sync::atomic::AtomicU64,
     /// The catalogs' own permission services, asked for every agent besides the policy.
@@ -360,7 +360,10 @@ impl Lakehouse {
     /// so `initialize` does not wait for 100,000 files to be parsed and validated; a call that needs a contract
     /// before then waits for that first read (never answers from an empty set).
     pub fn with_contracts_dir(mut self, dir: &Path) -> Lakehouse {
-        self.contracts_dir = Some((dir.to_path_buf(), Mutex::new(ContractsStamp(Vec::new()))));
+        self.contracts_dir = Some((
+            dir.to_path_buf(),
+            Mutex::new(crate::contracts::FilesState::default()),
+        ));
         self
     }
 
@@ -376,10 +379,12 @@ impl Lakehouse {
         let mut first = None;
         self.contracts_loaded.get_or_init(|| {
             if let Some((dir, stamp)) = &self.contracts_dir {
+                let mut store = ContractStore::load_cached(dir, self.contract_cache.as_deref());
+                // The state the load read the files in (each taken before its text): a later edit is seen.
                 *stamp
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = ContractsStamp::of(dir);
-                let store = ContractStore::load_cached(dir, self.contract_cache.as_deref());
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    std::mem::take(&mut store.files);
                 first = Some((store.len(), store.rejected.len()));
                 *self
                     .contracts
@@ -427,7 +432,7 @@ impl Lakehouse {
             return None;
         }
         let started = Instant::now();
-        let now = ContractsStamp::of(dir);
+        let now = crate::contracts::FilesState::of(dir);
         *checked = Some((Instant::now(), started.elapsed()));
         drop(checked);
         {
@@ -977,28 +982,6 @@ impl Lakehouse {
     pub fn with_clock(mut self, clock: crate::clock::Clock) -> Lakehouse {
         self.clock = clock;
         self
-    }
-}
-
-/// What the contract files looked like when last read: each `.yaml` file's path, modification time and size.
-#[derive(PartialEq, Eq)]
-struct ContractsStamp(Vec<(std::path::PathBuf, Option<std::time::SystemTime>, u64)>);
-
-impl ContractsStamp {
-    fn of(dir: &Path) -> ContractsStamp {
-        let mut files = Vec::new();
-        crate::contracts::collect_yaml(dir, &mut files);
-        let mut stamp: Vec<_> = files
-            .into_iter()
-            .map(|path| {
-                let meta = std::fs::metadata(&path).ok();
-                let modified = meta.as_ref().and_then(|m| m.modified().ok());
-                let len = meta.map_or(0, |m| m.len());
-                (path, modified, len)
-            })
-            .collect();
-        stamp.sort();
-        ContractsStamp(stamp)
     }
 }
 

@@ -960,10 +960,11 @@ impl ParleyServer {
                 let versions = self.app.lakehouse.contract_versions(&name);
                 versions
                     .iter()
-                    .map(|v| ContractVersion {
-                        version: v.loaded.contract.version.clone(),
+                    .filter_map(|v| Some((v, v.loaded()?)))
+                    .map(|(v, this)| ContractVersion {
+                        version: this.contract.version.clone(),
                         effective_from: v.from.map(|t| t.to_rfc3339()),
-                        state: if std::sync::Arc::ptr_eq(&v.loaded, &loaded) {
+                        state: if std::sync::Arc::ptr_eq(&this, &loaded) {
                             "in_force"
                         } else if v.from.is_some_and(|f| f > self.app.clock.now()) {
                             "pending"

@@ -154,7 +154,7 @@ impl ParleyServer {
                     let from = v.from.filter(|f| *f > now)?;
                     Some(format!(
                         " Version {} of the contract is pending: it takes effect {}.",
-                        v.loaded.contract.version,
+                        v.loaded()?.contract.version,
                         from.to_rfc3339()
                     ))
                 })
