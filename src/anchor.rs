@@ -273,19 +273,13 @@ fn read_remembering(
     // next start the verifications).
     let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     if end > trusted {
-        let aside = verified.with_extension(format!("tmp{}", std::process::id()));
-        let written = std::fs::write(
-            &aside,
-            format!("{end} {}\n", hex::encode(prefix_mac(key, &bytes[..end]))),
-        )
-        .and_then(|()| std::fs::rename(&aside, verified));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&aside);
-            tracing::warn!(
-                "cannot remember verified checkpoints in {}: {e}",
-                verified.display()
-            );
-        }
+        let mac = hex::encode(prefix_mac(key, &bytes[..end]));
+        crate::demo::remember(
+            verified,
+            "verified checkpoints",
+            "the next start verifies them again",
+            |out| std::io::Write::write_all(out, format!("{end} {mac}\n").as_bytes()),
+        );
     }
     Ok(checkpoints)
 }

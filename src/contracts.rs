@@ -472,36 +472,19 @@ pub struct Version {
 }
 
 impl Version {
-    /// A version read and validated now.
-    fn ready(
+    /// A version read and validated now (`Ok`), or remembered from an earlier load and read when first asked for.
+    fn new(
         from: Option<chrono::DateTime<chrono::Utc>>,
         digest: [u8; 32],
-        loaded: LoadedContract,
+        contract: Result<LoadedContract, Pending>,
     ) -> Version {
-        Version {
-            from,
-            digest,
-            slot: Arc::new(Slot {
-                ready: OnceLock::from(Some(Arc::new(loaded))),
-                pending: Mutex::new(None),
-            }),
-        }
-    }
-
-    /// A version remembered from an earlier load, read when first asked for.
-    fn pending(
-        from: Option<chrono::DateTime<chrono::Utc>>,
-        digest: [u8; 32],
-        pending: Pending,
-    ) -> Version {
-        Version {
-            from,
-            digest,
-            slot: Arc::new(Slot {
-                ready: OnceLock::new(),
-                pending: Mutex::new(Some(pending)),
-            }),
-        }
+        let (ready, pending) = match contract {
+            Ok(loaded) => (OnceLock::from(Some(Arc::new(loaded))), None),
+            Err(pending) => (OnceLock::new(), Some(pending)),
+        };
+        let pending = Mutex::new(pending);
+        let slot = Arc::new(Slot { ready, pending });
+        Version { from, digest, slot }
     }
 
     /// The contract. `None` only for a remembered file whose text changed since the load checked it: it then
@@ -835,13 +818,13 @@ fn load_file(
     {
         return Ok(LoadedFile {
             key: entry.key.clone(),
-            version: Version::pending(
+            version: Version::new(
                 entry.from,
                 entry.digest,
-                Pending {
+                Err(Pending {
                     path: path.to_path_buf(),
                     cache: cache.clone(),
-                },
+                }),
             ),
             remembered: Remembered::Known(entry.digest),
             entry: Some((relative.clone(), entry.clone())),
@@ -867,7 +850,7 @@ fn load_file(
         });
     Ok(LoadedFile {
         key,
-        version: Version::ready(from, digest, LoadedContract { contract, yaml }),
+        version: Version::new(from, digest, Ok(LoadedContract { contract, yaml })),
         remembered,
         entry,
         unread: false,
@@ -1053,38 +1036,30 @@ impl FileIndex {
     /// Replaces the index at `path`; a failure is logged (the next load reads every file).
     fn write(path: &Path, dir: &Path, checked_ns: i128, entries: &[(String, FileEntry)]) {
         use std::io::Write as _;
-        let aside = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = (|| -> std::io::Result<()> {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&aside)?);
-            writeln!(out, "{checked_ns} {}", FileIndex::header(dir))?;
-            for (relative, e) in entries {
-                let s = &e.stamp;
-                let from = e.from.map_or_else(|| "-".to_string(), |t| t.to_rfc3339());
-                writeln!(
-                    out,
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{from}\t{}\t{relative}",
-                    hex::encode(e.digest),
-                    s.len,
-                    s.modified_ns,
-                    s.changed_ns,
-                    s.inode,
-                    s.device,
-                    e.key
-                )?;
-            }
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            std::fs::rename(&aside, path)
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&aside);
-            tracing::warn!(
-                "cannot remember the contract files in {}: {e} (the next start reads them all)",
-                path.display()
-            );
-        }
+        crate::demo::remember(
+            path,
+            "the contract files",
+            "the next start reads them all",
+            |out| {
+                writeln!(out, "{checked_ns} {}", FileIndex::header(dir))?;
+                for (relative, e) in entries {
+                    let s = &e.stamp;
+                    let from = e.from.map_or_else(|| "-".to_string(), |t| t.to_rfc3339());
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{from}\t{}\t{relative}",
+                        hex::encode(e.digest),
+                        s.len,
+                        s.modified_ns,
+                        s.changed_ns,
+                        s.inode,
+                        s.device,
+                        e.key
+                    )?;
+                }
+                Ok(())
+            },
+        );
     }
 }
 
@@ -1158,12 +1133,8 @@ impl ValidatedCache {
         new: &[([u8; 32], String)],
     ) {
         use std::io::Write as _;
-        let aside = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = (|| -> std::io::Result<()> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&aside)?);
+        let then = "the next start validates them again";
+        crate::demo::remember(path, "validated contracts", then, |out| {
             writeln!(out, "{}", ValidatedCache::header())?;
             let kept = keep
                 .iter()
@@ -1171,16 +1142,8 @@ impl ValidatedCache {
             for (digest, json) in kept.chain(new.iter().map(|(d, json)| (d, json.as_str()))) {
                 writeln!(out, "{}\t{json}", hex::encode(digest))?;
             }
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            std::fs::rename(&aside, path)
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&aside);
-            tracing::warn!(
-                "cannot remember validated contracts in {}: {e} (the next start validates them again)",
-                path.display()
-            );
-        }
+            Ok(())
+        });
     }
 }
 

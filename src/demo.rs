@@ -92,6 +92,32 @@ pub const SHIPMENTS_ROWS: usize = 60_000;
 const MARKER: &str = "parley-init.json";
 const LAYOUT_VERSION: u32 = 1;
 
+/// Replaces the file at `path` whole with what `write` writes (to a file beside it, synced, then renamed), so a
+/// reader sees the old or the new version, never part of one. For what the server remembers to spare work (the
+/// caches, verified checkpoints): a failure is logged naming `what` and `then` (what it costs), and otherwise
+/// ignored.
+pub(crate) fn remember(
+    path: &Path,
+    what: &str,
+    then: &str,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) {
+    let aside = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = (|| -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&aside)?);
+        write(&mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&aside, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&aside);
+        tracing::warn!("cannot remember {what} in {}: {e} ({then})", path.display());
+    }
+}
+
 /// Paths inside a data dir.
 #[derive(Debug, Clone)]
 pub struct DataDir {
