@@ -345,3 +345,68 @@ async fn contract_edits_apply_while_serving() {
     assert_eq!(pii_listed(&list), Some(false), "{list}");
     client.cancel().await.unwrap();
 }
+
+/// A restart takes contract files unchanged since the last start as remembered (`cache/contract-files`) and
+/// reads each only when a call needs it: every answer is the first start's, and a file edited while the server
+/// was down — same size, modification time set back — is read anew.
+#[tokio::test]
+async fn a_restart_serves_the_contracts_it_remembered_and_sees_edits_made_meanwhile() {
+    let lake = Lake::new();
+    let contracts = lake.path().join("contracts");
+    let customers = contracts.join("sales/customers.yaml");
+    // Files last written an hour ago, and a wait until their change times have settled too (a file written
+    // moments before a start is always read).
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let age = |path: &std::path::Path| {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+    };
+    for entry in std::fs::read_dir(contracts.join("sales"))
+        .unwrap()
+        .chain(std::fs::read_dir(contracts.join("ops")).unwrap())
+    {
+        age(&entry.unwrap().path());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let answers = || async {
+        let client = lake.connect("analyst", &[]).await;
+        let mut out = vec![crate::util::text(
+            &call(&client, "list_tables", json!({})).await,
+        )];
+        for table in [
+            "sales.customers",
+            "sales.orders",
+            "sales.products",
+            "ops.shipments",
+        ] {
+            let args = json!({"table": table, "full": true});
+            out.push(crate::util::text(
+                &call(&client, "get_contract", args).await,
+            ));
+        }
+        client.cancel().await.unwrap();
+        out
+    };
+    let first = answers().await;
+    assert!(first[1].contains("version: 1.0.0"), "{}", first[1]);
+    let remembered = std::fs::read_to_string(lake.path().join("cache/contract-files")).unwrap();
+    assert_eq!(remembered.lines().count(), 1 + 4, "{remembered}");
+    assert_eq!(
+        answers().await,
+        first,
+        "a restart answers as the first start"
+    );
+
+    let text = std::fs::read_to_string(&customers).unwrap();
+    let edited = text.replacen("version: 1.0.0", "version: 9.0.0", 1);
+    assert_eq!(edited.len(), text.len());
+    std::fs::write(&customers, edited).unwrap();
+    age(&customers);
+    let after = answers().await;
+    assert!(after[1].contains("version: 9.0.0"), "{}", after[1]);
+    assert_eq!(after[2..], first[2..]);
+}
