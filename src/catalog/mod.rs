@@ -444,7 +444,9 @@ impl Lakehouse {
             }
             *last = now;
         }
-        let store = ContractStore::load_cached(dir, self.contract_cache.as_deref());
+        let mut store = ContractStore::load_cached(dir, self.contract_cache.as_deref());
+        // `now` above is the state compared next time; the load's own copy is not kept.
+        store.files = crate::contracts::FilesState::default();
         let (loaded, rejected) = (store.len(), store.rejected.len());
         let mut current = self
             .contracts
