@@ -524,7 +524,7 @@ struct Slot {
 /// otherwise the version is left unread (refused) until the next check of the files, which sees the change.
 struct Pending {
     path: PathBuf,
-    cache: Arc<ValidatedCache>,
+    forms: Arc<RememberedForms>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -552,9 +552,9 @@ impl Pending {
         }
         // The same text as validated before; a remembered form that no longer reads is validated again.
         let contract = match self
-            .cache
+            .forms
             .get(digest)
-            .and_then(|json| serde_json::from_str::<Contract>(json).ok())
+            .and_then(|json| serde_json::from_str::<Contract>(&json).ok())
         {
             Some(contract) => contract,
             None => parse(&yaml, &self.path)
@@ -593,7 +593,8 @@ impl ContractStore {
         let mut files = Vec::new();
         collect_yaml(dir, &mut files);
         files.sort();
-        let remembered = Arc::new(cache.map(ValidatedCache::read).unwrap_or_default());
+        let remembered = cache.map(ValidatedCache::read).unwrap_or_default();
+        let forms = Arc::new(remembered.forms());
         let index_path = cache.map(|c| c.with_file_name(FileIndex::FILE));
         let index = index_path
             .as_deref()
@@ -606,7 +607,8 @@ impl ContractStore {
         let read = crate::parallel::filter_map_chunks(&files, 256, "loading contracts", |path| {
             // The file's state is taken before its text: a change in between is seen by the next check.
             let stamp = FileStamp::of(path);
-            let loaded = load_file(dir, path, stamp, &remembered, &index, cache.is_some());
+            let remember = cache.is_some();
+            let loaded = load_file(dir, path, stamp, &remembered, &forms, &index, remember);
             Some(((path.clone(), stamp), loaded))
         });
         // Remember what validated now, forget texts no file holds any more.
@@ -802,7 +804,8 @@ fn load_file(
     root: &Path,
     path: &Path,
     stamp: Option<FileStamp>,
-    cache: &Arc<ValidatedCache>,
+    cache: &ValidatedCache,
+    forms: &Arc<RememberedForms>,
     index: &FileIndex,
     remember: bool,
 ) -> Result<LoadedFile, ContractError> {
@@ -814,7 +817,7 @@ fn load_file(
         .map(str::to_string);
     if let (Some(stamp), Some(relative)) = (stamp, &relative)
         && let Some(entry) = index.vouches(relative, &stamp)
-        && cache.entries.contains_key(&entry.digest)
+        && forms.entries.contains_key(&entry.digest)
     {
         return Ok(LoadedFile {
             key: entry.key.clone(),
@@ -823,7 +826,7 @@ fn load_file(
                 entry.digest,
                 Err(Pending {
                     path: path.to_path_buf(),
-                    cache: cache.clone(),
+                    forms: forms.clone(),
                 }),
             ),
             remembered: Remembered::Known(entry.digest),
@@ -1071,6 +1074,8 @@ impl FileIndex {
 /// The file is only ever replaced whole (written aside, then renamed), so a reader sees one complete version.
 #[derive(Default)]
 struct ValidatedCache {
+    /// The file the text was read from, still open.
+    file: Option<std::fs::File>,
     /// The file's text.
     text: String,
     /// Where each remembered typed form is in `text`.
@@ -1094,9 +1099,14 @@ impl ValidatedCache {
 
     /// The cache at `path`; empty when absent, unreadable or written for another schema or typed form.
     fn read(path: &Path) -> ValidatedCache {
-        let Ok(text) = std::fs::read_to_string(path) else {
+        use std::io::Read as _;
+        let mut text = String::new();
+        let Ok(mut file) = std::fs::File::open(path) else {
             return ValidatedCache::default();
         };
+        if file.read_to_string(&mut text).is_err() {
+            return ValidatedCache::default();
+        }
         let mut entries = std::collections::HashMap::new();
         let mut lines = text.split_inclusive('\n');
         if lines.next().map(str::trim_end) != Some(ValidatedCache::header()) {
@@ -1114,7 +1124,19 @@ impl ValidatedCache {
                 entries.insert(key, start..start + json.len());
             }
         }
-        ValidatedCache { text, entries }
+        ValidatedCache {
+            file: Some(file),
+            text,
+            entries,
+        }
+    }
+
+    /// Where the typed forms are, without the text (see [`RememberedForms`]).
+    fn forms(&self) -> RememberedForms {
+        RememberedForms {
+            file: self.file.as_ref().and_then(|f| f.try_clone().ok()),
+            entries: self.entries.clone(),
+        }
     }
 
     /// The typed form remembered for the text with `digest`.
@@ -1144,6 +1166,35 @@ impl ValidatedCache {
             }
             Ok(())
         });
+    }
+}
+
+/// The typed forms of a [`ValidatedCache`] without its text (142 MB for 100,000 contracts): each is read from the
+/// file when a pending version is first read, through the handle the cache was read from — a cache rewritten since
+/// (renamed over it) leaves that handle on the text the positions were taken from.
+struct RememberedForms {
+    file: Option<std::fs::File>,
+    entries: std::collections::HashMap<[u8; 32], Range<usize>>,
+}
+
+impl RememberedForms {
+    /// The typed form remembered for the text with `digest`; `None` when it cannot be read back.
+    #[cfg(unix)]
+    fn get(&self, digest: &[u8; 32]) -> Option<String> {
+        use std::os::unix::fs::FileExt as _;
+        let range = self.entries.get(digest)?;
+        let mut bytes = vec![0; range.len()];
+        self.file
+            .as_ref()?
+            .read_exact_at(&mut bytes, range.start as u64)
+            .ok()?;
+        String::from_utf8(bytes).ok()
+    }
+
+    /// Elsewhere a pending version is validated again instead.
+    #[cfg(not(unix))]
+    fn get(&self, _: &[u8; 32]) -> Option<String> {
+        None
     }
 }
 
@@ -1509,6 +1560,15 @@ mod tests {
             reloaded.get("sales.customers").unwrap().contract.version,
             "9.0.0"
         );
+        // That load rewrote the remembered typed forms; a version still pending from before reads its own.
+        let typed = |store: &ContractStore, table: &str| {
+            serde_json::to_string(&store.get(table).unwrap().contract).unwrap()
+        };
+        assert!(unread.versions("ops.shipments")[0].is_pending());
+        assert_eq!(
+            typed(&unread, "ops.shipments"),
+            typed(&plain, "ops.shipments")
+        );
         assert_eq!(
             reloaded.get("sales.orders").unwrap().contract.version,
             "1.3.1"
@@ -1531,6 +1591,24 @@ mod tests {
         assert_eq!(FileIndex::read(&index, &contracts).entries.len(), files - 1);
         // An index for another folder is ignored whole.
         assert!(FileIndex::read(&index, dir.path()).entries.is_empty());
+        // A pending version's typed form is the remembered one, read back from the cache file.
+        let (_, shipments) = crate::demo::CONTRACTS[3];
+        let digest = {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(shipments.as_bytes()))
+        };
+        let text = std::fs::read_to_string(&cache).unwrap();
+        let (_, rest) = text.split_once(&format!("{digest}\t")).unwrap();
+        let json = rest.lines().next().unwrap();
+        let mut typed: serde_json::Value = serde_json::from_str(json).unwrap();
+        typed["version"] = "9.9.9-remembered".into();
+        std::fs::write(&cache, text.replace(json, &typed.to_string())).unwrap();
+        let store = ContractStore::load_cached(&contracts, Some(&cache));
+        assert!(store.versions("ops.shipments")[0].is_pending());
+        assert_eq!(
+            store.get("ops.shipments").unwrap().contract.version,
+            "9.9.9-remembered"
+        );
     }
 
     #[test]
