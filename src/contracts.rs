@@ -1371,6 +1371,20 @@ mod tests {
             .collect()
     }
 
+    /// Edits the typed form `cache` remembers for `text` to name another version.
+    fn remember_version(cache: &Path, text: &str, version: &str) {
+        let digest = {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(text.as_bytes()))
+        };
+        let all = std::fs::read_to_string(cache).unwrap();
+        let (_, rest) = all.split_once(&format!("{digest}\t")).unwrap();
+        let json = rest.lines().next().unwrap();
+        let mut typed: serde_json::Value = serde_json::from_str(json).unwrap();
+        typed["version"] = version.into();
+        std::fs::write(cache, all.replace(json, &typed.to_string())).unwrap();
+    }
+
     #[test]
     fn validated_contracts_are_remembered_by_their_text_and_read_back_as_validated() {
         let dir = tempfile::tempdir().unwrap();
@@ -1414,16 +1428,7 @@ mod tests {
 
         // Read back, not validated again: a remembered typed form is what loads (the cache is trusted as the data
         // dir is) ...
-        let text = std::fs::read_to_string(&cache).unwrap();
-        let digest = {
-            use sha2::Digest as _;
-            hex::encode(sha2::Sha256::digest(unnamed.as_bytes()))
-        };
-        let (_, rest) = text.split_once(&format!("{digest}\t")).unwrap();
-        let json = rest.lines().next().unwrap();
-        let mut typed: serde_json::Value = serde_json::from_str(json).unwrap();
-        typed["version"] = "9.9.9-remembered".into();
-        std::fs::write(&cache, text.replace(json, &typed.to_string())).unwrap();
+        remember_version(&cache, &unnamed, "9.9.9-remembered");
         let store = ContractStore::load_cached(&contracts, Some(&cache));
         assert_eq!(
             store.get("extra.unnamed").unwrap().contract.version,
@@ -1592,17 +1597,7 @@ mod tests {
         // An index for another folder is ignored whole.
         assert!(FileIndex::read(&index, dir.path()).entries.is_empty());
         // A pending version's typed form is the remembered one, read back from the cache file.
-        let (_, shipments) = crate::demo::CONTRACTS[3];
-        let digest = {
-            use sha2::Digest as _;
-            hex::encode(sha2::Sha256::digest(shipments.as_bytes()))
-        };
-        let text = std::fs::read_to_string(&cache).unwrap();
-        let (_, rest) = text.split_once(&format!("{digest}\t")).unwrap();
-        let json = rest.lines().next().unwrap();
-        let mut typed: serde_json::Value = serde_json::from_str(json).unwrap();
-        typed["version"] = "9.9.9-remembered".into();
-        std::fs::write(&cache, text.replace(json, &typed.to_string())).unwrap();
+        remember_version(&cache, crate::demo::CONTRACTS[3].1, "9.9.9-remembered");
         let store = ContractStore::load_cached(&contracts, Some(&cache));
         assert!(store.versions("ops.shipments")[0].is_pending());
         assert_eq!(
