@@ -259,14 +259,21 @@ pub fn parse(yaml: &str, path: &Path) -> Result<Contract, ContractError> {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    let problems: Vec<String> = odcs_validator()
-        .iter_errors(&value)
-        .map(|e| {
-            let at = e.instance_path().to_string();
-            let at = if at.is_empty() { "/".to_string() } else { at };
-            format!("at {at}: {e}")
-        })
-        .collect();
+    // A valid contract (the usual case) takes the validator's short-circuiting check; only an invalid one is
+    // walked again for every problem, with its place.
+    let validator = odcs_validator();
+    let problems: Vec<String> = if validator.is_valid(&value) {
+        Vec::new()
+    } else {
+        validator
+            .iter_errors(&value)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                let at = if at.is_empty() { "/".to_string() } else { at };
+                format!("at {at}: {e}")
+            })
+            .collect()
+    };
     if !problems.is_empty() {
         return Err(ContractError::Invalid {
             path: path.to_path_buf(),
