@@ -601,7 +601,7 @@ impl ContractStore {
         collect_yaml(dir, &mut files);
         files.sort();
         let remembered = cache.map(ValidatedCache::read).unwrap_or_default();
-        let forms = Arc::new(remembered.forms());
+        let remember = cache.is_some();
         let index_path = cache.map(|c| c.with_file_name(FileIndex::FILE));
         let index = index_path
             .as_deref()
@@ -614,8 +614,7 @@ impl ContractStore {
         let read = crate::parallel::filter_map_chunks(&files, 256, "loading contracts", |path| {
             // The file's state is taken before its text: a change in between is seen by the next check.
             let stamp = FileStamp::of(path);
-            let remember = cache.is_some();
-            let loaded = load_file(dir, path, stamp, &remembered, &forms, &index, remember);
+            let loaded = load_file(dir, path, stamp, &remembered, &index, remember);
             Some(((path.clone(), stamp), loaded))
         });
         // Remember what validated now, forget texts no file holds any more.
@@ -641,7 +640,7 @@ impl ContractStore {
             })
             .collect();
         if let Some(path) = cache
-            && (!new.is_empty() || known.len() != remembered.entries.len())
+            && (!new.is_empty() || known.len() != remembered.forms.entries.len())
         {
             remembered.write(path, &known, &new);
         }
@@ -812,7 +811,6 @@ fn load_file(
     path: &Path,
     stamp: Option<FileStamp>,
     cache: &ValidatedCache,
-    forms: &Arc<RememberedForms>,
     index: &FileIndex,
     remember: bool,
 ) -> Result<LoadedFile, ContractError> {
@@ -820,11 +818,12 @@ fn load_file(
         .strip_prefix(root)
         .ok()
         .and_then(Path::to_str)
-        .filter(|p| !p.contains(['\t', '\n']))
+        // Only a load that remembers looks files up in the index or remembers them.
+        .filter(|p| remember && !p.contains(['\t', '\n']))
         .map(str::to_string);
     if let (Some(stamp), Some(relative)) = (stamp, &relative)
         && let Some(entry) = index.vouches(relative, &stamp)
-        && forms.entries.contains_key(&entry.digest)
+        && cache.forms.entries.contains_key(&entry.digest)
     {
         return Ok(LoadedFile {
             key: entry.key.clone(),
@@ -833,7 +832,7 @@ fn load_file(
                 entry.digest,
                 Err(Pending {
                     path: path.to_path_buf(),
-                    forms: forms.clone(),
+                    forms: cache.forms.clone(),
                 }),
             ),
             remembered: Remembered::Known(entry.digest),
@@ -1081,12 +1080,10 @@ impl FileIndex {
 /// The file is only ever replaced whole (written aside, then renamed), so a reader sees one complete version.
 #[derive(Default)]
 struct ValidatedCache {
-    /// The file the text was read from, still open.
-    file: Option<std::fs::File>,
     /// The file's text.
     text: String,
-    /// Where each remembered typed form is in `text`.
-    entries: std::collections::HashMap<[u8; 32], Range<usize>>,
+    /// The file, still open, and where each remembered typed form is in it (and in `text`).
+    forms: Arc<RememberedForms>,
 }
 
 impl ValidatedCache {
@@ -1131,24 +1128,15 @@ impl ValidatedCache {
                 entries.insert(key, start..start + json.len());
             }
         }
-        ValidatedCache {
-            file: Some(file),
-            text,
-            entries,
-        }
-    }
-
-    /// Where the typed forms are, without the text (see [`RememberedForms`]).
-    fn forms(&self) -> RememberedForms {
-        RememberedForms {
-            file: self.file.as_ref().and_then(|f| f.try_clone().ok()),
-            entries: self.entries.clone(),
-        }
+        let file = Some(file);
+        let forms = Arc::new(RememberedForms { file, entries });
+        ValidatedCache { text, forms }
     }
 
     /// The typed form remembered for the text with `digest`.
     fn get(&self, digest: &[u8; 32]) -> Option<&str> {
-        self.entries
+        self.forms
+            .entries
             .get(digest)
             .and_then(|range| self.text.get(range.clone()))
     }
@@ -1179,6 +1167,7 @@ impl ValidatedCache {
 /// The typed forms of a [`ValidatedCache`] without its text (142 MB for 100,000 contracts): each is read from the
 /// file when a pending version is first read, through the handle the cache was read from — a cache rewritten since
 /// (renamed over it) leaves that handle on the text the positions were taken from.
+#[derive(Default)]
 struct RememberedForms {
     file: Option<std::fs::File>,
     entries: std::collections::HashMap<[u8; 32], Range<usize>>,
@@ -1428,7 +1417,7 @@ mod tests {
         }
         let remembered = ValidatedCache::read(&cache);
         assert_eq!(
-            remembered.entries.len(),
+            remembered.forms.entries.len(),
             crate::demo::CONTRACTS.len() + 1,
             "every valid text, never the invalid one"
         );
@@ -1452,7 +1441,7 @@ mod tests {
         assert!(store.get("extra.unnamed").is_none());
         assert_eq!(store.rejected.len(), 2);
         assert_eq!(
-            ValidatedCache::read(&cache).entries.len(),
+            ValidatedCache::read(&cache).forms.entries.len(),
             crate::demo::CONTRACTS.len()
         );
 
@@ -1478,11 +1467,11 @@ mod tests {
             ),
         )
         .unwrap();
-        assert!(ValidatedCache::read(&cache).entries.is_empty());
+        assert!(ValidatedCache::read(&cache).forms.entries.is_empty());
         let store = ContractStore::load_cached(&contracts, Some(&cache));
         assert_eq!(store.len(), plain.len() - 1);
         assert_eq!(
-            ValidatedCache::read(&cache).entries.len(),
+            ValidatedCache::read(&cache).forms.entries.len(),
             crate::demo::CONTRACTS.len()
         );
     }
