@@ -7,10 +7,13 @@ reply, as always). The floor: a 10-line Python server that reads a line, appends
 and writes it back — the least any server that makes a record durable before answering can do over a pipe on this
 machine. Both are called with each gap between calls (an agent's calls come back to back or after a pause; a
 machine at rest wakes threads and syncs files more slowly), samples interleaved between the two so both see the
-same machine. Prints p50/p90 per gap and the ratio of the p50s.
+same machine. Prints p50/p90 per gap, the ratio of the p50s, and each server's CPU time per call (summed over its
+threads from /proc, Linux only): a machine that idles between calls runs the same work slower afterwards, and the
+CPU column tells that apart from time spent waiting.
 """
 
 import argparse
+import glob
 import json
 import statistics
 import subprocess
@@ -27,6 +30,18 @@ for line in sys.stdin.buffer:
     sys.stdout.buffer.write(line)
     sys.stdout.buffer.flush()
 """
+
+
+def cpu_ns(pid):
+    """CPU time used so far by every live thread of process `pid`, in ns (0 where /proc has no schedstat)."""
+    total = 0
+    for task in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(task) as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
 
 
 class Parley:
@@ -89,22 +104,29 @@ def main():
     with tempfile.TemporaryDirectory() as data_dir, tempfile.TemporaryDirectory() as floor_dir:
         parley = Parley(args.binary, data_dir)
         floor = Floor(f"{floor_dir}/log")
-        print(f"| gap between calls | Parley p50 (p90) | floor p50 (p90) | ratio |")
-        print(f"| --- | ---: | ---: | ---: |")
+        print("| gap between calls | Parley p50 (p90) | floor p50 (p90) | ratio | Parley CPU / call | floor CPU / call |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
         for gap in [float(g) for g in args.gaps.split(",")]:
             times = {"parley": [], "floor": []}
+            cpu = {}
             for i in range(10 + args.samples):
                 for name, server in (("parley", parley), ("floor", floor)):
+                    if i == 10:
+                        cpu[name] = -cpu_ns(server.p.pid)
                     t = time.perf_counter()
                     server.call()
                     if i >= 10:
                         times[name].append((time.perf_counter() - t) * 1000)
                     if gap:
                         time.sleep(gap)
+            # Everything the servers did over the samples, what follows a reply (idle checkpoints) included.
+            for name, server in (("parley", parley), ("floor", floor)):
+                cpu[name] += cpu_ns(server.p.pid)
             p = {k: (statistics.median(v), sorted(v)[int(len(v) * 0.9)]) for k, v in times.items()}
             print(
                 f"| {gap * 1000:.0f} ms | {p['parley'][0]:.2f} ms ({p['parley'][1]:.2f}) "
-                f"| {p['floor'][0]:.2f} ms ({p['floor'][1]:.2f}) | {p['parley'][0] / p['floor'][0]:.1f}x |"
+                f"| {p['floor'][0]:.2f} ms ({p['floor'][1]:.2f}) | {p['parley'][0] / p['floor'][0]:.1f}x "
+                f"| {cpu['parley'] / args.samples / 1000:.0f} µs | {cpu['floor'] / args.samples / 1000:.0f} µs |"
             )
         parley.close()
         floor.close()
