@@ -639,8 +639,10 @@ impl ContractStore {
                 })
             })
             .collect();
+        // A cache without a readable list of its forms (written by an older build) is rewritten with one.
+        let unlisted = cfg!(unix) && remembered.text.is_some();
         if let Some(path) = cache
-            && (!new.is_empty() || known.len() != remembered.forms.entries.len())
+            && (!new.is_empty() || known.len() != remembered.forms.entries.len() || unlisted)
         {
             remembered.write(path, &known, &new);
         }
@@ -779,7 +781,7 @@ fn read_contract_cached(
     // A remembered form that no longer reads (a damaged cache) is validated again, as a new text is.
     if let Some(contract) = cache
         .get(&digest)
-        .and_then(|json| serde_json::from_str::<Contract>(json).ok())
+        .and_then(|json| serde_json::from_str::<Contract>(&json).ok())
     {
         let key = table_key(root, path, &contract);
         return Ok((key, contract, yaml, Remembered::Known(digest)));
@@ -1078,10 +1080,16 @@ impl FileIndex {
 /// [`Contract`]'s own JSON Schema), and a file with another first line is ignored whole. A contract that failed
 /// validation is never remembered (it is validated again on every load, and its message stays the server's own).
 /// The file is only ever replaced whole (written aside, then renamed), so a reader sees one complete version.
+///
+/// Layout: the first line, a line `<digest>\t<typed form>` per contract, then where each typed form is (a line
+/// `<digest> <start> <length>` each, no tab) and a last line `positions <where that list starts> <entries>`. A
+/// load reads the list and the forms only when they are needed (a restart on 100,000 contracts would otherwise
+/// read 142 MB before its first answer); a file whose list does not read is scanned whole instead.
 #[derive(Default)]
 struct ValidatedCache {
-    /// The file's text.
-    text: String,
+    /// The file's text, when it was read whole (a file without a readable list, or not on unix); else the forms
+    /// are read from the file.
+    text: Option<String>,
     /// The file, still open, and where each remembered typed form is in it (and in `text`).
     forms: Arc<RememberedForms>,
 }
@@ -1103,12 +1111,81 @@ impl ValidatedCache {
 
     /// The cache at `path`; empty when absent, unreadable or written for another schema or typed form.
     fn read(path: &Path) -> ValidatedCache {
-        use std::io::Read as _;
-        let mut text = String::new();
-        let Ok(mut file) = std::fs::File::open(path) else {
+        let Ok(file) = std::fs::File::open(path) else {
             return ValidatedCache::default();
         };
-        if file.read_to_string(&mut text).is_err() {
+        match ValidatedCache::positions(&file) {
+            Some(Some(entries)) => ValidatedCache {
+                text: None,
+                forms: Arc::new(RememberedForms {
+                    file: Some(file),
+                    entries,
+                }),
+            },
+            Some(None) => ValidatedCache::default(),
+            None => ValidatedCache::scan(file),
+        }
+    }
+
+    /// Where each typed form is, from the list at the end of `file`: `Some(None)` when the file is for another
+    /// schema or typed form, `None` when the list cannot be read (the file is then scanned whole).
+    #[cfg(unix)]
+    fn positions(file: &std::fs::File) -> Option<Option<FormPositions>> {
+        use std::os::unix::fs::FileExt as _;
+        let read_at = |start: u64, len: usize| {
+            let mut bytes = vec![0; len];
+            file.read_exact_at(&mut bytes, start).ok().map(|()| bytes)
+        };
+        let size = file.metadata().ok()?.len();
+        let header = ValidatedCache::header();
+        let first = read_at(0, (header.len() + 1).min(size as usize))?;
+        if first.strip_suffix(b"\n") != Some(header.as_bytes()) {
+            return Some(None);
+        }
+        let tail_len = size.min(64);
+        let tail = read_at(size - tail_len, tail_len as usize)?;
+        let tail = std::str::from_utf8(tail.strip_suffix(b"\n")?).ok()?;
+        let last = tail.rsplit('\n').next()?;
+        let mut words = last.strip_prefix("positions ")?.split(' ');
+        let list_at: u64 = words.next()?.parse().ok()?;
+        let count: usize = words.next()?.parse().ok()?;
+        let list_end = size - last.len() as u64 - 1;
+        let body = (header.len() + 1) as u64;
+        if words.next().is_some() || list_at < body || list_at > list_end {
+            return None;
+        }
+        let list = read_at(list_at, (list_end - list_at) as usize)?;
+        let list = std::str::from_utf8(&list).ok()?;
+        let mut entries = std::collections::HashMap::with_capacity(count);
+        for line in list.lines() {
+            let mut words = line.split(' ');
+            let mut key = [0u8; 32];
+            hex::decode_to_slice(words.next()?, &mut key).ok()?;
+            let start: usize = words.next()?.parse().ok()?;
+            let len: usize = words.next()?.parse().ok()?;
+            if words.next().is_some()
+                || (start as u64) < body
+                || start.checked_add(len)? as u64 > list_at
+            {
+                return None;
+            }
+            entries.insert(key, start..start + len);
+        }
+        (entries.len() == count).then_some(Some(entries))
+    }
+
+    /// Elsewhere the file is read whole.
+    #[cfg(not(unix))]
+    fn positions(_: &std::fs::File) -> Option<Option<FormPositions>> {
+        None
+    }
+
+    /// The cache read whole from `file`, each line taken for what it says.
+    fn scan(mut file: std::fs::File) -> ValidatedCache {
+        use std::io::{Read as _, Seek as _};
+        let mut text = String::new();
+        // From the start, wherever a handle sharing this one's offset left it.
+        if file.rewind().is_err() || file.read_to_string(&mut text).is_err() {
             return ValidatedCache::default();
         }
         let mut entries = std::collections::HashMap::new();
@@ -1130,15 +1207,21 @@ impl ValidatedCache {
         }
         let file = Some(file);
         let forms = Arc::new(RememberedForms { file, entries });
-        ValidatedCache { text, forms }
+        ValidatedCache {
+            text: Some(text),
+            forms,
+        }
     }
 
     /// The typed form remembered for the text with `digest`.
-    fn get(&self, digest: &[u8; 32]) -> Option<&str> {
-        self.forms
-            .entries
-            .get(digest)
-            .and_then(|range| self.text.get(range.clone()))
+    fn get(&self, digest: &[u8; 32]) -> Option<std::borrow::Cow<'_, str>> {
+        match &self.text {
+            Some(text) => {
+                let range = self.forms.entries.get(digest)?;
+                text.get(range.clone()).map(std::borrow::Cow::Borrowed)
+            }
+            None => self.forms.get(digest).map(std::borrow::Cow::Owned),
+        }
     }
 
     /// Replaces the cache at `path` with the entries of this one in `keep`, and `new`; a failure is logged (the
@@ -1151,18 +1234,48 @@ impl ValidatedCache {
     ) {
         use std::io::Write as _;
         let then = "the next start validates them again";
+        // The kept forms come from the text, read whole once when this cache was read by its list.
+        let whole;
+        let this = match &self.text {
+            Some(_) => self,
+            None => match &self.forms.file {
+                Some(file) => match file.try_clone() {
+                    Ok(file) => {
+                        whole = ValidatedCache::scan(file);
+                        &whole
+                    }
+                    Err(_) => self,
+                },
+                None => self,
+            },
+        };
         crate::demo::remember(path, "validated contracts", then, |out| {
-            writeln!(out, "{}", ValidatedCache::header())?;
+            let header = ValidatedCache::header();
+            writeln!(out, "{header}")?;
+            let mut at = header.len() + 1;
+            let mut positions = Vec::with_capacity(keep.len() + new.len());
             let kept = keep
                 .iter()
-                .filter_map(|digest| Some((digest, self.get(digest)?)));
-            for (digest, json) in kept.chain(new.iter().map(|(d, json)| (d, json.as_str()))) {
-                writeln!(out, "{}\t{json}", hex::encode(digest))?;
+                .filter_map(|digest| Some((digest, this.get(digest)?)));
+            let new = new
+                .iter()
+                .map(|(d, json)| (d, std::borrow::Cow::Borrowed(json.as_str())));
+            for (digest, json) in kept.chain(new) {
+                let digest = hex::encode(digest);
+                writeln!(out, "{digest}\t{json}")?;
+                positions.push((digest.clone(), at + digest.len() + 1, json.len()));
+                at += digest.len() + 1 + json.len() + 1;
             }
-            Ok(())
+            for (digest, start, len) in &positions {
+                writeln!(out, "{digest} {start} {len}")?;
+            }
+            writeln!(out, "positions {at} {}", positions.len())
         });
     }
 }
+
+/// Where each remembered typed form is in the cache file, by the digest of its contract's text.
+type FormPositions = std::collections::HashMap<[u8; 32], Range<usize>>;
 
 /// The typed forms of a [`ValidatedCache`] without its text (142 MB for 100,000 contracts): each is read from the
 /// file when a pending version is first read, through the handle the cache was read from — a cache rewritten since
@@ -1170,7 +1283,7 @@ impl ValidatedCache {
 #[derive(Default)]
 struct RememberedForms {
     file: Option<std::fs::File>,
-    entries: std::collections::HashMap<[u8; 32], Range<usize>>,
+    entries: FormPositions,
 }
 
 impl RememberedForms {
@@ -1369,16 +1482,22 @@ mod tests {
 
     /// Edits the typed form `cache` remembers for `text` to name another version.
     fn remember_version(cache: &Path, text: &str, version: &str) {
-        let digest = {
+        let digest: [u8; 32] = {
             use sha2::Digest as _;
-            hex::encode(sha2::Sha256::digest(text.as_bytes()))
+            sha2::Sha256::digest(text.as_bytes()).into()
         };
-        let all = std::fs::read_to_string(cache).unwrap();
-        let (_, rest) = all.split_once(&format!("{digest}\t")).unwrap();
-        let json = rest.lines().next().unwrap();
-        let mut typed: serde_json::Value = serde_json::from_str(json).unwrap();
+        let remembered = ValidatedCache::read(cache);
+        let mut typed: serde_json::Value =
+            serde_json::from_str(&remembered.get(&digest).unwrap()).unwrap();
         typed["version"] = version.into();
-        std::fs::write(cache, all.replace(json, &typed.to_string())).unwrap();
+        let keep = remembered
+            .forms
+            .entries
+            .keys()
+            .filter(|d| **d != digest)
+            .copied()
+            .collect();
+        remembered.write(cache, &keep, &[(digest, typed.to_string())]);
     }
 
     #[test]
@@ -1421,6 +1540,45 @@ mod tests {
             crate::demo::CONTRACTS.len() + 1,
             "every valid text, never the invalid one"
         );
+        // The forms are found by the list at the end of the file, which is not read whole; a file whose list does
+        // not read is scanned whole instead, and finds the same forms.
+        #[cfg(unix)]
+        assert!(remembered.text.is_none());
+        let scanned = ValidatedCache::scan(std::fs::File::open(&cache).unwrap());
+        assert!(scanned.text.is_some());
+        assert_eq!(scanned.forms.entries, remembered.forms.entries);
+        for digest in remembered.forms.entries.keys() {
+            assert_eq!(remembered.get(digest), scanned.get(digest));
+        }
+        let text = std::fs::read_to_string(&cache).unwrap();
+        let (body, last) = text.trim_end().rsplit_once('\n').unwrap();
+        let count = remembered.forms.entries.len();
+        let list_at = last
+            .strip_prefix("positions ")
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        for broken in [
+            format!("{body}\n"),
+            format!("{body}\npositions {list_at} {}\n", count + 1),
+            format!("{body}\npositions 3 {count}\n"),
+            format!("{body}\npositions {} {count}\n", text.len() * 2),
+        ] {
+            std::fs::write(&cache, &broken).unwrap();
+            let read = ValidatedCache::read(&cache);
+            assert!(read.text.is_some(), "{broken:?} is scanned");
+            assert_eq!(read.forms.entries, remembered.forms.entries);
+        }
+        // The next load rewrites a cache it had to scan, with a list.
+        ContractStore::load_cached(&contracts, Some(&cache));
+        #[cfg(unix)]
+        assert!(ValidatedCache::read(&cache).text.is_none());
+        let rewritten = ValidatedCache::read(&cache);
+        assert_eq!(rewritten.forms.entries.len(), count);
+        for digest in remembered.forms.entries.keys() {
+            assert_eq!(rewritten.get(digest), remembered.get(digest));
+        }
 
         // Read back, not validated again: a remembered typed form is what loads (the cache is trusted as the data
         // dir is) ...
