@@ -1156,7 +1156,8 @@ impl ValidatedCache {
         }
         let list = read_at(list_at, (list_end - list_at) as usize)?;
         let list = std::str::from_utf8(&list).ok()?;
-        let mut entries = std::collections::HashMap::with_capacity(count);
+        // Room for what the list can hold (an entry's line is at least 69 bytes), whatever its last line claims.
+        let mut entries = std::collections::HashMap::with_capacity(count.min(list.len() / 69));
         for line in list.lines() {
             let mut words = line.split(' ');
             let mut key = [0u8; 32];
