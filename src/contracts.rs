@@ -1236,20 +1236,11 @@ impl ValidatedCache {
         use std::io::Write as _;
         let then = "the next start validates them again";
         // The kept forms come from the text, read whole once when this cache was read by its list.
-        let whole;
-        let this = match &self.text {
-            Some(_) => self,
-            None => match &self.forms.file {
-                Some(file) => match file.try_clone() {
-                    Ok(file) => {
-                        whole = ValidatedCache::scan(file);
-                        &whole
-                    }
-                    Err(_) => self,
-                },
-                None => self,
-            },
+        let whole = match (&self.text, &self.forms.file) {
+            (None, Some(file)) => file.try_clone().ok().map(ValidatedCache::scan),
+            _ => None,
         };
+        let this = whole.as_ref().unwrap_or(self);
         crate::demo::remember(path, "validated contracts", then, |out| {
             let header = ValidatedCache::header();
             writeln!(out, "{header}")?;
