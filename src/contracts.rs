@@ -1084,7 +1084,8 @@ impl FileIndex {
 /// Layout: the first line, a line `<digest>\t<typed form>` per contract, then where each typed form is (a line
 /// `<digest> <start> <length>` each, no tab) and a last line `positions <where that list starts> <entries>`. A
 /// load reads the list and the forms only when they are needed (a restart on 100,000 contracts would otherwise
-/// read 142 MB before its first answer); a file whose list does not read is scanned whole instead.
+/// read 142 MB before its first answer); a file whose list does not read is scanned whole instead, and a form read
+/// by its position must be on its digest's own line, else its contract is validated again.
 #[derive(Default)]
 struct ValidatedCache {
     /// The file's text, when it was read whole (a file without a readable list, or not on unix); else the forms
@@ -1279,16 +1280,24 @@ struct RememberedForms {
 }
 
 impl RememberedForms {
-    /// The typed form remembered for the text with `digest`; `None` when it cannot be read back.
+    /// The typed form remembered for the text with `digest`; `None` when it cannot be read back. The whole line is
+    /// read and must be the one written for `digest` (the digest, a tab, the form, a newline): positions that point
+    /// elsewhere — a damaged list, two entries swapped — read as no form, and the contract is validated again.
     #[cfg(unix)]
     fn get(&self, digest: &[u8; 32]) -> Option<String> {
         use std::os::unix::fs::FileExt as _;
         let range = self.entries.get(digest)?;
-        let mut bytes = vec![0; range.len()];
+        let prefix = format!("{}\t", hex::encode(digest));
+        let start = range.start.checked_sub(prefix.len())?;
+        let mut bytes = vec![0; prefix.len() + range.len() + 1];
         self.file
             .as_ref()?
-            .read_exact_at(&mut bytes, range.start as u64)
+            .read_exact_at(&mut bytes, start as u64)
             .ok()?;
+        if !bytes.starts_with(prefix.as_bytes()) || bytes.pop() != Some(b'\n') {
+            return None;
+        }
+        bytes.drain(..prefix.len());
         String::from_utf8(bytes).ok()
     }
 
@@ -1570,6 +1579,44 @@ mod tests {
         assert_eq!(rewritten.forms.entries.len(), count);
         for digest in remembered.forms.entries.keys() {
             assert_eq!(rewritten.get(digest), remembered.get(digest));
+        }
+        // A list whose entries point at another entry's form (two swapped) reads neither: both are validated again.
+        #[cfg(unix)]
+        {
+            let text = std::fs::read_to_string(&cache).unwrap();
+            let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+            let listed: Vec<usize> = (0..lines.len())
+                .filter(|&i| !lines[i].contains('\t') && lines[i].split(' ').count() == 3)
+                .filter(|&i| lines[i].len() > 64 && lines[i].as_bytes()[64] == b' ')
+                .collect();
+            let (a, b) = (listed[0], listed[1]);
+            let (da, pa) = lines[a].split_at(64);
+            let (db, pb) = lines[b].split_at(64);
+            let (da, pa, db, pb) = (
+                da.to_string(),
+                pa.to_string(),
+                db.to_string(),
+                pb.to_string(),
+            );
+            lines[a] = format!("{da}{pb}");
+            lines[b] = format!("{db}{pa}");
+            std::fs::write(&cache, lines.join("\n") + "\n").unwrap();
+            let swapped = ValidatedCache::read(&cache);
+            assert!(swapped.text.is_none(), "the list still reads");
+            let unread: Vec<_> = remembered
+                .forms
+                .entries
+                .keys()
+                .filter(|d| swapped.get(d).is_none())
+                .map(hex::encode)
+                .collect();
+            let mut expected = vec![da, db];
+            let mut unread = unread;
+            unread.sort();
+            expected.sort();
+            assert_eq!(unread, expected);
+            let cached = ContractStore::load_cached(&contracts, Some(&cache));
+            assert_eq!(contents(&cached), contents(&plain));
         }
 
         // Read back, not validated again: a remembered typed form is what loads (the cache is trusted as the data
