@@ -812,6 +812,15 @@ impl Lakehouse {
 
     /// Policy facts of a table known to exist (e.g. from [`Lakehouse::list_tables`]).
     pub fn facts_of_listed(&self, table: &TableName) -> TableFacts {
+        self.facts_and_contract(table).0
+    }
+
+    /// [`Lakehouse::facts_of_listed`] with the contract in force they were taken from (one lookup: a reload in
+    /// between cannot pair one version's facts with another's text).
+    pub fn facts_and_contract(
+        &self,
+        table: &TableName,
+    ) -> (TableFacts, Option<Arc<LoadedContract>>) {
         let contract = self.contract(table);
         let mut facts = table_facts(
             &table.namespace_str(),
@@ -832,7 +841,7 @@ impl Lakehouse {
             .to_string();
             facts.quality_breaches = breaches;
         }
-        facts
+        (facts, contract)
     }
 
     /// Applies `f` to each table's cached metadata in place (no clone), for listings: one lock for the page. Past

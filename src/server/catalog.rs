@@ -793,7 +793,7 @@ impl ParleyServer {
             .await?;
         let lakehouse = &self.app.lakehouse;
         let table = lakehouse.load(&name).await.map_err(internal)?;
-        let loaded = lakehouse.contract(&name);
+        let (facts, loaded) = lakehouse.facts_and_contract(&name);
         let contract = loaded.as_deref().map(|c| &c.contract);
         let meta = table.metadata();
         let schema = meta.current_schema();
@@ -837,15 +837,13 @@ impl ParleyServer {
             snapshots.drain(..snapshot_count.saturating_sub(SUMMARY_SNAPSHOTS));
         }
         let owner = checked
-            .peek(
-                Action::DecideRequest,
-                &Resource::Table(lakehouse.facts_of_listed(&name)),
-            )
+            .peek(Action::DecideRequest, &Resource::Table(facts))
             .allowed();
         let quality = self
             .quality_of(&name, &table, QUALITY_WAIT, owner)
             .await
             .map(|q| if args.full { q } else { q.summary() });
+        // Taken again: the quality just judged is one of the facts that decide `can_query`.
         let facts = lakehouse.facts_of_listed(&name);
         let drift = contract
             .map(|c| crate::compat::contract_drift(c, schema))
@@ -890,17 +888,15 @@ impl ParleyServer {
                 "Ask the table's owner for access to its contract.",
             )
             .await?;
-        let Some(loaded) = self.app.lakehouse.contract(&name) else {
+        let (facts, loaded) = self.app.lakehouse.facts_and_contract(&name);
+        let Some(loaded) = loaded else {
             return Err(ToolError::BadRequest(format!(
                 "table {name} has no valid data contract, so it is treated as unclassified (personal data assumed). \
                  Ask the table's owner to publish one."
             )));
         };
         let owner = checked
-            .peek(
-                Action::DecideRequest,
-                &Resource::Table(self.app.lakehouse.facts_of_listed(&name)),
-            )
+            .peek(Action::DecideRequest, &Resource::Table(facts))
             .allowed();
         let quality = match self.app.lakehouse.load(&name).await {
             Ok(table) => self.quality_of(&name, &table, QUALITY_WAIT, owner).await,
@@ -1108,13 +1104,13 @@ fn decide_by_policy(
     let mut visible = Vec::new();
     for position in range {
         let name = &names[position];
-        let resource = Resource::Table(lakehouse.facts_of_listed(name));
+        let (facts, loaded) = lakehouse.facts_and_contract(name);
+        let resource = Resource::Table(facts);
         if !peeker.peek(Action::Discover, &resource).allowed() {
             continue;
         }
         let table = name.to_string();
         let mut haystack = table.clone();
-        let loaded = lakehouse.contract(name);
         let contract = loaded.as_deref().map(|c| &c.contract);
         if let Some(c) = contract {
             let purpose = c.description.as_ref().and_then(|d| d.purpose.as_deref());

@@ -403,12 +403,12 @@ impl ParleyServer {
         for t in &args.tables {
             // Discovery is required (an undiscoverable table does not exist for the caller).
             let name = self.table_for(checked, t, Action::Discover, "").await?;
-            let facts = self.app.lakehouse.facts_of_listed(&name);
+            let (facts, contract) = self.app.lakehouse.facts_and_contract(&name);
             eligible &= checked
                 .peek(Action::RequestAccess, &Resource::Table(facts.clone()))
                 .allowed();
             facts_of.push((name.to_string(), facts));
-            if let Some(c) = self.app.lakehouse.contract(&name) {
+            if let Some(c) = contract {
                 contracts.push((name.to_string(), c.contract.clone()));
             }
             tables.push(name);

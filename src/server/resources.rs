@@ -63,10 +63,11 @@ impl ParleyServer {
             .run(&principal, "resources/list", None, async |c| {
                 let mut shown = Vec::new();
                 for name in lakehouse.list_tables().await.map_err(internal)?.iter() {
-                    let resource = Resource::Table(lakehouse.facts_of_listed(name));
+                    let (facts, contract) = lakehouse.facts_and_contract(name);
+                    let resource = Resource::Table(facts);
                     let visible = c.peek(Action::Discover, &resource).allowed()
                         && c.peek(Action::ReadContract, &resource).allowed();
-                    if visible && lakehouse.contract(name).is_some() {
+                    if visible && contract.is_some() {
                         shown.push(name.clone());
                     }
                 }
