@@ -25,6 +25,7 @@ pub mod commit;
 pub mod federation;
 pub mod open;
 pub mod refresh;
+pub mod storage;
 use crate::policy::TableFacts;
 
 /// A table name as agents write it: `namespace.table` (nested namespaces dot-joined).

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use iceberg::{Catalog, CatalogBuilder};
 use iceberg_catalog_rest::RestCatalogBuilder;
 use iceberg_catalog_sql::{SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlCatalogBuilder};
-use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
 
 use super::CatalogError;
 use super::federation::Federation;
@@ -77,8 +76,9 @@ pub fn effective(config: &Config, dir: &DataDir) -> Vec<CatalogSettings> {
 /// Where table files are read: local files, S3 and S3-compatible stores (the scheme of each path decides), with
 /// the catalog's storage properties (`s3.endpoint`, `s3.region`, `s3.access-key-id`, `s3.path-style-access`, ...)
 /// merged with what a REST catalog's `/v1/config` and each table's load answer (vended credentials).
+/// Local files are read with buffers of their own size (see [`super::storage`]).
 fn storage() -> Arc<dyn iceberg::io::StorageFactory> {
-    Arc::new(OpenDalResolvingStorageFactory::new())
+    Arc::new(super::storage::LocalReadsFactory::default())
 }
 
 /// Opens one catalog. REST catalogs are reached lazily (their `/v1/config` on first use); see [`probe`].
