@@ -26,7 +26,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite};
 
 use crate::catalog::TableName;
-use crate::negotiation::store::{Event, EventKind, NegotiationStore, StoreError, StoredRequest};
+use crate::negotiation::store::{
+    Event, EventKind, NegotiationStore, Reserved, StoreError, StoredRequest,
+};
 use crate::negotiation::{AccessRequest, Grant, GrantRecord, Outcome, State, Terms, Usage};
 
 /// Migrations embedded at build time from `migrations/` (the same files serve PostgreSQL).
@@ -772,38 +774,67 @@ impl NegotiationStore for SqliteStore {
         grant_id: &str,
         max_queries: Option<u64>,
         max_rows: Option<u64>,
-    ) -> Result<Option<Usage>, StoreError> {
-        let max_queries = max_queries.map(|m| to_i64(m, "quota")).transpose()?;
-        let max_rows = max_rows.map(|m| to_i64(m, "quota")).transpose()?;
-        // The quota check is in the UPDATE's WHERE clause, so check and count are one atomic step.
-        let totals = sqlx::query::<Sqlite>(&numbered(
-            "UPDATE access_grants SET used_queries = used_queries + 1 \
-             WHERE id = ? AND (? IS NULL OR used_queries < ?) AND (? IS NULL OR used_rows < ?) \
-             RETURNING used_queries, used_rows",
-        ))
-        .bind(grant_id)
-        .bind(max_queries)
-        .bind(max_queries)
-        .bind(max_rows)
-        .bind(max_rows)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("reserving a query on a grant"))?;
-        totals
-            .first()
-            .map(|row| {
-                Ok(Usage {
-                    queries: from_i64(col(row, "used_queries")?, "grant", grant_id)?,
-                    rows: from_i64(col(row, "used_rows")?, "grant", grant_id)?,
-                })
-            })
-            .transpose()
+        want_rows: u64,
+    ) -> Result<Option<Reserved>, StoreError> {
+        // Read the totals, then count on them only if they are still those totals (compare and swap): the check,
+        // the count and the rows reserved are one atomic step, whatever ran in between.
+        for _ in 0..64 {
+            let rows = sqlx::query::<Sqlite>(&numbered(
+                "SELECT used_queries, used_rows FROM access_grants WHERE id = ?",
+            ))
+            .bind(grant_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading a grant's usage"))?;
+            let Some(row) = rows.first() else {
+                return Ok(None);
+            };
+            let queries = from_i64(col(row, "used_queries")?, "grant", grant_id)?;
+            let used = from_i64(col(row, "used_rows")?, "grant", grant_id)?;
+            if max_queries.is_some_and(|m| queries >= m) || max_rows.is_some_and(|m| used >= m) {
+                return Ok(None);
+            }
+            let take = max_rows.map(|m| want_rows.min(m - used));
+            let counted = sqlx::query::<Sqlite>(&numbered(
+                "UPDATE access_grants SET used_queries = used_queries + 1, used_rows = used_rows + ? \
+                 WHERE id = ? AND used_queries = ? AND used_rows = ?",
+            ))
+            .bind(to_i64(take.unwrap_or(0), "usage")?)
+            .bind(grant_id)
+            .bind(to_i64(queries, "usage")?)
+            .bind(to_i64(used, "usage")?)
+            .execute(&self.pool)
+            .await
+            .map_err(db("reserving a query on a grant"))?;
+            if counted.rows_affected() == 1 {
+                return Ok(Some(Reserved {
+                    usage: Usage {
+                        queries: queries + 1,
+                        rows: used + take.unwrap_or(0),
+                    },
+                    rows: take,
+                }));
+            }
+        }
+        Err(StoreError::Database {
+            context: "reserving a query on a grant",
+            source: "its usage kept changing under other queries; try again".into(),
+        })
     }
 
-    async fn add_rows(&self, grant_id: &str, rows: u64) -> Result<Usage, StoreError> {
-        let rows = to_i64(rows, "usage")?;
-        let totals = sqlx::query::<Sqlite>(&numbered("UPDATE access_grants SET used_rows = used_rows + ? WHERE id = ? RETURNING used_queries, used_rows"))
-        .bind(rows)
+    async fn settle_rows(
+        &self,
+        grant_id: &str,
+        reserved: u64,
+        returned: u64,
+    ) -> Result<Usage, StoreError> {
+        let (reserved, returned) = (to_i64(reserved, "usage")?, to_i64(returned, "usage")?);
+        let totals = sqlx::query::<Sqlite>(&numbered(
+            "UPDATE access_grants SET used_rows = MAX(used_rows - ? + ?, 0) WHERE id = ? \
+             RETURNING used_queries, used_rows",
+        ))
+        .bind(reserved)
+        .bind(returned)
         .bind(grant_id)
         .fetch_all(&self.pool)
         .await
@@ -1206,10 +1237,11 @@ mod tests {
             let store = Arc::clone(&store);
             let id = g.id().to_string();
             tasks.spawn(async move {
-                let counted = store.reserve_query(&id, None, None).await.unwrap();
-                assert!(counted.is_some(), "no quota: every query is counted");
-                store.add_rows(&id, i).await.unwrap();
-                counted.unwrap()
+                let counted = store.reserve_query(&id, None, None, 100).await.unwrap();
+                let counted = counted.expect("no quota: every query is counted");
+                assert_eq!(counted.rows, None, "no row quota, nothing reserved");
+                store.settle_rows(&id, 0, i).await.unwrap();
+                counted.usage
             });
         }
         let mut seen_queries = Vec::new();
@@ -1228,8 +1260,52 @@ mod tests {
             }
         );
 
-        let err = store.add_rows("grant-404", 1).await.unwrap_err();
+        let err = store.settle_rows("grant-404", 0, 1).await.unwrap_err();
         assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    }
+
+    /// A row quota is reserved before a query runs: concurrent queries share what is left and never together
+    /// return more; rows a query did not return are given back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_row_reservations_never_overshoot_a_row_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(&dir).await);
+        let g = grant("req-r", "ana", Utc::now() + TimeDelta::days(1));
+        store.save_grant(&g).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..12 {
+            let (store, id) = (store.clone(), g.id().to_string());
+            tasks.spawn(async move { store.reserve_query(&id, None, Some(50), 10).await.unwrap() });
+        }
+        let mut reserved = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            if let Some(r) = r.unwrap() {
+                reserved.push(r.rows.unwrap());
+            }
+        }
+        assert_eq!(reserved.iter().sum::<u64>(), 50, "{reserved:?}");
+        assert!(
+            reserved.iter().all(|r| (1..=10).contains(r)),
+            "{reserved:?}"
+        );
+        assert!(
+            store
+                .reserve_query(g.id(), None, Some(50), 10)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // One query returned 4 of its 10 rows, another none: 16 rows come back.
+        store.settle_rows(g.id(), 10, 4).await.unwrap();
+        let usage = store.settle_rows(g.id(), 10, 0).await.unwrap();
+        assert_eq!(usage.rows, 34);
+        let next = store
+            .reserve_query(g.id(), None, Some(50), 100)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.rows, Some(16));
+        assert_eq!(next.usage.rows, 50);
     }
 
     #[tokio::test]
@@ -1243,7 +1319,7 @@ mod tests {
             let (store, id) = (store.clone(), grant.id().to_string());
             tasks.push(tokio::spawn(async move {
                 store
-                    .reserve_query(&id, Some(5), None)
+                    .reserve_query(&id, Some(5), None, 1)
                     .await
                     .unwrap()
                     .is_some()
@@ -1254,17 +1330,17 @@ mod tests {
             counted += t.await.unwrap() as usize;
         }
         assert_eq!(counted, 5);
-        assert_eq!(store.add_rows(grant.id(), 7).await.unwrap().rows, 7);
+        assert_eq!(store.settle_rows(grant.id(), 0, 7).await.unwrap().rows, 7);
         assert!(
             store
-                .reserve_query(grant.id(), None, Some(7))
+                .reserve_query(grant.id(), None, Some(7), 1)
                 .await
                 .unwrap()
                 .is_none()
         );
         assert!(
             store
-                .reserve_query(grant.id(), None, Some(8))
+                .reserve_query(grant.id(), None, Some(8), 1)
                 .await
                 .unwrap()
                 .is_some()

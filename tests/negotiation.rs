@@ -492,6 +492,97 @@ async fn sql_cannot_get_around_a_grant() {
     analyst.cancel().await.unwrap();
 }
 
+/// A row quota bounds the rows every query under the grant returns together: each query is capped at what is
+/// left (reserved before it runs, so concurrent queries share it), a failed query gives its reservation back,
+/// and once the rows are used the grant refuses further queries. Checked against the rows the table holds.
+#[tokio::test]
+async fn a_row_quota_bounds_the_rows_all_queries_return_together() {
+    let lake = Lake::new();
+    let analyst = lake.connect("analyst", &[]).await;
+    let owner = lake.connect("sales-owner", &[]).await;
+    let asked = request(
+        &analyst,
+        json!({"tables": ["sales.orders"], "purpose": "pricing_research"}),
+    )
+    .await;
+    ok(&call(
+        &owner,
+        "decide_request",
+        json!({"request_id": asked["request_id"], "approve": true, "reason": "five rows", "max_rows": 5}),
+    )
+    .await);
+    let grant = ok(&call(
+        &analyst,
+        "access_status",
+        json!({"request_id": asked["request_id"]}),
+    )
+    .await)["grant_id"]
+        .clone();
+    let usage = |analyst: &rmcp::Peer<rmcp::RoleClient>| {
+        let (analyst, grant) = (analyst.clone(), grant.clone());
+        async move {
+            let mine = ok(&call(&analyst, "my_grants", json!({})).await);
+            mine["grants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|g| g["grant_id"] == grant)
+                .unwrap()["usage"]
+                .clone()
+        }
+    };
+    // The table holds far more than five rows.
+    let all = ok(&call(
+        &analyst,
+        "query",
+        json!({"sql": "SELECT count(*) AS n FROM sales.orders", "grant_id": grant}),
+    )
+    .await);
+    assert!(all["rows"][0][0].as_i64().unwrap() > 100, "{all}");
+    assert_eq!(usage(&analyst).await["rows"], 1);
+    // A query that fails returns no rows and keeps none of the quota.
+    let e = err(&call(
+        &analyst,
+        "query",
+        json!({"sql": "SELECT CAST(customer_id AS INT) / 0 FROM sales.orders", "grant_id": grant, "max_rows": 1000}),
+    )
+    .await);
+    assert!(e.to_lowercase().contains("zero"), "{e}");
+    assert_eq!(usage(&analyst).await["rows"], 1);
+    // Asking for a thousand rows returns what is left of the quota, saying why.
+    let one = ok(&call(
+        &analyst,
+        "query",
+        json!({"sql": "SELECT order_id FROM sales.orders ORDER BY order_id", "grant_id": grant, "max_rows": 2}),
+    )
+    .await);
+    assert_eq!(one["rows"].as_array().unwrap().len(), 2);
+    let sql =
+        json!({"sql": "SELECT order_id FROM sales.orders", "grant_id": grant, "max_rows": 1000});
+    let together =
+        futures::future::join_all((0..4).map(|_| call(&analyst, "query", sql.clone()))).await;
+    let mut returned = 0;
+    for r in &together {
+        if r.is_error != Some(true) {
+            let r = ok(r);
+            returned += r["rows"].as_array().unwrap().len();
+            assert!(
+                r["truncated_by"].as_str().unwrap().contains("row quota"),
+                "{r}"
+            );
+        }
+    }
+    assert_eq!(
+        returned, 2,
+        "concurrent queries together return only what was left"
+    );
+    assert_eq!(usage(&analyst).await["rows"], 5);
+    let e = err(&call(&analyst, "query", sql.clone()).await);
+    assert!(e.contains("quota exceeded") && e.contains("rows"), "{e}");
+    analyst.cancel().await.unwrap();
+    owner.cancel().await.unwrap();
+}
+
 #[tokio::test]
 async fn quotas_and_expiry_set_by_the_approver_are_enforced() {
     let lake = Lake::new();

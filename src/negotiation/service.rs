@@ -303,17 +303,24 @@ impl<'a> Negotiations<'a> {
         Ok(offer.stored)
     }
 
-    /// A query under `grant` is about to run: it is counted against the grant's quotas in one atomic step, so
-    /// concurrent queries cannot overshoot them. `Err(Unusable::QuotaUsed)` when a quota is used up (nothing is
-    /// counted), saying which from the grant as it stands now.
-    pub async fn start_query(&self, grant: &Grant) -> Result<Result<(), Unusable>, FlowError> {
+    /// A query under `grant` that may return up to `want_rows` rows is about to run: it is counted against the
+    /// grant's quotas in one atomic step, and under a `max_rows` quota the rows it may return are reserved, so
+    /// concurrent queries cannot overshoot them. `Ok` with the rows reserved (the query returns at most those;
+    /// `None` without a row quota), settled by [`Negotiations::end_query`] or given back by
+    /// [`Negotiations::release_rows`]. `Err(Unusable::QuotaUsed)` when a quota is used up (nothing is counted),
+    /// saying which from the grant as it stands now.
+    pub async fn start_query(
+        &self,
+        grant: &Grant,
+        want_rows: u64,
+    ) -> Result<Result<Option<u64>, Unusable>, FlowError> {
         let terms = grant.terms();
         let counted = self
             .store
-            .reserve_query(grant.id(), terms.max_queries, terms.max_rows)
+            .reserve_query(grant.id(), terms.max_queries, terms.max_rows, want_rows)
             .await?;
-        if counted.is_some() {
-            return Ok(Ok(()));
+        if let Some(counted) = counted {
+            return Ok(Ok(counted.rows));
         }
         let now = self.store.get_grant(grant.id()).await?;
         let why = now
@@ -324,23 +331,44 @@ impl<'a> Negotiations<'a> {
         Ok(Err(Unusable::QuotaUsed(why)))
     }
 
-    /// A query under `grant` ran and would return `rows`: a revocation or an expiry that happened meanwhile wins
-    /// (`Err(Unusable::Revoked | Expired)`, and no row may leave); otherwise the rows are counted and the grant's
-    /// usage returned.
+    /// A query under `grant` that reserved `reserved` rows ([`Negotiations::start_query`]) ran and would return
+    /// `rows`: a revocation or an expiry that happened meanwhile wins (`Err(Unusable::Revoked | Expired)`, no row
+    /// may leave, and the reserved rows are given back); otherwise the rows are counted in place of the
+    /// reservation and the grant's usage returned.
     pub async fn end_query(
         &self,
         grant: &Grant,
+        reserved: Option<u64>,
         rows: u64,
     ) -> Result<Result<Usage, Unusable>, FlowError> {
-        match self.store.get_grant(grant.id()).await? {
-            Some(now) if now.revoked_at().is_some() => return Ok(Err(Unusable::Revoked)),
-            Some(now) if !now.is_live(self.now) => {
-                return Ok(Err(Unusable::Expired(now.terms().expires_at)));
-            }
-            Some(_) => {}
-            None => return Ok(Err(Unusable::Revoked)),
+        let unusable = match self.store.get_grant(grant.id()).await? {
+            Some(now) if now.revoked_at().is_some() => Some(Unusable::Revoked),
+            Some(now) if !now.is_live(self.now) => Some(Unusable::Expired(now.terms().expires_at)),
+            Some(_) => None,
+            None => Some(Unusable::Revoked),
+        };
+        if let Some(unusable) = unusable {
+            self.release_rows(grant, reserved).await?;
+            return Ok(Err(unusable));
         }
-        Ok(Ok(self.store.add_rows(grant.id(), rows).await?))
+        // Never more than reserved: the query was run with the reservation as its row cap.
+        let rows = reserved.map_or(rows, |r| rows.min(r));
+        Ok(Ok(self
+            .store
+            .settle_rows(grant.id(), reserved.unwrap_or(0), rows)
+            .await?))
+    }
+
+    /// Gives back the rows a query reserved and did not return (it failed, or was cancelled).
+    pub async fn release_rows(
+        &self,
+        grant: &Grant,
+        reserved: Option<u64>,
+    ) -> Result<(), FlowError> {
+        if let Some(reserved) = reserved.filter(|r| *r > 0) {
+            self.store.settle_rows(grant.id(), reserved, 0).await?;
+        }
+        Ok(())
     }
 
     /// Revokes grant `id` (the caller's right to was decided by the gate).
@@ -604,11 +632,11 @@ mod tests {
         let flows = Negotiations::new(&store, &NoContracts, now);
         let grant = flows.grant(&request, terms, vec![]).await.unwrap();
 
-        assert_eq!(flows.start_query(&grant).await.unwrap(), Ok(()));
-        let usage = flows.end_query(&grant, 7).await.unwrap().unwrap();
+        assert_eq!(flows.start_query(&grant, 10).await.unwrap(), Ok(None));
+        let usage = flows.end_query(&grant, None, 7).await.unwrap().unwrap();
         assert_eq!((usage.queries, usage.rows), (1, 7));
         // The quota is used: refused, saying which, and nothing more is counted.
-        let Err(Unusable::QuotaUsed(why)) = flows.start_query(&grant).await.unwrap() else {
+        let Err(Unusable::QuotaUsed(why)) = flows.start_query(&grant, 10).await.unwrap() else {
             panic!("a second query passed a one-query quota");
         };
         assert!(why.contains("allows 1 queries"), "{why}");
@@ -621,7 +649,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            flows.end_query(&grant, 5).await.unwrap(),
+            flows.end_query(&grant, None, 5).await.unwrap(),
             Err(Unusable::Revoked)
         );
         // Ended while a query ran: the same, seen from a clock past the term.
@@ -644,7 +672,7 @@ mod tests {
         };
         let g2 = flows.grant(&request2, terms2, vec![]).await.unwrap();
         assert!(matches!(
-            later.end_query(&g2, 1).await.unwrap(),
+            later.end_query(&g2, None, 1).await.unwrap(),
             Err(Unusable::Expired(_))
         ));
         assert_eq!(

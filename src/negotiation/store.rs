@@ -13,6 +13,15 @@ use serde::{Deserialize, Serialize};
 
 use super::{AccessRequest, Grant, Outcome, State, Usage};
 
+/// A query counted on a grant by [`NegotiationStore::reserve_query`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reserved {
+    /// The grant's totals with this query counted (its reserved rows among them).
+    pub usage: Usage,
+    /// Under a `max_rows` quota, the rows this query may return, already counted; `None` without one.
+    pub rows: Option<u64>,
+}
+
 /// A backend's own error (a database driver's), kept as the cause of a [`StoreError`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -264,17 +273,26 @@ pub trait NegotiationStore: Send + Sync {
     /// revoked. Fails with [`StoreError::AlreadyRevoked`] if it was.
     async fn revoke_grant(&self, id: &str, by: &str, why: &str) -> Result<(), StoreError>;
 
-    /// Counts one query on a grant if its quotas allow it, in one atomic step: `Some(totals)` when counted,
-    /// `None` when `max_queries` or `max_rows` is already used up. Concurrent callers never overshoot a quota.
+    /// Counts one query on a grant if its quotas allow it, and under a `max_rows` quota reserves the rows it may
+    /// return (`want_rows`, or what is left), in one atomic step: `Some` with the totals and the rows reserved
+    /// (`None` without a row quota) when counted, `None` when `max_queries` or `max_rows` is already used up.
+    /// Concurrent callers never overshoot a quota.
     async fn reserve_query(
         &self,
         grant_id: &str,
         max_queries: Option<u64>,
         max_rows: Option<u64>,
-    ) -> Result<Option<Usage>, StoreError>;
+        want_rows: u64,
+    ) -> Result<Option<Reserved>, StoreError>;
 
-    /// Adds rows returned under a grant (after a query that [`NegotiationStore::reserve_query`] counted).
-    async fn add_rows(&self, grant_id: &str, rows: u64) -> Result<Usage, StoreError>;
+    /// Settles a query [`NegotiationStore::reserve_query`] counted: `reserved` rows (0 without a row quota) give
+    /// way to the `returned` rows (at most `reserved` under a quota; 0 when none left).
+    async fn settle_rows(
+        &self,
+        grant_id: &str,
+        reserved: u64,
+        returned: u64,
+    ) -> Result<Usage, StoreError>;
 
     /// The history of a request or grant, oldest first.
     async fn events(&self, subject_id: &str) -> Result<Vec<Event>, StoreError>;

@@ -27,6 +27,30 @@ pub struct QueryArgs {
     pub max_bytes: Option<u32>,
 }
 
+/// Rows reserved for a query under a grant's row quota ([`crate::negotiation::service::Negotiations::start_query`]),
+/// given back if the query ends without settling them: it failed, or its caller went away.
+struct RowsHeld {
+    store: std::sync::Arc<dyn crate::negotiation::store::NegotiationStore>,
+    grant: String,
+    rows: Option<u64>,
+}
+
+impl Drop for RowsHeld {
+    fn drop(&mut self) {
+        let Some(rows) = self.rows.take().filter(|r| *r > 0) else {
+            return;
+        };
+        let (store, grant) = (self.store.clone(), std::mem::take(&mut self.grant));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = store.settle_rows(&grant, rows, 0).await {
+                    tracing::warn!(%grant, "cannot give back {rows} reserved rows: {e}");
+                }
+            });
+        }
+    }
+}
+
 /// What a reply spends besides its rows (column names, the summary line, structured fields).
 const REPLY_OVERHEAD: usize = 1536;
 
@@ -294,14 +318,30 @@ impl ParleyServer {
                 source: TableSource::Iceberg(table),
             });
         }
-        if let Some(g) = &grant
-            && let Err(used) = self.flows().start_query(g).await?
-        {
-            let why = match used {
-                crate::negotiation::Unusable::QuotaUsed(why) => why,
-                _ => format!("grant {} has no quota left", g.id()),
-            };
-            return Err(ToolError::Limit(format!("quota exceeded: {why}")));
+        // Under a grant the query is counted before it runs, and under a row quota it runs capped at the rows
+        // reserved for it; rows it does not return are given back (`held`, also when it fails or is cancelled).
+        let mut max_rows = max_rows;
+        let mut held = None;
+        if let Some(g) = &grant {
+            match self.flows().start_query(g, max_rows as u64).await? {
+                Ok(rows) => {
+                    if let Some(r) = rows {
+                        max_rows = max_rows.min(usize::try_from(r).unwrap_or(usize::MAX));
+                    }
+                    held = Some(RowsHeld {
+                        store: self.app.store.clone(),
+                        grant: g.id().to_string(),
+                        rows,
+                    });
+                }
+                Err(used) => {
+                    let why = match used {
+                        crate::negotiation::Unusable::QuotaUsed(why) => why,
+                        _ => format!("grant {} has no quota left", g.id()),
+                    };
+                    return Err(ToolError::Limit(format!("quota exceeded: {why}")));
+                }
+            }
         }
         progress.report(2, 3, "running the query".to_string()).await;
         let result = crate::query::execute(
@@ -329,9 +369,28 @@ impl ParleyServer {
                 )),
                 (e, _) => e,
             })?;
+        let mut result = result;
         if let Some(g) = &grant {
+            let reserved = held.take().and_then(|mut h| h.rows.take());
+            if let Some(r) = reserved
+                && result.truncated
+                && result.truncated_by.as_deref() == Some("max_rows")
+                && usize::try_from(r).is_ok_and(|r| r == max_rows)
+            {
+                result.truncated_by = Some(format!(
+                    "grant {}'s row quota ({} row{} left of {})",
+                    g.id(),
+                    r,
+                    if r == 1 { "" } else { "s" },
+                    g.terms().max_rows.unwrap_or(r)
+                ));
+            }
             // A revocation acknowledged while the query ran wins: no rows leave after it.
-            let usage = match self.flows().end_query(g, result.row_count as u64).await? {
+            let usage = match self
+                .flows()
+                .end_query(g, reserved, result.row_count as u64)
+                .await?
+            {
                 Ok(usage) => usage,
                 Err(_) => {
                     return Err(ToolError::Denied {
