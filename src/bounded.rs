@@ -59,6 +59,8 @@ pub const MAX_DERIVED_VALUE_BYTES: i64 = 16 << 20;
 pub const MAX_BROADCAST_BYTES: usize = 16 << 20;
 /// Most bytes of literals an optimized plan may hold (constants folded at planning included).
 pub const MAX_LITERAL_BYTES: usize = 8 << 20;
+/// Most steps a function comparing two strings pairwise (`levenshtein`) may take over one batch (~0.1 s).
+pub const MAX_PAIRWISE_STEPS: i64 = 100_000_000;
 /// A constant result is broadcast and charged by its function when the batch's copies would exceed this.
 const BROADCAST_HERE: i64 = 1 << 20;
 /// Rows of a nested-loop join's probe side handed over between two yields. A slice costs the join every buffered
@@ -88,6 +90,12 @@ enum Growth {
     /// `regexp_replace(s, pattern, to[, flags])`: each match becomes `to`, whose group references (`\1`, `$1`)
     /// can each insert all of `s`; every position can match with the `g` flag.
     RegexpReplace,
+    /// `regexp_match(s, pattern[, flags])`: a list of the first match and its capture groups, each up to all of
+    /// `s` (a group per `(` of the pattern, at most).
+    RegexpMatch,
+    /// `levenshtein(a, b)`: a number, computed in `len(a) × len(b)` steps, held to [`MAX_PAIRWISE_STEPS`] per
+    /// batch (it computes without yielding: a query stopped at its time limit would go on for minutes).
+    Pairwise,
     /// `array_to_string(list, sep[, null])`, `array_replace(list, from, to)`: the list, plus the arguments from
     /// this index on for each of its elements.
     PerElement(usize),
@@ -113,7 +121,7 @@ impl Growth {
 }
 
 /// The functions to bound, by name (aliases follow their function).
-const BOUNDED: [(&str, Growth); 27] = [
+const BOUNDED: [(&str, Growth); 29] = [
     ("repeat", Growth::Repeat),
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
@@ -131,6 +139,8 @@ const BOUNDED: [(&str, Growth); 27] = [
     ("concat_ws", Growth::ConcatWs),
     ("replace", Growth::Replace),
     ("regexp_replace", Growth::RegexpReplace),
+    ("regexp_match", Growth::RegexpMatch),
+    ("levenshtein", Growth::Pairwise),
     ("array_to_string", Growth::PerElement(1)),
     ("array_replace", Growth::PerElement(2)),
     ("array_replace_n", Growth::PerElement(2)),
@@ -717,6 +727,35 @@ impl Bounded {
                             s[r].saturating_add(matches.saturating_mul(each))
                         })
                         .collect(),
+                    elements: ones,
+                }
+            }
+            Growth::RegexpMatch => {
+                let s = &all[0].bytes;
+                let patterns = Strings::of(arg(1)?)?;
+                let parts: Vec<i64> = (0..rows)
+                    .map(|r| patterns.get(r).map_or(0, |p| p.matches('(').count() as i64) + 1)
+                    .collect();
+                Estimate {
+                    bytes: (0..rows)
+                        .map(|r| s[r].saturating_add(8).saturating_mul(parts[r]))
+                        .collect(),
+                    elements: parts,
+                }
+            }
+            Growth::Pairwise => {
+                let (a, b) = (&all[0].bytes, &sizes(arg(1)?, rows).bytes);
+                let steps =
+                    (0..rows).fold(0i64, |t, r| t.saturating_add(a[r].saturating_mul(b[r])));
+                if steps > MAX_PAIRWISE_STEPS {
+                    return Err(DataFusionError::ResourcesExhausted(format!(
+                        "{} would take about {steps} steps over one batch (at most {MAX_PAIRWISE_STEPS}); compare \
+                         shorter strings, or fewer rows",
+                        self.inner.name()
+                    )));
+                }
+                Estimate {
+                    bytes: vec![8; rows],
                     elements: ones,
                 }
             }
@@ -1515,9 +1554,30 @@ mod tests {
             "SELECT length(replace(repeat('a', 100000), 'a', repeat('b', 1000)))",
             "SELECT length(regexp_replace(repeat('a', 100000), 'a', repeat('b', 1000), 'g'))",
             "SELECT length(array_to_string(range(0, 100000), repeat('-', 1000)))",
+            // A capture group per `(`, each copying all of the value (an outside attack: +2.2 GB under 256 MiB).
+            &format!(
+                "SELECT cardinality(regexp_match(repeat('a', 1000000), '{}'))",
+                "(a*)".repeat(240)
+            ),
         ] {
             let e = run_on(&engine, 1, sql).await.expect_err(sql);
             assert!(e.contains("would build"), "{sql}: {e}");
+        }
+        // Comparisons that take quadratic time without yielding are held to a number of steps per batch.
+        let e = run_on(
+            &engine,
+            1,
+            "SELECT levenshtein(repeat('a', 100000), repeat('b', 100000))",
+        )
+        .await
+        .expect_err("levenshtein");
+        assert!(e.contains("steps over one batch"), "{e}");
+        // Ordinary uses of both still run.
+        for sql in [
+            "SELECT regexp_match('2026-12-02', '(\\d+)-(\\d+)-(\\d+)')",
+            "SELECT levenshtein('kitten', 'sitting')",
+        ] {
+            run_on(&engine, 1, sql).await.expect(sql);
         }
         // The pool is whole again: a query needing most of it runs.
         assert_eq!(
