@@ -99,9 +99,20 @@ fn governed_plan(base: Arc<dyn TableProvider>, governance: &Governance) -> Resul
                 lit(ScalarValue::try_from(field.data_type())?),
                 field.data_type().clone(),
             ),
-            Some(ColumnMask::YearOnly) => {
+            Some(ColumnMask::YearOnly)
+                if matches!(
+                    field.data_type(),
+                    DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
+                ) =>
+            {
                 cast(date_trunc(lit("year"), column), field.data_type().clone())
             }
+            // On a column that is no date, a year cannot be kept: the value is withheld whole (reading it as a
+            // date would fail on the value and quote it in the error).
+            Some(ColumnMask::YearOnly) => cast(
+                lit(ScalarValue::try_from(field.data_type())?),
+                field.data_type().clone(),
+            ),
         };
         exprs.push(expr.alias(name.clone()));
     }

@@ -401,7 +401,7 @@ impl SnapshotRead {
 }
 
 /// What a query returned.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
 pub struct QueryResult {
     /// Result columns, in order.
     pub columns: Vec<Column>,
@@ -412,7 +412,7 @@ pub struct QueryResult {
     pub row_count: usize,
     /// True when a cap cut the result.
     pub truncated: bool,
-    /// Which cap cut it: `max_rows` or `max_bytes` (the reply's byte budget).
+    /// Which cap cut it: `max_rows`, `max_bytes` (the reply's byte budget) or a grant's row quota.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub truncated_by: Option<String>,
     /// Rows the full result has, when known.
@@ -760,45 +760,78 @@ fn append_rows(
             out.truncated_by = Some("max_rows".to_string());
             continue;
         }
-        let values: Vec<Value> = batch
+        // Each cell is formatted only as far as the bytes left allow: a cell longer than that (a wide struct of
+        // long strings costs the engine nothing, and would cost gigabytes as text) means the row does not fit.
+        let mut left = max_bytes.saturating_sub(out.result_bytes);
+        let values: Option<Vec<Value>> = batch
             .columns()
             .iter()
             .zip(&formatters)
-            .map(|(col, fmt)| cell(col.as_ref(), fmt, row))
+            .map(|(col, fmt)| {
+                let value = cell(col.as_ref(), fmt, row, left)?;
+                left = left.saturating_sub(value.as_str().map_or(8, str::len));
+                Some(value)
+            })
             .collect();
         // Each row costs its JSON text plus a separator.
-        let size = serde_json::to_string(&values).map(|s| s.len()).unwrap_or(0) + 1;
-        if out.result_bytes + size > max_bytes {
+        let size = values
+            .as_ref()
+            .and_then(|v| serde_json::to_string(v).ok())
+            .map_or(usize::MAX, |s| s.len() + 1);
+        let Some(values) = values.filter(|_| out.result_bytes.saturating_add(size) <= max_bytes)
+        else {
             out.truncated = true;
             out.truncated_by = Some("max_bytes".to_string());
             continue;
-        }
+        };
         out.result_bytes += size;
         out.rows.push(values);
     }
     Ok(())
 }
 
-/// One cell as JSON: numbers and booleans natively, decimals as exact strings, the rest as display strings.
-fn cell(col: &dyn Array, fmt: &ArrayFormatter, row: usize) -> Value {
+/// One cell as JSON: numbers and booleans natively, decimals as exact strings, the rest as display strings;
+/// `None` when its text is longer than `limit` bytes (formatting stops there).
+fn cell(col: &dyn Array, fmt: &ArrayFormatter, row: usize, limit: usize) -> Option<Value> {
     if col.is_null(row) {
-        return Value::Null;
+        return Some(Value::Null);
     }
-    match col.data_type() {
+    let text = || {
+        let mut out = Bounded {
+            text: String::new(),
+            limit,
+        };
+        std::fmt::Write::write_fmt(&mut out, format_args!("{}", fmt.value(row)))
+            .ok()
+            .map(|()| out.text)
+    };
+    Some(match col.data_type() {
         DataType::Boolean => Value::Bool(col.as_boolean().value(row)),
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => fmt
-            .value(row)
-            .to_string()
-            .parse::<i64>()
-            .map_or(Value::Null, Value::from),
-        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => fmt
-            .value(row)
-            .to_string()
-            .parse::<u64>()
-            .map_or(Value::Null, Value::from),
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
+            text()?.parse::<i64>().map_or(Value::Null, Value::from)
+        }
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+            text()?.parse::<u64>().map_or(Value::Null, Value::from)
+        }
         DataType::Float32 => float(col.as_primitive::<Float32Type>().value(row) as f64),
         DataType::Float64 => float(col.as_primitive::<Float64Type>().value(row)),
-        _ => Value::String(fmt.value(row).to_string()),
+        _ => Value::String(text()?),
+    })
+}
+
+/// Text written up to `limit` bytes; writing past it fails, which stops a formatter where it is.
+struct Bounded {
+    text: String,
+    limit: usize,
+}
+
+impl std::fmt::Write for Bounded {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.text.len() + s.len() > self.limit {
+            return Err(std::fmt::Error);
+        }
+        self.text.push_str(s);
+        Ok(())
     }
 }
 
@@ -910,6 +943,52 @@ fn classify(e: DataFusionError, limits: &QueryLimits) -> QueryError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cell is formatted only as far as the reply's bytes allow: a struct of 300 copies of one 100 KB string
+    /// (30 MB as text, nothing to the engine, which shares the string) cuts the result at once, and rows that fit
+    /// are returned as before.
+    #[test]
+    fn wide_cells_are_formatted_only_as_far_as_the_reply_allows() {
+        use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray, StructArray};
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let long: ArrayRef = Arc::new(StringArray::from(vec![
+            "x".repeat(100_000),
+            "y".to_string(),
+        ]));
+        let fields: Vec<(Arc<Field>, ArrayRef)> = (0..300)
+            .map(|i| {
+                (
+                    Arc::new(Field::new(format!("f{i}"), DataType::Utf8, false)),
+                    long.clone(),
+                )
+            })
+            .collect();
+        let wide: ArrayRef = Arc::new(StructArray::from(fields));
+        let ids: ArrayRef = Arc::new(Int64Array::from(vec![1, 2]));
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("wide", wide.data_type().clone(), false),
+        ]);
+        let batch = RecordBatch::try_new(Arc::new(schema), vec![ids, wide]).unwrap();
+        let options = FormatOptions::default();
+        let fmt = ArrayFormatter::try_new(batch.column(1).as_ref(), &options).unwrap();
+        assert_eq!(cell(batch.column(1).as_ref(), &fmt, 0, 8192), None);
+        let small = cell(batch.column(1).as_ref(), &fmt, 1, 8192).unwrap();
+        assert!(small.as_str().unwrap().starts_with("{f0: y"), "{small}");
+
+        let mut out = QueryResult::default();
+        let mut total = 0;
+        append_rows(&batch, &mut out, 10, 8192, &mut total).unwrap();
+        assert_eq!(total, 2);
+        assert!(out.rows.is_empty() && out.truncated);
+        assert_eq!(out.truncated_by.as_deref(), Some("max_bytes"));
+        // The second row alone fits.
+        let mut out = QueryResult::default();
+        append_rows(&batch.slice(1, 1), &mut out, 10, 8192, &mut total).unwrap();
+        assert_eq!(out.rows.len(), 1);
+        assert_eq!(out.rows[0][0], Value::from(2));
+        assert!(out.result_bytes <= 8192);
+    }
 
     #[test]
     fn columns_named_by_a_query() {
@@ -1097,6 +1176,25 @@ mod tests {
                 Value::from(3),
                 Value::from(3)
             ]]
+        );
+        // A year cannot be kept of a column that is no date: `year_only` there withholds the value (reading it as a
+        // date failed on it and quoted it in the error).
+        let mut yearly = governance.clone();
+        yearly
+            .masks
+            .insert("country".to_string(), ColumnMask::YearOnly);
+        let r = run(
+            "SELECT id, country FROM s.people ORDER BY id",
+            TableSource::Governed(table.clone(), yearly),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            r.rows,
+            vec![
+                vec![Value::from(1), Value::Null],
+                vec![Value::from(3), Value::Null]
+            ]
         );
         let r = run(
             "SELECT id, name, email, country FROM s.people WHERE email <> '' ORDER BY id",

@@ -50,7 +50,8 @@ pub struct DecideArgs {
     /// `row_filter` the requester gets a counter-offer to accept, not a grant.
     #[serde(default)]
     pub columns: Option<Vec<String>>,
-    /// Mask these proposed columns (`hash`, `redact`, `year_only`).
+    /// Mask these proposed columns (`hash`, `redact`, `year_only`: the year of a date or timestamp; other
+    /// columns are withheld).
     #[serde(default)]
     pub masks: BTreeMap<String, negotiation::Mask>,
     /// Keep only rows whose column is one of these values (a new filter, or fewer values of the proposed one).
