@@ -28,8 +28,72 @@ use crate::identity::{AuthError, JwtValidator, Principal};
 
 /// Header carrying the MCP session id.
 const SESSION_HEADER: &str = "mcp-session-id";
-/// Most session bindings kept; beyond it the oldest are dropped (their sessions then fail closed: 404).
-const MAX_SESSIONS: usize = 100_000;
+/// Most sessions kept open; beyond it the oldest are closed (a request on one then fails closed: 404, and an MCP
+/// client opens a new session). An open session costs ~0.5 MB.
+pub const MAX_SESSIONS: usize = 4096;
+/// Most sessions one principal keeps open; its oldest is closed when it opens another. Without it, any token
+/// holder could open sessions until the server ran out of memory.
+pub const MAX_SESSIONS_PER_PRINCIPAL: usize = 64;
+
+/// Closes sessions in the MCP layer (its session manager), so a session dropped here frees what it holds.
+pub type CloseSession = Arc<dyn Fn(Vec<String>) + Send + Sync>;
+
+/// The open sessions: who opened each, in opening order overall and per principal.
+#[derive(Default)]
+struct Sessions {
+    owner: HashMap<String, String>,
+    /// Session ids in opening order; may hold ids closed since (skipped, and compacted away).
+    order: std::collections::VecDeque<String>,
+    by_principal: HashMap<String, std::collections::VecDeque<String>>,
+}
+
+impl Sessions {
+    /// Binds `session` to `principal`; returns the sessions closed to stay within the limits.
+    fn bind(&mut self, session: &str, principal: &str) -> Vec<String> {
+        if self.owner.contains_key(session) {
+            return Vec::new();
+        }
+        self.owner
+            .insert(session.to_string(), principal.to_string());
+        self.order.push_back(session.to_string());
+        let mine = self.by_principal.entry(principal.to_string()).or_default();
+        mine.push_back(session.to_string());
+        let mut closed = Vec::new();
+        while mine.len() > MAX_SESSIONS_PER_PRINCIPAL {
+            if let Some(old) = mine.pop_front() {
+                self.owner.remove(&old);
+                closed.push(old);
+            }
+        }
+        while self.owner.len() > MAX_SESSIONS {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(was) = self.owner.remove(&old) {
+                if let Some(theirs) = self.by_principal.get_mut(&was) {
+                    theirs.retain(|s| *s != old);
+                }
+                closed.push(old);
+            }
+        }
+        if self.order.len() > 2 * self.owner.len() + 1024 {
+            let owner = &self.owner;
+            self.order.retain(|s| owner.contains_key(s));
+        }
+        closed
+    }
+
+    fn forget(&mut self, session: &str) {
+        if let Some(principal) = self.owner.remove(session)
+            && let Some(theirs) = self.by_principal.get_mut(&principal)
+        {
+            theirs.retain(|s| s != session);
+            if theirs.is_empty() {
+                self.by_principal.remove(&principal);
+            }
+        }
+    }
+}
 
 /// Token checking and session binding shared by all requests.
 pub struct HttpAuth {
@@ -39,7 +103,9 @@ pub struct HttpAuth {
     /// The metadata document.
     metadata: serde_json::Value,
     /// Session id → principal id that opened it, in opening order.
-    sessions: Mutex<(HashMap<String, String>, std::collections::VecDeque<String>)>,
+    sessions: Mutex<Sessions>,
+    /// Closes sessions dropped past the limits in the MCP layer.
+    close: Option<CloseSession>,
     /// Where verified tokens are kept for token exchange, when a catalog needs them.
     subject_tokens: Option<Arc<crate::identity::SubjectTokens>>,
 }
@@ -79,9 +145,16 @@ impl HttpAuth {
             validator,
             metadata_url: format!("{base}/.well-known/oauth-protected-resource"),
             metadata,
-            sessions: Mutex::new((HashMap::new(), std::collections::VecDeque::new())),
+            sessions: Mutex::new(Sessions::default()),
+            close: None,
             subject_tokens: None,
         }
+    }
+
+    /// Closes the sessions dropped past [`MAX_SESSIONS_PER_PRINCIPAL`] or [`MAX_SESSIONS`] with `close`.
+    pub fn with_session_closer(mut self, close: CloseSession) -> HttpAuth {
+        self.close = Some(close);
+        self
     }
 
     /// Keeps each principal's latest verified token in `tokens`, for catalogs that exchange it (RFC 8693).
@@ -121,29 +194,34 @@ impl HttpAuth {
     }
 
     fn bind_session(&self, session: &str, principal: &str) {
-        let mut guard = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, order) = &mut *guard;
-        if map
-            .insert(session.to_string(), principal.to_string())
-            .is_none()
-        {
-            order.push_back(session.to_string());
-        }
-        while order.len() > MAX_SESSIONS {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
+        let closed = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bind(session, principal);
+        if !closed.is_empty() {
+            tracing::info!(
+                %principal,
+                closed = closed.len(),
+                "closed the oldest MCP sessions past the limits ({MAX_SESSIONS_PER_PRINCIPAL} per principal, \
+                 {MAX_SESSIONS} in all)"
+            );
+            if let Some(close) = &self.close {
+                close(closed);
             }
         }
     }
 
     fn session_owner(&self, session: &str) -> Option<String> {
         let guard = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        guard.0.get(session).cloned()
+        guard.owner.get(session).cloned()
     }
 
     fn forget_session(&self, session: &str) {
-        let mut guard = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        guard.0.remove(session);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget(session);
     }
 }
 
@@ -408,4 +486,51 @@ where
             axum::routing::get(serve_metadata),
         )
         .merge(protected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A principal keeps at most its limit of sessions (its oldest are closed), whatever others hold, and the
+    /// server as a whole at most its own; a closed session is no longer anyone's.
+    #[test]
+    fn sessions_are_bounded_per_principal_and_in_all() {
+        let mut sessions = Sessions::default();
+        let mut closed = Vec::new();
+        for i in 0..MAX_SESSIONS_PER_PRINCIPAL + 10 {
+            closed.extend(sessions.bind(&format!("flood-{i}"), "flooder"));
+        }
+        sessions.bind("mine", "analyst");
+        assert_eq!(closed.len(), 10);
+        assert_eq!(closed[0], "flood-0");
+        assert!(!sessions.owner.contains_key("flood-0"));
+        assert_eq!(
+            sessions.owner.get("mine").map(String::as_str),
+            Some("analyst")
+        );
+        assert_eq!(
+            sessions.by_principal["flooder"].len(),
+            MAX_SESSIONS_PER_PRINCIPAL
+        );
+        // Many principals: the oldest sessions overall give way, and the books stay consistent.
+        for p in 0..(MAX_SESSIONS / 8) {
+            for s in 0..10 {
+                sessions.bind(&format!("p{p}-s{s}"), &format!("p{p}"));
+            }
+        }
+        assert_eq!(sessions.owner.len(), MAX_SESSIONS);
+        assert!(!sessions.owner.contains_key("mine"));
+        let listed: usize = sessions.by_principal.values().map(|v| v.len()).sum();
+        assert_eq!(listed, MAX_SESSIONS);
+        assert!(sessions.order.len() <= 2 * MAX_SESSIONS + 1024);
+        let last = format!("p{}-s9", MAX_SESSIONS / 8 - 1);
+        assert!(sessions.owner.contains_key(&last));
+        sessions.forget(&last);
+        assert!(!sessions.owner.contains_key(&last));
+        assert_eq!(
+            sessions.by_principal[&format!("p{}", MAX_SESSIONS / 8 - 1)].len(),
+            9
+        );
+    }
 }

@@ -1136,19 +1136,33 @@ async fn serve_http(
     };
     let subject_tokens = app.lakehouse.authz().subject_tokens();
     let iceberg = parley::server::iceberg_router(app.clone());
+    let sessions = Arc::new(LocalSessionManager::default());
     let service = StreamableHttpService::new(
         move || Ok(ParleyServer::new(app.clone())),
-        Arc::new(LocalSessionManager::default()),
+        sessions.clone(),
         http_config.with_cancellation_token(ct.child_token()),
     );
+    // Sessions dropped past the limits are closed in the MCP layer too, so they free what they hold.
+    let close: parley::http::CloseSession = Arc::new(move |ids: Vec<String>| {
+        use rmcp::transport::streamable_http_server::session::SessionManager as _;
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            for id in ids {
+                let _ = sessions.close_session(&Arc::from(id)).await;
+            }
+        });
+    });
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let resource = format!("http://{}/mcp", listener.local_addr()?);
     let router = match validator {
         Some(validator) => {
-            let auth =
-                Arc::new(HttpAuth::new(validator, &resource).with_subject_tokens(subject_tokens));
+            let auth = Arc::new(
+                HttpAuth::new(validator, &resource)
+                    .with_subject_tokens(subject_tokens)
+                    .with_session_closer(close),
+            );
             parley::http::router(service, auth.clone())
                 .merge(parley::http::protect_iceberg(iceberg, auth))
         }

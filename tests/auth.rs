@@ -357,6 +357,42 @@ async fn a_session_is_bound_to_the_principal_that_opened_it() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// One principal cannot hold more than its share of sessions (each costs memory): opening one past the limit
+/// closes its oldest, which then answers 404 (a client opens a new one), while another principal's session is
+/// untouched.
+#[tokio::test]
+async fn a_principal_opening_sessions_past_its_limit_closes_its_oldest() {
+    let lake = Lake::new();
+    let (_child, url) = start(&lake, &["--dev-issuer"]).await;
+    let alice = crate::http::dev_token(&lake, "alice", &["analysts"]);
+    let flooder = crate::http::dev_token(&lake, "flooder", &["analysts"]);
+    let open = |token: String| {
+        let url = url.clone();
+        async move {
+            let r = post(&url, Some(&token), None, initialize()).await;
+            assert_eq!(r.status(), StatusCode::OK);
+            r.headers()["mcp-session-id"].to_str().unwrap().to_string()
+        }
+    };
+    let hers = open(alice.clone()).await;
+    let mut theirs = Vec::new();
+    for _ in 0..parley::http::MAX_SESSIONS_PER_PRINCIPAL + 2 {
+        theirs.push(open(flooder.clone()).await);
+    }
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}});
+    for (i, session) in theirs.iter().enumerate() {
+        let r = post(&url, Some(&flooder), Some(session), list.clone()).await;
+        let expected = if i < 2 {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(r.status(), expected, "session {i}");
+    }
+    let r = post(&url, Some(&alice), Some(&hers), list).await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn http_refuses_to_start_without_token_validation() {
     let lake = Lake::new();
