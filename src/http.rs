@@ -371,9 +371,21 @@ async fn authenticate(
     let mut posted: Option<axum::body::Bytes> = None;
     if request.method() == Method::POST {
         let (parts, body) = request.into_parts();
-        let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-            Ok(b) => b,
+        let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES));
+        let bytes = match read.await {
+            Ok(Ok(b)) => b,
             Err(_) => {
+                return jsonrpc_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &[],
+                    crate::jsonrpc::INVALID_REQUEST,
+                    format!(
+                        "Invalid Request: the message's body did not arrive within {} s; send it whole",
+                        BODY_TIMEOUT.as_secs()
+                    ),
+                );
+            }
+            Ok(Err(_)) => {
                 return jsonrpc_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     &[],
@@ -437,6 +449,73 @@ async fn authenticate(
         _ => {}
     }
     response
+}
+
+/// Most connections served at once; more wait in the listen queue until one closes (the process's file
+/// descriptors stay available for its own files).
+pub const MAX_CONNECTIONS: usize = 512;
+/// Time a client has to send a request's headers once it starts one (or after connecting): a connection that
+/// trickles them (to hold a connection slot) is closed.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Time a client has to send a request's body once its headers are in.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves `app` on `listener` over HTTP/1.1 until `shutdown` completes, then lets open connections finish (up
+/// to 10 s). At most [`MAX_CONNECTIONS`] connections are served at once and each must send a request's headers
+/// within [`HEADER_TIMEOUT`]: without both, a client that opens connections and trickles its headers takes every
+/// file descriptor and no one else is served.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.map_err(std::io::Error::other)?,
+            () = &mut shutdown => break,
+        };
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // Out of file descriptors or a connection reset before it was accepted: go on.
+                Err(e) => {
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let conn = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stopped.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
+        });
+    }
+    let _ = stop.send(true);
+    // Connections finish what they serve; the slots all come back when they have.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        slots.acquire_many(MAX_CONNECTIONS as u32),
+    )
+    .await;
+    Ok(())
 }
 
 /// Largest POST body read; a larger one is answered 413 with a JSON-RPC error.

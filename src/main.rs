@@ -1169,12 +1169,11 @@ async fn serve_http(
         None => parley::http::local_router(service),
     };
     tracing::info!(url = %format!("http://{}/mcp", listener.local_addr()?), "serving MCP over streamable HTTP");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down");
-            ct.cancel();
-        })
-        .await?;
+    parley::http::serve(listener, router, async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        ct.cancel();
+    })
+    .await?;
     Ok(())
 }

@@ -393,6 +393,46 @@ async fn a_principal_opening_sessions_past_its_limit_closes_its_oldest() {
     assert_eq!(r.status(), StatusCode::OK);
 }
 
+/// Connections that trickle their headers cannot hold the server: each must send its headers within the header
+/// timeout or is closed, and past the connection limit new connections wait their turn instead of taking the
+/// process's file descriptors — a client that connects behind 600 such connections is served.
+#[tokio::test]
+async fn connections_that_trickle_their_headers_are_closed_and_others_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let lake = Lake::new();
+    let (_child, url) = start(&lake, &["--dev-issuer"]).await;
+    let alice = crate::http::dev_token(&lake, "alice", &["analysts"]);
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_string();
+    let started = std::time::Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..600 {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        c.write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .await
+            .unwrap();
+        held.push(c);
+    }
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        post(&url, Some(&alice), None, initialize()),
+    )
+    .await
+    .expect("a client behind trickling connections is served");
+    assert_eq!(r.status(), StatusCode::OK);
+    // The first trickling connection was closed by the server after the header timeout.
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), held[0].read(&mut buf))
+        .await
+        .expect("closed by the server")
+        .unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() >= parley::http::HEADER_TIMEOUT);
+}
+
 #[tokio::test]
 async fn http_refuses_to_start_without_token_validation() {
     let lake = Lake::new();
