@@ -331,6 +331,7 @@ async fn authenticate(
             );
         }
     };
+    let expires_at = authenticated.expires_at;
     let principal: Principal = authenticated.principal;
     if let Some(tokens) = &auth.subject_tokens {
         tokens.remember(&principal.id, &token);
@@ -366,6 +367,7 @@ async fn authenticate(
     }
     let principal_id = principal.id.clone();
     let closing = request.method() == Method::DELETE;
+    let listening = request.method() == Method::GET;
     // A POST body is read here first, so a message the MCP layer cannot parse is answered as JSON-RPC says (the
     // MCP layer answers such a body with a bare 415), naming the request's id when the body has one.
     let mut posted: Option<axum::body::Bytes> = None;
@@ -448,6 +450,26 @@ async fn authenticate(
         }
         _ => {}
     }
+    // A stream of server messages (GET) ends when the token that opened it expires: what it would carry next is
+    // delivered only to a client that reconnects with a valid token.
+    let streaming = listening
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+    if streaming {
+        let left = expires_at
+            .saturating_sub(chrono::Utc::now().timestamp())
+            .max(0) as u64;
+        let ends = tokio::time::sleep(std::time::Duration::from_secs(left));
+        let (parts, body) = response.into_parts();
+        let body = Body::from_stream(futures::StreamExt::take_until(
+            body.into_data_stream(),
+            ends,
+        ));
+        response = Response::from_parts(parts, body);
+    }
     response
 }
 
@@ -518,8 +540,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Largest POST body read; a larger one is answered 413 with a JSON-RPC error.
-const MAX_BODY_BYTES: usize = 16 << 20;
+/// Largest POST body read; a larger one is answered 413 with a JSON-RPC error (the MCP layer is held to the same).
+pub const MAX_BODY_BYTES: usize = 4 << 20;
 
 /// A JSON-RPC error answer to `message` as an HTTP response (202 with no body for a notification).
 fn jsonrpc_error(status: StatusCode, message: &[u8], code: i64, text: String) -> Response {

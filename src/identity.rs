@@ -211,6 +211,8 @@ pub struct Authenticated {
     pub principal: Principal,
     /// Granted scopes.
     pub scopes: Vec<String>,
+    /// When the token stops being accepted (its `exp` plus the leeway), seconds since the Unix epoch.
+    pub expires_at: i64,
 }
 
 struct KeyCache {
@@ -432,7 +434,15 @@ impl JwtValidator {
             .get("exp")
             .and_then(|e| e.as_i64().or_else(|| e.as_f64().map(|f| f as i64)))
             .unwrap_or(0);
-        Ok((Authenticated { principal, scopes }, exp))
+        let expires_at = exp.saturating_add(self.settings.leeway_secs as i64);
+        Ok((
+            Authenticated {
+                principal,
+                scopes,
+                expires_at,
+            },
+            exp,
+        ))
     }
 }
 

@@ -1124,15 +1124,26 @@ async fn serve_http(
     let ct = CancellationToken::new();
     // DNS-rebinding protection for a loopback server; a server bound elsewhere is reached by names we cannot
     // know and relies on its bearer tokens.
+    // A loopback server also refuses requests a web page of another origin makes (a browser sends its `Origin`;
+    // clients that are no browser send none).
+    let http_config = StreamableHttpServerConfig::default()
+        .with_max_request_body_bytes(parley::http::MAX_BODY_BYTES);
     let http_config = if addr.ip().is_loopback() {
-        StreamableHttpServerConfig::default().with_allowed_hosts([
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-            addr.ip().to_string(),
-        ])
+        http_config
+            .with_allowed_hosts([
+                "localhost".to_string(),
+                "127.0.0.1".to_string(),
+                "::1".to_string(),
+                addr.ip().to_string(),
+            ])
+            .with_allowed_origins([
+                "http://localhost:*",
+                "http://127.0.0.1:*",
+                "http://[::1]:*",
+                "https://localhost:*",
+            ])
     } else {
-        StreamableHttpServerConfig::default().disable_allowed_hosts()
+        http_config.disable_allowed_hosts()
     };
     let subject_tokens = app.lakehouse.authz().subject_tokens();
     let iceberg = parley::server::iceberg_router(app.clone());

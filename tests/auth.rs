@@ -433,6 +433,49 @@ async fn connections_that_trickle_their_headers_are_closed_and_others_served() {
     assert!(started.elapsed() >= parley::http::HEADER_TIMEOUT);
 }
 
+/// A stream of server messages (GET) lasts no longer than the token that opened it: past its expiry the server
+/// ends the stream, and a client must come back with a valid token to hear more.
+#[tokio::test]
+async fn a_notification_stream_ends_when_its_token_expires() {
+    let lake = Lake::new();
+    std::fs::write(lake.path().join("parley.toml"), "[auth]\nleeway_secs = 0\n").unwrap();
+    let (_child, url) = start(&lake, &["--dev-issuer"]).await;
+    let issuer =
+        parley::identity::DevIssuer::load_or_create(&lake.path().join("dev-issuer/ed25519.pem"))
+            .unwrap();
+    let token = issuer
+        .mint(
+            "alice",
+            &["analysts".to_string()],
+            &[],
+            std::time::Duration::from_secs(3),
+            "parley",
+        )
+        .unwrap();
+    let r = post(&url, Some(&token), None, initialize()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let session = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert!(
+        post(&url, Some(&token), Some(&session), initialized)
+            .await
+            .status()
+            .is_success()
+    );
+    let stream = reqwest::Client::new()
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .header("mcp-session-id", &session)
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), stream.bytes()).await;
+    assert!(ended.is_ok(), "the stream outlived its token");
+}
+
 #[tokio::test]
 async fn http_refuses_to_start_without_token_validation() {
     let lake = Lake::new();

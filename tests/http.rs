@@ -180,6 +180,25 @@ async fn a_local_http_server_acts_as_its_principal_without_tokens() {
     let audit = lake.audit();
     let last = audit.last().unwrap();
     assert_eq!(last["principal"], "marketing-agent", "{last}");
+    // A web page of another origin cannot act as the local principal through the visitor's browser; the
+    // server's own origins (a local inspector) can.
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "page", "version": "1"}}});
+    for (origin, allowed) in [
+        ("http://evil.example", false),
+        ("http://localhost:6274", true),
+    ] {
+        let r = reqwest::Client::new()
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("origin", origin)
+            .json(&initialize)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().is_success(), allowed, "{origin}: {}", r.status());
+    }
     child.kill().await.unwrap();
 
     for bad in [
