@@ -748,7 +748,8 @@ impl Bounded {
                 let steps =
                     (0..rows).fold(0i64, |t, r| t.saturating_add(a[r].saturating_mul(b[r])));
                 if steps > MAX_PAIRWISE_STEPS {
-                    return Err(DataFusionError::ResourcesExhausted(format!(
+                    // Time, not memory: reported as a refused call, not as the memory pool running out.
+                    return Err(DataFusionError::Execution(format!(
                         "{} would take about {steps} steps over one batch (at most {MAX_PAIRWISE_STEPS}); compare \
                          shorter strings, or fewer rows",
                         self.inner.name()
