@@ -583,6 +583,42 @@ async fn a_row_quota_bounds_the_rows_all_queries_return_together() {
     owner.cancel().await.unwrap();
 }
 
+/// `year_only` keeps the year of a date or a timestamp; an approver who puts it on any other column is told to
+/// use another mask, and nothing is offered (an outside test found the value quoted in every query's error).
+#[tokio::test]
+async fn year_only_is_offered_only_on_dates_and_timestamps() {
+    let lake = Lake::new();
+    let agent = lake.connect("marketing-agent", &[]).await;
+    let owner = lake.connect("sales-owner", &[]).await;
+    let asked = request(
+        &agent,
+        json!({"tables": ["sales.customers"], "purpose": "revenue_reporting",
+               "columns": ["customer_id", "country", "signup_at"]}),
+    )
+    .await;
+    assert_eq!(asked["status"], "pending", "{asked}");
+    let decide = |masks: Value| json!({"request_id": asked["request_id"], "approve": true, "reason": "masked", "masks": masks});
+    let e = err(&call(
+        &owner,
+        "decide_request",
+        decide(json!({"country": "year_only"})),
+    )
+    .await);
+    assert!(
+        e.contains("year_only") && e.contains("country") && e.contains("redact"),
+        "{e}"
+    );
+    let offered = ok(&call(
+        &owner,
+        "decide_request",
+        decide(json!({"signup_at": "year_only"})),
+    )
+    .await);
+    assert_eq!(offered["state"], "offered", "{offered}");
+    agent.cancel().await.unwrap();
+    owner.cancel().await.unwrap();
+}
+
 #[tokio::test]
 async fn quotas_and_expiry_set_by_the_approver_are_enforced() {
     let lake = Lake::new();

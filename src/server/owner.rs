@@ -50,8 +50,7 @@ pub struct DecideArgs {
     /// `row_filter` the requester gets a counter-offer to accept, not a grant.
     #[serde(default)]
     pub columns: Option<Vec<String>>,
-    /// Mask these proposed columns (`hash`, `redact`, `year_only`: the year of a date or timestamp; other
-    /// columns are withheld).
+    /// Mask these proposed columns (`hash`, `redact`, `year_only`: the year of a date or timestamp only).
     #[serde(default)]
     pub masks: BTreeMap<String, negotiation::Mask>,
     /// Keep only rows whose column is one of these values (a new filter, or fewer values of the proposed one).
@@ -451,6 +450,46 @@ impl ParleyServer {
         let (mut terms, mut changes) = proposed
             .narrowed(narrowing)
             .map_err(ToolError::BadRequest)?;
+        // A year is kept only of a date or a timestamp: on another column `year_only` would withhold the value
+        // whole, which is `redact`'s job — say so rather than offer a mask that does not do what it says.
+        for t in &terms.tables {
+            let prefix = format!("{t}.");
+            let yearly: Vec<&str> = terms
+                .masks
+                .iter()
+                .filter(|(column, mask)| {
+                    **mask == negotiation::Mask::YearOnly
+                        && proposed.masks.get(*column) != Some(&negotiation::Mask::YearOnly)
+                })
+                .filter_map(|(column, _)| column.strip_prefix(&prefix))
+                .collect();
+            if yearly.is_empty() {
+                continue;
+            }
+            let table = self.app.lakehouse.load(t).await.map_err(internal)?;
+            let schema = table.metadata().current_schema();
+            for column in yearly {
+                use iceberg::spec::{PrimitiveType as P, Type};
+                let dated = schema.field_by_name(column).is_some_and(|f| {
+                    matches!(
+                        *f.field_type,
+                        Type::Primitive(
+                            P::Date
+                                | P::Timestamp
+                                | P::Timestamptz
+                                | P::TimestampNs
+                                | P::TimestamptzNs
+                        )
+                    )
+                });
+                if !dated {
+                    return Err(ToolError::BadRequest(format!(
+                        "year_only keeps the year of a date or timestamp, and {t}.{column} is neither; mask it \
+                         with redact (withheld) or hash (comparable, not readable) instead"
+                    )));
+                }
+            }
+        }
         if let Some(scope) = &narrowing.row_filter {
             // The same rule as for a requester's row scope: a column every table has, not personal data.
             for t in &terms.tables {
