@@ -190,6 +190,11 @@ impl HttpAuth {
         if let Ok(v) = HeaderValue::from_str(&value) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
         }
+        // The connection ends with the refusal: a caller without a valid token cannot keep one of the server's
+        // connection slots by sending a request now and then, and one whose body was not read is not reused.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
         response
     }
 

@@ -431,6 +431,20 @@ async fn connections_that_trickle_their_headers_are_closed_and_others_served() {
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(started.elapsed() >= parley::http::HEADER_TIMEOUT);
+    // A request without a valid token is refused and its connection closed, so it cannot keep a slot.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        c.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the refused connection is closed")
+    .unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 401"));
 }
 
 /// A stream of server messages (GET) lasts no longer than the token that opened it: past its expiry the server
