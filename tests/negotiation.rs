@@ -549,7 +549,6 @@ async fn a_row_quota_bounds_the_rows_all_queries_return_together() {
     .await);
     assert!(e.to_lowercase().contains("zero"), "{e}");
     assert_eq!(usage(&analyst).await["rows"], 1);
-    // Asking for a thousand rows returns what is left of the quota, saying why.
     let one = ok(&call(
         &analyst,
         "query",
@@ -557,6 +556,9 @@ async fn a_row_quota_bounds_the_rows_all_queries_return_together() {
     )
     .await);
     assert_eq!(one["rows"].as_array().unwrap().len(), 2);
+    // Four rows were left: the caller's own max_rows cut this result, not the quota.
+    assert_eq!(one["truncated_by"], "max_rows", "{one}");
+    // Asking for a thousand rows returns what is left of the quota, saying why.
     let sql =
         json!({"sql": "SELECT order_id FROM sales.orders", "grant_id": grant, "max_rows": 1000});
     let together =

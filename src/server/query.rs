@@ -320,6 +320,7 @@ impl ParleyServer {
         }
         // Under a grant the query is counted before it runs, and under a row quota it runs capped at the rows
         // reserved for it; rows it does not return are given back (`held`, also when it fails or is cancelled).
+        let asked_rows = max_rows;
         let mut max_rows = max_rows;
         let mut held = None;
         if let Some(g) = &grant {
@@ -372,10 +373,11 @@ impl ParleyServer {
         let mut result = result;
         if let Some(g) = &grant {
             let reserved = held.take().and_then(|mut h| h.rows.take());
+            // Cut by the quota only when it left fewer rows than asked for; else the caller's own cap cut it.
             if let Some(r) = reserved
                 && result.truncated
                 && result.truncated_by.as_deref() == Some("max_rows")
-                && usize::try_from(r).is_ok_and(|r| r == max_rows)
+                && usize::try_from(r).is_ok_and(|r| r < asked_rows)
             {
                 result.truncated_by = Some(format!(
                     "grant {}'s row quota ({} row{} left of {})",
