@@ -95,10 +95,6 @@ fn governed_plan(base: Arc<dyn TableProvider>, governance: &Governance) -> Resul
             {
                 cast(lit("REDACTED"), field.data_type().clone())
             }
-            Some(ColumnMask::Redact) => cast(
-                lit(ScalarValue::try_from(field.data_type())?),
-                field.data_type().clone(),
-            ),
             Some(ColumnMask::YearOnly)
                 if matches!(
                     field.data_type(),
@@ -107,9 +103,9 @@ fn governed_plan(base: Arc<dyn TableProvider>, governance: &Governance) -> Resul
             {
                 cast(date_trunc(lit("year"), column), field.data_type().clone())
             }
-            // On a column that is no date, a year cannot be kept: the value is withheld whole (reading it as a
-            // date would fail on the value and quote it in the error).
-            Some(ColumnMask::YearOnly) => cast(
+            // Withheld whole as a typed NULL: a redacted value that is no string, and `year_only` on a column that
+            // is no date (a year cannot be kept; reading the value as a date would fail and quote it in the error).
+            Some(ColumnMask::Redact | ColumnMask::YearOnly) => cast(
                 lit(ScalarValue::try_from(field.data_type())?),
                 field.data_type().clone(),
             ),

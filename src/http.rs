@@ -69,10 +69,8 @@ impl Sessions {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
-            if let Some(was) = self.owner.remove(&old) {
-                if let Some(theirs) = self.by_principal.get_mut(&was) {
-                    theirs.retain(|s| *s != old);
-                }
+            if self.owner.contains_key(&old) {
+                self.forget(&old);
                 closed.push(old);
             }
         }

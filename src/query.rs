@@ -797,7 +797,7 @@ fn cell(col: &dyn Array, fmt: &ArrayFormatter, row: usize, limit: usize) -> Opti
         return Some(Value::Null);
     }
     let text = || {
-        let mut out = Bounded {
+        let mut out = CappedText {
             text: String::new(),
             limit,
         };
@@ -820,12 +820,12 @@ fn cell(col: &dyn Array, fmt: &ArrayFormatter, row: usize, limit: usize) -> Opti
 }
 
 /// Text written up to `limit` bytes; writing past it fails, which stops a formatter where it is.
-struct Bounded {
+struct CappedText {
     text: String,
     limit: usize,
 }
 
-impl std::fmt::Write for Bounded {
+impl std::fmt::Write for CappedText {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         if self.text.len() + s.len() > self.limit {
             return Err(std::fmt::Error);

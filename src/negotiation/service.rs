@@ -306,8 +306,8 @@ impl<'a> Negotiations<'a> {
     /// A query under `grant` that may return up to `want_rows` rows is about to run: it is counted against the
     /// grant's quotas in one atomic step, and under a `max_rows` quota the rows it may return are reserved, so
     /// concurrent queries cannot overshoot them. `Ok` with the rows reserved (the query returns at most those;
-    /// `None` without a row quota), settled by [`Negotiations::end_query`] or given back by
-    /// [`Negotiations::release_rows`]. `Err(Unusable::QuotaUsed)` when a quota is used up (nothing is counted),
+    /// `None` without a row quota), settled by [`Negotiations::end_query`], or given back by the caller when the
+    /// query does not get that far. `Err(Unusable::QuotaUsed)` when a quota is used up (nothing is counted),
     /// saying which from the grant as it stands now.
     pub async fn start_query(
         &self,
@@ -359,12 +359,9 @@ impl<'a> Negotiations<'a> {
             .await?))
     }
 
-    /// Gives back the rows a query reserved and did not return (it failed, or was cancelled).
-    pub async fn release_rows(
-        &self,
-        grant: &Grant,
-        reserved: Option<u64>,
-    ) -> Result<(), FlowError> {
+    /// Gives back the rows a query reserved, when the grant ended while it ran (no row leaves). A query that
+    /// fails or is cancelled gives its rows back through its caller's guard (`server::query`'s `RowsHeld`).
+    async fn release_rows(&self, grant: &Grant, reserved: Option<u64>) -> Result<(), FlowError> {
         if let Some(reserved) = reserved.filter(|r| *r > 0) {
             self.store.settle_rows(grant.id(), reserved, 0).await?;
         }
