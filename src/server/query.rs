@@ -35,6 +35,18 @@ struct RowsHeld {
     rows: Option<u64>,
 }
 
+impl RowsHeld {
+    /// Gives the reserved rows back before the caller answers, so the grant's usage is true when the caller
+    /// reads it next (the `Drop` fallback, for a caller that went away, gives them back in the background).
+    async fn give_back(mut self) {
+        if let Some(rows) = self.rows.take().filter(|r| *r > 0)
+            && let Err(e) = self.store.settle_rows(&self.grant, rows, 0).await
+        {
+            tracing::warn!(grant = %self.grant, "cannot give back {rows} reserved rows: {e}");
+        }
+    }
+}
+
 impl Drop for RowsHeld {
     fn drop(&mut self) {
         let Some(rows) = self.rows.take().filter(|r| *r > 0) else {
@@ -345,7 +357,7 @@ impl ParleyServer {
             }
         }
         progress.report(2, 3, "running the query".to_string()).await;
-        let result = crate::query::execute(
+        let executed = crate::query::execute(
             prepared,
             readable,
             &self.app.engine,
@@ -353,24 +365,31 @@ impl ParleyServer {
             row_bytes,
             cancel,
         )
-            .await
-            .map_err(query_error)
-            .map_err(|e| match (e, &grant) {
-                // A query the grant's view cannot answer (a column outside it): say which grant it ran under.
-                (ToolError::BadRequest(m), Some(g)) => ToolError::BadRequest(format!(
-                    "{m} (the query ran under your grant {} for purpose {}, which shows {}; my_grants lists your \
+        .await;
+        let mut result = match executed {
+            Ok(result) => result,
+            Err(e) => {
+                // The rows reserved are given back before the error is answered.
+                if let Some(h) = held.take() {
+                    h.give_back().await;
+                }
+                return Err(match (query_error(e), &grant) {
+                    // A query the grant's view cannot answer (a column outside it): say which grant it ran under.
+                    (ToolError::BadRequest(m), Some(g)) => ToolError::BadRequest(format!(
+                        "{m} (the query ran under your grant {} for purpose {}, which shows {}; my_grants lists your \
                      grants: pass grant_id to choose one, or request_access for more)",
-                    g.id(),
-                    g.terms().purpose,
-                    if g.terms().columns.is_empty() {
-                        "all columns".to_string()
-                    } else {
-                        g.terms().columns.join(", ")
-                    }
-                )),
-                (e, _) => e,
-            })?;
-        let mut result = result;
+                        g.id(),
+                        g.terms().purpose,
+                        if g.terms().columns.is_empty() {
+                            "all columns".to_string()
+                        } else {
+                            g.terms().columns.join(", ")
+                        }
+                    )),
+                    (e, _) => e,
+                });
+            }
+        };
         if let Some(g) = &grant {
             let reserved = held.take().and_then(|mut h| h.rows.take());
             // Cut by the quota only when it left fewer rows than asked for; else the caller's own cap cut it.
