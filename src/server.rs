@@ -425,6 +425,25 @@ impl ServerHandler for ParleyServer {
         )
     }
 
+    /// A request rmcp could not decode lands here. For a method MCP defines, its params were what failed to parse:
+    /// answer `-32602` (invalid params) saying what was wrong, not `-32601` (method not found), which would tell
+    /// the client the server lacks the method (an outside test found `logging/setLevel` with a bad level answered
+    /// so).
+    async fn on_custom_request(
+        &self,
+        request: rmcp::model::CustomRequest,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CustomResult, ErrorData> {
+        match invalid_params(&request.method, request.params.as_ref()) {
+            Some(why) => Err(ErrorData::invalid_params(why, None)),
+            None => Err(ErrorData::new(
+                rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                format!("no method {}", request.method),
+                None,
+            )),
+        }
+    }
+
     /// The tools the caller can use: owners' tools only for a principal who owns a table (the policy's
     /// `decide_request` on one), and output schemas only when configured (`output_schemas`), so an agent's context
     /// holds what it can act on. A session is told (`notifications/tools/list_changed`) when its list changes.
@@ -632,4 +651,37 @@ impl ServerHandler for ParleyServer {
     ) -> Result<ReadResourceResponse, ErrorData> {
         self.read(request, &ctx).await
     }
+}
+
+/// Why the params of a request for `method`, a method MCP defines, do not parse (serde's words), or `None` for a
+/// method this server does not know.
+#[allow(deprecated)] // logging/setLevel: deprecated for 2026-07-28, still served to 2025 clients
+fn invalid_params(method: &str, params: Option<&serde_json::Value>) -> Option<String> {
+    use rmcp::model as m;
+    fn why<T: serde::de::DeserializeOwned>(params: Option<&serde_json::Value>) -> String {
+        let parsed = match params {
+            Some(p) => serde_json::from_value::<T>(p.clone()).err(),
+            None => serde_json::from_value::<T>(serde_json::json!({})).err(),
+        };
+        match parsed {
+            Some(e) => e.to_string(),
+            None => "they do not match the method's schema".to_string(),
+        }
+    }
+    let why = match method {
+        "initialize" => why::<m::InitializeRequestParams>(params),
+        "logging/setLevel" => why::<m::SetLevelRequestParams>(params),
+        "completion/complete" => why::<m::CompleteRequestParams>(params),
+        "prompts/get" => why::<m::GetPromptRequestParams>(params),
+        "resources/read" => why::<m::ReadResourceRequestParams>(params),
+        "resources/subscribe" => why::<m::SubscribeRequestParams>(params),
+        "resources/unsubscribe" => why::<m::UnsubscribeRequestParams>(params),
+        "tools/call" => why::<m::CallToolRequestParams>(params),
+        "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
+            why::<m::PaginatedRequestParams>(params)
+        }
+        "ping" => "ping takes no params".to_string(),
+        _ => return None,
+    };
+    Some(format!("invalid params for {method}: {why}"))
 }

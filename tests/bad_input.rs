@@ -333,6 +333,23 @@ async fn unparseable_stdio_lines_are_answered_and_the_server_keeps_serving() {
         (r#"{"jsonrpc":"2.0","id":7,"nomethod":true}"#.to_string(), json!(7), -32600),
         (r#"[1,2,3]"#.to_string(), Value::Null, -32600),
         (huge, json!(9), -32600),
+        // A method MCP defines whose params do not parse is invalid params, not an unknown method.
+        (
+            r#"{"jsonrpc":"2.0","id":11,"method":"logging/setLevel","params":{"level":"loud"}}"#.to_string(),
+            json!(11),
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":12,"method":"tools/call","params":{"arguments":{"sql":"SELECT 1"}}}"#.to_string(),
+            json!(12),
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":13,"method":"resources/read","params":{"uri":7}}"#.to_string(),
+            json!(13),
+            -32602,
+        ),
+        (r#"{"jsonrpc":"2.0","id":14,"method":"no/such"}"#.to_string(), json!(14), -32601),
         (
             r#"{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"query","arguments":{"sql":"SELECT 7"}}}"#.to_string(),
             json!(10),
@@ -356,6 +373,13 @@ async fn unparseable_stdio_lines_are_answered_and_the_server_keeps_serving() {
             assert!(reply.get("result").is_some(), "case {i}: {reply}");
         } else {
             assert_eq!(reply["error"]["code"], code, "case {i}: {reply}");
+        }
+        if code == -32602 {
+            let message = reply["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.starts_with("invalid params for "),
+                "case {i}: {reply}"
+            );
         }
     }
 }
