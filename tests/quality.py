@@ -13,7 +13,8 @@ tokens:
 - the owner appends a row with a negative amount through Parley's `/iceberg`: the new snapshot is evaluated, the SQL
   rule fails, the grant holder and the owner are told, and the policy's forbid on that breach refuses the analyst's
   query, which it allowed before;
-- a rule that would read another table is reported as an error, never as passing.
+- a rule that would read another table is reported as an error, never as passing;
+- a restart does not tell a breach told before it again.
 
 Usage: python tests/quality.py path/to/parley
 """
@@ -265,6 +266,30 @@ def main() -> None:
             update.delete_column("is_gift")
         check("is_gift" not in [f.name for f in direct.load_table("sales.orders").schema().fields],
               "dropping a contracted column no consumer reads lands")
+
+        # A restart does not tell a breach again: the owner's notices hold each quality notice once.
+        def told() -> list:
+            return [n["reason"] for n in call(owner, "my_notices", {}).structured_content["notices"]
+                    if n.get("kind") == "quality"]
+
+        call(owner, "describe_table", {"table": "sales.orders", "full": True})
+        time.sleep(2)  # told on a task of its own
+        before = told()
+        check(before and len(before) == len(set(before)), f"each breach told once ({len(before)} notices)")
+        with open(clock) as f:
+            offset = f.read()
+        server.terminate()
+        server.stderr.read()
+        server.wait()
+        server, port, clock = serve_http(binary, data_dir)
+        with open(clock, "w") as f:
+            f.write(offset)
+        mcp = f"http://127.0.0.1:{port}/mcp"
+        call(owner, "describe_table", {"table": "sales.orders", "full": True})
+        call(analyst, "describe_table", {"table": "sales.orders"})
+        time.sleep(2)
+        after = told()
+        check(sorted(after) == sorted(before), f"after a restart no breach is told again ({len(after)} notices)")
     finally:
         server.terminate()
         server.stderr.read()

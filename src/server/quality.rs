@@ -2,7 +2,8 @@
 //! snapshot and contract version, on a task of its own, when a tool first meets that snapshot (`describe_table`,
 //! `get_contract`, `query`, a commit through `/iceberg`). The report becomes the table's `quality` policy facts
 //! ([`Lakehouse::record_quality`](crate::catalog::Lakehouse::record_quality)); a breach is told once per snapshot
-//! and breach to the holders of live grants and to the table's owners (their notices, their sessions).
+//! and breach to the holders of live grants and to the table's owners (their notices, their sessions), also across
+//! restarts (the owners' notices in the store say what was told).
 //!
 //! Invariants: at most one evaluation per table runs at a time for a given snapshot and contract version; a report
 //! of a snapshot superseded while it ran does not replace the newer one's; measured values (counts, the newest
@@ -18,7 +19,7 @@ use serde::Serialize;
 use super::ParleyServer;
 use super::commits::tell;
 use crate::catalog::TableName;
-use crate::negotiation::store::EventKind;
+use crate::negotiation::store::{EventKind, table_subject};
 use crate::quality::Report;
 
 /// What a snapshot is judged by: its id and the contract version.
@@ -216,6 +217,15 @@ async fn announce(app: &super::App, name: &TableName, report: &Report) {
             .map_or("none".to_string(), |s| s.to_string()),
         breaches.join(", ")
     );
+    // What was told before a restart is in the owners' notices: the same breach of the same snapshot is not
+    // told again.
+    if let Ok(events) = app.store.events(&table_subject(&name.to_string())).await
+        && events
+            .iter()
+            .any(|e| e.kind == EventKind::Quality && e.reason == reason)
+    {
+        return;
+    }
     tell(
         app,
         name,
