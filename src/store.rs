@@ -60,6 +60,15 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
+        // Servers starting at once on a new file would each turn on WAL and apply migration 1 (sqlx reads which
+        // migrations are applied before it applies the rest), and all but one would fail: one opens at a time,
+        // under a lock file beside the database, released once its migrations are in.
+        let lock = open_lock(path)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            })?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -68,7 +77,9 @@ impl SqliteStore {
                 path: path.to_path_buf(),
                 source: Box::new(source),
             })?;
-        Self::migrate(pool, path.to_path_buf()).await
+        let store = Self::migrate(pool, path.to_path_buf()).await;
+        drop(lock);
+        store
     }
 
     /// A private in-memory database (for tests of other modules); gone when the store is dropped.
@@ -119,6 +130,25 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// An exclusive lock on `<path>.open-lock`, held while a store opens and migrates (released when the file is
+/// dropped).
+async fn open_lock(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".open-lock");
+    let lock = PathBuf::from(name);
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Maps a sqlx error to [`StoreError::Database`] with what the store was doing.
@@ -904,6 +934,22 @@ mod tests {
 
     use super::*;
     use crate::negotiation::{Mask, RowScope};
+
+    /// Servers started together on a data dir none has opened yet each open its store: all of them start (an
+    /// outside test saw one in three die applying migration 1 a second time).
+    #[tokio::test]
+    async fn stores_opened_at_once_on_a_new_file_all_open() {
+        for _ in 0..6 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("state.db");
+            let opened = futures::future::join_all((0..4).map(|_| SqliteStore::open(&path))).await;
+            for store in opened {
+                let store = store.unwrap();
+                assert!(store.get_grant("grant-404").await.unwrap().is_none());
+                store.close().await;
+            }
+        }
+    }
 
     #[test]
     fn placeholders_are_numbered_for_sqlite_and_postgres_alike() {
