@@ -11,7 +11,14 @@ itself. The classes of attack:
   5. discovery non-enumeration (an undiscoverable table reads exactly like a nonexistent one);
   6. the `parley.audit_log` table (each caller sees only records of tables they own);
   7. bad input that must not kill, hang or wedge the server;
-  8. quotas, expiry, revocation and grants used by someone else.
+  8. quotas, expiry, revocation and grants used by someone else (and masks an approver may not pick);
+  9. memory: values built by expressions, replies of huge cells, quadratic functions, against a server with a small
+     pool;
+ 10. a grant's row quota under failing and concurrent queries;
+ 11. HTTP: session floods, trickled headers, requests without a valid token, other origins, bad params.
+
+Classes 9 to 11 each start servers of their own (stdio, or `parley serve --http` on a free loopback port) on the same
+data dir, and stop them when done.
 
 Usage: python tests/adversarial.py path/to/parley
 
@@ -24,9 +31,11 @@ import contextlib
 import datetime
 import decimal
 import hashlib
+import http.client
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +67,8 @@ CLASSES = {
     "7-bad-input": "bad input must not kill the server",
     "8-grants": "quotas, expiry, revocation, stolen grants",
     "9-memory": "memory within the pool plus a stated constant",
+    "10-quota": "a grant's row quota under failing and concurrent queries",
+    "11-http": "HTTP sessions, slow clients, tokens, origins, params",
 }
 
 # Class 9 runs its own server with this query memory pool, and its peak resident memory may exceed what the server
@@ -1677,10 +1688,69 @@ def nested_subqueries(depth: int) -> str:
     return sql
 
 
+async def year_only_on_text(s: Suite, owner: Parley, marketing: Parley) -> None:
+    """An approver cannot mask a text column `year_only`: it keeps the year of a date, and on text it failed on every
+    row with the clear value in the error (an outside attack read segments and countries so). The refusal names the
+    masks that fit, quotes no value of the column, and leaves the request pending."""
+    cls, t = "8-grants", s.truth
+    asked = await s.call(
+        cls,
+        "marketing asks for countries and segments (pending)",
+        marketing,
+        "request_access",
+        {
+            "tables": ["sales.customers"],
+            "purpose": "revenue_reporting",
+            "columns": ["customer_id", "country", "segment"],
+        },
+    )
+    if not s.check(
+        "countries and segments for revenue_reporting are pending",
+        cls,
+        asked.ok and asked.data.get("status") == "pending",
+        asked.brief(),
+    ):
+        return
+    request = asked.data["request_id"]
+    values = {
+        "segment": {r["segment"] for r in t.customers.values() if r["segment"]},
+        "country": set(t.countries),
+    }
+    for column, seen in values.items():
+        a = await s.expect_error(
+            cls,
+            f"owner masks the text column {column} year_only",
+            owner,
+            "decide_request",
+            {"request_id": request, "approve": True, "reason": "hide it", "masks": {column: "year_only"}},
+        )
+        s.check(
+            f"year_only on {column}: the refusal names redact or hash",
+            cls,
+            "redact" in a.text.lower() or "hash" in a.text.lower(),
+            a.brief(),
+        )
+        quoted = sorted(v for v in seen if re.search(rf"(?<!\w){re.escape(v)}(?!\w)", a.text))
+        s.check(
+            f"year_only on {column}: the refusal quotes no value of it", cls, not quoted, f"{quoted} in {a.brief()}"
+        )
+    status = await s.call(
+        cls, "marketing reads the refused request", marketing, "access_status", {"request_id": request}
+    )
+    s.check(
+        "refused decisions leave the request pending",
+        cls,
+        status.ok and status.data.get("state") == "requested",
+        status.brief(),
+    )
+
+
 async def class8_grants(s: Suite, sessions: dict[str, Parley], grant: str | None) -> None:
-    """Quotas and expiry set by the approver hold; a revoked grant stops; nobody uses or decides another's."""
+    """Quotas and expiry set by the approver hold; a revoked grant stops; nobody uses or decides another's; an
+    approver cannot pick a mask that does not fit the column."""
     cls, t = "8-grants", s.truth
     analyst, owner, marketing = sessions["analyst"], sessions["sales-owner"], sessions["marketing-agent"]
+    await year_only_on_text(s, owner, marketing)
     orders = {"tables": ["sales.orders"], "purpose": "pricing_research"}
     quota = await s.call(cls, "analyst asks for orders (pending)", analyst, "request_access", orders)
     expiry = await s.call(
@@ -1856,10 +1926,81 @@ def doubling(step: str, levels: int = 30) -> str:
     return f"WITH {', '.join(ctes)} SELECT order_id, length(s) FROM l{levels - 1}"
 
 
+# A 1 MiB value the planner cannot fold into a literal (so it is built per batch, as data would be).
+MIB_VALUE = "repeat('x', 1048576 + CAST(random() * 0 AS BIGINT))"
+# How much class 9's peak resident memory may grow while one of the outside attack's cases runs (the attack took
+# +2.4 GB for a reply and +2.2 GB for capture groups; the values themselves are a few MiB).
+CASE_GROWTH = 128 << 20
+
+
+async def memory_outside_attack(s: Suite, client: Parley, pid: int) -> None:
+    """The outside attack's cases against class 9's server (256 MiB pool): a reply of cells formatted from 400
+    references to one 1 MiB value (nothing for the engine, 400 MiB of text) stays within its byte budget and builds
+    no more; `regexp_match` copying a large value per capture group is refused before it builds; `levenshtein` of
+    two long strings on every query slot at once is refused or stopped at the time limit, and the next query is
+    answered at once (the attack held every slot for minutes past the limit)."""
+    cls = "9-memory"
+
+    def grown_since(peak_kib: int) -> int:
+        return (memory_kib(pid, "VmHWM") - peak_kib) * 1024
+
+    wide = f"WITH s AS (SELECT {MIB_VALUE} AS v) SELECT struct({', '.join(['v'] * 400)}) AS big FROM s"
+    for budget in (None, 4 << 20):
+        cap = budget or 8192  # without max_bytes: the default reply budget (`query.default_reply_bytes`)
+        args: dict[str, Any] = {"sql": wide} if budget is None else {"sql": wide, "max_rows": 10, "max_bytes": budget}
+        name = f"a struct of 400 copies of a 1 MiB value, reply budget {cap} bytes"
+        peak = memory_kib(pid, "VmHWM")
+        a = await s.call(cls, name, client, "query", args)
+        grown = grown_since(peak)
+        s.check(f"{name}: no 400 MiB cell in the reply", cls, a.error or a.rows == [], a.brief())
+        reply_bytes = int((a.data or {}).get("result_bytes", cap + 1))
+        s.check(
+            f"{name}: the reply stays within its budget",
+            cls,
+            a.error or (reply_bytes <= cap and len(a.text) <= 2 * cap + (64 << 10)),
+            f"{reply_bytes} bytes of rows, {len(a.text)} characters: {a.brief()}",
+        )
+        s.check(f"{name}: peak memory grew by at most {CASE_GROWTH >> 20} MiB", cls, grown <= CASE_GROWTH,
+                f"+{grown >> 20} MiB")
+
+    name = "regexp_match with 240 capture groups over 1 MiB values"
+    groups = "(" * 240 + ".*" + ")" * 240
+    sql = (
+        f"WITH s AS (SELECT {MIB_VALUE} AS v), r AS (SELECT order_id FROM sales.orders ORDER BY order_id LIMIT 8) "
+        f"SELECT sum(cardinality(regexp_match(v, '{groups}'))) FROM s CROSS JOIN r"
+    )
+    peak = memory_kib(pid, "VmHWM")
+    await s.expect_error(cls, name, client, "query", {"sql": sql}, ("would build",))
+    grown = grown_since(peak)
+    s.check(f"{name}: peak memory grew by at most {CASE_GROWTH >> 20} MiB", cls, grown <= CASE_GROWTH,
+            f"+{grown >> 20} MiB")
+
+    # As many copies as the server has query slots by default (2 per core), each 2.25e10 steps computed without a
+    # yield: minutes of a core apiece.
+    slots = 2 * len(os.sched_getaffinity(0))
+    long = "repeat('{}', 150000 + CAST(random() * 0 AS BIGINT))"
+    sql = f"SELECT levenshtein({long.format('a')}, {long.format('b')})"
+    answers = await asyncio.gather(
+        *(
+            s.query(cls, f"levenshtein of two 150 KB strings, copy {i}", client, sql, max_rows=10, timeout=90)
+            for i in range(slots)
+        )
+    )
+    late = [a.brief(160) for a in answers if not ((a.ok or a.error) and a.seconds <= 40)]
+    s.check(f"{slots} levenshtein copies: each refused or answered within the 30 s time limit (+10 s)", cls, not late,
+            late[:2])
+    limits = ("steps", "would build", "time limit", "longer than")
+    vague = [a.brief(200) for a in answers if a.error and not any(w in a.text.lower() for w in limits)]
+    s.check("levenshtein refusals name the limit", cls, not vague, vague[:1])
+    after = await s.expect_rows(cls, "SELECT 1 right after the levenshtein copies", client, "SELECT 1", [[1]])
+    s.check("SELECT 1 right after the levenshtein copies: within 5 s", cls, after.seconds <= 5, after.brief())
+
+
 async def class9_memory(s: Suite, binary: str, data_dir: str, scratch: str) -> None:
-    """Values built by expressions, literals broadcast over batches and many of both at once, against a server
-    with a 256 MiB pool: every call is answered (rows or a clear error), the server still answers afterwards, and
-    its peak resident memory stays within what it held before, plus the pool, plus a stated constant."""
+    """Values built by expressions, literals broadcast over batches and many of both at once (and the outside
+    attack's cases, `memory_outside_attack`), against a server with a 256 MiB pool: every call is answered (rows or
+    a clear error), the server still answers afterwards, and its peak resident memory stays within what it held
+    before, plus the pool, plus a stated constant."""
     cls = "9-memory"
     marker = f"PARLEY_ADVERSARIAL_PROBE=memory-{os.getpid()}"
     env = {"PARLEY_QUERY_MEMORY_BYTES": str(MEMORY_POOL), marker.split("=")[0]: marker.split("=")[1]}
@@ -1871,6 +2012,7 @@ async def class9_memory(s: Suite, binary: str, data_dir: str, scratch: str) -> N
         if not s.check("the class's server process found", cls, pid is not None, marker):
             return
         before = memory_kib(pid, "VmRSS")
+        await memory_outside_attack(s, client, pid)
         n = s.truth.n_orders
         big = "y" * 90_000
         refused = ("would build", "memory", "constants")
@@ -1954,6 +2096,461 @@ async def class9_memory(s: Suite, binary: str, data_dir: str, scratch: str) -> N
     finally:
         await client.close()
 
+# Class 10's grant: a purpose sales.orders' contract does not allow, so its owner decides (and sets the quota).
+QUOTA_PURPOSE = "quota_testing"
+QUOTA_ROWS = 5
+
+
+async def class10_quota(s: Suite, binary: str, data_dir: str, scratch: str) -> None:
+    """An approver's row quota bounds the rows all queries under the grant return together (an outside attack had
+    10,000 rows from one query and 20,000 from four concurrent ones under `max_rows: 5`): a failed query keeps none
+    of it, concurrent queries share what is left (each answer pyiceberg's rows, the one the quota cut saying so),
+    usage counts exactly the rows returned, and the next query is refused naming the quota. Its own processes and
+    grant, so no other class's grants are touched."""
+    cls, t = "10-quota", s.truth
+    analyst = Parley(binary, data_dir, "analyst", scratch)
+    owner = Parley(binary, data_dir, "sales-owner", scratch)
+    try:
+        await analyst.open()
+        await owner.open()
+        orders = {"tables": ["sales.orders"], "purpose": QUOTA_PURPOSE}
+        asked = await s.call(cls, "analyst asks for sales.orders (pending)", analyst, "request_access", orders)
+        pending = asked.ok and asked.data.get("status") == "pending"
+        if not s.check("the request is pending", cls, pending, asked.brief()):
+            return
+        request = asked.data["request_id"]
+        decision = {"request_id": request, "approve": True, "reason": "five rows in all", "max_rows": QUOTA_ROWS}
+        decided = await s.call(cls, f"owner approves with max_rows {QUOTA_ROWS}", owner, "decide_request", decision)
+        status = await s.call(cls, "analyst reads the request", analyst, "access_status", {"request_id": request})
+        grant = (status.data or {}).get("grant_id")
+        if not s.check("approved: the analyst has a grant", cls, decided.ok and grant, status.brief()):
+            return
+
+        async def usage(name: str) -> dict:
+            a = await s.call(cls, name, analyst, "my_grants", {})
+            mine = [g for g in (a.data or {}).get("grants", []) if g.get("grant_id") == grant]
+            listed = bool(mine) and mine[0].get("terms", {}).get("max_rows") == QUOTA_ROWS
+            s.check(f"{name}: my_grants lists the grant with its quota", cls, listed, a.brief())
+            return (mine[0].get("usage") or {}) if mine else {}
+
+        # Queries failing as they run (after their rows were reserved) keep none of the quota.
+        for name, sql in [
+            ("division by zero", "SELECT order_id / (order_id - order_id) FROM sales.orders ORDER BY order_id"),
+            ("a cast of text to a number", "SELECT CAST(status AS BIGINT) FROM sales.orders"),
+        ]:
+            await s.expect_error(cls, f"failing query: {name}", analyst, "query", {"sql": sql, "grant_id": grant})
+            used = await usage(f"usage right after the failing query ({name})")
+            if not s.check(f"a failing query ({name}) keeps no rows of the quota", cls, used.get("rows") == 0, used):
+                # A build that gives rows back in the background: let it, so the checks below test the quota itself.
+                await asyncio.sleep(1.0)
+
+        ids = sorted(t.order_ids.elements())
+        ordered = "SELECT order_id FROM sales.orders ORDER BY order_id"
+        # The caller's own max_rows cuts this one (the quota has more left): it says so, not the quota.
+        first = await s.expect_rows(cls, "2 rows of 5", analyst, ordered, [[i] for i in ids[:2]], grant, max_rows=2)
+        cut = (first.data or {}).get("truncated_by")
+        s.check("2 rows of 5: cut by max_rows, not by the quota", cls, cut == "max_rows", first.brief())
+        used = await usage("usage after 2 rows")
+        s.check("usage counts the 2 rows returned", cls, used.get("rows") == 2, used)
+
+        # Six queries at once, 1,000 rows each asked: together at most (and, the table being larger, exactly) the 3
+        # rows left, each answer pyiceberg's first rows of its own SQL.
+        left, n = QUOTA_ROWS - 2, 6
+        residue = "SELECT order_id FROM sales.orders WHERE order_id % {n} = {i} ORDER BY order_id"
+        answers = await asyncio.gather(
+            *(
+                s.query(cls, f"concurrent query {i}", analyst, residue.format(n=n, i=i), grant, max_rows=1000)
+                for i in range(n)
+            )
+        )
+        returned = sum(len(a.rows) for a in answers if a.rows is not None)
+        briefs = [a.brief(120) for a in answers]
+        s.check(f"{n} concurrent queries return at most the {left} rows left", cls, returned <= left, briefs)
+        s.check(f"{n} concurrent queries return all {left} rows left", cls, returned == left, briefs)
+        for i, a in enumerate(answers):
+            theirs = [[x] for x in ids if x % n == i]
+            if a.rows is None:
+                refused = a.error and "quota" in a.text.lower()
+                s.check(f"concurrent query {i}: refused naming the quota", cls, refused, a.brief())
+                continue
+            s.check(f"concurrent query {i}: pyiceberg's first rows", cls, a.rows == theirs[: len(a.rows)], a.brief())
+            if len(a.rows) < min(1000, len(theirs)):
+                cut = str((a.data or {}).get("truncated_by"))
+                s.check(f"concurrent query {i}: truncated_by names the row quota", cls, "row quota" in cut, a.brief())
+        used = await usage("usage after the concurrent queries")
+        s.check(
+            "usage rows equal the rows returned, the whole quota",
+            cls,
+            used.get("rows") == 2 + returned == QUOTA_ROWS,
+            f"usage {used}, returned {2 + returned}",
+        )
+        for name, sql in [
+            ("a query past the quota", "SELECT count(*) FROM sales.orders"),
+            ("a failing query past the quota", "SELECT order_id / (order_id - order_id) FROM sales.orders"),
+        ]:
+            await s.expect_error(cls, name, analyst, "query", {"sql": sql, "grant_id": grant}, ("quota",))
+        used = await usage("usage at the end")
+        s.check("usage never passes the quota", cls, used.get("rows") == QUOTA_ROWS, used)
+    finally:
+        # Last opened, first closed: each transport's cancel scope must end in the order anyio nests them.
+        await owner.close()
+        await analyst.close()
+
+
+# Class 11: the HTTP transport (README, "Security model": 64 sessions per principal, headers within 10 s, a request
+# without a valid token answered and its connection closed, a loopback server refusing other origins).
+HTTP_PROTOCOL = "2025-06-18"
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": HTTP_PROTOCOL,
+        "capabilities": {},
+        "clientInfo": {"name": "adversarial", "version": "1"},
+    },
+}
+INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+SESSIONS_PER_PRINCIPAL = 64
+FLOOD_SESSIONS = 400
+# What 400 sessions may add to the server's resident memory: the 64 kept open (~0.5 MB each) and the allocator's
+# churn (34-44 MiB measured for 200); 400 of them, unbounded, took ~200 MB.
+FLOOD_GROWTH = 96 << 20
+HEADER_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (the OS's pick)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class HttpServer:
+    """One `parley serve --http 127.0.0.1:PORT ...` process of class 11's, on a free port; `stop` ends it (by its
+    pid)."""
+
+    def __init__(self, binary: str, data_dir: str, scratch: str, name: str, args: list[str]) -> None:
+        self.port = free_port()
+        self.log = open(os.path.join(scratch, f"{name}.log"), "a")
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--data-dir", data_dir, "--http", f"127.0.0.1:{self.port}", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PARLEY_LOG": "warn"},
+        )
+
+    def ready(self, timeout: float = CALL_TIMEOUT) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return True
+            time.sleep(0.05)
+        return False
+
+    def rss(self) -> int:
+        return memory_kib(self.proc.pid, "VmRSS") * 1024
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@dataclass
+class HttpAnswer:
+    """One HTTP request's outcome; status 0 when no answer came (the text then says why)."""
+
+    status: int
+    headers: dict[str, str]
+    text: str
+    seconds: float
+
+    def messages(self) -> list[dict]:
+        """The JSON-RPC messages of the body: its server-sent events' `data:` lines, or the body as one document."""
+        found = []
+        for line in self.text.splitlines():
+            if line.startswith("data:") and line[5:].strip():
+                with contextlib.suppress(ValueError):
+                    found.append(json.loads(line[5:]))
+        if not found:
+            with contextlib.suppress(ValueError):
+                found.append(json.loads(self.text))
+        return [m for m in found if isinstance(m, dict)]
+
+    def reply(self, request_id: int) -> dict:
+        return next((m for m in self.messages() if m.get("id") == request_id), {})
+
+    def brief(self, limit: int = 300) -> str:
+        text = self.text if len(self.text) <= limit else self.text[:limit] + "..."
+        return f"HTTP {self.status} after {self.seconds:.2f}s: {text}"
+
+
+def http_request(port: int, message: Any, headers: dict[str, str], method: str = "POST") -> HttpAnswer:
+    """One request to /mcp on a connection of its own."""
+    started = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CALL_TIMEOUT)
+    try:
+        body = None if message is None else json.dumps(message).encode()
+        base = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+        conn.request(method, "/mcp", body=body, headers={**base, **headers})
+        response = conn.getresponse()
+        text = response.read().decode(errors="replace")
+        found = {k.lower(): v for k, v in response.getheaders()}
+        return HttpAnswer(response.status, found, text, time.monotonic() - started)
+    except (OSError, http.client.HTTPException) as e:
+        return HttpAnswer(0, {}, f"{type(e).__name__}: {e}", time.monotonic() - started)
+    finally:
+        conn.close()
+
+
+def refused_connection(port: int, token: str | None) -> tuple[HttpAnswer, bool]:
+    """`initialize` with `token` (None: no Authorization header) on a connection asking to be kept alive: the
+    answer, and whether the server then closed the connection (end of stream or reset within 2 s of the answer)."""
+    body = json.dumps(INITIALIZE).encode()
+    lines = [
+        "POST /mcp HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Content-Type: application/json",
+        "Accept: application/json, text/event-stream",
+        "Connection: keep-alive",
+        f"Content-Length: {len(body)}",
+    ]
+    if token is not None:
+        lines.append(f"Authorization: Bearer {token}")
+    started = time.monotonic()
+    data, closed, answered_at = b"", False, None
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        while True:
+            if answered_at is not None:
+                sock.settimeout(max(0.01, answered_at + 2 - time.monotonic()))
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            except OSError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            data += chunk
+            head, ended, rest = data.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            if answered_at is None and ended and length and len(rest) >= int(length.group(1)):
+                answered_at = time.monotonic()
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status = re.match(rb"HTTP/1\.[01] (\d{3})", head)
+    headers = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.decode(errors="replace").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    text = rest.decode(errors="replace") if status else f"no answer: {data[:200]!r}"
+    return HttpAnswer(int(status.group(1)) if status else 0, headers, text, time.monotonic() - started), closed
+
+
+def trickle_headers(port: int, give_up: float = 25.0) -> float | None:
+    """Sends a request's headers one byte a second: the seconds until the server closed the connection (or answered,
+    e.g. 408), or None when it still held it after `give_up` seconds."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Trickle: ".encode())
+        sock.settimeout(1.0)
+        while time.monotonic() - started < give_up:
+            try:
+                sock.sendall(b"a")
+                sock.recv(4096)  # an answer or the end of the stream: the server is done with the connection
+                return time.monotonic() - started
+            except socket.timeout:
+                continue
+            except OSError:
+                return time.monotonic() - started
+    return None
+
+
+def mint_token(binary: str, data_dir: str, principal: str, groups: str | None) -> str:
+    args = [binary, "token", "--data-dir", data_dir, "--principal", principal, "--ttl", "1h"]
+    if groups:
+        args += ["--groups", groups]
+    return subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def mcp_headers(token: str | None, session: str | None = None) -> dict[str, str]:
+    headers = {}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    if session:
+        headers |= {"mcp-session-id": session, "mcp-protocol-version": HTTP_PROTOCOL}
+    return headers
+
+
+async def http_call(s: Suite, cls: str, name: str, port: int, message: Any, headers: dict[str, str]) -> HttpAnswer:
+    """One attack over HTTP, checked as `Suite.call` checks one over stdio: an answer came, holding no secret the
+    request did not."""
+    s.attempts[cls] += 1
+    answer = await asyncio.to_thread(http_request, port, message, headers)
+    s.check(f"{name}: answered", cls, answer.status != 0, answer.brief())
+    leaks = s.truth.leaks(answer.text, json.dumps(message, ensure_ascii=False), False)
+    s.check(f"{name}: nothing leaked", cls, not leaks, f"{leaks} in {answer.brief()}")
+    return answer
+
+
+async def http_session(s: Suite, cls: str, name: str, port: int, token: str | None) -> str | None:
+    """A session opened as an MCP client opens one (initialize, then notifications/initialized)."""
+    a = await http_call(s, cls, f"{name}: initialize", port, INITIALIZE, mcp_headers(token))
+    session = a.headers.get("mcp-session-id")
+    if not s.check(f"{name}: initialize opens a session", cls, a.status == 200 and session, a.brief()):
+        return None
+    a = await http_call(s, cls, f"{name}: initialized", port, INITIALIZED, mcp_headers(token, session))
+    s.check(f"{name}: initialized accepted", cls, a.status in (200, 202), a.brief())
+    return session
+
+
+async def http_select(s: Suite, cls: str, name: str, port: int, token: str | None, session: str | None) -> HttpAnswer:
+    """`SELECT 1` through the query tool in `session`, checked for its one row."""
+    message = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+               "params": {"name": "query", "arguments": {"sql": "SELECT 1"}}}
+    a = await http_call(s, cls, name, port, message, mcp_headers(token, session))
+    rows = (a.reply(9).get("result") or {}).get("structuredContent", {}).get("rows")
+    s.check(f"{name}: SELECT 1 answers [[1]]", cls, a.status == 200 and rows == [[1]], a.brief())
+    return a
+
+
+async def class11_http(s: Suite, binary: str, data_dir: str, scratch: str) -> None:
+    """The HTTP transport under an outside attack's cases: a token holder opening sessions without end (the server
+    grew ~0.5 MB a session, unbounded), headers trickled to hold a connection (held forever), requests without a
+    valid token (not always answered, connection kept), a web page's `Origin` on the token-less loopback server
+    (accepted), and bad params for a known method (answered "method not found")."""
+    cls = "11-http"
+    # One after the other: each opens the data dir's stores as it starts.
+    server = HttpServer(binary, data_dir, scratch, "http-tokens", ["--dev-issuer"])
+    local = None
+    try:
+        up = [await asyncio.to_thread(server.ready)]
+        local = HttpServer(binary, data_dir, scratch, "http-local", ["--principal", "analyst"])
+        up.append(await asyncio.to_thread(local.ready))
+        s.attempts[cls] += 1
+        if not s.check("both HTTP servers listen", cls, all(up), f"{up}; logs in {scratch}"):
+            return
+        port = server.port
+        analyst = await asyncio.to_thread(mint_token, binary, data_dir, "analyst", "analysts")
+        flooder = await asyncio.to_thread(mint_token, binary, data_dir, "session-flooder", None)
+        mine = await http_session(s, cls, "analyst", port, analyst)
+        await http_select(s, cls, "analyst's session", port, analyst, mine)
+
+        def rpc(request_id: int, method: str, params: dict | None = None) -> dict:
+            message = {"jsonrpc": "2.0", "id": request_id, "method": method}
+            return message if params is None else {**message, "params": params}
+
+        # (a) One token holder opens 200 more sessions (initialize only): past 64 its oldest are closed, and the
+        # server's memory stays put; other principals' sessions are untouched.
+        oldest = await http_session(s, cls, "the flooder's first session", port, flooder)
+        before = server.rss()
+        flood = await asyncio.to_thread(
+            lambda: [http_request(port, INITIALIZE, mcp_headers(flooder)) for _ in range(FLOOD_SESSIONS)]
+        )
+        s.attempts[cls] += len(flood)
+        await asyncio.sleep(0.5)
+        grown = server.rss() - before
+        print(f"  11-http: {FLOOD_SESSIONS} sessions grew the server's resident memory by {grown >> 20} MiB",
+              flush=True)
+        opened = [a.headers.get("mcp-session-id") for a in flood if a.status == 200]
+        s.check(
+            f"{FLOOD_SESSIONS} more sessions by one principal are each answered",
+            cls,
+            len(opened) == FLOOD_SESSIONS and all(opened),
+            next((a.brief() for a in flood if a.status != 200), ""),
+        )
+        leaks = [x for a in flood for x in s.truth.leaks(a.text, json.dumps(INITIALIZE), False)]
+        s.check(f"{FLOOD_SESSIONS} sessions: nothing leaked", cls, not leaks, leaks[:3])
+        s.check(
+            f"{FLOOD_SESSIONS} sessions grow resident memory by less than {FLOOD_GROWTH >> 20} MiB",
+            cls,
+            grown < FLOOD_GROWTH,
+            f"+{grown >> 20} MiB",
+        )
+        if oldest:
+            a = await http_call(s, cls, "the oldest session", port, rpc(2, "tools/list"), mcp_headers(flooder, oldest))
+            closed = a.status == 404
+            s.check(f"the oldest session is closed once {SESSIONS_PER_PRINCIPAL} newer are open: 404", cls, closed,
+                    a.brief())
+        if opened:
+            newest = mcp_headers(flooder, opened[-1])
+            await http_call(s, cls, "the newest session: initialized", port, INITIALIZED, newest)
+            a = await http_call(s, cls, "the newest session", port, rpc(3, "tools/list"), newest)
+            s.check("the newest session is still open", cls, a.status == 200 and "result" in a.reply(3), a.brief())
+        fresh = await http_session(s, cls, "the flooder's session after the flood", port, flooder)
+        a = await http_call(s, cls, "a new session after the flood", port, rpc(4, "tools/list"),
+                            mcp_headers(flooder, fresh))
+        s.check("a new session after the flood works", cls, a.status == 200 and "result" in a.reply(4), a.brief())
+        await http_select(s, cls, "another principal's session after the flood", port, analyst, mine)
+
+        # (e) Bad params for a method MCP defines: invalid params (-32602), not "method not found" (-32601).
+        for request_id, params in [(5, {"level": "loud"}), (6, {})]:
+            a = await http_call(s, cls, f"logging/setLevel {params}", port, rpc(request_id, "logging/setLevel", params),
+                                mcp_headers(analyst, mine))
+            error = a.reply(request_id).get("error") or {}
+            invalid = error.get("code") == -32602 and "invalid params" in str(error.get("message")).lower()
+            s.check(f"logging/setLevel {params}: -32602 invalid params", cls, invalid, a.brief())
+        a = await http_call(s, cls, "logging/setLevel warning", port, rpc(7, "logging/setLevel", {"level": "warning"}),
+                            mcp_headers(analyst, mine))
+        s.check("logging/setLevel warning: accepted", cls, "result" in a.reply(7), a.brief())
+
+        # (b) Headers trickled a byte a second: the connection is closed at the header time limit, while others are
+        # served.
+        s.attempts[cls] += 1
+        trickle = asyncio.create_task(asyncio.to_thread(trickle_headers, port))
+        for i in range(3):
+            await asyncio.sleep(2.5)
+            await http_select(s, cls, f"analyst while headers trickle ({i + 1})", port, analyst, mine)
+        closed_after = await trickle
+        s.check(
+            f"trickled headers: the connection is closed within {HEADER_TIMEOUT:.0f}-15 s",
+            cls,
+            closed_after is not None and closed_after <= HEADER_TIMEOUT + 5,
+            "still open after 25 s" if closed_after is None else f"closed after {closed_after:.1f} s",
+        )
+
+        # (c) Without a valid token: 401 with a challenge, and the connection closed (it keeps no connection slot).
+        refusals = []
+        for token in [None, None, None, "not-a-token", "not-a-token", analyst[:-8] + "AAAAAAAA"]:
+            s.attempts[cls] += 1
+            refusals.append(await asyncio.to_thread(refused_connection, port, token))
+        challenged = all(a.status == 401 and "www-authenticate" in a.headers for a, _ in refusals)
+        s.check("requests without a valid token are answered 401 with a challenge", cls, challenged,
+                [a.brief(120) for a, _ in refusals if a.status != 401][:2])
+        close = all(a.headers.get("connection", "").lower() == "close" for a, _ in refusals)
+        s.check("401 answers say Connection: close", cls, close, [a.headers for a, _ in refusals][:1])
+        s.check("the server closes the connection after a 401", cls, all(c for _, c in refusals),
+                [c for _, c in refusals])
+        leaks = [x for a, _ in refusals for x in s.truth.leaks(a.text, "", False)]
+        s.check("401 answers: nothing leaked", cls, not leaks, leaks[:3])
+
+        # (d) The token-less loopback server: a web page's Origin is refused; a local client (no Origin, or a
+        # loopback one) is served.
+        for origin in ["http://evil.example", f"http://127.0.0.1.evil.example:{local.port}", "null"]:
+            a = await http_call(s, cls, f"local mode, Origin {origin}", local.port, INITIALIZE, {"origin": origin})
+            s.check(f"local mode refuses Origin {origin}: 403", cls, a.status == 403, a.brief())
+        session = await http_session(s, cls, "local mode, no Origin", local.port, None)
+        await http_select(s, cls, "local mode, no Origin", local.port, None, session)
+        own = f"http://127.0.0.1:{local.port}"
+        a = await http_call(s, cls, f"local mode, Origin {own}", local.port, INITIALIZE, {"origin": own})
+        s.check(f"local mode accepts Origin {own}", cls, a.status == 200 and a.headers.get("mcp-session-id"),
+                a.brief())
+        running = server.proc.poll() is None and local.proc.poll() is None
+        s.check("both HTTP servers still run", cls, running, f"{server.proc.poll()} {local.proc.poll()}")
+    finally:
+        await asyncio.gather(*(asyncio.to_thread(x.stop) for x in (server, local) if x is not None))
+
+
 async def run(binary: str, data_dir: str, scratch: str, s: Suite) -> None:
     principals = ["analyst", "marketing-agent", "sales-owner", "ops-owner", "stranger"]
     sessions = {p: Parley(binary, data_dir, p, scratch) for p in principals}
@@ -1975,6 +2572,8 @@ async def run(binary: str, data_dir: str, scratch: str, s: Suite) -> None:
         await s.timed("8-grants", class8_grants(s, sessions, grant))
         await s.timed("7-bad-input", class7_bad_input(s, bad, s.truth))
         await s.timed("9-memory", class9_memory(s, binary, data_dir, scratch))
+        await s.timed("10-quota", class10_quota(s, binary, data_dir, scratch))
+        await s.timed("11-http", class11_http(s, binary, data_dir, scratch))
     finally:
         for client in [*sessions.values(), bad]:
             await client.close()
