@@ -63,12 +63,10 @@ impl SqliteStore {
         // Servers starting at once on a new file would each turn on WAL and apply migration 1 (sqlx reads which
         // migrations are applied before it applies the rest), and all but one would fail: one opens at a time,
         // under a lock file beside the database, released once its migrations are in.
-        let lock = open_lock(path)
-            .await
-            .map_err(|source| StoreError::Open {
-                path: path.to_path_buf(),
-                source: Box::new(source),
-            })?;
+        let lock = open_lock(path).await.map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
