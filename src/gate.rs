@@ -11,6 +11,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::FutureExt;
+
 use crate::audit::{AuditEntry, AuditResource, AuditSink};
 use crate::identity::Principal;
 use crate::policy::{
@@ -357,7 +359,27 @@ impl Gate {
             policy_ids: vec![],
             usage: Usage::default(),
         };
-        let result = body(&mut checked).await;
+        // A body that panics (a bug) is a failed call like any other: audited and answered, never a request left
+        // without an answer or a record (an outside test found one). What it panicked with stays in the log.
+        let result = match std::panic::AssertUnwindSafe(body(&mut checked))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(tool, "the call panicked: {what}");
+                Err(ToolError::Internal(
+                    "the server failed on this call (a bug, logged for the operator); nothing was changed by \
+                     it beyond what its audit record says. Retry, or report it if it repeats"
+                        .into(),
+                ))
+            }
+        };
         let (decision, reason, error) = match &result {
             Ok(_) => (
                 "allowed",
@@ -454,6 +476,50 @@ mod tests {
             fail,
         });
         (Gate::new(Arc::new(policy), sink.clone()), sink)
+    }
+
+    /// An audit sink that keeps what it is given.
+    #[derive(Default)]
+    struct Kept(std::sync::Mutex<Vec<AuditEntry>>);
+
+    #[async_trait::async_trait]
+    impl AuditSink for Kept {
+        async fn append(&self, entry: AuditEntry) -> Result<u64, AuditError> {
+            let mut kept = self.0.lock().unwrap();
+            kept.push(entry);
+            Ok(kept.len() as u64)
+        }
+    }
+
+    /// A body that panics is answered with an error and audited as one, saying nothing of what it panicked with.
+    #[tokio::test]
+    async fn a_call_that_panics_is_answered_and_audited() {
+        let (gate, _) = gate(false);
+        let kept = Arc::new(Kept::default());
+        let gate = Gate::new(gate.policy.clone(), kept.clone());
+        let principal = Principal::new("sales-owner", vec![]);
+        let answer: Result<u8, String> = gate
+            .run(&principal, "publish_contract", None, async |c| {
+                c.note(Action::DecideRequest, "sales.orders", "publishing".into());
+                let days: i64 = std::hint::black_box(i64::MAX);
+                Ok(u8::from(
+                    chrono::TimeDelta::days(days) > chrono::TimeDelta::zero(),
+                ))
+            })
+            .await;
+        let e = answer.unwrap_err();
+        assert!(e.contains("a bug") && !e.contains("out of bounds"), "{e}");
+        let kept = kept.0.lock().unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].decision, "error");
+        assert_eq!(kept[0].tool, "publish_contract");
+        assert!(
+            !kept[0]
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains("out of bounds")
+        );
     }
 
     #[tokio::test]
