@@ -253,11 +253,34 @@ fn odcs_validator() -> &'static jsonschema::Validator {
     })
 }
 
+/// Most flow collections (`[...]`, `{...}`) a contract in YAML may open. The YAML scanner's time grows with its
+/// tokens times the flow collections open around each, so a document of nested brackets took minutes of a core
+/// (an outside test: 200 KB in 61 s); block-style contracts open a handful, and JSON ones are parsed as JSON.
+pub const MAX_FLOW_COLLECTIONS: usize = 512;
+
+/// The text as a JSON-like value: JSON through serde_json (linear, nesting limited), other YAML through the YAML
+/// parser when it opens at most [`MAX_FLOW_COLLECTIONS`] flow collections.
+pub(crate) fn yaml_value(yaml: &str) -> Result<Value, String> {
+    if yaml.trim_start().starts_with('{')
+        && let Ok(value) = serde_json::from_str::<Value>(yaml)
+    {
+        return Ok(value);
+    }
+    let opened = yaml.bytes().filter(|b| matches!(b, b'[' | b'{')).count();
+    if opened > MAX_FLOW_COLLECTIONS {
+        return Err(format!(
+            "it opens {opened} flow collections ([...] or {{...}}); at most {MAX_FLOW_COLLECTIONS} are read. Write \
+             lists and objects in block style (one `- item` or `key: value` per line), or the whole contract as JSON"
+        ));
+    }
+    serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())
+}
+
 /// Validates a contract's YAML text against the ODCS schema and parses it. `path` names it in errors.
 pub fn parse(yaml: &str, path: &Path) -> Result<Contract, ContractError> {
-    let value: Value = serde_yaml_ng::from_str(yaml).map_err(|e| ContractError::Yaml {
+    let value: Value = yaml_value(yaml).map_err(|message| ContractError::Yaml {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message,
     })?;
     // A valid contract (the usual case) takes the validator's short-circuiting check; only an invalid one is
     // walked again for every problem, with its place.
@@ -344,7 +367,7 @@ impl Contract {
                     .as_i64()
                     .or_else(|| s.value.as_str()?.parse().ok())?;
                 Some(match s.unit.as_deref() {
-                    Some("w" | "week" | "weeks") => n * 7,
+                    Some("w" | "week" | "weeks") => n.saturating_mul(7),
                     _ => n,
                 })
             })
@@ -1391,6 +1414,39 @@ pub(crate) fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nested brackets cost the YAML scanner their tokens times their depth: a document of them is refused before
+    /// the scanner sees it, while the same contract written as JSON (its brackets read by serde_json) parses as it
+    /// does in YAML.
+    #[test]
+    fn deeply_nested_flow_collections_are_refused_before_the_yaml_parser() {
+        let n = 200_000;
+        let bomb = format!("x: {}{}\n", "[".repeat(n), "]".repeat(n));
+        let started = std::time::Instant::now();
+        let e = parse(&bomb, Path::new("bomb.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{e}");
+        assert!(
+            e.contains("200000 flow collections") && e.contains("block style"),
+            "{e}"
+        );
+        let deep_json = format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n));
+        let e = parse(&deep_json, Path::new("bomb.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("flow collections"), "{e}");
+
+        let yaml = include_str!("../examples/contracts/sales/customers.yaml");
+        let value: Value = serde_yaml_ng::from_str(yaml).unwrap();
+        let json = serde_json::to_string_pretty(&value).unwrap();
+        assert!(json.bytes().filter(|b| matches!(b, b'[' | b'{')).count() > 8);
+        let (a, b) = (
+            parse(yaml, Path::new("c.yaml")).unwrap(),
+            parse(&json, Path::new("c.json")).unwrap(),
+        );
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    }
 
     #[test]
     fn the_version_in_force_is_the_latest_whose_date_has_come() {

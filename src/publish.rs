@@ -2,13 +2,17 @@
 //! and announced to the table's consumers.
 //!
 //! A version whose changes are all compatible takes effect when given (now by default). One with breaking changes
-//! (`compat::contract_changes`: a column removed, retyped, made never-null, reclassified) needs a new major version
+//! (`compat::contract_changes`: a column removed, retyped, made never-null, reclassified; or the notice period
+//! shortened, a promise taken back) needs a new major version
 //! and an effective date at least the contract's notice period away (`slaProperties: noticePeriod`, days;
 //! `contracts::DEFAULT_NOTICE_DAYS` without one). Until that date the old version stays in force — its promises hold, so a
 //! commit breaking them is still refused — and from it on the new one does. The version is written next to the
 //! table's other contract files as `<table>@<version>.yaml` with its `effectiveFrom`; a serving Parley reloads it.
 //! Every holder of a live grant on the table gets a `contract_change` notice (their `my_notices`) saying what
 //! changes, when, and what to do; grants made under the old version are listed for the owner.
+//!
+//! Owners (`Publisher::Owner`) cannot change who owns the table (`team.name`); the operator can. A version names a
+//! file only as letters, digits, `.`, `_`, `+`, `-`, and the table only as a table name is written.
 //!
 //! Invariant: nothing is written when the version is refused.
 
@@ -71,7 +75,7 @@ pub async fn publish(
         effective,
         now,
         store.as_ref().map(|s| s as &dyn NegotiationStore),
-        "parley contract publish",
+        Publisher::Operator,
     )
     .await;
     if let Some(store) = store {
@@ -80,8 +84,16 @@ pub async fn publish(
     published
 }
 
+/// Who publishes a version: the server's operator (`parley contract publish`, who may also move the table to
+/// other owners), or one of the table's owners through MCP (by principal id).
+#[derive(Debug, Clone, Copy)]
+pub enum Publisher<'a> {
+    Operator,
+    Owner(&'a str),
+}
+
 /// Publishes the contract `yaml` (read from `source`, for messages) into the contracts folder `contracts`, on
-/// behalf of `actor`; the holders of live grants on its table get a notice in `grants` (see the module).
+/// behalf of `by`; the holders of live grants on its table get a notice in `grants` (see the module).
 pub async fn publish_text(
     contracts: &Path,
     yaml: &str,
@@ -89,8 +101,12 @@ pub async fn publish_text(
     effective: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
     grants: Option<&dyn NegotiationStore>,
-    actor: &str,
+    by: Publisher<'_>,
 ) -> Result<Published, String> {
+    let (actor, operator) = match by {
+        Publisher::Operator => ("parley contract publish", true),
+        Publisher::Owner(owner) => (owner, false),
+    };
     let file = source;
     let new = parse(yaml, file).map_err(|e| e.to_string())?;
     let table = table_of(&new).ok_or_else(|| {
@@ -99,6 +115,25 @@ pub async fn publish_text(
             file.display()
         )
     })?;
+    // The file is named from the table and the version: each exactly as a table name and a version are written.
+    match crate::catalog::TableName::parse(&table) {
+        Ok(name) if name.to_string() == table => {}
+        _ => {
+            return Err(format!(
+                "schema[].physicalName {table:?} is not a table name as Parley writes one (namespace.table, \
+                 no surrounding spaces)"
+            ));
+        }
+    }
+    if let Some(why) = unfit_version(&new.version) {
+        return Err(why);
+    }
+    let notice = new.notice_days();
+    if !(0..=MAX_NOTICE_DAYS).contains(&notice) {
+        return Err(format!(
+            "slaProperties noticePeriod is {notice} days: give 0 to {MAX_NOTICE_DAYS} days"
+        ));
+    }
     let store = ContractStore::load(contracts);
     if store.versions(&table).iter().any(|v| {
         v.loaded()
@@ -114,7 +149,36 @@ pub async fn publish_text(
         .as_ref()
         .map(|o| contract_changes(&o.contract, &new))
         .unwrap_or_default();
-    let breaking = changes.iter().any(|c| c.impact == Impact::Breaking);
+    if let Some(old) = &old
+        && old.contract.owner_group() != new.owner_group()
+        && !operator
+    {
+        return Err(format!(
+            "the table's owners (team.name) would change from {:?} to {:?}: ownership is moved by the server's \
+             operator (`parley contract publish`), not through an owner's publication",
+            old.contract.owner_group().unwrap_or(""),
+            new.owner_group().unwrap_or("")
+        ));
+    }
+    // A shorter notice period is a promise taken back: as breaking as a dropped column, so it cannot be used to
+    // skip the notice a breaking change owes.
+    let shortened = old
+        .as_ref()
+        .map(|o| o.contract.notice_days())
+        .filter(|was| *was > notice);
+    let breaking = changes.iter().any(|c| c.impact == Impact::Breaking) || shortened.is_some();
+    let describe = |changes: &[SchemaChange]| {
+        let mut what = describe(changes);
+        if let Some(was) = shortened {
+            if !what.is_empty() {
+                what.push_str("; ");
+            }
+            what.push_str(&format!(
+                "the notice period shortened from {was} to {notice} days"
+            ));
+        }
+        what
+    };
     let effective = match (&old, breaking) {
         (Some(old), true) => {
             let (from, to) = (
@@ -129,7 +193,7 @@ pub async fn publish_text(
                     describe(&changes)
                 ));
             }
-            let days = old.contract.notice_days();
+            let days = old.contract.notice_days().clamp(0, MAX_NOTICE_DAYS);
             let earliest = now + TimeDelta::days(days);
             match effective {
                 Some(at) if at >= earliest => at,
@@ -160,7 +224,7 @@ pub async fn publish_text(
 
     let mut told = Vec::new();
     let mut under_old = Vec::new();
-    let what = if changes.is_empty() {
+    let what = if changes.is_empty() && shortened.is_none() {
         "no column changes".to_string()
     } else {
         describe(&changes)
@@ -216,26 +280,193 @@ pub async fn publish_text(
     })
 }
 
-/// The contract text with its `effectiveFrom` custom property set to `at`.
+/// The contract text (YAML or JSON, read as [`crate::contracts::parse`] reads it) as YAML with its
+/// `effectiveFrom` custom property set to `at`.
 fn with_effective_from(yaml: &str, at: DateTime<Utc>) -> Result<String, String> {
-    use serde_yaml_ng::{Mapping, Value};
-    let mut doc: Value = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
+    use serde_json::Value;
+    let mut doc = crate::contracts::yaml_value(yaml)?;
     let root = doc
-        .as_mapping_mut()
+        .as_object_mut()
         .ok_or_else(|| "a contract is a YAML mapping".to_string())?;
     let list = root
-        .entry(Value::from("customProperties"))
-        .or_insert_with(|| Value::Sequence(Vec::new()));
-    let Value::Sequence(items) = list else {
+        .entry("customProperties")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Value::Array(items) = list else {
         return Err("customProperties must be a list".to_string());
     };
     items.retain(|item| item.get("property").and_then(Value::as_str) != Some(EFFECTIVE_FROM));
-    let mut entry = Mapping::new();
-    entry.insert(Value::from("property"), Value::from(EFFECTIVE_FROM));
-    entry.insert(
-        Value::from("value"),
-        Value::from(at.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
-    );
-    items.push(Value::Mapping(entry));
+    items.push(serde_json::json!({
+        "property": EFFECTIVE_FROM,
+        "value": at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    }));
     serde_yaml_ng::to_string(&doc).map_err(|e| e.to_string())
+}
+
+/// Longest notice period a contract may promise (`slaProperties: noticePeriod`), in days.
+pub const MAX_NOTICE_DAYS: i64 = 3660;
+
+/// Why a version string cannot name a contract file (`<table>@<version>.yaml`), if it cannot: versions are
+/// letters, digits, `.`, `_`, `+` and `-`, and do not start with a dot.
+fn unfit_version(version: &str) -> Option<String> {
+    let fits = !version.is_empty()
+        && !version.starts_with('.')
+        && version.len() <= 64
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'));
+    (!fits).then(|| {
+        format!(
+            "version {version:?} cannot name a contract file: use letters, digits, '.', '_', '+' and '-' (not \
+             starting with '.'), at most 64 characters, e.g. 2.1.0"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORDERS: &str = include_str!("../examples/contracts/sales/orders.yaml");
+
+    /// A contracts folder holding the demo's `sales.orders` contract (no notice period: the default applies).
+    fn folder() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sales")).unwrap();
+        std::fs::write(dir.path().join("sales/orders.yaml"), ORDERS).unwrap();
+        dir
+    }
+
+    async fn publish_as_owner(dir: &Path, yaml: &str) -> Result<Published, String> {
+        let now = Utc::now();
+        publish_text(
+            dir,
+            yaml,
+            Path::new("c.yaml"),
+            None,
+            now,
+            None,
+            Publisher::Owner("sales-owner"),
+        )
+        .await
+    }
+
+    fn with_notice(yaml: &str, version: &str, days: &str) -> String {
+        yaml.replace("version: 1.2.0", &format!("version: {version}"))
+            .replace(
+                "slaProperties:\n",
+                &format!(
+                    "slaProperties:\n  - property: noticePeriod\n    value: {days}\n    unit: d\n"
+                ),
+            )
+    }
+
+    /// An outside test skipped the notice a breaking change owes by first publishing a compatible version with a
+    /// notice period of 0 (or a negative one, or one so long the date arithmetic panicked).
+    #[tokio::test]
+    async fn the_notice_period_can_be_neither_shortened_at_once_nor_out_of_range() {
+        let dir = folder();
+        let e = publish_as_owner(dir.path(), &with_notice(ORDERS, "1.3.0", "0"))
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("breaking changes need a new major version"),
+            "{e}"
+        );
+        assert!(
+            e.contains("notice period shortened from 30 to 0 days"),
+            "{e}"
+        );
+        let e = publish_as_owner(dir.path(), &with_notice(ORDERS, "2.0.0", "0"))
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("at least the contract's notice period (30 days)"),
+            "{e}"
+        );
+        for days in ["-100000", "9223372036854775807", "3661"] {
+            let e = publish_as_owner(dir.path(), &with_notice(ORDERS, "1.3.0", days))
+                .await
+                .unwrap_err();
+            assert!(e.contains("give 0 to 3660 days"), "{days}: {e}");
+        }
+        // Longer is a promise kept: compatible, in force at once.
+        let p = publish_as_owner(dir.path(), &with_notice(ORDERS, "1.3.0", "60"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (p.version.as_str(), p.replaces.as_deref()),
+            ("1.3.0", Some("1.2.0"))
+        );
+    }
+
+    /// A file is named from the table and the version, each as written: nothing else reaches the path.
+    #[tokio::test]
+    async fn versions_and_table_names_that_cannot_name_a_file_are_refused() {
+        let dir = folder();
+        for version in [
+            "../../policy/evil",
+            "..",
+            ".hidden",
+            "1/../x",
+            "/etc/x",
+            "1.0 beta",
+            "",
+        ] {
+            let yaml = ORDERS.replace("version: 1.2.0", &format!("version: {version:?}"));
+            let e = publish_as_owner(dir.path(), &yaml).await.unwrap_err();
+            assert!(
+                e.contains("cannot name a contract file") || e.contains("ODCS"),
+                "{version}: {e}"
+            );
+        }
+        let spaced = ORDERS.replace("version: 1.2.0", "version: 1.3.0").replace(
+            "physicalName: sales.orders",
+            "physicalName: \" sales.orders\"",
+        );
+        assert_ne!(spaced, ORDERS.replace("version: 1.2.0", "version: 1.3.0"));
+        let e = publish_as_owner(dir.path(), &spaced).await.unwrap_err();
+        assert!(e.contains("not a table name as Parley writes one"), "{e}");
+        let written: Vec<_> = walk(dir.path());
+        assert_eq!(written, vec![dir.path().join("sales/orders.yaml")]);
+    }
+
+    /// Owners publish versions; who owns the table is the operator's to change.
+    #[tokio::test]
+    async fn an_owner_cannot_hand_the_table_to_another_team() {
+        let dir = folder();
+        let moved = ORDERS
+            .replace("version: 1.2.0", "version: 1.3.0")
+            .replace("  name: sales-owners", "  name: marketing");
+        let e = publish_as_owner(dir.path(), &moved).await.unwrap_err();
+        assert!(
+            e.contains("ownership is moved by the server's operator"),
+            "{e}"
+        );
+        let p = publish_text(
+            dir.path(),
+            &moved,
+            Path::new("c.yaml"),
+            None,
+            Utc::now(),
+            None,
+            Publisher::Operator,
+        )
+        .await
+        .unwrap();
+        assert_eq!(p.version, "1.3.0");
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                found.extend(walk(&path));
+            } else {
+                found.push(path);
+            }
+        }
+        found.sort();
+        found
+    }
 }

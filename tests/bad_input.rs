@@ -430,3 +430,46 @@ async fn a_stopped_query_stops_using_cpu() {
         "the stopped query kept computing: {used:.2} CPU-s in 2 s"
     );
 }
+
+/// A contract of nested brackets took the YAML parser minutes of a core, and anyone could send one (an outside
+/// test: 200 KB in 61 s, and other principals' calls waited 20 s): one who owns no table is refused before the text
+/// is parsed, an owner's is refused before the YAML parser sees it, and both at once.
+#[tokio::test]
+async fn a_contract_of_nested_brackets_costs_nothing_to_refuse() {
+    let lake = Lake::new();
+    let stranger = lake.connect("stranger", &[]).await;
+    let owner = lake.connect("sales-owner", &[]).await;
+    let n = 100_000;
+    let bomb = format!(
+        "apiVersion: v3.1.0\nkind: DataContract\nx: {}{}\n",
+        "[".repeat(n),
+        "]".repeat(n)
+    );
+    let started = std::time::Instant::now();
+    let e = err(&call(&stranger, "publish_contract", json!({"contract": bomb})).await);
+    assert!(e.contains("you own no table"), "{e}");
+    let e = err(&call(&owner, "publish_contract", json!({"contract": bomb})).await);
+    assert!(
+        e.contains("flow collections") && e.contains("block style"),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let listed = ok(&call(&stranger, "list_tables", json!({})).await);
+    assert!(listed["tables"].is_array(), "{listed}");
+    let audit = lake.audit();
+    let published: Vec<&Value> = audit
+        .iter()
+        .filter(|r| r["tool"] == "publish_contract")
+        .collect();
+    assert_eq!(published.len(), 2, "{published:?}");
+    assert!(
+        published.iter().any(|r| r["decision"] == "denied"),
+        "{published:?}"
+    );
+    stranger.cancel().await.unwrap();
+    owner.cancel().await.unwrap();
+}
