@@ -352,6 +352,11 @@ pub struct QueryLimits {
     /// Let operators spill to a temporary directory when the pool is full. Env: `PARLEY_QUERY_SPILL`.
     /// Default: false (a query over budget fails with a clear error instead).
     pub spill_to_disk: bool,
+    /// Read data files that lie outside their table's location (and its `write.data.path`). Parley reads files
+    /// with its own storage access, so whoever can write a table's manifests could otherwise make it serve
+    /// another table's files under this table's grants. Tables migrated in place (`add_files`, Hive migration)
+    /// name such files. Env: `PARLEY_QUERY_FILES_OUTSIDE_LOCATION`. Default: false.
+    pub files_outside_location: bool,
     /// Partitions DataFusion plans with. Env: `PARLEY_QUERY_PARTITIONS`. Default: number of cores.
     pub target_partitions: usize,
     /// Queries run at once; later ones wait their turn (within their time limit). Bounds the memory outside the
@@ -400,6 +405,7 @@ impl Default for QueryLimits {
             timeout_ms: 30_000,
             memory_bytes: 1024 * 1024 * 1024,
             spill_to_disk: false,
+            files_outside_location: false,
             target_partitions: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
@@ -554,6 +560,11 @@ impl Config {
         num("PARLEY_QUERY_MEMORY_BYTES", &get, &mut q.memory_bytes)?;
         num("PARLEY_QUERY_KEY_INDEX_BYTES", &get, &mut q.key_index_bytes)?;
         num("PARLEY_QUERY_SPILL", &get, &mut q.spill_to_disk)?;
+        num(
+            "PARLEY_QUERY_FILES_OUTSIDE_LOCATION",
+            &get,
+            &mut q.files_outside_location,
+        )?;
         num("PARLEY_QUERY_PARTITIONS", &get, &mut q.target_partitions)?;
         num("PARLEY_QUERY_MAX_CONCURRENT", &get, &mut q.max_concurrent)?;
         num(

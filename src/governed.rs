@@ -57,8 +57,9 @@ pub struct Governance {
 pub async fn view(
     table: Table,
     governance: &Governance,
+    files: crate::scan::Files,
 ) -> std::result::Result<Arc<dyn TableProvider>, String> {
-    let base = crate::scan::provider(table).await?;
+    let base = crate::scan::provider(table, files).await?;
     let plan = governed_plan(base, governance).map_err(|e| e.to_string())?;
     Ok(Arc::new(GovernedTable { plan }))
 }

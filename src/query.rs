@@ -845,6 +845,11 @@ async fn session(
     engine: &Engine,
 ) -> Result<(SessionState, Vec<SnapshotRead>), QueryError> {
     let internal = |e: &dyn std::fmt::Display| QueryError::Execution(e.to_string());
+    let files = if engine.limits.files_outside_location {
+        crate::scan::Files::Any
+    } else {
+        crate::scan::Files::Own
+    };
     let mut state = engine.base.clone();
     // The clone shares the base's catalog list: replace it, so this query's tables stay this query's.
     state.register_catalog_list(Arc::new(MemoryCatalogProviderList::new()));
@@ -862,7 +867,7 @@ async fn session(
                     table: t.name.to_string(),
                     snapshot_id: table.metadata().current_snapshot_id(),
                 });
-                crate::scan::provider(table)
+                crate::scan::provider(table, files)
                     .await
                     .map_err(|e| internal(&e))?
             }
@@ -871,7 +876,7 @@ async fn session(
                     table: t.name.to_string(),
                     snapshot_id: table.metadata().current_snapshot_id(),
                 });
-                crate::governed::view(table, &governance)
+                crate::governed::view(table, &governance, files)
                     .await
                     .map_err(|e| internal(&e))?
             }

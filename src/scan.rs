@@ -50,8 +50,46 @@ use iceberg::table::Table;
 use iceberg_datafusion::IcebergStaticTableProvider;
 use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
 
+/// Which data files of a table a scan reads (`query.files_outside_location`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Files {
+    /// Only files under the table's location (or its `write.data.path`); a snapshot naming others is refused.
+    Own,
+    /// Any file the snapshot names.
+    Any,
+}
+
+/// Refuses a snapshot whose data or delete files lie outside the table's location: Parley reads them with its own
+/// storage access, so a manifest rewritten after its commit was checked (an outside test did it) could otherwise
+/// serve another table's files under this table's grants and policy.
+fn confine(table: &Table, tasks: &[FileScanTask]) -> Result<(), String> {
+    let roots = crate::catalog::commit::table_roots(table.metadata());
+    let outside = tasks.iter().find_map(|t| {
+        std::iter::once(t.data_file_path.as_str())
+            .chain(t.deletes.iter().map(|d| d.file_path.as_str()))
+            .find(|path| !crate::catalog::commit::within(&roots, path))
+    });
+    match outside {
+        None => Ok(()),
+        Some(path) => {
+            tracing::warn!(
+                table = %table.identifier(),
+                file = path,
+                roots = roots.join(", "),
+                "a snapshot names a file outside its table's location; not read"
+            );
+            Err(
+                "the table's current snapshot names data files outside the table's location, which Parley does \
+                 not read (the server's log names them). If the table was migrated in place, its operator can \
+                 allow them: query.files_outside_location = true in parley.toml"
+                    .to_string(),
+            )
+        }
+    }
+}
+
 /// A read-only provider for the current snapshot of `table`.
-pub async fn provider(table: Table) -> Result<Arc<dyn TableProvider>, String> {
+pub async fn provider(table: Table, files: Files) -> Result<Arc<dyn TableProvider>, String> {
     let meta = table.metadata();
     let Some(snapshot_id) = meta.current_snapshot_id() else {
         // No snapshot: an empty table, read as iceberg-datafusion reads it.
@@ -72,6 +110,9 @@ pub async fn provider(table: Table) -> Result<Arc<dyn TableProvider>, String> {
         .try_collect::<Vec<_>>()
         .await
         .map_err(|e| e.to_string())?;
+    if files == Files::Own {
+        confine(&table, &tasks)?;
+    }
     let plain = tasks
         .iter()
         .all(|t| t.deletes.is_empty() && t.data_file_format == DataFileFormat::Parquet);
@@ -953,6 +994,61 @@ mod tests {
         create_table(catalog, layout).await.unwrap()
     }
 
+    /// A table whose snapshot names another table's files (as a manifest rewritten after its commit was checked
+    /// does: an outside test) is not read, unless the operator allows files outside a table's location.
+    #[tokio::test]
+    async fn files_outside_the_table_location_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog_in(&dir).await;
+        let mine = table_of_longs(catalog.as_ref(), "mine").await;
+        let theirs = table_of_longs(catalog.as_ref(), "theirs").await;
+        let theirs = commit(catalog.as_ref(), theirs, (1..=10).collect()).await;
+        let mut moved = iceberg::spec::TableMetadataBuilder::new_from_metadata(
+            theirs.metadata().clone(),
+            theirs.metadata_location().map(str::to_string),
+        );
+        moved = moved.set_location(mine.metadata().location().to_string());
+        let forged = Table::builder()
+            .identifier(mine.identifier().clone())
+            .file_io(mine.file_io().clone())
+            .metadata(moved.build().unwrap().metadata)
+            .metadata_location(mine.metadata_location().unwrap_or_default().to_string())
+            .readonly(true)
+            .runtime(iceberg::Runtime::try_current().unwrap())
+            .build()
+            .unwrap();
+        let e = provider(forged.clone(), Files::Own).await.err().unwrap();
+        assert!(
+            e.contains("outside the table's location") && !e.contains("theirs"),
+            "{e}"
+        );
+        let ctx = SessionContext::new();
+        let rows = ctx
+            .read_table(provider(forged, Files::Any).await.unwrap())
+            .unwrap()
+            .count()
+            .await
+            .unwrap();
+        assert_eq!(rows, 10);
+        assert!(provider(theirs, Files::Own).await.is_ok());
+        // Local paths compare alike in their three forms; a `..` segment never lies within.
+        let roots = vec!["file:///w/ns/t".to_string()];
+        for (path, inside) in [
+            ("file:///w/ns/t/data/a.parquet", true),
+            ("file:/w/ns/t/data/a.parquet", true),
+            ("/w/ns/t/data/a.parquet", true),
+            ("file:///w/ns/t2/data/a.parquet", false),
+            ("file:///w/ns/t/../u/data/a.parquet", false),
+            ("s3://w/ns/t/data/a.parquet", false),
+        ] {
+            assert_eq!(
+                crate::catalog::commit::within(&roots, path),
+                inside,
+                "{path}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_snapshot_is_read_from_exactly_its_data_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -962,7 +1058,7 @@ mod tests {
         let both = commit(catalog.as_ref(), first.clone(), (101..=150).collect()).await;
 
         let read = |table: Table| async move {
-            let provider = provider(table).await.unwrap();
+            let provider = provider(table, Files::Own).await.unwrap();
             let files = provider
                 .as_any()
                 .downcast_ref::<SnapshotFiles>()
@@ -984,7 +1080,11 @@ mod tests {
         assert_eq!(read(both.clone()).await, (Some(2), 60));
         // Its row count and the bounds of `n`, from the manifests.
         for (table, rows) in [(first, 100), (both.clone(), 150)] {
-            let stats = provider(table).await.unwrap().statistics().unwrap();
+            let stats = provider(table, Files::Own)
+                .await
+                .unwrap()
+                .statistics()
+                .unwrap();
             assert_eq!(stats.num_rows, Precision::Exact(rows));
             let n = &stats.column_statistics[0];
             assert_eq!(n.min_value, Precision::Exact(ScalarValue::Int64(Some(1))));
@@ -996,7 +1096,7 @@ mod tests {
         }
         // A filter the first file's bounds rule out skips that file unopened; answers stay exact.
         let ctx = SessionContext::new();
-        ctx.register_table("t", provider(both).await.unwrap())
+        ctx.register_table("t", provider(both, Files::Own).await.unwrap())
             .unwrap();
         let df = ctx
             .sql("SELECT min(n), max(n), count(*) FROM t WHERE n > 120")
@@ -1199,7 +1299,7 @@ mod tests {
         drop(sender);
         let table = append(catalog.as_ref(), table, 1024, rx).await.unwrap();
         assert!(read_by_name(table.metadata()));
-        let fast = provider(table.clone()).await.unwrap();
+        let fast = provider(table.clone(), Files::Own).await.unwrap();
         assert!(
             fast.as_any().downcast_ref::<SnapshotFiles>().is_some(),
             "an added column keeps the parallel scan"
@@ -1252,7 +1352,7 @@ mod tests {
             .unwrap();
         drop(sender);
         let table = append(catalog.as_ref(), table, 1024, rx).await.unwrap();
-        let by_id = provider(table.clone()).await.unwrap();
+        let by_id = provider(table.clone(), Files::Own).await.unwrap();
         assert!(by_id.as_any().downcast_ref::<IcebergFiles>().is_some());
         let text = answer(
             by_id.clone(),
@@ -1344,7 +1444,7 @@ mod tests {
             SessionContext::new_with_config(config)
         };
         let ctx = engine(Some(&indexes));
-        ctx.register_table("t", provider(table.clone()).await.unwrap())
+        ctx.register_table("t", provider(table.clone(), Files::Own).await.unwrap())
             .unwrap();
         // The first lookup reads every file and starts the index.
         assert_eq!(files_planned(&ctx, "SELECT n FROM t WHERE n = 42").await, 4);
@@ -1364,7 +1464,7 @@ mod tests {
         // snapshot's statistics).
         let plain = engine(None);
         plain
-            .register_table("t", provider(table.clone()).await.unwrap())
+            .register_table("t", provider(table.clone(), Files::Own).await.unwrap())
             .unwrap();
         for k in -1..=402 {
             for sql in [
@@ -1384,7 +1484,7 @@ mod tests {
         // A new snapshot is a new index: the key added in a fifth file is found there too.
         let table = commit(catalog.as_ref(), table, vec![42, 45]).await;
         let ctx = engine(Some(&indexes));
-        ctx.register_table("t", provider(table).await.unwrap())
+        ctx.register_table("t", provider(table, Files::Own).await.unwrap())
             .unwrap();
         assert_eq!(files_planned(&ctx, "SELECT n FROM t WHERE n = 45").await, 5);
         indexes.settle().await;
@@ -1399,7 +1499,9 @@ mod tests {
         let ctx = engine(Some(&off));
         ctx.register_table(
             "t",
-            provider(table_of_reread(&catalog).await).await.unwrap(),
+            provider(table_of_reread(&catalog).await, Files::Own)
+                .await
+                .unwrap(),
         )
         .unwrap();
         files_planned(&ctx, "SELECT n FROM t WHERE n = 42").await;
@@ -1440,10 +1542,10 @@ mod tests {
         let cache = ColumnCache::new(1 << 20);
         let plain = engine(None);
         plain
-            .register_table("t", provider(table.clone()).await.unwrap())
+            .register_table("t", provider(table.clone(), Files::Own).await.unwrap())
             .unwrap();
         let ctx = engine(Some(&cache));
-        ctx.register_table("t", provider(table.clone()).await.unwrap())
+        ctx.register_table("t", provider(table.clone(), Files::Own).await.unwrap())
             .unwrap();
         let queries = [
             "SELECT sum(n) AS s, count(*) AS c, min(n) AS lo, max(n) AS hi FROM t WHERE n > 100",
@@ -1481,10 +1583,10 @@ mod tests {
         // A new file is not cached yet: the scan reads Parquet until it is.
         let table = commit(catalog.as_ref(), table, vec![42, 4001]).await;
         let (ctx, plain) = (engine(Some(&cache)), engine(None));
-        ctx.register_table("t", provider(table.clone()).await.unwrap())
+        ctx.register_table("t", provider(table.clone(), Files::Own).await.unwrap())
             .unwrap();
         plain
-            .register_table("t", provider(table).await.unwrap())
+            .register_table("t", provider(table, Files::Own).await.unwrap())
             .unwrap();
         assert!(!in_memory(ctx.clone()).await);
         cache.settle().await;
@@ -1502,7 +1604,9 @@ mod tests {
             let ctx = engine(Some(&small));
             ctx.register_table(
                 "t",
-                provider(table_of_reread(&catalog).await).await.unwrap(),
+                provider(table_of_reread(&catalog).await, Files::Own)
+                    .await
+                    .unwrap(),
             )
             .unwrap();
             assert!(!in_memory(ctx.clone()).await);
@@ -1533,7 +1637,7 @@ mod tests {
         for (name, rows) in [("big", 5000), ("small", 3)] {
             let table = table_of_longs(catalog.as_ref(), name).await;
             let table = commit(catalog.as_ref(), table, (1..=rows).collect()).await;
-            ctx.register_table(name, provider(table).await.unwrap())
+            ctx.register_table(name, provider(table, Files::Own).await.unwrap())
                 .unwrap();
         }
         // Written with the big table first: the optimizer swaps it to the probe side only if it knows the sizes.

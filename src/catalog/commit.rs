@@ -81,25 +81,8 @@ pub async fn check_files(
     staged: &TableMetadata,
     request: &UpdateTableRequest,
 ) -> Result<(), CommitError> {
-    let mut roots = vec![
-        current
-            .metadata()
-            .location()
-            .trim_end_matches('/')
-            .to_string(),
-    ];
-    for key in ["write.data.path", "write.metadata.path"] {
-        if let Some(path) = current.metadata().properties().get(key) {
-            roots.push(path.trim_end_matches('/').to_string());
-        }
-    }
-    let inside = |path: &str| {
-        !path.split('/').any(|segment| segment == "..")
-            && roots.iter().any(|root| {
-                path.strip_prefix(root.as_str())
-                    .is_some_and(|rest| rest.starts_with('/'))
-            })
-    };
+    let roots = table_roots(current.metadata());
+    let inside = |path: &str| within(&roots, path);
     let outside = |what: &str, path: &str| {
         CommitError::Invalid(format!(
             "{what} {path} lies outside the table's location ({}): commits through Parley may reference only \
@@ -180,6 +163,33 @@ pub async fn check_files(
         }
     }
     Ok(())
+}
+
+/// Where a table's files may lie: its location, and its `write.data.path` and `write.metadata.path`.
+pub(crate) fn table_roots(meta: &TableMetadata) -> Vec<String> {
+    let mut roots = vec![meta.location().trim_end_matches('/').to_string()];
+    for key in ["write.data.path", "write.metadata.path"] {
+        if let Some(path) = meta.properties().get(key) {
+            roots.push(path.trim_end_matches('/').to_string());
+        }
+    }
+    roots
+}
+
+/// Whether `path` lies under one of `roots` ([`table_roots`]), with no `..` segment; local paths compare alike
+/// whichever form names them (`file:///p`, `file:/p`, `/p`).
+pub(crate) fn within(roots: &[String], path: &str) -> bool {
+    fn local(p: &str) -> &str {
+        p.strip_prefix("file://")
+            .or_else(|| p.strip_prefix("file:"))
+            .unwrap_or(p)
+    }
+    let path = local(path);
+    !path.split('/').any(|segment| segment == "..")
+        && roots.iter().any(|root| {
+            path.strip_prefix(local(root))
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
 }
 
 /// Whether a table property says where the table's files lie (`write.data.path`, `write.metadata.path`,

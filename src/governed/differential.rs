@@ -317,7 +317,7 @@ async fn answers_under_a_grant_equal_answers_on_the_granted_copy() {
     let dir = tempfile::tempdir().unwrap();
     let table = table_of(&rows, dir.path()).await;
     let governance = governance();
-    let schema = super::view(table.clone(), &governance)
+    let schema = super::view(table.clone(), &governance, crate::scan::Files::Own)
         .await
         .unwrap()
         .schema();
