@@ -167,6 +167,7 @@ pub async fn provider(table: Table, files: Files) -> Result<Arc<dyn TableProvide
         snapshot_id,
         schema,
         statistics,
+        files,
     }))
 }
 
@@ -670,6 +671,8 @@ struct IcebergFiles {
     snapshot_id: i64,
     schema: ArrowSchemaRef,
     statistics: Statistics,
+    /// Which files it may read: planned again per scan, so checked again.
+    files: Files,
 }
 
 #[async_trait]
@@ -726,6 +729,9 @@ impl TableProvider for IcebergFiles {
             .try_collect()
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        if self.files == Files::Own {
+            confine(&self.table, &tasks).map_err(DataFusionError::Execution)?;
+        }
         let runtime =
             iceberg::Runtime::try_current().map_err(|e| DataFusionError::External(Box::new(e)))?;
         // One reader for all partitions, each reading its files one at a time (the partitions are the
