@@ -15,9 +15,10 @@ itself. The classes of attack:
   9. memory: values built by expressions, replies of huge cells, quadratic functions, against a server with a small
      pool;
  10. a grant's row quota under failing and concurrent queries;
- 11. HTTP: session floods, trickled headers, requests without a valid token, other origins, bad params.
+ 11. HTTP: session floods, trickled headers, requests without a valid token, other origins, bad params;
+ 12. `publish_contract`: who may publish, which versions and names it writes, notice periods, ownership.
 
-Classes 9 to 11 each start servers of their own (stdio, or `parley serve --http` on a free loopback port) on the same
+Classes 9 to 12 each start servers of their own (stdio, or `parley serve --http` on a free loopback port) on the same
 data dir, and stop them when done.
 
 Usage: python tests/adversarial.py path/to/parley
@@ -69,6 +70,7 @@ CLASSES = {
     "9-memory": "memory within the pool plus a stated constant",
     "10-quota": "a grant's row quota under failing and concurrent queries",
     "11-http": "HTTP sessions, slow clients, tokens, origins, params",
+    "12-publish": "publish_contract: who may, what it may write",
 }
 
 # Class 9 runs its own server with this query memory pool, and its peak resident memory may exceed what the server
@@ -2551,6 +2553,135 @@ async def class11_http(s: Suite, binary: str, data_dir: str, scratch: str) -> No
         await asyncio.gather(*(asyncio.to_thread(x.stop) for x in (server, local) if x is not None))
 
 
+# Class 12: `publish_contract` (README, "Contracts as law"): only owners' text is parsed, a version and a table name
+# must name a contract file as written, a notice period cannot be shortened at once nor leave 0..=3660 days, and the
+# table's owners are the operator's to move.
+NESTED_BRACKETS = 50_000  # `x: [[[…]]]`, 100 KB: 13 s of a core in the YAML scanner before the fix (200 KB: 61 s)
+
+
+def contract_files(data_dir: str) -> list[str]:
+    """Every directory (with a trailing '/') and file under the data dir's `contracts/`, relative to it."""
+    root = os.path.join(data_dir, "contracts")
+    found = []
+    for folder, dirs, files in os.walk(root):
+        found += [os.path.relpath(os.path.join(folder, d), root) + "/" for d in dirs]
+        found += [os.path.relpath(os.path.join(folder, f), root) for f in files]
+    return sorted(found)
+
+
+def contract_variant(base: str, version: str, field: str = "", changed: str = "") -> str:
+    """The demo contract text `base` as `version` (quoted as JSON, which YAML reads as it is), with `field` (one
+    exact piece of its text) replaced by `changed`; nothing else differs."""
+    if field not in base:
+        raise ValueError(f"the demo contract no longer holds {field!r}: the check would test nothing")
+    text = re.sub(r"(?m)^version: .*$", lambda _: f"version: {json.dumps(version)}", base, count=1)
+    return text.replace(field, changed, 1)
+
+
+def with_notice(base: str, version: str, days: int) -> str:
+    """`base` as `version` promising `days` of notice for breaking changes (the demo orders contract gives none, so
+    the default 30 applies)."""
+    entry = f"slaProperties:\n  - property: noticePeriod\n    value: {days}\n    unit: d\n"
+    return contract_variant(base, version, "slaProperties:\n", entry)
+
+
+async def class12_publish(s: Suite, binary: str, data_dir: str, scratch: str) -> None:
+    """`publish_contract` under the outside attack's cases: a principal owning no table held a core for seconds to
+    minutes with nested brackets (parsed before the owner check, in time growing faster than depth squared);
+    versions and table names wrote files wherever their text led (`..` was a version in force, ` sales.orders` a
+    stray directory); a compatible version lowering the notice period skipped the notice the next breaking one owes,
+    and a huge one made that call panic with no answer and no audit record; an owner handed the table to another
+    team. Each is refused at once with a reason, nothing is written, and every call is answered and audited. Runs
+    last: its one accepted version (the control) changes sales.orders' contract."""
+    cls = "12-publish"
+    with open(os.path.join(data_dir, "contracts", "sales", "orders.yaml")) as f:
+        base = f.read()
+    stranger = Parley(binary, data_dir, "stranger", scratch)
+    owner = Parley(binary, data_dir, "sales-owner", scratch)
+    analyst = Parley(binary, data_dir, "analyst", scratch)
+    answers: list[Answer] = []
+    try:
+        await stranger.open()
+        await owner.open()
+        await analyst.open()
+        first_seq = max((r["seq"] for r in audit_records(data_dir)), default=0)
+
+        async def publish(name: str, client: Parley, contract: str, words: tuple[str, ...], **args: Any) -> Answer:
+            a = await s.expect_error(cls, name, client, "publish_contract", {"contract": contract, **args}, words)
+            answers.append(a)
+            return a
+
+        # (a) Nested brackets: refused before the YAML scanner sees them (a stranger: before anything is parsed).
+        # The stranger sends two at once and, while they are in flight, lists tables in the same session (before
+        # the fix that list waited for the first parse to end).
+        bomb = "x: " + "[" * NESTED_BRACKETS + "]" * NESTED_BRACKETS + "\n"
+
+        async def list_tables_soon(client: Parley) -> Answer:
+            await asyncio.sleep(0.3)
+            return await s.call(cls, "stranger lists tables while its brackets are sent", client, "list_tables", {})
+
+        *bombs, listed = await asyncio.gather(
+            *(publish(f"stranger publishes 100 KB of nested brackets ({i})", stranger, bomb, ("you own no table",))
+              for i in (1, 2)),
+            list_tables_soon(stranger),
+        )
+        bombs.append(await publish("sales-owner publishes 100 KB of nested brackets", owner, bomb,
+                                   ("flow collections",)))
+        slow = [a.brief(160) for a in bombs if a.seconds >= 2]
+        s.check("each 100 KB of nested brackets is refused within 2 s", cls, not slow, slow)
+        s.check("the stranger's list_tables alongside: answered within 2 s", cls, listed.ok and listed.seconds < 2,
+                listed.brief())
+        a = await s.call(cls, "analyst lists tables right after the brackets", analyst, "list_tables", {})
+        s.check("analyst's list_tables right after the brackets: answered within 2 s", cls,
+                a.ok and a.seconds < 2, a.brief())
+
+        # (b) Versions and table names that cannot name a contract file: nothing is written anywhere.
+        files = contract_files(data_dir)
+        for version in ["../../policy/evil", "..", ".hidden", "1/../x", "1.3.0/"]:
+            await publish(f"version {version!r}", owner, contract_variant(base, version),
+                          ("cannot name a contract file",))
+        spaced = contract_variant(base, "1.3.0", "physicalName: sales.orders", "physicalName: ' sales.orders'")
+        await publish("physicalName ' sales.orders'", owner, spaced, ("not a table name as Parley writes one",))
+        after = contract_files(data_dir)
+        s.check("refused versions and names write nothing under contracts/", cls, after == files,
+                f"added {sorted(set(after) - set(files))}, removed {sorted(set(files) - set(after))}")
+
+        # (c) The notice period: lowering it is breaking; out of range is refused; each call is answered (a huge
+        # notice in force made the next breaking publication panic, unanswered and unaudited).
+        await publish("a minor version lowering the notice period to 0", owner, with_notice(base, "1.3.0", 0),
+                      ("breaking", "notice period shortened"))
+        for version, days in [("1.4.0", -100_000), ("1.5.0", 9_223_372_036_854_775_807)]:
+            await publish(f"notice period {days}", owner, with_notice(base, version, days), ("give 0 to 3660 days",))
+        soon = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)).strftime("%Y-%m-%d")
+        dropped = contract_variant(base, "2.0.0", "      - name: is_gift\n", "      - name: was_gift\n")
+        await publish("a breaking version a day away after those", owner, dropped,
+                      ("notice period (30 days)",), effective_from=soon)
+
+        # (d) Who owns the table is not the owner's to hand on.
+        moved = contract_variant(base, "1.6.0", "team:\n  name: sales-owners", "team:\n  name: marketing")
+        await publish("team.name changed to marketing", owner, moved, ("ownership is moved by the server's operator",))
+
+        # Every answer keeps the server's paths to itself, and every call left its audit record.
+        named = [a.brief(200) for a in answers if data_dir in a.text]
+        s.check("no refusal names the server's data dir", cls, not named, named[:2])
+        audited = [r for r in audit_records(data_dir) if r["seq"] > first_seq and r["tool"] == "publish_contract"]
+        s.check(f"each of the {len(answers)} publish_contract calls left one audit record", cls,
+                len(audited) == len(answers), f"{len(audited)} records: {[r.get('decision') for r in audited]}")
+
+        # The control: the same base with a longer notice period is compatible, published, and written as the one
+        # file it names.
+        files = contract_files(data_dir)
+        a = await s.call(cls, "a minor version with a longer notice period", owner, "publish_contract",
+                         {"contract": with_notice(base, "1.3.0", 60)})
+        s.check("a longer notice period is compatible: published", cls, a.ok, a.brief())
+        added = sorted(set(contract_files(data_dir)) - set(files))
+        s.check("the published version is the one file written", cls, added == ["sales/orders@1.3.0.yaml"], added)
+    finally:
+        await analyst.close()
+        await owner.close()
+        await stranger.close()
+
+
 async def run(binary: str, data_dir: str, scratch: str, s: Suite) -> None:
     principals = ["analyst", "marketing-agent", "sales-owner", "ops-owner", "stranger"]
     sessions = {p: Parley(binary, data_dir, p, scratch) for p in principals}
@@ -2574,6 +2705,8 @@ async def run(binary: str, data_dir: str, scratch: str, s: Suite) -> None:
         await s.timed("9-memory", class9_memory(s, binary, data_dir, scratch))
         await s.timed("10-quota", class10_quota(s, binary, data_dir, scratch))
         await s.timed("11-http", class11_http(s, binary, data_dir, scratch))
+        # Last: its control publishes a new version of sales.orders' contract.
+        await s.timed("12-publish", class12_publish(s, binary, data_dir, scratch))
     finally:
         for client in [*sessions.values(), bad]:
             await client.close()

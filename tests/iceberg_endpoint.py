@@ -13,7 +13,9 @@ column (which the contract does not promise) lands; non-owners cannot commit. A 
 major version and the notice period; until its date the drop is still refused, after it (the server's clock moved,
 no sleeps) it lands. A change made straight to the catalog is flagged as drift and the grant holder told.
 pyiceberg reading the SQL catalog directly sees exactly the landed changes; DuckDB attaches the endpoint with a
-token and sees what the principal may see.
+token and sees what the principal may see. Last, an owner's append lands and its manifest is then rewritten in place
+to name a file outside every table's location: a restarted server refuses the analyst's queries and serves nothing
+of that file.
 
 Usage: python tests/iceberg_endpoint.py path/to/parley
 """
@@ -109,6 +111,81 @@ def raised(fn):
     except Exception as e:  # noqa: BLE001 - the test names the exception it expects
         return e
     return None
+
+
+def point_manifest_at(table, snapshot, data_file: str) -> str:
+    """Rewrites in place the manifest `snapshot` added, so that each of its entries names `data_file` (a local
+    Parquet file): what an owner, who may write its table's prefix, can do once Parley has checked the commit.
+    Returns the manifest's path."""
+    from pyiceberg.manifest import write_manifest
+
+    io = table.io
+    manifest = next(m for m in snapshot.manifests(io) if m.added_snapshot_id == snapshot.snapshot_id)
+    entries = manifest.fetch_manifest_entry(io, discard_deleted=False)
+    staged = manifest.manifest_path + ".tmp"
+    with write_manifest(table.format_version, table.spec(), table.schema(), io.new_output(staged),
+                        snapshot.snapshot_id, "null") as writer:
+        for entry in entries:
+            # A DataFile's fields are positional: 1 is file_path, 5 file_size_in_bytes (record_count stays).
+            entry.data_file[1] = "file://" + data_file
+            entry.data_file[5] = os.path.getsize(data_file)
+            writer.add_entry(entry)
+    os.replace(staged.removeprefix("file://"), manifest.manifest_path.removeprefix("file://"))
+    return manifest.manifest_path
+
+
+def manifest_rewritten_after_commit(binary: str, data_dir: str, mint) -> None:
+    """Parley checks a commit's files when it lands, but manifests are files in the owner's writable prefix: an
+    outside test had ops-owner append through `/iceberg` (accepted), then rewrite that snapshot's manifest to name a
+    file outside every table's location, and a restarted server (no manifest cached from the commit) served that
+    file to the analyst under ops.shipments' policy. Files outside the table's location are now refused when a
+    query plans its scan."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    secret = "SECRET-FROM-OUTSIDE-THE-TABLE"
+    direct = SqlCatalog("parley", uri=f"sqlite:///{data_dir}/catalog.db", warehouse=f"file://{data_dir}/warehouse")
+    analyst = mint("analyst")
+    server, port, _ = serve_http(binary, data_dir)
+    try:
+        ops = load_catalog("as-ops-owner", type="rest", uri=f"http://127.0.0.1:{port}/iceberg",
+                           token=mint("ops-owner"))
+        table = ops.load_table("ops.shipments")
+        rows = direct.load_table("ops.shipments").scan().to_arrow().num_rows
+        sample = table.scan(limit=3).to_arrow()
+        table.append(sample)
+        landed = direct.load_table("ops.shipments")
+        inside = landed.location().rstrip("/") + "/"
+        paths = [t.file.file_path for t in landed.scan().plan_files()]
+        paths += [m.manifest_path for m in landed.current_snapshot().manifests(landed.io)]
+        check(landed.scan().to_arrow().num_rows == rows + 3 and all(p.startswith(inside) for p in paths),
+              "ops-owner's append through Parley lands, every file inside the table's location")
+        # The owner plants a file outside every table's location and points its snapshot's manifest at it.
+        planted = os.path.join(data_dir, "planted", "rows.parquet")
+        os.makedirs(os.path.dirname(planted))
+        i = sample.schema.get_field_index("carrier")
+        field = sample.schema.field(i)
+        pq.write_table(sample.set_column(i, field, pa.array([secret] * sample.num_rows, field.type)), planted)
+        point_manifest_at(landed, landed.current_snapshot(), planted)
+    finally:
+        server.terminate()
+        server.stderr.read()
+        server.wait()
+
+    server, port, _ = serve_http(binary, data_dir)  # a fresh process: no manifest cached from the commit's check
+    try:
+        answers = asyncio.run(mcp_calls(f"http://127.0.0.1:{port}/mcp", analyst, [
+            ("query", {"sql": "SELECT carrier, count(*) AS n FROM ops.shipments GROUP BY 1 ORDER BY n LIMIT 3"}),
+            ("query", {"sql": "SELECT DISTINCT carrier FROM ops.shipments ORDER BY carrier"}),
+        ]))
+    finally:
+        server.terminate()
+        server.stderr.read()
+        server.wait()
+    texts = [" ".join(getattr(c, "text", "") for c in a.content) + json.dumps(a.structured_content) for a in answers]
+    check(not any(secret in t for t in texts), "after a restart the planted file's values appear in no answer")
+    check(all(a.is_error and "outside the table's location" in t for a, t in zip(answers, texts)),
+          f"the analyst's queries are refused, naming files outside the table's location ({texts[0][:160]})")
 
 
 def main() -> None:
@@ -366,6 +443,7 @@ def main() -> None:
           == ["allowed", "allowed", "denied", "allowed", "allowed", "error", "error", "error", "denied", "allowed"]
           and "schemaStability" in commits[2]["reason"],
           f"every commit is audited with its decision and the contract clause ({len(commits)} records)")
+    manifest_rewritten_after_commit(binary, data_dir, mint)
     print("iceberg endpoint: all checks passed")
 
 
