@@ -134,7 +134,14 @@ pub async fn publish_text(
             "slaProperties noticePeriod is {notice} days: give 0 to {MAX_NOTICE_DAYS} days"
         ));
     }
-    let store = ContractStore::load(contracts);
+    // Every contract file is read (a catalog of thousands takes seconds): on a blocking thread, not the threads
+    // answering MCP.
+    let store = {
+        let folder = contracts.to_path_buf();
+        tokio::task::spawn_blocking(move || ContractStore::load(&folder))
+            .await
+            .map_err(|e| format!("reading the contracts failed: {e}"))?
+    };
     if store.versions(&table).iter().any(|v| {
         v.loaded()
             .is_some_and(|l| l.contract.version == new.version)
