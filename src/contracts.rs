@@ -261,17 +261,27 @@ pub const MAX_FLOW_COLLECTIONS: usize = 512;
 /// The text as a JSON-like value: JSON through serde_json (linear, nesting limited), other YAML through the YAML
 /// parser when it opens at most [`MAX_FLOW_COLLECTIONS`] flow collections.
 pub(crate) fn yaml_value(yaml: &str) -> Result<Value, String> {
-    if yaml.trim_start().starts_with('{')
-        && let Ok(value) = serde_json::from_str::<Value>(yaml)
-    {
+    let json = yaml
+        .trim_start()
+        .starts_with('{')
+        .then(|| serde_json::from_str::<Value>(yaml));
+    if let Some(Ok(value)) = json {
         return Ok(value);
     }
     let opened = yaml.bytes().filter(|b| matches!(b, b'[' | b'{')).count();
     if opened > MAX_FLOW_COLLECTIONS {
-        return Err(format!(
-            "it opens {opened} flow collections ([...] or {{...}}); at most {MAX_FLOW_COLLECTIONS} are read. Write \
-             lists and objects in block style (one `- item` or `key: value` per line), or the whole contract as JSON"
-        ));
+        return Err(match json {
+            // Meant as JSON: what is wrong with it is the useful answer.
+            Some(Err(e)) => format!(
+                "it is not valid JSON ({e}), and read as YAML it opens {opened} flow collections ([...] or \
+                 {{...}}), more than the {MAX_FLOW_COLLECTIONS} read"
+            ),
+            _ => format!(
+                "it opens {opened} flow collections ([...] or {{...}}); at most {MAX_FLOW_COLLECTIONS} are read. \
+                 Write lists and objects in block style (one `- item` or `key: value` per line), or the whole \
+                 contract as JSON"
+            ),
+        });
     }
     serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())
 }
@@ -1435,7 +1445,11 @@ mod tests {
         let e = parse(&deep_json, Path::new("bomb.json"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("flow collections"), "{e}");
+        assert!(
+            e.contains("not valid JSON (recursion limit exceeded")
+                && e.contains("flow collections"),
+            "{e}"
+        );
 
         let yaml = include_str!("../examples/contracts/sales/customers.yaml");
         let value: Value = serde_yaml_ng::from_str(yaml).unwrap();
