@@ -425,6 +425,44 @@ impl ServerHandler for ParleyServer {
         )
     }
 
+    /// A call of a tool this server does not have is refused as rmcp refuses it (invalid params), and audited
+    /// first, like every call: the owners' view of who tried what includes the calls that named no tool.
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
+        if self.tool_router.has_route(&request.name) {
+            let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+            return self.tool_router.call(call).await;
+        }
+        let name: String = request.name.chars().take(64).collect();
+        let why = format!("no tool named {name:?}; tools/list names the tools you can use");
+        let principal = self.principal(&context);
+        let audited = self
+            .app
+            .gate
+            .run(
+                &principal,
+                "tools/call",
+                None,
+                async |c| -> Result<(), ToolError> {
+                    c.note(
+                        Action::Discover,
+                        "*",
+                        format!("called a tool that does not exist: {name:?}"),
+                    );
+                    Err(ToolError::BadRequest(why.clone()))
+                },
+            )
+            .await;
+        match audited {
+            // Not written: the refusal says so, as every call's does.
+            Err(e) if !e.contains("no tool named") => Err(ErrorData::internal_error(e, None)),
+            _ => Err(ErrorData::invalid_params(why, None)),
+        }
+    }
+
     /// A request rmcp could not decode lands here. For a method MCP defines, its params were what failed to parse:
     /// answer `-32602` (invalid params) saying what was wrong, not `-32601` (method not found), which would tell
     /// the client the server lacks the method (an outside test found `logging/setLevel` with a bad level answered

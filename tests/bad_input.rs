@@ -350,6 +350,12 @@ async fn unparseable_stdio_lines_are_answered_and_the_server_keeps_serving() {
             -32602,
         ),
         (r#"{"jsonrpc":"2.0","id":14,"method":"no/such"}"#.to_string(), json!(14), -32601),
+        // A tool that does not exist: refused as invalid params, and audited (below).
+        (
+            r#"{"jsonrpc":"2.0","id":15,"method":"tools/call","params":{"name":"drop_everything","arguments":{}}}"#.to_string(),
+            json!(15),
+            -32602,
+        ),
         (
             r#"{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"query","arguments":{"sql":"SELECT 7"}}}"#.to_string(),
             json!(10),
@@ -377,11 +383,22 @@ async fn unparseable_stdio_lines_are_answered_and_the_server_keeps_serving() {
         if code == -32602 {
             let message = reply["error"]["message"].as_str().unwrap_or_default();
             assert!(
-                message.starts_with("invalid params for "),
+                message.starts_with("invalid params for ")
+                    || message.starts_with("no tool named \"drop_everything\""),
                 "case {i}: {reply}"
             );
         }
     }
+    let audit = lake.audit();
+    assert!(
+        audit.iter().any(|r| r["tool"] == "tools/call"
+            && r["decision"] == "error"
+            && r["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("drop_everything")),
+        "{audit:?}"
+    );
 }
 
 /// CPU seconds (user + system) the process `pid` has used so far.
