@@ -108,7 +108,10 @@ pub async fn publish_text(
         Publisher::Owner(owner) => (owner, false),
     };
     let file = source;
-    let new = parse(yaml, file).map_err(|e| e.to_string())?;
+    let new = {
+        let (text, file) = (yaml.to_string(), file.to_path_buf());
+        off_runtime(move || parse(&text, &file).map_err(|e| e.to_string())).await?
+    };
     let table = table_of(&new).ok_or_else(|| {
         format!(
             "{}: name the table the contract governs in schema[].physicalName (namespace.table)",
@@ -138,9 +141,7 @@ pub async fn publish_text(
     // answering MCP.
     let store = {
         let folder = contracts.to_path_buf();
-        tokio::task::spawn_blocking(move || ContractStore::load(&folder))
-            .await
-            .map_err(|e| format!("reading the contracts failed: {e}"))?
+        off_runtime(move || Ok(ContractStore::load(&folder))).await?
     };
     if store.versions(&table).iter().any(|v| {
         v.loaded()
@@ -216,17 +217,24 @@ pub async fn publish_text(
         }
         _ => effective.unwrap_or(now),
     };
-    let dated = with_effective_from(yaml, effective)?;
     let (namespace, name) = table.rsplit_once('.').unwrap_or(("", table.as_str()));
     let folder = namespace
         .split('.')
         .filter(|p| !p.is_empty())
         .fold(contracts.to_path_buf(), |p, part| p.join(part));
+    let path = folder.join(format!("{name}@{}.yaml", new.version));
+    // Parsed back as the server will read it, before anything is written where the server reads it.
+    let dated = {
+        let (text, path) = (yaml.to_string(), path.clone());
+        off_runtime(move || {
+            let dated = with_effective_from(&text, effective)?;
+            parse(&dated, &path).map_err(|e| e.to_string())?;
+            Ok(dated)
+        })
+        .await?
+    };
     std::fs::create_dir_all(&folder)
         .map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
-    let path = folder.join(format!("{name}@{}.yaml", new.version));
-    // Parsed back as the server will read it, before it is written where the server reads it.
-    parse(&dated, &path).map_err(|e| e.to_string())?;
     std::fs::write(&path, &dated).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
 
     let mut told = Vec::new();
@@ -285,6 +293,16 @@ pub async fn publish_text(
         under_old,
         reason,
     })
+}
+
+/// Runs `work` (parsing contracts, reading the contract folder: seconds for large ones) on a blocking thread,
+/// not on the threads answering MCP.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("publishing failed: {e}"))?
 }
 
 /// The contract text (YAML or JSON, read as [`crate::contracts::parse`] reads it) as YAML with its
