@@ -39,27 +39,36 @@ impl RowsHeld {
     /// Gives the reserved rows back before the caller answers, so the grant's usage is true when the caller
     /// reads it next (the `Drop` fallback, for a caller that went away, gives them back in the background).
     async fn give_back(mut self) {
-        if let Some(rows) = self.rows.take().filter(|r| *r > 0)
-            && let Err(e) = self.store.settle_rows(&self.grant, rows, 0).await
-        {
-            tracing::warn!(grant = %self.grant, "cannot give back {rows} reserved rows: {e}");
+        if let Some(rows) = self.rows.take() {
+            give_back(self.store.clone(), std::mem::take(&mut self.grant), rows).await;
         }
     }
 }
 
 impl Drop for RowsHeld {
     fn drop(&mut self) {
-        let Some(rows) = self.rows.take().filter(|r| *r > 0) else {
-            return;
-        };
-        let (store, grant) = (self.store.clone(), std::mem::take(&mut self.grant));
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(e) = store.settle_rows(&grant, rows, 0).await {
-                    tracing::warn!(%grant, "cannot give back {rows} reserved rows: {e}");
-                }
-            });
+        if let Some(rows) = self.rows.take().filter(|r| *r > 0)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(give_back(
+                self.store.clone(),
+                std::mem::take(&mut self.grant),
+                rows,
+            ));
         }
+    }
+}
+
+/// Settles `rows` reserved under `grant` as unused.
+async fn give_back(
+    store: std::sync::Arc<dyn crate::negotiation::store::NegotiationStore>,
+    grant: String,
+    rows: u64,
+) {
+    if rows > 0
+        && let Err(e) = store.settle_rows(&grant, rows, 0).await
+    {
+        tracing::warn!(%grant, "cannot give back {rows} reserved rows: {e}");
     }
 }
 
