@@ -59,10 +59,13 @@ pub enum Files {
     Any,
 }
 
-/// Refuses a snapshot whose data or delete files lie outside the table's location: Parley reads them with its own
-/// storage access, so a manifest rewritten after its commit was checked (an outside test did it) could otherwise
-/// serve another table's files under this table's grants and policy.
-fn confine(table: &Table, tasks: &[FileScanTask]) -> Result<(), String> {
+/// Under [`Files::Own`], refuses a snapshot whose data or delete files lie outside the table's location: Parley
+/// reads them with its own storage access, so a manifest rewritten after its commit was checked (an outside test
+/// did it) could otherwise serve another table's files under this table's grants and policy.
+fn confine(table: &Table, tasks: &[FileScanTask], files: Files) -> Result<(), String> {
+    if files == Files::Any {
+        return Ok(());
+    }
     let roots = crate::catalog::commit::table_roots(table.metadata());
     let outside = tasks.iter().find_map(|t| {
         std::iter::once(t.data_file_path.as_str())
@@ -110,9 +113,7 @@ pub async fn provider(table: Table, files: Files) -> Result<Arc<dyn TableProvide
         .try_collect::<Vec<_>>()
         .await
         .map_err(|e| e.to_string())?;
-    if files == Files::Own {
-        confine(&table, &tasks)?;
-    }
+    confine(&table, &tasks, files)?;
     let plain = tasks
         .iter()
         .all(|t| t.deletes.is_empty() && t.data_file_format == DataFileFormat::Parquet);
@@ -729,9 +730,7 @@ impl TableProvider for IcebergFiles {
             .try_collect()
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        if self.files == Files::Own {
-            confine(&self.table, &tasks).map_err(DataFusionError::Execution)?;
-        }
+        confine(&self.table, &tasks, self.files).map_err(DataFusionError::Execution)?;
         let runtime =
             iceberg::Runtime::try_current().map_err(|e| DataFusionError::External(Box::new(e)))?;
         // One reader for all partitions, each reading its files one at a time (the partitions are the
