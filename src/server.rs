@@ -23,8 +23,8 @@ use rmcp::model::{
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{
-    ErrorData, Peer, RoleServer, ServerHandler, prompt, prompt_handler, prompt_router, tool,
-    tool_handler, tool_router,
+    ErrorData, Peer, RoleServer, ServerHandler, prompt, prompt_router, tool, tool_handler,
+    tool_router,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -403,7 +403,6 @@ impl ParleyServer {
 // clients on the 2025 protocols hear of changes, so both are served.
 #[allow(deprecated)]
 #[tool_handler(router = self.tool_router)]
-#[prompt_handler(router = self.prompt_router)]
 impl ServerHandler for ParleyServer {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
@@ -461,6 +460,63 @@ impl ServerHandler for ParleyServer {
             Err(e) if !e.contains("no tool named") => Err(ErrorData::internal_error(e, None)),
             _ => Err(ErrorData::invalid_params(why, None)),
         }
+    }
+
+    /// The prompts, the same for every caller.
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListPromptsResult, ErrorData> {
+        let hints = ctx
+            .protocol_version()
+            .is_some_and(|v| v >= rmcp::model::ProtocolVersion::V_2026_07_28);
+        Ok(rmcp::model::ListPromptsResult {
+            result_type: Some(rmcp::model::ResultType::COMPLETE),
+            prompts: self.prompt_router.list_all(),
+            meta: None,
+            next_cursor: None,
+            ttl_ms: hints.then_some(0),
+            cache_scope: hints.then_some(rmcp::model::CacheScope::Public),
+        })
+    }
+
+    /// A prompt is got through the router, which audits the request. One the router would refuse before that —
+    /// no such prompt, or arguments that do not fit it — is audited here first, then refused as rmcp refuses it
+    /// (invalid params), so the log holds every `prompts/get`.
+    async fn get_prompt(
+        &self,
+        request: rmcp::model::GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetPromptResponse, ErrorData> {
+        if let Some(why) = prompts::refusal(&request) {
+            let principal = self.principal(&context);
+            let audited = self
+                .app
+                .gate
+                .run(
+                    &principal,
+                    "prompts/get",
+                    None,
+                    async |c| -> Result<(), ToolError> {
+                        c.note(Action::Discover, "*", format!("prompts/get refused: {why}"));
+                        Err(ToolError::BadRequest(why.clone()))
+                    },
+                )
+                .await;
+            return match audited {
+                // Not written: the refusal says so, as every call's does.
+                Err(e) if !e.contains(why.as_str()) => Err(ErrorData::internal_error(e, None)),
+                _ => Err(ErrorData::invalid_params(why, None)),
+            };
+        }
+        let call = rmcp::handler::server::prompt::PromptContext::new(
+            self,
+            request.name,
+            request.arguments,
+            context,
+        );
+        self.prompt_router.get_prompt(call).await
     }
 
     /// A request rmcp could not decode lands here. For a method MCP defines, its params were what failed to parse:

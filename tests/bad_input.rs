@@ -356,6 +356,22 @@ async fn unparseable_stdio_lines_are_answered_and_the_server_keeps_serving() {
             json!(15),
             -32602,
         ),
+        // A prompt that does not exist, and one whose arguments do not fit: refused, and audited (below).
+        (
+            r#"{"jsonrpc":"2.0","id":16,"method":"prompts/get","params":{"name":"leak_everything"}}"#.to_string(),
+            json!(16),
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":17,"method":"prompts/get","params":{"name":"explore_dataset","arguments":{"subject":"x"}}}"#.to_string(),
+            json!(17),
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":18,"method":"prompts/get","params":{"name":"explore_dataset","arguments":{"topic":"late deliveries"}}}"#.to_string(),
+            json!(18),
+            0,
+        ),
         (
             r#"{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"query","arguments":{"sql":"SELECT 7"}}}"#.to_string(),
             json!(10),
@@ -384,7 +400,11 @@ async fn unparseable_stdio_lines_are_answered_and_the_server_keeps_serving() {
             let message = reply["error"]["message"].as_str().unwrap_or_default();
             assert!(
                 message.starts_with("invalid params for ")
-                    || message.starts_with("no tool named \"drop_everything\""),
+                    || message.starts_with("no tool named \"drop_everything\"")
+                    || message.starts_with("no prompt named \"leak_everything\"")
+                    || message.starts_with(
+                        "invalid arguments for prompt \"explore_dataset\": missing field `topic`"
+                    ),
                 "case {i}: {reply}"
             );
         }
@@ -399,6 +419,27 @@ async fn unparseable_stdio_lines_are_answered_and_the_server_keeps_serving() {
                 .contains("drop_everything")),
         "{audit:?}"
     );
+    // Every prompts/get is in the log: the two refused (as errors, saying why) and the one answered.
+    let prompts: Vec<_> = audit
+        .iter()
+        .filter(|r| r["tool"] == "prompts/get")
+        .map(|r| {
+            (
+                r["decision"].as_str().unwrap_or_default(),
+                r["reason"].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(prompts.len(), 3, "{prompts:?}");
+    assert!(
+        prompts[0].0 == "error" && prompts[0].1.contains("leak_everything"),
+        "{prompts:?}"
+    );
+    assert!(
+        prompts[1].0 == "error" && prompts[1].1.contains("missing field `topic`"),
+        "{prompts:?}"
+    );
+    assert_ne!(prompts[2].0, "error", "{prompts:?}");
 }
 
 /// CPU seconds (user + system) the process `pid` has used so far.

@@ -20,6 +20,30 @@ pub struct AnswerArgs {
     pub purpose: Option<String>,
 }
 
+/// Why `prompts/get` of `request` cannot be answered — no such prompt, or arguments that do not fit it — or
+/// `None` when the prompt's router takes it.
+pub(super) fn refusal(request: &rmcp::model::GetPromptRequestParams) -> Option<String> {
+    fn fits<T: serde::de::DeserializeOwned>(args: Option<&JsonObject>) -> Result<(), String> {
+        let args = serde_json::Value::Object(args.cloned().unwrap_or_default());
+        serde_json::from_value::<T>(args)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+    let name: String = request.name.chars().take(64).collect();
+    let fit = match request.name.as_str() {
+        "explore_dataset" => fits::<ExploreArgs>(request.arguments.as_ref()),
+        "answer_with_data" => fits::<AnswerArgs>(request.arguments.as_ref()),
+        _ => {
+            return Some(format!(
+                "no prompt named {name:?}; prompts/list names the prompts"
+            ));
+        }
+    };
+    fit.err().map(|e| {
+        format!("invalid arguments for prompt {name:?}: {e}; prompts/list shows its arguments")
+    })
+}
+
 fn fill(template: &str, vars: &[(&str, &str)]) -> String {
     vars.iter().fold(template.to_string(), |t, (k, v)| {
         t.replace(&format!("{{{{{k}}}}}"), v)
