@@ -90,6 +90,75 @@ pub struct Checked<'a> {
     policy_ids: Vec<String>,
     /// Usage figures the body fills in for the audit record.
     pub usage: Usage,
+    /// The call's tool (or MCP method) and when it started, for its record.
+    tool: &'a str,
+    started: Instant,
+    /// Whether the call's record was made; a call dropped before that (cancelled, or its client gone) is
+    /// recorded when its handle drops.
+    recorded: bool,
+}
+
+impl Checked<'_> {
+    /// The call's audit record as it stands.
+    fn entry(&mut self, decision: &str, reason: String, error: Option<String>) -> AuditEntry {
+        let usage = std::mem::take(&mut self.usage);
+        AuditEntry {
+            principal: self.principal.id.clone(),
+            tool: self.tool.to_string(),
+            action: self.action.map(|a| a.as_str().to_string()),
+            resource: AuditResource::of(&self.resources),
+            decision: decision.to_string(),
+            reason,
+            policy_ids: self.policy_ids.clone(),
+            purpose: self.context.purpose.clone(),
+            sql_digest: usage.sql.as_deref().map(crate::audit::digest),
+            sql: usage.sql,
+            snapshots: usage.snapshots,
+            rows: usage.rows,
+            bytes: usage.bytes,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            error,
+        }
+    }
+}
+
+/// A call whose future was dropped before its record was made — the client cancelled it, went away, or closed
+/// its session while the call waited (an outside test found a `request_access` that had stored a request leave
+/// no record when its client never answered the question it asked) — is recorded here, with what it had noted:
+/// as an error, without a reply, appended in the background (no result goes out, so none waits for it).
+impl Drop for Checked<'_> {
+    fn drop(&mut self) {
+        if self.recorded {
+            return;
+        }
+        let mut did = self.reasons.join("; ");
+        if did.is_empty() {
+            did = "nothing noted".to_string();
+        }
+        let entry = self.entry(
+            "error",
+            format!("the call ended before it finished (cancelled, or its client went away); it had: {did}"),
+            Some("cancelled".to_string()),
+        );
+        let audit = self.gate.audit.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(e) = audit.append(entry).await {
+                        tracing::error!(
+                            "the audit record of a cancelled call could not be written: {e}"
+                        );
+                    }
+                });
+            }
+            Err(_) => tracing::error!(
+                principal = %entry.principal,
+                tool = %entry.tool,
+                "a call ended outside a runtime; its audit record could not be written: {}",
+                entry.reason
+            ),
+        }
+    }
 }
 
 impl Checked<'_> {
@@ -345,7 +414,6 @@ impl Gate {
         body: impl AsyncFnOnce(&mut Checked<'_>) -> Result<T, ToolError>,
         render: impl FnOnce(T) -> R,
     ) -> Result<R, String> {
-        let started = Instant::now();
         let mut checked = Checked {
             gate: self,
             principal,
@@ -358,6 +426,9 @@ impl Gate {
             reasons: vec![],
             policy_ids: vec![],
             usage: Usage::default(),
+            tool,
+            started: Instant::now(),
+            recorded: false,
         };
         // A body that panics (a bug) is a failed call like any other: audited and answered, never a request left
         // without an answer or a record (an outside test found one). What it panicked with stays in the log.
@@ -400,24 +471,9 @@ impl Gate {
                 Some(e.to_string()),
             ),
         };
-        let usage = std::mem::take(&mut checked.usage);
-        let entry = AuditEntry {
-            principal: principal.id.clone(),
-            tool: tool.to_string(),
-            action: checked.action.map(|a| a.as_str().to_string()),
-            resource: AuditResource::of(&checked.resources),
-            decision: decision.to_string(),
-            reason,
-            policy_ids: checked.policy_ids.clone(),
-            purpose,
-            sql_digest: usage.sql.as_deref().map(crate::audit::digest),
-            sql: usage.sql,
-            snapshots: usage.snapshots,
-            rows: usage.rows,
-            bytes: usage.bytes,
-            duration_ms: started.elapsed().as_millis() as u64,
-            error,
-        };
+        let entry = checked.entry(decision, reason, error);
+        checked.recorded = true;
+        drop(checked);
         // Biased: the append is polled first, so the record is on its way to the writer before rendering starts.
         let (audited, reply) = tokio::join!(biased; self.audit.append(entry), async move {
             result.map(render).map_err(|e| e.to_string())
@@ -520,6 +576,73 @@ mod tests {
                 .unwrap_or("")
                 .contains("out of bounds")
         );
+    }
+
+    /// A call dropped before it finished (its client went away) is audited with what it had noted; one that
+    /// finished is audited once.
+    #[tokio::test]
+    async fn a_call_dropped_before_it_finishes_is_audited() {
+        let (gate, _) = gate(false);
+        let kept = Arc::new(Kept::default());
+        let gate = Gate::new(gate.policy.clone(), kept.clone());
+        let principal = Principal::new("analyst", vec![]);
+        let call = gate.run(
+            &principal,
+            "request_access",
+            Some("churn_analysis".into()),
+            async |c| -> Result<(), ToolError> {
+                c.note(
+                    Action::RequestAccess,
+                    "sales.orders",
+                    "request req-1 stored".into(),
+                );
+                std::future::pending().await
+            },
+        );
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), call)
+                .await
+                .is_err()
+        );
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while kept.0.lock().unwrap().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the dropped call was not audited"
+            );
+            tokio::task::yield_now().await;
+        }
+        let finished: Result<(), String> = gate
+            .run(&principal, "list_tables", None, async |_| Ok(()))
+            .await;
+        assert!(finished.is_ok());
+        let kept = kept.0.lock().unwrap();
+        assert_eq!(
+            kept.len(),
+            2,
+            "{:?}",
+            kept.iter().map(|e| &e.tool).collect::<Vec<_>>()
+        );
+        let dropped = &kept[0];
+        assert_eq!(
+            (
+                dropped.tool.as_str(),
+                dropped.decision.as_str(),
+                dropped.error.as_deref()
+            ),
+            ("request_access", "error", Some("cancelled"))
+        );
+        assert!(
+            dropped.reason.contains("request req-1 stored"),
+            "{}",
+            dropped.reason
+        );
+        assert_eq!(dropped.purpose.as_deref(), Some("churn_analysis"));
+        assert_eq!(
+            dropped.resource,
+            AuditResource::of(&["sales.orders".to_string()])
+        );
+        assert_eq!(kept[1].decision, "allowed");
     }
 
     #[tokio::test]

@@ -1455,3 +1455,270 @@ async fn an_approvers_counter_offer_is_checked_for_the_requester() {
     analyst.cancel().await.unwrap();
     owner.cancel().await.unwrap();
 }
+
+/// An automatic offer is made again when it is taken up (an outside test redeemed old ones after the contract
+/// changed): a grant waiting for the person's acknowledgement, and an automatic counter-offer, whose purpose the
+/// owner has since prohibited are withdrawn, not granted; an offer the change does not touch still is. An offer
+/// waiting for an acknowledgement is not the agent's to accept, and can be declined.
+#[tokio::test]
+async fn an_automatic_offer_is_made_again_when_it_is_taken_up() {
+    let lake = Lake::new();
+    let person = Person::new(true, ProtocolVersion::V_2026_07_28);
+    let asking = person.connect(&lake, "analyst", &[]).await;
+    let analyst = lake.connect("analyst", &[]).await;
+    let params = |args: &Value| {
+        CallToolRequestParams::new("request_access")
+            .with_arguments(args.as_object().cloned().unwrap())
+    };
+    let complete = |r: CallToolResponse| match r {
+        CallToolResponse::Complete(r) => r,
+        other => panic!("a complete result, got {other:?}"),
+    };
+    let yes = || {
+        let mut r = InputResponses::new();
+        r.insert(
+            "acknowledge".to_string(),
+            json!({"action": "accept", "content": {"accept": true}}),
+        );
+        r
+    };
+    // Round one of two acknowledgements: one whose purpose will be prohibited, one whose will not.
+    let mut states = Vec::new();
+    let revenue = json!({"tables": ["sales.orders"], "purpose": "revenue_reporting"});
+    let forecasting = json!({"tables": ["sales.orders"], "purpose": "demand_forecasting"});
+    for args in [&revenue, &forecasting] {
+        let CallToolResponse::InputRequired(question) =
+            asking.call_tool_once(params(args)).await.unwrap()
+        else {
+            panic!("an input-required result")
+        };
+        states.push(question.request_state.clone().expect("a requestState"));
+    }
+    // An automatic counter-offer (personal data masked).
+    let offer = request(
+        &analyst,
+        json!({"tables": ["sales.customers"], "purpose": "churn_analysis"}),
+    )
+    .await;
+    assert_eq!(offer["status"], "counter_offer", "{offer:#}");
+    let offered = offer["request_id"].as_str().unwrap().to_string();
+
+    // The owner prohibits revenue reporting on orders and churn analysis on customers.
+    for (file, from, to) in [
+        (
+            "orders",
+            "value: [resale]",
+            "value: [resale, revenue_reporting]",
+        ),
+        (
+            "customers",
+            "value: [marketing_outreach, resale, re_identification]",
+            "value: [marketing_outreach, resale, re_identification, churn_analysis]",
+        ),
+    ] {
+        let path = lake.path().join(format!("contracts/sales/{file}.yaml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let changed = text.replacen(from, to, 1);
+        assert_ne!(changed, text, "{file}");
+        std::fs::write(&path, changed).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while request(&analyst, revenue.clone()).await["status"] != "denied" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the changed contract was not reloaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    // Acknowledged now: the prohibited one is withdrawn, the other granted.
+    let retry = |args: &Value, state: &str| {
+        params(args)
+            .with_input_responses(yes())
+            .with_request_state(state.to_string())
+    };
+    let e = err(&complete(
+        asking
+            .call_tool_once(retry(&revenue, &states[0]))
+            .await
+            .unwrap(),
+    ));
+    assert!(
+        e.contains("no longer holds") && e.contains("denied") && e.contains("request_access again"),
+        "{e}"
+    );
+    let granted = ok(&complete(
+        asking
+            .call_tool_once(retry(&forecasting, &states[1]))
+            .await
+            .unwrap(),
+    ));
+    assert_eq!(granted["status"], "granted", "{granted:#}");
+    // Accepting the counter-offer now: withdrawn too.
+    let e = err(&call(
+        &analyst,
+        "accept_offer",
+        json!({"request_id": offered, "terms_hash": offer["terms_hash"]}),
+    )
+    .await);
+    assert!(e.contains("no longer holds") && e.contains("denied"), "{e}");
+    let status = ok(&call(&analyst, "access_status", json!({"request_id": offered})).await);
+    assert_eq!(status["state"], "terminated", "{status:#}");
+    // The forecasting grant is in force; the withdrawn requests have none (the polls above, by a client that
+    // cannot be asked, were granted outright until the reload).
+    let mine = ok(&call(&analyst, "my_grants", json!({})).await);
+    let grants = mine["grants"].as_array().unwrap();
+    assert!(
+        grants.iter().any(|g| g["grant_id"] == granted["grant_id"]),
+        "{mine:#}"
+    );
+    let withdrawn_request = states[0].split('.').nth(2).unwrap();
+    assert!(
+        grants
+            .iter()
+            .all(|g| g["request_id"] != withdrawn_request && g["request_id"] != offered.as_str()),
+        "{mine:#}"
+    );
+
+    // An acknowledgement offer: no terms_hash to accept, accept_offer says whose it is, decline_offer ends it.
+    let CallToolResponse::InputRequired(question) =
+        asking.call_tool_once(params(&forecasting)).await.unwrap()
+    else {
+        panic!("an input-required result")
+    };
+    let state = question.request_state.clone().unwrap();
+    let pending = ok(&call(
+        &analyst,
+        "access_status",
+        json!({"request_id": state.split('.').nth(2).unwrap()}),
+    )
+    .await);
+    assert_eq!(pending["state"], "offered", "{pending:#}");
+    assert!(pending.get("terms_hash").is_none(), "{pending:#}");
+    let id = pending["request_id"].clone();
+    let e = err(&call(
+        &analyst,
+        "accept_offer",
+        json!({"request_id": id, "terms_hash": "00"}),
+    )
+    .await);
+    assert!(
+        e.contains("acknowledge") && e.contains("decline_offer"),
+        "{e}"
+    );
+    ok(&call(&analyst, "decline_offer", json!({"request_id": id})).await);
+    let e = err(&complete(
+        asking
+            .call_tool_once(retry(&forecasting, &state))
+            .await
+            .unwrap(),
+    ));
+    assert!(e.contains("no longer waits"), "{e}");
+
+    let withdrawn = lake
+        .audit()
+        .into_iter()
+        .filter(|r| {
+            r["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("no longer held"))
+        })
+        .count();
+    assert_eq!(withdrawn, 2, "both withdrawals audited");
+    asking.cancel().await.unwrap();
+    analyst.cancel().await.unwrap();
+}
+
+/// A question the client leaves unanswered (protocol 2025-06-18, `elicitation/create`) no longer strands its
+/// request, unaudited, as an offer nobody can end (an outside test): a call the client cancels while it waits
+/// ends, audited with the request it stored, which is terminated; a client that answers the question with an
+/// error has the request terminated and is told so, not that the server failed. (An acknowledgement offer left by
+/// a client that never retries can be declined: the test above.)
+#[tokio::test]
+async fn a_question_left_unanswered_ends_its_request_and_is_audited() {
+    let lake = Lake::new();
+    let mut server = lake.spawn_raw("analyst", &[]);
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {"elicitation": {"form": {}}},
+        "clientInfo": {"name": "raw", "version": "1"}}});
+    assert!(server.call(&init).await.unwrap().get("result").is_some());
+    server
+        .call(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await;
+    let ask = |id: u64, purpose: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "request_access",
+               "arguments": {"tables": ["sales.orders"], "purpose": purpose}}})
+    };
+    /// The next message that is the server's question, or the answer to request `id`.
+    async fn next(server: &mut crate::util::RawServer, id: Option<u64>) -> Value {
+        loop {
+            let m = server.reply().await;
+            match id {
+                None if m["method"] == "elicitation/create" => return m,
+                Some(id) if m["id"] == id && m.get("method").is_none() => return m,
+                _ => {}
+            }
+        }
+    }
+
+    // Asked, never answered, then cancelled by the client.
+    server.send(&ask(1, "revenue_reporting").to_string()).await;
+    next(&mut server, None).await;
+    server
+        .send(
+            &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                    "params": {"requestId": 1, "reason": "gave up"}})
+            .to_string(),
+        )
+        .await;
+
+    // Asked, answered with an error: terminated, and said so.
+    server.send(&ask(2, "demand_forecasting").to_string()).await;
+    let q = next(&mut server, None).await;
+    server
+        .send(
+            &json!({"jsonrpc": "2.0", "id": q["id"], "error": {"code": -32000, "message": "no UI here"}})
+                .to_string(),
+        )
+        .await;
+    let reply = next(&mut server, Some(2)).await;
+    let result = &reply["result"]["structuredContent"];
+    assert_eq!(result["status"], "declined", "{reply:#}");
+    assert_eq!(result["state"], "terminated", "{reply:#}");
+    assert!(
+        result["reason"]
+            .as_str()
+            .unwrap()
+            .contains("could not ask the user"),
+        "{reply:#}"
+    );
+
+    // The cancelled call has its record, naming the request it stored.
+    let audit = lake.audit();
+    let record = audit
+        .iter()
+        .find(|r| {
+            r["tool"] == "request_access"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("cancelled the call"))
+        })
+        .unwrap_or_else(|| panic!("no record of the cancelled call: {audit:#?}"));
+    let reason = record["reason"].as_str().unwrap();
+    assert!(reason.contains("asked for it (elicitation)"), "{record:#}");
+    let request_id = reason
+        .split_whitespace()
+        .find(|w| w.starts_with("req-"))
+        .unwrap()
+        .to_string();
+    // Its request ended with the call.
+    let status = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "access_status",
+                        "arguments": {"request_id": request_id}}});
+    server.send(&status.to_string()).await;
+    let s = next(&mut server, Some(3)).await;
+    assert_eq!(
+        s["result"]["structuredContent"]["state"], "terminated",
+        "{s:#}"
+    );
+    server.close().await;
+}

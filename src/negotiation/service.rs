@@ -241,14 +241,25 @@ impl<'a> Negotiations<'a> {
             )));
         }
         let outcome = stored.outcome.clone();
-        let Outcome::CounterOffer {
-            terms, offered_by, ..
-        } = outcome
-        else {
-            return Err(FlowError::Store(format!(
-                "request {id} is offered but its outcome holds no offered terms"
-            )));
+        let terms = match outcome {
+            Outcome::CounterOffer {
+                terms, offered_by, ..
+            } => (terms, offered_by),
+            // An automatic grant held for the person's acknowledgement, which only they give.
+            Outcome::Granted { .. } => {
+                return Err(FlowError::Refused(format!(
+                    "request {id} waits for the person behind the agent to acknowledge the contract's usage \
+                     terms, which only they can do, through the client's form (answer it, or retry request_access \
+                     with its requestState); decline_offer ends the request"
+                )));
+            }
+            _ => {
+                return Err(FlowError::Store(format!(
+                    "request {id} is offered but its outcome holds no offered terms"
+                )));
+            }
         };
+        let (terms, offered_by) = terms;
         Ok(OpenOffer {
             stored,
             terms,
@@ -292,7 +303,14 @@ impl<'a> Negotiations<'a> {
 
     /// `principal` declines the offer of request `id`, which ends the negotiation.
     pub async fn decline(&self, principal: &str, id: &str) -> Result<StoredRequest, FlowError> {
-        let offer = self.open_offer(principal, id).await?;
+        // Any offer, a counter-offer or an automatic grant waiting for an acknowledgement.
+        let stored = self.own_request(principal, id).await?;
+        if stored.state != State::Offered {
+            return Err(FlowError::Refused(format!(
+                "request {id} is {}, not an open offer",
+                stored.state.as_str()
+            )));
+        }
         self.transition(
             id,
             State::Terminated,
@@ -300,7 +318,7 @@ impl<'a> Negotiations<'a> {
             "the requester declined the offer",
         )
         .await?;
-        Ok(offer.stored)
+        Ok(stored)
     }
 
     /// A query under `grant` that may return up to `want_rows` rows is about to run: it is counted against the

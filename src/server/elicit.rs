@@ -78,8 +78,9 @@ impl Question {
 
 /// How the person behind the client can be asked during this call.
 pub(super) enum Asker {
-    /// A server-to-client `elicitation/create` request (protocol up to 2025-11-25).
-    Request(Peer<RoleServer>),
+    /// A server-to-client `elicitation/create` request (protocol up to 2025-11-25), and the call's cancellation
+    /// (the client's `notifications/cancelled` ends the wait).
+    Request(Peer<RoleServer>, tokio_util::sync::CancellationToken),
     /// An input-required result answered by the client's retry (protocol 2026-07-28).
     InputRequired,
 }
@@ -91,7 +92,14 @@ pub(super) enum Answer<T> {
     Given(T),
     /// They declined or cancelled (or sent an empty form).
     Refused,
+    /// No answer came: the client failed to ask, answered something other than the form, or not within
+    /// [`ASK_WITHIN`]. Why, for the record.
+    Unanswered(String),
 }
+
+/// How long an `elicitation/create` question waits for its answer. The call holds the question's request open
+/// meanwhile; a person who answers later can ask again.
+pub(super) const ASK_WITHIN: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Asker {
     /// How to ask, when the client declared form elicitation; `None` when it cannot be asked, so the explicit tool
@@ -111,28 +119,42 @@ impl Asker {
         Some(if modern {
             Asker::InputRequired
         } else {
-            Asker::Request(ctx.peer.clone())
+            Asker::Request(ctx.peer.clone(), ctx.ct.clone())
         })
     }
 }
 
-/// Asks through an `elicitation/create` request and waits for the answer.
-pub(super) async fn ask<T>(peer: &Peer<RoleServer>, message: String) -> Result<Answer<T>, ToolError>
+/// Asks through an `elicitation/create` request and waits for the answer, at most [`ASK_WITHIN`]. Whatever goes
+/// wrong on the client's side is an answer too ([`Answer::Unanswered`]): the caller ends or keeps the request
+/// as for a refusal, never leaving it waiting for an answer that cannot come.
+pub(super) async fn ask<T>(
+    peer: &Peer<RoleServer>,
+    cancelled: &tokio_util::sync::CancellationToken,
+    message: String,
+) -> Answer<T>
 where
     T: rmcp::service::ElicitationSafe + DeserializeOwned,
 {
-    use rmcp::service::ElicitationError as E;
-    match peer.elicit::<T>(message).await {
-        Ok(Some(answer)) => Ok(Answer::Given(answer)),
-        Ok(None) | Err(E::UserDeclined) | Err(E::UserCancelled) | Err(E::NoContent) => {
-            Ok(Answer::Refused)
+    use rmcp::service::{ElicitationError as E, ServiceError};
+    let asked = tokio::select! {
+        asked = peer.elicit_with_timeout::<T>(message, Some(ASK_WITHIN)) => asked,
+        () = cancelled.cancelled() => {
+            return Answer::Unanswered("the client cancelled the call while the question waited".to_string());
         }
-        Err(E::ParseError { error, .. }) => Err(ToolError::BadRequest(format!(
-            "the client's answer to the question did not match its form: {error}"
-        ))),
-        Err(e) => Err(ToolError::Internal(format!(
-            "asking the user through the client failed: {e}"
-        ))),
+    };
+    match asked {
+        Ok(Some(answer)) => Answer::Given(answer),
+        Ok(None) | Err(E::UserDeclined) | Err(E::UserCancelled) | Err(E::NoContent) => {
+            Answer::Refused
+        }
+        Err(E::ParseError { error, .. }) => Answer::Unanswered(format!(
+            "the client's answer did not match the question's form ({error})"
+        )),
+        Err(E::Service(ServiceError::Timeout { .. })) => Answer::Unanswered(format!(
+            "no answer within {} minutes",
+            ASK_WITHIN.as_secs() / 60
+        )),
+        Err(e) => Answer::Unanswered(format!("the client could not ask the user ({e})")),
     }
 }
 

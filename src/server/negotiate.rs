@@ -29,6 +29,35 @@ use crate::policy::{Action, Resource};
 /// Longest term any grant gets, in days.
 pub(super) const MAX_DAYS: u32 = 90;
 
+/// How long an automatic grant waits for the person's acknowledgement before its offer lapses.
+const ACKNOWLEDGE_WITHIN: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// The tables of a request with their contracts and facts, and whether the caller may ask (see
+/// `ParleyServer::basis`).
+struct Basis {
+    tables: Vec<TableName>,
+    contracts: Vec<(String, crate::contracts::Contract)>,
+    facts: Vec<(String, crate::policy::TableFacts)>,
+    eligible: bool,
+}
+
+/// `None` when the person acknowledged the usage terms, else why not.
+fn acknowledged(answer: Answer<Acknowledgement>) -> Option<String> {
+    match answer {
+        Answer::Given(Acknowledgement { accept: true }) => None,
+        Answer::Given(_) | Answer::Refused => Some("the user declined".to_string()),
+        Answer::Unanswered(why) => Some(why),
+    }
+}
+
+/// Whether `now` offers what `offered` did: the same terms, with a term ending no earlier (a term is counted
+/// from when it is evaluated).
+fn same_offer(offered: &negotiation::Terms, now: &negotiation::Terms) -> bool {
+    let mut aligned = now.clone();
+    aligned.expires_at = offered.expires_at;
+    aligned.hash() == offered.hash() && now.expires_at >= offered.expires_at
+}
+
 /// Arguments of `request_access`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -288,32 +317,75 @@ impl ParleyServer {
         text
     }
 
-    /// Ends a request whose automatic grant waited for the person's acknowledgement: a grant when they accepted,
-    /// terminated when not.
+    /// Ends a request whose automatic grant waited for the person's acknowledgement: `refused` says why it was not
+    /// acknowledged (terminated, no grant); acknowledged, the grant is made only if the offer still holds — asked
+    /// within [`ACKNOWLEDGE_WITHIN`] of the request, and the contracts and the caller's policy as they are now
+    /// still grant exactly these terms (an outside test redeemed an old offer after the owner had prohibited its
+    /// purpose, and another after a column became personal data). An offer that no longer holds is withdrawn
+    /// (terminated) and the caller told to ask again.
     pub(super) async fn conclude_acknowledgement(
         &self,
         checked: &mut Checked<'_>,
         request: &AccessRequest,
         terms: &negotiation::Terms,
-        accepted: bool,
+        refused: Option<String>,
         mut result: NegotiationResult,
     ) -> Result<NegotiationResult, ToolError> {
         let tables = TableName::join(&request.tables, ",");
-        let Some(grant) = self
-            .flows()
-            .acknowledge(request, terms.clone(), accepted)
-            .await?
-        else {
-            result.status = "declined".to_string();
-            result.state = State::Terminated.as_str().to_string();
-            result.reason =
-                "the user did not acknowledge the contract's usage terms, so no grant was made"
-                    .to_string();
+        let withdrawn = match &refused {
+            Some(_) => None,
+            None if Utc::now() - request.created_at > ACKNOWLEDGE_WITHIN => Some(format!(
+                "it was not acknowledged within {} minutes of the request",
+                ACKNOWLEDGE_WITHIN.num_minutes()
+            )),
+            None => self
+                .offer_holds(checked, request, terms, "granted")
+                .await
+                .err(),
+        };
+        if let Some(why) = withdrawn {
+            self.flows()
+                .transition(
+                    &request.id,
+                    State::Terminated,
+                    &request.principal,
+                    &format!("offer withdrawn at acknowledgement: {why}"),
+                )
+                .await?;
             checked.note(
                 Action::RequestAccess,
                 &tables,
                 format!(
-                    "request {} declined by the user at acknowledgement",
+                    "request {} acknowledged, but its offer no longer held and was withdrawn: {why}",
+                    request.id
+                ),
+            );
+            return Err(ToolError::Denied {
+                reason: format!(
+                    "the offer of request {} no longer holds, so no grant was made: {why}",
+                    request.id
+                ),
+                next_step:
+                    "Call request_access again: the contracts and policy as they are now decide."
+                        .to_string(),
+            });
+        }
+        let Some(grant) = self
+            .flows()
+            .acknowledge(request, terms.clone(), refused.is_none())
+            .await?
+        else {
+            let why = refused.unwrap_or_default();
+            result.status = "declined".to_string();
+            result.state = State::Terminated.as_str().to_string();
+            result.reason = format!(
+                "the contract's usage terms were not acknowledged ({why}), so no grant was made"
+            );
+            checked.note(
+                Action::RequestAccess,
+                &tables,
+                format!(
+                    "request {} not acknowledged by the user ({why}); terminated",
                     request.id
                 ),
             );
@@ -333,6 +405,78 @@ impl ParleyServer {
         Ok(result)
     }
 
+    /// The tables named, each discoverable by the caller (else the call fails as for a missing table), with their
+    /// contracts and policy facts as they are now, and whether the policy lets the caller ask for them.
+    async fn basis(&self, checked: &mut Checked<'_>, names: &[String]) -> Result<Basis, ToolError> {
+        let mut basis = Basis {
+            tables: Vec::new(),
+            contracts: Vec::new(),
+            facts: Vec::new(),
+            eligible: true,
+        };
+        for t in names {
+            // Discovery is required (an undiscoverable table does not exist for the caller).
+            let name = self.table_for(checked, t, Action::Discover, "").await?;
+            let (facts, contract) = self.app.lakehouse.facts_and_contract(&name);
+            basis.eligible &= checked
+                .peek(Action::RequestAccess, &Resource::Table(facts.clone()))
+                .allowed();
+            basis.facts.push((name.to_string(), facts));
+            if let Some(c) = contract {
+                basis.contracts.push((name.to_string(), c.contract.clone()));
+            }
+            basis.tables.push(name);
+        }
+        Ok(basis)
+    }
+
+    /// Whether an automatic offer of `terms` (an outcome of kind `kind`) made for `request` still holds: the
+    /// request evaluated again now — discovery, the contracts, eligibility and the caller's policy, as for a new
+    /// request — comes to the same kind of outcome with the same terms (a term that ends no earlier). `Err` says
+    /// what it comes to now.
+    pub(super) async fn offer_holds(
+        &self,
+        checked: &mut Checked<'_>,
+        request: &AccessRequest,
+        terms: &negotiation::Terms,
+        kind: &str,
+    ) -> Result<(), String> {
+        let names: Vec<String> = request.tables.iter().map(ToString::to_string).collect();
+        let basis = self
+            .basis(checked, &names)
+            .await
+            .map_err(|e| e.to_string())?;
+        let refs: Vec<(&str, &crate::contracts::Contract)> = basis
+            .contracts
+            .iter()
+            .map(|(t, c)| (t.as_str(), c))
+            .collect();
+        let evaluator = negotiation::Evaluator {
+            purposes: &self.app.purposes,
+            max_days: MAX_DAYS,
+        };
+        let outcome = evaluator.evaluate(request, &refs, basis.eligible, self.app.clock.now());
+        let policy = GatePolicy {
+            checked,
+            facts: &basis.facts,
+            requester: None,
+        };
+        let outcome = negotiation::fit_policy(outcome, &policy);
+        match outcome.terms() {
+            Some(now) if outcome.kind() == kind && same_offer(terms, now) => Ok(()),
+            Some(_) if outcome.kind() == kind => Err(
+                "the terms it would get now differ from those offered (the contract or the policy changed \
+                 since)"
+                    .to_string(),
+            ),
+            _ => Err(format!(
+                "a new request would now be {}: {}",
+                outcome.kind(),
+                outcome.explanation()
+            )),
+        }
+    }
+
     /// Ends the question to an approver about their own pending request: approved (the same path as
     /// `decide_request`, audited as their decision) or left pending.
     pub(super) async fn conclude_approval(
@@ -345,12 +489,16 @@ impl ParleyServer {
     ) -> Result<NegotiationResult, ToolError> {
         let approval = match answer {
             Answer::Given(a) if a.approve => a,
-            _ => {
+            other => {
+                let why = match other {
+                    Answer::Unanswered(why) => format!(" ({why})"),
+                    _ => String::new(),
+                };
                 checked.note(
                     Action::RequestAccess,
                     &TableName::join(&request.tables, ","),
                     format!(
-                        "request {} pending: its requester, an approver, did not approve it when asked",
+                        "request {} pending: its requester, an approver, did not approve it when asked{why}",
                         request.id
                     ),
                 );
@@ -396,23 +544,12 @@ impl ParleyServer {
                 "tables is empty: name at least one table as namespace.table".to_string(),
             ));
         }
-        let mut eligible = true;
-        let mut contracts = Vec::new();
-        let mut facts_of = Vec::new();
-        let mut tables: Vec<TableName> = Vec::new();
-        for t in &args.tables {
-            // Discovery is required (an undiscoverable table does not exist for the caller).
-            let name = self.table_for(checked, t, Action::Discover, "").await?;
-            let (facts, contract) = self.app.lakehouse.facts_and_contract(&name);
-            eligible &= checked
-                .peek(Action::RequestAccess, &Resource::Table(facts.clone()))
-                .allowed();
-            facts_of.push((name.to_string(), facts));
-            if let Some(c) = contract {
-                contracts.push((name.to_string(), c.contract.clone()));
-            }
-            tables.push(name);
-        }
+        let Basis {
+            tables,
+            contracts,
+            facts: facts_of,
+            eligible,
+        } = self.basis(checked, &args.tables).await?;
         let request = AccessRequest {
             id: negotiation::new_request_id(),
             principal: checked.principal_id().to_string(),
@@ -452,14 +589,31 @@ impl ParleyServer {
         let tables = args.tables.join(",");
         match &outcome {
             Outcome::Granted { terms, .. } => match asker {
-                Some(Asker::Request(peer)) => {
-                    let answer =
-                        elicit::ask::<Acknowledgement>(peer, self.acknowledgement_text(terms))
-                            .await?;
-                    let accepted =
-                        matches!(answer, Answer::Given(Acknowledgement { accept: true }));
+                Some(Asker::Request(peer, cancelled)) => {
+                    // Noted before asking: a call dropped while it waits is still audited with this (the gate).
+                    checked.note(
+                        Action::RequestAccess,
+                        &tables,
+                        format!(
+                            "request {} granted subject to the user's acknowledgement of the usage terms; \
+                             asked for it (elicitation)",
+                            request.id
+                        ),
+                    );
+                    let answer = elicit::ask::<Acknowledgement>(
+                        peer,
+                        cancelled,
+                        self.acknowledgement_text(terms),
+                    )
+                    .await;
                     return self
-                        .conclude_acknowledgement(checked, &request, terms, accepted, result)
+                        .conclude_acknowledgement(
+                            checked,
+                            &request,
+                            terms,
+                            acknowledged(answer),
+                            result,
+                        )
                         .await
                         .map(RequestReply::done);
                 }
@@ -500,8 +654,17 @@ impl ParleyServer {
                 {
                     let message = self.approval_text(&request, &outcome);
                     match asker {
-                        Asker::Request(peer) => {
-                            let answer = elicit::ask::<Approval>(peer, message).await?;
+                        Asker::Request(peer, cancelled) => {
+                            checked.note(
+                                Action::RequestAccess,
+                                &tables,
+                                format!(
+                                    "request {} pending; its requester is an approver and was asked to approve \
+                                     it now (elicitation)",
+                                    request.id
+                                ),
+                            );
+                            let answer = elicit::ask::<Approval>(peer, cancelled, message).await;
                             return self
                                 .conclude_approval(checked, &request, &outcome, answer, result)
                                 .await
@@ -581,13 +744,16 @@ impl ParleyServer {
                         self.ask_later(checked, question, &request, message, call)
                             .map(RequestReply::Ask)
                     }
-                    Some(answer) => {
-                        let accepted =
-                            matches!(answer, Answer::Given(Acknowledgement { accept: true }));
-                        self.conclude_acknowledgement(checked, &request, terms, accepted, result)
-                            .await
-                            .map(RequestReply::done)
-                    }
+                    Some(answer) => self
+                        .conclude_acknowledgement(
+                            checked,
+                            &request,
+                            terms,
+                            acknowledged(answer),
+                            result,
+                        )
+                        .await
+                        .map(RequestReply::done),
                 }
             }
             (Question::Approve, Outcome::Pending { approvers, .. }) => {
@@ -646,6 +812,51 @@ impl ParleyServer {
         checked: &mut Checked<'_>,
         args: AcceptArgs,
     ) -> Result<DoneResult, ToolError> {
+        // An automatic offer (no person made it) is made again before it is accepted: one the contracts or the
+        // policy no longer make is withdrawn, as at an acknowledgement.
+        let offer = self
+            .flows()
+            .open_offer(checked.principal_id(), &args.request_id)
+            .await?;
+        // (Only an acceptance that could succeed: the flow answers a wrong hash or an ended term as before.)
+        if offer.offered_by.is_empty()
+            && offer.terms.hash() == args.terms_hash
+            && offer.terms.expires_at > self.app.clock.now()
+            && let Err(why) = self
+                .offer_holds(
+                    checked,
+                    &offer.stored.request,
+                    &offer.terms,
+                    "counter_offer",
+                )
+                .await
+        {
+            self.flows()
+                .transition(
+                    &args.request_id,
+                    State::Terminated,
+                    checked.principal_id(),
+                    &format!("offer withdrawn at acceptance: {why}"),
+                )
+                .await?;
+            checked.note(
+                Action::RequestAccess,
+                &TableName::join(&offer.stored.request.tables, ","),
+                format!(
+                    "request {} offer no longer held at acceptance and was withdrawn: {why}",
+                    args.request_id
+                ),
+            );
+            return Err(ToolError::Denied {
+                reason: format!(
+                    "the offer of request {} no longer holds, so no grant was made: {why}",
+                    args.request_id
+                ),
+                next_step:
+                    "Call request_access again: the contracts and policy as they are now decide."
+                        .to_string(),
+            });
+        }
         // The flow moves the state before it makes the grant (see `negotiation::service`).
         let grant = self
             .flows()
@@ -730,9 +941,12 @@ impl ParleyServer {
             &TableName::join(&stored.request.tables, ","),
             format!("request {} status read", args.request_id),
         );
-        let terms_hash = (stored.state == State::Offered)
-            .then(|| stored.outcome.terms().map(negotiation::Terms::hash))
-            .flatten();
+        // Only a counter-offer is accepted by its hash; an automatic grant waiting for the person's
+        // acknowledgement is not the agent's to accept.
+        let terms_hash = match (&stored.state, &stored.outcome) {
+            (State::Offered, Outcome::CounterOffer { terms, .. }) => Some(terms.hash()),
+            _ => None,
+        };
         Ok(StatusResult {
             request_id: args.request_id,
             state: stored.state.as_str().to_string(),
