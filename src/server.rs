@@ -381,6 +381,36 @@ impl ParleyServer {
 
     /// Passes a protocol request that touches no table (a prompt, a subscription, a log level) through the gate, so
     /// it is audited like every other request a principal makes; refused only when its record cannot be written.
+    /// A request refused before any handler runs (`why`, answered as invalid params), audited first with `note`;
+    /// an internal error instead when its record cannot be written.
+    async fn refuse_audited(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        method: &str,
+        note: String,
+        why: String,
+    ) -> ErrorData {
+        let principal = self.principal(ctx);
+        let audited = self
+            .app
+            .gate
+            .run(
+                &principal,
+                method,
+                None,
+                async |c| -> Result<(), ToolError> {
+                    c.note(Action::Discover, "*", note);
+                    Err(ToolError::BadRequest(why.clone()))
+                },
+            )
+            .await;
+        match audited {
+            // Not written: the refusal says so, as every call's does.
+            Err(e) if e != why => ErrorData::internal_error(e, None),
+            _ => ErrorData::invalid_params(why, None),
+        }
+    }
+
     async fn audited(
         &self,
         ctx: &RequestContext<RoleServer>,
@@ -437,29 +467,14 @@ impl ServerHandler for ParleyServer {
         }
         let name: String = request.name.chars().take(64).collect();
         let why = format!("no tool named {name:?}; tools/list names the tools you can use");
-        let principal = self.principal(&context);
-        let audited = self
-            .app
-            .gate
-            .run(
-                &principal,
+        Err(self
+            .refuse_audited(
+                &context,
                 "tools/call",
-                None,
-                async |c| -> Result<(), ToolError> {
-                    c.note(
-                        Action::Discover,
-                        "*",
-                        format!("called a tool that does not exist: {name:?}"),
-                    );
-                    Err(ToolError::BadRequest(why.clone()))
-                },
+                format!("called a tool that does not exist: {name:?}"),
+                why,
             )
-            .await;
-        match audited {
-            // Not written: the refusal says so, as every call's does.
-            Err(e) if !e.contains("no tool named") => Err(ErrorData::internal_error(e, None)),
-            _ => Err(ErrorData::invalid_params(why, None)),
-        }
+            .await)
     }
 
     /// The prompts, the same for every caller.
@@ -490,25 +505,10 @@ impl ServerHandler for ParleyServer {
         context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::GetPromptResponse, ErrorData> {
         if let Some(why) = prompts::refusal(&request) {
-            let principal = self.principal(&context);
-            let audited = self
-                .app
-                .gate
-                .run(
-                    &principal,
-                    "prompts/get",
-                    None,
-                    async |c| -> Result<(), ToolError> {
-                        c.note(Action::Discover, "*", format!("prompts/get refused: {why}"));
-                        Err(ToolError::BadRequest(why.clone()))
-                    },
-                )
-                .await;
-            return match audited {
-                // Not written: the refusal says so, as every call's does.
-                Err(e) if !e.contains(why.as_str()) => Err(ErrorData::internal_error(e, None)),
-                _ => Err(ErrorData::invalid_params(why, None)),
-            };
+            let note = format!("prompts/get refused: {why}");
+            return Err(self
+                .refuse_audited(&context, "prompts/get", note, why)
+                .await);
         }
         let call = rmcp::handler::server::prompt::PromptContext::new(
             self,
