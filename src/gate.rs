@@ -369,12 +369,46 @@ impl Peeker {
 pub struct Gate {
     policy: Arc<dyn PolicyBackend>,
     audit: Arc<dyn AuditSink>,
+    /// Calls running now, so a server that stops can let them finish and write their records
+    /// ([`Gate::settle`]).
+    in_flight: tokio::sync::watch::Sender<usize>,
+}
+
+/// Counts one call in [`Gate::in_flight`] while it lives, however it ends.
+struct InFlight<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a tokio::sync::watch::Sender<usize>) -> InFlight<'a> {
+        count.send_modify(|n| *n += 1);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Gate {
     /// A gate over a policy backend and an audit sink.
     pub fn new(policy: Arc<dyn PolicyBackend>, audit: Arc<dyn AuditSink>) -> Gate {
-        Gate { policy, audit }
+        Gate {
+            policy,
+            audit,
+            in_flight: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// Waits, at most `within`, until no call is running: a server stopping (its client gone, a signal) lets the
+    /// calls its transport ended — a question that will get no answer, a query — finish and make their records
+    /// durable before the process exits (an outside test found a call whose client closed stdin left no record).
+    /// Whether every call finished.
+    pub async fn settle(&self, within: std::time::Duration) -> bool {
+        let mut count = self.in_flight.subscribe();
+        tokio::time::timeout(within, count.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The version of the policy in force.
@@ -414,6 +448,7 @@ impl Gate {
         body: impl AsyncFnOnce(&mut Checked<'_>) -> Result<T, ToolError>,
         render: impl FnOnce(T) -> R,
     ) -> Result<R, String> {
+        let _running = InFlight::enter(&self.in_flight);
         let mut checked = Checked {
             gate: self,
             principal,

@@ -1094,7 +1094,7 @@ async fn serve_stdio(app: Arc<App>) -> Result<()> {
              `parley serve --http 127.0.0.1:8765 --principal analyst`. Ctrl-C stops it."
         );
     }
-    let server = ParleyServer::new(app);
+    let server = ParleyServer::new(app.clone());
     // Parley's own line framing, so a line that does not parse is answered rather than dropped.
     let service = match stdio_pipes() {
         Some((input, output)) => server.serve(LineTransport::new(input, output)).await,
@@ -1106,14 +1106,29 @@ async fn serve_stdio(app: Arc<App>) -> Result<()> {
     }
     .context("MCP initialization over stdio failed")?;
     let ct = service.cancellation_token();
-    tokio::select! {
-        r = service.waiting() => { r?; }
+    let ended = tokio::select! {
+        r = service.waiting() => r.map(drop),
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             ct.cancel();
+            Ok(())
         }
-    }
+    };
+    settle(&app).await;
+    ended?;
     Ok(())
+}
+
+/// Lets the calls still running when the transport ended finish and write their audit records (see
+/// `Gate::settle`), at most `SETTLE_WITHIN`.
+async fn settle(app: &App) {
+    const SETTLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+    if !app.gate.settle(SETTLE_WITHIN).await {
+        tracing::error!(
+            "calls still running {} s after the transport ended are cut off; their audit records may be missing",
+            SETTLE_WITHIN.as_secs()
+        );
+    }
 }
 
 async fn serve_http(
@@ -1148,8 +1163,9 @@ async fn serve_http(
     let subject_tokens = app.lakehouse.authz().subject_tokens();
     let iceberg = parley::server::iceberg_router(app.clone());
     let sessions = Arc::new(LocalSessionManager::default());
+    let served = app.clone();
     let service = StreamableHttpService::new(
-        move || Ok(ParleyServer::new(app.clone())),
+        move || Ok(ParleyServer::new(served.clone())),
         sessions.clone(),
         http_config.with_cancellation_token(ct.child_token()),
     );
@@ -1186,5 +1202,6 @@ async fn serve_http(
         ct.cancel();
     })
     .await?;
+    settle(&app).await;
     Ok(())
 }
