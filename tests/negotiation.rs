@@ -1632,8 +1632,9 @@ async fn an_automatic_offer_is_made_again_when_it_is_taken_up() {
 /// A question the client leaves unanswered (protocol 2025-06-18, `elicitation/create`) no longer strands its
 /// request, unaudited, as an offer nobody can end (an outside test): a call the client cancels while it waits
 /// ends, audited with the request it stored, which is terminated; a client that answers the question with an
-/// error has the request terminated and is told so, not that the server failed. (An acknowledgement offer left by
-/// a client that never retries can be declined: the test above.)
+/// error has the request terminated and is told so, not that the server failed; a client that goes away while
+/// asked leaves a record too. (An acknowledgement offer left by a client that never retries can be declined: the
+/// test above.)
 #[tokio::test]
 async fn a_question_left_unanswered_ends_its_request_and_is_audited() {
     let lake = Lake::new();
@@ -1720,5 +1721,90 @@ async fn a_question_left_unanswered_ends_its_request_and_is_audited() {
         s["result"]["structuredContent"]["state"], "terminated",
         "{s:#}"
     );
-    server.close().await;
+
+    // Asked, and the client goes away (stdin closed) without answering: the server ends the call, and writes its
+    // record, before it exits.
+    server.send(&ask(4, "churn_analysis").to_string()).await;
+    next(&mut server, None).await;
+    let before = lake.audit().len();
+    assert!(server.close().await.success());
+    let audit = lake.audit();
+    let last = audit[before..]
+        .iter()
+        .find(|r| r["tool"] == "request_access")
+        .unwrap_or_else(|| panic!("no record of the call its client left: {audit:#?}"));
+    let reason = last["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("asked for it (elicitation)") && reason.contains("terminated"),
+        "{last:#}"
+    );
+}
+
+/// An owner's counter-offer stands as made — unless a new request would now be denied outright: accepted after
+/// the owner's contract prohibited its purpose, it is withdrawn.
+#[tokio::test]
+async fn a_persons_offer_is_withdrawn_when_a_new_request_would_be_denied() {
+    let lake = Lake::new();
+    let analyst = lake.connect("analyst", &[]).await;
+    let owner = lake.connect("sales-owner", &[]).await;
+    let pricing =
+        json!({"tables": ["sales.orders"], "purpose": "pricing_research", "duration_days": 30});
+    let mut offers = Vec::new();
+    for _ in 0..2 {
+        let p = request(&analyst, pricing.clone()).await;
+        assert_eq!(p["status"], "pending", "{p:#}");
+        let id = p["request_id"].as_str().unwrap().to_string();
+        let r = ok(&call(
+            &owner,
+            "decide_request",
+            json!({"request_id": id, "approve": true, "reason": "ok", "columns": ["order_id", "status"]}),
+        )
+        .await);
+        assert_eq!(r["state"], "offered", "{r:#}");
+        let status = ok(&call(&analyst, "access_status", json!({"request_id": id})).await);
+        offers.push((id, status["terms_hash"].as_str().unwrap().to_string()));
+    }
+    // Before the change, the first is accepted.
+    let accepted = ok(&call(
+        &analyst,
+        "accept_offer",
+        json!({"request_id": offers[0].0, "terms_hash": offers[0].1}),
+    )
+    .await);
+    assert!(accepted["grant_id"].is_string(), "{accepted:#}");
+
+    let path = lake.path().join("contracts/sales/orders.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let changed = text.replacen("value: [resale]", "value: [resale, pricing_research]", 1);
+    assert_ne!(changed, text);
+    std::fs::write(&path, changed).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while request(&analyst, pricing.clone()).await["status"] != "denied" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the changed contract was not reloaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let e = err(&call(
+        &analyst,
+        "accept_offer",
+        json!({"request_id": offers[1].0, "terms_hash": offers[1].1}),
+    )
+    .await);
+    assert!(
+        e.contains("no longer holds")
+            && e.contains("would now be denied")
+            && e.contains("pricing_research"),
+        "{e}"
+    );
+    let status = ok(&call(
+        &analyst,
+        "access_status",
+        json!({"request_id": offers[1].0}),
+    )
+    .await);
+    assert_eq!(status["state"], "terminated", "{status:#}");
+    analyst.cancel().await.unwrap();
+    owner.cancel().await.unwrap();
 }

@@ -344,31 +344,9 @@ impl ParleyServer {
                 .err(),
         };
         if let Some(why) = withdrawn {
-            self.flows()
-                .transition(
-                    &request.id,
-                    State::Terminated,
-                    &request.principal,
-                    &format!("offer withdrawn at acknowledgement: {why}"),
-                )
-                .await?;
-            checked.note(
-                Action::RequestAccess,
-                &tables,
-                format!(
-                    "request {} acknowledged, but its offer no longer held and was withdrawn: {why}",
-                    request.id
-                ),
-            );
-            return Err(ToolError::Denied {
-                reason: format!(
-                    "the offer of request {} no longer holds, so no grant was made: {why}",
-                    request.id
-                ),
-                next_step:
-                    "Call request_access again: the contracts and policy as they are now decide."
-                        .to_string(),
-            });
+            return Err(self
+                .withdraw(checked, request, "acknowledgement", &why)
+                .await);
         }
         let Some(grant) = self
             .flows()
@@ -430,17 +408,13 @@ impl ParleyServer {
         Ok(basis)
     }
 
-    /// Whether an automatic offer of `terms` (an outcome of kind `kind`) made for `request` still holds: the
-    /// request evaluated again now — discovery, the contracts, eligibility and the caller's policy, as for a new
-    /// request — comes to the same kind of outcome with the same terms (a term that ends no earlier). `Err` says
-    /// what it comes to now.
-    pub(super) async fn offer_holds(
+    /// `request` evaluated again now — discovery, the contracts, eligibility and the caller's policy, as for a
+    /// new request. `Err` when a table is no longer there for the caller.
+    async fn evaluate_now(
         &self,
         checked: &mut Checked<'_>,
         request: &AccessRequest,
-        terms: &negotiation::Terms,
-        kind: &str,
-    ) -> Result<(), String> {
+    ) -> Result<Outcome, String> {
         let names: Vec<String> = request.tables.iter().map(ToString::to_string).collect();
         let basis = self
             .basis(checked, &names)
@@ -461,7 +435,20 @@ impl ParleyServer {
             facts: &basis.facts,
             requester: None,
         };
-        let outcome = negotiation::fit_policy(outcome, &policy);
+        Ok(negotiation::fit_policy(outcome, &policy))
+    }
+
+    /// Whether an automatic offer of `terms` (an outcome of kind `kind`) made for `request` still holds: the
+    /// request evaluated again now ([`ParleyServer::evaluate_now`]) comes to the same kind of outcome with the
+    /// same terms (a term that ends no earlier). `Err` says what it comes to now.
+    pub(super) async fn offer_holds(
+        &self,
+        checked: &mut Checked<'_>,
+        request: &AccessRequest,
+        terms: &negotiation::Terms,
+        kind: &str,
+    ) -> Result<(), String> {
+        let outcome = self.evaluate_now(checked, request).await?;
         match outcome.terms() {
             Some(now) if outcome.kind() == kind && same_offer(terms, now) => Ok(()),
             Some(_) if outcome.kind() == kind => Err(
@@ -474,6 +461,48 @@ impl ParleyServer {
                 outcome.kind(),
                 outcome.explanation()
             )),
+        }
+    }
+
+    /// Withdraws the offer of `request`, found at `when` (its acknowledgement or acceptance) to hold no longer
+    /// (`why`): the request is terminated, the withdrawal noted for the audit record, and the caller told to ask
+    /// again.
+    async fn withdraw(
+        &self,
+        checked: &mut Checked<'_>,
+        request: &AccessRequest,
+        when: &str,
+        why: &str,
+    ) -> ToolError {
+        if let Err(e) = self
+            .flows()
+            .transition(
+                &request.id,
+                State::Terminated,
+                &request.principal,
+                &format!("offer withdrawn at {when}: {why}"),
+            )
+            .await
+        {
+            return e.into();
+        }
+        checked.note(
+            Action::RequestAccess,
+            &TableName::join(&request.tables, ","),
+            format!(
+                "request {}: its offer no longer held at {when} and was withdrawn: {why}",
+                request.id
+            ),
+        );
+        ToolError::Denied {
+            reason: format!(
+                "the offer of request {} no longer holds, so no grant was made: {}",
+                request.id,
+                why.trim_end_matches('.')
+            ),
+            next_step:
+                "Call request_access again: the contracts and policy as they are now decide."
+                    .to_string(),
         }
     }
 
@@ -818,44 +847,34 @@ impl ParleyServer {
             .flows()
             .open_offer(checked.principal_id(), &args.request_id)
             .await?;
-        // (Only an acceptance that could succeed: the flow answers a wrong hash or an ended term as before.)
-        if offer.offered_by.is_empty()
-            && offer.terms.hash() == args.terms_hash
-            && offer.terms.expires_at > self.app.clock.now()
-            && let Err(why) = self
-                .offer_holds(
-                    checked,
-                    &offer.stored.request,
-                    &offer.terms,
-                    "counter_offer",
-                )
-                .await
-        {
-            self.flows()
-                .transition(
-                    &args.request_id,
-                    State::Terminated,
-                    checked.principal_id(),
-                    &format!("offer withdrawn at acceptance: {why}"),
-                )
-                .await?;
-            checked.note(
-                Action::RequestAccess,
-                &TableName::join(&offer.stored.request.tables, ","),
-                format!(
-                    "request {} offer no longer held at acceptance and was withdrawn: {why}",
-                    args.request_id
-                ),
-            );
-            return Err(ToolError::Denied {
-                reason: format!(
-                    "the offer of request {} no longer holds, so no grant was made: {why}",
-                    args.request_id
-                ),
-                next_step:
-                    "Call request_access again: the contracts and policy as they are now decide."
-                        .to_string(),
-            });
+        // An offer a person made stands as made, unless a new request would now be denied outright (a purpose
+        // prohibited since, the caller no longer eligible, a table gone). Only an acceptance that could succeed
+        // is checked: the flow answers a wrong hash or an ended term as before.
+        let could_grant =
+            offer.terms.hash() == args.terms_hash && offer.terms.expires_at > self.app.clock.now();
+        let holds = if !could_grant {
+            Ok(())
+        } else if offer.offered_by.is_empty() {
+            self.offer_holds(
+                checked,
+                &offer.stored.request,
+                &offer.terms,
+                "counter_offer",
+            )
+            .await
+        } else {
+            match self.evaluate_now(checked, &offer.stored.request).await {
+                Ok(denied @ Outcome::Denied { .. }) => Err(format!(
+                    "a new request would now be denied: {}",
+                    denied.explanation()
+                )),
+                other => other.map(drop),
+            }
+        };
+        if let Err(why) = holds {
+            return Err(self
+                .withdraw(checked, &offer.stored.request, "acceptance", &why)
+                .await);
         }
         // The flow moves the state before it makes the grant (see `negotiation::service`).
         let grant = self
