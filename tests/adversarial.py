@@ -16,12 +16,20 @@ itself. The classes of attack:
      pool;
  10. a grant's row quota under failing and concurrent queries;
  11. HTTP: session floods, trickled headers, requests without a valid token, other origins, bad params;
- 12. `publish_contract`: who may publish, which versions and names it writes, notice periods, ownership.
+ 12. `publish_contract`: who may publish, which versions and names it writes, notice periods, ownership;
+ 13. offers waiting for the person (an acknowledgement, on protocol 2026-07-28 or through `elicitation/create`) or
+     the agent (an automatic counter-offer) taken up after the owner changed the contract; a question never
+     answered, cancelled or failed by the client; declining an acknowledgement offer; refused `prompts/get` audited.
 
-Classes 9 to 12 each start servers of their own (stdio, or `parley serve --http` on a free loopback port) on the same
-data dir, and stop them when done.
+Classes 9 to 13 each start servers of their own (stdio, or `parley serve --http` on a free loopback port) on the same
+data dir, and stop them when done. Class 13 speaks JSON-RPC over stdio itself (per-request `_meta`, retries with
+`requestState`, the server's own requests, `notifications/cancelled`), reads state.db for the requests and grants
+it made, and edits sales.customers' contract file, restoring it before it ends.
 
 Usage: python tests/adversarial.py path/to/parley
+
+ADVERSARIAL_ONLY=13-offers,10-quota (class keys, comma-separated) runs only those classes (classes 1 to 8 share
+sessions and a grant: naming any of them runs all eight); the table-state check at the end always runs.
 
 It creates its own data dir with `parley init`, prints each failure with its detail, a per-class summary and a
 last line `N passed, M failed`, and exits non-zero when anything failed.
@@ -37,6 +45,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -71,6 +80,7 @@ CLASSES = {
     "10-quota": "a grant's row quota under failing and concurrent queries",
     "11-http": "HTTP sessions, slow clients, tokens, origins, params",
     "12-publish": "publish_contract: who may, what it may write",
+    "13-offers": "offers after contract edits; unanswered questions; prompts",
 }
 
 # Class 9 runs its own server with this query memory pool, and its peak resident memory may exceed what the server
@@ -368,12 +378,13 @@ class Suite:
         governed: bool = False,
         scan: bool = True,
         timeout: float = CALL_TIMEOUT,
+        params: dict | None = None,
     ) -> Answer:
         """One attack: the call, then the checks every answer gets — it came back (no hang, no crash) and,
         unless `scan` is off (an owner reading their own personal data), it holds no secret the request did
-        not."""
+        not. `params` (a `RawClient`'s only) go into the `tools/call` request next to its name and arguments."""
         self.attempts[cls] += 1
-        answer = await client.call(tool, args, timeout)
+        answer = await client.call(tool, args, timeout, **(params or {}))
         self.check(f"{name}: answered", cls, answer.ok or answer.error, answer.brief())
         if answer.kind == "crash":
             await self.revive(client)
@@ -2682,31 +2693,527 @@ async def class12_publish(s: Suite, binary: str, data_dir: str, scratch: str) ->
         await stranger.close()
 
 
+# Class 13: offers that wait for the person behind the agent (README, "Negotiating access"). An automatic grant
+# waits for their acknowledgement of the usage terms: on protocol 2026-07-28 as an input-required result answered by
+# a retry with its `requestState`, before that through the server's own `elicitation/create` request. An automatic
+# counter-offer waits for `accept_offer`. Per-request `_meta`, a server's question left open and a call cancelled
+# while it waits are plainest sent by hand, so this class speaks JSON-RPC over stdio itself.
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientInfo": {"name": "adversarial", "version": "1"},
+    "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}},
+}
+ACKNOWLEDGED = {"acknowledge": {"action": "accept", "content": {"accept": True}}}
+# Granted at once under the demo contract (no personal data), so acknowledged when the client can ask.
+OFFER_ARGS = {"tables": ["sales.customers"], "columns": ["customer_id", "country"], "purpose": "churn_analysis"}
+# A counter-offer: e-mail hashed, made by no person.
+COUNTER_ARGS = {
+    "tables": ["sales.customers"],
+    "columns": ["customer_id", "email", "country"],
+    "purpose": "churn_analysis",
+}
+# On a table whose contract the class leaves alone.
+ORDERS_ARGS = {"tables": ["sales.orders"], "columns": ["order_id", "total_amount"], "purpose": "churn_analysis"}
+# What the owner changes in sales.customers' contract (pieces of its text and what they become).
+PURPOSE_PROHIBITED = [
+    ("value: [customer_analytics, churn_analysis, fraud_investigation]", "value: [fraud_investigation]"),
+    ("value: [marketing_outreach, resale, re_identification]",
+     "value: [marketing_outreach, resale, re_identification, analytics]"),
+]
+COUNTRY_PII = [
+    ("        classification: internal\n        description: ISO 3166-1 alpha-2 country of residence.",
+     "        classification: restricted\n        tags: [pii]\n        description: ISO 3166-1 alpha-2 country of "
+     "residence."),
+]
+# How long a contract edit may take to be in force (the server checks every 2 s).
+RELOAD_WITHIN = 30.0
+
+
+class RawClient:
+    """One `parley serve` over stdio for one principal, driven by hand-written JSON-RPC: per-request `_meta`,
+    `requestState` retries, the server's own requests (each answered by `answer`, or left in `asked` for the test
+    to answer or ignore) and `notifications/cancelled`. `call` returns an `Answer` as `Parley.call` does."""
+
+    def __init__(
+        self,
+        binary: str,
+        data_dir: str,
+        principal: str,
+        log_dir: str,
+        protocol: str = "2025-11-25",
+        capabilities: dict | None = None,
+        answer: Any = None,
+    ) -> None:
+        self.binary, self.data_dir, self.principal = binary, data_dir, principal
+        self.protocol, self.capabilities, self.answer = protocol, capabilities or {}, answer
+        self.log = open(os.path.join(log_dir, f"{principal}.raw.stderr.log"), "a")
+        self.proc: asyncio.subprocess.Process | None = None
+        self.reader: asyncio.Task | None = None
+        self.pending: dict[int, asyncio.Future] = {}
+        self.asked: asyncio.Queue = asyncio.Queue()
+        self.next_id = 0
+
+    async def open(self) -> "RawClient":
+        self.proc = await asyncio.create_subprocess_exec(
+            self.binary, "serve", "--data-dir", self.data_dir, "--principal", self.principal,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+            env={**os.environ, "PARLEY_LOG": "warn"}, limit=64 << 20,
+        )
+        self.reader = asyncio.create_task(self._read(self.proc))
+        init = await self.request("initialize", {
+            "protocolVersion": self.protocol,
+            "capabilities": self.capabilities,
+            "clientInfo": {"name": "adversarial", "version": "1"},
+        })
+        if "result" not in init:
+            raise RuntimeError(f"{self.principal}: initialize failed: {init}")
+        await self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return self
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        try:
+            while line := await proc.stdout.readline():
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(message, dict) or "id" not in message:
+                    continue
+                if "method" in message:
+                    reply = self.answer(message) if self.answer else None
+                    if reply is None:
+                        self.asked.put_nowait(message)
+                    else:
+                        await self.send(reply)
+                    continue
+                future = self.pending.pop(message["id"], None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+        finally:
+            for future in self.pending.values():
+                if not future.done():
+                    future.set_result({"crash": "the server's stdout closed"})
+            self.pending.clear()
+
+    async def send(self, message: dict) -> bool:
+        if self.proc is None or self.proc.stdin.is_closing():
+            return False
+        try:
+            self.proc.stdin.write((json.dumps(message) + "\n").encode())
+            await self.proc.stdin.drain()
+            return True
+        except (ConnectionError, RuntimeError):
+            return False
+
+    async def begin(self, method: str, params: Any = None) -> tuple[int, asyncio.Future]:
+        """Sends a request; its reply resolves the future (to `{"crash": ...}` if the server goes)."""
+        self.next_id += 1
+        future = asyncio.get_running_loop().create_future()
+        self.pending[self.next_id] = future
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": self.next_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        if not await self.send(message):
+            self.pending.pop(self.next_id, None)
+            future.set_result({"crash": "no server to send to"})
+        return self.next_id, future
+
+    async def wait(self, request_id: int, future: asyncio.Future, timeout: float = CALL_TIMEOUT) -> dict:
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            self.pending.pop(request_id, None)
+            return {"timeout": f"no answer within {timeout:.0f}s"}
+
+    async def request(self, method: str, params: Any = None, timeout: float = CALL_TIMEOUT) -> dict:
+        return await self.wait(*(await self.begin(method, params)), timeout)
+
+    async def question(self, timeout: float = CALL_TIMEOUT) -> dict | None:
+        """The next request the server sent this client and nobody answered (None: none came in time)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            return await asyncio.wait_for(self.asked.get(), timeout)
+        return None
+
+    @staticmethod
+    def answer_of(reply: dict, seconds: float) -> Answer:
+        if "timeout" in reply:
+            return Answer("timeout", None, reply["timeout"], seconds)
+        if "crash" in reply:
+            return Answer("crash", None, reply["crash"], seconds)
+        if "error" in reply:
+            e = reply["error"] if isinstance(reply["error"], dict) else {}
+            return Answer("rpc_error", None, f"[{e.get('code')}] {e.get('message')} {e.get('data') or ''}", seconds)
+        result = reply.get("result")
+        if not isinstance(result, dict):
+            return Answer("client_error", None, f"not a result: {json.dumps(reply)[:300]}", seconds)
+        parts = [b.get("text", "") for b in result.get("content") or [] if isinstance(b, dict)]
+        # An input-required result has no content: the whole result is its data (requestState, inputRequests).
+        data = result.get("structuredContent", None if "content" in result else result)
+        if data is not None:
+            parts.append(json.dumps(data, ensure_ascii=False))
+        return Answer("tool_error" if result.get("isError") else "ok", data, "\n".join(parts), seconds)
+
+    async def call(self, tool: str, args: Any, timeout: float = CALL_TIMEOUT, **params: Any) -> Answer:
+        started = time.monotonic()
+        reply = await self.request("tools/call", {"name": tool, "arguments": args, **params}, timeout)
+        return self.answer_of(reply, time.monotonic() - started)
+
+    async def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            with contextlib.suppress(Exception):
+                proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self.reader is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self.reader, 5)
+        self.reader = None
+
+    async def reopen(self) -> None:
+        await self.close()
+        self.pending, self.asked = {}, asyncio.Queue()
+        await self.open()
+
+
+def stored_requests(data_dir: str, principal: str) -> dict[str, str]:
+    """The access requests of `principal` and their states, as state.db holds them (read from the file, as the
+    audit log is)."""
+    with contextlib.closing(sqlite3.connect(f"file:{data_dir}/state.db?mode=ro", uri=True, timeout=10)) as db:
+        return dict(db.execute("SELECT id, state FROM access_requests WHERE principal = ?", (principal,)))
+
+
+def stored_grants(data_dir: str, request_id: str) -> list[str]:
+    """The grants state.db holds that were made for request `request_id`."""
+    with contextlib.closing(sqlite3.connect(f"file:{data_dir}/state.db?mode=ro", uri=True, timeout=10)) as db:
+        return [r[0] for r in db.execute("SELECT id FROM access_grants WHERE request_id = ?", (request_id,))]
+
+
+async def audited(data_dir: str, found: Any, within: float = 10.0) -> list[dict]:
+    """The audit records for which `found(record)` holds, once there are any (or after `within` seconds); a line
+    being written as it is read is read again."""
+    deadline = time.monotonic() + within
+    while True:
+        with contextlib.suppress(ValueError, OSError):
+            records = [r for r in audit_records(data_dir) if found(r)]
+            if records or time.monotonic() > deadline:
+                return records
+        if time.monotonic() > deadline:
+            return []
+        await asyncio.sleep(0.25)
+
+
+def contract_edited(base: str, pieces: list[tuple[str, str]]) -> str:
+    """`base` with each (piece, replacement) applied once; a piece no longer in the demo contract is an error (the
+    check would test nothing)."""
+    for piece, changed in pieces:
+        if piece not in base:
+            raise ValueError(f"the demo contract no longer holds {piece!r}: the check would test nothing")
+        base = base.replace(piece, changed, 1)
+    return base
+
+
+async def class13_offers(s: Suite, binary: str, data_dir: str, scratch: str) -> None:
+    """Offers waiting for the person or the agent, under the outside attack's cases: an acknowledgement (2026
+    `requestState`, or the answer to `elicitation/create`) and `accept_offer` of an automatic counter-offer made a
+    grant after the owner had prohibited the purpose or made a granted column personal data (the grant read the
+    column in clear); an unanswered `elicitation/create` held the call forever and its cancellation left no audit
+    record; such an offer could be neither accepted nor declined ("internal error"), nor could a client's failure
+    to ask end it; `prompts/get` refused before it was audited. Now an offer is evaluated again when it is taken up
+    and withdrawn (terminated) if its terms changed, a cancelled question ends its request with a record, an
+    acknowledgement offer is declined with decline_offer, and every prompts/get is audited. Edits sales.customers'
+    contract file and restores it (waiting until it is in force again)."""
+    cls, t = "13-offers", s.truth
+    path = os.path.join(data_dir, "contracts", "sales", "customers.yaml")
+    with open(path) as f:
+        base = f.read()
+    # Plain calls (no question asked: an automatic grant is made at once), and 2026 calls through `_meta`.
+    analyst = RawClient(binary, data_dir, "analyst", scratch)
+    # MCP 2025-06-18 with elicitation: the server asks it; the test answers, or never does.
+    asking = RawClient(binary, data_dir, "analyst", scratch, "2025-06-18", {"elicitation": {}})
+    # Answers every elicitation/create with a JSON-RPC error.
+    failing = RawClient(
+        binary, data_dir, "analyst", scratch, "2025-06-18", {"elicitation": {}},
+        answer=lambda m: {"jsonrpc": "2.0", "id": m["id"], "error": {"code": -32603, "message": "client failed"}},
+    )
+    marketing = RawClient(binary, data_dir, "marketing-agent", scratch)
+    modern = {"_meta": MODERN_META}
+
+    async def ask_modern(name: str, args: dict) -> tuple[str | None, str | None]:
+        """A 2026 request_access held for acknowledgement: its requestState and request id."""
+        a = await s.call(cls, name, analyst, "request_access", args, params=modern)
+        state = (a.data or {}).get("requestState") if a.ok else None
+        s.check(f"{name}: input required, with a requestState", cls, isinstance(state, str), a.brief())
+        request = re.search(r"req-[0-9a-f-]{36}", state or "")
+        return state, request.group(0) if request else None
+
+    async def acknowledge(name: str, args: dict, state: str | None) -> Answer:
+        return await s.call(cls, name, analyst, "request_access", args,
+                            params={**modern, "requestState": state, "inputResponses": ACKNOWLEDGED})
+
+    async def counter_offer(name: str) -> tuple[str | None, str | None]:
+        a = await s.call(cls, name, analyst, "request_access", COUNTER_ARGS)
+        data = a.data or {}
+        offered = a.ok and data.get("status") == "counter_offer" and HEX64.match(str(data.get("terms_hash")))
+        s.check(f"{name}: an automatic counter-offer with a terms_hash", cls, offered, a.brief())
+        return data.get("request_id"), data.get("terms_hash")
+
+    async def ask_2025(name: str) -> tuple[int, asyncio.Future, dict | None, str | None]:
+        """request_access from `asking`: the call, the server's elicitation/create, and the request it stored."""
+        known = set(stored_requests(data_dir, "analyst"))
+        s.attempts[cls] += 1
+        call_id, reply = await asking.begin("tools/call", {"name": "request_access", "arguments": OFFER_ARGS})
+        question = await asking.question()
+        asked = question is not None and question.get("method") == "elicitation/create"
+        s.check(f"{name}: the server asks through elicitation/create", cls, asked, question)
+        new = [r for r, state in stored_requests(data_dir, "analyst").items() if r not in known and state == "offered"]
+        s.check(f"{name}: one request stored as offered", cls, len(new) == 1, new)
+        return call_id, reply, question, new[0] if len(new) == 1 else None
+
+    def contract_view(a: Answer) -> tuple[bool, bool]:
+        """Whether get_contract's answer prohibits analytics, and whether it makes country personal data."""
+        data = a.data if a.ok and isinstance(a.data, dict) else {}
+        country = [c for c in data.get("columns") or [] if c.get("name") == "country"]
+        return "analytics" in (data.get("prohibited_purposes") or []), bool(country and country[0].get("pii"))
+
+    async def in_force(name: str, view: tuple[bool, bool], status: str) -> bool:
+        """Waits until each of the class's analyst servers reads sales.customers' contract as `view` (each reloads
+        it on its own clock); then a new plain request for OFFER_ARGS must come to `status`."""
+        deadline = time.monotonic() + RELOAD_WITHIN
+        seen = []
+        for client in (analyst, asking, failing):
+            while True:
+                a = await client.call("get_contract", {"table": "sales.customers"})
+                if contract_view(a) == view or time.monotonic() > deadline:
+                    seen.append(contract_view(a))
+                    break
+                await asyncio.sleep(0.25)
+        s.check(f"{name}: each server reads the contract as written", cls, seen == [view] * 3, seen)
+        a = await s.call(cls, f"{name}: a new request", analyst, "request_access", OFFER_ARGS)
+        return s.check(f"{name}: a new request is {status}", cls, (a.data or {}).get("status") == status, a.brief())
+
+    async def edit(pieces: list[tuple[str, str]]) -> None:
+        with open(path, "w") as f:
+            f.write(contract_edited(base, pieces))
+
+    async def restore(name: str) -> None:
+        with open(path, "w") as f:
+            f.write(base)
+        await in_force(f"{name}: the restored contract is in force again", (False, False), "granted")
+
+    async def withdrawn(name: str, answer: Answer, request: str | None, column: str | None = None) -> None:
+        """`answer` took up an offer that no longer holds: refused, saying so; no grant made (state.db), the
+        request terminated (access_status); and if a grant was made anyway, what it reads of `column`."""
+        s.check(f"{name}: refused", cls, answer.error, answer.brief())
+        for words in ("no longer holds", "request_access again"):
+            s.check(f"{name}: the refusal says {words!r}", cls, words in answer.text, answer.brief())
+        grants = stored_grants(data_dir, request) if request else []
+        s.check(f"{name}: no grant was made for the request", cls, request and not grants, f"{request}: {grants}")
+        status = await s.call(cls, f"{name}: access_status", analyst, "access_status", {"request_id": request or ""})
+        s.check(f"{name}: the request is terminated", cls, (status.data or {}).get("state") == "terminated",
+                status.brief())
+        grant = (answer.data or {}).get("grant_id") if answer.ok else None
+        if grant and column:
+            q = await s.query(cls, f"{name}: a query under the grant made", analyst,
+                              f"SELECT DISTINCT {column} FROM sales.customers", grant)
+            clear = sorted({str(r[0]) for r in q.rows or []} & set(t.countries))
+            s.check(f"{name}: no clear {column} under the grant made", cls, q.error or not clear, clear[:5])
+
+    try:
+        await analyst.open()
+        await asking.open()
+        await failing.open()
+        await marketing.open()
+
+        # (a) Controls, the contract as it is: an acknowledged offer and an accepted counter-offer are granted and
+        # read what pyiceberg reads (e-mails hashed).
+        state, request = await ask_modern("control: a 2026 request held for acknowledgement", OFFER_ARGS)
+        a = await acknowledge("control: acknowledged at once", OFFER_ARGS, state)
+        grant = (a.data or {}).get("grant_id") if a.ok else None
+        s.check("control: the acknowledged offer is granted", cls, grant, a.brief())
+        by_country = "SELECT country, count(*) FROM sales.customers GROUP BY country ORDER BY country"
+        await s.expect_rows(cls, "control: a query under the acknowledged grant", analyst, by_country,
+                            sorted([c, n] for c, n in t.countries.items()), grant)
+        request, terms_hash = await counter_offer("control: a counter-offer")
+        a = await s.call(cls, "control: accept_offer at once", analyst, "accept_offer",
+                         {"request_id": request, "terms_hash": terms_hash})
+        grant = (a.data or {}).get("grant_id") if a.ok else None
+        s.check("control: the accepted counter-offer is granted", cls, grant, a.brief())
+        q = await s.query(cls, "control: e-mails under the accepted grant", analyst,
+                          "SELECT email FROM sales.customers ORDER BY customer_id LIMIT 20", grant)
+        s.check("control: 20 e-mails, each hashed", cls,
+                q.rows is not None and len(q.rows) == 20 and not {r[0] for r in q.rows} & t.emails, q.brief())
+
+        # (b) The owner prohibits the purpose while three offers wait: a 2026 acknowledgement, a 2025 one (the
+        # question open) and a counter-offer. None is granted; an offer on another table still is.
+        state, modern_request = await ask_modern("prohibited: a 2026 request held for acknowledgement", OFFER_ARGS)
+        call_id, reply, question, asked_request = await ask_2025("prohibited: a 2025 request")
+        counter_request, terms_hash = await counter_offer("prohibited: a counter-offer")
+        orders_state, orders_request = await ask_modern("prohibited: a 2026 request on sales.orders", ORDERS_ARGS)
+        await edit(PURPOSE_PROHIBITED)
+        if await in_force("the prohibited purpose is in force", (True, False), "denied"):
+            a = await acknowledge("prohibited: the 2026 acknowledgement", OFFER_ARGS, state)
+            await withdrawn("prohibited: the 2026 acknowledgement", a, modern_request)
+            if question is not None:
+                await asking.send({"jsonrpc": "2.0", "id": question["id"],
+                                   "result": {"action": "accept", "content": {"accept": True}}})
+            a = RawClient.answer_of(await asking.wait(call_id, reply), 0.0)
+            s.check("prohibited: the 2025 acknowledgement: answered", cls, a.ok or a.error, a.brief())
+            await withdrawn("prohibited: the 2025 acknowledgement", a, asked_request)
+            a = await s.call(cls, "prohibited: accept_offer of the counter-offer", analyst, "accept_offer",
+                             {"request_id": counter_request, "terms_hash": terms_hash})
+            await withdrawn("prohibited: accept_offer of the counter-offer", a, counter_request)
+            a = await acknowledge("control: the 2026 acknowledgement on sales.orders", ORDERS_ARGS, orders_state)
+            grant = (a.data or {}).get("grant_id") if a.ok else None
+            s.check("control: the offer on sales.orders (its contract unchanged) is granted", cls, grant, a.brief())
+            await s.expect_rows(cls, "control: a query under the sales.orders grant", analyst,
+                                "SELECT count(*) FROM sales.orders", [[t.n_orders]], grant)
+        await restore("prohibited")
+
+        # (c) The owner makes `country` personal data while a 2026 acknowledgement and a counter-offer wait: no
+        # grant reads it in clear.
+        state, modern_request = await ask_modern("pii: a 2026 request held for acknowledgement", OFFER_ARGS)
+        counter_request, terms_hash = await counter_offer("pii: a counter-offer")
+        await edit(COUNTRY_PII)
+        if await in_force("country as personal data is in force", (False, True), "counter_offer"):
+            a = await acknowledge("pii: the 2026 acknowledgement", OFFER_ARGS, state)
+            await withdrawn("pii: the 2026 acknowledgement", a, modern_request, "country")
+            a = await s.call(cls, "pii: accept_offer of the counter-offer", analyst, "accept_offer",
+                             {"request_id": counter_request, "terms_hash": terms_hash})
+            await withdrawn("pii: accept_offer of the counter-offer", a, counter_request, "country")
+        await restore("pii")
+
+        # (d) A 2025 question left unanswered, then the call cancelled: the call ends, audited naming its request,
+        # which is terminated; the session goes on.
+        call_id, reply, question, request = await ask_2025("cancelled: a 2025 request")
+        await asking.send({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                           "params": {"requestId": call_id, "reason": "the person closed the dialog"}})
+        records = await audited(data_dir, lambda r: r.get("tool") == "request_access" and request
+                                and request in json.dumps(r, ensure_ascii=False))
+        s.check("cancelled: the call is audited naming its request", cls, request and records, request)
+        reasons = [r.get("reason", "") for r in records]
+        s.check("cancelled: the record says the client cancelled the call", cls,
+                any("cancelled the call" in r for r in reasons), reasons)
+        a = await s.call(cls, "cancelled: access_status", asking, "access_status", {"request_id": request or ""})
+        s.check("cancelled: the request is terminated", cls, (a.data or {}).get("state") == "terminated", a.brief())
+        s.check("cancelled: no grant was made", cls, request and not stored_grants(data_dir, request), request)
+        a = await s.call(cls, "cancelled: list_tables in the same session", asking, "list_tables", {})
+        s.check("cancelled: the session still answers", cls, a.ok, a.brief())
+
+        # (e) A client that answers elicitation/create with an error: the request ends, declined, said so.
+        a = await s.call(cls, "the client fails to ask", failing, "request_access", OFFER_ARGS)
+        data = a.data or {}
+        s.check("the client fails to ask: a result, declined and terminated", cls,
+                a.ok and data.get("status") == "declined" and data.get("state") == "terminated", a.brief())
+        s.check("the client fails to ask: the reason says the client could not ask the user", cls,
+                "could not ask the user" in str(data.get("reason")), a.brief())
+        s.check("the client fails to ask: not an internal error", cls, "internal error" not in a.text, a.brief())
+        request = data.get("request_id")
+        s.check("the client fails to ask: no grant was made", cls,
+                request and not stored_grants(data_dir, request), request)
+
+        # (f) An acknowledgement offer is the person's, not the agent's to accept: accept_offer says so, decline_offer
+        # ends it, and its requestState grants nothing after that.
+        state, request = await ask_modern("acknowledgement offer: a 2026 request", OFFER_ARGS)
+        a = await s.call(cls, "acknowledgement offer: access_status", analyst, "access_status",
+                         {"request_id": request or ""})
+        data = a.data or {}
+        s.check("acknowledgement offer: offered, with no terms_hash to accept", cls,
+                data.get("state") == "offered" and not data.get("terms_hash"), a.brief())
+        a = await s.expect_error(cls, "acknowledgement offer: accept_offer", analyst, "accept_offer",
+                                 {"request_id": request or "", "terms_hash": data.get("terms_hash") or "0" * 64},
+                                 ("acknowledge", "decline_offer"))
+        s.check("acknowledgement offer: accept_offer is not an internal error", cls,
+                "internal error" not in a.text.lower(), a.brief())
+        a = await s.call(cls, "acknowledgement offer: decline_offer", analyst, "decline_offer",
+                         {"request_id": request or ""})
+        s.check("acknowledgement offer: declined", cls, a.ok, a.brief())
+        a = await s.call(cls, "acknowledgement offer: access_status after", analyst, "access_status",
+                         {"request_id": request or ""})
+        s.check("acknowledgement offer: terminated", cls, (a.data or {}).get("state") == "terminated", a.brief())
+        a = await acknowledge("acknowledgement offer: acknowledged after the decline", OFFER_ARGS, state)
+        s.check("acknowledgement offer: acknowledged after the decline: refused", cls, a.error, a.brief())
+        s.check("acknowledgement offer: no grant was made", cls,
+                request and not stored_grants(data_dir, request), request)
+
+        # (g) prompts/get that names no prompt, or arguments that do not fit: refused (-32602) and audited.
+        for name, params, named in [
+            ("prompts/get of an unknown prompt", {"name": "no_such_prompt_13"}, "no_such_prompt_13"),
+            ("prompts/get without the table argument", {"name": "explore_dataset", "arguments": {}},
+             "explore_dataset"),
+        ]:
+            first = max((r["seq"] for r in audit_records(data_dir)), default=0)
+            s.attempts[cls] += 1
+            reply = await marketing.request("prompts/get", params)
+            s.check(f"{name}: refused with -32602", cls, (reply.get("error") or {}).get("code") == -32602, reply)
+            records = await audited(data_dir, lambda r, named=named, first=first: r["seq"] > first
+                                    and r.get("tool") == "prompts/get" and r.get("principal") == "marketing-agent"
+                                    and named in json.dumps(r))
+            s.check(f"{name}: audited as an error", cls, [r.get("decision") for r in records] == ["error"],
+                    [(r.get("decision"), r.get("reason")) for r in records])
+        a = await s.call(cls, "marketing lists tables after the prompts", marketing, "list_tables", {})
+        s.check("the prompts' session still answers", cls, a.ok, a.brief())
+    finally:
+        with open(path) as f:
+            changed = f.read() != base
+        if changed:
+            with open(path, "w") as f:
+                f.write(base)
+            await asyncio.sleep(6.0)  # three of the servers' 2 s checks
+        await marketing.close()
+        await failing.close()
+        await asking.close()
+        await analyst.close()
+
+
+def only_classes() -> set[str]:
+    """The classes ADVERSARIAL_ONLY names (comma-separated keys of CLASSES); empty: all of them."""
+    only = {c.strip() for c in os.environ.get("ADVERSARIAL_ONLY", "").split(",") if c.strip()}
+    unknown = only - set(CLASSES)
+    if unknown:
+        raise SystemExit(f"ADVERSARIAL_ONLY names no class: {sorted(unknown)} (classes: {', '.join(CLASSES)})")
+    return only
+
+
 async def run(binary: str, data_dir: str, scratch: str, s: Suite) -> None:
+    only = only_classes()
+    wanted = lambda cls: not only or cls in only  # noqa: E731
     principals = ["analyst", "marketing-agent", "sales-owner", "ops-owner", "stranger"]
     sessions = {p: Parley(binary, data_dir, p, scratch) for p in principals}
     bad = Parley(binary, data_dir, "analyst", scratch)
     try:
-        for client in [*sessions.values(), bad]:
-            await client.open()
-        analyst, marketing = sessions["analyst"], sessions["marketing-agent"]
-        grant = await s.timed("1-barrier", class1_barrier(s, analyst))
-        if grant:
-            await s.timed("2-columns", class2_columns(s, analyst, grant))
-        await s.timed("3-statements", class3_statements(s, analyst, grant, scratch))
-        await s.timed("4-policy", class4_policy(s, marketing, grant))
-        await s.timed("2-columns", hash_salt_check(s, analyst, marketing, grant))
-        await s.timed("5-discovery", class5_discovery(s, marketing, sessions["stranger"]))
-        # The audit checks come after the attacks above, so that the log holds their records; bad input comes
-        # last, after grants are exercised (class 8 revokes the analyst's grant).
-        await s.timed("6-audit", class6_audit(s, sessions, grant, data_dir))
-        await s.timed("8-grants", class8_grants(s, sessions, grant))
-        await s.timed("7-bad-input", class7_bad_input(s, bad, s.truth))
-        await s.timed("9-memory", class9_memory(s, binary, data_dir, scratch))
-        await s.timed("10-quota", class10_quota(s, binary, data_dir, scratch))
-        await s.timed("11-http", class11_http(s, binary, data_dir, scratch))
+        # Classes 1 to 8 share these sessions and class 1's grant: naming any of them runs all eight.
+        if any(wanted(cls) for cls in list(CLASSES)[:8]):
+            for client in [*sessions.values(), bad]:
+                await client.open()
+            analyst, marketing = sessions["analyst"], sessions["marketing-agent"]
+            grant = await s.timed("1-barrier", class1_barrier(s, analyst))
+            if grant:
+                await s.timed("2-columns", class2_columns(s, analyst, grant))
+            await s.timed("3-statements", class3_statements(s, analyst, grant, scratch))
+            await s.timed("4-policy", class4_policy(s, marketing, grant))
+            await s.timed("2-columns", hash_salt_check(s, analyst, marketing, grant))
+            await s.timed("5-discovery", class5_discovery(s, marketing, sessions["stranger"]))
+            # The audit checks come after the attacks above, so that the log holds their records; bad input comes
+            # last, after grants are exercised (class 8 revokes the analyst's grant).
+            await s.timed("6-audit", class6_audit(s, sessions, grant, data_dir))
+            await s.timed("8-grants", class8_grants(s, sessions, grant))
+            await s.timed("7-bad-input", class7_bad_input(s, bad, s.truth))
+        if wanted("9-memory"):
+            await s.timed("9-memory", class9_memory(s, binary, data_dir, scratch))
+        if wanted("10-quota"):
+            await s.timed("10-quota", class10_quota(s, binary, data_dir, scratch))
+        if wanted("11-http"):
+            await s.timed("11-http", class11_http(s, binary, data_dir, scratch))
+        # Before class 12: it edits sales.customers' contract and restores it.
+        if wanted("13-offers"):
+            await s.timed("13-offers", class13_offers(s, binary, data_dir, scratch))
         # Last: its control publishes a new version of sales.orders' contract.
-        await s.timed("12-publish", class12_publish(s, binary, data_dir, scratch))
+        if wanted("12-publish"):
+            await s.timed("12-publish", class12_publish(s, binary, data_dir, scratch))
     finally:
         for client in [*sessions.values(), bad]:
             await client.close()
@@ -2716,6 +3223,7 @@ def main() -> None:
     if len(sys.argv) != 2:
         raise SystemExit("usage: python tests/adversarial.py path/to/parley")
     binary = os.path.abspath(sys.argv[1])
+    only_classes()  # a filter naming no class stops here, before anything is made
     scratch = tempfile.mkdtemp(prefix="parley-adversarial-")
     data_dir = os.path.join(scratch, "data")
     started = time.monotonic()
