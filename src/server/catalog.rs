@@ -537,10 +537,15 @@ impl ParleyServer {
     ) -> Result<Option<crate::policy::TableFacts>, ToolError> {
         let lakehouse = &self.app.lakehouse;
         let Some(facts) = lakehouse.facts(table).await.map_err(ToolError::from)? else {
-            // A missing table costs what a hidden one does — its facts taken and the discovery decision made, both
-            // thrown away — so the time of a refusal does not tell the two apart (an outside test measured a
-            // hidden table's refusal 20–45 µs slower than a missing one's).
-            let decoy = Resource::Table(lakehouse.facts_of_listed(table));
+            // A missing table costs what a hidden one does — a listed table's facts taken (its contract read) and
+            // the discovery decision made on them, both thrown away — so the time of a refusal does not tell the
+            // two apart (an outside test measured a hidden table's refusal 20–45 µs slower than a missing one's).
+            let listed = lakehouse.list_tables().await.ok();
+            let decoy = listed
+                .as_deref()
+                .and_then(|names| names.get(table.name.len() % names.len().max(1)))
+                .unwrap_or(table);
+            let decoy = Resource::Table(lakehouse.facts_of_listed(decoy));
             std::hint::black_box(checked.peek(Action::Discover, &decoy).allowed());
             return Ok(None);
         };
