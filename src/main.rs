@@ -1005,7 +1005,17 @@ fn watch_files(policy: Arc<ReloadablePolicy>, app: Arc<App>) {
                 Ok(false) => {}
                 Err(e) => tracing::error!("policy reload failed, keeping the previous policy: {e}"),
             }
-            if let Some((loaded, refused, changed)) = app.lakehouse.reload_contracts(forced) {
+            // Looking at every contract file (0.3 s for 100,000) and reloading them (seconds) is blocking work:
+            // on a blocking thread, so the MCP runtime's workers keep answering calls meanwhile.
+            let lakehouse = app.clone();
+            let reloaded =
+                tokio::task::spawn_blocking(move || lakehouse.lakehouse.reload_contracts(forced))
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::error!("checking the contract files failed: {e}");
+                        None
+                    });
+            if let Some((loaded, refused, changed)) = reloaded {
                 changed_any = true;
                 // Subscribers of a changed table's `contract://` resource hear that it changed.
                 app.sessions.contracts_changed(&changed);
