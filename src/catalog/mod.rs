@@ -709,6 +709,31 @@ struct Watched {
     conn: sqlx::sqlite::SqliteConnection,
     data_version: i64,
     tables: Vec<TableName>,
+    /// The database file the connection opened, and when: a file replaced since (a restore puts a new file where
+    /// the old one was, which the open connection never sees) is opened anew, and any connection after
+    /// [`WATCH_FOR`] in case a replacement cannot be told.
+    file: Option<FileId>,
+    opened: Instant,
+}
+
+/// How long one connection watches a SQL catalog before it is opened anew.
+const WATCH_FOR: Duration = Duration::from_secs(60);
+
+/// What tells one file from another at the same path.
+type FileId = (u64, u64);
+
+/// The identity of the file at `path` (device and inode), where the platform tells it.
+fn file_id(path: &std::path::Path) -> Option<FileId> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 impl std::fmt::Debug for Watched {
@@ -751,19 +776,20 @@ async fn list_sql(listing: &SqlListing) -> Result<Vec<TableName>, String> {
     use sqlx::ConnectOptions;
     use std::str::FromStr;
     let mut watch = listing.watch.lock().await;
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&listing.uri)
+        .map_err(|e| e.to_string())?
+        .read_only(true)
+        .create_if_missing(false);
+    let file = file_id(options.get_filename());
     let mut watched = match watch.take() {
-        Some(w) => w,
-        None => {
-            let options = sqlx::sqlite::SqliteConnectOptions::from_str(&listing.uri)
-                .map_err(|e| e.to_string())?
-                .read_only(true)
-                .create_if_missing(false);
-            Watched {
-                conn: options.connect().await.map_err(|e| e.to_string())?,
-                data_version: -1,
-                tables: Vec::new(),
-            }
-        }
+        Some(w) if w.file == file && w.opened.elapsed() < WATCH_FOR => w,
+        _ => Watched {
+            conn: options.connect().await.map_err(|e| e.to_string())?,
+            data_version: -1,
+            tables: Vec::new(),
+            file,
+            opened: Instant::now(),
+        },
     };
     // On an error the connection is dropped (`watch` stays empty): the next listing opens a new one.
     let version: i64 = sqlx::query_scalar("PRAGMA data_version")
@@ -1264,6 +1290,30 @@ mod tests {
                     .unwrap();
                 assert_eq!(shown(&list_sql(listing).await.unwrap()), expect);
             }
+            // The file replaced by another (a restore): the next listing reads the new file, not the one the
+            // watching connection still has open; then the original put back, read again.
+            let (copy, original) = (dir.path().join("restored.db"), dir.path().join("orig.db"));
+            for path in [&copy, &original] {
+                sqlx::query("VACUUM INTO ?")
+                    .bind(path.display().to_string())
+                    .execute(&mut other)
+                    .await
+                    .unwrap();
+            }
+            let mut restored = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&copy)
+                .connect()
+                .await
+                .unwrap();
+            sqlx::query("DELETE FROM iceberg_tables WHERE table_name = 'x'")
+                .execute(&mut restored)
+                .await
+                .unwrap();
+            drop(restored);
+            std::fs::rename(&copy, &db).unwrap();
+            assert_eq!(shown(&list_sql(listing).await.unwrap()), ["a.b.z", "a.y"]);
+            std::fs::rename(&original, &db).unwrap();
+            assert_eq!(shown(&list_sql(listing).await.unwrap()), fast);
         }
         let lakehouse = Lakehouse::new(sql.clone(), ContractStore::default())
             .with_members(vec![settings.clone()]);
