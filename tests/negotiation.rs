@@ -1808,3 +1808,99 @@ async fn a_persons_offer_is_withdrawn_when_a_new_request_would_be_denied() {
     analyst.cancel().await.unwrap();
     owner.cancel().await.unwrap();
 }
+
+/// An acknowledgement is of the text shown (round u of the outside tests: an owner rewrote a contract's
+/// limitations between the question and the answer, and the grant was made under text the person never saw): on
+/// 2026-07-28 an acceptance of the old text is answered with the question again, in the new words, and the
+/// acceptance of those grants.
+#[tokio::test]
+async fn an_acknowledgement_is_of_the_text_that_was_shown() {
+    let lake = Lake::new();
+    let person = Person::new(true, ProtocolVersion::V_2026_07_28);
+    let client = person.connect(&lake, "analyst", &[]).await;
+    let args = json!({"tables": ["sales.orders"], "purpose": "revenue_reporting"});
+    let params = |state: Option<&str>| {
+        let p = CallToolRequestParams::new("request_access")
+            .with_arguments(args.as_object().cloned().unwrap());
+        match state {
+            None => p,
+            Some(state) => {
+                let mut yes = InputResponses::new();
+                yes.insert(
+                    "acknowledge".to_string(),
+                    json!({"action": "accept", "content": {"accept": true}}),
+                );
+                p.with_input_responses(yes)
+                    .with_request_state(state.to_string())
+            }
+        }
+    };
+    let question = |r: CallToolResponse| match r {
+        CallToolResponse::InputRequired(q) => {
+            let Some(InputRequest::Elicitation(e)) =
+                q.input_requests.as_ref().unwrap().get("acknowledge")
+            else {
+                panic!("an acknowledgement")
+            };
+            let ElicitRequestParams::FormElicitationParams { message, .. } = &e.params else {
+                panic!("a form")
+            };
+            (message.clone(), q.request_state.clone().unwrap())
+        }
+        other => panic!("a question, got {other:?}"),
+    };
+    let (shown, state) = question(client.call_tool_once(params(None)).await.unwrap());
+    assert!(
+        shown.contains("urn:parley:demo:sales:orders@1.2.0")
+            && shown.contains("Not for individual-level"),
+        "{shown}"
+    );
+
+    // The owner rewrites the limitations (nothing the terms hold changes).
+    let path = lake.path().join("contracts/sales/orders.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let changed = text.replacen(
+        "Not for individual-level marketing decisions.",
+        "May be resold to partners.",
+        1,
+    );
+    assert_ne!(changed, text);
+    std::fs::write(&path, changed).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !crate::util::text(
+        &call_driven(
+            &client,
+            "get_contract",
+            json!({"table": "sales.orders", "full": true}),
+        )
+        .await,
+    )
+    .contains("resold to partners")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the changed contract was not reloaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    // Accepting the old text: asked again, in the new words.
+    let (again, state) = question(client.call_tool_once(params(Some(&state))).await.unwrap());
+    assert!(
+        again.contains("changed since you were asked") && again.contains("resold to partners"),
+        "{again}"
+    );
+    assert!(
+        ok(&call_driven(&client, "my_grants", json!({})).await)["grants"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // Accepting the new text: granted.
+    let CallToolResponse::Complete(r) = client.call_tool_once(params(Some(&state))).await.unwrap()
+    else {
+        panic!("a result")
+    };
+    assert_eq!(ok(&r)["status"], "granted", "{r:?}");
+    client.cancel().await.unwrap();
+}

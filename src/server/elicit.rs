@@ -221,6 +221,15 @@ type HmacSha256 = Hmac<Sha256>;
 /// Version tag of the `requestState` handles this module issues.
 const STATE_VERSION: &str = "v1";
 
+/// Hex digits of a question's text kept in its `requestState`.
+const SHOWN_DIGITS: usize = 16;
+
+/// What a `requestState` keeps of the text its question showed (a prefix of its SHA-256): an answer given to one
+/// text is not taken for another (a contract changed between the question and the retry).
+pub(super) fn shown_digest(text: &str) -> String {
+    crate::audit::digest(text)[..SHOWN_DIGITS].to_string()
+}
+
 /// Seals and opens `requestState` handles under a key derived from a server-side secret.
 pub(super) struct StateSeal {
     key: [u8; 32],
@@ -237,29 +246,44 @@ impl StateSeal {
         }
     }
 
-    fn mac(&self, question: Question, request_id: &str, principal: &str, call: &str) -> HmacSha256 {
+    fn mac(
+        &self,
+        question: Question,
+        request_id: &str,
+        principal: &str,
+        call: &str,
+        shown: &str,
+    ) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length");
         // A JSON array keeps the fields apart whatever characters a principal id holds.
-        let fields =
-            serde_json::json!([STATE_VERSION, question.key(), request_id, principal, call]);
+        let fields = serde_json::json!([
+            STATE_VERSION,
+            question.key(),
+            request_id,
+            principal,
+            call,
+            shown
+        ]);
         mac.update(fields.to_string().as_bytes());
         mac
     }
 
-    /// The handle for asking `question` about `request_id` in a call by `principal` with arguments digest `call`.
+    /// The handle for asking `question` about `request_id` in a call by `principal` with arguments digest `call`,
+    /// showing the text whose [`shown_digest`] is `shown` (an answer is to that text only).
     pub(super) fn seal(
         &self,
         question: Question,
         request_id: &str,
         principal: &str,
         call: &str,
+        shown: &str,
     ) -> String {
         let tag = self
-            .mac(question, request_id, principal, call)
+            .mac(question, request_id, principal, call, shown)
             .finalize()
             .into_bytes();
         format!(
-            "{STATE_VERSION}.{}.{request_id}.{}",
+            "{STATE_VERSION}.{}.{request_id}.{shown}.{}",
             question.key(),
             hex::encode(tag)
         )
@@ -272,7 +296,7 @@ impl StateSeal {
         handle: &str,
         principal: &str,
         call: &str,
-    ) -> Result<(Question, String), ToolError> {
+    ) -> Result<(Question, String, String), ToolError> {
         let refused = || {
             ToolError::BadRequest(
                 "requestState was not issued by this server for this call and caller (a retry must repeat the \
@@ -282,7 +306,7 @@ impl StateSeal {
             )
         };
         let parts: Vec<&str> = handle.split('.').collect();
-        let [version, question, request_id, tag] = parts.as_slice() else {
+        let [version, question, request_id, shown, tag] = parts.as_slice() else {
             return Err(refused());
         };
         if *version != STATE_VERSION
@@ -290,15 +314,17 @@ impl StateSeal {
             || !request_id
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            || shown.len() != SHOWN_DIGITS
+            || !shown.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
         {
             return Err(refused());
         }
         let question = Question::from_key(question).ok_or_else(refused)?;
         let tag = hex::decode(tag).map_err(|_| refused())?;
-        self.mac(question, request_id, principal, call)
+        self.mac(question, request_id, principal, call, shown)
             .verify_slice(&tag)
             .map_err(|_| refused())?;
-        Ok((question, request_id.to_string()))
+        Ok((question, request_id.to_string(), shown.to_string()))
     }
 }
 
@@ -309,10 +335,16 @@ mod tests {
     #[test]
     fn a_sealed_state_opens_only_for_its_principal_and_call() {
         let seal = StateSeal::new("secret");
-        let handle = seal.seal(Question::Approve, "req-1", "alice", "c1");
+        let shown = shown_digest("Approve request req-1?");
+        let handle = seal.seal(Question::Approve, "req-1", "alice", "c1", &shown);
         assert_eq!(
             seal.open(&handle, "alice", "c1").unwrap(),
-            (Question::Approve, "req-1".to_string())
+            (Question::Approve, "req-1".to_string(), shown.clone())
+        );
+        let other_text = handle.replace(&shown, &shown_digest("Approve request req-2?"));
+        assert!(
+            seal.open(&other_text, "alice", "c1").is_err(),
+            "another text"
         );
         assert!(
             seal.open(&handle, "bob", "c1").is_err(),
@@ -340,7 +372,10 @@ mod tests {
             "v1",
             "v1.approve.req-1",
             "v1.approve.req-1.zz",
-            "v2.approve.req-1.00",
+            "v1.approve.req-1.00",
+            "v1.approve.req-1.0123456789abcdef.zz",
+            "v1.approve.req-1.0123456789ABCDEF.00",
+            "v2.approve.req-1.0123456789abcdef.00",
         ] {
             let e = seal.open(junk, "alice", "c1").unwrap_err();
             assert!(e.to_string().contains("request_access again"), "{e}");

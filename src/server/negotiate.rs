@@ -233,15 +233,21 @@ impl ParleyServer {
             terms.expires_at
         );
         for t in &terms.tables {
-            if let Some(c) = self.app.lakehouse.contract(t)
-                && let Some(d) = &c.contract.description
-            {
-                text.push_str(&format!(
-                    "\n{t} — usage: {}\nlimitations: {}",
-                    d.usage.as_deref().unwrap_or("-"),
-                    d.limitations.as_deref().unwrap_or("-")
-                ));
-            }
+            let Some(c) = self.app.lakehouse.contract(t) else {
+                continue;
+            };
+            let (id, version) = (&c.contract.id, &c.contract.version);
+            let (usage, limitations) = c
+                .contract
+                .description
+                .as_ref()
+                .map(|d| (d.usage.as_deref(), d.limitations.as_deref()))
+                .unwrap_or_default();
+            text.push_str(&format!(
+                "\n{t} (contract {id}@{version}) — usage: {}\nlimitations: {}",
+                usage.unwrap_or("-"),
+                limitations.unwrap_or("-")
+            ));
         }
         if let Some(a) = self
             .app
@@ -255,13 +261,13 @@ impl ParleyServer {
     }
 
     /// Asks `question` about `request` as an input-required result whose `requestState` is sealed to this caller
-    /// and call.
+    /// and call, and to the question's `text` (shown after `preface`, when there is one).
     pub(super) fn ask_later(
         &self,
         checked: &Checked<'_>,
         question: Question,
         request: &AccessRequest,
-        message: String,
+        (preface, text): (&str, String),
         call: &str,
     ) -> Result<InputRequiredResult, ToolError> {
         let state = StateSeal::new(&self.app.mask_secret).seal(
@@ -269,8 +275,9 @@ impl ParleyServer {
             &request.id,
             checked.principal_id(),
             call,
+            &elicit::shown_digest(&text),
         );
-        elicit::input_required(question, message, state)
+        elicit::input_required(question, format!("{preface}{text}"), state)
     }
 
     /// Whether the caller of a pending request should be asked to approve it now: self-approval by elicitation
@@ -629,20 +636,21 @@ impl ParleyServer {
                             request.id
                         ),
                     );
-                    let answer = elicit::ask::<Acknowledgement>(
-                        peer,
-                        cancelled,
-                        self.acknowledgement_text(terms),
-                    )
-                    .await;
+                    let message = self.acknowledgement_text(terms);
+                    let answer =
+                        elicit::ask::<Acknowledgement>(peer, cancelled, message.clone()).await;
+                    // An acceptance of a text that reads differently now (a contract changed while the question
+                    // waited) acknowledges nothing.
+                    let refused = match acknowledged(answer) {
+                        None if self.acknowledgement_text(terms) != message => Some(
+                            "the usage terms changed while the question waited (a contract changed); request \
+                             access again to be shown them"
+                                .to_string(),
+                        ),
+                        other => other,
+                    };
                     return self
-                        .conclude_acknowledgement(
-                            checked,
-                            &request,
-                            terms,
-                            acknowledged(answer),
-                            result,
-                        )
+                        .conclude_acknowledgement(checked, &request, terms, refused, result)
                         .await
                         .map(RequestReply::done);
                 }
@@ -658,7 +666,13 @@ impl ParleyServer {
                     );
                     let message = self.acknowledgement_text(terms);
                     return self
-                        .ask_later(checked, Question::Acknowledge, &request, message, call)
+                        .ask_later(
+                            checked,
+                            Question::Acknowledge,
+                            &request,
+                            ("", message),
+                            call,
+                        )
                         .map(RequestReply::Ask);
                 }
                 None => {
@@ -710,7 +724,13 @@ impl ParleyServer {
                                 ),
                             );
                             return self
-                                .ask_later(checked, Question::Approve, &request, message, call)
+                                .ask_later(
+                                    checked,
+                                    Question::Approve,
+                                    &request,
+                                    ("", message),
+                                    call,
+                                )
                                 .map(RequestReply::Ask);
                         }
                     }
@@ -746,7 +766,7 @@ impl ParleyServer {
         call: &str,
     ) -> Result<RequestReply, ToolError> {
         let me = checked.principal_id().to_string();
-        let (question, request_id) =
+        let (question, request_id, shown) =
             StateSeal::new(&self.app.mask_secret).open(handle, &me, call)?;
         let stored = self.own_request(checked, &request_id).await?;
         let request = stored.request;
@@ -762,6 +782,10 @@ impl ParleyServer {
                         stored.state.as_str()
                     )));
                 }
+                // The text as it reads now: an acceptance of another text (a contract changed between the
+                // question and the answer) is no acknowledgement of this one, which is asked instead.
+                let message = self.acknowledgement_text(terms);
+                let reworded = elicit::shown_digest(&message) != shown;
                 match elicit::answer::<Acknowledgement>(responses, question)? {
                     None => {
                         checked.note(
@@ -769,8 +793,21 @@ impl ParleyServer {
                             &tables,
                             format!("request {request_id}: no answer in the retry; asked again"),
                         );
-                        let message = self.acknowledgement_text(terms);
-                        self.ask_later(checked, question, &request, message, call)
+                        self.ask_later(checked, question, &request, ("", message), call)
+                            .map(RequestReply::Ask)
+                    }
+                    Some(Answer::Given(Acknowledgement { accept: true })) if reworded => {
+                        checked.note(
+                            Action::RequestAccess,
+                            &tables,
+                            format!(
+                                "request {request_id}: acknowledged, but the usage terms read differently now (a \
+                                 contract changed since they were shown); asked again"
+                            ),
+                        );
+                        let preface =
+                            "The usage terms changed since you were asked. As they read now:\n";
+                        self.ask_later(checked, question, &request, (preface, message), call)
                             .map(RequestReply::Ask)
                     }
                     Some(answer) => self
@@ -809,7 +846,7 @@ impl ParleyServer {
                             format!("request {request_id}: no answer in the retry; asked again"),
                         );
                         let message = self.approval_text(&request, &outcome);
-                        self.ask_later(checked, question, &request, message, call)
+                        self.ask_later(checked, question, &request, ("", message), call)
                             .map(RequestReply::Ask)
                     }
                     Some(answer) => self
