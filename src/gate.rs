@@ -141,9 +141,12 @@ impl Drop for Checked<'_> {
             Some("cancelled".to_string()),
         );
         let audit = self.gate.audit.clone();
+        // Counted as running until written, so a server that stops waits for it too.
+        let running = InFlight::enter(&self.gate.in_flight);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
+                    let _running = running;
                     if let Err(e) = audit.append(entry).await {
                         tracing::error!(
                             "the audit record of a cancelled call could not be written: {e}"
@@ -371,20 +374,20 @@ pub struct Gate {
     audit: Arc<dyn AuditSink>,
     /// Calls running now, so a server that stops can let them finish and write their records
     /// ([`Gate::settle`]).
-    in_flight: tokio::sync::watch::Sender<usize>,
+    in_flight: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
-/// Counts one call in [`Gate::in_flight`] while it lives, however it ends.
-struct InFlight<'a>(&'a tokio::sync::watch::Sender<usize>);
+/// Counts one call (or the late record of a dropped one) in [`Gate::in_flight`] while it lives, however it ends.
+struct InFlight(Arc<tokio::sync::watch::Sender<usize>>);
 
-impl<'a> InFlight<'a> {
-    fn enter(count: &'a tokio::sync::watch::Sender<usize>) -> InFlight<'a> {
+impl InFlight {
+    fn enter(count: &Arc<tokio::sync::watch::Sender<usize>>) -> InFlight {
         count.send_modify(|n| *n += 1);
-        InFlight(count)
+        InFlight(count.clone())
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
@@ -396,7 +399,7 @@ impl Gate {
         Gate {
             policy,
             audit,
-            in_flight: tokio::sync::watch::Sender::new(0),
+            in_flight: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 
