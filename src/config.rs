@@ -27,6 +27,10 @@ pub struct Config {
     /// How long the table list and loaded table metadata are reused before the catalog is asked again, in
     /// milliseconds (0: ask on every call). Env: `PARLEY_CATALOG_CACHE_TTL_MS`. Default: 2000.
     pub catalog_cache_ttl_ms: u64,
+    /// Watch the contract files for changes (inotify on Linux) instead of polling them every 2 s. Turn it off where
+    /// a change raises no event (NFS and some other network or FUSE file systems): a watched tree is otherwise
+    /// only looked at every 60 s. Env: `PARLEY_WATCH_CONTRACTS`. Default: true.
+    pub watch_contracts: bool,
     /// The audit log.
     pub audit: AuditSettings,
     /// Bearer-token validation on streamable HTTP.
@@ -387,6 +391,7 @@ impl Default for Config {
             query: QueryLimits::default(),
             list_page_size: 50,
             catalog_cache_ttl_ms: 2000,
+            watch_contracts: true,
             audit: AuditSettings::default(),
             auth: AuthSettings::default(),
             negotiation: NegotiationSettings::default(),
@@ -531,6 +536,7 @@ impl Config {
             &get,
             &mut self.catalog_cache_ttl_ms,
         )?;
+        num("PARLEY_WATCH_CONTRACTS", &get, &mut self.watch_contracts)?;
         if let Some(p) = get("PARLEY_PRINCIPAL") {
             self.principal = p;
         }

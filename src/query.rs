@@ -207,6 +207,7 @@ pub fn prepare(sql: &str, limits: &QueryLimits, naming: &Naming) -> Result<Prepa
     }
     if let Statement::Statement(s) = &statement {
         check_depth(s)?;
+        check_relations(s)?;
     }
     let (refs, _ctes) = datafusion::sql::resolve::resolve_table_references(&statement, true)
         .map_err(|e| QueryError::Syntax(strip_df(&e)))?;
@@ -264,6 +265,77 @@ fn check_depth(statement: &SqlStatement) -> Result<(), QueryError> {
              such as + or OR counts one level per operator). Shorten it: use IN (...) instead of many ORs, \
              aggregate, or split the query."
         ))),
+    }
+}
+
+/// Refuses table modifiers the SQL parser accepts but the engine would silently ignore, so a query never answers
+/// something other than what it asks: `TABLESAMPLE` (every row would be read), time travel (`FOR SYSTEM_TIME AS OF`:
+/// the current snapshot would be read), partition selection, table and index hints, JSON paths on a table.
+fn check_relations(statement: &SqlStatement) -> Result<(), QueryError> {
+    use datafusion::sql::sqlparser::ast::{TableFactor, Visit, Visitor};
+    use std::ops::ControlFlow;
+    struct Relations;
+    impl Visitor for Relations {
+        type Break = String;
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<String> {
+            let sampled = match factor {
+                TableFactor::Table {
+                    name,
+                    sample,
+                    version,
+                    with_hints,
+                    partitions,
+                    json_path,
+                    index_hints,
+                    ..
+                } => {
+                    let unsupported = if version.is_some() {
+                        Some(
+                            "time travel (FOR SYSTEM_TIME AS OF, AT, BEFORE) is not supported: a query reads each \
+                             table's current snapshot (the result names it). Remove the clause."
+                                .to_string(),
+                        )
+                    } else if !partitions.is_empty() {
+                        Some(
+                            "partition selection (PARTITION (...)) is not supported; filter on the partition \
+                             column in WHERE instead (files outside the filter are skipped)."
+                                .to_string(),
+                        )
+                    } else if !with_hints.is_empty() || !index_hints.is_empty() {
+                        Some(
+                            "table and index hints (WITH (...), USE/FORCE/IGNORE INDEX) are not supported; remove \
+                             them."
+                                .to_string(),
+                        )
+                    } else if json_path.is_some() {
+                        Some(
+                            "a JSON path on a table is not supported; select the column and use a JSON function."
+                                .to_string(),
+                        )
+                    } else {
+                        None
+                    };
+                    if let Some(why) = unsupported {
+                        return ControlFlow::Break(format!("{name}: {why}"));
+                    }
+                    sample.is_some()
+                }
+                TableFactor::Derived { sample, .. } => sample.is_some(),
+                _ => false,
+            };
+            if sampled {
+                return ControlFlow::Break(
+                    "TABLESAMPLE is not supported: the query would read every row, not a sample. Sample with a \
+                     filter such as WHERE random() < 0.01, or use LIMIT."
+                        .to_string(),
+                );
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    match statement.visit(&mut Relations) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(why) => Err(QueryError::NotAllowed(why)),
     }
 }
 
@@ -1254,6 +1326,59 @@ mod tests {
                 msg.contains("refused") || msg.contains("exactly one"),
                 "{sql}: {msg}"
             );
+        }
+    }
+
+    /// Modifiers the engine would ignore are refused, never silently dropped (a "sample" that reads every row).
+    #[test]
+    fn ignored_table_modifiers_are_refused() {
+        for (sql, says) in [
+            (
+                "SELECT count(*) FROM sales.orders TABLESAMPLE (1 PERCENT)",
+                "TABLESAMPLE",
+            ),
+            (
+                "SELECT count(*) FROM sales.orders TABLESAMPLE BERNOULLI (10)",
+                "TABLESAMPLE",
+            ),
+            (
+                "SELECT * FROM sales.orders AS o TABLESAMPLE SYSTEM (5)",
+                "TABLESAMPLE",
+            ),
+            (
+                "SELECT * FROM sales.orders TABLESAMPLE (10 ROWS)",
+                "TABLESAMPLE",
+            ),
+            (
+                "SELECT * FROM (SELECT 1 AS x) TABLESAMPLE (50 PERCENT)",
+                "TABLESAMPLE",
+            ),
+            (
+                "SELECT * FROM sales.customers c JOIN sales.orders o TABLESAMPLE (1 PERCENT) ON true",
+                "TABLESAMPLE",
+            ),
+            (
+                "SELECT * FROM sales.orders WHERE id IN (SELECT id FROM sales.orders TABLESAMPLE (1 PERCENT))",
+                "TABLESAMPLE",
+            ),
+            ("SELECT * FROM sales.orders WITH (NOLOCK)", "hints"),
+        ] {
+            let msg = refused(sql);
+            assert!(msg.contains(says), "{sql}: {msg}");
+        }
+        // The dialect does not parse time travel at all: refused as a syntax error.
+        refused("SELECT * FROM sales.orders FOR SYSTEM_TIME AS OF '2020-01-01'");
+        // Plain tables, aliases and derived tables still pass.
+        for sql in [
+            "SELECT * FROM sales.orders AS o",
+            "SELECT * FROM (SELECT * FROM sales.orders) t WHERE random() < 0.01",
+        ] {
+            prepare(
+                sql,
+                &QueryLimits::default(),
+                &Naming::Single("parley".into()),
+            )
+            .unwrap();
         }
     }
 

@@ -252,6 +252,8 @@ pub struct Lakehouse {
     quality: Mutex<HashMap<TableName, Arc<crate::quality::Report>>>,
     /// When the contract files were last looked at for a reload, and how long that took.
     contracts_checked: Mutex<Option<(Instant, std::time::Duration)>>,
+    /// A watch saw the contract files change since they were last looked at (see [`Lakehouse::watch_contracts`]).
+    contracts_dirty: Arc<std::sync::atomic::AtomicBool>,
     /// Where validated contracts are remembered across restarts, if anywhere.
     contract_cache: Option<std::path::PathBuf>,
     /// Set once the contract files were first read (see [`Lakehouse::ensure_contracts`]).
@@ -331,6 +333,7 @@ impl Lakehouse {
             quality: Mutex::new(HashMap::new()),
             contract_cache: None,
             contracts_checked: Mutex::new(None),
+            contracts_dirty: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             contracts_loaded: std::sync::OnceLock::new(),
         }
     }
@@ -427,14 +430,19 @@ impl Lakehouse {
         self.contracts_loaded.get()?;
         let (dir, stamp) = self.contracts_dir.as_ref()?;
         // Looking at every file costs time on a large tree (100,000 files: ~0.3 s): a check not forced waits
-        // 20 times the last one's duration, so checking takes at most a twentieth of a core.
+        // 20 times the last one's duration, so polling takes at most a twentieth of a core; after a watch saw a
+        // change, 5 times (a stream of edits then costs at most a fifth of a core, and is seen within seconds).
         let mut checked = self
             .contracts_checked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !force && checked.is_some_and(|(at, took)| at.elapsed() < took * 20) {
+        let factor = if self.contracts_dirty() { 5 } else { 20 };
+        if !force && checked.is_some_and(|(at, took)| at.elapsed() < took * factor) {
             return None;
         }
+        // Cleared before looking: a change seen during the look marks the files again for the next check.
+        self.contracts_dirty
+            .store(false, std::sync::atomic::Ordering::Release);
         let started = Instant::now();
         let now = crate::contracts::FilesState::of(dir);
         *checked = Some((Instant::now(), started.elapsed()));
@@ -466,6 +474,52 @@ impl Lakehouse {
         self.contracts_version
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Some((loaded, rejected, changed))
+    }
+
+    /// A watch saw the contract files change since [`Lakehouse::reload_contracts`] last looked at them.
+    pub fn contracts_dirty(&self) -> bool {
+        self.contracts_dirty
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Watches the contract tree (inotify on Linux, through `notify`): every change to it (not a read) marks the
+    /// files for the next [`Lakehouse::reload_contracts`] and calls `changed`. The watch lasts as long as the
+    /// returned watcher; `None` when there is no contract folder or it cannot be watched (the caller then polls).
+    /// The files are marked once when the watch starts, so a change made before it is looked for too. A watch can
+    /// miss changes (a network file system, a folder replaced whole): callers still poll now and then.
+    pub fn watch_contracts(
+        &self,
+        changed: impl Fn() + Send + 'static,
+    ) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher as _;
+        let dir = self.contracts_dir()?;
+        let dirty = self.contracts_dirty.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Parley's own reads of contract files (opened and read on demand) are no change; anything else,
+                // an error or a lost-events notice included, may be.
+                if let Ok(e) = &event
+                    && matches!(e.kind, notify::EventKind::Access(_))
+                {
+                    return;
+                }
+                dirty.store(true, std::sync::atomic::Ordering::Release);
+                changed();
+            })
+            .map_err(|e| {
+                tracing::warn!("cannot watch the contract files, polling them instead: {e}")
+            })
+            .ok()?;
+        if let Err(e) = watcher.watch(dir, notify::RecursiveMode::Recursive) {
+            tracing::warn!(
+                dir = %dir.display(),
+                "cannot watch the contract files, polling them instead: {e}"
+            );
+            return None;
+        }
+        self.contracts_dirty
+            .store(true, std::sync::atomic::Ordering::Release);
+        Some(watcher)
     }
 
     /// Asks the catalogs' own permission services (`[catalogs.authorization]`) besides Parley's policy.
@@ -1128,6 +1182,76 @@ mod tests {
             ))])
             .build()
             .unwrap()
+    }
+
+    /// A watched contract tree is marked changed by writes, new files and new folders (and their files), never by
+    /// reads; a reload after a change clears the mark and sees the change.
+    #[tokio::test]
+    async fn a_watched_contract_tree_is_marked_by_changes_not_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = open_sql_catalog(&dir.path().join("c.db"), &dir.path().join("w"), "t")
+            .await
+            .unwrap();
+        let contracts = dir.path().join("contracts");
+        std::fs::create_dir_all(contracts.join("ns")).unwrap();
+        let file = contracts.join("ns/a.yaml");
+        std::fs::write(&file, "not: a contract\n").unwrap();
+        let lakehouse =
+            Lakehouse::new(catalog, ContractStore::default()).with_contracts_dir(&contracts);
+        lakehouse.ensure_contracts();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let _watch = lakehouse
+            .watch_contracts(move || {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+            .expect("a local folder can be watched");
+        // Marked once at the start, for changes made before the watch; a look clears the mark.
+        assert!(lakehouse.contracts_dirty());
+        assert!(
+            lakehouse.reload_contracts(false).is_none(),
+            "nothing changed"
+        );
+        assert!(!lakehouse.contracts_dirty());
+        let marked = |what: &str| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !lakehouse.contracts_dirty() {
+                assert!(Instant::now() < deadline, "{what} was not seen");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // As the server does (~0.1 s): a look right after the last one would be put off.
+            std::thread::sleep(Duration::from_millis(100));
+        };
+
+        // Reading the files (as calls do, on demand) is no change.
+        for _ in 0..3 {
+            std::fs::read(&file).unwrap();
+            std::fs::read_dir(contracts.join("ns")).unwrap().count();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!lakehouse.contracts_dirty(), "a read marked the tree");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        std::fs::write(&file, "still: not a contract\n").unwrap();
+        marked("an edit");
+        assert!(calls.load(std::sync::atomic::Ordering::SeqCst) > 0);
+        let (_, refused, _) = lakehouse
+            .reload_contracts(false)
+            .expect("the edit is reloaded");
+        assert_eq!(refused, 1);
+        assert!(!lakehouse.contracts_dirty());
+
+        // A new namespace folder, and a file written into it after the folder was made.
+        std::fs::create_dir(contracts.join("other")).unwrap();
+        marked("a new folder");
+        lakehouse.reload_contracts(true);
+        std::thread::sleep(Duration::from_millis(100));
+        lakehouse.reload_contracts(true);
+        assert!(!lakehouse.contracts_dirty());
+        std::fs::write(contracts.join("other/b.yaml"), "x: 1\n").unwrap();
+        marked("a file in a new folder");
+        let (_, refused, _) = lakehouse.reload_contracts(false).expect("reloaded");
+        assert_eq!(refused, 2);
     }
 
     #[tokio::test]
