@@ -61,6 +61,10 @@ pub struct CatalogSettings {
     /// (`[catalogs.authorization]`). None: only Parley's service account's view of the catalog applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<CatalogAuthorization>,
+    /// Read data files outside their table's location for this catalog's tables (tables migrated in place), over
+    /// `query.files_outside_location`. None: that setting decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_outside_location: Option<bool>,
     /// Catalog properties.
     #[serde(flatten)]
     pub properties: std::collections::BTreeMap<String, String>,
@@ -666,12 +670,16 @@ mod tests {
             [[catalogs]]
             name = "local"
             type = "sql"
+            files_outside_location = true
             "#,
         )
         .unwrap();
         config.check_catalogs().unwrap();
         assert_eq!(config.catalogs[0].kind, CatalogKind::Rest);
         assert_eq!(config.catalogs[0].authorization, None);
+        assert_eq!(config.catalogs[0].files_outside_location, None);
+        assert_eq!(config.catalogs[1].files_outside_location, Some(true));
+        assert!(config.catalogs[1].properties.is_empty());
         assert_eq!(config.catalogs[0].properties["credential"], "parley:secret");
         assert_eq!(config.catalogs[1].kind, CatalogKind::Sql);
 

@@ -764,7 +764,13 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
     );
     let purposes = parley::negotiation::Purposes::load(&dir.policy().join("purposes.yaml"))
         .map_err(|e| anyhow::anyhow!("cannot load the purpose registry: {e}"))?;
-    let engine = parley::query::Engine::new(&config.query, opened.naming.clone())?;
+    let engine = parley::query::Engine::new(&config.query, opened.naming.clone())?
+        .with_files_outside_location(
+            config
+                .catalogs
+                .iter()
+                .filter_map(|c| Some((c.name.clone(), c.files_outside_location?))),
+        );
     let authz = parley::catalog::authz::CatalogAuthz::new(
         &parley::catalog::open::effective(&config, dir),
         &opened.naming,
@@ -868,6 +874,7 @@ fn catalog_from_flags(
         name: name.to_string(),
         kind,
         authorization: None,
+        files_outside_location: None,
         properties: props,
     };
     let probe = Config {

@@ -510,6 +510,8 @@ pub struct Engine {
     /// One permit per query allowed to run at once (`max_concurrent`); a query holds its permit until its work on
     /// the query runtime has ended, not just until its caller gave up on it.
     slots: Arc<tokio::sync::Semaphore>,
+    /// Catalogs whose own `files_outside_location` overrides `limits.files_outside_location`.
+    files_outside: HashMap<String, bool>,
     /// Where queries execute: a runtime of their own, so a CPU-bound operator that does not yield for seconds
     /// (a nested-loop join over a large batch) cannot hold the threads that answer MCP calls, and a time limit or
     /// cancellation is answered when it falls due.
@@ -631,8 +633,35 @@ impl Engine {
             naming,
             base,
             slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
+            files_outside: HashMap::new(),
             runtime: QueryRuntime::new().map_err(|e| QueryError::Execution(e.to_string()))?,
         })
+    }
+
+    /// Lets each named catalog's setting decide whether its tables' data files may lie outside their location
+    /// (`[[catalogs]] files_outside_location`); other catalogs follow `limits.files_outside_location`.
+    pub fn with_files_outside_location(
+        mut self,
+        catalogs: impl IntoIterator<Item = (String, bool)>,
+    ) -> Engine {
+        self.files_outside = catalogs.into_iter().collect();
+        self
+    }
+
+    /// Which data files a scan of `table` may read.
+    pub fn files_for(&self, table: &TableName) -> crate::scan::Files {
+        let catalog = match &self.naming {
+            Naming::Single(only) => Some(only.as_str()),
+            Naming::Federated(_) => table.namespace.first().map(String::as_str),
+        };
+        let allowed = catalog
+            .and_then(|c| self.files_outside.get(c).copied())
+            .unwrap_or(self.limits.files_outside_location);
+        if allowed {
+            crate::scan::Files::Any
+        } else {
+            crate::scan::Files::Own
+        }
     }
 
     /// The limits queries run under.
@@ -917,11 +946,6 @@ async fn session(
     engine: &Engine,
 ) -> Result<(SessionState, Vec<SnapshotRead>), QueryError> {
     let internal = |e: &dyn std::fmt::Display| QueryError::Execution(e.to_string());
-    let files = if engine.limits.files_outside_location {
-        crate::scan::Files::Any
-    } else {
-        crate::scan::Files::Own
-    };
     let mut state = engine.base.clone();
     // The clone shares the base's catalog list: replace it, so this query's tables stay this query's.
     state.register_catalog_list(Arc::new(MemoryCatalogProviderList::new()));
@@ -933,6 +957,7 @@ async fn session(
     );
     let mut snapshots = Vec::new();
     for t in tables {
+        let files = engine.files_for(&t.name);
         let provider: Arc<dyn datafusion::catalog::TableProvider> = match t.source {
             TableSource::Iceberg(table) => {
                 snapshots.push(SnapshotRead {
@@ -1327,6 +1352,34 @@ mod tests {
                 "{sql}: {msg}"
             );
         }
+    }
+
+    /// A catalog's own `files_outside_location` decides for its tables; the others follow the query setting.
+    #[test]
+    fn files_outside_location_is_decided_per_catalog() {
+        use crate::scan::Files;
+        let table = |t: &str| TableName::parse(t).unwrap();
+        let federated = Naming::Federated(vec!["a".into(), "b".into(), "c".into()]);
+        let mut limits = QueryLimits::default();
+        let engine = Engine::new(&limits, federated.clone())
+            .unwrap()
+            .with_files_outside_location([("a".to_string(), true), ("b".to_string(), false)]);
+        assert_eq!(engine.files_for(&table("a.ns.t")), Files::Any);
+        assert_eq!(engine.files_for(&table("b.ns.t")), Files::Own);
+        assert_eq!(engine.files_for(&table("c.ns.t")), Files::Own);
+        limits.files_outside_location = true;
+        let engine = Engine::new(&limits, federated)
+            .unwrap()
+            .with_files_outside_location([("b".to_string(), false)]);
+        assert_eq!(engine.files_for(&table("a.ns.t")), Files::Any);
+        assert_eq!(engine.files_for(&table("b.ns.t")), Files::Own);
+        // One catalog: its setting applies to every table.
+        let engine = Engine::new(&QueryLimits::default(), Naming::Single("lake".into()))
+            .unwrap()
+            .with_files_outside_location([("lake".to_string(), true)]);
+        assert_eq!(engine.files_for(&table("ns.t")), Files::Any);
+        let engine = Engine::new(&QueryLimits::default(), Naming::Single("lake".into())).unwrap();
+        assert_eq!(engine.files_for(&table("ns.t")), Files::Own);
     }
 
     /// Modifiers the engine would ignore are refused, never silently dropped (a "sample" that reads every row).

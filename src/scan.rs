@@ -84,7 +84,8 @@ fn confine(table: &Table, tasks: &[FileScanTask], files: Files) -> Result<(), St
             Err(
                 "the table's current snapshot names data files outside the table's location, which Parley does \
                  not read (the server's log names them). If the table was migrated in place, its operator can \
-                 allow them: query.files_outside_location = true in parley.toml"
+                 allow them: files_outside_location = true in the catalog's [[catalogs]] entry of parley.toml (or \
+                 query.files_outside_location = true for every catalog)"
                     .to_string(),
             )
         }

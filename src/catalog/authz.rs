@@ -613,6 +613,7 @@ impl TokenExchange {
             name: self.name.clone(),
             kind: crate::config::CatalogKind::Rest,
             authorization: None,
+            files_outside_location: None,
             properties: props.into_iter().collect(),
         };
         let catalog = super::open::open_rest(&settings).await?;

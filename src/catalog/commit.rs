@@ -399,6 +399,7 @@ mod tests {
             name: "t".to_string(),
             kind: CatalogKind::Sql,
             authorization: None,
+            files_outside_location: None,
             properties: [(
                 iceberg_catalog_sql::SQL_CATALOG_PROP_URI.to_string(),
                 format!("sqlite:{}", db.display()),

@@ -1278,6 +1278,7 @@ mod tests {
             name: "down".into(),
             kind: crate::config::CatalogKind::Rest,
             authorization: None,
+            files_outside_location: None,
             properties: [("uri".to_string(), "http://127.0.0.1:1".to_string())].into(),
         })
         .await
@@ -1346,6 +1347,7 @@ mod tests {
             name: "t".into(),
             kind: crate::config::CatalogKind::Sql,
             authorization: None,
+            files_outside_location: None,
             properties: [(
                 "uri".to_string(),
                 format!("sqlite:{}?mode=rwc", db.display()),

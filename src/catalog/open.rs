@@ -59,6 +59,7 @@ pub fn effective(config: &Config, dir: &DataDir) -> Vec<CatalogSettings> {
         name: config.catalog_name.clone(),
         kind: CatalogKind::Sql,
         authorization: None,
+        files_outside_location: None,
         properties: [
             (
                 SQL_CATALOG_PROP_URI.to_string(),
