@@ -985,8 +985,8 @@ async fn check_catalogs(config: &Config, dir: &DataDir, opened: &parley::catalog
 /// (and at most a twentieth of a core, see [`parley::catalog::Lakehouse::reload_contracts`]). A policy reload that fails is logged
 /// and the previous policy stays in force; a contract that no longer loads is logged and its table counts as
 /// unclassified, as at start-up.
-/// How often a watched contract tree is looked at anyway (a watch misses changes on network file systems, or
-/// when the folder itself is replaced).
+/// How often a watched contract tree is looked at anyway (a watch misses changes on network file systems; a
+/// folder replaced whole is noticed at the next 2 s tick and watched anew).
 const CONTRACTS_POLL: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn watch_files(policy: Arc<ReloadablePolicy>, app: Arc<App>) {
@@ -995,7 +995,7 @@ fn watch_files(policy: Arc<ReloadablePolicy>, app: Arc<App>) {
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
         let seen = Arc::new(tokio::sync::Notify::new());
-        let watching = {
+        let watch = || {
             let (app, seen) = (app.clone(), seen.clone());
             // Setting up the watch walks the tree's folders: blocking work.
             tokio::task::spawn_blocking(move || {
@@ -1004,10 +1004,8 @@ fn watch_files(policy: Arc<ReloadablePolicy>, app: Arc<App>) {
                 }
                 app.lakehouse.watch_contracts(move || seen.notify_one())
             })
-            .await
-            .ok()
-            .flatten()
         };
+        let mut watching = watch().await.ok().flatten();
         let mut polled = std::time::Instant::now();
         loop {
             #[cfg(unix)]
@@ -1041,6 +1039,13 @@ fn watch_files(policy: Arc<ReloadablePolicy>, app: Arc<App>) {
                 }
                 Ok(false) => {}
                 Err(e) => tracing::error!("policy reload failed, keeping the previous policy: {e}"),
+            }
+            // A contract folder replaced whole (a restore, a deployment swapping folders) is watched anew, which
+            // marks the tree for a look.
+            if watching.as_ref().is_some_and(|w| w.replaced()) {
+                tracing::info!("the contract folder was replaced; watching the new one");
+                drop(watching.take());
+                watching = watch().await.ok().flatten();
             }
             let look = forced
                 || watching.is_none()

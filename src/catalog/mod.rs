@@ -486,13 +486,13 @@ impl Lakehouse {
     /// files for the next [`Lakehouse::reload_contracts`] and calls `changed`. The watch lasts as long as the
     /// returned watcher; `None` when there is no contract folder or it cannot be watched (the caller then polls).
     /// The files are marked once when the watch starts, so a change made before it is looked for too. A watch can
-    /// miss changes (a network file system, a folder replaced whole): callers still poll now and then.
-    pub fn watch_contracts(
-        &self,
-        changed: impl Fn() + Send + 'static,
-    ) -> Option<notify::RecommendedWatcher> {
+    /// miss changes (on a network file system; in a folder put in the watched one's place, which
+    /// [`ContractsWatch::replaced`] tells): callers still look now and then.
+    pub fn watch_contracts(&self, changed: impl Fn() + Send + 'static) -> Option<ContractsWatch> {
         use notify::Watcher as _;
         let dir = self.contracts_dir()?;
+        // Taken before the watch starts: a folder put in its place meanwhile reads as replaced.
+        let folder = file_id(dir);
         let dirty = self.contracts_dirty.clone();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -519,7 +519,11 @@ impl Lakehouse {
         }
         self.contracts_dirty
             .store(true, std::sync::atomic::Ordering::Release);
-        Some(watcher)
+        Some(ContractsWatch {
+            _watcher: watcher,
+            folder,
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Asks the catalogs' own permission services (`[catalogs.authorization]`) besides Parley's policy.
@@ -768,6 +772,22 @@ struct Watched {
     /// [`WATCH_FOR`] in case a replacement cannot be told.
     file: Option<FileId>,
     opened: Instant,
+}
+
+/// A watch on the contract tree, from [`Lakehouse::watch_contracts`]; it ends when dropped.
+pub struct ContractsWatch {
+    _watcher: notify::RecommendedWatcher,
+    /// The watched folder's identity when the watch began.
+    folder: Option<FileId>,
+    dir: std::path::PathBuf,
+}
+
+impl ContractsWatch {
+    /// The watched folder was replaced or removed since the watch began (a restore, a deployment swapping folders):
+    /// the watch sees nothing of the folder now at its path, so the caller watches anew.
+    pub fn replaced(&self) -> bool {
+        file_id(&self.dir) != self.folder
+    }
 }
 
 /// How long one connection watches a SQL catalog before it is opened anew.
@@ -1201,7 +1221,7 @@ mod tests {
         lakehouse.ensure_contracts();
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = calls.clone();
-        let _watch = lakehouse
+        let watch = lakehouse
             .watch_contracts(move || {
                 counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             })
@@ -1252,6 +1272,19 @@ mod tests {
         marked("a file in a new folder");
         let (_, refused, _) = lakehouse.reload_contracts(false).expect("reloaded");
         assert_eq!(refused, 2);
+
+        // The folder replaced whole: the old watch says so, and a new one marks the tree.
+        assert!(!watch.replaced());
+        std::fs::rename(&contracts, dir.path().join("contracts.old")).unwrap();
+        std::fs::create_dir_all(contracts.join("ns")).unwrap();
+        std::fs::write(contracts.join("ns/a.yaml"), "new: tree\n").unwrap();
+        assert!(watch.replaced());
+        drop(watch);
+        lakehouse.reload_contracts(true);
+        assert!(!lakehouse.contracts_dirty());
+        let watch = lakehouse.watch_contracts(|| {}).expect("watched again");
+        assert!(!watch.replaced());
+        assert!(lakehouse.contracts_dirty());
     }
 
     #[tokio::test]
