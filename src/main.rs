@@ -979,16 +979,16 @@ async fn check_catalogs(config: &Config, dir: &DataDir, opened: &parley::catalog
     }
 }
 
-/// Reloads the policy and the contracts on SIGHUP and when their files change. The policy is looked at every 2 s.
-/// The contract tree (up to 100,000 files) is watched: it is looked at ~0.1 s after a change is seen, on SIGHUP,
-/// and every [`CONTRACTS_POLL`] in case the watch missed one; where it cannot be watched, every 2 s as the policy
-/// (and at most a twentieth of a core, see [`parley::catalog::Lakehouse::reload_contracts`]). A policy reload that fails is logged
-/// and the previous policy stays in force; a contract that no longer loads is logged and its table counts as
-/// unclassified, as at start-up.
 /// How often a watched contract tree is looked at anyway (a watch misses changes on network file systems; a
 /// folder replaced whole is noticed at the next 2 s tick and watched anew).
 const CONTRACTS_POLL: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Reloads the policy and the contracts on SIGHUP and when their files change. The policy is looked at every 2 s.
+/// The contract tree (up to 100,000 files) is watched: it is looked at ~0.1 s after a change is seen, on SIGHUP,
+/// and every [`CONTRACTS_POLL`] in case the watch missed one; where it cannot be watched, every 2 s as the policy
+/// (and at most a twentieth of a core, see [`parley::catalog::Lakehouse::reload_contracts`]). A policy reload
+/// that fails is logged and the previous policy stays in force; a contract that no longer loads is logged and its
+/// table counts as unclassified, as at start-up.
 fn watch_files(policy: Arc<ReloadablePolicy>, app: Arc<App>) {
     tokio::spawn(async move {
         #[cfg(unix)]
