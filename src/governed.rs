@@ -32,7 +32,8 @@ use iceberg::table::Table;
 /// How a column's values are hidden.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnMask {
-    /// A salted SHA-256 (hex): equal values stay equal (joins and counts work), values are not revealed.
+    /// A salted SHA-256 (hex): equal values stay equal (joins and counts work), values are not revealed. NULL stays
+    /// NULL (as `sha256(NULL)` is NULL in SQL), so masked NULLs neither join each other nor count as values.
     Hash,
     /// Replaced by `REDACTED` (strings) or NULL (other types).
     Redact,
@@ -81,13 +82,18 @@ fn governed_plan(base: Arc<dyn TableProvider>, governance: &Governance) -> Resul
         let column = ident(name.clone());
         let expr = match governance.masks.get(name) {
             None => column,
-            Some(ColumnMask::Hash) => encode(
+            // `concat` skips NULLs: without the CASE every NULL (and every empty string) would hash to one value.
+            Some(ColumnMask::Hash) => datafusion::logical_expr::when(
+                column.clone().is_null(),
+                lit(ScalarValue::Utf8(None)),
+            )
+            .otherwise(encode(
                 sha256(concat(vec![
                     lit(governance.salt.clone()),
                     cast(column, DataType::Utf8),
                 ])),
                 lit("hex"),
-            ),
+            ))?,
             Some(ColumnMask::Redact)
                 if matches!(
                     field.data_type(),
@@ -235,3 +241,44 @@ impl ExecutionPlan for SecurityBarrierExec {
 
 #[cfg(test)]
 mod differential;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, StringArray};
+    use datafusion::arrow::record_batch::RecordBatch;
+
+    /// A hashed NULL stays NULL; an empty string still hashes, apart from it.
+    #[tokio::test]
+    async fn a_hashed_null_stays_null() {
+        let values = StringArray::from(vec![Some("a"), None, Some(""), Some("a"), None]);
+        let batch = RecordBatch::try_from_iter(vec![("email", Arc::new(values) as _)]).unwrap();
+        let base =
+            datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
+        let governance = Governance {
+            columns: vec!["email".to_string()],
+            masks: [("email".to_string(), ColumnMask::Hash)].into(),
+            row_filter: None,
+            salt: "s".to_string(),
+        };
+        let plan = governed_plan(Arc::new(base), &governance).unwrap();
+        let ctx = datafusion::prelude::SessionContext::new();
+        let batches = ctx
+            .execute_logical_plan(plan)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let column =
+            datafusion::arrow::compute::cast(batches[0].column(0), &DataType::Utf8).unwrap();
+        let hashed = column.as_any().downcast_ref::<StringArray>().unwrap();
+        let got: Vec<Option<&str>> = hashed.iter().collect();
+        assert_eq!(got[1], None);
+        assert_eq!(got[4], None);
+        assert_eq!(got[0], got[3]);
+        let empty = got[2].expect("an empty string hashes");
+        assert_eq!(empty.len(), 64);
+        assert_ne!(got[0], got[2]);
+    }
+}
