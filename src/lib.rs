@@ -11,6 +11,7 @@ pub mod audit;
 pub mod benchdata;
 pub mod bounded;
 pub mod catalog;
+pub mod checked;
 pub mod clock;
 pub mod column_cache;
 pub mod compat;

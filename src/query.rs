@@ -612,6 +612,8 @@ impl Engine {
             // Leaves hand over batches of at most the batch size, which large literals shrink.
             .with_physical_optimizer_rule(Arc::new(crate::bounded::SmallBatches))
             .build();
+        // Integer arithmetic and sums fail on overflow instead of wrapping (see `checked`).
+        crate::checked::install(&mut base).map_err(|e| QueryError::Execution(e.to_string()))?;
         // Functions that can build values far larger than their input are refused before they allocate, and what
         // they build is charged to the memory pool; `||` becomes such a function (see `bounded`).
         for f in crate::bounded::bounded_aggregates(base.aggregate_functions(), &charge) {
@@ -1034,6 +1036,10 @@ fn classify(e: DataFusionError, limits: &QueryLimits) -> QueryError {
         };
     }
     match root {
+        // An overflow found while folding constants at planning reads as one found while running.
+        DataFusionError::Execution(text) if text.starts_with(crate::checked::OVERFLOW) => {
+            QueryError::Execution(text.clone())
+        }
         DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
         | DataFusionError::SQL(..)

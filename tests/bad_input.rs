@@ -36,6 +36,15 @@ async fn bad_sql_and_forbidden_statements_are_clear_tool_errors() {
         ("SELECT 1; SELECT 2", "exactly one"),
         ("SELECT * FROM information_schema.tables", "not found"),
         ("", "empty"),
+        // Integer overflow fails instead of wrapping, and says how to widen.
+        (
+            "SELECT CAST(product_id AS BIGINT) * 9223372036854775807 FROM sales.products",
+            "integer overflow: `*` does not fit BIGINT",
+        ),
+        (
+            "SELECT sum(product_id + 9223372036854775000) FROM sales.products",
+            "integer overflow: sum does not fit BIGINT",
+        ),
     ];
     for (sql, expected) in cases {
         let e = err(&call(&client, "query", json!({"sql": sql})).await);
@@ -69,11 +78,11 @@ async fn bad_sql_and_forbidden_statements_are_clear_tool_errors() {
     .await);
     assert_eq!(q["rows"][0][0], 500);
     client.cancel().await.unwrap();
-    // One audit record per call (15 SQL cases + 6 malformed + 2 others + the healthy one), errors included.
+    // One audit record per call (17 SQL cases + 6 malformed + 2 others + the healthy one), errors included.
     let audit = lake.audit();
-    assert_eq!(audit.len(), 15 + 6 + 2 + 1);
+    assert_eq!(audit.len(), 17 + 6 + 2 + 1);
     assert!(
-        audit[..21].iter().all(|r| r["decision"] != "allowed"),
+        audit[..23].iter().all(|r| r["decision"] != "allowed"),
         "{audit:#?}"
     );
     assert_eq!(audit[0]["sql"], "SELEC * FRM sales.orders");
