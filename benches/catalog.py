@@ -73,6 +73,10 @@ def main():
     print(f"initialize answered        {time.perf_counter() - t0:8.2f} s after start")
     p.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
     p.stdin.flush()
+    if not os.environ.get("NO_TOOLS_LIST"):
+        # What a client asks right after initializing.
+        tools = call("tools/list", {})
+        print(f"tools/list answered        {time.perf_counter() - t0:8.2f} s  ({len(tools['tools'])} tools)")
     first = list_tables({})
     print(f"first list_tables answered {time.perf_counter() - t0:8.2f} s  ({len(first['tables'])} tables, total {first.get('total')})")
     while True:

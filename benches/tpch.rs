@@ -38,7 +38,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_parley");
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// `(id, kind, SQL)`.
-const QUERIES: [(&str, &str, &str); 11] = [
+const QUERIES: [(&str, &str, &str); 12] = [
     ("q1", "tpch", include_str!("queries/q1.sql")),
     ("q3", "tpch", include_str!("queries/q3.sql")),
     ("q5", "tpch", include_str!("queries/q5.sql")),
@@ -58,6 +58,8 @@ const QUERIES: [(&str, &str, &str); 11] = [
         "agent",
         include_str!("queries/small_groupby.sql"),
     ),
+    // Integer arithmetic and sum: what checking them for overflow costs (raw DataFusion wraps).
+    ("int_sum", "checked", include_str!("queries/int_sum.sql")),
 ];
 
 /// The memory-test query: a group-by with one group per order (1.5 million at SF 1), far heavier than Q1.

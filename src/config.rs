@@ -31,6 +31,10 @@ pub struct Config {
     /// a change raises no event (NFS and some other network or FUSE file systems): a watched tree is otherwise
     /// only looked at every 60 s. Env: `PARLEY_WATCH_CONTRACTS`. Default: true.
     pub watch_contracts: bool,
+    /// How long `tools/list` waits to learn whether its caller owns a table (a policy decision per table with a
+    /// contract for one who owns none: seconds on 100,000 tables) before answering without the owners' tools; the
+    /// session is told when its list changes. In milliseconds. Env: `PARLEY_TOOLS_LIST_WAIT_MS`. Default: 250.
+    pub tools_list_wait_ms: u64,
     /// The audit log.
     pub audit: AuditSettings,
     /// Bearer-token validation on streamable HTTP.
@@ -396,6 +400,7 @@ impl Default for Config {
             list_page_size: 50,
             catalog_cache_ttl_ms: 2000,
             watch_contracts: true,
+            tools_list_wait_ms: 250,
             audit: AuditSettings::default(),
             auth: AuthSettings::default(),
             negotiation: NegotiationSettings::default(),
@@ -541,6 +546,11 @@ impl Config {
             &mut self.catalog_cache_ttl_ms,
         )?;
         num("PARLEY_WATCH_CONTRACTS", &get, &mut self.watch_contracts)?;
+        num(
+            "PARLEY_TOOLS_LIST_WAIT_MS",
+            &get,
+            &mut self.tools_list_wait_ms,
+        )?;
         if let Some(p) = get("PARLEY_PRINCIPAL") {
             self.principal = p;
         }
@@ -630,6 +640,7 @@ mod tests {
         assert_eq!(example.audit.rotate_bytes, default.audit.rotate_bytes);
         assert_eq!(example.catalog_cache_ttl_ms, default.catalog_cache_ttl_ms);
         assert_eq!(example.list_page_size, default.list_page_size);
+        assert_eq!(example.tools_list_wait_ms, default.tools_list_wait_ms);
         assert_eq!(example.output_schemas, default.output_schemas);
         assert_eq!(example.catalog_name, default.catalog_name);
         assert_eq!(example.catalogs, default.catalogs);

@@ -565,6 +565,9 @@ struct Slot {
 struct Pending {
     path: PathBuf,
     forms: Arc<RememberedForms>,
+    /// For a file never validated (see [`presumed_key`]): the contracts folder and the table the load presumed it
+    /// governs, undated. The contract read must govern exactly that table, undated, or it counts as refused.
+    presumed: Option<(PathBuf, String)>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -601,6 +604,17 @@ impl Pending {
                 .map_err(|e| tracing::warn!("{e}"))
                 .ok()?,
         };
+        if let Some((root, key)) = &self.presumed {
+            let actual = table_key(root, &self.path, &contract);
+            if actual != *key || contract.effective_from().is_some() {
+                tracing::warn!(
+                    "{} governs {actual}, not {key} as read from its text before validating it; it counts as \
+                     refused until the contract files are read again",
+                    self.path.display()
+                );
+                return None;
+            }
+        }
         Some(LoadedContract { contract, yaml })
     }
 }
@@ -614,6 +628,8 @@ pub struct ContractStore {
     pub files: FilesState,
     /// Contracts that failed to load, with the reason; reported, never used.
     pub rejected: Vec<String>,
+    /// How many files were taken unvalidated ([`ContractStore::load_presuming`]); validated when first needed.
+    pub presumed: usize,
 }
 
 impl ContractStore {
@@ -629,6 +645,20 @@ impl ContractStore {
     /// digest, table and date are remembered: a file unchanged since is not read at all until a call needs its
     /// contract. Both are rewritten when this load found anything new or dropped anything old.
     pub fn load_cached(dir: &Path, cache: Option<&Path>) -> ContractStore {
+        ContractStore::load_with(dir, cache, false)
+    }
+
+    /// [`ContractStore::load_cached`] for a server's first start on a contract tree: a file neither the cache
+    /// vouches for nor validated before is not parsed and validated now (100,000 took 6-8 s) but taken for the
+    /// table its text names ([`presumed_key`]), and validated when a call first needs it. Whatever it turns out
+    /// to be — invalid, or governing another table — it then counts as refused (its table unclassified, the
+    /// restrictive default), never as another contract. `presumed` counts such files: a load that validates
+    /// (`load_cached`) should follow soon, to report refusals and remember the contracts for the next start.
+    pub fn load_presuming(dir: &Path, cache: Option<&Path>) -> ContractStore {
+        ContractStore::load_with(dir, cache, cache.is_some())
+    }
+
+    fn load_with(dir: &Path, cache: Option<&Path>, presume: bool) -> ContractStore {
         let mut store = ContractStore::default();
         let mut files = Vec::new();
         collect_yaml(dir, &mut files);
@@ -647,7 +677,7 @@ impl ContractStore {
         let read = crate::parallel::filter_map_chunks(&files, 256, "loading contracts", |path| {
             // The file's state is taken before its text: a change in between is seen by the next check.
             let stamp = FileStamp::of(path);
-            let loaded = load_file(dir, path, stamp, &remembered, &index, remember);
+            let loaded = load_file(dir, path, stamp, &remembered, &index, remember, presume);
             Some(((path.clone(), stamp), loaded))
         });
         // Remember what validated now, forget texts no file holds any more.
@@ -655,6 +685,7 @@ impl ContractStore {
         let mut new = Vec::new();
         let mut entries = Vec::new();
         let mut unread = 0;
+        let mut presumed = 0;
         let mut state = Vec::with_capacity(read.len());
         let read: Vec<_> = read
             .into_iter()
@@ -667,6 +698,7 @@ impl ContractStore {
                         Remembered::New(_, None) => {}
                     }
                     unread += usize::from(file.unread);
+                    presumed += usize::from(file.presumed);
                     entries.extend(file.entry);
                     (file.key, file.version)
                 })
@@ -685,6 +717,7 @@ impl ContractStore {
             FileIndex::write(&path, dir, checked_at, &entries);
         }
         store.files = FilesState(state);
+        store.presumed = presumed;
         for result in read {
             match result {
                 Ok((key, version)) => {
@@ -802,15 +835,11 @@ enum Remembered {
 fn read_contract_cached(
     root: &Path,
     path: &Path,
+    yaml: String,
+    digest: [u8; 32],
     cache: &ValidatedCache,
     remember: bool,
 ) -> Result<(String, Contract, String, Remembered), ContractError> {
-    use sha2::Digest as _;
-    let yaml = std::fs::read_to_string(path).map_err(|source| ContractError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let digest: [u8; 32] = sha2::Sha256::digest(yaml.as_bytes()).into();
     // A remembered form that no longer reads (a damaged cache) is validated again, as a new text is.
     if let Some(contract) = cache
         .get(&digest)
@@ -837,10 +866,12 @@ struct LoadedFile {
     entry: Option<(String, FileEntry)>,
     /// Whether it was taken from the [`FileIndex`] unread.
     unread: bool,
+    /// Whether it was taken unvalidated, for the table its text names ([`presumed_key`]).
+    presumed: bool,
 }
 
 /// Loads one contract file: unread when the [`FileIndex`] vouches for it and its typed form is remembered, else
-/// read (and validated unless its text was validated before).
+/// read (and validated unless its text was validated before, or `presume` lets [`presumed_key`] name its table).
 fn load_file(
     root: &Path,
     path: &Path,
@@ -848,6 +879,7 @@ fn load_file(
     cache: &ValidatedCache,
     index: &FileIndex,
     remember: bool,
+    presume: bool,
 ) -> Result<LoadedFile, ContractError> {
     let relative = path
         .strip_prefix(root)
@@ -868,14 +900,44 @@ fn load_file(
                 Err(Pending {
                     path: path.to_path_buf(),
                     forms: cache.forms.clone(),
+                    presumed: None,
                 }),
             ),
             remembered: Remembered::Known(entry.digest),
             entry: Some((relative.clone(), entry.clone())),
             unread: true,
+            presumed: false,
         });
     }
-    let (key, contract, yaml, remembered) = read_contract_cached(root, path, cache, remember)?;
+    use sha2::Digest as _;
+    let yaml = std::fs::read_to_string(path).map_err(|source| ContractError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let digest: [u8; 32] = sha2::Sha256::digest(yaml.as_bytes()).into();
+    if presume
+        && !cache.forms.entries.contains_key(&digest)
+        && let Some(key) = presumed_key(root, path, &yaml)
+    {
+        return Ok(LoadedFile {
+            version: Version::new(
+                None,
+                digest,
+                Err(Pending {
+                    path: path.to_path_buf(),
+                    forms: cache.forms.clone(),
+                    presumed: Some((root.to_path_buf(), key.clone())),
+                }),
+            ),
+            key,
+            remembered: Remembered::New(digest, None),
+            entry: None,
+            unread: false,
+            presumed: true,
+        });
+    }
+    let (key, contract, yaml, remembered) =
+        read_contract_cached(root, path, yaml, digest, cache, remember)?;
     let digest = match &remembered {
         Remembered::Known(d) | Remembered::New(d, _) => *d,
     };
@@ -898,6 +960,7 @@ fn load_file(
         remembered,
         entry,
         unread: false,
+        presumed: false,
     })
 }
 
@@ -1375,6 +1438,114 @@ pub fn validate(path: &Path) -> Vec<Validated> {
     }
 }
 
+/// The table a contract file's text names, read without parsing it: the first `physicalName` of the objects in
+/// its top-level `schema` list, else its place under `root` — as [`table_key`] finds it once the file is parsed,
+/// for the plain block style contracts are written in. `None` (the file is then validated at once) for a text
+/// this does not read with confidence: another style for `schema`, a `physicalName` value that is not a plain
+/// or simply quoted scalar, escapes, tabs, several documents — or one that may date its version
+/// ([`EFFECTIVE_FROM`]), since a date decides which version is in force. A wrong guess is still caught:
+/// [`Pending`] compares it with the parsed contract.
+fn presumed_key(root: &Path, path: &Path, yaml: &str) -> Option<String> {
+    if yaml.contains(['\\', '\t']) || yaml.contains(EFFECTIVE_FROM) {
+        return None;
+    }
+    let uncommented = |text: &str| -> String {
+        match text.find(" #") {
+            Some(i) => text[..i].trim_end().to_string(),
+            None => text.trim_end().to_string(),
+        }
+    };
+    let mut in_schema = false;
+    let mut seen_schema = false;
+    // The column of the list's dashes, and of the keys of the object being read.
+    let mut dash: Option<usize> = None;
+    let mut keys = 0;
+    for line in yaml.lines() {
+        let content = line.trim_start_matches(' ');
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        if line.starts_with("---") || line.starts_with("...") || line.starts_with('%') {
+            return None;
+        }
+        let indent = line.len() - content.len();
+        let item = content == "-" || content.starts_with("- ");
+        if indent == 0 && !item {
+            // A top-level key ends the schema list.
+            if in_schema {
+                break;
+            }
+            if uncommented(content) == "schema:" {
+                in_schema = true;
+                seen_schema = true;
+            }
+            continue;
+        }
+        if !in_schema {
+            continue;
+        }
+        let key_line = if item {
+            match dash {
+                None => dash = Some(indent),
+                Some(d) if d != indent => {
+                    if indent < d {
+                        return None;
+                    }
+                    // A dash deeper in: a nested list.
+                    continue;
+                }
+                Some(_) => {}
+            }
+            let rest = content[1..].trim_start_matches(' ');
+            keys = line.len() - rest.len();
+            if rest.is_empty() {
+                return None;
+            }
+            rest
+        } else {
+            match dash {
+                Some(d) if indent > d && indent == keys => content,
+                Some(d) if indent > d => continue,
+                // Something other than a list under `schema`.
+                _ => return None,
+            }
+        };
+        if key_line.starts_with(['?', '<', '&', '!', '*', '{', '[', '"', '\'']) {
+            return None;
+        }
+        if let Some(value) = key_line.strip_prefix("physicalName:") {
+            let value = uncommented(value.trim_start_matches(' '));
+            let unquoted = match value.chars().next() {
+                Some(q @ ('\'' | '"')) => {
+                    let inner = value.strip_prefix(q)?.strip_suffix(q)?;
+                    if inner.contains(q) {
+                        return None;
+                    }
+                    inner.to_string()
+                }
+                // A plain scalar (not null, which would leave the table to the file's place).
+                Some(c)
+                    if !"&*!|>[]{}@`%#,~".contains(c)
+                        && !value.contains(": ")
+                        && !value.eq_ignore_ascii_case("null") =>
+                {
+                    value
+                }
+                _ => return None,
+            };
+            if unquoted.is_empty() {
+                return None;
+            }
+            return Some(unquoted);
+        }
+    }
+    // No `physicalName` read: the place in the tree decides, unless the text names one in a way not read above.
+    if (!seen_schema && yaml.contains("schema")) || yaml.contains("physicalName") {
+        return None;
+    }
+    Some(table_key_from_path(root, path))
+}
+
 fn table_key_from_path(root: &Path, path: &Path) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path).with_extension("");
     let mut parts: Vec<String> = rel
@@ -1549,6 +1720,165 @@ mod tests {
                 (t.to_string(), versions)
             })
             .collect()
+    }
+
+    /// The table read from a contract's text without parsing it is the one parsing finds, for the block style
+    /// contracts are written in; any other style, or a text that may date its version, is left to validation.
+    #[test]
+    fn the_table_a_contract_names_is_read_from_its_text_only_when_that_is_certain() {
+        let root = Path::new("/c");
+        let path = Path::new("/c/ns/file.yaml");
+        let head = "apiVersion: v3.1.0\nkind: DataContract\nid: x\n";
+        let presumed = |body: &str| presumed_key(root, path, &format!("{head}{body}"));
+        let named = |body: &str, table: &str| {
+            assert_eq!(presumed(body).as_deref(), Some(table), "{body}");
+        };
+        named(
+            "schema:\n  - name: t\n    physicalName: sales.orders\n",
+            "sales.orders",
+        );
+        named(
+            "schema:\n- name: t\n  physicalName: a.b # the table\n",
+            "a.b",
+        );
+        named("schema:\n  - physicalName: 'q.t'\n    name: t\n", "q.t");
+        named(
+            "schema:\n  -   name: t\n      physicalName: \"d.t\"\n",
+            "d.t",
+        );
+        // The first object that has one; a property's own physicalName is not the table's.
+        named(
+            "schema:\n  - name: a\n    properties:\n      - name: c\n        physicalName: col\n  - name: b\n    \
+             physicalName: second.one\n",
+            "second.one",
+        );
+        // No physicalName at all: the file's place in the tree.
+        named(
+            "schema:\n  - name: t\n    properties: []\ndescription: x\n",
+            "ns.file",
+        );
+        named("description: nothing else\n", "ns.file");
+        for body in [
+            // Another style, or a value that is not a plain scalar.
+            "schema: [{name: t, physicalName: a.b}]\n",
+            "schema:\n  - {name: t, physicalName: a.b}\n",
+            "\"schema\":\n  - name: t\n    physicalName: a.b\n",
+            "schema:\n  - name: t\n    \"physicalName\": a.b\n",
+            "schema:\n  - name: t\n    physicalName: *alias\n",
+            "schema:\n  - name: t\n    physicalName: &a a.b\n",
+            "schema:\n  - name: t\n    physicalName: |\n      a.b\n",
+            "schema:\n  - name: t\n    physicalName:\n",
+            "schema:\n  - name: t\n    physicalName: null\n",
+            "schema:\n  - name: t\n    physicalName: ~\n",
+            "schema:\n  - name: t\n    physicalName: 'it''s'\n",
+            "schema:\n  - name: t\n    <<: *defaults\n",
+            "schema:\n  - name: t\n    ? physicalName\n    : a.b\n",
+            "schema:\n  name: t\n  physicalName: a.b\n",
+            // Only a property names a physicalName: validated, as the rule above cannot see all of it.
+            "schema:\n  - name: t\n    properties:\n      - name: c\n        physicalName: col\n",
+            // Escapes, tabs, documents, a date.
+            "schema:\n  - name: t\n    physicalName: \"a\\x2eb\"\n",
+            "schema:\n  - name: t\n\tphysicalName: a.b\n",
+            "---\nschema:\n  - name: t\n    physicalName: a.b\n",
+            "schema:\n  - name: t\n    physicalName: a.b\ncustomProperties:\n  - property: effectiveFrom\n    \
+             value: 2026-01-01T00:00:00Z\n",
+        ] {
+            assert_eq!(presumed(body), None, "{body}");
+        }
+    }
+
+    /// A first start takes the contract files it never validated for the table their text names, and validates
+    /// each when a call first needs it: it then governs exactly what a validating load finds; one that does not
+    /// validate, or that governs another table than its text seemed to name, counts as refused (its table
+    /// unclassified), never as another contract. The presuming load remembers nothing; the validating load
+    /// that follows remembers all, and the next start presumes nothing.
+    #[test]
+    fn a_first_start_validates_contracts_when_first_needed_and_a_wrong_guess_counts_as_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let contracts = dir.path().join("contracts");
+        for (name, text) in crate::demo::CONTRACTS {
+            let path = contracts.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+        }
+        let (_, orders) = crate::demo::CONTRACTS
+            .iter()
+            .find(|(name, _)| name.ends_with("orders.yaml"))
+            .unwrap();
+        std::fs::create_dir_all(contracts.join("extra")).unwrap();
+        // Does not validate (an unknown key), under a name of its own.
+        std::fs::write(
+            contracts.join("extra/broken.yaml"),
+            format!(
+                "{}\nfavouriteColour: blue\n",
+                orders.replace("physicalName: sales.orders", "physicalName: extra.broken")
+            ),
+        )
+        .unwrap();
+        // A quoted description spanning lines, one of which reads like a physicalName: the text seems to name
+        // `extra.decoy`, the contract governs `extra.real`.
+        let fooled = orders.replace(
+            "    physicalName: sales.orders\n",
+            "    description: \"spans\n    physicalName: extra.decoy\n    lines\"\n    physicalName: extra.real\n",
+        );
+        assert_ne!(fooled, *orders);
+        let fooled = fooled.replacen("    description: One row per order.\n", "", 1);
+        std::fs::write(contracts.join("extra/fooled.yaml"), &fooled).unwrap();
+        let plain = ContractStore::load(&contracts);
+        assert_eq!(plain.rejected.len(), 1, "{:?}", plain.rejected);
+        assert!(plain.get("extra.real").is_some(), "the decoy is valid YAML");
+        assert!(plain.get("extra.decoy").is_none());
+
+        let cache = dir.path().join("cache/validated");
+        std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
+        let first = ContractStore::load_presuming(&contracts, Some(&cache));
+        assert_eq!(first.presumed, crate::demo::CONTRACTS.len() + 2);
+        assert!(first.rejected.is_empty());
+        for table in first.tables() {
+            assert!(
+                first.versions(table).iter().all(Version::is_pending),
+                "{table}"
+            );
+        }
+        // Valid contracts read as a validating load reads them.
+        for table in plain.tables() {
+            if table != "extra.real" {
+                assert_eq!(
+                    first.get(table).map(|c| c.yaml.clone()),
+                    plain.get(table).map(|c| c.yaml.clone()),
+                    "{table}"
+                );
+            }
+        }
+        // The invalid one and the wrong guess count as refused; the table the decoy really governs is, until the
+        // next load, without its contract (unclassified).
+        assert!(first.get("extra.broken").is_none());
+        assert!(first.get("extra.decoy").is_none());
+        assert!(first.get("extra.real").is_none());
+        assert_eq!(
+            std::fs::read_dir(cache.parent().unwrap()).unwrap().count(),
+            0,
+            "nothing remembered before validating"
+        );
+
+        let full = ContractStore::load_cached(&contracts, Some(&cache));
+        assert_eq!(contents(&full), contents(&plain));
+        assert_eq!(full.rejected, plain.rejected);
+        let next = ContractStore::load_presuming(&contracts, Some(&cache));
+        assert_eq!(
+            next.presumed, 1,
+            "every valid file is vouched for; the invalid one is read again"
+        );
+        for table in plain.tables() {
+            assert_eq!(
+                next.get(table).map(|c| c.yaml.clone()),
+                plain.get(table).map(|c| c.yaml.clone()),
+                "{table}"
+            );
+        }
+        assert!(next.get("extra.broken").is_none());
+        // Without a cache (a plain load) nothing is presumed.
+        assert_eq!(ContractStore::load_presuming(&contracts, None).presumed, 0);
     }
 
     /// Edits the typed form `cache` remembers for `text` to name another version.

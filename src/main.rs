@@ -807,7 +807,9 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
     // The contracts are read on a thread of their own: `initialize` is answered at once, and a call that needs
     // them waits for this first read.
     let loader = app.clone();
+    let runtime = tokio::runtime::Handle::current();
     std::thread::spawn(move || {
+        let _runtime = runtime.enter();
         let started = std::time::Instant::now();
         if let Some((loaded, refused)) = loader.lakehouse.ensure_contracts() {
             tracing::info!(
@@ -816,6 +818,21 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "contracts loaded"
             );
+        }
+        // Contracts taken unvalidated (a first start) are validated now, all of them, and remembered for the next
+        // start; refused ones are named, and the sessions of tables whose contract turned out otherwise told.
+        if loader.lakehouse.contracts().presumed > 0 {
+            let started = std::time::Instant::now();
+            if let Some((loaded, refused, changed)) = loader.lakehouse.reload_contracts(false) {
+                tracing::info!(
+                    contracts = loaded,
+                    refused,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "contracts validated"
+                );
+                loader.sessions.contracts_changed(&changed);
+                loader.refresh_tool_lists();
+            }
         }
     });
     watch_files(policy, app.clone());
@@ -1083,7 +1100,7 @@ fn watch_files(policy: Arc<ReloadablePolicy>, app: Arc<App>) {
             }
             if changed_any {
                 // Who owns a table may have changed: sessions whose tool list no longer fits are told.
-                app.sessions.refresh_tool_lists(|p| app.owns_a_table(p));
+                app.refresh_tool_lists();
             }
         }
     });

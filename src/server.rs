@@ -94,7 +94,7 @@ pub struct App {
     /// Quality evaluations running, breaches told.
     pub monitor: QualityMonitor,
     /// Whether a principal owns a table, per policy version and contract set (see [`App::owns_a_table`]).
-    pub owners: moka::sync::Cache<String, bool>,
+    pub owners: Owners,
 }
 
 pub use quality::Monitor as QualityMonitor;
@@ -104,9 +104,12 @@ pub type GrantsHint =
     moka::sync::Cache<String, (std::time::Instant, u64, Arc<Vec<crate::negotiation::Grant>>)>;
 
 /// An empty cache for [`App::owners`], for [`MAX_DISCOVERY_ENTRIES`] principals.
-pub fn owners_cache() -> moka::sync::Cache<String, bool> {
+pub fn owners_cache() -> Owners {
     moka::sync::Cache::new(MAX_DISCOVERY_ENTRIES)
 }
+
+/// Whether a principal owns a table, by principal, policy version and contract set: found once, however many ask.
+pub type Owners = moka::sync::Cache<String, Arc<tokio::sync::OnceCell<bool>>>;
 
 /// An empty [`GrantsHint`] for [`MAX_DISCOVERY_ENTRIES`] principals.
 pub fn grants_hint() -> GrantsHint {
@@ -301,31 +304,89 @@ impl ParleyServer {
 }
 
 impl App {
-    /// Whether `principal` owns a table — may `decide_request` on the lakehouse or on a table with a contract —
-    /// remembered per principal, policy version and contract set.
-    pub fn owns_a_table(&self, principal: &crate::identity::Principal) -> bool {
-        let key = format!(
+    fn owner_key(&self, principal: &crate::identity::Principal) -> String {
+        format!(
             "{}|{}|{principal:?}",
             self.gate.policy_version(),
             self.lakehouse.contracts_version()
-        );
-        if let Some(owner) = self.owners.get(&key) {
-            return owner;
-        }
-        let owner = self
+        )
+    }
+
+    /// Whether `principal` owns a table, when that is already known for the policy and contracts in force.
+    pub fn owns_a_table_known(&self, principal: &crate::identity::Principal) -> Option<bool> {
+        self.owners.get(&self.owner_key(principal))?.get().copied()
+    }
+
+    /// Whether `principal` owns a table — may `decide_request` on the lakehouse or on a table with a contract —
+    /// remembered per principal, policy version and contract set. Found once however many ask at once, on
+    /// blocking threads (the tables spread over the cores, stopping at the first one owned), never on the
+    /// threads answering MCP.
+    pub async fn owns_a_table(self: &Arc<Self>, principal: &crate::identity::Principal) -> bool {
+        let cell = self
+            .owners
+            .get_with(self.owner_key(principal), Default::default);
+        let (app, principal) = (self.clone(), principal.clone());
+        *cell
+            .get_or_init(|| async move {
+                tokio::task::spawn_blocking(move || app.find_owned_table(&principal))
+                    .await
+                    .unwrap_or_else(|e| {
+                        // Fails closed: no owners' tools, no publishing.
+                        tracing::error!("finding whether a principal owns a table failed: {e}");
+                        false
+                    })
+            })
+            .await
+    }
+
+    /// [`App::owns_a_table`]'s work.
+    fn find_owned_table(&self, principal: &crate::identity::Principal) -> bool {
+        if self
             .gate
             .may(principal, Action::DecideRequest, &Resource::Lakehouse)
-            || self.lakehouse.contracts().tables().any(|t| {
-                crate::catalog::TableName::parse(t).is_ok_and(|name| {
-                    self.gate.may(
-                        principal,
-                        Action::DecideRequest,
-                        &Resource::Table(self.lakehouse.facts_of_listed(&name)),
-                    )
-                })
+        {
+            return true;
+        }
+        let contracts = self.lakehouse.contracts();
+        let tables: Vec<&str> = contracts.tables().collect();
+        let found = std::sync::atomic::AtomicBool::new(false);
+        crate::parallel::filter_map_chunks(&tables, 256, "finding an owned table", |t| {
+            if found.load(std::sync::atomic::Ordering::Relaxed) {
+                return None;
+            }
+            let owns = crate::catalog::TableName::parse(t).is_ok_and(|name| {
+                self.gate.may(
+                    principal,
+                    Action::DecideRequest,
+                    &Resource::Table(self.lakehouse.facts_of_listed(&name)),
+                )
             });
-        self.owners.insert(key, owner);
-        owner
+            if owns {
+                found.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            None::<()>
+        });
+        found.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Tells each session whose tool list no longer fits its caller (owners' tools listed or not) that it changed,
+    /// after a reload or a decision. Where whether a caller owns a table is not known for the policy and contracts
+    /// now in force, it is found first, apart, and the sessions told then.
+    pub fn refresh_tool_lists(self: &Arc<Self>) {
+        let unknown = self
+            .sessions
+            .refresh_tool_lists(|p| self.owns_a_table_known(p));
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for principal in unknown {
+            let app = self.clone();
+            runtime.spawn(async move {
+                app.owns_a_table(&principal).await;
+                app.sessions
+                    .refresh_tool_lists(|p| app.owns_a_table_known(p));
+            });
+        }
     }
 }
 
@@ -547,7 +608,33 @@ impl ServerHandler for ParleyServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ListToolsResult, ErrorData> {
         let principal = self.principal(&ctx);
-        let owner = self.app.owns_a_table(&principal);
+        let owner = match self.app.owns_a_table_known(&principal) {
+            Some(owner) => owner,
+            None => {
+                let app = self.app.clone();
+                let mut found = tokio::spawn(async move { app.owns_a_table(&principal).await });
+                let wait = std::time::Duration::from_millis(self.app.config.tools_list_wait_ms);
+                // A wait of 0 does not look at all (the answer is then always the later notification).
+                let known = match wait.is_zero() {
+                    true => None,
+                    false => tokio::time::timeout(wait, &mut found).await.ok(),
+                };
+                match known {
+                    Some(owner) => owner.unwrap_or(false),
+                    None => {
+                        // Listed without the owners' tools (recorded before the finding can compare with it);
+                        // once known, the session is told if its caller owns a table after all.
+                        self.session.listed_as_owner(false);
+                        let app = self.app.clone();
+                        tokio::spawn(async move {
+                            _ = found.await;
+                            app.refresh_tool_lists();
+                        });
+                        false
+                    }
+                }
+            }
+        };
         self.session.listed_as_owner(owner);
         let full = self.app.config.output_schemas;
         let tools = self

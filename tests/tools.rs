@@ -185,6 +185,57 @@ async fn an_analyst_lists_what_it_can_use_within_a_small_context() {
     client.cancel().await.unwrap();
 }
 
+/// Whether the caller owns a table takes a policy decision per table for one who owns none (seconds on 100,000
+/// tables), so `tools/list` answers without the owners' tools when it does not know in time
+/// (`tools_list_wait_ms`; 0 here: never in time): an owner's session is then told the list changed, and its next
+/// list has the owners' tools; an analyst's session is told nothing, as its list was right.
+#[tokio::test]
+async fn a_tool_list_answered_before_ownership_is_known_is_corrected_by_a_notification() {
+    use rmcp::ServiceExt;
+    use rmcp::service::NotificationContext;
+    use rmcp::transport::ConfigureCommandExt;
+    use rmcp::{ClientHandler, RoleClient};
+
+    #[derive(Clone)]
+    struct Ears(tokio::sync::mpsc::UnboundedSender<()>);
+    impl ClientHandler for Ears {
+        async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+            let _ = self.0.send(());
+        }
+    }
+
+    let lake = Lake::new();
+    let mut listed = Vec::new();
+    for principal in ["sales-owner", "analyst"] {
+        let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+        let transport =
+            rmcp::transport::TokioChildProcess::builder(lake.command().configure(|cmd| {
+                cmd.args(["serve", "--principal", principal])
+                    .env("PARLEY_TOOLS_LIST_WAIT_MS", "0");
+            }))
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap()
+            .0;
+        let client = Ears(tx).serve(transport).await.unwrap();
+        let names = |tools: Vec<rmcp::model::Tool>| -> Vec<String> {
+            tools.iter().map(|t| t.name.to_string()).collect()
+        };
+        let first = names(client.list_all_tools().await.unwrap());
+        assert!(!first.iter().any(|n| n == "decide_request"), "{first:?}");
+        let told = tokio::time::timeout(std::time::Duration::from_secs(5), heard.recv())
+            .await
+            .is_ok();
+        let next = names(client.list_all_tools().await.unwrap());
+        listed.push((principal, told, next.iter().any(|n| n == "decide_request")));
+        client.cancel().await.unwrap();
+    }
+    assert_eq!(
+        listed,
+        [("sales-owner", true, true), ("analyst", false, false)]
+    );
+}
+
 #[tokio::test]
 async fn analyst_lists_discovers_and_queries() {
     let lake = Lake::new();

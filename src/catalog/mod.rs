@@ -254,6 +254,9 @@ pub struct Lakehouse {
     contracts_checked: Mutex<Option<(Instant, std::time::Duration)>>,
     /// A watch saw the contract files change since they were last looked at (see [`Lakehouse::watch_contracts`]).
     contracts_dirty: Arc<std::sync::atomic::AtomicBool>,
+    /// The contracts in force were partly taken unvalidated ([`ContractStore::load_presuming`]): the next
+    /// [`Lakehouse::reload_contracts`] reads them all, validating.
+    contracts_presumed: std::sync::atomic::AtomicBool,
     /// Where validated contracts are remembered across restarts, if anywhere.
     contract_cache: Option<std::path::PathBuf>,
     /// Set once the contract files were first read (see [`Lakehouse::ensure_contracts`]).
@@ -334,6 +337,7 @@ impl Lakehouse {
             contract_cache: None,
             contracts_checked: Mutex::new(None),
             contracts_dirty: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            contracts_presumed: std::sync::atomic::AtomicBool::new(false),
             contracts_loaded: std::sync::OnceLock::new(),
         }
     }
@@ -381,12 +385,27 @@ impl Lakehouse {
     }
 
     /// Reads the contract files the first time it is called (every later call, and every reader meanwhile, waits
-    /// for that read to finish); `Some((contracts loaded, refused))` for the call that read them.
+    /// for that read to finish); `Some((contracts loaded, refused))` for the call that read them. With a cache
+    /// of validated contracts, files it does not know are taken for the table their text names and validated
+    /// when first needed ([`ContractStore::load_presuming`]: a first start on 100,000 contracts answers in about
+    /// a second instead of after validating them all); the files are then marked, so that the next
+    /// [`Lakehouse::reload_contracts`] validates and remembers them all.
     pub fn ensure_contracts(&self) -> Option<(usize, usize)> {
         let mut first = None;
         self.contracts_loaded.get_or_init(|| {
             if let Some((dir, stamp)) = &self.contracts_dir {
-                let mut store = ContractStore::load_cached(dir, self.contract_cache.as_deref());
+                let mut store = ContractStore::load_presuming(dir, self.contract_cache.as_deref());
+                if store.presumed > 0 {
+                    tracing::info!(
+                        presumed = store.presumed,
+                        "contracts not validated before are validated when first needed, and all of them in \
+                         the background"
+                    );
+                    self.contracts_presumed
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    self.contracts_dirty
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
                 // The state the load read the files in (each taken before its text): a later edit is seen.
                 *stamp
                     .lock()
@@ -428,6 +447,11 @@ impl Lakehouse {
     pub fn reload_contracts(&self, force: bool) -> Option<(usize, usize, Vec<TableName>)> {
         // Before the first read there is nothing to reload: that read takes the files as they are then.
         self.contracts_loaded.get()?;
+        // Contracts taken unvalidated are read again, validated, whether or not their files changed.
+        let force = force
+            || self
+                .contracts_presumed
+                .swap(false, std::sync::atomic::Ordering::AcqRel);
         let (dir, stamp) = self.contracts_dir.as_ref()?;
         // Looking at every file costs time on a large tree (100,000 files: ~0.3 s): a check not forced waits
         // 20 times the last one's duration, so polling takes at most a twentieth of a core; after a watch saw a

@@ -194,11 +194,18 @@ impl Sessions {
 
     /// Tells each live session whose last tool list no longer fits its principal (`owns` a table or not, after a
     /// policy or contract change) that its tools changed (`notifications/tools/list_changed`), on a task of its
-    /// own.
-    pub fn refresh_tool_lists(&self, owns: impl Fn(&crate::identity::Principal) -> bool) {
+    /// own. Returns the principals for whom `owns` did not know yet (their sessions are left as they are).
+    pub fn refresh_tool_lists(
+        &self,
+        owns: impl Fn(&crate::identity::Principal) -> Option<bool>,
+    ) -> Vec<crate::identity::Principal> {
         let mut stale = Vec::new();
+        let mut unknown = Vec::new();
         for principal in self.connected() {
-            let owner = owns(&principal);
+            let Some(owner) = owns(&principal) else {
+                unknown.push(principal);
+                continue;
+            };
             if let Some(list) = lock(&self.by_principal).get(&principal.id) {
                 for c in list {
                     if let Channel::Session(s) = c
@@ -212,10 +219,10 @@ impl Sessions {
             }
         }
         if stale.is_empty() {
-            return;
+            return unknown;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
+            return unknown;
         };
         runtime.spawn(async move {
             for peer in stale {
@@ -224,6 +231,7 @@ impl Sessions {
                 }
             }
         });
+        unknown
     }
 
     /// The principals with a live session, as they were when they attached.

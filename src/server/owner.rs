@@ -724,7 +724,7 @@ impl ParleyServer {
         }
         // Only an owner's text is parsed (an outside test had a principal the policy grants nothing hold a core
         // for minutes with one call), and on a blocking thread, not the threads answering MCP.
-        if !self.app.owns_a_table(checked.principal()) {
+        if !self.app.owns_a_table(checked.principal()).await {
             return Err(ToolError::Denied {
                 reason: "only a table's owners publish its contract, and you own no table".into(),
                 next_step:
@@ -790,9 +790,7 @@ impl ParleyServer {
         );
         if let Some((_, _, changed)) = lakehouse.reload_contracts(true) {
             self.app.sessions.contracts_changed(&changed);
-            self.app
-                .sessions
-                .refresh_tool_lists(|p| self.app.owns_a_table(p));
+            self.app.refresh_tool_lists();
         }
         let notices = p
             .told
