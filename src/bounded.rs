@@ -1427,6 +1427,7 @@ mod tests {
             prepared,
             tables,
             engine,
+            "tester",
             10,
             usize::MAX,
             tokio_util::sync::CancellationToken::new(),

@@ -375,6 +375,10 @@ pub struct QueryLimits {
     /// pool (Parquet buffers in flight) and keeps the cores from thrashing. Env: `PARLEY_QUERY_MAX_CONCURRENT`.
     /// Default: twice the number of cores.
     pub max_concurrent: usize,
+    /// Queries one caller (principal) may run at once, of `max_concurrent`; its next ones wait their turn within
+    /// their time limit, so one agent's heavy queries cannot hold every slot while another's wait. Env:
+    /// `PARLEY_QUERY_MAX_CONCURRENT_PER_CALLER`. Default (`None`): `max_concurrent` − 1, at least 1.
+    pub max_concurrent_per_caller: Option<usize>,
     /// Longest SQL text accepted, in bytes. Default: 100000.
     pub max_sql_bytes: usize,
     /// Memory for key indexes, in bytes: per snapshot and column, which data files hold which values, built in
@@ -411,6 +415,7 @@ impl Default for Config {
 
 impl Default for QueryLimits {
     fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         QueryLimits {
             default_rows: 1000,
             max_rows: 10_000,
@@ -426,9 +431,8 @@ impl Default for QueryLimits {
             max_sql_bytes: 100_000,
             key_index_bytes: 256 * 1024 * 1024,
             cache_bytes: usable_memory().map_or(512 << 20, |bytes| (bytes / 8).max(256 << 20)),
-            max_concurrent: 2 * std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
+            max_concurrent: 2 * cores,
+            max_concurrent_per_caller: None,
         }
     }
 }
@@ -587,6 +591,15 @@ impl Config {
         )?;
         num("PARLEY_QUERY_PARTITIONS", &get, &mut q.target_partitions)?;
         num("PARLEY_QUERY_MAX_CONCURRENT", &get, &mut q.max_concurrent)?;
+        if get("PARLEY_QUERY_MAX_CONCURRENT_PER_CALLER").is_some() {
+            let mut per_caller = 0;
+            num(
+                "PARLEY_QUERY_MAX_CONCURRENT_PER_CALLER",
+                &get,
+                &mut per_caller,
+            )?;
+            q.max_concurrent_per_caller = Some(per_caller);
+        }
         num(
             "PARLEY_SELF_APPROVAL",
             &get,

@@ -32,6 +32,10 @@ pub const WHY_FOR_OWNERS: &str = "could not be evaluated; the table's owners see
 /// Most rules evaluated per table; later ones are reported as not run.
 pub const MAX_RULES: usize = 64;
 
+/// The caller quality evaluations run their queries as: they share its slots (`max_concurrent_per_caller`), not
+/// an agent's.
+pub const QUALITY_CALLER: &str = "parley (quality evaluations)";
+
 /// One ODCS quality rule, as written in a contract (`DataQuality`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -787,6 +791,7 @@ async fn run(
             source: TableSource::Iceberg(table.clone()),
         }],
         engine,
+        QUALITY_CALLER,
         2,
         64 * 1024,
         tokio_util::sync::CancellationToken::new(),

@@ -64,6 +64,12 @@ pub enum QueryError {
          LIMIT, or retry when fewer queries run."
     )]
     Memory { budget: usize, detail: String },
+    #[error(
+        "the query did not start: your other queries held all of your {0} slot(s) for its whole time limit of \
+         {1} ms (a caller runs at most {0} queries at once, so others always get a turn). Wait for your running \
+         queries to finish, or cancel them, and send it again."
+    )]
+    Queued(usize, u64),
     #[error("the query was cancelled")]
     Cancelled,
     #[error("query failed: {0}")]
@@ -510,6 +516,10 @@ pub struct Engine {
     /// One permit per query allowed to run at once (`max_concurrent`); a query holds its permit until its work on
     /// the query runtime has ended, not just until its caller gave up on it.
     slots: Arc<tokio::sync::Semaphore>,
+    /// Each caller's share of the slots (`max_concurrent_per_caller` permits), taken before a slot: one agent's
+    /// queries cannot hold every slot while another's wait. An entry lives while a query of its caller holds or
+    /// waits for it.
+    shares: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>>,
     /// Catalogs whose own `files_outside_location` overrides `limits.files_outside_location`.
     files_outside: HashMap<String, bool>,
     /// Where queries execute: a runtime of their own, so a CPU-bound operator that does not yield for seconds
@@ -635,6 +645,7 @@ impl Engine {
             naming,
             base,
             slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
+            shares: Arc::default(),
             files_outside: HashMap::new(),
             runtime: QueryRuntime::new().map_err(|e| QueryError::Execution(e.to_string()))?,
         })
@@ -666,6 +677,32 @@ impl Engine {
         }
     }
 
+    /// How many queries one caller may run at once.
+    fn share_size(&self) -> usize {
+        let slots = self.limits.max_concurrent.max(1);
+        self.limits
+            .max_concurrent_per_caller
+            .unwrap_or(slots - 1)
+            .clamp(1, slots)
+    }
+
+    /// `caller`'s share of the slots (see `shares`).
+    fn share(&self, caller: &str) -> Share {
+        let semaphore = self
+            .shares
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(caller.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.share_size())))
+            .clone();
+        Share {
+            semaphore: Some(semaphore),
+            permit: None,
+            caller: caller.to_string(),
+            shares: self.shares.clone(),
+        }
+    }
+
     /// The limits queries run under.
     pub fn limits(&self) -> &QueryLimits {
         &self.limits
@@ -677,12 +714,40 @@ impl Engine {
     }
 }
 
-/// Runs a prepared query over exactly `tables`, within the engine's limits, returning at most `max_rows` rows and
-/// `max_bytes` bytes of rows as JSON (never more than the engine's `max_result_bytes`).
+/// A caller's share of the query slots, and its permit once taken; the caller's entry is dropped with the last
+/// share of it.
+struct Share {
+    semaphore: Option<Arc<tokio::sync::Semaphore>>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    caller: String,
+    shares: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>>,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        drop(self.semaphore.take());
+        let mut shares = self
+            .shares
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Only the map holds it (checked under the lock every share is taken under): no query holds or waits.
+        if shares
+            .get(&self.caller)
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            shares.remove(&self.caller);
+        }
+    }
+}
+
+/// Runs a prepared query over exactly `tables` for `caller`, within the engine's limits, returning at most
+/// `max_rows` rows and `max_bytes` bytes of rows as JSON (never more than the engine's `max_result_bytes`).
 pub async fn execute(
     prepared: Prepared,
     tables: Vec<ReadableTable>,
     engine: &Engine,
+    caller: &str,
     max_rows: usize,
     max_bytes: usize,
     cancel: CancellationToken,
@@ -690,7 +755,15 @@ pub async fn execute(
     let limits = &engine.limits;
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(limits.timeout_ms);
-    // Wait for a slot; the wait counts against the query's time limit. Held until the query's work has ended.
+    // Wait for one of the caller's share, then for a slot; the waits count against the query's time limit. Both
+    // are held until the query's work has ended.
+    let mut share = engine.share(caller);
+    let semaphore = share.semaphore.clone();
+    share.permit = Some(tokio::select! {
+        s = async { semaphore?.acquire_owned().await.ok() } => s.ok_or_else(|| QueryError::Execution("the query slots are closed".into()))?,
+        _ = tokio::time::sleep_until(deadline) => return Err(QueryError::Queued(engine.share_size(), limits.timeout_ms)),
+        _ = cancel.cancelled() => return Err(QueryError::Cancelled),
+    });
     let slot = tokio::select! {
         s = engine.slots.clone().acquire_owned() => s.map_err(|e| QueryError::Execution(e.to_string()))?,
         _ = tokio::time::sleep_until(deadline) => return Err(QueryError::Timeout(limits.timeout_ms)),
@@ -710,7 +783,7 @@ pub async fn execute(
     let task_limits = limits.clone();
     let statement = prepared.statement;
     let task = engine.runtime.handle().spawn(async move {
-        let _slot = slot;
+        let _slot = (slot, share);
         let limits = &task_limits;
         // The query's own state, planned and executed without a copy (a copy clones every function registry).
         let run = async move {
@@ -1172,6 +1245,7 @@ mod tests {
             prepared,
             tables,
             engine,
+            "tester",
             10,
             usize::MAX,
             CancellationToken::new(),
@@ -1205,6 +1279,76 @@ mod tests {
         drop(held);
         let r = run().await.unwrap();
         assert_eq!(r.rows, vec![vec![Value::from(7)]]);
+    }
+
+    /// A caller runs at most `max_concurrent_per_caller` queries at once: while one of its queries holds its
+    /// share, its next waits (and says why when its time limit ends the wait), and another caller's runs on a
+    /// slot left free. A caller's entry is gone once none of its queries holds or waits for it.
+    #[tokio::test]
+    async fn one_caller_cannot_hold_every_query_slot() {
+        use datafusion::arrow::array::{ArrayRef, Int64Array};
+        let limits = QueryLimits {
+            max_concurrent: 2,
+            max_concurrent_per_caller: Some(1),
+            timeout_ms: 300,
+            ..QueryLimits::default()
+        };
+        let engine = Engine::new(&limits, Naming::Single("parley".into())).unwrap();
+        let batch =
+            RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![7])) as ArrayRef)])
+                .unwrap();
+        let run = |caller: &'static str| {
+            let prepared = prepare("SELECT x FROM s.t", &engine.limits, &engine.naming).unwrap();
+            let tables = vec![ReadableTable {
+                name: TableName::parse("s.t").unwrap(),
+                source: TableSource::Rows(batch.clone()),
+            }];
+            execute(
+                prepared,
+                tables,
+                &engine,
+                caller,
+                10,
+                usize::MAX,
+                CancellationToken::new(),
+            )
+        };
+        // A query of `a` runs: it holds a's share and a slot.
+        let mut running = engine.share("a");
+        running.permit = Some(
+            running
+                .semaphore
+                .clone()
+                .unwrap()
+                .acquire_owned()
+                .await
+                .unwrap(),
+        );
+        let slot = engine.slots.clone().acquire_owned().await.unwrap();
+        let e = run("a").await.unwrap_err();
+        assert!(matches!(e, QueryError::Queued(1, 300)), "{e}");
+        assert!(e.to_string().contains("your other queries"), "{e}");
+        let r = run("b").await.unwrap();
+        assert_eq!(r.rows, vec![vec![Value::from(7)]]);
+        drop((running, slot));
+        assert!(engine.shares.lock().unwrap().is_empty());
+        assert!(run("a").await.is_ok());
+        assert!(engine.shares.lock().unwrap().is_empty());
+        // By default a caller may use all slots but one; never fewer than one, never more than all.
+        let share = |max_concurrent, per_caller| {
+            let limits = QueryLimits {
+                max_concurrent,
+                max_concurrent_per_caller: per_caller,
+                ..QueryLimits::default()
+            };
+            Engine::new(&limits, Naming::Single("parley".into()))
+                .unwrap()
+                .share_size()
+        };
+        assert_eq!(share(4, None), 3);
+        assert_eq!(share(1, None), 1);
+        assert_eq!(share(4, Some(9)), 4);
+        assert_eq!(share(4, Some(0)), 1);
     }
 
     #[tokio::test]
@@ -1505,6 +1649,7 @@ mod tests {
             prepared,
             tables,
             &engine,
+            "tester",
             10,
             usize::MAX,
             CancellationToken::new(),

@@ -277,6 +277,7 @@ async fn run(engine: &Engine, sql: &str, source: TableSource) -> Result<Vec<Stri
             prepared,
             tables,
             engine,
+            "tester",
             1000,
             usize::MAX,
             CancellationToken::new(),

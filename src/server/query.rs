@@ -157,7 +157,7 @@ impl Progress {
 pub(super) fn query_error(e: crate::query::QueryError) -> ToolError {
     use crate::query::QueryError as Q;
     match e {
-        Q::Timeout(_) | Q::Memory { .. } => ToolError::Limit(e.to_string()),
+        Q::Timeout(_) | Q::Queued(..) | Q::Memory { .. } => ToolError::Limit(e.to_string()),
         Q::Cancelled => ToolError::Cancelled,
         Q::NotAllowed(_) | Q::Syntax(_) | Q::Plan(_) => ToolError::BadRequest(e.to_string()),
         Q::Execution(_) => ToolError::BadRequest(e.to_string()),
@@ -370,6 +370,7 @@ impl ParleyServer {
             prepared,
             readable,
             &self.app.engine,
+            &checked.principal().id,
             max_rows,
             row_bytes,
             cancel,
