@@ -3,8 +3,8 @@
     parley bench catalog --tables 100000 --data-dir DIR      # once: 100,000 tables with contracts
     python benches/catalog.py target/release/parley DIR [--principal analyst] [--samples 50]
 
-Reports the time until `initialize` is answered after spawning the server, until the first `list_tables` page is
-answered, until a page knows the total (every table decided), then p50/p90 of a first page, a text search and a
+Reports the time until `initialize` is answered after spawning the server, until `tools/list` is answered (as
+clients ask right after initializing; NO_TOOLS_LIST=1 skips it), until the first `list_tables` page is answered, until a page knows the total (every table decided), then p50/p90 of a first page, a text search and a
 namespace page over `--samples` calls each after 10 warm-up calls, and the server's RSS. Run it twice to see a
 restart (validated contracts remembered in DIR/cache). Prints the server's timing log lines at the end.
 """

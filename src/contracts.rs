@@ -509,6 +509,8 @@ pub struct Version {
     digest: [u8; 32],
     /// The contract, or how to read it when first asked for.
     slot: Arc<Slot>,
+    /// Taken unvalidated, for the table its text names ([`presumed_key`]).
+    presumed: bool,
 }
 
 impl Version {
@@ -524,7 +526,12 @@ impl Version {
         };
         let pending = Mutex::new(pending);
         let slot = Arc::new(Slot { ready, pending });
-        Version { from, digest, slot }
+        Version {
+            from,
+            digest,
+            slot,
+            presumed: false,
+        }
     }
 
     /// The contract. `None` only for a remembered file whose text changed since the load checked it: it then
@@ -735,6 +742,32 @@ impl ContractStore {
         store
     }
 
+    /// Validates every version this store took unvalidated ([`ContractStore::load_presuming`]), on all cores —
+    /// sharing the work with the calls that needed some meanwhile — and remembers the valid ones in `cache`, so
+    /// that the validating load that follows reads them back instead of validating them again. Returns how many
+    /// it remembered.
+    pub fn remember_presumed(&self, cache: &Path) -> usize {
+        let versions: Vec<&Version> = self
+            .by_table
+            .values()
+            .flatten()
+            .filter(|v| v.presumed)
+            .collect();
+        let mut new =
+            crate::parallel::filter_map_chunks(&versions, 64, "validating contracts", |v| {
+                let json = serde_json::to_string(&v.loaded()?.contract).ok()?;
+                Some((v.digest, json))
+            });
+        new.sort_unstable_by_key(|(digest, _)| *digest);
+        new.dedup_by_key(|(digest, _)| *digest);
+        if !new.is_empty() {
+            let remembered = ValidatedCache::read(cache);
+            let keep = remembered.forms.entries.keys().copied().collect();
+            remembered.write(cache, &keep, &new);
+        }
+        new.len()
+    }
+
     /// How many contracts loaded.
     pub fn len(&self) -> usize {
         self.by_table.len()
@@ -920,15 +953,18 @@ fn load_file(
         && let Some(key) = presumed_key(root, path, &yaml)
     {
         return Ok(LoadedFile {
-            version: Version::new(
-                None,
-                digest,
-                Err(Pending {
-                    path: path.to_path_buf(),
-                    forms: cache.forms.clone(),
-                    presumed: Some((root.to_path_buf(), key.clone())),
-                }),
-            ),
+            version: Version {
+                presumed: true,
+                ..Version::new(
+                    None,
+                    digest,
+                    Err(Pending {
+                        path: path.to_path_buf(),
+                        forms: cache.forms.clone(),
+                        presumed: Some((root.to_path_buf(), key.clone())),
+                    }),
+                )
+            },
             key,
             remembered: Remembered::New(digest, None),
             entry: None,
@@ -1861,6 +1897,15 @@ mod tests {
             "nothing remembered before validating"
         );
 
+        // Validating what was presumed remembers the valid ones, and the load after reads them back.
+        assert_eq!(
+            first.remember_presumed(&cache),
+            crate::demo::CONTRACTS.len()
+        );
+        assert_eq!(
+            ValidatedCache::read(&cache).forms.entries.len(),
+            crate::demo::CONTRACTS.len()
+        );
         let full = ContractStore::load_cached(&contracts, Some(&cache));
         assert_eq!(contents(&full), contents(&plain));
         assert_eq!(full.rejected, plain.rejected);

@@ -823,6 +823,8 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         // start; refused ones are named, and the sessions of tables whose contract turned out otherwise told.
         if loader.lakehouse.contracts().presumed > 0 {
             let started = std::time::Instant::now();
+            // Validated where they are (calls meanwhile share the work), then read back by the reload.
+            loader.lakehouse.remember_presumed_contracts();
             if let Some((loaded, refused, changed)) = loader.lakehouse.reload_contracts(false) {
                 tracing::info!(
                     contracts = loaded,

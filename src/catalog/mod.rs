@@ -431,6 +431,15 @@ impl Lakehouse {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Validates the contracts taken unvalidated at the first read and remembers the valid ones (see
+    /// [`ContractStore::remember_presumed`]), so that the next [`Lakehouse::reload_contracts`] reads them back.
+    pub fn remember_presumed_contracts(&self) -> usize {
+        match &self.contract_cache {
+            Some(cache) => self.contracts().remember_presumed(cache),
+            None => 0,
+        }
+    }
+
     /// The contracts in force now (a snapshot: a reload replaces it whole).
     pub fn contracts(&self) -> Arc<ContractStore> {
         self.store().clone()
