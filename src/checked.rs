@@ -296,6 +296,26 @@ impl CheckedSum {
             .is_integer()
             .then(|| Arc::new(Field::new(return_field.name(), WIDE, true)))
     }
+
+    /// The inner sum's accumulator made by `make`: for an integer result, made for [`WIDE`] and wrapped by `wrap`
+    /// with the type to narrow its total to.
+    fn widened<A>(
+        args: AccumulatorArgs,
+        make: impl FnOnce(AccumulatorArgs) -> Result<A>,
+        wrap: impl FnOnce(A, DataType) -> A,
+    ) -> Result<A> {
+        match Self::wide(&args.return_field) {
+            Some(wide) => {
+                let out = args.return_field.data_type().clone();
+                let inner = make(AccumulatorArgs {
+                    return_field: wide,
+                    ..args
+                })?;
+                Ok(wrap(inner, out))
+            }
+            None => make(args),
+        }
+    }
 }
 
 impl AggregateUDFImpl for CheckedSum {
@@ -351,29 +371,19 @@ impl AggregateUDFImpl for CheckedSum {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        match Self::wide(&args.return_field) {
-            Some(wide) => Ok(Box::new(WideSum {
-                out: args.return_field.data_type().clone(),
-                inner: self.inner.accumulator(AccumulatorArgs {
-                    return_field: wide,
-                    ..args
-                })?,
-            })),
-            None => self.inner.accumulator(args),
-        }
+        Self::widened(
+            args,
+            |a| self.inner.accumulator(a),
+            |inner, out| Box::new(WideSum { inner, out }),
+        )
     }
 
     fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        match Self::wide(&args.return_field) {
-            Some(wide) => Ok(Box::new(WideSum {
-                out: args.return_field.data_type().clone(),
-                inner: self.inner.create_sliding_accumulator(AccumulatorArgs {
-                    return_field: wide,
-                    ..args
-                })?,
-            })),
-            None => self.inner.create_sliding_accumulator(args),
-        }
+        Self::widened(
+            args,
+            |a| self.inner.create_sliding_accumulator(a),
+            |inner, out| Box::new(WideSum { inner, out }),
+        )
     }
 
     fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
@@ -384,16 +394,11 @@ impl AggregateUDFImpl for CheckedSum {
         &self,
         args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
-        match Self::wide(&args.return_field) {
-            Some(wide) => Ok(Box::new(WideGroupsSum {
-                out: args.return_field.data_type().clone(),
-                inner: self.inner.create_groups_accumulator(AccumulatorArgs {
-                    return_field: wide,
-                    ..args
-                })?,
-            })),
-            None => self.inner.create_groups_accumulator(args),
-        }
+        Self::widened(
+            args,
+            |a| self.inner.create_groups_accumulator(a),
+            |inner, out| Box::new(WideGroupsSum { inner, out }),
+        )
     }
 }
 

@@ -1830,13 +1830,7 @@ mod tests {
     /// that follows remembers all, and the next start presumes nothing.
     #[test]
     fn a_first_start_validates_contracts_when_first_needed_and_a_wrong_guess_counts_as_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let contracts = dir.path().join("contracts");
-        for (name, text) in crate::demo::CONTRACTS {
-            let path = contracts.join(name);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, text).unwrap();
-        }
+        let (dir, contracts) = demo_tree();
         let (_, orders) = crate::demo::CONTRACTS
             .iter()
             .find(|(name, _)| name.ends_with("orders.yaml"))
@@ -1926,6 +1920,18 @@ mod tests {
         assert_eq!(ContractStore::load_presuming(&contracts, None).presumed, 0);
     }
 
+    /// A temporary folder holding the demo's contracts in `contracts/`.
+    fn demo_tree() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let contracts = dir.path().join("contracts");
+        for (name, text) in crate::demo::CONTRACTS {
+            let path = contracts.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+        }
+        (dir, contracts)
+    }
+
     /// Edits the typed form `cache` remembers for `text` to name another version.
     fn remember_version(cache: &Path, text: &str, version: &str) {
         let digest: [u8; 32] = {
@@ -1948,13 +1954,7 @@ mod tests {
 
     #[test]
     fn validated_contracts_are_remembered_by_their_text_and_read_back_as_validated() {
-        let dir = tempfile::tempdir().unwrap();
-        let contracts = dir.path().join("contracts");
-        for (name, text) in crate::demo::CONTRACTS {
-            let path = contracts.join(name);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, text).unwrap();
-        }
+        let (dir, contracts) = demo_tree();
         // One governed by its place in the tree (no physicalName), one that does not validate.
         let (_, first) = crate::demo::CONTRACTS[0];
         let unnamed: String = first

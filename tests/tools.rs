@@ -107,6 +107,19 @@ async fn tools_are_listed_with_schemas_descriptions_and_annotations() {
     client.cancel().await.unwrap();
 }
 
+/// A client that hears `notifications/tools/list_changed`.
+#[derive(Clone)]
+struct Ears(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl rmcp::ClientHandler for Ears {
+    async fn on_tool_list_changed(
+        &self,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        let _ = self.0.send(());
+    }
+}
+
 /// An agent pays for the tool list in context before its first call (issue 15): an analyst, who owns no table,
 /// is listed neither the owners' tools nor output schemas (off by default), within 3,000 tokens (12,000 bytes at
 /// the ~4 bytes per token of JSON); when a policy change makes it an owner, its session is told the list changed
@@ -114,17 +127,7 @@ async fn tools_are_listed_with_schemas_descriptions_and_annotations() {
 #[tokio::test]
 async fn an_analyst_lists_what_it_can_use_within_a_small_context() {
     use rmcp::ServiceExt;
-    use rmcp::service::NotificationContext;
     use rmcp::transport::ConfigureCommandExt;
-    use rmcp::{ClientHandler, RoleClient};
-
-    #[derive(Clone)]
-    struct Ears(tokio::sync::mpsc::UnboundedSender<()>);
-    impl ClientHandler for Ears {
-        async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
-            let _ = self.0.send(());
-        }
-    }
 
     let lake = Lake::new();
     let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
@@ -192,17 +195,7 @@ async fn an_analyst_lists_what_it_can_use_within_a_small_context() {
 #[tokio::test]
 async fn a_tool_list_answered_before_ownership_is_known_is_corrected_by_a_notification() {
     use rmcp::ServiceExt;
-    use rmcp::service::NotificationContext;
     use rmcp::transport::ConfigureCommandExt;
-    use rmcp::{ClientHandler, RoleClient};
-
-    #[derive(Clone)]
-    struct Ears(tokio::sync::mpsc::UnboundedSender<()>);
-    impl ClientHandler for Ears {
-        async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
-            let _ = self.0.send(());
-        }
-    }
 
     let lake = Lake::new();
     let mut listed = Vec::new();
