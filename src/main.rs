@@ -821,20 +821,17 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
         }
         // Contracts taken unvalidated (a first start) are validated now, all of them, and remembered for the next
         // start; refused ones are named, and the sessions of tables whose contract turned out otherwise told.
-        if loader.lakehouse.contracts().presumed > 0 {
-            let started = std::time::Instant::now();
-            // Validated where they are (calls meanwhile share the work), then read back by the reload.
-            loader.lakehouse.remember_presumed_contracts();
-            if let Some((loaded, refused, changed)) = loader.lakehouse.reload_contracts(false) {
-                tracing::info!(
-                    contracts = loaded,
-                    refused,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "contracts validated"
-                );
-                loader.sessions.contracts_changed(&changed);
-                loader.refresh_tool_lists();
-            }
+        // Validated where they are (calls meanwhile share the work), then read back by a reload.
+        let started = std::time::Instant::now();
+        if let Some((loaded, refused, changed)) = loader.lakehouse.validate_presumed_contracts() {
+            tracing::info!(
+                contracts = loaded,
+                refused,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "contracts validated"
+            );
+            loader.sessions.contracts_changed(&changed);
+            loader.refresh_tool_lists();
         }
     });
     watch_files(policy, app.clone());

@@ -254,9 +254,6 @@ pub struct Lakehouse {
     contracts_checked: Mutex<Option<(Instant, std::time::Duration)>>,
     /// A watch saw the contract files change since they were last looked at (see [`Lakehouse::watch_contracts`]).
     contracts_dirty: Arc<std::sync::atomic::AtomicBool>,
-    /// The contracts in force were partly taken unvalidated ([`ContractStore::load_presuming`]): the next
-    /// [`Lakehouse::reload_contracts`] reads them all, validating.
-    contracts_presumed: std::sync::atomic::AtomicBool,
     /// Where validated contracts are remembered across restarts, if anywhere.
     contract_cache: Option<std::path::PathBuf>,
     /// Set once the contract files were first read (see [`Lakehouse::ensure_contracts`]).
@@ -337,7 +334,6 @@ impl Lakehouse {
             contract_cache: None,
             contracts_checked: Mutex::new(None),
             contracts_dirty: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            contracts_presumed: std::sync::atomic::AtomicBool::new(false),
             contracts_loaded: std::sync::OnceLock::new(),
         }
     }
@@ -387,9 +383,9 @@ impl Lakehouse {
     /// Reads the contract files the first time it is called (every later call, and every reader meanwhile, waits
     /// for that read to finish); `Some((contracts loaded, refused))` for the call that read them. With a cache
     /// of validated contracts, files it does not know are taken for the table their text names and validated
-    /// when first needed ([`ContractStore::load_presuming`]: a first start on 100,000 contracts answers in about
-    /// a second instead of after validating them all); the files are then marked, so that the next
-    /// [`Lakehouse::reload_contracts`] validates and remembers them all.
+    /// when first needed ([`ContractStore::load_presuming`]: a first start on 100,000 contracts answers in
+    /// seconds instead of after validating them all); [`Lakehouse::validate_presumed_contracts`] then validates
+    /// and remembers them all.
     pub fn ensure_contracts(&self) -> Option<(usize, usize)> {
         let mut first = None;
         self.contracts_loaded.get_or_init(|| {
@@ -401,10 +397,6 @@ impl Lakehouse {
                         "contracts not validated before are validated when first needed, and all of them in \
                          the background"
                     );
-                    self.contracts_presumed
-                        .store(true, std::sync::atomic::Ordering::Release);
-                    self.contracts_dirty
-                        .store(true, std::sync::atomic::Ordering::Release);
                 }
                 // The state the load read the files in (each taken before its text): a later edit is seen.
                 *stamp
@@ -431,13 +423,18 @@ impl Lakehouse {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Validates the contracts taken unvalidated at the first read and remembers the valid ones (see
-    /// [`ContractStore::remember_presumed`]), so that the next [`Lakehouse::reload_contracts`] reads them back.
-    pub fn remember_presumed_contracts(&self) -> usize {
-        match &self.contract_cache {
-            Some(cache) => self.contracts().remember_presumed(cache),
-            None => 0,
+    /// Validates the contracts the first read took unvalidated where they are and remembers the valid ones (see
+    /// [`ContractStore::remember_presumed`]), then reloads the contracts, which reads them back: refusals are
+    /// named, and the next start finds every valid file remembered. `None` when nothing was presumed.
+    pub fn validate_presumed_contracts(&self) -> Option<(usize, usize, Vec<TableName>)> {
+        let cache = self.contract_cache.as_ref()?;
+        let contracts = self.contracts();
+        if contracts.presumed == 0 {
+            return None;
         }
+        contracts.remember_presumed(cache);
+        drop(contracts);
+        self.reload_contracts(true)
     }
 
     /// The contracts in force now (a snapshot: a reload replaces it whole).
@@ -456,11 +453,6 @@ impl Lakehouse {
     pub fn reload_contracts(&self, force: bool) -> Option<(usize, usize, Vec<TableName>)> {
         // Before the first read there is nothing to reload: that read takes the files as they are then.
         self.contracts_loaded.get()?;
-        // Contracts taken unvalidated are read again, validated, whether or not their files changed.
-        let force = force
-            || self
-                .contracts_presumed
-                .swap(false, std::sync::atomic::Ordering::AcqRel);
         let (dir, stamp) = self.contracts_dir.as_ref()?;
         // Looking at every file costs time on a large tree (100,000 files: ~0.3 s): a check not forced waits
         // 20 times the last one's duration, so polling takes at most a twentieth of a core; after a watch saw a
@@ -1322,6 +1314,51 @@ mod tests {
         let watch = lakehouse.watch_contracts(|| {}).expect("watched again");
         assert!(!watch.replaced());
         assert!(lakehouse.contracts_dirty());
+    }
+
+    /// A first read with a cache of validated contracts takes the files it does not know unvalidated; validating
+    /// them where they are and the reload after (which finds the same texts) leave the contracts version alone,
+    /// so nothing decided from them starts over; an edit afterwards changes it.
+    #[tokio::test]
+    async fn a_first_start_validates_in_the_background_without_starting_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = open_sql_catalog(&dir.path().join("c.db"), &dir.path().join("w"), "t")
+            .await
+            .unwrap();
+        let contracts = dir.path().join("contracts");
+        for (name, text) in crate::demo::CONTRACTS {
+            let path = contracts.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("cache")).unwrap();
+        let lakehouse = Lakehouse::new(catalog, ContractStore::default())
+            .with_contracts_dir(&contracts)
+            .with_contract_cache(&dir.path().join("cache/validated-contracts"));
+        lakehouse.ensure_contracts();
+        let n = crate::demo::CONTRACTS.len();
+        assert_eq!(lakehouse.contracts().presumed, n);
+        // The usual look at the files finds nothing to do: only the validation reads them again.
+        assert!(lakehouse.reload_contracts(false).is_none());
+        let version = lakehouse.contracts_version();
+        let (loaded, refused, changed) = lakehouse
+            .validate_presumed_contracts()
+            .expect("presumed contracts are validated");
+        assert_eq!((loaded, refused, changed.len()), (n, 0, 0));
+        assert_eq!(lakehouse.contracts().presumed, 0);
+        assert_eq!(lakehouse.contracts_version(), version);
+        assert!(lakehouse.validate_presumed_contracts().is_none());
+
+        let orders = contracts.join("sales/orders.yaml");
+        let text = std::fs::read_to_string(&orders).unwrap();
+        std::fs::write(
+            &orders,
+            text.replacen("version: 1.2.0", "version: 1.2.1", 1),
+        )
+        .unwrap();
+        let (_, _, changed) = lakehouse.reload_contracts(true).expect("forced");
+        assert_eq!(changed.len(), 1);
+        assert!(lakehouse.contracts_version() > version);
     }
 
     #[tokio::test]
