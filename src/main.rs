@@ -819,9 +819,9 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
                 "contracts loaded"
             );
         }
-        // Contracts taken unvalidated (a first start) are validated now, all of them, and remembered for the next
-        // start; refused ones are named, and the sessions of tables whose contract turned out otherwise told.
-        // Validated where they are (calls meanwhile share the work), then read back by a reload.
+        // Contracts taken unvalidated (a first start) are validated now, all of them, where they are (calls meanwhile
+        // share the work), and read back by a reload that remembers them for the next start; refused ones are named,
+        // and the sessions of tables whose contract turned out otherwise are told.
         let started = std::time::Instant::now();
         if let Some((loaded, refused, changed)) = loader.lakehouse.validate_presumed_contracts() {
             tracing::info!(
