@@ -89,8 +89,7 @@ impl CheckedArithmetic {
         match expr {
             Expr::BinaryExpr(BinaryExpr { left, op, right })
                 if matches!(op, Operator::Plus | Operator::Minus | Operator::Multiply)
-                    && integer(&left).is_some()
-                    && integer(&left) == integer(&right) =>
+                    && integer(&left).is_some_and(|t| integer(&right) == Some(t)) =>
             {
                 let f = match op {
                     Operator::Plus => &self.add,

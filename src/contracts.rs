@@ -1485,12 +1485,9 @@ fn presumed_key(root: &Path, path: &Path, yaml: &str) -> Option<String> {
     if yaml.contains(['\\', '\t']) || yaml.contains(EFFECTIVE_FROM) {
         return None;
     }
-    let uncommented = |text: &str| -> String {
-        match text.find(" #") {
-            Some(i) => text[..i].trim_end().to_string(),
-            None => text.trim_end().to_string(),
-        }
-    };
+    fn uncommented(text: &str) -> &str {
+        text.find(" #").map_or(text, |i| &text[..i]).trim_end()
+    }
     let mut in_schema = false;
     let mut seen_schema = false;
     // The column of the list's dashes, and of the keys of the object being read.
@@ -1565,7 +1562,7 @@ fn presumed_key(root: &Path, path: &Path, yaml: &str) -> Option<String> {
                         && !value.contains(": ")
                         && !value.eq_ignore_ascii_case("null") =>
                 {
-                    value
+                    value.to_string()
                 }
                 _ => return None,
             };

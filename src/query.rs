@@ -1236,6 +1236,17 @@ mod tests {
         name: &str,
         source: TableSource,
     ) -> Result<QueryResult, QueryError> {
+        run_as(engine, "tester", sql, name, source).await
+    }
+
+    /// [`run_one`] for `caller`.
+    async fn run_as(
+        engine: &Engine,
+        caller: &str,
+        sql: &str,
+        name: &str,
+        source: TableSource,
+    ) -> Result<QueryResult, QueryError> {
         let prepared = prepare(sql, &engine.limits, &engine.naming).unwrap();
         let tables = vec![ReadableTable {
             name: TableName::parse(name).unwrap(),
@@ -1245,7 +1256,7 @@ mod tests {
             prepared,
             tables,
             engine,
-            "tester",
+            caller,
             10,
             usize::MAX,
             CancellationToken::new(),
@@ -1298,19 +1309,12 @@ mod tests {
             RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![7])) as ArrayRef)])
                 .unwrap();
         let run = |caller: &'static str| {
-            let prepared = prepare("SELECT x FROM s.t", &engine.limits, &engine.naming).unwrap();
-            let tables = vec![ReadableTable {
-                name: TableName::parse("s.t").unwrap(),
-                source: TableSource::Rows(batch.clone()),
-            }];
-            execute(
-                prepared,
-                tables,
+            run_as(
                 &engine,
                 caller,
-                10,
-                usize::MAX,
-                CancellationToken::new(),
+                "SELECT x FROM s.t",
+                "s.t",
+                TableSource::Rows(batch.clone()),
             )
         };
         // A query of `a` runs: it holds a's share and a slot.
