@@ -326,6 +326,64 @@ pub struct LoadedContract {
     pub contract: Contract,
     /// The YAML exactly as written.
     pub yaml: String,
+    /// The drift last found against a table schema (see [`LoadedContract::drift`]).
+    drift: DriftMemo,
+}
+
+impl LoadedContract {
+    pub fn new(contract: Contract, yaml: String) -> LoadedContract {
+        LoadedContract {
+            contract,
+            yaml,
+            drift: DriftMemo::default(),
+        }
+    }
+
+    /// How `schema` departs from what the contract promises ([`crate::compat::contract_drift`]), remembered for
+    /// the last schema asked about: every `list_tables` page asks it of each table it shows, and a table's schema
+    /// changes far less often than it is listed.
+    pub fn drift(
+        &self,
+        schema: &iceberg::spec::SchemaRef,
+    ) -> Arc<Vec<crate::compat::SchemaChange>> {
+        let mut memo = self
+            .drift
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Held, so never freed and reused for another schema while remembered.
+        if let Some((seen, drift)) = memo.as_ref()
+            && Arc::ptr_eq(seen, schema)
+        {
+            return drift.clone();
+        }
+        let drift = Arc::new(crate::compat::contract_drift(&self.contract, schema));
+        *memo = Some((schema.clone(), drift.clone()));
+        drift
+    }
+}
+
+/// A clone starts empty.
+#[derive(Default)]
+struct DriftMemo(
+    Mutex<
+        Option<(
+            iceberg::spec::SchemaRef,
+            Arc<Vec<crate::compat::SchemaChange>>,
+        )>,
+    >,
+);
+
+impl Clone for DriftMemo {
+    fn clone(&self) -> DriftMemo {
+        DriftMemo::default()
+    }
+}
+
+impl std::fmt::Debug for DriftMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DriftMemo")
+    }
 }
 
 /// The SLA property by which a contract promises its consumers a stable schema: `schemaStability: stable`.
@@ -622,7 +680,7 @@ impl Pending {
                 return None;
             }
         }
-        Some(LoadedContract { contract, yaml })
+        Some(LoadedContract::new(contract, yaml))
     }
 }
 
@@ -992,7 +1050,7 @@ fn load_file(
         });
     Ok(LoadedFile {
         key,
-        version: Version::new(from, digest, Ok(LoadedContract { contract, yaml })),
+        version: Version::new(from, digest, Ok(LoadedContract::new(contract, yaml))),
         remembered,
         entry,
         unread: false,

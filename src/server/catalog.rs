@@ -738,7 +738,7 @@ impl ParleyServer {
                 Ok((rows, schema)) => {
                     entry.row_count = rows;
                     if let Some(c) = lakehouse.contract(&d.name) {
-                        let drift = crate::compat::contract_drift(&c.contract, &schema);
+                        let drift = c.drift(&schema);
                         entry.contract_drift = !drift.is_empty();
                         if !drift.is_empty() {
                             self.announce_drift(checked, &d.name, &c.contract.version, &drift);
