@@ -28,6 +28,7 @@ pub mod jsonrpc;
 pub mod key_index;
 pub mod negotiation;
 pub mod parallel;
+pub mod plans;
 pub mod policy;
 pub mod publish;
 pub mod quality;

@@ -153,6 +153,8 @@ pub fn columns_named(sql: &str) -> Option<ColumnsNamed> {
 #[derive(Debug)]
 pub struct Prepared {
     statement: Statement,
+    /// The SQL text, as a cached plan's key (see `plans`).
+    sql: String,
     /// Tables referenced anywhere in the query (CTE names excluded), deduplicated.
     pub tables: Vec<TableName>,
 }
@@ -224,7 +226,11 @@ pub fn prepare(sql: &str, limits: &QueryLimits, naming: &Naming) -> Result<Prepa
             tables.push(name);
         }
     }
-    Ok(Prepared { statement, tables })
+    Ok(Prepared {
+        statement,
+        sql: sql.to_string(),
+        tables,
+    })
 }
 
 /// Deepest nesting of expressions and subqueries a query may have. Each level costs stack in planning and
@@ -526,6 +532,8 @@ pub struct Engine {
     /// (a nested-loop join over a large batch) cannot hold the threads that answer MCP calls, and a time limit or
     /// cancellation is answered when it falls due.
     runtime: QueryRuntime,
+    /// Each caller's table providers and plans, reused while their tables do not change (see `plans`).
+    plans: crate::plans::Plans,
 }
 
 /// A tokio runtime for query execution, shut down without blocking when the engine is dropped (which may happen
@@ -648,6 +656,7 @@ impl Engine {
             shares: Arc::default(),
             files_outside: HashMap::new(),
             runtime: QueryRuntime::new().map_err(|e| QueryError::Execution(e.to_string()))?,
+            plans: crate::plans::Plans::default(),
         })
     }
 
@@ -769,7 +778,10 @@ pub async fn execute(
         _ = tokio::time::sleep_until(deadline) => return Err(QueryError::Timeout(limits.timeout_ms)),
         _ = cancel.cancelled() => return Err(QueryError::Cancelled),
     };
-    let (mut state, snapshots) = session(tables, engine).await?;
+    let (mut state, snapshots, keys) = session(tables, engine, caller).await?;
+    let plan_key = crate::plans::Plans::plan_key(caller, &prepared.sql, keys);
+    let planned = plan_key.as_ref().and_then(|k| engine.plans.plan(k));
+    let plans = engine.plans.clone();
     // Whatever ends this call — its result, a time limit, cancellation, the caller going away — stops the query's
     // work: operators that compute long between yields check this flag (see `bounded`), since tasks a plan spawned
     // can outlive the stream that was dropped.
@@ -787,29 +799,49 @@ pub async fn execute(
         let limits = &task_limits;
         // The query's own state, planned and executed without a copy (a copy clones every function registry).
         let run = async move {
-            let plan = state
-                .statement_to_plan(statement)
-                .await
-                .map_err(|e| classify(e, limits))?;
-            SQLOptions::new()
-                .with_allow_ddl(false)
-                .with_allow_dml(false)
-                .with_allow_statements(false)
-                .verify_plan(&plan)
-                .map_err(|e| QueryError::NotAllowed(strip_df(&e)))?;
-            let optimized = state.optimize(&plan).map_err(|e| classify(e, limits))?;
-            // Literals are broadcast to every row of a batch: batches shrink so they fill a bounded size.
-            let literals = crate::bounded::literal_bytes(&optimized);
-            if literals > crate::bounded::MAX_LITERAL_BYTES {
-                return Err(QueryError::NotAllowed(format!(
-                    "the query holds {literals} bytes of constants once planned (at most {}); use fewer or \
-                     shorter literals",
-                    crate::bounded::MAX_LITERAL_BYTES
-                )));
-            }
-            let options = state.config_mut().options_mut();
-            options.execution.batch_size =
-                crate::bounded::batch_rows(literals, options.execution.batch_size);
+            let (optimized, batch_size) = match planned {
+                // Planned before for this caller, these tables and this text, and checked then.
+                Some(planned) => (planned.plan.clone(), planned.batch_size),
+                None => {
+                    let plan = state
+                        .statement_to_plan(statement)
+                        .await
+                        .map_err(|e| classify(e, limits))?;
+                    SQLOptions::new()
+                        .with_allow_ddl(false)
+                        .with_allow_dml(false)
+                        .with_allow_statements(false)
+                        .verify_plan(&plan)
+                        .map_err(|e| QueryError::NotAllowed(strip_df(&e)))?;
+                    let keep = plan_key.filter(|_| crate::plans::replannable(&plan));
+                    // The time `now()` and `current_date` answer, folded into the plan by the optimizer (unset,
+                    // they failed with an internal error).
+                    state.mark_start_execution();
+                    let optimized = state.optimize(&plan).map_err(|e| classify(e, limits))?;
+                    // Literals are broadcast to every row of a batch: batches shrink so they fill a bounded size.
+                    let literals = crate::bounded::literal_bytes(&optimized);
+                    if literals > crate::bounded::MAX_LITERAL_BYTES {
+                        return Err(QueryError::NotAllowed(format!(
+                            "the query holds {literals} bytes of constants once planned (at most {}); use fewer \
+                             or shorter literals",
+                            crate::bounded::MAX_LITERAL_BYTES
+                        )));
+                    }
+                    let batch_size =
+                        crate::bounded::batch_rows(literals, state.config().batch_size());
+                    if let Some(key) = keep {
+                        plans.keep_plan(
+                            key,
+                            crate::plans::Planned {
+                                plan: optimized.clone(),
+                                batch_size,
+                            },
+                        );
+                    }
+                    (optimized, batch_size)
+                }
+            };
+            state.config_mut().options_mut().execution.batch_size = batch_size;
             let physical = state
                 .query_planner()
                 .create_physical_plan(&optimized, &state)
@@ -1016,10 +1048,20 @@ fn float(v: f64) -> Value {
 }
 
 /// A fresh, locked-down session state whose catalog holds only `tables`.
+/// The query's session, its tables registered, the snapshots it reads and its tables' provider keys (`None` when
+/// one is not kept, see `plans`).
 async fn session(
     tables: Vec<ReadableTable>,
     engine: &Engine,
-) -> Result<(SessionState, Vec<SnapshotRead>), QueryError> {
+    caller: &str,
+) -> Result<
+    (
+        SessionState,
+        Vec<SnapshotRead>,
+        Option<Vec<crate::plans::SourceKey>>,
+    ),
+    QueryError,
+> {
     let internal = |e: &dyn std::fmt::Display| QueryError::Execution(e.to_string());
     let mut state = engine.base.clone();
     // The clone shares the base's catalog list: replace it, so this query's tables stay this query's.
@@ -1031,28 +1073,50 @@ async fn session(
         Arc::new(MemorySchemaProvider::new()),
     );
     let mut snapshots = Vec::new();
+    let mut keys = Some(Vec::with_capacity(tables.len()));
     for t in tables {
         let files = engine.files_for(&t.name);
-        let provider: Arc<dyn datafusion::catalog::TableProvider> = match t.source {
-            TableSource::Iceberg(table) => {
+        let key = crate::plans::Plans::source_key(caller, &t, files);
+        let cached = key.as_ref().and_then(|k| engine.plans.provider(k));
+        match (&mut keys, &key) {
+            (Some(keys), Some(key)) => keys.push(key.clone()),
+            _ => keys = None,
+        }
+        let provider: Arc<dyn datafusion::catalog::TableProvider> = match (cached, t.source) {
+            (Some(provider), TableSource::Iceberg(table) | TableSource::Governed(table, _)) => {
                 snapshots.push(SnapshotRead {
                     table: t.name.to_string(),
                     snapshot_id: table.metadata().current_snapshot_id(),
                 });
-                crate::scan::provider(table, files)
-                    .await
-                    .map_err(|e| internal(&e))?
+                provider
             }
-            TableSource::Governed(table, governance) => {
+            (_, TableSource::Iceberg(table)) => {
                 snapshots.push(SnapshotRead {
                     table: t.name.to_string(),
                     snapshot_id: table.metadata().current_snapshot_id(),
                 });
-                crate::governed::view(table, &governance, files)
+                let provider = crate::scan::provider(table, files)
                     .await
-                    .map_err(|e| internal(&e))?
+                    .map_err(|e| internal(&e))?;
+                if let Some(key) = key {
+                    engine.plans.keep_provider(key, provider.clone());
+                }
+                provider
             }
-            TableSource::Rows(batch) => Arc::new(
+            (_, TableSource::Governed(table, governance)) => {
+                snapshots.push(SnapshotRead {
+                    table: t.name.to_string(),
+                    snapshot_id: table.metadata().current_snapshot_id(),
+                });
+                let provider = crate::governed::view(table, &governance, files)
+                    .await
+                    .map_err(|e| internal(&e))?;
+                if let Some(key) = key {
+                    engine.plans.keep_provider(key, provider.clone());
+                }
+                provider
+            }
+            (_, TableSource::Rows(batch)) => Arc::new(
                 datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
                     .map_err(|e| internal(&e))?,
             ),
@@ -1075,7 +1139,7 @@ async fn session(
     for (name, catalog) in catalogs {
         state.catalog_list().register_catalog(name, catalog);
     }
-    Ok((state, snapshots))
+    Ok((state, snapshots, keys))
 }
 
 /// DataFusion's messages start with "Error during planning:" and similar; keep the useful part.
@@ -1218,9 +1282,17 @@ mod tests {
             name: TableName::parse(name).unwrap(),
             source: TableSource::Rows(batch.clone()),
         };
-        let context = |(state, _)| datafusion::prelude::SessionContext::new_with_state(state);
-        let a = context(session(vec![table("s.secret")], &engine).await.unwrap());
-        let b = context(session(vec![table("s.public")], &engine).await.unwrap());
+        let context = |(state, _, _)| datafusion::prelude::SessionContext::new_with_state(state);
+        let a = context(
+            session(vec![table("s.secret")], &engine, "a")
+                .await
+                .unwrap(),
+        );
+        let b = context(
+            session(vec![table("s.public")], &engine, "a")
+                .await
+                .unwrap(),
+        );
         assert!(a.sql("SELECT x FROM s.secret").await.is_ok());
         assert!(b.sql("SELECT x FROM s.public").await.is_ok());
         // The sessions start from one shared base state; neither may see the other's tables, and the base none.
@@ -1355,16 +1427,14 @@ mod tests {
         assert_eq!(share(4, Some(0)), 1);
     }
 
-    #[tokio::test]
-    async fn a_governed_view_masks_string_columns_and_filters_rows() {
+    /// A SQL catalog under `dir` with table `s.people`: ids 1-3, names, emails, countries DE, FR, DE.
+    async fn people(dir: &std::path::Path) -> (Arc<dyn iceberg::Catalog>, Table) {
         use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
         use iceberg::NamespaceIdent;
         use iceberg::spec::{NestedField, PrimitiveType, Type};
-        let dir = tempfile::tempdir().unwrap();
-        let catalog =
-            crate::catalog::open_sql_catalog(&dir.path().join("c.db"), &dir.path().join("w"), "t")
-                .await
-                .unwrap();
+        let catalog = crate::catalog::open_sql_catalog(&dir.join("c.db"), &dir.join("w"), "t")
+            .await
+            .unwrap();
         let ns = NamespaceIdent::new("s".to_string());
         catalog
             .create_namespace(&ns, std::collections::HashMap::new())
@@ -1405,6 +1475,13 @@ mod tests {
         let table = crate::demo::append(catalog.as_ref(), table, 1024, rx)
             .await
             .unwrap();
+        (catalog, table)
+    }
+
+    #[tokio::test]
+    async fn a_governed_view_masks_string_columns_and_filters_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_catalog, table) = people(dir.path()).await;
         let governance = Governance {
             columns: vec!["id".into(), "name".into(), "email".into(), "country".into()],
             masks: [
@@ -1473,6 +1550,123 @@ mod tests {
             assert_eq!(row[3], Value::from("DE"));
         }
         assert_ne!(r.rows[0][2], r.rows[1][2], "distinct values hash apart");
+    }
+
+    #[tokio::test]
+    async fn plans_and_tables_are_reused_only_by_one_caller_on_one_snapshot_under_one_grant() {
+        use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, table) = people(dir.path()).await;
+        let engine = Engine::new(&QueryLimits::default(), Naming::Single("parley".into())).unwrap();
+        let kept = || engine.plans.counts();
+        let ids = |r: QueryResult| -> Vec<Value> {
+            r.rows.into_iter().map(|mut row| row.remove(0)).collect()
+        };
+        let sql = "SELECT id FROM s.people ORDER BY id";
+        let run = |caller: &'static str, sql: &'static str, source| {
+            run_as(&engine, caller, sql, "s.people", source)
+        };
+        let all = ids(run("a", sql, TableSource::Iceberg(table.clone()))
+            .await
+            .unwrap());
+        assert_eq!(all, [1, 2, 3].map(Value::from));
+        assert_eq!(kept(), (1, 1));
+        // Asked again: the same answer from what was kept.
+        let again = ids(run("a", sql, TableSource::Iceberg(table.clone()))
+            .await
+            .unwrap());
+        assert_eq!(again, all);
+        assert_eq!(kept(), (1, 1));
+        // Another caller plans its own.
+        let other = ids(run("b", sql, TableSource::Iceberg(table.clone()))
+            .await
+            .unwrap());
+        assert_eq!(other, all);
+        assert_eq!(kept(), (2, 2));
+        // Under a grant, each grant's rows: never another grant's plan or the ungoverned one.
+        let grant = |country: &str, salt: &str| Governance {
+            columns: vec!["id".into(), "country".into()],
+            masks: std::collections::BTreeMap::new(),
+            row_filter: Some(("country".into(), vec![country.into()])),
+            salt: salt.into(),
+        };
+        let de = ids(run(
+            "a",
+            sql,
+            TableSource::Governed(table.clone(), grant("DE", "g1")),
+        )
+        .await
+        .unwrap());
+        assert_eq!(de, [1, 3].map(Value::from));
+        let fr = ids(run(
+            "a",
+            sql,
+            TableSource::Governed(table.clone(), grant("FR", "g2")),
+        )
+        .await
+        .unwrap());
+        assert_eq!(fr, [2].map(Value::from));
+        let de = ids(run(
+            "a",
+            sql,
+            TableSource::Governed(table.clone(), grant("DE", "g1")),
+        )
+        .await
+        .unwrap());
+        assert_eq!(de, [1, 3].map(Value::from));
+        assert_eq!(kept(), (4, 4));
+        // A new snapshot is read, not the one planned before.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(Ok(vec![
+            Arc::new(Int64Array::from(vec![4])) as ArrayRef,
+            Arc::new(StringArray::from(vec!["Di"])),
+            Arc::new(StringArray::from(vec!["d@x.de"])),
+            Arc::new(StringArray::from(vec!["DE"])),
+        ]))
+        .await
+        .unwrap();
+        drop(tx);
+        let newer = crate::demo::append(catalog.as_ref(), table, 1024, rx)
+            .await
+            .unwrap();
+        let after = ids(run("a", sql, TableSource::Iceberg(newer.clone()))
+            .await
+            .unwrap());
+        assert_eq!(after, [1, 2, 3, 4].map(Value::from));
+        let de = ids(run(
+            "a",
+            sql,
+            TableSource::Governed(newer.clone(), grant("DE", "g1")),
+        )
+        .await
+        .unwrap());
+        assert_eq!(de, [1, 3, 4].map(Value::from));
+        assert_eq!(kept(), (6, 6));
+        // What depends on the time of the call is planned every time; a statement without tables is kept.
+        let now = "SELECT now() FROM s.people LIMIT 1";
+        let at = |r: QueryResult| r.rows[0][0].clone();
+        let first = at(run("a", now, TableSource::Iceberg(newer.clone()))
+            .await
+            .unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let second = at(run("a", now, TableSource::Iceberg(newer.clone()))
+            .await
+            .unwrap());
+        assert_ne!(first, second);
+        let prepared = prepare("SELECT 1 + 1", &engine.limits, &engine.naming).unwrap();
+        let two = execute(
+            prepared,
+            vec![],
+            &engine,
+            "a",
+            10,
+            usize::MAX,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(two.rows, [[Value::from(2)]]);
+        assert_eq!(kept(), (6, 7));
     }
 
     fn refused(sql: &str) -> String {

@@ -77,10 +77,18 @@ async fn bad_sql_and_forbidden_statements_are_clear_tool_errors() {
     )
     .await);
     assert_eq!(q["rows"][0][0], 500);
+    // The time of the call (`now()` and `current_date` used to fail with an internal error).
+    let q = ok(&call(
+        &client,
+        "query",
+        json!({"sql": "SELECT CAST(now() AS DATE) = current_date, count(*) FROM sales.products"}),
+    )
+    .await);
+    assert_eq!(q["rows"][0], json!([true, 500]));
     client.cancel().await.unwrap();
-    // One audit record per call (17 SQL cases + 6 malformed + 2 others + the healthy one), errors included.
+    // One audit record per call (17 SQL cases + 6 malformed + 2 others + the two healthy ones), errors included.
     let audit = lake.audit();
-    assert_eq!(audit.len(), 17 + 6 + 2 + 1);
+    assert_eq!(audit.len(), 17 + 6 + 2 + 2);
     assert!(
         audit[..23].iter().all(|r| r["decision"] != "allowed"),
         "{audit:#?}"

@@ -1,0 +1,162 @@
+//! What one caller's queries reuse while the tables they read do not change: each table's provider (its snapshot's
+//! files planned, their statistics read) and each statement's optimized plan.
+//!
+//! A table's provider is determined by the table's metadata file, the snapshot and schema read, which files a scan
+//! may read and the grant's governance (columns, masks, row filter, salt); a statement's plan by its SQL text and
+//! the providers of the tables it reads. Both are kept per caller, so how fast a call answers says nothing about
+//! another principal's queries. A plan is kept only when planning it again would give the same plan: no function
+//! in it depends on the time of the call (`now()`, `current_date`, folded into constants by the optimizer) or is
+//! volatile, and no table is rows computed for the call (`parley.audit_log`). Authorization is not cached: every
+//! call decides its tables and grant before anything here is looked up, and a revoked grant or a new snapshot
+//! changes the key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
+
+use crate::query::{ReadableTable, TableSource};
+
+/// Providers kept (of every caller together). A provider holds its snapshot's file list.
+const PROVIDERS: u64 = 64;
+/// Plans kept (of every caller together). A plan holds the providers of the tables it reads.
+const PLANS: u64 = 128;
+/// An entry not used for this long is dropped (with the memory its files and plan hold).
+const IDLE: Duration = Duration::from_secs(600);
+
+/// What makes a table's provider: the same key, the same provider.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    caller: String,
+    table: String,
+    metadata: String,
+    snapshot: Option<i64>,
+    schema: i32,
+    files: String,
+    governance: Option<String>,
+}
+
+/// What makes a statement's plan.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PlanKey {
+    caller: String,
+    sql: String,
+    tables: Vec<SourceKey>,
+}
+
+/// An optimized plan and the batch size its literals asked for (see `bounded::batch_rows`).
+pub struct Planned {
+    pub plan: LogicalPlan,
+    pub batch_size: usize,
+}
+
+/// The engine's caches of providers and plans.
+#[derive(Clone)]
+pub struct Plans {
+    providers: moka::sync::Cache<SourceKey, Arc<dyn TableProvider>>,
+    plans: moka::sync::Cache<PlanKey, Arc<Planned>>,
+}
+
+impl Default for Plans {
+    fn default() -> Plans {
+        Plans {
+            providers: moka::sync::Cache::builder()
+                .max_capacity(PROVIDERS)
+                .time_to_idle(IDLE)
+                .build(),
+            plans: moka::sync::Cache::builder()
+                .max_capacity(PLANS)
+                .time_to_idle(IDLE)
+                .build(),
+        }
+    }
+}
+
+impl Plans {
+    /// The key of `table`'s provider for `caller`; `None` for rows computed for this call, which are never kept.
+    pub fn source_key(
+        caller: &str,
+        table: &ReadableTable,
+        files: crate::scan::Files,
+    ) -> Option<SourceKey> {
+        let (iceberg, governance) = match &table.source {
+            TableSource::Iceberg(t) => (t, None),
+            TableSource::Governed(t, g) => (t, Some(format!("{g:?}"))),
+            TableSource::Rows(_) => return None,
+        };
+        let meta = iceberg.metadata();
+        Some(SourceKey {
+            caller: caller.to_string(),
+            table: table.name.to_string(),
+            metadata: iceberg.metadata_location()?.to_string(),
+            snapshot: meta.current_snapshot_id(),
+            schema: meta.current_schema_id(),
+            files: format!("{files:?}"),
+            governance,
+        })
+    }
+
+    pub fn provider(&self, key: &SourceKey) -> Option<Arc<dyn TableProvider>> {
+        self.providers.get(key)
+    }
+
+    pub fn keep_provider(&self, key: SourceKey, provider: Arc<dyn TableProvider>) {
+        self.providers.insert(key, provider);
+    }
+
+    /// The key of a statement's plan, from the keys of every table it reads (`None` when one is not kept).
+    pub fn plan_key(caller: &str, sql: &str, tables: Option<Vec<SourceKey>>) -> Option<PlanKey> {
+        Some(PlanKey {
+            caller: caller.to_string(),
+            sql: sql.to_string(),
+            tables: tables?,
+        })
+    }
+
+    pub fn plan(&self, key: &PlanKey) -> Option<Arc<Planned>> {
+        self.plans.get(key)
+    }
+
+    pub fn keep_plan(&self, key: PlanKey, planned: Planned) {
+        self.plans.insert(key, Arc::new(planned));
+    }
+
+    /// How many providers and plans are kept.
+    #[cfg(test)]
+    pub fn counts(&self) -> (u64, u64) {
+        self.providers.run_pending_tasks();
+        self.plans.run_pending_tasks();
+        (self.providers.entry_count(), self.plans.entry_count())
+    }
+}
+
+/// Whether planning `plan` again (as written, before optimization) would give the same plan: every function in
+/// it, its subqueries included, is immutable.
+pub fn replannable(plan: &LogicalPlan) -> bool {
+    let mut same = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                let volatility = match e {
+                    Expr::ScalarFunction(f) => Some(f.func.signature().volatility),
+                    Expr::AggregateFunction(f) => Some(f.func.signature().volatility),
+                    Expr::WindowFunction(w) => Some(w.fun.signature().volatility),
+                    _ => None,
+                };
+                if volatility.is_some_and(|v| v != Volatility::Immutable) {
+                    same = false;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })?;
+        Ok(if same {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    same
+}
