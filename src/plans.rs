@@ -19,10 +19,18 @@ use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 
 use crate::query::{ReadableTable, TableSource};
 
-/// Providers kept (of every caller together). A provider holds its snapshot's file list.
-const PROVIDERS: u64 = 64;
-/// Plans kept (of every caller together). A plan holds the providers of the tables it reads.
-const PLANS: u64 = 128;
+/// What the kept providers may hold together, estimated from their snapshots' file counts (see
+/// [`SourceKey::bytes`]), in KiB.
+const PROVIDERS_KIB: u64 = 64 << 10;
+/// What the kept plans may hold together, each counted at [`PLAN_BYTES`] plus its text, its constants and its
+/// tables' providers, in KiB: a plan may hold 8 MiB of constants (`bounded::MAX_LITERAL_BYTES`).
+const PLANS_KIB: u64 = 64 << 10;
+/// What a plan is counted at besides its text, constants and providers.
+const PLAN_BYTES: u64 = 64 << 10;
+/// What a provider is counted at per data or delete file of its snapshot, and for a snapshot whose summary does
+/// not say how many it has.
+const BYTES_PER_FILE: u64 = 512;
+const UNCOUNTED_FILES: u64 = 8192;
 /// An entry not used for this long is dropped (with the memory its files and plan hold).
 const IDLE: Duration = Duration::from_secs(600);
 
@@ -36,6 +44,8 @@ pub struct SourceKey {
     schema: i32,
     files: String,
     governance: Option<String>,
+    /// What the provider is counted at: its snapshot's files (a function of the metadata file above).
+    bytes: u64,
 }
 
 /// What makes a statement's plan.
@@ -50,6 +60,8 @@ pub struct PlanKey {
 pub struct Planned {
     pub plan: LogicalPlan,
     pub batch_size: usize,
+    /// The bytes of constants it holds (`bounded::literal_bytes`).
+    pub literal_bytes: usize,
 }
 
 /// The engine's caches of providers and plans.
@@ -59,15 +71,24 @@ pub struct Plans {
     plans: moka::sync::Cache<PlanKey, Arc<Planned>>,
 }
 
+fn kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
 impl Default for Plans {
     fn default() -> Plans {
         Plans {
             providers: moka::sync::Cache::builder()
-                .max_capacity(PROVIDERS)
+                .max_capacity(PROVIDERS_KIB)
+                .weigher(|key: &SourceKey, _| kib(key.bytes))
                 .time_to_idle(IDLE)
                 .build(),
             plans: moka::sync::Cache::builder()
-                .max_capacity(PLANS)
+                .max_capacity(PLANS_KIB)
+                .weigher(|key: &PlanKey, planned: &Arc<Planned>| {
+                    let tables: u64 = key.tables.iter().map(|t| t.bytes).sum();
+                    kib(PLAN_BYTES + key.sql.len() as u64 + planned.literal_bytes as u64 + tables)
+                })
                 .time_to_idle(IDLE)
                 .build(),
         }
@@ -87,6 +108,16 @@ impl Plans {
             TableSource::Rows(_) => return None,
         };
         let meta = iceberg.metadata();
+        let file_count = meta.current_snapshot().map_or(Some(0), |s| {
+            let count = |k: &str| {
+                s.summary()
+                    .additional_properties
+                    .get(k)?
+                    .parse::<u64>()
+                    .ok()
+            };
+            Some(count("total-data-files")? + count("total-delete-files").unwrap_or(0))
+        });
         Some(SourceKey {
             caller: caller.to_string(),
             table: table.name.to_string(),
@@ -95,6 +126,7 @@ impl Plans {
             schema: meta.current_schema_id(),
             files: format!("{files:?}"),
             governance,
+            bytes: 1024 + BYTES_PER_FILE * file_count.unwrap_or(UNCOUNTED_FILES),
         })
     }
 
@@ -159,4 +191,35 @@ pub fn replannable(plan: &LogicalPlan) -> bool {
         })
     });
     same
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_full_of_constants_are_kept_within_their_budget() {
+        let plans = Plans::default();
+        let empty = datafusion::logical_expr::LogicalPlanBuilder::empty(false)
+            .build()
+            .unwrap();
+        for i in 0..40 {
+            let key = Plans::plan_key("a", &format!("SELECT {i}"), Some(vec![])).unwrap();
+            plans.keep_plan(
+                key,
+                Planned {
+                    plan: empty.clone(),
+                    batch_size: 1,
+                    literal_bytes: crate::bounded::MAX_LITERAL_BYTES,
+                },
+            );
+        }
+        plans.plans.run_pending_tasks();
+        let kept = plans.plans.entry_count();
+        assert!(
+            (1..=(PLANS_KIB << 10) / crate::bounded::MAX_LITERAL_BYTES as u64).contains(&kept),
+            "{kept} plans of 8 MiB kept"
+        );
+        assert!(plans.plans.weighted_size() <= PLANS_KIB);
+    }
 }

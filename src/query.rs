@@ -835,6 +835,7 @@ pub async fn execute(
                             crate::plans::Planned {
                                 plan: optimized.clone(),
                                 batch_size,
+                                literal_bytes: literals,
                             },
                         );
                     }
