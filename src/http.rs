@@ -376,30 +376,9 @@ async fn authenticate(
     let mut posted: Option<axum::body::Bytes> = None;
     if request.method() == Method::POST {
         let (parts, body) = request.into_parts();
-        let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES));
-        let bytes = match read.await {
-            Ok(Ok(b)) => b,
-            Err(_) => {
-                return jsonrpc_error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    &[],
-                    crate::jsonrpc::INVALID_REQUEST,
-                    format!(
-                        "Invalid Request: the message's body did not arrive within {} s; send it whole",
-                        BODY_TIMEOUT.as_secs()
-                    ),
-                );
-            }
-            Ok(Err(_)) => {
-                return jsonrpc_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &[],
-                    crate::jsonrpc::INVALID_REQUEST,
-                    format!(
-                        "Invalid Request: the message is larger than {MAX_BODY_BYTES} bytes; send smaller arguments"
-                    ),
-                );
-            }
+        let bytes = match read_body(body).await {
+            Ok(b) => b,
+            Err(refused) => return refused,
         };
         if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
             return jsonrpc_error(
@@ -548,6 +527,106 @@ pub async fn serve(
 pub const MAX_BODY_BYTES: usize = 4 << 20;
 
 /// A JSON-RPC error answer to `message` as an HTTP response (202 with no body for a notification).
+/// A POST's body, read whole within [`BODY_TIMEOUT`] and [`MAX_BODY_BYTES`], or the JSON-RPC error answering it.
+async fn read_body(body: Body) -> Result<axum::body::Bytes, Response> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(b)) => Ok(b),
+        Err(_) => Err(jsonrpc_error(
+            StatusCode::REQUEST_TIMEOUT,
+            &[],
+            crate::jsonrpc::INVALID_REQUEST,
+            format!(
+                "Invalid Request: the message's body did not arrive within {} s; send it whole",
+                BODY_TIMEOUT.as_secs()
+            ),
+        )),
+        Ok(Err(_)) => Err(jsonrpc_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &[],
+            crate::jsonrpc::INVALID_REQUEST,
+            format!(
+                "Invalid Request: the message is larger than {MAX_BODY_BYTES} bytes; send smaller arguments"
+            ),
+        )),
+    }
+}
+
+/// Cancels a call an MCP session still runs, as the client's `notifications/cancelled` would: the session's id
+/// and the JSON-RPC id of the request.
+pub type CancelCall = Arc<dyn Fn(String, serde_json::Value) + Send + Sync>;
+
+/// A call whose answer has not been delivered whole: dropped while armed (its client closed the request, or the
+/// connection), it cancels the call.
+struct Unanswered(Option<(CancelCall, String, serde_json::Value)>);
+
+impl Unanswered {
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some((cancel, session, id)) = self.0.take() {
+            tracing::debug!(%session, %id, "the client closed a call's request before its answer: cancelling it");
+            cancel(session, id);
+        }
+    }
+}
+
+/// The middleware that stops a call whose client gave up on it: a POST of a request in a session answers with a
+/// stream that carries the call's result, and the MCP layer runs the call to its end whether or not anyone still
+/// reads that stream (a query until its time limit, on every core). Dropping the stream before its end — the
+/// client closed the request or the connection — cancels the call.
+async fn cancel_abandoned(
+    State(cancel): State<CancelCall>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let session = request
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (Some(session), true) = (session, request.method() == Method::POST) else {
+        return next.run(request).await;
+    };
+    let (parts, body) = request.into_parts();
+    let bytes = match read_body(body).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    let id = crate::jsonrpc::top_level_id(&bytes);
+    let request = Request::from_parts(parts, Body::from(bytes));
+    let Some(id) = id else {
+        return next.run(request).await;
+    };
+    // Armed while the call runs: a client gone before the answer drops this future, or the stream below.
+    let unanswered = Unanswered(Some((cancel, session, id)));
+    let response = next.run(request).await;
+    let streamed = response.status().is_success()
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !streamed {
+        unanswered.answered();
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // The stream ends once the call's answer was sent; dropped before, it cancels the call.
+    let end = futures::stream::once(async move {
+        unanswered.answered();
+        None::<Result<axum::body::Bytes, axum::Error>>
+    });
+    let body = futures::StreamExt::chain(
+        body.into_data_stream(),
+        futures::StreamExt::filter_map(end, futures::future::ready),
+    );
+    Response::from_parts(parts, Body::from_stream(body))
+}
+
 fn jsonrpc_error(status: StatusCode, message: &[u8], code: i64, text: String) -> Response {
     match crate::jsonrpc::error_answer(message, code, text) {
         Some(answer) => (status, axum::Json(answer)).into_response(),
@@ -557,17 +636,22 @@ fn jsonrpc_error(status: StatusCode, message: &[u8], code: i64, text: String) ->
 
 /// The MCP endpoint without bearer tokens, for `serve --http <loopback> --principal NAME`: every request acts as
 /// the server's local principal (the transport adds none, so the server's `LocalIdentity` answers).
-pub fn local_router<S>(mcp: S) -> Router
+pub fn local_router<S>(mcp: S, cancel: CancelCall) -> Router
 where
     S: tower_service::Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Response: IntoResponse,
     S::Future: Send + 'static,
 {
-    Router::new().nest_service("/mcp", mcp)
+    Router::new()
+        .nest_service("/mcp", mcp)
+        .layer(axum::middleware::from_fn_with_state(
+            cancel,
+            cancel_abandoned,
+        ))
 }
 
 /// The HTTP app: `mcp` (the MCP service) at `/mcp` behind token checks, plus the protected-resource metadata.
-pub fn router<S>(mcp: S, auth: Arc<HttpAuth>) -> Router
+pub fn router<S>(mcp: S, auth: Arc<HttpAuth>, cancel: CancelCall) -> Router
 where
     S: tower_service::Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Response: IntoResponse,
@@ -578,8 +662,13 @@ where
         let m = metadata.clone();
         async move { axum::Json(m) }
     };
+    // Authenticated first (the outer layer), then watched for an abandoned call.
     let protected = Router::new()
         .nest_service("/mcp", mcp)
+        .layer(axum::middleware::from_fn_with_state(
+            cancel,
+            cancel_abandoned,
+        ))
         .layer(axum::middleware::from_fn_with_state(auth, authenticate));
     Router::new()
         .route(

@@ -1247,6 +1247,7 @@ async fn serve_http(
         sessions.clone(),
         http_config.with_cancellation_token(ct.child_token()),
     );
+    let cancel_sessions = sessions.clone();
     // Sessions dropped past the limits are closed in the MCP layer too, so they free what they hold.
     let close: parley::http::CloseSession = Arc::new(move |ids: Vec<String>| {
         use rmcp::transport::streamable_http_server::session::SessionManager as _;
@@ -1257,6 +1258,26 @@ async fn serve_http(
             }
         });
     });
+    // A call whose HTTP client closed its request is cancelled as the client's `notifications/cancelled` would.
+    let sessions = cancel_sessions;
+    let cancel: parley::http::CancelCall =
+        Arc::new(move |session: String, id: serde_json::Value| {
+            use rmcp::transport::streamable_http_server::session::SessionManager as _;
+            let message = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": id, "reason": "the client closed the request"}});
+            let Ok(message) = serde_json::from_value::<rmcp::model::ClientJsonRpcMessage>(message)
+            else {
+                return;
+            };
+            // Called from a dropped stream, which may be dropped as the runtime shuts down.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let sessions = sessions.clone();
+            runtime.spawn(async move {
+                let _ = sessions.accept_message(&Arc::from(session), message).await;
+            });
+        });
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -1268,10 +1289,10 @@ async fn serve_http(
                     .with_subject_tokens(subject_tokens)
                     .with_session_closer(close),
             );
-            parley::http::router(service, auth.clone())
+            parley::http::router(service, auth.clone(), cancel)
                 .merge(parley::http::protect_iceberg(iceberg, auth))
         }
-        None => parley::http::local_router(service),
+        None => parley::http::local_router(service, cancel),
     };
     tracing::info!(url = %format!("http://{}/mcp", listener.local_addr()?), "serving MCP over streamable HTTP");
     parley::http::serve(listener, router, async move {

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::util::{Lake, call, err, ok, text};
+use crate::util::{Lake, call, cpu_seconds, err, ok, text};
 
 #[tokio::test]
 async fn bad_sql_and_forbidden_statements_are_clear_tool_errors() {
@@ -457,15 +457,6 @@ async fn unparseable_stdio_lines_are_answered_and_the_server_keeps_serving() {
         "{prompts:?}"
     );
     assert_ne!(prompts[2].0, "error", "{prompts:?}");
-}
-
-/// CPU seconds (user + system) the process `pid` has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
 }
 
 /// Issue 11: a query past its time limit must stop using CPU, not just be answered. A selective nested-loop

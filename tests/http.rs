@@ -6,7 +6,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::util::{Lake, call, ok};
+use crate::util::{Lake, call, cpu_seconds, ok};
 
 /// A bearer token from the lake's dev issuer (what `parley token` prints).
 pub fn dev_token(lake: &Lake, principal: &str, groups: &[&str]) -> String {
@@ -226,4 +226,130 @@ async fn a_local_http_server_acts_as_its_principal_without_tokens() {
             "{bad:?}: {err}"
         );
     }
+}
+
+/// A client that gives up on a call (closes its request, as an HTTP client's time-out does) stops the call's
+/// work: the runaway join below ran on until its 60 s time limit, on every core, after its client had gone.
+#[tokio::test]
+async fn a_call_its_http_client_abandons_is_cancelled() {
+    // Token-less on loopback, and behind bearer tokens.
+    abandon_a_call(false).await;
+    abandon_a_call(true).await;
+}
+
+async fn abandon_a_call(tokens: bool) {
+    let lake = Lake::new();
+    std::fs::write(
+        lake.path().join("parley.toml"),
+        "[query]\ntimeout_ms = 60000\n",
+    )
+    .unwrap();
+    let mode: &[&str] = if tokens {
+        &["--dev-issuer"]
+    } else {
+        &["--principal", "analyst"]
+    };
+    let (mut child, url) = start(&lake, mode).await;
+    let token = tokens.then(|| dev_token(&lake, "analyst", &["analysts"]));
+    let pid = child.id().unwrap();
+    let client = reqwest::Client::new();
+    let post = |body: serde_json::Value, session: Option<&str>| {
+        let mut r = client
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-06-18");
+        if let Some(s) = session {
+            r = r.header("mcp-session-id", s);
+        }
+        if let Some(t) = &token {
+            r = r.bearer_auth(t);
+        }
+        r.json(&body)
+    };
+    let r = post(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}),
+        None,
+    )
+    .send()
+    .await
+    .unwrap();
+    let session = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    r.text().await.unwrap();
+    post(
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        Some(&session),
+    )
+    .send()
+    .await
+    .unwrap();
+    // Start-up work is done before anything is measured.
+    let warm = post(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "query", "arguments": {"sql":
+               "SELECT count(*) FROM sales.orders"}}}),
+        Some(&session),
+    )
+    .send()
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(warm.contains("\"result\""), "{warm}");
+    let sql =
+        "SELECT count(*) FROM sales.orders a JOIN sales.orders b ON a.order_id + b.order_id < 0";
+    let abandoned = post(
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "query", "arguments": {"sql": sql}}}),
+        Some(&session),
+    )
+    .timeout(std::time::Duration::from_millis(1500))
+    .send()
+    .await;
+    // Either the headers or the body's wait ran out; either way the request is closed.
+    if let Ok(r) = abandoned {
+        assert!(r.text().await.is_err(), "the runaway join answered");
+    }
+    // The call ends as cancelled, with its audit record, and the join stops computing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let record = loop {
+        let found = lake.audit().into_iter().find(|r| r["sql"] == sql);
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit record for the abandoned call: {:#?}",
+            lake.audit()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        record["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cancelled")),
+        "{record}"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let before = cpu_seconds(pid);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let used = cpu_seconds(pid) - before;
+    assert!(
+        used < 0.5,
+        "the abandoned query kept computing: {used:.2} CPU-s in 2 s"
+    );
+    // The session serves on.
+    let after = post(
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "query", "arguments": {"sql":
+               "SELECT 1"}}}),
+        Some(&session),
+    )
+    .send()
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(after.contains("\"result\""), "{after}");
+    child.kill().await.unwrap();
 }
