@@ -106,6 +106,70 @@ pub struct HttpAuth {
     close: Option<CloseSession>,
     /// Where verified tokens are kept for token exchange, when a catalog needs them.
     subject_tokens: Option<Arc<crate::identity::SubjectTokens>>,
+    /// Requests each principal has in flight (see [`MAX_REQUESTS_PER_PRINCIPAL`]).
+    in_flight: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// Most requests one principal has in flight at once — calls running, streams of server messages open — a quarter
+/// of [`MAX_CONNECTIONS`]: one token holder cannot take every connection (each a stream it keeps open, or a query
+/// waiting its turn) so that no one else is served. Past it a request is answered 429 at once.
+pub const MAX_REQUESTS_PER_PRINCIPAL: usize = MAX_CONNECTIONS / 4;
+
+/// One of a principal's requests in flight, until its response's body has ended or was dropped.
+struct InFlight {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    principal: String,
+}
+
+impl InFlight {
+    /// Counts a request of `principal`; `None` when it has [`MAX_REQUESTS_PER_PRINCIPAL`] in flight already.
+    fn take(counts: &Arc<Mutex<HashMap<String, usize>>>, principal: &str) -> Option<InFlight> {
+        let mut map = counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(principal.to_string()).or_default();
+        if *n >= MAX_REQUESTS_PER_PRINCIPAL {
+            return None;
+        }
+        *n += 1;
+        Some(InFlight {
+            counts: counts.clone(),
+            principal: principal.to_string(),
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut map = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.principal) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.principal);
+            }
+        }
+    }
+}
+
+/// `response` with `guard` held until its body was dropped, or handed to `ended` once the body has ended.
+fn holding<G: Send + 'static>(
+    response: Response,
+    guard: G,
+    ended: impl FnOnce(G) + Send + 'static,
+) -> Response {
+    let (parts, body) = response.into_parts();
+    let end = futures::stream::once(async move {
+        ended(guard);
+        None::<Result<axum::body::Bytes, axum::Error>>
+    });
+    let body = futures::StreamExt::chain(
+        body.into_data_stream(),
+        futures::StreamExt::filter_map(end, futures::future::ready),
+    );
+    Response::from_parts(parts, Body::from_stream(body))
 }
 
 impl HttpAuth {
@@ -146,6 +210,7 @@ impl HttpAuth {
             sessions: Mutex::new(Sessions::default()),
             close: None,
             subject_tokens: None,
+            in_flight: Arc::default(),
         }
     }
 
@@ -336,6 +401,24 @@ async fn authenticate(
     };
     let expires_at = authenticated.expires_at;
     let principal: Principal = authenticated.principal;
+    let Some(in_flight) = InFlight::take(&auth.in_flight, &principal.id) else {
+        tracing::warn!(principal = %principal.id, "refused a request past the principal's requests in flight");
+        let mut response = (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(json!({
+                "error": "too_many_requests",
+                "error_description": format!(
+                    "this principal has {MAX_REQUESTS_PER_PRINCIPAL} requests in flight (calls running, streams \
+                     open); close streams or sessions it no longer uses, or wait for calls to end"
+                )
+            })),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
     if let Some(tokens) = &auth.subject_tokens {
         tokens.remember(&principal.id, &token);
     }
@@ -452,7 +535,7 @@ async fn authenticate(
         ));
         response = Response::from_parts(parts, body);
     }
-    response
+    holding(response, in_flight, drop)
 }
 
 /// Most connections served at once; more wait in the listen queue until one closes (the process's file
@@ -614,17 +697,8 @@ async fn cancel_abandoned(
         unanswered.answered();
         return response;
     }
-    let (parts, body) = response.into_parts();
     // The stream ends once the call's answer was sent; dropped before, it cancels the call.
-    let end = futures::stream::once(async move {
-        unanswered.answered();
-        None::<Result<axum::body::Bytes, axum::Error>>
-    });
-    let body = futures::StreamExt::chain(
-        body.into_data_stream(),
-        futures::StreamExt::filter_map(end, futures::future::ready),
-    );
-    Response::from_parts(parts, Body::from_stream(body))
+    holding(response, unanswered, Unanswered::answered)
 }
 
 fn jsonrpc_error(status: StatusCode, message: &[u8], code: i64, text: String) -> Response {

@@ -353,3 +353,93 @@ async fn abandon_a_call(tokens: bool) {
     assert!(after.contains("\"result\""), "{after}");
     child.kill().await.unwrap();
 }
+
+/// One token holder cannot take every connection: past its quarter of them in flight (streams of server messages
+/// it keeps open, calls running), its next request is answered 429 at once, while another principal is served and
+/// the first is again once it closes some.
+#[tokio::test]
+async fn one_principal_cannot_hold_every_connection() {
+    let lake = Lake::new();
+    let (mut child, url) = start(&lake, &["--dev-issuer"]).await;
+    let flooder = dev_token(&lake, "analyst", &["analysts"]);
+    let other = dev_token(&lake, "ops-owner", &["analysts", "ops-owners"]);
+    let client = reqwest::Client::new();
+    let request = |method: reqwest::Method, token: &str, session: Option<&str>| {
+        let mut r = client
+            .request(method, &url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-06-18")
+            .bearer_auth(token);
+        if let Some(s) = session {
+            r = r.header("mcp-session-id", s);
+        }
+        r
+    };
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+    let open = async |token: &str| {
+        let r = request(reqwest::Method::POST, token, None)
+            .json(&initialize)
+            .send()
+            .await
+            .unwrap();
+        let session = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+        r.text().await.unwrap();
+        request(reqwest::Method::POST, token, Some(&session))
+            .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .send()
+            .await
+            .unwrap();
+        session
+    };
+    // Streams of server messages, each held open on a connection of its own: a session keeps up to 33 (rmcp's
+    // primary stream and 32 more), a principal up to 64 sessions.
+    let mut sessions = Vec::new();
+    let mut streams = Vec::new();
+    let refused = 'flood: loop {
+        let session = open(&flooder).await;
+        for _ in 0..30 {
+            let r = request(reqwest::Method::GET, &flooder, Some(&session))
+                .send()
+                .await
+                .unwrap();
+            if !r.status().is_success() {
+                break 'flood r;
+            }
+            streams.push(r);
+            assert!(
+                streams.len() <= 128,
+                "no limit on a principal's open streams"
+            );
+        }
+        sessions.push(session);
+    };
+    let session = sessions[0].clone();
+    assert_eq!(refused.status(), 429, "{:?}", refused.text().await);
+    assert_eq!(streams.len(), 128);
+    assert!(refused.headers().contains_key("retry-after"));
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("in flight"), "{text}");
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "list_tables",
+                      "arguments": {}}});
+    // Another principal is served meanwhile.
+    let theirs = open(&other).await;
+    let r = request(reqwest::Method::POST, &other, Some(&theirs))
+        .json(&list)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().contains("\"result\""));
+    // Streams closed, the flooder is served again.
+    streams.truncate(100);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = request(reqwest::Method::POST, &flooder, Some(&session))
+        .json(&list)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().contains("\"result\""));
+    drop(streams);
+    child.kill().await.unwrap();
+}
