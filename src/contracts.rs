@@ -695,6 +695,82 @@ pub struct ContractStore {
     pub rejected: Vec<String>,
     /// How many files were taken unvalidated ([`ContractStore::load_presuming`]); validated when first needed.
     pub presumed: usize,
+    /// Texts found invalid (or governing another table than their text seemed to name) when presumed before, read
+    /// from beside the cache by a presuming load: validated at once instead of presumed again (see [`Refused`]).
+    refused: Refused,
+}
+
+/// The digests of contract texts a presuming load must not presume: each was presumed once and turned out
+/// invalid, or to govern another table than its text seemed to name. Without it, every start on a tree with one
+/// invalid file presumed it again and validated the whole tree in the background again. Kept beside the
+/// validated-contracts cache (`contract-refused`), under the same first line (the ODCS schema and typed form it
+/// was judged by), the newest [`Refused::KEPT`].
+#[derive(Debug, Default, Clone)]
+struct Refused {
+    newest_last: Vec<[u8; 32]>,
+    set: std::collections::HashSet<[u8; 32]>,
+}
+
+impl Refused {
+    const FILE: &str = "contract-refused";
+    const KEPT: usize = 4096;
+
+    fn path(cache: &Path) -> PathBuf {
+        cache.with_file_name(Refused::FILE)
+    }
+
+    fn read(cache: &Path) -> Refused {
+        let Ok(text) = std::fs::read_to_string(Refused::path(cache)) else {
+            return Refused::default();
+        };
+        let mut lines = text.lines();
+        if lines.next() != Some(ValidatedCache::header()) {
+            return Refused::default();
+        }
+        let mut refused = Refused::default();
+        refused.push(lines.filter_map(|l| {
+            let mut d = [0u8; 32];
+            hex::decode_to_slice(l, &mut d).ok().map(|_| d)
+        }));
+        refused
+    }
+
+    fn contains(&self, digest: &[u8; 32]) -> bool {
+        self.set.contains(digest)
+    }
+
+    /// Adds the digests not held yet, newest last; whether any was new.
+    fn push(&mut self, digests: impl IntoIterator<Item = [u8; 32]>) -> bool {
+        let before = self.newest_last.len();
+        for d in digests {
+            if self.set.insert(d) {
+                self.newest_last.push(d);
+            }
+        }
+        self.newest_last.len() > before
+    }
+
+    /// Adds `digests` (newest last) and writes what is kept; nothing when none is new.
+    fn add(mut self, cache: &Path, digests: impl IntoIterator<Item = [u8; 32]>) {
+        if !self.push(digests) {
+            return;
+        }
+        let drop = self.newest_last.len().saturating_sub(Refused::KEPT);
+        self.newest_last.drain(..drop);
+        crate::demo::remember(
+            &Refused::path(cache),
+            "the refused contract texts",
+            "the next start presumes them again",
+            |out| {
+                use std::io::Write as _;
+                writeln!(out, "{}", ValidatedCache::header())?;
+                for d in &self.newest_last {
+                    writeln!(out, "{}", hex::encode(d))?;
+                }
+                Ok(())
+            },
+        );
+    }
 }
 
 impl ContractStore {
@@ -729,6 +805,10 @@ impl ContractStore {
         collect_yaml(dir, &mut files);
         files.sort();
         let remembered = cache.map(ValidatedCache::read).unwrap_or_default();
+        let refused = cache
+            .filter(|_| presume)
+            .map(Refused::read)
+            .unwrap_or_default();
         let remember = cache.is_some();
         let index_path = cache.map(|c| c.with_file_name(FileIndex::FILE));
         let index = index_path
@@ -742,6 +822,7 @@ impl ContractStore {
         let read = crate::parallel::filter_map_chunks(&files, 256, "loading contracts", |path| {
             // The file's state is taken before its text: a change in between is seen by the next check.
             let stamp = FileStamp::of(path);
+            let presume = presume.then_some(&refused);
             let loaded = load_file(dir, path, stamp, &remembered, &index, remember, presume);
             Some(((path.clone(), stamp), loaded))
         });
@@ -783,6 +864,7 @@ impl ContractStore {
         }
         store.files = FilesState(state);
         store.presumed = presumed;
+        store.refused = refused;
         for result in read {
             match result {
                 Ok((key, version)) => {
@@ -802,8 +884,9 @@ impl ContractStore {
 
     /// Validates every version this store took unvalidated ([`ContractStore::load_presuming`]), on all cores —
     /// sharing the work with the calls that needed some meanwhile — and remembers the valid ones in `cache`, so
-    /// that the validating load that follows reads them back instead of validating them again. Returns how many
-    /// it remembered.
+    /// that the validating load that follows reads them back instead of validating them again, and the refused
+    /// ones beside it (see [`Refused`]), so that the next start validates them at once instead of presuming them
+    /// again. Returns how many valid ones it remembered.
     pub fn remember_presumed(&self, cache: &Path) -> usize {
         let versions: Vec<&Version> = self
             .by_table
@@ -811,11 +894,22 @@ impl ContractStore {
             .flatten()
             .filter(|v| v.presumed)
             .collect();
-        let mut new =
+        let judged =
             crate::parallel::filter_map_chunks(&versions, 64, "validating contracts", |v| {
-                let json = serde_json::to_string(&v.loaded()?.contract).ok()?;
+                let json = v
+                    .loaded()
+                    .and_then(|l| serde_json::to_string(&l.contract).ok());
                 Some((v.digest, json))
             });
+        let (valid, refused): (Vec<_>, Vec<_>) =
+            judged.into_iter().partition(|(_, json)| json.is_some());
+        self.refused
+            .clone()
+            .add(cache, refused.into_iter().map(|(digest, _)| digest));
+        let mut new: Vec<([u8; 32], String)> = valid
+            .into_iter()
+            .filter_map(|(digest, json)| Some((digest, json?)))
+            .collect();
         new.sort_unstable_by_key(|(digest, _)| *digest);
         new.dedup_by_key(|(digest, _)| *digest);
         if !new.is_empty() {
@@ -970,7 +1064,7 @@ fn load_file(
     cache: &ValidatedCache,
     index: &FileIndex,
     remember: bool,
-    presume: bool,
+    presume: Option<&Refused>,
 ) -> Result<LoadedFile, ContractError> {
     let relative = path
         .strip_prefix(root)
@@ -1006,7 +1100,8 @@ fn load_file(
         source,
     })?;
     let digest: [u8; 32] = sha2::Sha256::digest(yaml.as_bytes()).into();
-    if presume
+    if let Some(refused) = presume
+        && !refused.contains(&digest)
         && !cache.forms.entries.contains_key(&digest)
         && let Some(key) = presumed_key(root, path, &yaml)
     {
@@ -1960,8 +2055,14 @@ mod tests {
         assert_eq!(full.rejected, plain.rejected);
         let next = ContractStore::load_presuming(&contracts, Some(&cache));
         assert_eq!(
-            next.presumed, 1,
-            "every valid file is vouched for; the invalid one is read again"
+            next.presumed, 0,
+            "every valid file is vouched for; the invalid one is refused at once, not presumed again"
+        );
+        assert_eq!(next.rejected.len(), 1, "{:?}", next.rejected);
+        assert!(
+            next.rejected[0].contains("broken.yaml"),
+            "{:?}",
+            next.rejected
         );
         for table in plain.tables() {
             assert_eq!(
@@ -1971,6 +2072,17 @@ mod tests {
             );
         }
         assert!(next.get("extra.broken").is_none());
+        // Mended, its new text is presumed (and valid) like any new text.
+        let broken = std::fs::read_to_string(contracts.join("extra/broken.yaml")).unwrap();
+        std::fs::write(
+            contracts.join("extra/broken.yaml"),
+            broken.replace("favouriteColour: blue\n", ""),
+        )
+        .unwrap();
+        let mended = ContractStore::load_presuming(&contracts, Some(&cache));
+        assert_eq!(mended.presumed, 1);
+        assert!(mended.rejected.is_empty(), "{:?}", mended.rejected);
+        assert!(mended.get("extra.broken").is_some());
         // Without a cache (a plain load) nothing is presumed.
         assert_eq!(ContractStore::load_presuming(&contracts, None).presumed, 0);
     }
