@@ -1591,29 +1591,18 @@ mod tests {
             row_filter: Some(("country".into(), vec![country.into()])),
             salt: salt.into(),
         };
-        let de = ids(run(
-            "a",
-            sql,
-            TableSource::Governed(table.clone(), grant("DE", "g1")),
-        )
-        .await
-        .unwrap());
+        let under = |country, salt| {
+            run(
+                "a",
+                sql,
+                TableSource::Governed(table.clone(), grant(country, salt)),
+            )
+        };
+        let de = ids(under("DE", "g1").await.unwrap());
         assert_eq!(de, [1, 3].map(Value::from));
-        let fr = ids(run(
-            "a",
-            sql,
-            TableSource::Governed(table.clone(), grant("FR", "g2")),
-        )
-        .await
-        .unwrap());
+        let fr = ids(under("FR", "g2").await.unwrap());
         assert_eq!(fr, [2].map(Value::from));
-        let de = ids(run(
-            "a",
-            sql,
-            TableSource::Governed(table.clone(), grant("DE", "g1")),
-        )
-        .await
-        .unwrap());
+        let de = ids(under("DE", "g1").await.unwrap());
         assert_eq!(de, [1, 3].map(Value::from));
         assert_eq!(kept(), (4, 4));
         // A new snapshot is read, not the one planned before.

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::util::{Lake, call, cpu_seconds, err, ok, text};
+use crate::util::{Lake, call, cpu_after_a_second, err, ok, text};
 
 #[tokio::test]
 async fn bad_sql_and_forbidden_statements_are_clear_tool_errors() {
@@ -487,10 +487,7 @@ async fn a_stopped_query_stops_using_cpu() {
     assert!(reply.contains("time limit of 500 ms"), "{last}");
     // A second after the reply the join has stopped: a quarter of one core at most over the next two seconds,
     // where the runaway join kept both cores busy (about 2 CPU-s per second).
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    let before = cpu_seconds(pid);
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    let used = cpu_seconds(pid) - before;
+    let used = cpu_after_a_second(pid).await;
     assert!(
         used < 0.5,
         "the stopped query kept computing: {used:.2} CPU-s in 2 s"

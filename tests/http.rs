@@ -6,7 +6,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::util::{Lake, call, cpu_seconds, ok};
+use crate::util::{Lake, call, cpu_after_a_second, ok};
 
 /// A bearer token from the lake's dev issuer (what `parley token` prints).
 pub fn dev_token(lake: &Lake, principal: &str, groups: &[&str]) -> String {
@@ -228,6 +228,66 @@ async fn a_local_http_server_acts_as_its_principal_without_tokens() {
     }
 }
 
+/// A raw streamable-HTTP request to `url` with MCP's headers, and the token and session when given.
+fn raw(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    session: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let mut r = client
+        .request(method, url)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2025-06-18");
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(s) = session {
+        r = r.header("mcp-session-id", s);
+    }
+    r
+}
+
+/// Opens a session with raw requests (`initialize`, then `notifications/initialized`) and returns its id.
+async fn raw_session(client: &reqwest::Client, url: &str, token: Option<&str>) -> String {
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+    let r = raw(client, reqwest::Method::POST, url, token, None)
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    let session = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    r.text().await.unwrap();
+    raw(client, reqwest::Method::POST, url, token, Some(&session))
+        .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .send()
+        .await
+        .unwrap();
+    session
+}
+
+/// Calls tool `name` with `arguments` as request `id` in `session`; the whole response's text.
+async fn raw_call(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    session: &str,
+    (id, name, arguments): (u64, &str, serde_json::Value),
+) -> String {
+    raw(client, reqwest::Method::POST, url, token, Some(session))
+        .json(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                      "params": {"name": name, "arguments": arguments}}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A client that gives up on a call (closes its request, as an HTTP client's time-out does) stops the call's
 /// work: the runaway join below ran on until its 60 s time limit, on every core, after its client had gone.
 #[tokio::test]
@@ -251,61 +311,32 @@ async fn abandon_a_call(tokens: bool) {
     };
     let (mut child, url) = start(&lake, mode).await;
     let token = tokens.then(|| dev_token(&lake, "analyst", &["analysts"]));
+    let token = token.as_deref();
     let pid = child.id().unwrap();
     let client = reqwest::Client::new();
-    let post = |body: serde_json::Value, session: Option<&str>| {
-        let mut r = client
-            .post(&url)
-            .header("accept", "application/json, text/event-stream")
-            .header("content-type", "application/json")
-            .header("mcp-protocol-version", "2025-06-18");
-        if let Some(s) = session {
-            r = r.header("mcp-session-id", s);
-        }
-        if let Some(t) = &token {
-            r = r.bearer_auth(t);
-        }
-        r.json(&body)
-    };
-    let r = post(
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}),
-        None,
-    )
-    .send()
-    .await
-    .unwrap();
-    let session = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
-    r.text().await.unwrap();
-    post(
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-        Some(&session),
-    )
-    .send()
-    .await
-    .unwrap();
+    let session = raw_session(&client, &url, token).await;
     // Start-up work is done before anything is measured.
-    let warm = post(
-        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "query", "arguments": {"sql":
-               "SELECT count(*) FROM sales.orders"}}}),
-        Some(&session),
+    let warm = raw_call(
+        &client,
+        &url,
+        token,
+        &session,
+        (
+            2,
+            "query",
+            json!({"sql": "SELECT count(*) FROM sales.orders"}),
+        ),
     )
-    .send()
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    .await;
     assert!(warm.contains("\"result\""), "{warm}");
     let sql =
         "SELECT count(*) FROM sales.orders a JOIN sales.orders b ON a.order_id + b.order_id < 0";
-    let abandoned = post(
-        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "query", "arguments": {"sql": sql}}}),
-        Some(&session),
-    )
-    .timeout(std::time::Duration::from_millis(1500))
-    .send()
-    .await;
+    let abandoned = raw(&client, reqwest::Method::POST, &url, token, Some(&session))
+        .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                      "params": {"name": "query", "arguments": {"sql": sql}}}))
+        .timeout(std::time::Duration::from_millis(1500))
+        .send()
+        .await;
     // Either the headers or the body's wait ran out; either way the request is closed.
     if let Ok(r) = abandoned {
         assert!(r.text().await.is_err(), "the runaway join answered");
@@ -313,13 +344,12 @@ async fn abandon_a_call(tokens: bool) {
     // The call ends as cancelled, with its audit record, and the join stops computing.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let record = loop {
-        let found = lake.audit().into_iter().find(|r| r["sql"] == sql);
-        if let Some(r) = found {
+        if let Some(r) = lake.audit().into_iter().find(|r| r["sql"] == sql) {
             break r;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no audit record for the abandoned call: {:#?}",
+            "no audit record for the abandoned call (tokens: {tokens}): {:#?}",
             lake.audit()
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -330,26 +360,20 @@ async fn abandon_a_call(tokens: bool) {
             .is_some_and(|e| e.contains("cancelled")),
         "{record}"
     );
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    let before = cpu_seconds(pid);
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    let used = cpu_seconds(pid) - before;
+    let used = cpu_after_a_second(pid).await;
     assert!(
         used < 0.5,
-        "the abandoned query kept computing: {used:.2} CPU-s in 2 s"
+        "the abandoned query kept computing (tokens: {tokens}): {used:.2} CPU-s in 2 s"
     );
     // The session serves on.
-    let after = post(
-        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "query", "arguments": {"sql":
-               "SELECT 1"}}}),
-        Some(&session),
+    let after = raw_call(
+        &client,
+        &url,
+        token,
+        &session,
+        (4, "query", json!({"sql": "SELECT 1"})),
     )
-    .send()
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    .await;
     assert!(after.contains("\"result\""), "{after}");
     child.kill().await.unwrap();
 }
@@ -364,46 +388,23 @@ async fn one_principal_cannot_hold_every_connection() {
     let flooder = dev_token(&lake, "analyst", &["analysts"]);
     let other = dev_token(&lake, "ops-owner", &["analysts", "ops-owners"]);
     let client = reqwest::Client::new();
-    let request = |method: reqwest::Method, token: &str, session: Option<&str>| {
-        let mut r = client
-            .request(method, &url)
-            .header("accept", "application/json, text/event-stream")
-            .header("content-type", "application/json")
-            .header("mcp-protocol-version", "2025-06-18")
-            .bearer_auth(token);
-        if let Some(s) = session {
-            r = r.header("mcp-session-id", s);
-        }
-        r
-    };
-    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
-    let open = async |token: &str| {
-        let r = request(reqwest::Method::POST, token, None)
-            .json(&initialize)
-            .send()
-            .await
-            .unwrap();
-        let session = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
-        r.text().await.unwrap();
-        request(reqwest::Method::POST, token, Some(&session))
-            .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-            .send()
-            .await
-            .unwrap();
-        session
-    };
     // Streams of server messages, each held open on a connection of its own: a session keeps up to 33 (rmcp's
     // primary stream and 32 more), a principal up to 64 sessions.
     let mut sessions = Vec::new();
     let mut streams = Vec::new();
     let refused = 'flood: loop {
-        let session = open(&flooder).await;
+        let session = raw_session(&client, &url, Some(&flooder)).await;
         for _ in 0..30 {
-            let r = request(reqwest::Method::GET, &flooder, Some(&session))
-                .send()
-                .await
-                .unwrap();
+            let r = raw(
+                &client,
+                reqwest::Method::GET,
+                &url,
+                Some(&flooder),
+                Some(&session),
+            )
+            .send()
+            .await
+            .unwrap();
             if !r.status().is_success() {
                 break 'flood r;
             }
@@ -415,31 +416,21 @@ async fn one_principal_cannot_hold_every_connection() {
         }
         sessions.push(session);
     };
-    let session = sessions[0].clone();
-    assert_eq!(refused.status(), 429, "{:?}", refused.text().await);
+    assert_eq!(refused.status(), 429);
     assert_eq!(streams.len(), 128);
     assert!(refused.headers().contains_key("retry-after"));
     let text = refused.text().await.unwrap();
     assert!(text.contains("in flight"), "{text}");
-    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "list_tables",
-                      "arguments": {}}});
+    let list = || (2, "list_tables", json!({}));
     // Another principal is served meanwhile.
-    let theirs = open(&other).await;
-    let r = request(reqwest::Method::POST, &other, Some(&theirs))
-        .json(&list)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.text().await.unwrap().contains("\"result\""));
+    let theirs = raw_session(&client, &url, Some(&other)).await;
+    let r = raw_call(&client, &url, Some(&other), &theirs, list()).await;
+    assert!(r.contains("\"result\""), "{r}");
     // Streams closed, the flooder is served again.
     streams.truncate(100);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let r = request(reqwest::Method::POST, &flooder, Some(&session))
-        .json(&list)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.text().await.unwrap().contains("\"result\""));
+    let r = raw_call(&client, &url, Some(&flooder), &sessions[0], list()).await;
+    assert!(r.contains("\"result\""), "{r}");
     drop(streams);
     child.kill().await.unwrap();
 }

@@ -231,6 +231,14 @@ impl RawServer {
     }
 }
 
+/// CPU seconds the process `pid` uses over two seconds that start a second from now.
+pub async fn cpu_after_a_second(pid: u32) -> f64 {
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let before = cpu_seconds(pid);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    cpu_seconds(pid) - before
+}
+
 /// CPU seconds (user + system) the process `pid` has used so far.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
