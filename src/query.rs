@@ -1048,9 +1048,8 @@ fn float(v: f64) -> Value {
     serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
 }
 
-/// A fresh, locked-down session state whose catalog holds only `tables`.
-/// The query's session, its tables registered, the snapshots it reads and its tables' provider keys (`None` when
-/// one is not kept, see `plans`).
+/// A fresh, locked-down session state whose catalog holds only `tables`, the snapshots it reads, and its tables'
+/// provider keys (`None` when one is not kept, see `plans`).
 async fn session(
     tables: Vec<ReadableTable>,
     engine: &Engine,
