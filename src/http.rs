@@ -38,6 +38,72 @@ pub const MAX_SESSIONS_PER_PRINCIPAL: usize = 64;
 /// Closes sessions in the MCP layer (its session manager), so a session dropped here frees what it holds.
 pub type CloseSession = Arc<dyn Fn(Vec<String>) + Send + Sync>;
 
+/// The sessions a server has open, bound to the principals that opened them; the oldest are closed past the
+/// limits ([`MAX_SESSIONS_PER_PRINCIPAL`], [`MAX_SESSIONS`]).
+#[derive(Default)]
+struct SessionBook {
+    sessions: Mutex<Sessions>,
+    /// Closes sessions dropped past the limits in the MCP layer.
+    close: Option<CloseSession>,
+}
+
+impl SessionBook {
+    fn bind(&self, session: &str, principal: &str) {
+        let closed = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bind(session, principal);
+        if !closed.is_empty() {
+            tracing::info!(
+                %principal,
+                closed = closed.len(),
+                "closed the oldest MCP sessions past the limits ({MAX_SESSIONS_PER_PRINCIPAL} per principal, \
+                 {MAX_SESSIONS} in all)"
+            );
+            if let Some(close) = &self.close {
+                close(closed);
+            }
+        }
+    }
+
+    fn owner(&self, session: &str) -> Option<String> {
+        let guard = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        guard.owner.get(session).cloned()
+    }
+
+    /// What the MCP layer's `response` to a request of `principal` in `session` (none for `initialize`) means
+    /// for the book: a new session is bound, a session its DELETE ended is forgotten.
+    fn answered(
+        &self,
+        session: Option<&str>,
+        closing: bool,
+        principal: &str,
+        response: &mut Response,
+    ) {
+        match (session, response.headers().get(SESSION_HEADER)) {
+            (None, Some(new)) => {
+                if let Ok(new) = new.to_str() {
+                    self.bind(new, principal);
+                }
+            }
+            // Only a DELETE the MCP layer accepted ended the session; a refused one (bad protocol version, bad
+            // Host, unknown session) leaves it open and bound to its owner.
+            (Some(s), _) if closing && response.status().is_success() => {
+                self.sessions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .forget(s);
+                // Clients expect 200 or 204 for a session ended by DELETE (the Python SDK warns on 202).
+                if response.status() == StatusCode::ACCEPTED {
+                    *response.status_mut() = StatusCode::OK;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The open sessions: who opened each, in opening order overall and per principal.
 #[derive(Default)]
 struct Sessions {
@@ -100,10 +166,8 @@ pub struct HttpAuth {
     metadata_url: String,
     /// The metadata document.
     metadata: serde_json::Value,
-    /// Session id → principal id that opened it, in opening order.
-    sessions: Mutex<Sessions>,
-    /// Closes sessions dropped past the limits in the MCP layer.
-    close: Option<CloseSession>,
+    /// The open sessions and their principals.
+    book: SessionBook,
     /// Where verified tokens are kept for token exchange, when a catalog needs them.
     subject_tokens: Option<Arc<crate::identity::SubjectTokens>>,
     /// Requests each principal has in flight (see [`MAX_REQUESTS_PER_PRINCIPAL`]).
@@ -207,8 +271,7 @@ impl HttpAuth {
             validator,
             metadata_url: format!("{base}/.well-known/oauth-protected-resource"),
             metadata,
-            sessions: Mutex::new(Sessions::default()),
-            close: None,
+            book: SessionBook::default(),
             subject_tokens: None,
             in_flight: Arc::default(),
         }
@@ -216,7 +279,7 @@ impl HttpAuth {
 
     /// Closes the sessions dropped past [`MAX_SESSIONS_PER_PRINCIPAL`] or [`MAX_SESSIONS`] with `close`.
     pub fn with_session_closer(mut self, close: CloseSession) -> HttpAuth {
-        self.close = Some(close);
+        self.book.close = Some(close);
         self
     }
 
@@ -259,37 +322,6 @@ impl HttpAuth {
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         response
-    }
-
-    fn bind_session(&self, session: &str, principal: &str) {
-        let closed = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .bind(session, principal);
-        if !closed.is_empty() {
-            tracing::info!(
-                %principal,
-                closed = closed.len(),
-                "closed the oldest MCP sessions past the limits ({MAX_SESSIONS_PER_PRINCIPAL} per principal, \
-                 {MAX_SESSIONS} in all)"
-            );
-            if let Some(close) = &self.close {
-                close(closed);
-            }
-        }
-    }
-
-    fn session_owner(&self, session: &str) -> Option<String> {
-        let guard = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        guard.owner.get(session).cloned()
-    }
-
-    fn forget_session(&self, session: &str) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .forget(session);
     }
 }
 
@@ -427,7 +459,7 @@ async fn authenticate(
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let owner = session.as_deref().map(|s| auth.session_owner(s));
+    let owner = session.as_deref().map(|s| auth.book.owner(s));
     if let Some(None) = owner {
         // A session id this server never bound (or dropped past MAX_SESSIONS) is refused here, never passed on:
         // the MCP layer may still hold such a session, and nothing would then say whose it is.
@@ -498,23 +530,8 @@ async fn authenticate(
                 .to_string(),
         );
     }
-    match (&session, response.headers().get(SESSION_HEADER)) {
-        (None, Some(new)) => {
-            if let Ok(new) = new.to_str() {
-                auth.bind_session(new, &principal_id);
-            }
-        }
-        // Only a DELETE the MCP layer accepted ended the session; a refused one (bad protocol version, bad Host,
-        // unknown session) leaves it open and bound to its owner.
-        (Some(s), _) if closing && response.status().is_success() => {
-            auth.forget_session(s);
-            // Clients expect 200 or 204 for a session ended by DELETE (the Python SDK warns on 202).
-            if response.status() == StatusCode::ACCEPTED {
-                *response.status_mut() = StatusCode::OK;
-            }
-        }
-        _ => {}
-    }
+    auth.book
+        .answered(session.as_deref(), closing, &principal_id, &mut response);
     // A stream of server messages (GET) ends when the token that opened it expires: what it would carry next is
     // delivered only to a client that reconnects with a valid token.
     let streaming = listening
@@ -710,18 +727,41 @@ fn jsonrpc_error(status: StatusCode, message: &[u8], code: i64, text: String) ->
 
 /// The MCP endpoint without bearer tokens, for `serve --http <loopback> --principal NAME`: every request acts as
 /// the server's local principal (the transport adds none, so the server's `LocalIdentity` answers).
-pub fn local_router<S>(mcp: S, cancel: CancelCall) -> Router
+pub fn local_router<S>(mcp: S, cancel: CancelCall, close: CloseSession) -> Router
 where
     S: tower_service::Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Response: IntoResponse,
     S::Future: Send + 'static,
 {
+    let book = Arc::new(SessionBook {
+        close: Some(close),
+        ..SessionBook::default()
+    });
     Router::new()
         .nest_service("/mcp", mcp)
         .layer(axum::middleware::from_fn_with_state(
             cancel,
             cancel_abandoned,
         ))
+        .layer(axum::middleware::from_fn_with_state(book, local_sessions))
+}
+
+/// The local principal's sessions, in a book: at most [`MAX_SESSIONS_PER_PRINCIPAL`] open (a client that opens
+/// sessions in a loop no longer grows the server's memory without end), and a DELETE answered 200.
+async fn local_sessions(
+    State(book): State<Arc<SessionBook>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let session = request
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let closing = request.method() == Method::DELETE;
+    let mut response = next.run(request).await;
+    book.answered(session.as_deref(), closing, "local", &mut response);
+    response
 }
 
 /// The HTTP app: `mcp` (the MCP service) at `/mcp` behind token checks, plus the protected-resource metadata.

@@ -1292,7 +1292,7 @@ async fn serve_http(
             parley::http::router(service, auth.clone(), cancel)
                 .merge(parley::http::protect_iceberg(iceberg, auth))
         }
-        None => parley::http::local_router(service, cancel),
+        None => parley::http::local_router(service, cancel, close),
     };
     tracing::info!(url = %format!("http://{}/mcp", listener.local_addr()?), "serving MCP over streamable HTTP");
     parley::http::serve(listener, router, async move {

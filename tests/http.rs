@@ -434,3 +434,54 @@ async fn one_principal_cannot_hold_every_connection() {
     drop(streams);
     child.kill().await.unwrap();
 }
+
+/// The token-less local mode keeps its sessions as the token mode does: at most 64 open (the oldest closed; a
+/// client opening sessions in a loop grew the server's memory without end) and a DELETE answered 200 (Python's
+/// client reported "Session termination failed: 202").
+#[tokio::test]
+async fn a_local_server_keeps_at_most_64_sessions_and_ends_one_on_delete() {
+    let lake = Lake::new();
+    let (mut child, url) = start(&lake, &["--principal", "analyst"]).await;
+    let client = reqwest::Client::new();
+    let first = raw_session(&client, &url, None).await;
+    let list = || (2, "list_tables", json!({}));
+    assert!(
+        raw_call(&client, &url, None, &first, list())
+            .await
+            .contains("\"result\"")
+    );
+    let mut last = first.clone();
+    for _ in 0..64 {
+        last = raw_session(&client, &url, None).await;
+    }
+    // Closed in the MCP layer (in the background): its next request finds no session.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = raw(&client, reqwest::Method::POST, &url, None, Some(&first))
+            .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                          "params": {"name": "list_tables", "arguments": {}}}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 404 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the oldest of 65 sessions is still open: {}",
+            r.status()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        raw_call(&client, &url, None, &last, list())
+            .await
+            .contains("\"result\"")
+    );
+    let ended = raw(&client, reqwest::Method::DELETE, &url, None, Some(&last))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), 200);
+    child.kill().await.unwrap();
+}
