@@ -104,6 +104,15 @@ impl SessionBook {
     }
 }
 
+/// The MCP session a request names, if any.
+fn session_of(request: &Request) -> Option<String> {
+    request
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 /// The open sessions: who opened each, in opening order overall and per principal.
 #[derive(Default)]
 struct Sessions {
@@ -454,11 +463,7 @@ async fn authenticate(
     if let Some(tokens) = &auth.subject_tokens {
         tokens.remember(&principal.id, &token);
     }
-    let session = request
-        .headers()
-        .get(SESSION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let session = session_of(&request);
     let owner = session.as_deref().map(|s| auth.book.owner(s));
     if let Some(None) = owner {
         // A session id this server never bound (or dropped past MAX_SESSIONS) is refused here, never passed on:
@@ -683,11 +688,7 @@ async fn cancel_abandoned(
     request: Request,
     next: Next,
 ) -> Response {
-    let session = request
-        .headers()
-        .get(SESSION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let session = session_of(&request);
     let (Some(session), true) = (session, request.method() == Method::POST) else {
         return next.run(request).await;
     };
@@ -753,11 +754,7 @@ async fn local_sessions(
     request: Request,
     next: Next,
 ) -> Response {
-    let session = request
-        .headers()
-        .get(SESSION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let session = session_of(&request);
     let closing = request.method() == Method::DELETE;
     let mut response = next.run(request).await;
     book.answered(session.as_deref(), closing, "local", &mut response);
