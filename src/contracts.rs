@@ -2091,11 +2091,7 @@ mod tests {
     fn demo_tree() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let contracts = dir.path().join("contracts");
-        for (name, text) in crate::demo::CONTRACTS {
-            let path = contracts.join(name);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, text).unwrap();
-        }
+        crate::demo::write_contracts(&contracts).unwrap();
         (dir, contracts)
     }
 

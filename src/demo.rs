@@ -255,13 +255,19 @@ pub async fn ensure(dir: &DataDir, catalog_name: &str, force: bool) -> Result<In
     Ok(outcome)
 }
 
-async fn create_demo(dir: &DataDir, catalog_name: &str) -> Result<()> {
-    std::fs::create_dir_all(dir.warehouse())?;
+/// Writes the demo's contracts under `contracts` (`<namespace>/<table>.yaml`).
+pub fn write_contracts(contracts: &Path) -> std::io::Result<()> {
     for (rel, text) in CONTRACTS {
-        let path = dir.contracts().join(rel);
+        let path = contracts.join(rel);
         std::fs::create_dir_all(path.parent().expect("contract paths have a parent"))?;
         std::fs::write(&path, text)?;
     }
+    Ok(())
+}
+
+async fn create_demo(dir: &DataDir, catalog_name: &str) -> Result<()> {
+    std::fs::create_dir_all(dir.warehouse())?;
+    write_contracts(&dir.contracts())?;
     std::fs::create_dir_all(dir.policy())?;
     for (name, text) in POLICY_FILES {
         let path = dir.policy().join(name);

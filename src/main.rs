@@ -1247,11 +1247,11 @@ async fn serve_http(
         sessions.clone(),
         http_config.with_cancellation_token(ct.child_token()),
     );
-    let cancel_sessions = sessions.clone();
     // Sessions dropped past the limits are closed in the MCP layer too, so they free what they hold.
+    let closing = sessions.clone();
     let close: parley::http::CloseSession = Arc::new(move |ids: Vec<String>| {
         use rmcp::transport::streamable_http_server::session::SessionManager as _;
-        let sessions = sessions.clone();
+        let sessions = closing.clone();
         tokio::spawn(async move {
             for id in ids {
                 let _ = sessions.close_session(&Arc::from(id)).await;
@@ -1259,7 +1259,6 @@ async fn serve_http(
         });
     });
     // A call whose HTTP client closed its request is cancelled as the client's `notifications/cancelled` would.
-    let sessions = cancel_sessions;
     let cancel: parley::http::CancelCall =
         Arc::new(move |session: String, id: serde_json::Value| {
             use rmcp::transport::streamable_http_server::session::SessionManager as _;

@@ -1082,44 +1082,37 @@ async fn session(
             (Some(keys), Some(key)) => keys.push(key.clone()),
             _ => keys = None,
         }
-        let provider: Arc<dyn datafusion::catalog::TableProvider> = match (cached, t.source) {
-            (Some(provider), TableSource::Iceberg(table) | TableSource::Governed(table, _)) => {
-                snapshots.push(SnapshotRead {
-                    table: t.name.to_string(),
-                    snapshot_id: table.metadata().current_snapshot_id(),
-                });
-                provider
-            }
-            (_, TableSource::Iceberg(table)) => {
-                snapshots.push(SnapshotRead {
-                    table: t.name.to_string(),
-                    snapshot_id: table.metadata().current_snapshot_id(),
-                });
-                let provider = crate::scan::provider(table, files)
-                    .await
-                    .map_err(|e| internal(&e))?;
+        if let TableSource::Iceberg(table) | TableSource::Governed(table, _) = &t.source {
+            snapshots.push(SnapshotRead {
+                table: t.name.to_string(),
+                snapshot_id: table.metadata().current_snapshot_id(),
+            });
+        }
+        let provider: Arc<dyn datafusion::catalog::TableProvider> = match cached {
+            Some(provider) => provider,
+            None => {
+                let provider: Arc<dyn datafusion::catalog::TableProvider> = match t.source {
+                    TableSource::Iceberg(table) => crate::scan::provider(table, files)
+                        .await
+                        .map_err(|e| internal(&e))?,
+                    TableSource::Governed(table, governance) => {
+                        crate::governed::view(table, &governance, files)
+                            .await
+                            .map_err(|e| internal(&e))?
+                    }
+                    TableSource::Rows(batch) => Arc::new(
+                        datafusion::datasource::MemTable::try_new(
+                            batch.schema(),
+                            vec![vec![batch]],
+                        )
+                        .map_err(|e| internal(&e))?,
+                    ),
+                };
                 if let Some(key) = key {
                     engine.plans.keep_provider(key, provider.clone());
                 }
                 provider
             }
-            (_, TableSource::Governed(table, governance)) => {
-                snapshots.push(SnapshotRead {
-                    table: t.name.to_string(),
-                    snapshot_id: table.metadata().current_snapshot_id(),
-                });
-                let provider = crate::governed::view(table, &governance, files)
-                    .await
-                    .map_err(|e| internal(&e))?;
-                if let Some(key) = key {
-                    engine.plans.keep_provider(key, provider.clone());
-                }
-                provider
-            }
-            (_, TableSource::Rows(batch)) => Arc::new(
-                datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
-                    .map_err(|e| internal(&e))?,
-            ),
         };
         let schema = schemas
             .entry(place(&engine.naming, &t.name))
@@ -1273,11 +1266,8 @@ mod tests {
 
     #[tokio::test]
     async fn each_query_sees_only_its_own_tables() {
-        use datafusion::arrow::array::{ArrayRef, Int64Array};
         let engine = Engine::new(&QueryLimits::default(), Naming::Single("parley".into())).unwrap();
-        let batch =
-            RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![1])) as ArrayRef)])
-                .unwrap();
+        let batch = one_x(1);
         let table = |name: &str| ReadableTable {
             name: TableName::parse(name).unwrap(),
             source: TableSource::Rows(batch.clone()),
@@ -1299,6 +1289,13 @@ mod tests {
         assert!(b.sql("SELECT x FROM s.secret").await.is_err());
         assert!(a.sql("SELECT x FROM s.public").await.is_err());
         assert!(engine.base.catalog_list().catalog_names().is_empty());
+    }
+
+    /// One row: column `x` holding `value`.
+    fn one_x(value: i64) -> RecordBatch {
+        use datafusion::arrow::array::{ArrayRef, Int64Array};
+        RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![value])) as ArrayRef)])
+            .unwrap()
     }
 
     /// Runs `sql` on `engine`, with the one table `name` read from `source`.
@@ -1338,16 +1335,13 @@ mod tests {
 
     #[tokio::test]
     async fn queries_past_the_concurrency_limit_wait_within_their_time_limit() {
-        use datafusion::arrow::array::{ArrayRef, Int64Array};
         let limits = QueryLimits {
             max_concurrent: 1,
             timeout_ms: 300,
             ..QueryLimits::default()
         };
         let engine = Engine::new(&limits, Naming::Single("parley".into())).unwrap();
-        let batch =
-            RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![7])) as ArrayRef)])
-                .unwrap();
+        let batch = one_x(7);
         let run = || {
             run_one(
                 &engine,
@@ -1369,7 +1363,6 @@ mod tests {
     /// slot left free. A caller's entry is gone once none of its queries holds or waits for it.
     #[tokio::test]
     async fn one_caller_cannot_hold_every_query_slot() {
-        use datafusion::arrow::array::{ArrayRef, Int64Array};
         let limits = QueryLimits {
             max_concurrent: 2,
             max_concurrent_per_caller: Some(1),
@@ -1377,9 +1370,7 @@ mod tests {
             ..QueryLimits::default()
         };
         let engine = Engine::new(&limits, Naming::Single("parley".into())).unwrap();
-        let batch =
-            RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![7])) as ArrayRef)])
-                .unwrap();
+        let batch = one_x(7);
         let run = |caller: &'static str| {
             run_as(
                 &engine,

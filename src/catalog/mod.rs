@@ -1326,11 +1326,7 @@ mod tests {
             .await
             .unwrap();
         let contracts = dir.path().join("contracts");
-        for (name, text) in crate::demo::CONTRACTS {
-            let path = contracts.join(name);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, text).unwrap();
-        }
+        crate::demo::write_contracts(&contracts).unwrap();
         std::fs::create_dir_all(dir.path().join("cache")).unwrap();
         let lakehouse = Lakehouse::new(catalog, ContractStore::default())
             .with_contracts_dir(&contracts)
