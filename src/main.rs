@@ -834,6 +834,9 @@ async fn build_app(dir: &DataDir, config: Config, authenticated: bool) -> Result
             loader.refresh_tool_lists();
         }
     });
+    // The catalog is listed meanwhile, beside the contracts' read: the first listing waits for both.
+    let lister = app.clone();
+    tokio::spawn(async move { lister.lakehouse.warm_up().await });
     watch_files(policy, app.clone());
     Ok(app)
 }

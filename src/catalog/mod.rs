@@ -241,6 +241,9 @@ pub struct Lakehouse {
     names: Arc<NamesSlot>,
     /// A background refresh of `names` is running.
     refreshing: Arc<std::sync::atomic::AtomicBool>,
+    /// Held while a listing with nothing to answer meanwhile runs (with a cache): calls that arrive then wait for
+    /// it rather than list the catalog again (see [`Lakehouse::warm_up`]).
+    first_listing: tokio::sync::Mutex<()>,
     /// How long the last listing took, in microseconds: the list is not refreshed more often than
     /// [`LISTING_COST_FACTOR`] times that, so background listing of a large catalog takes a bounded share of a core.
     listing_micros: Arc<std::sync::atomic::AtomicU64>,
@@ -324,6 +327,7 @@ impl Lakehouse {
             cache_ttl: Duration::ZERO,
             names: Arc::new(Mutex::new(None)),
             refreshing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            first_listing: tokio::sync::Mutex::new(()),
             listing_micros: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             tables: moka::sync::Cache::new(MAX_CACHED_TABLES),
             reloading: Arc::new(Mutex::new(std::collections::HashSet::new())),
@@ -651,6 +655,22 @@ impl Lakehouse {
             }
             _ => {}
         }
+        // With a cache, one listing at a time answers every call that has nothing to answer from (the first ones
+        // after a start, while `warm_up`'s listing runs): a call that waited finds the list it waited for.
+        let _listing = if self.cache_ttl.is_zero() {
+            None
+        } else {
+            let held = self.first_listing.lock().await;
+            let listed = self
+                .names
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if let Some((_, names)) = listed {
+                return Ok(names);
+            }
+            Some(held)
+        };
         let before = previous.map(|(_, names)| names);
         let fresh = timed_list_all(
             self.catalog.as_ref(),
@@ -662,6 +682,22 @@ impl Lakehouse {
         )
         .await?;
         Ok(store_names(&self.names, fresh))
+    }
+}
+
+impl Lakehouse {
+    /// Lists the catalog, as the server starts (on a task of its own), so that the first call that needs the table
+    /// list (the first `list_tables`) finds it listed, or joins the listing under way, instead of starting it then.
+    /// Without a cache every call lists anyway, and nothing is done. A failure is logged; the next call lists again.
+    pub async fn warm_up(&self) {
+        if self.cache_ttl.is_zero() {
+            return;
+        }
+        if let Err(e) = self.list_tables().await {
+            tracing::warn!(
+                "listing the catalog at start failed (the first call lists it again): {e}"
+            );
+        }
     }
 }
 
@@ -1556,6 +1592,143 @@ mod tests {
             shown(&lakehouse.list_tables().await.unwrap()),
             ["t.a.b.z", "t.a.x", "t.a.y", "t.d.x"]
         );
+    }
+
+    /// A catalog that counts its listings (top-level namespace walks) and makes each take 200 ms.
+    #[derive(Debug)]
+    struct SlowListings {
+        inner: Arc<dyn Catalog>,
+        listings: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Catalog for SlowListings {
+        async fn list_namespaces(
+            &self,
+            parent: Option<&NamespaceIdent>,
+        ) -> iceberg::Result<Vec<NamespaceIdent>> {
+            if parent.is_none() {
+                self.listings
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            self.inner.list_namespaces(parent).await
+        }
+        async fn create_namespace(
+            &self,
+            namespace: &NamespaceIdent,
+            properties: HashMap<String, String>,
+        ) -> iceberg::Result<iceberg::Namespace> {
+            self.inner.create_namespace(namespace, properties).await
+        }
+        async fn get_namespace(
+            &self,
+            namespace: &NamespaceIdent,
+        ) -> iceberg::Result<iceberg::Namespace> {
+            self.inner.get_namespace(namespace).await
+        }
+        async fn namespace_exists(&self, namespace: &NamespaceIdent) -> iceberg::Result<bool> {
+            self.inner.namespace_exists(namespace).await
+        }
+        async fn update_namespace(
+            &self,
+            namespace: &NamespaceIdent,
+            properties: HashMap<String, String>,
+        ) -> iceberg::Result<()> {
+            self.inner.update_namespace(namespace, properties).await
+        }
+        async fn drop_namespace(&self, namespace: &NamespaceIdent) -> iceberg::Result<()> {
+            self.inner.drop_namespace(namespace).await
+        }
+        async fn list_tables(
+            &self,
+            namespace: &NamespaceIdent,
+        ) -> iceberg::Result<Vec<iceberg::TableIdent>> {
+            self.inner.list_tables(namespace).await
+        }
+        async fn create_table(
+            &self,
+            namespace: &NamespaceIdent,
+            creation: iceberg::TableCreation,
+        ) -> iceberg::Result<Table> {
+            self.inner.create_table(namespace, creation).await
+        }
+        async fn load_table(&self, table: &iceberg::TableIdent) -> iceberg::Result<Table> {
+            self.inner.load_table(table).await
+        }
+        async fn drop_table(&self, table: &iceberg::TableIdent) -> iceberg::Result<()> {
+            self.inner.drop_table(table).await
+        }
+        async fn purge_table(&self, table: &iceberg::TableIdent) -> iceberg::Result<()> {
+            self.inner.purge_table(table).await
+        }
+        async fn table_exists(&self, table: &iceberg::TableIdent) -> iceberg::Result<bool> {
+            self.inner.table_exists(table).await
+        }
+        async fn rename_table(
+            &self,
+            src: &iceberg::TableIdent,
+            dest: &iceberg::TableIdent,
+        ) -> iceberg::Result<()> {
+            self.inner.rename_table(src, dest).await
+        }
+        async fn register_table(
+            &self,
+            table: &iceberg::TableIdent,
+            metadata_location: String,
+        ) -> iceberg::Result<Table> {
+            self.inner.register_table(table, metadata_location).await
+        }
+        async fn update_table(&self, commit: iceberg::TableCommit) -> iceberg::Result<Table> {
+            self.inner.update_table(commit).await
+        }
+    }
+
+    /// The listing a start begins is the one the first calls answer from: however many arrive while it runs, the
+    /// catalog is listed once. Without a cache each call lists (and the start lists nothing).
+    #[tokio::test]
+    async fn calls_during_the_start_listing_wait_for_it_instead_of_listing_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = open_sql_catalog(&dir.path().join("c.db"), &dir.path().join("w"), "t")
+            .await
+            .unwrap();
+        let ns = NamespaceIdent::new("ns".to_string());
+        sql.create_namespace(&ns, HashMap::new()).await.unwrap();
+        let creation = iceberg::TableCreation::builder()
+            .name("a".to_string())
+            .schema(id_schema())
+            .build();
+        sql.create_table(&ns, creation).await.unwrap();
+        let catalog = Arc::new(SlowListings {
+            inner: sql,
+            listings: Default::default(),
+        });
+        let listings = || catalog.listings.load(std::sync::atomic::Ordering::SeqCst);
+        let cached = Arc::new(
+            Lakehouse::new(catalog.clone(), ContractStore::default())
+                .with_cache_ttl(Duration::from_secs(3600)),
+        );
+        let start = cached.clone();
+        let warming = tokio::spawn(async move { start.warm_up().await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                let lakehouse = cached.clone();
+                tokio::spawn(async move { lakehouse.list_tables().await.unwrap().len() })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap(), 1);
+        }
+        warming.await.unwrap();
+        assert_eq!(listings(), 1, "the calls listed the catalog again");
+
+        let uncached = Lakehouse::new(catalog.clone(), ContractStore::default());
+        uncached.warm_up().await;
+        assert_eq!(listings(), 1, "nothing to warm without a cache");
+        let (a, b) = tokio::join!(uncached.list_tables(), uncached.list_tables());
+        assert_eq!((a.unwrap().len(), b.unwrap().len()), (1, 1));
+        assert_eq!(listings(), 3);
     }
 
     #[tokio::test]
