@@ -6,7 +6,9 @@ measured. Then, per round, each reader answers the same three agent queries, in 
 after WARMUP:
 
   parley       Parley's `query` tool over MCP stdio (newline-delimited JSON-RPC from this process: the policy
-               decision, the audit record's fsync, the JSON reply and the round trip included), release binary;
+               decision, the audit record's fsync, the JSON reply and the round trip included), release binary,
+               keeping no results (`PARLEY_QUERY_RESULT_CACHE_BYTES=0`: DuckDB keeps none, so every repeated query
+               runs again in both);
   duckdb       DuckDB in-process, `read_parquet` over exactly the table's current data files (fetching all rows);
   duckdb-ice   DuckDB in-process, `iceberg_scan` of the table's current metadata file.
 
@@ -117,7 +119,7 @@ class Parley:
     def __init__(self, binary: str, data_dir: str):
         self.p = subprocess.Popen([binary, "serve", "--data-dir", data_dir, "--principal", "analyst"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  env={**os.environ, "PARLEY_LOG": "error"})
+                                  env={**os.environ, "PARLEY_LOG": "error", "PARLEY_QUERY_RESULT_CACHE_BYTES": "0"})
         self.n = 0
         self.call("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
                                  "clientInfo": {"name": "bench", "version": "1"}})

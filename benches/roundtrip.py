@@ -3,18 +3,21 @@
     python benches/roundtrip.py target/release/parley [--samples 50] [--gaps 0,0.02,0.1]
 
 Parley: `query` with `SELECT 1` over MCP stdio on a fresh demo data dir (the audit record is synced before the
-reply, as always). The floor: a 10-line Python server that reads a line, appends it to a file, `fdatasync`s it
-and writes it back — the least any server that makes a record durable before answering can do over a pipe on this
-machine. Both are called with each gap between calls (an agent's calls come back to back or after a pause; a
-machine at rest wakes threads and syncs files more slowly), samples interleaved between the two so both see the
-same machine. Prints p50/p90 per gap, the ratio of the p50s, and each server's CPU time per call (summed over its
-threads from /proc, Linux only): a machine that idles between calls runs the same work slower afterwards, and the
-CPU column tells that apart from time spent waiting.
+reply, as always), twice: as configured by default, where the repeated statement is answered from the result
+kept the first time (`query.result_cache_bytes`), and with results not kept (`PARLEY_QUERY_RESULT_CACHE_BYTES=0`),
+where every call plans and runs `SELECT 1` in the engine. The floor: a 10-line Python server that reads a line,
+appends it to a file, `fdatasync`s it and writes it back — the least any server that makes a record durable before
+answering can do over a pipe on this machine. All are called with each gap between calls (an agent's calls come
+back to back or after a pause; a machine at rest wakes threads and syncs files more slowly), samples interleaved
+so all see the same machine. Prints p50/p90 per gap, the ratio of each p50 to the floor's, and each server's CPU
+time per call (summed over its threads from /proc, Linux only): a machine that idles between calls runs the same
+work slower afterwards, and the CPU column tells that apart from time spent waiting.
 """
 
 import argparse
 import glob
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -45,9 +48,10 @@ def cpu_ns(pid):
 
 
 class Parley:
-    def __init__(self, binary, data_dir):
+    def __init__(self, binary, data_dir, env=None):
         self.p = subprocess.Popen(
             [binary, "serve", "--data-dir", data_dir, "--principal", "analyst"],
+            env={**os.environ, **(env or {})},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -101,16 +105,20 @@ def main():
     ap.add_argument("--samples", type=int, default=50)
     ap.add_argument("--gaps", default="0,0.02,0.1")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as data_dir, tempfile.TemporaryDirectory() as floor_dir:
-        parley = Parley(args.binary, data_dir)
-        floor = Floor(f"{floor_dir}/log")
-        print("| gap between calls | Parley p50 (p90) | floor p50 (p90) | ratio | Parley CPU / call | floor CPU / call |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    with tempfile.TemporaryDirectory() as kept_dir, tempfile.TemporaryDirectory() as engine_dir, \
+            tempfile.TemporaryDirectory() as floor_dir:
+        servers = {
+            "parley": Parley(args.binary, kept_dir),
+            "parley, results not kept": Parley(args.binary, engine_dir, {"PARLEY_QUERY_RESULT_CACHE_BYTES": "0"}),
+            "floor": Floor(f"{floor_dir}/log"),
+        }
+        print("| gap between calls | server | p50 (p90) | ratio to the floor | CPU / call |")
+        print("| --- | --- | ---: | ---: | ---: |")
         for gap in [float(g) for g in args.gaps.split(",")]:
-            times = {"parley": [], "floor": []}
+            times = {name: [] for name in servers}
             cpu = {}
             for i in range(10 + args.samples):
-                for name, server in (("parley", parley), ("floor", floor)):
+                for name, server in servers.items():
                     if i == 10:
                         cpu[name] = -cpu_ns(server.p.pid)
                     t = time.perf_counter()
@@ -120,17 +128,16 @@ def main():
                     if gap:
                         time.sleep(gap)
             # Everything the servers did over the samples, what follows a reply (idle checkpoints) included.
-            for name, server in (("parley", parley), ("floor", floor)):
+            for name, server in servers.items():
                 cpu[name] += cpu_ns(server.p.pid)
             p = {k: (statistics.median(v), sorted(v)[int(len(v) * 0.9)]) for k, v in times.items()}
-            print(
-                f"| {gap * 1000:.0f} ms | {p['parley'][0]:.2f} ms ({p['parley'][1]:.2f}) "
-                f"| {p['floor'][0]:.2f} ms ({p['floor'][1]:.2f}) | {p['parley'][0] / p['floor'][0]:.1f}x "
-                f"| {cpu['parley'] / args.samples / 1000:.0f} µs | {cpu['floor'] / args.samples / 1000:.0f} µs |"
-            )
-        parley.close()
-        floor.close()
-
+            for name in servers:
+                print(
+                    f"| {gap * 1000:.0f} ms | {name} | {p[name][0]:.2f} ms ({p[name][1]:.2f}) "
+                    f"| {p[name][0] / p['floor'][0]:.1f}x | {cpu[name] / args.samples / 1000:.0f} µs |"
+                )
+        for server in servers.values():
+            server.close()
 
 if __name__ == "__main__":
     main()

@@ -200,12 +200,17 @@ fn machine() -> Value {
 
 type Client = RunningService<RoleClient, ()>;
 
+/// The peers keep no results, so neither does Parley here: each repeated query runs again
+/// (`query.result_cache_bytes = 0`).
+const NO_RESULT_CACHE: (&str, &str) = ("PARLEY_QUERY_RESULT_CACHE_BYTES", "0");
+
 /// Parley over stdio as `analyst`.
 async fn parley_stdio(data: &Path, env: &[(&str, &str)]) -> Result<Client> {
     let transport = TokioChildProcess::builder(tokio::process::Command::new(BIN).configure(|c| {
         c.args(["serve", "--principal", "analyst", "--data-dir"])
             .arg(data)
-            .env("PARLEY_LOG", "warn");
+            .env("PARLEY_LOG", "warn")
+            .env(NO_RESULT_CACHE.0, NO_RESULT_CACHE.1);
         for (k, v) in env {
             c.env(k, v);
         }
@@ -558,6 +563,7 @@ impl RawStdio {
             .args(["serve", "--principal", "analyst", "--data-dir"])
             .arg(data)
             .env("PARLEY_LOG", "warn")
+            .env(NO_RESULT_CACHE.0, NO_RESULT_CACHE.1)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -724,6 +730,7 @@ impl HttpServer {
         ])
         .arg(data)
         .env("PARLEY_LOG", "info")
+        .env(NO_RESULT_CACHE.0, NO_RESULT_CACHE.1)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

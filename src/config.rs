@@ -386,6 +386,12 @@ pub struct QueryLimits {
     /// that may hold the key (8 bytes per distinct value per file; 0 turns them off). Env:
     /// `PARLEY_QUERY_KEY_INDEX_BYTES`. Default: 256 MiB.
     pub key_index_bytes: usize,
+    /// Memory for query results, in bytes: a statement asked again by the same caller, on the same snapshots under
+    /// the same grants and with the same caps, is answered the rows it was answered before without running again,
+    /// when nothing in it depends on the time of the call (`now()`, `random()`) and it was read to its end (each
+    /// result counted at three times its JSON; least recently used first out; 0 turns it off). Env:
+    /// `PARLEY_QUERY_RESULT_CACHE_BYTES`. Default: 64 MiB.
+    pub result_cache_bytes: usize,
     /// Memory for decoded columns, in bytes: a data file's columns, once a scan has read them, are loaded into
     /// memory in the background, and later scans that need only cached columns read memory instead of Parquet
     /// (data files never change; least recently used columns leave first; 0 turns it off). Env:
@@ -430,6 +436,7 @@ impl Default for QueryLimits {
                 .unwrap_or(2),
             max_sql_bytes: 100_000,
             key_index_bytes: 256 * 1024 * 1024,
+            result_cache_bytes: 64 << 20,
             cache_bytes: usable_memory().map_or(512 << 20, |bytes| (bytes / 8).max(256 << 20)),
             max_concurrent: 2 * cores,
             max_concurrent_per_caller: None,
@@ -583,6 +590,11 @@ impl Config {
         num("PARLEY_QUERY_TIMEOUT_MS", &get, &mut q.timeout_ms)?;
         num("PARLEY_QUERY_MEMORY_BYTES", &get, &mut q.memory_bytes)?;
         num("PARLEY_QUERY_KEY_INDEX_BYTES", &get, &mut q.key_index_bytes)?;
+        num(
+            "PARLEY_QUERY_RESULT_CACHE_BYTES",
+            &get,
+            &mut q.result_cache_bytes,
+        )?;
         num("PARLEY_QUERY_SPILL", &get, &mut q.spill_to_disk)?;
         num(
             "PARLEY_QUERY_FILES_OUTSIDE_LOCATION",

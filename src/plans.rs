@@ -1,5 +1,5 @@
 //! What one caller's queries reuse while the tables they read do not change: each table's provider (its snapshot's
-//! files planned, their statistics read) and each statement's optimized plan.
+//! files planned, their statistics read), each statement's optimized plan, and each statement's result.
 //!
 //! A table's provider is determined by the table's metadata file, the snapshot and schema read, which files a scan
 //! may read and the grant's governance (columns, masks, row filter, salt); a statement's plan by its SQL text and
@@ -9,6 +9,11 @@
 //! volatile, and no table is rows computed for the call (`parley.audit_log`). Authorization is not cached: every
 //! call decides its tables and grant before anything here is looked up, and a revoked grant or a new snapshot
 //! changes the key.
+//!
+//! A result is kept on the same terms as its plan (its statement reads immutable snapshots through fixed grants,
+//! and no function in it depends on the call), for the same row and byte caps, when it was read to its end (not
+//! cut by the time limit): asking again answers the same rows without running the query. Its audit record, grant
+//! and quota accounting are the call's own, as for any query.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +22,7 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 
-use crate::query::{ReadableTable, TableSource};
+use crate::query::{QueryResult, ReadableTable, TableSource};
 
 /// What the kept providers may hold together, estimated from their snapshots' file counts (see
 /// [`SourceKey::bytes`]), in KiB.
@@ -31,6 +36,10 @@ const PLAN_BYTES: u64 = 64 << 10;
 /// not say how many it has.
 const BYTES_PER_FILE: u64 = 512;
 const UNCOUNTED_FILES: u64 = 8192;
+/// What a kept result is counted at besides its rows' JSON text (times [`RESULT_JSON_FACTOR`], for the values
+/// they are held as) and its statement's text.
+const RESULT_BYTES: u64 = 1024;
+const RESULT_JSON_FACTOR: u64 = 3;
 /// An entry not used for this long is dropped (with the memory its files and plan hold).
 const IDLE: Duration = Duration::from_secs(600);
 
@@ -56,6 +65,14 @@ pub struct PlanKey {
     tables: Vec<SourceKey>,
 }
 
+/// What makes a statement's result: its plan and the caps it was read with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResultKey {
+    plan: PlanKey,
+    max_rows: usize,
+    max_bytes: usize,
+}
+
 /// An optimized plan and the batch size its literals asked for (see `bounded::batch_rows`).
 pub struct Planned {
     pub plan: LogicalPlan,
@@ -64,11 +81,13 @@ pub struct Planned {
     pub literal_bytes: usize,
 }
 
-/// The engine's caches of providers and plans.
+/// The engine's caches of providers, plans and results.
 #[derive(Clone)]
 pub struct Plans {
     providers: moka::sync::Cache<SourceKey, Arc<dyn TableProvider>>,
     plans: moka::sync::Cache<PlanKey, Arc<Planned>>,
+    /// `None` when results are not kept (`query.result_cache_bytes = 0`).
+    results: Option<moka::sync::Cache<ResultKey, Arc<QueryResult>>>,
 }
 
 fn kib(bytes: u64) -> u32 {
@@ -77,6 +96,13 @@ fn kib(bytes: u64) -> u32 {
 
 impl Default for Plans {
     fn default() -> Plans {
+        Plans::new(0)
+    }
+}
+
+impl Plans {
+    /// Caches of providers and plans, and of results within `result_bytes` (0: none kept).
+    pub fn new(result_bytes: u64) -> Plans {
         Plans {
             providers: moka::sync::Cache::builder()
                 .max_capacity(PROVIDERS_KIB)
@@ -91,6 +117,17 @@ impl Default for Plans {
                 })
                 .time_to_idle(IDLE)
                 .build(),
+            results: (result_bytes >= 1024).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(result_bytes / 1024)
+                    .weigher(|key: &ResultKey, result: &Arc<QueryResult>| {
+                        kib(RESULT_BYTES
+                            + key.plan.sql.len() as u64
+                            + RESULT_JSON_FACTOR * result.result_bytes as u64)
+                    })
+                    .time_to_idle(IDLE)
+                    .build()
+            }),
         }
     }
 }
@@ -155,12 +192,47 @@ impl Plans {
         self.plans.insert(key, Arc::new(planned));
     }
 
+    /// The key of a statement's result read with these caps (`None` when results are not kept or its plan is
+    /// not).
+    pub fn result_key(
+        &self,
+        plan: Option<&PlanKey>,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Option<ResultKey> {
+        self.results.as_ref()?;
+        Some(ResultKey {
+            plan: plan?.clone(),
+            max_rows,
+            max_bytes,
+        })
+    }
+
+    pub fn result(&self, key: &ResultKey) -> Option<Arc<QueryResult>> {
+        self.results.as_ref()?.get(key)
+    }
+
+    pub fn keep_result(&self, key: ResultKey, result: QueryResult) {
+        if let Some(results) = &self.results {
+            results.insert(key, Arc::new(result));
+        }
+    }
+
     /// How many providers and plans are kept.
     #[cfg(test)]
     pub fn counts(&self) -> (u64, u64) {
         self.providers.run_pending_tasks();
         self.plans.run_pending_tasks();
         (self.providers.entry_count(), self.plans.entry_count())
+    }
+
+    /// How many results are kept.
+    #[cfg(test)]
+    pub fn results_kept(&self) -> u64 {
+        self.results.as_ref().map_or(0, |r| {
+            r.run_pending_tasks();
+            r.entry_count()
+        })
     }
 }
 

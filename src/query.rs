@@ -656,7 +656,7 @@ impl Engine {
             shares: Arc::default(),
             files_outside: HashMap::new(),
             runtime: QueryRuntime::new().map_err(|e| QueryError::Execution(e.to_string()))?,
-            plans: crate::plans::Plans::default(),
+            plans: crate::plans::Plans::new(limits.result_cache_bytes as u64),
         })
     }
 
@@ -764,6 +764,22 @@ pub async fn execute(
     let limits = &engine.limits;
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(limits.timeout_ms);
+    let max_bytes = max_bytes.min(limits.max_result_bytes);
+    // The tables (and grants) were decided by the caller: what was kept for exactly them may answer.
+    let sources: Vec<_> = tables
+        .iter()
+        .map(|t| crate::plans::Plans::source_key(caller, t, engine.files_for(&t.name)))
+        .collect();
+    let keys: Option<Vec<_>> = sources.iter().cloned().collect();
+    let plan_key = crate::plans::Plans::plan_key(caller, &prepared.sql, keys);
+    let result_key = engine
+        .plans
+        .result_key(plan_key.as_ref(), max_rows, max_bytes);
+    if let Some(kept) = result_key.as_ref().and_then(|k| engine.plans.result(k)) {
+        let mut out = QueryResult::clone(&kept);
+        out.elapsed_ms = started.elapsed().as_millis() as u64;
+        return Ok(out);
+    }
     // Wait for one of the caller's share, then for a slot; the waits count against the query's time limit. Both
     // are held until the query's work has ended.
     let mut share = engine.share(caller);
@@ -778,8 +794,7 @@ pub async fn execute(
         _ = tokio::time::sleep_until(deadline) => return Err(QueryError::Timeout(limits.timeout_ms)),
         _ = cancel.cancelled() => return Err(QueryError::Cancelled),
     };
-    let (mut state, snapshots, keys) = session(tables, engine, caller).await?;
-    let plan_key = crate::plans::Plans::plan_key(caller, &prepared.sql, keys);
+    let (mut state, snapshots) = session(tables, sources, engine).await?;
     let planned = plan_key.as_ref().and_then(|k| engine.plans.plan(k));
     let plans = engine.plans.clone();
     // Whatever ends this call — its result, a time limit, cancellation, the caller going away — stops the query's
@@ -799,9 +814,9 @@ pub async fn execute(
         let limits = &task_limits;
         // The query's own state, planned and executed without a copy (a copy clones every function registry).
         let run = async move {
-            let (optimized, batch_size) = match planned {
+            let (optimized, batch_size, kept) = match planned {
                 // Planned before for this caller, these tables and this text, and checked then.
-                Some(planned) => (planned.plan.clone(), planned.batch_size),
+                Some(planned) => (planned.plan.clone(), planned.batch_size, true),
                 None => {
                     let plan = state
                         .statement_to_plan(statement)
@@ -829,6 +844,7 @@ pub async fn execute(
                     }
                     let batch_size =
                         crate::bounded::batch_rows(literals, state.config().batch_size());
+                    let kept = keep.is_some();
                     if let Some(key) = keep {
                         plans.keep_plan(
                             key,
@@ -839,7 +855,7 @@ pub async fn execute(
                             },
                         );
                     }
-                    (optimized, batch_size)
+                    (optimized, batch_size, kept)
                 }
             };
             state.config_mut().options_mut().execution.batch_size = batch_size;
@@ -849,16 +865,18 @@ pub async fn execute(
                 .await
                 .map_err(|e| classify(e, limits))?;
             let task = Arc::new(datafusion::execution::TaskContext::from(&state));
-            datafusion::physical_plan::execute_stream(physical, task).map_err(|e| classify(e, limits))
+            datafusion::physical_plan::execute_stream(physical, task)
+                .map(|stream| (stream, kept))
+                .map_err(|e| classify(e, limits))
         };
-        let mut stream = match run.await {
-            Ok(stream) => stream,
+        let (mut stream, kept) = match run.await {
+            Ok(run) => run,
             Err(e) => {
                 let _ = schema_tx.send(Err(e));
                 return;
             }
         };
-        if schema_tx.send(Ok(stream.schema())).is_err() {
+        if schema_tx.send(Ok((stream.schema(), kept))).is_err() {
             return;
         }
         while let Some(batch) = stream.next().await {
@@ -871,7 +889,7 @@ pub async fn execute(
     });
     let _abort = AbortOnDrop(task);
     let gone = || QueryError::Execution("the query stopped unexpectedly".to_string());
-    let schema = tokio::select! {
+    let (schema, replannable) = tokio::select! {
         r = schema_rx => r.map_err(|_| gone())??,
         _ = tokio::time::sleep_until(deadline) => return Err(QueryError::Timeout(limits.timeout_ms)),
         _ = cancel.cancelled() => return Err(QueryError::Cancelled),
@@ -897,6 +915,8 @@ pub async fn execute(
     };
     let mut total: u64 = 0;
     let mut total_known = true;
+    // Whether the time limit cut the count short (then the result is not kept: another call may count further).
+    let mut timed_out = false;
     loop {
         let next = tokio::select! {
             n = batches.recv() => n,
@@ -904,6 +924,7 @@ pub async fn execute(
                 if out.truncated {
                     // The rows to return are complete; only the count of the rest is cut short.
                     total_known = false;
+                    timed_out = true;
                     break;
                 }
                 return Err(QueryError::Timeout(limits.timeout_ms));
@@ -920,17 +941,14 @@ pub async fn execute(
             }
             continue;
         }
-        append_rows(
-            &batch,
-            &mut out,
-            max_rows,
-            max_bytes.min(limits.max_result_bytes),
-            &mut total,
-        )?;
+        append_rows(&batch, &mut out, max_rows, max_bytes, &mut total)?;
     }
     out.row_count = out.rows.len();
     out.total_rows = (total_known).then_some(total);
     out.elapsed_ms = started.elapsed().as_millis() as u64;
+    if let Some(key) = result_key.filter(|_| replannable && !timed_out) {
+        engine.plans.keep_result(key, out.clone());
+    }
     Ok(out)
 }
 
@@ -1048,20 +1066,13 @@ fn float(v: f64) -> Value {
     serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
 }
 
-/// A fresh, locked-down session state whose catalog holds only `tables`, the snapshots it reads, and its tables'
-/// provider keys (`None` when one is not kept, see `plans`).
+/// A fresh, locked-down session state whose catalog holds only `tables`, and the snapshots it reads; `keys` are
+/// the tables' provider keys, in order (`None` for one never kept, see `plans`).
 async fn session(
     tables: Vec<ReadableTable>,
+    keys: Vec<Option<crate::plans::SourceKey>>,
     engine: &Engine,
-    caller: &str,
-) -> Result<
-    (
-        SessionState,
-        Vec<SnapshotRead>,
-        Option<Vec<crate::plans::SourceKey>>,
-    ),
-    QueryError,
-> {
+) -> Result<(SessionState, Vec<SnapshotRead>), QueryError> {
     let internal = |e: &dyn std::fmt::Display| QueryError::Execution(e.to_string());
     let mut state = engine.base.clone();
     // The clone shares the base's catalog list: replace it, so this query's tables stay this query's.
@@ -1073,15 +1084,9 @@ async fn session(
         Arc::new(MemorySchemaProvider::new()),
     );
     let mut snapshots = Vec::new();
-    let mut keys = Some(Vec::with_capacity(tables.len()));
-    for t in tables {
+    for (t, key) in tables.into_iter().zip(keys) {
         let files = engine.files_for(&t.name);
-        let key = crate::plans::Plans::source_key(caller, &t, files);
         let cached = key.as_ref().and_then(|k| engine.plans.provider(k));
-        match (&mut keys, &key) {
-            (Some(keys), Some(key)) => keys.push(key.clone()),
-            _ => keys = None,
-        }
         if let TableSource::Iceberg(table) | TableSource::Governed(table, _) = &t.source {
             snapshots.push(SnapshotRead {
                 table: t.name.to_string(),
@@ -1132,7 +1137,7 @@ async fn session(
     for (name, catalog) in catalogs {
         state.catalog_list().register_catalog(name, catalog);
     }
-    Ok((state, snapshots, keys))
+    Ok((state, snapshots))
 }
 
 /// DataFusion's messages start with "Error during planning:" and similar; keep the useful part.
@@ -1272,14 +1277,14 @@ mod tests {
             name: TableName::parse(name).unwrap(),
             source: TableSource::Rows(batch.clone()),
         };
-        let context = |(state, _, _)| datafusion::prelude::SessionContext::new_with_state(state);
+        let context = |(state, _)| datafusion::prelude::SessionContext::new_with_state(state);
         let a = context(
-            session(vec![table("s.secret")], &engine, "a")
+            session(vec![table("s.secret")], vec![None], &engine)
                 .await
                 .unwrap(),
         );
         let b = context(
-            session(vec![table("s.public")], &engine, "a")
+            session(vec![table("s.public")], vec![None], &engine)
                 .await
                 .unwrap(),
         );
@@ -1545,10 +1550,14 @@ mod tests {
 
     #[tokio::test]
     async fn plans_and_tables_are_reused_only_by_one_caller_on_one_snapshot_under_one_grant() {
-        use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
         let dir = tempfile::tempdir().unwrap();
         let (catalog, table) = people(dir.path()).await;
-        let engine = Engine::new(&QueryLimits::default(), Naming::Single("parley".into())).unwrap();
+        // Results not kept, so that a statement asked again is planned from what was kept.
+        let limits = QueryLimits {
+            result_cache_bytes: 0,
+            ..QueryLimits::default()
+        };
+        let engine = Engine::new(&limits, Naming::Single("parley".into())).unwrap();
         let kept = || engine.plans.counts();
         let ids = |r: QueryResult| -> Vec<Value> {
             r.rows.into_iter().map(|mut row| row.remove(0)).collect()
@@ -1596,19 +1605,7 @@ mod tests {
         assert_eq!(de, [1, 3].map(Value::from));
         assert_eq!(kept(), (4, 4));
         // A new snapshot is read, not the one planned before.
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tx.send(Ok(vec![
-            Arc::new(Int64Array::from(vec![4])) as ArrayRef,
-            Arc::new(StringArray::from(vec!["Di"])),
-            Arc::new(StringArray::from(vec!["d@x.de"])),
-            Arc::new(StringArray::from(vec!["DE"])),
-        ]))
-        .await
-        .unwrap();
-        drop(tx);
-        let newer = crate::demo::append(catalog.as_ref(), table, 1024, rx)
-            .await
-            .unwrap();
+        let newer = one_more_person(catalog.as_ref(), table).await;
         let after = ids(run("a", sql, TableSource::Iceberg(newer.clone()))
             .await
             .unwrap());
@@ -1647,6 +1644,163 @@ mod tests {
         .unwrap();
         assert_eq!(two.rows, [[Value::from(2)]]);
         assert_eq!(kept(), (6, 7));
+    }
+
+    /// Appends one person (id 4, DE) to `table` as a new snapshot.
+    async fn one_more_person(catalog: &dyn iceberg::Catalog, table: Table) -> Table {
+        use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(Ok(vec![
+            Arc::new(Int64Array::from(vec![4])) as ArrayRef,
+            Arc::new(StringArray::from(vec!["Di"])),
+            Arc::new(StringArray::from(vec!["d@x.de"])),
+            Arc::new(StringArray::from(vec!["DE"])),
+        ]))
+        .await
+        .unwrap();
+        drop(tx);
+        crate::demo::append(catalog, table, 1024, rx).await.unwrap()
+    }
+
+    /// A result is answered again without running the query only to the caller it was computed for, on the same
+    /// snapshot, under the same grant and with the same caps; never for what depends on the call's time or for rows
+    /// computed for the call. Shown by deleting the table's data files: what is answered then was kept.
+    #[tokio::test]
+    async fn results_are_answered_again_only_for_the_same_caller_snapshot_grant_and_caps() {
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, table) = people(dir.path()).await;
+        // No decoded columns or key indexes kept: a query that runs reads the files.
+        let limits = QueryLimits {
+            cache_bytes: 0,
+            key_index_bytes: 0,
+            ..QueryLimits::default()
+        };
+        let engine = Engine::new(&limits, Naming::Single("parley".into())).unwrap();
+        let kept = || engine.plans.results_kept();
+        let ids = |r: QueryResult| -> Vec<Value> {
+            r.rows.into_iter().map(|mut row| row.remove(0)).collect()
+        };
+        let sql = "SELECT id FROM s.people ORDER BY id";
+        let run = |caller: &'static str, sql: &'static str, source, max_rows| {
+            let prepared = prepare(sql, &engine.limits, &engine.naming).unwrap();
+            let tables = vec![ReadableTable {
+                name: TableName::parse("s.people").unwrap(),
+                source,
+            }];
+            execute(
+                prepared,
+                tables,
+                &engine,
+                caller,
+                max_rows,
+                usize::MAX,
+                CancellationToken::new(),
+            )
+        };
+        let plain = |t: &Table| TableSource::Iceberg(t.clone());
+        assert_eq!(
+            ids(run("a", sql, plain(&table), 10).await.unwrap()),
+            [1, 2, 3].map(Value::from)
+        );
+        assert_eq!(kept(), 1);
+        // A new snapshot is read, not the result kept for the one before.
+        let newer = one_more_person(catalog.as_ref(), table.clone()).await;
+        assert_eq!(
+            ids(run("a", sql, plain(&newer), 10).await.unwrap()),
+            [1, 2, 3, 4].map(Value::from)
+        );
+        // Each grant its own rows.
+        let grant = |country: &str| {
+            TableSource::Governed(
+                newer.clone(),
+                Governance {
+                    columns: vec!["id".into(), "country".into()],
+                    masks: std::collections::BTreeMap::new(),
+                    row_filter: Some(("country".into(), vec![country.into()])),
+                    salt: "g".into(),
+                },
+            )
+        };
+        assert_eq!(
+            ids(run("a", sql, grant("DE"), 10).await.unwrap()),
+            [1, 3, 4].map(Value::from)
+        );
+        assert_eq!(
+            ids(run("a", sql, grant("FR"), 10).await.unwrap()),
+            [2].map(Value::from)
+        );
+        assert_eq!(kept(), 4);
+        // What depends on the call's time runs every time.
+        let now = "SELECT now() FROM s.people LIMIT 1";
+        let at = |r: QueryResult| r.rows[0][0].clone();
+        let first = at(run("a", now, plain(&newer), 10).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_ne!(first, at(run("a", now, plain(&newer), 10).await.unwrap()));
+        assert_eq!(kept(), 4);
+        // Rows computed for the call (as `parley.audit_log`'s) are not kept.
+        let computed = || TableSource::Rows(one_x(7));
+        let x = "SELECT x FROM s.people";
+        assert_eq!(
+            ids(run("a", x, computed(), 10).await.unwrap()),
+            [Value::from(7)]
+        );
+        assert_eq!(kept(), 4);
+
+        // Without its files a table cannot be read...
+        for file in walk(&dir.path().join("w")) {
+            if file.extension().is_some_and(|e| e == "parquet") {
+                std::fs::remove_file(file).unwrap();
+            }
+        }
+        assert!(run("b", sql, plain(&newer), 10).await.is_err());
+        assert!(run("a", sql, plain(&newer), 2).await.is_err());
+        assert!(run("a", sql, grant("FR"), 1).await.is_err());
+        // ...but the results kept for this caller, snapshot, grant and caps still answer.
+        assert_eq!(
+            ids(run("a", sql, plain(&newer), 10).await.unwrap()),
+            [1, 2, 3, 4].map(Value::from)
+        );
+        assert_eq!(
+            ids(run("a", sql, grant("FR"), 10).await.unwrap()),
+            [2].map(Value::from)
+        );
+        assert!(run("a", sql, plain(&table), 10).await.is_ok());
+        // Turned off, nothing is kept.
+        let off = Engine::new(
+            &QueryLimits {
+                result_cache_bytes: 0,
+                ..limits.clone()
+            },
+            Naming::Single("parley".into()),
+        )
+        .unwrap();
+        let prepared = prepare("SELECT 1", &off.limits, &off.naming).unwrap();
+        execute(
+            prepared,
+            vec![],
+            &off,
+            "a",
+            10,
+            usize::MAX,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(off.plans.results_kept(), 0);
+    }
+
+    /// Every file under `dir`.
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path);
+            }
+        }
+        files
     }
 
     fn refused(sql: &str) -> String {
