@@ -1162,14 +1162,12 @@ impl Writer {
     /// Takes the cross-process lock on the active file and catches up with records other processes (another
     /// `parley serve` on the same data dir) appended or a rotation they made, so the chain stays one.
     fn lock_and_catch_up(&mut self) -> std::io::Result<()> {
-        loop {
+        let len = loop {
             self.file.lock()?;
-            let same = match (self.file.metadata(), std::fs::metadata(&self.path)) {
-                (Ok(a), Ok(b)) => same_file(&a, &b),
-                _ => false,
-            };
-            if same {
-                break;
+            // The open file's length comes with the check that it is still the one at the path.
+            match (self.file.metadata(), std::fs::metadata(&self.path)) {
+                (Ok(a), Ok(b)) if same_file(&a, &b) => break a.len(),
+                _ => {}
             }
             // Another process rotated the file: follow the path to the new active file, and take the chain's
             // head from the newest rotated segment in case the new file is still empty.
@@ -1188,8 +1186,7 @@ impl Writer {
                 self.seq = seq;
                 self.head = head;
             }
-        }
-        let len = self.file.metadata()?.len();
+        };
         if len > self.len {
             let mut reader = BufReader::new(File::open(&self.path)?);
             reader.seek(SeekFrom::Start(self.len))?;
