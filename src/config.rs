@@ -39,6 +39,8 @@ pub struct Config {
     pub audit: AuditSettings,
     /// Bearer-token validation on streamable HTTP.
     pub auth: AuthSettings,
+    /// What streamable HTTP serves at once.
+    pub http: HttpLimits,
     /// Access negotiation.
     pub negotiation: NegotiationSettings,
     /// List each tool's output schema in `tools/list` (for clients that validate or generate types from it). Off by
@@ -341,6 +343,76 @@ impl Default for AuthSettings {
     }
 }
 
+/// What streamable HTTP serves at once (`[http]`). Each bound keeps one client from taking what others need.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpLimits {
+    /// Connections served at once; more wait in the listen queue. Env: `PARLEY_HTTP_MAX_CONNECTIONS`. Default:
+    /// 512.
+    pub max_connections: usize,
+    /// Requests one principal has in flight at once (calls running, streams of server messages open); past it
+    /// a request is answered 429. Raise it for one service principal that many agents share; keep it below
+    /// `max_connections` so that principal cannot take every connection. Env:
+    /// `PARLEY_HTTP_MAX_REQUESTS_PER_PRINCIPAL`. Default: a quarter of `max_connections`.
+    pub max_requests_per_principal: Option<usize>,
+    /// MCP sessions kept open in all (~0.5 MB each); past it the oldest is closed. Env:
+    /// `PARLEY_HTTP_MAX_SESSIONS`. Default: 4096.
+    pub max_sessions: usize,
+    /// MCP sessions one principal keeps open; its oldest is closed when it opens another. Env:
+    /// `PARLEY_HTTP_MAX_SESSIONS_PER_PRINCIPAL`. Default: 64.
+    pub max_sessions_per_principal: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            max_connections: 512,
+            max_requests_per_principal: None,
+            max_sessions: 4096,
+            max_sessions_per_principal: 64,
+        }
+    }
+}
+
+impl HttpLimits {
+    /// Requests one principal may have in flight.
+    pub fn requests_per_principal(&self) -> usize {
+        self.max_requests_per_principal
+            .unwrap_or(self.max_connections / 4)
+            .max(1)
+    }
+
+    /// Refuses bounds that cannot work: zero, or a principal's share above the whole.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_connections == 0
+            || self.max_sessions == 0
+            || self.max_sessions_per_principal == 0
+        {
+            return Err("http.max_connections, http.max_sessions and http.max_sessions_per_principal must be at \
+                        least 1"
+                .to_string());
+        }
+        if self.max_requests_per_principal == Some(0) {
+            return Err("http.max_requests_per_principal must be at least 1".to_string());
+        }
+        if self.requests_per_principal() > self.max_connections {
+            return Err(format!(
+                "http.max_requests_per_principal ({}) is above http.max_connections ({}): one principal could \
+                 take every connection; lower it or raise max_connections",
+                self.requests_per_principal(),
+                self.max_connections
+            ));
+        }
+        if self.max_sessions_per_principal > self.max_sessions {
+            return Err(format!(
+                "http.max_sessions_per_principal ({}) is above http.max_sessions ({})",
+                self.max_sessions_per_principal, self.max_sessions
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Limits of the bounded query engine.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -413,6 +485,7 @@ impl Default for Config {
             tools_list_wait_ms: 250,
             audit: AuditSettings::default(),
             auth: AuthSettings::default(),
+            http: HttpLimits::default(),
             negotiation: NegotiationSettings::default(),
             output_schemas: false,
         }
@@ -481,6 +554,8 @@ pub enum ConfigError {
         value: String,
         message: String,
     },
+    #[error("invalid configuration (file and PARLEY_* variables together): {0}")]
+    Invalid(String),
 }
 
 impl Config {
@@ -514,6 +589,7 @@ impl Config {
             None => Config::default(),
         };
         config.apply_env(|k| std::env::var(k).ok())?;
+        config.http.check().map_err(ConfigError::Invalid)?;
         Ok(config)
     }
 
@@ -574,6 +650,23 @@ impl Config {
         if let Some(v) = get("PARLEY_AUTH_AUDIENCE") {
             self.auth.audience = v;
         }
+        let h = &mut self.http;
+        num("PARLEY_HTTP_MAX_CONNECTIONS", &get, &mut h.max_connections)?;
+        if get("PARLEY_HTTP_MAX_REQUESTS_PER_PRINCIPAL").is_some() {
+            let mut per_principal = 0;
+            num(
+                "PARLEY_HTTP_MAX_REQUESTS_PER_PRINCIPAL",
+                &get,
+                &mut per_principal,
+            )?;
+            h.max_requests_per_principal = Some(per_principal);
+        }
+        num("PARLEY_HTTP_MAX_SESSIONS", &get, &mut h.max_sessions)?;
+        num(
+            "PARLEY_HTTP_MAX_SESSIONS_PER_PRINCIPAL",
+            &get,
+            &mut h.max_sessions_per_principal,
+        )?;
         let q = &mut self.query;
         num("PARLEY_QUERY_DEFAULT_ROWS", &get, &mut q.default_rows)?;
         num("PARLEY_QUERY_MAX_ROWS", &get, &mut q.max_rows)?;
@@ -663,6 +756,11 @@ mod tests {
             toml::to_string(&default.auth).unwrap()
         );
         assert_eq!(example.audit.rotate_bytes, default.audit.rotate_bytes);
+        assert_eq!(example.http, default.http);
+        assert_eq!(
+            example.query.result_cache_bytes,
+            default.query.result_cache_bytes
+        );
         assert_eq!(example.catalog_cache_ttl_ms, default.catalog_cache_ttl_ms);
         assert_eq!(example.list_page_size, default.list_page_size);
         assert_eq!(example.tools_list_wait_ms, default.tools_list_wait_ms);
@@ -684,6 +782,40 @@ mod tests {
             example.negotiation.self_approval,
             default.negotiation.self_approval
         );
+    }
+
+    /// HTTP limits come from `[http]` and `PARLEY_HTTP_*`; a principal's share defaults to a quarter of the
+    /// connections, and bounds that cannot work are refused, naming the setting.
+    #[test]
+    fn http_limits_are_read_and_checked() {
+        let mut config: Config =
+            toml::from_str("[http]\nmax_connections = 40\nmax_sessions_per_principal = 3\n")
+                .unwrap();
+        assert_eq!(config.http.requests_per_principal(), 10);
+        assert_eq!(config.http.max_sessions_per_principal, 3);
+        config.http.check().unwrap();
+        let env =
+            |k: &str| (k == "PARLEY_HTTP_MAX_REQUESTS_PER_PRINCIPAL").then(|| "25".to_string());
+        config.apply_env(env).unwrap();
+        assert_eq!(config.http.requests_per_principal(), 25);
+        config.http.check().unwrap();
+        let refused = |limits: HttpLimits| limits.check().unwrap_err();
+        let e = refused(HttpLimits {
+            max_requests_per_principal: Some(41),
+            ..config.http
+        });
+        assert!(e.contains("max_requests_per_principal (41)"), "{e}");
+        let e = refused(HttpLimits {
+            max_sessions_per_principal: 5000,
+            ..HttpLimits::default()
+        });
+        assert!(e.contains("max_sessions_per_principal"), "{e}");
+        let e = refused(HttpLimits {
+            max_connections: 0,
+            ..HttpLimits::default()
+        });
+        assert!(e.contains("at least 1"), "{e}");
+        assert!(toml::from_str::<Config>("[http]\nmax_conections = 4\n").is_err());
     }
 
     #[test]

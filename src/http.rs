@@ -28,19 +28,15 @@ use crate::identity::{AuthError, JwtValidator, Principal};
 
 /// Header carrying the MCP session id.
 const SESSION_HEADER: &str = "mcp-session-id";
-/// Most sessions kept open; beyond it the oldest are closed (a request on one then fails closed: 404, and an MCP
-/// client opens a new session). An open session costs ~0.5 MB.
-pub const MAX_SESSIONS: usize = 4096;
-/// Most sessions one principal keeps open; its oldest is closed when it opens another. Without it, any token
-/// holder could open sessions until the server ran out of memory.
-pub const MAX_SESSIONS_PER_PRINCIPAL: usize = 64;
+pub use crate::config::HttpLimits;
 
 /// Closes sessions in the MCP layer (its session manager), so a session dropped here frees what it holds.
 pub type CloseSession = Arc<dyn Fn(Vec<String>) + Send + Sync>;
 
 /// The sessions a server has open, bound to the principals that opened them; the oldest are closed past the
-/// limits ([`MAX_SESSIONS_PER_PRINCIPAL`], [`MAX_SESSIONS`]).
-#[derive(Default)]
+/// limits (`http.max_sessions_per_principal`, `http.max_sessions`: without them any token holder could open
+/// sessions until the server ran out of memory; a request on a closed one fails closed, 404, and an MCP client
+/// opens a new session).
 struct SessionBook {
     sessions: Mutex<Sessions>,
     /// Closes sessions dropped past the limits in the MCP layer.
@@ -48,18 +44,23 @@ struct SessionBook {
 }
 
 impl SessionBook {
+    fn new(limits: &HttpLimits, close: Option<CloseSession>) -> SessionBook {
+        SessionBook {
+            sessions: Mutex::new(Sessions::new(limits)),
+            close,
+        }
+    }
+
     fn bind(&self, session: &str, principal: &str) {
-        let closed = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .bind(session, principal);
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let closed = sessions.bind(session, principal);
+        let (mine, all) = (sessions.per_principal, sessions.most);
+        drop(sessions);
         if !closed.is_empty() {
             tracing::info!(
                 %principal,
                 closed = closed.len(),
-                "closed the oldest MCP sessions past the limits ({MAX_SESSIONS_PER_PRINCIPAL} per principal, \
-                 {MAX_SESSIONS} in all)"
+                "closed the oldest MCP sessions past the limits ({mine} per principal, {all} in all)"
             );
             if let Some(close) = &self.close {
                 close(closed);
@@ -114,15 +115,28 @@ fn session_of(request: &Request) -> Option<String> {
 }
 
 /// The open sessions: who opened each, in opening order overall and per principal.
-#[derive(Default)]
 struct Sessions {
     owner: HashMap<String, String>,
     /// Session ids in opening order; may hold ids closed since (skipped, and compacted away).
     order: std::collections::VecDeque<String>,
     by_principal: HashMap<String, std::collections::VecDeque<String>>,
+    /// Most sessions one principal keeps open.
+    per_principal: usize,
+    /// Most sessions kept open.
+    most: usize,
 }
 
 impl Sessions {
+    fn new(limits: &HttpLimits) -> Sessions {
+        Sessions {
+            owner: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            by_principal: HashMap::new(),
+            per_principal: limits.max_sessions_per_principal.max(1),
+            most: limits.max_sessions.max(1),
+        }
+    }
+
     /// Binds `session` to `principal`; returns the sessions closed to stay within the limits.
     fn bind(&mut self, session: &str, principal: &str) -> Vec<String> {
         if self.owner.contains_key(session) {
@@ -134,13 +148,13 @@ impl Sessions {
         let mine = self.by_principal.entry(principal.to_string()).or_default();
         mine.push_back(session.to_string());
         let mut closed = Vec::new();
-        while mine.len() > MAX_SESSIONS_PER_PRINCIPAL {
+        while mine.len() > self.per_principal {
             if let Some(old) = mine.pop_front() {
                 self.owner.remove(&old);
                 closed.push(old);
             }
         }
-        while self.owner.len() > MAX_SESSIONS {
+        while self.owner.len() > self.most {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
@@ -179,14 +193,14 @@ pub struct HttpAuth {
     book: SessionBook,
     /// Where verified tokens are kept for token exchange, when a catalog needs them.
     subject_tokens: Option<Arc<crate::identity::SubjectTokens>>,
-    /// Requests each principal has in flight (see [`MAX_REQUESTS_PER_PRINCIPAL`]).
+    /// Requests each principal has in flight.
     in_flight: Arc<Mutex<HashMap<String, usize>>>,
+    /// Most requests one principal has in flight at once — calls running, streams of server messages open
+    /// (`http.max_requests_per_principal`, by default a quarter of the connections): one token holder cannot
+    /// take every connection (each a stream it keeps open, or a query waiting its turn) so that no one else is
+    /// served. Past it a request is answered 429 at once.
+    requests_per_principal: usize,
 }
-
-/// Most requests one principal has in flight at once — calls running, streams of server messages open — a quarter
-/// of [`MAX_CONNECTIONS`]: one token holder cannot take every connection (each a stream it keeps open, or a query
-/// waiting its turn) so that no one else is served. Past it a request is answered 429 at once.
-pub const MAX_REQUESTS_PER_PRINCIPAL: usize = MAX_CONNECTIONS / 4;
 
 /// One of a principal's requests in flight, until its response's body has ended or was dropped.
 struct InFlight {
@@ -195,13 +209,17 @@ struct InFlight {
 }
 
 impl InFlight {
-    /// Counts a request of `principal`; `None` when it has [`MAX_REQUESTS_PER_PRINCIPAL`] in flight already.
-    fn take(counts: &Arc<Mutex<HashMap<String, usize>>>, principal: &str) -> Option<InFlight> {
+    /// Counts a request of `principal`; `None` when it has `most` in flight already.
+    fn take(
+        counts: &Arc<Mutex<HashMap<String, usize>>>,
+        principal: &str,
+        most: usize,
+    ) -> Option<InFlight> {
         let mut map = counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = map.entry(principal.to_string()).or_default();
-        if *n >= MAX_REQUESTS_PER_PRINCIPAL {
+        if *n >= most {
             return None;
         }
         *n += 1;
@@ -280,13 +298,21 @@ impl HttpAuth {
             validator,
             metadata_url: format!("{base}/.well-known/oauth-protected-resource"),
             metadata,
-            book: SessionBook::default(),
+            book: SessionBook::new(&HttpLimits::default(), None),
             subject_tokens: None,
             in_flight: Arc::default(),
+            requests_per_principal: HttpLimits::default().requests_per_principal(),
         }
     }
 
-    /// Closes the sessions dropped past [`MAX_SESSIONS_PER_PRINCIPAL`] or [`MAX_SESSIONS`] with `close`.
+    /// Serves within `limits` (sessions kept, requests in flight per principal) instead of the defaults.
+    pub fn with_limits(mut self, limits: &HttpLimits) -> HttpAuth {
+        self.book = SessionBook::new(limits, self.book.close.take());
+        self.requests_per_principal = limits.requests_per_principal();
+        self
+    }
+
+    /// Closes the sessions dropped past the session limits with `close`.
     pub fn with_session_closer(mut self, close: CloseSession) -> HttpAuth {
         self.book.close = Some(close);
         self
@@ -442,15 +468,17 @@ async fn authenticate(
     };
     let expires_at = authenticated.expires_at;
     let principal: Principal = authenticated.principal;
-    let Some(in_flight) = InFlight::take(&auth.in_flight, &principal.id) else {
+    let most = auth.requests_per_principal;
+    let Some(in_flight) = InFlight::take(&auth.in_flight, &principal.id, most) else {
         tracing::warn!(principal = %principal.id, "refused a request past the principal's requests in flight");
         let mut response = (
             StatusCode::TOO_MANY_REQUESTS,
             axum::Json(json!({
                 "error": "too_many_requests",
                 "error_description": format!(
-                    "this principal has {MAX_REQUESTS_PER_PRINCIPAL} requests in flight (calls running, streams \
-                     open); close streams or sessions it no longer uses, or wait for calls to end"
+                    "this principal has {most} requests in flight (calls running, streams open), the most the \
+                     server allows one principal (http.max_requests_per_principal); close streams or sessions it no \
+                     longer uses, or wait for calls to end"
                 )
             })),
         )
@@ -466,7 +494,7 @@ async fn authenticate(
     let session = session_of(&request);
     let owner = session.as_deref().map(|s| auth.book.owner(s));
     if let Some(None) = owner {
-        // A session id this server never bound (or dropped past MAX_SESSIONS) is refused here, never passed on:
+        // A session id this server never bound (or dropped past the limits) is refused here, never passed on:
         // the MCP layer may still hold such a session, and nothing would then say whose it is.
         return (
             StatusCode::NOT_FOUND,
@@ -560,9 +588,6 @@ async fn authenticate(
     holding(response, in_flight, drop)
 }
 
-/// Most connections served at once; more wait in the listen queue until one closes (the process's file
-/// descriptors stay available for its own files).
-pub const MAX_CONNECTIONS: usize = 512;
 /// Time a client has to send a request's headers after connecting or after its previous response: a connection
 /// that trickles them (to hold a connection slot), or idles this long between requests, is closed (clients'
 /// connection pools drop idle connections sooner: httpx after 5 s, Node's fetch after 4 s).
@@ -571,15 +596,18 @@ pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Serves `app` on `listener` over HTTP/1.1 until `shutdown` completes, then lets open connections finish (up
-/// to 10 s). At most [`MAX_CONNECTIONS`] connections are served at once and each must send a request's headers
-/// within [`HEADER_TIMEOUT`]: without both, a client that opens connections and trickles its headers takes every
-/// file descriptor and no one else is served.
+/// to 10 s). At most `max_connections` connections are served at once (more wait in the listen queue until one
+/// closes; the process's file descriptors stay available for its own files) and each must send a request's
+/// headers within [`HEADER_TIMEOUT`]: without both, a client that opens connections and trickles its headers
+/// takes every file descriptor and no one else is served.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
+    max_connections: usize,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let max_connections = max_connections.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -622,7 +650,7 @@ pub async fn serve(
     // Connections finish what they serve; the slots all come back when they have.
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        slots.acquire_many(MAX_CONNECTIONS as u32),
+        slots.acquire_many(u32::try_from(max_connections).unwrap_or(u32::MAX)),
     )
     .await;
     Ok(())
@@ -728,16 +756,18 @@ fn jsonrpc_error(status: StatusCode, message: &[u8], code: i64, text: String) ->
 
 /// The MCP endpoint without bearer tokens, for `serve --http <loopback> --principal NAME`: every request acts as
 /// the server's local principal (the transport adds none, so the server's `LocalIdentity` answers).
-pub fn local_router<S>(mcp: S, cancel: CancelCall, close: CloseSession) -> Router
+pub fn local_router<S>(
+    mcp: S,
+    cancel: CancelCall,
+    close: CloseSession,
+    limits: &HttpLimits,
+) -> Router
 where
     S: tower_service::Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Response: IntoResponse,
     S::Future: Send + 'static,
 {
-    let book = Arc::new(SessionBook {
-        close: Some(close),
-        ..SessionBook::default()
-    });
+    let book = Arc::new(SessionBook::new(limits, Some(close)));
     Router::new()
         .nest_service("/mcp", mcp)
         .layer(axum::middleware::from_fn_with_state(
@@ -747,7 +777,7 @@ where
         .layer(axum::middleware::from_fn_with_state(book, local_sessions))
 }
 
-/// The local principal's sessions, in a book: at most [`MAX_SESSIONS_PER_PRINCIPAL`] open (a client that opens
+/// The local principal's sessions, in a book: at most `http.max_sessions_per_principal` open (a client that opens
 /// sessions in a loop no longer grows the server's memory without end), and a DELETE answered 200.
 async fn local_sessions(
     State(book): State<Arc<SessionBook>>,
@@ -801,9 +831,11 @@ mod tests {
     /// server as a whole at most its own; a closed session is no longer anyone's.
     #[test]
     fn sessions_are_bounded_per_principal_and_in_all() {
-        let mut sessions = Sessions::default();
+        let limits = HttpLimits::default();
+        let (per_principal, most) = (limits.max_sessions_per_principal, limits.max_sessions);
+        let mut sessions = Sessions::new(&limits);
         let mut closed = Vec::new();
-        for i in 0..MAX_SESSIONS_PER_PRINCIPAL + 10 {
+        for i in 0..per_principal + 10 {
             closed.extend(sessions.bind(&format!("flood-{i}"), "flooder"));
         }
         sessions.bind("mine", "analyst");
@@ -814,27 +846,24 @@ mod tests {
             sessions.owner.get("mine").map(String::as_str),
             Some("analyst")
         );
-        assert_eq!(
-            sessions.by_principal["flooder"].len(),
-            MAX_SESSIONS_PER_PRINCIPAL
-        );
+        assert_eq!(sessions.by_principal["flooder"].len(), per_principal);
         // Many principals: the oldest sessions overall give way, and the books stay consistent.
-        for p in 0..(MAX_SESSIONS / 8) {
+        for p in 0..(most / 8) {
             for s in 0..10 {
                 sessions.bind(&format!("p{p}-s{s}"), &format!("p{p}"));
             }
         }
-        assert_eq!(sessions.owner.len(), MAX_SESSIONS);
+        assert_eq!(sessions.owner.len(), most);
         assert!(!sessions.owner.contains_key("mine"));
         let listed: usize = sessions.by_principal.values().map(|v| v.len()).sum();
-        assert_eq!(listed, MAX_SESSIONS);
-        assert!(sessions.order.len() <= 2 * MAX_SESSIONS + 1024);
-        let last = format!("p{}-s9", MAX_SESSIONS / 8 - 1);
+        assert_eq!(listed, most);
+        assert!(sessions.order.len() <= 2 * most + 1024);
+        let last = format!("p{}-s9", most / 8 - 1);
         assert!(sessions.owner.contains_key(&last));
         sessions.forget(&last);
         assert!(!sessions.owner.contains_key(&last));
         assert_eq!(
-            sessions.by_principal[&format!("p{}", MAX_SESSIONS / 8 - 1)].len(),
+            sessions.by_principal[&format!("p{}", most / 8 - 1)].len(),
             9
         );
     }

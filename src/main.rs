@@ -1288,20 +1288,26 @@ async fn serve_http(
         Some(validator) => {
             let auth = Arc::new(
                 HttpAuth::new(validator, &resource)
+                    .with_limits(&app.config.http)
                     .with_subject_tokens(subject_tokens)
                     .with_session_closer(close),
             );
             parley::http::router(service, auth.clone(), cancel)
                 .merge(parley::http::protect_iceberg(iceberg, auth))
         }
-        None => parley::http::local_router(service, cancel, close),
+        None => parley::http::local_router(service, cancel, close, &app.config.http),
     };
     tracing::info!(url = %format!("http://{}/mcp", listener.local_addr()?), "serving MCP over streamable HTTP");
-    parley::http::serve(listener, router, async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        ct.cancel();
-    })
+    parley::http::serve(
+        listener,
+        router,
+        app.config.http.max_connections,
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            ct.cancel();
+        },
+    )
     .await?;
     settle(&app).await;
     Ok(())

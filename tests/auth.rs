@@ -376,7 +376,7 @@ async fn a_principal_opening_sessions_past_its_limit_closes_its_oldest() {
     };
     let hers = open(alice.clone()).await;
     let mut theirs = Vec::new();
-    for _ in 0..parley::http::MAX_SESSIONS_PER_PRINCIPAL + 2 {
+    for _ in 0..parley::http::HttpLimits::default().max_sessions_per_principal + 2 {
         theirs.push(open(flooder.clone()).await);
     }
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}});

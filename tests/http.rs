@@ -435,6 +435,87 @@ async fn one_principal_cannot_hold_every_connection() {
     child.kill().await.unwrap();
 }
 
+/// `[http]` in parley.toml bounds what one principal holds — requests in flight and sessions — as configured,
+/// and a bound that cannot work stops the server at start with what to change.
+#[tokio::test]
+async fn configured_http_limits_are_served() {
+    let lake = Lake::new();
+    std::fs::write(
+        lake.path().join("parley.toml"),
+        "[http]\nmax_requests_per_principal = 5\nmax_sessions_per_principal = 2\n",
+    )
+    .unwrap();
+    let (mut child, url) = start(&lake, &["--dev-issuer"]).await;
+    let token = dev_token(&lake, "analyst", &["analysts"]);
+    let client = reqwest::Client::new();
+    let first = raw_session(&client, &url, Some(&token)).await;
+    let mut streams = Vec::new();
+    let refused = loop {
+        let r = raw(
+            &client,
+            reqwest::Method::GET,
+            &url,
+            Some(&token),
+            Some(&first),
+        )
+        .send()
+        .await
+        .unwrap();
+        if !r.status().is_success() {
+            break r;
+        }
+        streams.push(r);
+        assert!(
+            streams.len() <= 5,
+            "the configured 5 requests in flight were not applied"
+        );
+    };
+    assert_eq!((refused.status().as_u16(), streams.len()), (429, 5));
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("5 requests in flight"), "{text}");
+    drop(streams);
+    // The server sees the streams closed a moment later.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Two sessions at most: a third closes the first.
+    raw_session(&client, &url, Some(&token)).await;
+    let third = raw_session(&client, &url, Some(&token)).await;
+    let list = || (2, "list_tables", json!({}));
+    assert!(
+        raw_call(&client, &url, Some(&token), &third, list())
+            .await
+            .contains("\"result\"")
+    );
+    let r = raw(
+        &client,
+        reqwest::Method::POST,
+        &url,
+        Some(&token),
+        Some(&first),
+    )
+    .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404, "the first of three sessions is still open");
+    child.kill().await.unwrap();
+
+    // A principal's share above the connections: refused at start, naming the setting.
+    let out = lake
+        .command()
+        .args(["serve", "--http", "127.0.0.1:0", "--dev-issuer"])
+        .env("PARLEY_HTTP_MAX_REQUESTS_PER_PRINCIPAL", "1000")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("http.max_requests_per_principal (1000)"),
+        "{text}"
+    );
+}
+
 /// The token-less local mode keeps its sessions as the token mode does: at most 64 open (the oldest closed; a
 /// client opening sessions in a loop grew the server's memory without end) and a DELETE answered 200 (Python's
 /// client reported "Session termination failed: 202").
