@@ -312,8 +312,12 @@ impl App {
         )
     }
 
-    /// Whether `principal` owns a table, when that is already known for the policy and contracts in force.
+    /// Whether `principal` owns a table, when that is already known for the policy and contracts in force (never
+    /// before the contracts were first read: this does not wait for them).
     pub fn owns_a_table_known(&self, principal: &crate::identity::Principal) -> Option<bool> {
+        if !self.lakehouse.contracts_ready() {
+            return None;
+        }
         self.owners.get(&self.owner_key(principal))?.get().copied()
     }
 

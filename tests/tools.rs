@@ -229,6 +229,59 @@ async fn a_tool_list_answered_before_ownership_is_known_is_corrected_by_a_notifi
     );
 }
 
+/// `tools/list` answers within `tools_list_wait_ms` of its request even while the contracts' first read runs
+/// (10,000 contract files here): it waited for that read first, on one of the runtime's threads, and only then
+/// for the owner question. The first listing still waits for the contracts, and is complete.
+#[tokio::test]
+async fn a_tool_list_does_not_wait_for_the_contracts_first_read() {
+    use rmcp::ServiceExt;
+    use rmcp::transport::ConfigureCommandExt;
+    use tokio::io::AsyncBufReadExt;
+
+    let lake = Lake::new();
+    let contracts = lake.path().join("contracts");
+    let text = std::fs::read_to_string(contracts.join("sales").join("products.yaml")).unwrap();
+    std::fs::create_dir(contracts.join("bulk")).unwrap();
+    for i in 0..10_000 {
+        let name = format!("bulk_{i:05}");
+        std::fs::write(
+            contracts.join("bulk").join(format!("{name}.yaml")),
+            text.replace("products", &name),
+        )
+        .unwrap();
+    }
+    let (transport, stderr) =
+        rmcp::transport::TokioChildProcess::builder(lake.command().configure(|cmd| {
+            cmd.args(["serve", "--principal", "analyst"])
+                .env("PARLEY_LOG", "info")
+                .env("PARLEY_TOOLS_LIST_WAIT_MS", "100");
+        }))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let loaded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = loaded.clone();
+    let mut lines = tokio::io::BufReader::new(stderr.unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("contracts loaded") {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let client = ().serve(transport).await.unwrap();
+    let tools = client.list_all_tools().await.unwrap();
+    assert!(
+        !loaded.load(std::sync::atomic::Ordering::SeqCst),
+        "tools/list waited for the contracts' first read"
+    );
+    assert!(tools.iter().any(|t| t.name == "query"));
+    assert!(!tools.iter().any(|t| t.name == "decide_request"));
+    let list = ok(&call(&client, "list_tables", json!({})).await);
+    assert_eq!(list["total"], 4, "{list:#}");
+    client.cancel().await.unwrap();
+}
+
 #[tokio::test]
 async fn analyst_lists_discovers_and_queries() {
     let lake = Lake::new();

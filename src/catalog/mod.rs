@@ -391,6 +391,28 @@ impl Lakehouse {
     /// seconds instead of after validating them all); [`Lakehouse::validate_presumed_contracts`] then validates
     /// and remembers them all.
     pub fn ensure_contracts(&self) -> Option<(usize, usize)> {
+        if self.contracts_ready() {
+            return None;
+        }
+        // Waiting for the first read (or making it) on a runtime's worker: the worker's other tasks move to
+        // another thread meanwhile (without this, two calls at start-up held both workers of a 2-core machine until
+        // the contracts were read, and nothing else was answered).
+        let on_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if on_worker {
+            tokio::task::block_in_place(|| self.read_contracts_once())
+        } else {
+            self.read_contracts_once()
+        }
+    }
+
+    /// Whether the contract files were read once ([`Lakehouse::ensure_contracts`] would not wait).
+    pub fn contracts_ready(&self) -> bool {
+        self.contracts_loaded.get().is_some()
+    }
+
+    /// [`Lakehouse::ensure_contracts`]'s work.
+    fn read_contracts_once(&self) -> Option<(usize, usize)> {
         let mut first = None;
         self.contracts_loaded.get_or_init(|| {
             if let Some((dir, stamp)) = &self.contracts_dir {
