@@ -1559,9 +1559,7 @@ mod tests {
         };
         let engine = Engine::new(&limits, Naming::Single("parley".into())).unwrap();
         let kept = || engine.plans.counts();
-        let ids = |r: QueryResult| -> Vec<Value> {
-            r.rows.into_iter().map(|mut row| row.remove(0)).collect()
-        };
+        let ids = first_column;
         let sql = "SELECT id FROM s.people ORDER BY id";
         let run = |caller: &'static str, sql: &'static str, source| {
             run_as(&engine, caller, sql, "s.people", source)
@@ -1646,6 +1644,11 @@ mod tests {
         assert_eq!(kept(), (6, 7));
     }
 
+    /// A result's first column.
+    fn first_column(r: QueryResult) -> Vec<Value> {
+        r.rows.into_iter().map(|mut row| row.remove(0)).collect()
+    }
+
     /// Appends one person (id 4, DE) to `table` as a new snapshot.
     async fn one_more_person(catalog: &dyn iceberg::Catalog, table: Table) -> Table {
         use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
@@ -1677,9 +1680,7 @@ mod tests {
         };
         let engine = Engine::new(&limits, Naming::Single("parley".into())).unwrap();
         let kept = || engine.plans.results_kept();
-        let ids = |r: QueryResult| -> Vec<Value> {
-            r.rows.into_iter().map(|mut row| row.remove(0)).collect()
-        };
+        let ids = first_column;
         let sql = "SELECT id FROM s.people ORDER BY id";
         let run = |caller: &'static str, sql: &'static str, source, max_rows| {
             let prepared = prepare(sql, &engine.limits, &engine.naming).unwrap();
