@@ -88,3 +88,29 @@ impl ParleyServer {
         )])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `refusal` names the prompts by hand: every prompt the router lists must be one it knows, and takes the
+    /// arguments the list shows (each given as text); a prompt added to the router alone fails here.
+    #[test]
+    fn every_listed_prompt_is_known_to_the_refusal_check() {
+        let listed = ParleyServer::prompt_router().list_all();
+        assert!(!listed.is_empty());
+        for prompt in listed {
+            let arguments: JsonObject = prompt
+                .arguments
+                .iter()
+                .flatten()
+                .map(|a| (a.name.clone(), serde_json::Value::from("text")))
+                .collect();
+            let mut request = rmcp::model::GetPromptRequestParams::new(prompt.name.clone());
+            request.arguments = Some(arguments);
+            assert_eq!(refusal(&request), None, "prompt {}", prompt.name);
+        }
+        let unknown = rmcp::model::GetPromptRequestParams::new("no_such_prompt");
+        assert!(refusal(&unknown).is_some_and(|why| why.contains("no prompt named")));
+    }
+}
