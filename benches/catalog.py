@@ -104,7 +104,7 @@ def main():
     p.stdin.close()
     p.wait(timeout=30)
     for at, line in log:
-        if any(k in line for k in ("contracts loaded", "listed the catalogs", "ready")):
+        if any(k in line for k in ("contracts loaded", "listed the catalogs", "ready", "owns a table")):
             print(f"  {at:6.2f} s  {line[:200]}")
 
 

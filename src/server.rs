@@ -351,6 +351,7 @@ impl App {
         {
             return true;
         }
+        let started = std::time::Instant::now();
         let contracts = self.lakehouse.contracts();
         let tables: Vec<&str> = contracts.tables().collect();
         let found = std::sync::atomic::AtomicBool::new(false);
@@ -370,7 +371,15 @@ impl App {
             }
             None::<()>
         });
-        found.load(std::sync::atomic::Ordering::Relaxed)
+        let owns = found.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(
+            principal = %principal.id,
+            owns,
+            tables = tables.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "found whether a principal owns a table"
+        );
+        owns
     }
 
     /// Tells each session whose tool list no longer fits its caller (owners' tools listed or not) that it changed,
