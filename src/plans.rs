@@ -94,12 +94,6 @@ fn kib(bytes: u64) -> u32 {
     u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
-impl Default for Plans {
-    fn default() -> Plans {
-        Plans::new(0)
-    }
-}
-
 impl Plans {
     /// Caches of providers and plans, and of results within `result_bytes` (0: none kept).
     pub fn new(result_bytes: u64) -> Plans {
@@ -271,7 +265,7 @@ mod tests {
 
     #[test]
     fn plans_full_of_constants_are_kept_within_their_budget() {
-        let plans = Plans::default();
+        let plans = Plans::new(0);
         let empty = datafusion::logical_expr::LogicalPlanBuilder::empty(false)
             .build()
             .unwrap();

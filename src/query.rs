@@ -765,12 +765,16 @@ pub async fn execute(
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(limits.timeout_ms);
     let max_bytes = max_bytes.min(limits.max_result_bytes);
-    // The tables (and grants) were decided by the caller: what was kept for exactly them may answer.
+    // The tables (and grants) were decided by the caller: what was kept for exactly them may answer. Each table's
+    // files are decided once, for its key and for its provider alike.
     let sources: Vec<_> = tables
         .iter()
-        .map(|t| crate::plans::Plans::source_key(caller, t, engine.files_for(&t.name)))
+        .map(|t| {
+            let files = engine.files_for(&t.name);
+            (crate::plans::Plans::source_key(caller, t, files), files)
+        })
         .collect();
-    let keys: Option<Vec<_>> = sources.iter().cloned().collect();
+    let keys: Option<Vec<_>> = sources.iter().map(|(key, _)| key.clone()).collect();
     let plan_key = crate::plans::Plans::plan_key(caller, &prepared.sql, keys);
     let result_key = engine
         .plans
@@ -1066,11 +1070,11 @@ fn float(v: f64) -> Value {
     serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
 }
 
-/// A fresh, locked-down session state whose catalog holds only `tables`, and the snapshots it reads; `keys` are
-/// the tables' provider keys, in order (`None` for one never kept, see `plans`).
+/// A fresh, locked-down session state whose catalog holds only `tables`, and the snapshots it reads; `sources` are
+/// the tables' provider keys (`None` for one never kept, see `plans`) and the files their scans may read, in order.
 async fn session(
     tables: Vec<ReadableTable>,
-    keys: Vec<Option<crate::plans::SourceKey>>,
+    sources: Vec<(Option<crate::plans::SourceKey>, crate::scan::Files)>,
     engine: &Engine,
 ) -> Result<(SessionState, Vec<SnapshotRead>), QueryError> {
     let internal = |e: &dyn std::fmt::Display| QueryError::Execution(e.to_string());
@@ -1084,8 +1088,7 @@ async fn session(
         Arc::new(MemorySchemaProvider::new()),
     );
     let mut snapshots = Vec::new();
-    for (t, key) in tables.into_iter().zip(keys) {
-        let files = engine.files_for(&t.name);
+    for (t, (key, files)) in tables.into_iter().zip(sources) {
         let cached = key.as_ref().and_then(|k| engine.plans.provider(k));
         if let TableSource::Iceberg(table) | TableSource::Governed(table, _) = &t.source {
             snapshots.push(SnapshotRead {
@@ -1279,14 +1282,22 @@ mod tests {
         };
         let context = |(state, _)| datafusion::prelude::SessionContext::new_with_state(state);
         let a = context(
-            session(vec![table("s.secret")], vec![None], &engine)
-                .await
-                .unwrap(),
+            session(
+                vec![table("s.secret")],
+                vec![(None, crate::scan::Files::Own)],
+                &engine,
+            )
+            .await
+            .unwrap(),
         );
         let b = context(
-            session(vec![table("s.public")], vec![None], &engine)
-                .await
-                .unwrap(),
+            session(
+                vec![table("s.public")],
+                vec![(None, crate::scan::Files::Own)],
+                &engine,
+            )
+            .await
+            .unwrap(),
         );
         assert!(a.sql("SELECT x FROM s.secret").await.is_ok());
         assert!(b.sql("SELECT x FROM s.public").await.is_ok());
@@ -1321,6 +1332,18 @@ mod tests {
         name: &str,
         source: TableSource,
     ) -> Result<QueryResult, QueryError> {
+        run_capped(engine, caller, sql, name, source, 10).await
+    }
+
+    /// [`run_as`] returning at most `max_rows` rows.
+    async fn run_capped(
+        engine: &Engine,
+        caller: &str,
+        sql: &str,
+        name: &str,
+        source: TableSource,
+        max_rows: usize,
+    ) -> Result<QueryResult, QueryError> {
         let prepared = prepare(sql, &engine.limits, &engine.naming).unwrap();
         let tables = vec![ReadableTable {
             name: TableName::parse(name).unwrap(),
@@ -1331,7 +1354,7 @@ mod tests {
             tables,
             engine,
             caller,
-            10,
+            max_rows,
             usize::MAX,
             CancellationToken::new(),
         )
@@ -1683,20 +1706,7 @@ mod tests {
         let ids = first_column;
         let sql = "SELECT id FROM s.people ORDER BY id";
         let run = |caller: &'static str, sql: &'static str, source, max_rows| {
-            let prepared = prepare(sql, &engine.limits, &engine.naming).unwrap();
-            let tables = vec![ReadableTable {
-                name: TableName::parse("s.people").unwrap(),
-                source,
-            }];
-            execute(
-                prepared,
-                tables,
-                &engine,
-                caller,
-                max_rows,
-                usize::MAX,
-                CancellationToken::new(),
-            )
+            run_capped(&engine, caller, sql, "s.people", source, max_rows)
         };
         let plain = |t: &Table| TableSource::Iceberg(t.clone());
         assert_eq!(

@@ -269,6 +269,25 @@ async fn raw_session(client: &reqwest::Client, url: &str, token: Option<&str>) -
     session
 }
 
+/// Opens a stream of server messages (GET) in `session`; the response, its body still open.
+async fn open_stream(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    session: &str,
+) -> reqwest::Response {
+    raw(
+        client,
+        reqwest::Method::GET,
+        url,
+        Some(token),
+        Some(session),
+    )
+    .send()
+    .await
+    .unwrap()
+}
+
 /// Calls tool `name` with `arguments` as request `id` in `session`; the whole response's text.
 async fn raw_call(
     client: &reqwest::Client,
@@ -395,16 +414,7 @@ async fn one_principal_cannot_hold_every_connection() {
     let refused = 'flood: loop {
         let session = raw_session(&client, &url, Some(&flooder)).await;
         for _ in 0..30 {
-            let r = raw(
-                &client,
-                reqwest::Method::GET,
-                &url,
-                Some(&flooder),
-                Some(&session),
-            )
-            .send()
-            .await
-            .unwrap();
+            let r = open_stream(&client, &url, &flooder, &session).await;
             if !r.status().is_success() {
                 break 'flood r;
             }
@@ -451,16 +461,7 @@ async fn configured_http_limits_are_served() {
     let first = raw_session(&client, &url, Some(&token)).await;
     let mut streams = Vec::new();
     let refused = loop {
-        let r = raw(
-            &client,
-            reqwest::Method::GET,
-            &url,
-            Some(&token),
-            Some(&first),
-        )
-        .send()
-        .await
-        .unwrap();
+        let r = open_stream(&client, &url, &token, &first).await;
         if !r.status().is_success() {
             break r;
         }
