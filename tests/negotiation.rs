@@ -1694,17 +1694,27 @@ async fn a_question_left_unanswered_ends_its_request_and_is_audited() {
         "{reply:#}"
     );
 
-    // The cancelled call has its record, naming the request it stored.
-    let audit = lake.audit();
-    let record = audit
-        .iter()
-        .find(|r| {
+    // The cancelled call has its record, naming the request it stored. The client gets no answer to a call it
+    // cancelled, so nothing orders that record before the next call's answer: it is waited for (on a loaded
+    // machine the next call's answer came first).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let record = loop {
+        let audit = lake.audit();
+        let found = audit.iter().find(|r| {
             r["tool"] == "request_access"
                 && r["reason"]
                     .as_str()
                     .is_some_and(|r| r.contains("cancelled the call"))
-        })
-        .unwrap_or_else(|| panic!("no record of the cancelled call: {audit:#?}"));
+        });
+        if let Some(record) = found {
+            break record.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no record of the cancelled call within 20 s: {audit:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let reason = record["reason"].as_str().unwrap();
     assert!(reason.contains("asked for it (elicitation)"), "{record:#}");
     let request_id = reason
