@@ -14,7 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -284,6 +284,8 @@ pub struct FileAuditLog {
     shared: Shared,
     /// Records sent to the writer thread and not yet taken by it.
     queued: Arc<AtomicUsize>,
+    /// The caller's last own commit took longer than [`SLOW_SYNC`] (see `append`).
+    slow_sync: AtomicBool,
     /// The writer thread, joined when the log is dropped (its last act is a checkpoint of the final head).
     writer: Option<std::thread::JoinHandle<()>>,
     /// The check of the whole chain that opening started (see [`check_in_background`]).
@@ -808,6 +810,7 @@ impl FileAuditLog {
             jobs: Some(jobs),
             shared,
             queued,
+            slow_sync: AtomicBool::new(false),
             writer: Some(thread),
             check: std::sync::Mutex::new(Some(check)),
         })
@@ -1025,6 +1028,9 @@ fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
 
 /// Most appends one group commit takes.
 const MAX_GROUP: usize = 4096;
+
+/// A caller's own commit slower than this lends its worker to blocking work the next time (see `append`).
+const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// How long the audit writer waits idle before it signs a checkpoint of the head.
 const CHECKPOINT_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(50);
@@ -1245,7 +1251,7 @@ impl Writer {
             .map_err(|e| io(unencodable(e)))?;
             head = record_hash(&record);
             record["hash"] = Value::String(head.clone());
-            serde_json::to_writer(&mut buf, &canonical(&record)).map_err(|e| io(unencodable(e)))?;
+            write_canonical(&mut buf, &record, None).map_err(io)?;
             buf.push(b'\n');
         }
         let written = self
@@ -1320,17 +1326,29 @@ impl AuditSink for FileAuditLog {
         // When nothing is queued and no commit runs, the caller commits its own record, on its own thread:
         // handing it to the writer thread and back costs two thread wake-ups, a fraction of a millisecond each
         // once threads went idle — most of an idle agent's round trip. Under load records queue for the writer
-        // thread's group commits as before. Only on a multi-threaded runtime, whose worker can be lent to
-        // blocking work (`block_in_place`) while the record is written and synced.
+        // thread's group commits as before. Only on a multi-threaded runtime, where the other workers go on with
+        // other tasks meanwhile.
         let lendable = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if lendable
             && self.queued.load(Ordering::Acquire) == 0
             && let Ok(mut writer) = self.shared.try_lock()
         {
-            let committed =
-                tokio::task::block_in_place(|| commit_guarded(&mut writer, vec![entry]));
+            // While syncs are quick the worker writes the record itself. Lending it to blocking work
+            // (`block_in_place`) wakes another thread to take the worker's queue and, once the record is
+            // durable, hands the reply to yet another thread — two wake-ups on an idle agent's round trip,
+            // about a third of it. After a sync slower than `SLOW_SYNC` the worker is lent, so a slow disk
+            // holds no worker's other tasks; the next quick sync goes back to writing directly.
+            let slow = self.slow_sync.load(Ordering::Relaxed);
+            let started = std::time::Instant::now();
+            let committed = if slow {
+                tokio::task::block_in_place(|| commit_guarded(&mut writer, vec![entry]))
+            } else {
+                commit_guarded(&mut writer, vec![entry])
+            };
             drop(writer);
+            self.slow_sync
+                .store(started.elapsed() > SLOW_SYNC, Ordering::Relaxed);
             // The writer thread counts it towards its next checkpoint, and signs one when the log rests.
             let _ = jobs.send(Msg::Committed(1));
             if let Err(e) = &committed {
