@@ -1,5 +1,6 @@
-//! What one caller's queries reuse while the tables they read do not change: each table's provider (its snapshot's
-//! files planned, their statistics read), each statement's optimized plan, and each statement's result.
+//! What one caller's queries reuse while the tables they read do not change: each statement's parse (its text
+//! checked, its tables listed), each table's provider (its snapshot's files planned, their statistics read), each
+//! statement's optimized plan, and each statement's result.
 //!
 //! A table's provider is determined by the table's metadata file, the snapshot and schema read, which files a scan
 //! may read and the grant's governance (columns, masks, row filter, salt); a statement's plan by its SQL text and
@@ -22,7 +23,7 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 
-use crate::query::{QueryResult, ReadableTable, TableSource};
+use crate::query::{Prepared, QueryError, QueryResult, ReadableTable, TableSource};
 
 /// What the kept providers may hold together, estimated from their snapshots' file counts (see
 /// [`SourceKey::bytes`]), in KiB.
@@ -40,6 +41,11 @@ const UNCOUNTED_FILES: u64 = 8192;
 /// they are held as) and its statement's text.
 const RESULT_BYTES: u64 = 1024;
 const RESULT_JSON_FACTOR: u64 = 3;
+/// What the kept statements may hold together, each counted at [`STATEMENT_BYTES`] plus
+/// [`STATEMENT_TEXT_FACTOR`] times its text (its syntax tree), in KiB.
+const STATEMENTS_KIB: u64 = 16 << 10;
+const STATEMENT_BYTES: u64 = 4096;
+const STATEMENT_TEXT_FACTOR: u64 = 32;
 /// An entry not used for this long is dropped (with the memory its files and plan hold).
 const IDLE: Duration = Duration::from_secs(600);
 
@@ -55,6 +61,14 @@ pub struct SourceKey {
     governance: Option<String>,
     /// What the provider is counted at: its snapshot's files (a function of the metadata file above).
     bytes: u64,
+}
+
+/// What makes a statement's parse: the caller (so how fast a call answers says nothing of another principal's
+/// statements) and the text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct StatementKey {
+    caller: String,
+    sql: String,
 }
 
 /// What makes a statement's plan.
@@ -84,6 +98,7 @@ pub struct Planned {
 /// The engine's caches of providers, plans and results.
 #[derive(Clone)]
 pub struct Plans {
+    statements: moka::sync::Cache<StatementKey, Prepared>,
     providers: moka::sync::Cache<SourceKey, Arc<dyn TableProvider>>,
     plans: moka::sync::Cache<PlanKey, Arc<Planned>>,
     /// `None` when results are not kept (`query.result_cache_bytes = 0`).
@@ -98,6 +113,13 @@ impl Plans {
     /// Caches of providers and plans, and of results within `result_bytes` (0: none kept).
     pub fn new(result_bytes: u64) -> Plans {
         Plans {
+            statements: moka::sync::Cache::builder()
+                .max_capacity(STATEMENTS_KIB)
+                .weigher(|key: &StatementKey, _| {
+                    kib(STATEMENT_BYTES + STATEMENT_TEXT_FACTOR * key.sql.len() as u64)
+                })
+                .time_to_idle(IDLE)
+                .build(),
             providers: moka::sync::Cache::builder()
                 .max_capacity(PROVIDERS_KIB)
                 .weigher(|key: &SourceKey, _| kib(key.bytes))
@@ -127,6 +149,25 @@ impl Plans {
 }
 
 impl Plans {
+    /// `caller`'s statement `sql` as `prepare` made it the last time, or as it makes it now (kept when accepted).
+    pub fn prepared(
+        &self,
+        caller: &str,
+        sql: &str,
+        prepare: impl FnOnce() -> Result<Prepared, QueryError>,
+    ) -> Result<Prepared, QueryError> {
+        let key = StatementKey {
+            caller: caller.to_string(),
+            sql: sql.to_string(),
+        };
+        if let Some(prepared) = self.statements.get(&key) {
+            return Ok(prepared);
+        }
+        let prepared = prepare()?;
+        self.statements.insert(key, prepared.clone());
+        Ok(prepared)
+    }
+
     /// The key of `table`'s provider for `caller`; `None` for rows computed for this call, which are never kept.
     pub fn source_key(
         caller: &str,

@@ -150,9 +150,10 @@ pub fn columns_named(sql: &str) -> Option<ColumnsNamed> {
 }
 
 /// A parsed query and the tables it names.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Prepared {
-    statement: Statement,
+    /// Shared with the caller's earlier calls of the same text (see [`Engine::prepare`]).
+    statement: Arc<Statement>,
     /// The SQL text, as a cached plan's key (see `plans`).
     sql: String,
     /// Tables referenced anywhere in the query (CTE names excluded), deduplicated.
@@ -227,7 +228,7 @@ pub fn prepare(sql: &str, limits: &QueryLimits, naming: &Naming) -> Result<Prepa
         }
     }
     Ok(Prepared {
-        statement,
+        statement: Arc::new(statement),
         sql: sql.to_string(),
         tables,
     })
@@ -712,6 +713,13 @@ impl Engine {
         }
     }
 
+    /// [`prepare`] for `caller`, remembered per caller and text while it is used: an agent asking the same
+    /// statement again (its most common call) skips parsing and checking it. Refusals are not kept.
+    pub fn prepare(&self, caller: &str, sql: &str) -> Result<Prepared, QueryError> {
+        self.plans
+            .prepared(caller, sql, || prepare(sql, &self.limits, &self.naming))
+    }
+
     /// The limits queries run under.
     pub fn limits(&self) -> &QueryLimits {
         &self.limits
@@ -812,7 +820,7 @@ pub async fn execute(
     let (schema_tx, schema_rx) = tokio::sync::oneshot::channel();
     let (batch_tx, mut batches) = tokio::sync::mpsc::channel(2);
     let task_limits = limits.clone();
-    let statement = prepared.statement;
+    let statement = Arc::unwrap_or_clone(prepared.statement);
     let task = engine.runtime.handle().spawn(async move {
         let _slot = (slot, share);
         let limits = &task_limits;
@@ -1798,6 +1806,69 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(off.plans.results_kept(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_statement_is_parsed_once_per_caller_and_text_and_refusals_are_not_kept() {
+        let engine = Engine::new(&QueryLimits::default(), Naming::Single("parley".into())).unwrap();
+        let sql = "SELECT * FROM sales.orders o JOIN sales.customers c ON o.customer_id = c.id";
+        let first = engine.prepare("alice", sql).unwrap();
+        let again = engine.prepare("alice", sql).unwrap();
+        assert!(Arc::ptr_eq(&first.statement, &again.statement));
+        assert_eq!(first.tables, again.tables);
+        assert_eq!(
+            again
+                .tables
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>(),
+            ["sales.customers", "sales.orders"]
+        );
+        // Another caller's parse is its own; so is another text.
+        let bob = engine.prepare("bob", sql).unwrap();
+        assert!(!Arc::ptr_eq(&first.statement, &bob.statement));
+        let other = engine.prepare("alice", &format!("{sql} ")).unwrap();
+        assert!(!Arc::ptr_eq(&first.statement, &other.statement));
+        // A refusal is made again each time, never answered from a kept statement.
+        for _ in 0..2 {
+            assert!(matches!(
+                engine.prepare("alice", "DROP TABLE sales.orders"),
+                Err(QueryError::NotAllowed(_))
+            ));
+        }
+        let long = format!(
+            "SELECT 1{}",
+            " ".repeat(QueryLimits::default().max_sql_bytes)
+        );
+        assert!(matches!(
+            engine.prepare("alice", &long),
+            Err(QueryError::NotAllowed(_))
+        ));
+        // A kept statement runs as a fresh one does.
+        let result = execute(
+            engine.prepare("alice", "SELECT 41 + 1 AS answer").unwrap(),
+            vec![],
+            &engine,
+            "alice",
+            10,
+            usize::MAX,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let again = execute(
+            engine.prepare("alice", "SELECT 41 + 1 AS answer").unwrap(),
+            vec![],
+            &engine,
+            "alice",
+            10,
+            usize::MAX,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(result.rows, again.rows);
+        assert_eq!(result.rows, [[Value::from(42)]]);
     }
 
     /// Every file under `dir`.

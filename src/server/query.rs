@@ -261,7 +261,10 @@ impl ParleyServer {
         };
         // The rows appear twice in the reply (the text's table and the structured JSON): each copy gets half.
         let row_bytes = reply_bytes.saturating_sub(REPLY_OVERHEAD) / 2;
-        let prepared = crate::query::prepare(&args.sql, limits, self.app.engine.naming())
+        let prepared = self
+            .app
+            .engine
+            .prepare(&checked.principal().id, &args.sql)
             .map_err(query_error)?;
         for t in &prepared.tables {
             checked.name_resource(&t.to_string());
