@@ -7,10 +7,15 @@
 //! request's `id` when one can be found at the top level of the line (so the client stops waiting), else `null`.
 //! Notifications that do not parse get no answer, as JSON-RPC requires.
 //!
-//! Every outgoing line is written by one writer task, in order, so an error answer never interleaves with a
-//! message the service sends.
+//! Every outgoing line is written whole under one lock, so an error answer never interleaves with a message the
+//! service sends. The service's messages are written by the futures that send them (a reply leaves without a hop
+//! to another task); error answers, found while reading, are queued for a task, so reading never stops midway
+//! through a write when the service stops waiting for the next message.
 
 use std::borrow::Cow;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rmcp::RoleServer;
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
@@ -24,7 +29,7 @@ use crate::jsonrpc::{INVALID_REQUEST, PARSE_ERROR, error_answer};
 /// Longest line read; a longer one is answered with `-32600` and skipped without being buffered.
 pub const MAX_LINE_BYTES: usize = 16 << 20;
 
-/// Lines queued for the writer.
+/// Error answers queued for the writer task.
 const WRITE_QUEUE: usize = 64;
 
 /// The transport over `read` and `write`.
@@ -35,7 +40,45 @@ pub struct LineTransport<R> {
     discarding: bool,
     /// Ids of lines answered as errors, whose answer is not yet queued (the queue was full).
     pending: Vec<Vec<u8>>,
+    /// Error answers, for the writer task.
     out: mpsc::Sender<Vec<u8>>,
+    write: Arc<Output>,
+}
+
+/// The writing end, shared by the writer task and every send.
+struct Output {
+    write: tokio::sync::Mutex<Pin<Box<dyn AsyncWrite + Send>>>,
+    /// Lines waiting for the lock or being written: the last one flushes, so a burst goes out in one write.
+    waiting: AtomicUsize,
+    /// A line's write was given up midway (its sender dropped, at shutdown): the next line starts on a line of
+    /// its own rather than completing the torn one.
+    torn: AtomicBool,
+}
+
+impl Output {
+    async fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
+        /// Counts its line as waiting until written or given up (the future dropped).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let waiting = Waiting(&self.waiting);
+        let mut write = self.write.lock().await;
+        // Marked torn until the line is whole (cleared below), so a drop anywhere in between is seen.
+        if self.torn.swap(true, Ordering::AcqRel) {
+            write.write_all(b"\n").await?;
+        }
+        write.write_all(line).await?;
+        self.torn.store(false, Ordering::Release);
+        drop(waiting);
+        if self.waiting.load(Ordering::Acquire) == 0 {
+            write.flush().await?;
+        }
+        Ok(())
+    }
 }
 
 /// The writer's failure, as the service sees it.
@@ -44,22 +87,23 @@ pub struct LineTransport<R> {
 pub struct Closed;
 
 impl<R: AsyncRead + Unpin + Send> LineTransport<R> {
-    /// A transport reading `read`; a task writes to `write` until the transport is dropped.
-    pub fn new<W: AsyncWrite + Unpin + Send + 'static>(read: R, mut write: W) -> LineTransport<R> {
+    /// A transport reading `read` and writing `write` (error answers through a task, until the transport is
+    /// dropped).
+    pub fn new<W: AsyncWrite + Unpin + Send + 'static>(read: R, write: W) -> LineTransport<R> {
         let (out, mut queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+        let write = Arc::new(Output {
+            write: tokio::sync::Mutex::new(Box::pin(write)),
+            waiting: AtomicUsize::new(0),
+            torn: AtomicBool::new(false),
+        });
+        let answers = write.clone();
         tokio::spawn(async move {
             while let Some(line) = queue.recv().await {
-                let mut written = write.write_all(&line).await;
-                // Flush only when nothing else is waiting: a burst goes out in one write to the pipe.
-                if written.is_ok() && queue.is_empty() {
-                    written = write.flush().await;
-                }
-                if let Err(e) = written {
+                if let Err(e) = answers.write_line(&line).await {
                     tracing::debug!("stdout closed: {e}");
                     return;
                 }
             }
-            let _ = write.flush().await;
         });
         LineTransport {
             read: BufReader::new(read),
@@ -67,6 +111,7 @@ impl<R: AsyncRead + Unpin + Send> LineTransport<R> {
             discarding: false,
             pending: Vec::new(),
             out,
+            write,
         }
     }
 
@@ -142,14 +187,17 @@ impl<R: AsyncRead + Unpin + Send + 'static> Transport<RoleServer> for LineTransp
         &mut self,
         item: TxJsonRpcMessage<RoleServer>,
     ) -> impl Future<Output = Result<(), Closed>> + Send + 'static {
-        let out = self.out.clone();
+        let write = self.write.clone();
         async move {
             let mut bytes = serde_json::to_vec(&item).map_err(|e| {
                 tracing::error!("an outgoing message did not serialize: {e}");
                 Closed
             })?;
             bytes.push(b'\n');
-            out.send(bytes).await.map_err(|_| Closed)
+            write.write_line(&bytes).await.map_err(|e| {
+                tracing::debug!("stdout closed: {e}");
+                Closed
+            })
         }
     }
 
