@@ -14,7 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -286,6 +286,8 @@ pub struct FileAuditLog {
     queued: Arc<AtomicUsize>,
     /// The caller's last own commit took longer than [`SLOW_SYNC`] (see `append`).
     slow_sync: AtomicBool,
+    /// Records callers committed themselves since the writer thread last looked.
+    own: Arc<AtomicU64>,
     /// The writer thread, joined when the log is dropped (its last act is a checkpoint of the final head).
     writer: Option<std::thread::JoinHandle<()>>,
     /// The check of the whole chain that opening started (see [`check_in_background`]).
@@ -798,11 +800,12 @@ impl FileAuditLog {
         let (jobs, rx) = std::sync::mpsc::channel::<Msg>();
         let shared: Shared = Arc::new(std::sync::Mutex::new(writer));
         let queued = Arc::new(AtomicUsize::new(0));
+        let own = Arc::new(AtomicU64::new(0));
         let thread = {
-            let (shared, queued) = (shared.clone(), queued.clone());
+            let (shared, queued, own) = (shared.clone(), queued.clone(), own.clone());
             std::thread::Builder::new()
                 .name("parley-audit".to_string())
-                .spawn(move || run(shared, rx, queued))
+                .spawn(move || run(shared, rx, queued, own))
                 .map_err(io)?
         };
         Ok(FileAuditLog {
@@ -811,6 +814,7 @@ impl FileAuditLog {
             shared,
             queued,
             slow_sync: AtomicBool::new(false),
+            own,
             writer: Some(thread),
             check: std::sync::Mutex::new(Some(check)),
         })
@@ -1032,13 +1036,16 @@ const MAX_GROUP: usize = 4096;
 /// A caller's own commit slower than this lends its worker to blocking work the next time (see `append`).
 const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// How often the audit writer looks for callers' own commits while no checkpoint is due (see `run`): a record
+/// written by its caller is vouched for by a checkpoint within this plus [`CHECKPOINT_AFTER_IDLE`].
+const IDLE_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long the audit writer waits idle before it signs a checkpoint of the head.
 const CHECKPOINT_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What the writer thread hears: a record to append, or that a caller appended `n` records itself.
 enum Msg {
     Append(Box<Job>),
-    Committed(u64),
 }
 
 /// The writer's state, shared by the writer thread and callers that append themselves when it is idle (see
@@ -1065,75 +1072,81 @@ fn commit_guarded(writer: &mut Writer, entries: Vec<AuditEntry>) -> Result<u64, 
 }
 
 /// The writer thread: group commits of what was queued, and checkpoints.
-fn run(shared: Shared, rx: std::sync::mpsc::Receiver<Msg>, queued: Arc<AtomicUsize>) {
-    let mut next: Option<Msg> = None;
+///
+/// Callers' own commits (see `append`) do not wake it — a wake-up on every call, and a thread competing for a core
+/// just when the client wakes to read its reply — but count in `own`, which it reads when it looks: every
+/// [`IDLE_LOOK`] while no checkpoint is due, every [`CHECKPOINT_AFTER_IDLE`] while one is.
+fn run(
+    shared: Shared,
+    rx: std::sync::mpsc::Receiver<Msg>,
+    queued: Arc<AtomicUsize>,
+    own: Arc<AtomicU64>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
     let mut since_checkpoint: u64 = 0;
     let mut group = Vec::new();
-    let take = |msg: Msg, group: &mut Vec<Job>, since: &mut u64| match msg {
-        Msg::Append(job) => {
-            queued.fetch_sub(1, Ordering::AcqRel);
-            group.push(*job);
-        }
-        Msg::Committed(n) => *since += n,
-    };
     // Ends when every sender (the log) is dropped.
     loop {
-        let first = match next.take() {
-            Some(msg) => msg,
-            None => match rx.recv() {
-                Ok(msg) => msg,
-                Err(_) => break,
-            },
-        };
-        take(first, &mut group, &mut since_checkpoint);
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(msg) => take(msg, &mut group, &mut since_checkpoint),
-                Err(_) => break,
-            }
-        }
-        if !group.is_empty() {
-            since_checkpoint += group.len() as u64;
-            let (jobs, entries): (Vec<_>, Vec<_>) =
-                group.drain(..).map(|j| (j.done, j.entry)).unzip();
-            let committed = commit_guarded(&mut lock(&shared), entries);
-            match committed {
-                Ok(first_seq) => {
-                    for (i, done) in jobs.into_iter().enumerate() {
-                        let _ = done.send(Ok(first_seq + i as u64));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!("audit write failed: {e}");
-                    for done in jobs {
-                        let _ = done.send(Err(e.to_string()));
-                    }
-                }
-            }
-        }
         // A checkpoint after the replies, so it costs the callers nothing: once the log has been idle for
         // CHECKPOINT_AFTER_IDLE (at rest the newest checkpoint vouches for the newest record), and every
         // CHECKPOINT_EVERY records under load. Not at the first idle instant: an agent's next call usually
         // follows its reply within milliseconds, and its record would wait behind the checkpoint's fsync.
-        let arrived = match rx.try_recv() {
-            Ok(msg) => Some(msg),
-            Err(_) => rx.recv_timeout(CHECKPOINT_AFTER_IDLE).ok(),
+        let wait = if since_checkpoint > 0 {
+            CHECKPOINT_AFTER_IDLE
+        } else {
+            IDLE_LOOK
         };
-        match arrived {
-            Some(msg) => {
-                next = Some(msg);
-                if since_checkpoint >= crate::anchor::CHECKPOINT_EVERY {
-                    lock(&shared).checkpoint();
-                    since_checkpoint = 0;
-                }
-            }
-            // Idle (or every sender gone: the loop then ends, and checkpoints once more).
-            None => {
+        let first = match rx.recv_timeout(wait) {
+            Ok(Msg::Append(job)) => Some(job),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let committed_by_callers = own.swap(0, Ordering::AcqRel);
+        since_checkpoint += committed_by_callers;
+        let Some(first) = first else {
+            // Idle since the last look, unless callers committed meanwhile (then it waits for them to rest, as
+            // long as they stay under CHECKPOINT_EVERY records).
+            if since_checkpoint >= crate::anchor::CHECKPOINT_EVERY
+                || (committed_by_callers == 0 && since_checkpoint > 0)
+            {
                 lock(&shared).checkpoint();
                 since_checkpoint = 0;
             }
+            continue;
+        };
+        queued.fetch_sub(1, Ordering::AcqRel);
+        group.push(*first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(Msg::Append(job)) => {
+                    queued.fetch_sub(1, Ordering::AcqRel);
+                    group.push(*job);
+                }
+                Err(_) => break,
+            }
+        }
+        since_checkpoint += group.len() as u64;
+        let (jobs, entries): (Vec<_>, Vec<_>) = group.drain(..).map(|j| (j.done, j.entry)).unzip();
+        let committed = commit_guarded(&mut lock(&shared), entries);
+        match committed {
+            Ok(first_seq) => {
+                for (i, done) in jobs.into_iter().enumerate() {
+                    let _ = done.send(Ok(first_seq + i as u64));
+                }
+            }
+            Err(e) => {
+                tracing::error!("audit write failed: {e}");
+                for done in jobs {
+                    let _ = done.send(Err(e.to_string()));
+                }
+            }
+        }
+        if since_checkpoint >= crate::anchor::CHECKPOINT_EVERY {
+            lock(&shared).checkpoint();
+            since_checkpoint = 0;
         }
     }
+    // Every sender gone: the final head is vouched for.
     lock(&shared).checkpoint();
 }
 
@@ -1349,8 +1362,9 @@ impl AuditSink for FileAuditLog {
             drop(writer);
             self.slow_sync
                 .store(started.elapsed() > SLOW_SYNC, Ordering::Relaxed);
-            // The writer thread counts it towards its next checkpoint, and signs one when the log rests.
-            let _ = jobs.send(Msg::Committed(1));
+            // The writer thread counts it towards its next checkpoint when it looks, and signs one once the log
+            // rests.
+            self.own.fetch_add(1, Ordering::AcqRel);
             if let Err(e) = &committed {
                 tracing::error!("audit write failed: {e}");
             }
