@@ -1,6 +1,6 @@
 """A trivial call's round trip over stdio, against this machine's own floor, measured in the same run.
 
-    python benches/roundtrip.py target/release/parley [--samples 50] [--gaps 0,0.02,0.1]
+    python benches/roundtrip.py target/release/parley [--samples 50] [--gaps 0,0.02,0.1] [--baseline OTHER_BUILD]
 
 Parley: `query` with `SELECT 1` over MCP stdio on a fresh demo data dir (the audit record is synced before the
 reply, as always), twice: as configured by default, where the repeated statement is answered from the result
@@ -104,14 +104,17 @@ def main():
     ap.add_argument("binary")
     ap.add_argument("--samples", type=int, default=50)
     ap.add_argument("--gaps", default="0,0.02,0.1")
+    ap.add_argument("--baseline", help="another build of Parley, measured in the same run (results kept), to compare")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as kept_dir, tempfile.TemporaryDirectory() as engine_dir, \
-            tempfile.TemporaryDirectory() as floor_dir:
+            tempfile.TemporaryDirectory() as floor_dir, tempfile.TemporaryDirectory() as baseline_dir:
         servers = {
             "parley": Parley(args.binary, kept_dir),
             "parley, results not kept": Parley(args.binary, engine_dir, {"PARLEY_QUERY_RESULT_CACHE_BYTES": "0"}),
             "floor": Floor(f"{floor_dir}/log"),
         }
+        if args.baseline:
+            servers = {"baseline": Parley(args.baseline, baseline_dir), **servers}
         print("| gap between calls | server | p50 (p90) | ratio to the floor | CPU / call |")
         print("| --- | --- | ---: | ---: | ---: |")
         for gap in [float(g) for g in args.gaps.split(",")]:
