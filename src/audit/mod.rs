@@ -278,7 +278,7 @@ struct Job {
 pub struct FileAuditLog {
     path: PathBuf,
     /// Taken when the log is dropped, which ends the writer.
-    jobs: Option<std::sync::mpsc::Sender<Msg>>,
+    jobs: Option<std::sync::mpsc::Sender<Box<Job>>>,
     /// The writer's state: the writer thread commits what is queued; a caller who finds nothing queued and the
     /// state free commits its own record (see `append`).
     shared: Shared,
@@ -797,7 +797,7 @@ impl FileAuditLog {
             writer.commit(findings)?;
         }
         writer.checkpoint();
-        let (jobs, rx) = std::sync::mpsc::channel::<Msg>();
+        let (jobs, rx) = std::sync::mpsc::channel::<Box<Job>>();
         let shared: Shared = Arc::new(std::sync::Mutex::new(writer));
         let queued = Arc::new(AtomicUsize::new(0));
         let own = Arc::new(AtomicU64::new(0));
@@ -1043,11 +1043,6 @@ const IDLE_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long the audit writer waits idle before it signs a checkpoint of the head.
 const CHECKPOINT_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// What the writer thread hears: a record to append, or that a caller appended `n` records itself.
-enum Msg {
-    Append(Box<Job>),
-}
-
 /// The writer's state, shared by the writer thread and callers that append themselves when it is idle (see
 /// [`FileAuditLog`]'s `append`).
 type Shared = Arc<std::sync::Mutex<Writer>>;
@@ -1078,7 +1073,7 @@ fn commit_guarded(writer: &mut Writer, entries: Vec<AuditEntry>) -> Result<u64, 
 /// [`IDLE_LOOK`] while no checkpoint is due, every [`CHECKPOINT_AFTER_IDLE`] while one is.
 fn run(
     shared: Shared,
-    rx: std::sync::mpsc::Receiver<Msg>,
+    rx: std::sync::mpsc::Receiver<Box<Job>>,
     queued: Arc<AtomicUsize>,
     own: Arc<AtomicU64>,
 ) {
@@ -1097,7 +1092,7 @@ fn run(
             IDLE_LOOK
         };
         let first = match rx.recv_timeout(wait) {
-            Ok(Msg::Append(job)) => Some(job),
+            Ok(job) => Some(job),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
@@ -1118,7 +1113,7 @@ fn run(
         group.push(*first);
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(Msg::Append(job)) => {
+                Ok(job) => {
                     queued.fetch_sub(1, Ordering::AcqRel);
                     group.push(*job);
                 }
@@ -1372,10 +1367,7 @@ impl AuditSink for FileAuditLog {
         }
         let (done, wait) = tokio::sync::oneshot::channel();
         self.queued.fetch_add(1, Ordering::AcqRel);
-        if jobs
-            .send(Msg::Append(Box::new(Job { entry, done })))
-            .is_err()
-        {
+        if jobs.send(Box::new(Job { entry, done })).is_err() {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(gone());
         }
