@@ -30,7 +30,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig};
 use datafusion::sql::TableReference;
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use iceberg::table::Table;
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -758,6 +758,15 @@ impl Drop for Share {
     }
 }
 
+/// What the query task sends first: the result's schema, whether its plan may be kept, the batches ready with
+/// it, and whether they are all.
+struct Head {
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    kept: bool,
+    batches: Vec<Result<RecordBatch, QueryError>>,
+    ended: bool,
+}
+
 /// Runs a prepared query over exactly `tables` for `caller`, within the engine's limits, returning at most
 /// `max_rows` rows and `max_bytes` bytes of rows as JSON (never more than the engine's `max_result_bytes`).
 pub async fn execute(
@@ -822,7 +831,7 @@ pub async fn execute(
     let task_limits = limits.clone();
     let statement = Arc::unwrap_or_clone(prepared.statement);
     let task = engine.runtime.handle().spawn(async move {
-        let _slot = (slot, share);
+        let slots = (slot, share);
         let limits = &task_limits;
         // The query's own state, planned and executed without a copy (a copy clones every function registry).
         let run = async move {
@@ -888,7 +897,42 @@ pub async fn execute(
                 return;
             }
         };
-        if schema_tx.send(Ok((stream.schema(), kept))).is_err() {
+        // The first batches ride with the schema, as many as are ready at once (at most the channel's two), and
+        // whether the stream ended with them: a small result wakes the waiting caller once, not once per batch
+        // and again at the end.
+        let schema = stream.schema();
+        let mut head = Vec::new();
+        let ended = match stream.next().await {
+            None => true,
+            Some(first) => {
+                let mut ended = first.is_err();
+                head.push(first.map_err(|e| classify(e, limits)));
+                while !ended && head.len() < 2 {
+                    match stream.next().now_or_never() {
+                        None => break,
+                        Some(None) => ended = true,
+                        Some(Some(batch)) => {
+                            ended = batch.is_err();
+                            head.push(batch.map_err(|e| classify(e, limits)));
+                        }
+                    }
+                }
+                ended
+            }
+        };
+        let head = Head {
+            schema,
+            kept,
+            batches: head,
+            ended,
+        };
+        if ended {
+            // The query's work has ended: its slot and share are free before its caller has the rows.
+            drop((stream, slots));
+            let _ = schema_tx.send(Ok(head));
+            return;
+        }
+        if schema_tx.send(Ok(head)).is_err() {
             return;
         }
         while let Some(batch) = stream.next().await {
@@ -901,7 +945,12 @@ pub async fn execute(
     });
     let _abort = AbortOnDrop(task);
     let gone = || QueryError::Execution("the query stopped unexpectedly".to_string());
-    let (schema, replannable) = tokio::select! {
+    let Head {
+        schema,
+        kept: replannable,
+        batches: head,
+        ended,
+    } = tokio::select! {
         r = schema_rx => r.map_err(|_| gone())??,
         _ = tokio::time::sleep_until(deadline) => return Err(QueryError::Timeout(limits.timeout_ms)),
         _ = cancel.cancelled() => return Err(QueryError::Cancelled),
@@ -929,8 +978,14 @@ pub async fn execute(
     let mut total_known = true;
     // Whether the time limit cut the count short (then the result is not kept: another call may count further).
     let mut timed_out = false;
+    let mut head = std::collections::VecDeque::from(head);
     loop {
-        let next = tokio::select! {
+        let next = if let Some(batch) = head.pop_front() {
+            Some(batch)
+        } else if ended {
+            None
+        } else {
+            tokio::select! {
             n = batches.recv() => n,
             _ = tokio::time::sleep_until(deadline) => {
                 if out.truncated {
@@ -942,6 +997,7 @@ pub async fn execute(
                 return Err(QueryError::Timeout(limits.timeout_ms));
             }
             _ = cancel.cancelled() => return Err(QueryError::Cancelled),
+            }
         };
         let Some(batch) = next else { break };
         let batch = batch?;
