@@ -1716,19 +1716,24 @@ mod tests {
             .unwrap());
         assert_ne!(first, second);
         let prepared = prepare("SELECT 1 + 1", &engine.limits, &engine.naming).unwrap();
-        let two = execute(
+        let two = run_tableless(&engine, "a", prepared).await;
+        assert_eq!(two.rows, [[Value::from(2)]]);
+        assert_eq!(kept(), (6, 7));
+    }
+
+    /// `prepared` run by `caller` over no table, up to 10 rows.
+    async fn run_tableless(engine: &Engine, caller: &str, prepared: Prepared) -> QueryResult {
+        execute(
             prepared,
             vec![],
-            &engine,
-            "a",
+            engine,
+            caller,
             10,
             usize::MAX,
             CancellationToken::new(),
         )
         .await
-        .unwrap();
-        assert_eq!(two.rows, [[Value::from(2)]]);
-        assert_eq!(kept(), (6, 7));
+        .unwrap()
     }
 
     /// A result's first column.
@@ -1850,17 +1855,7 @@ mod tests {
         )
         .unwrap();
         let prepared = prepare("SELECT 1", &off.limits, &off.naming).unwrap();
-        execute(
-            prepared,
-            vec![],
-            &off,
-            "a",
-            10,
-            usize::MAX,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        run_tableless(&off, "a", prepared).await;
         assert_eq!(off.plans.results_kept(), 0);
     }
 
@@ -1910,17 +1905,8 @@ mod tests {
         )
         .unwrap();
         for _ in 0..2 {
-            let result = execute(
-                engine.prepare("alice", "SELECT 41 + 1 AS answer").unwrap(),
-                vec![],
-                &engine,
-                "alice",
-                10,
-                usize::MAX,
-                CancellationToken::new(),
-            )
-            .await
-            .unwrap();
+            let prepared = engine.prepare("alice", "SELECT 41 + 1 AS answer").unwrap();
+            let result = run_tableless(&engine, "alice", prepared).await;
             assert_eq!(result.rows, [[Value::from(42)]]);
         }
     }

@@ -1109,15 +1109,13 @@ fn run(
             }
             continue;
         };
-        queued.fetch_sub(1, Ordering::AcqRel);
-        group.push(*first);
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => {
-                    queued.fetch_sub(1, Ordering::AcqRel);
-                    group.push(*job);
-                }
-                Err(_) => break,
+        // Every record waiting joins the group, up to MAX_GROUP.
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            queued.fetch_sub(1, Ordering::AcqRel);
+            group.push(*job);
+            if group.len() < MAX_GROUP {
+                next = rx.try_recv().ok();
             }
         }
         since_checkpoint += group.len() as u64;
